@@ -3,7 +3,7 @@ pass analysis and a NumPy executor. Knows nothing of hardware (``iosim`` builds 
 from cascades.errors import CascadeError, CascadeSyntaxError, CascadeValidationError, ExecutionError
 from cascades.ir import Cascade, Einsum
 from cascades.notation import format_cascade, parse
-from cascades import library
+from cascades import library, reference
 from cascades.library import load
 from cascades.executor import execute
 

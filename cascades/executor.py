@@ -76,13 +76,27 @@ def _and_valid(vals: list[_Val], axes: tuple[str, ...]) -> np.ndarray | None:
 
 
 class _Run:
-    def __init__(self, cascade: Cascade, inputs: dict, dtype, params: dict):
+    def __init__(self, cascade: Cascade, inputs: dict | None, dtype, params: dict,
+                 extents: dict[str, int] | None = None):
         self.c = cascade
         self.info = cascade.info
         self.dtype = dtype
         self.store: dict[str, _Stored] = {}
         self.ext: dict[str, int] = {}  # rank -> extent
-        self._bind_inputs(inputs)
+        if inputs is None:
+            for r, n in (extents or {}).items():
+                if r not in self.info.ranks:
+                    raise ExecutionError(f"cascade '{cascade.name}' has no rank {r}")
+                if int(n) < 1:
+                    raise ExecutionError(f"rank {r} must have a positive extent, got {n}")
+                self.ext[r] = int(n)
+            for t in cascade.inputs:
+                missing = [r for r in t.ranks if r not in self.ext]
+                if missing:
+                    raise ExecutionError(f"extent of rank {missing[0]} (of input '{t.name}') "
+                                         f"is not given")
+        else:
+            self._bind_inputs(inputs)
         self.params = self._resolve_params(params)
         self._partition_extents()
         self.steps = {}
@@ -519,3 +533,13 @@ def execute(cascade: Cascade, inputs: dict, *, dtype="float64", keep_intermediat
         run.run()
     names = list(run.store) if keep_intermediates else [t.name for t in cascade.outputs]
     return {n: run.store[n].data for n in names}
+
+
+def resolve(cascade: Cascade, extents: dict[str, int], **params) -> tuple[dict, dict]:
+    """Rank extents (partitions included) and parameter values for given input extents.
+
+    ``extents`` maps the ranks of the inputs (e.g. ``{"P": 4096, "M": 4096, "E": 128,
+    "F": 128}``) to sizes; returns ``(extents of every rank, parameter values)``.
+    """
+    run = _Run(cascade, None, np.float64, params, extents=extents)
+    return dict(run.ext), dict(run.params)

@@ -1,0 +1,359 @@
+"""Reading a cascade for code generation: which kernel family it is and its pieces.
+
+The generator does not look cascades up by name. It reads the IR and extracts:
+
+* the tensor roles: the query tensor (``Q[..., P, E]``, with an optional group rank such as
+  ``G`` shared over one key/value head), the keys ``K[M, E]`` and values ``V[M, F]`` (also
+  through block aliases such as ``BK[m1, m0, e] = K[m1*M0+m0, e]``), the output;
+* the *score Einsum* (``sum[e] Q * K``) and the *score map* applied to it: an affine map
+  ``a * S + b`` (``a``, ``b`` expressions of parameters and extents) optionally wrapped in a
+  nonlinearity (``sigmoid``), with an optional causal mask ``where(causal and key > query +
+  offset, fill, ...)``;
+* the normalisation: ``online`` (an iterative running maximum over key blocks), with the
+  division ``deferred`` to the end (FlashAttention-2) or done ``per-step`` (FlashAttention-1);
+  ``none`` (sigmoid: the mapped scores multiply V directly); ``three-pass`` (a global maximum,
+  a global sum, then the normalised product: three kernels); ``partials`` (a partitioned key
+  rank without iteration, the partial results combined by a reduction over the outer rank:
+  split-K decode with normalised partials and a log-sum-exp, or the 2-pass cascade with
+  unnormalised partials and local maxima: a partial kernel and a combine kernel).
+
+Anything outside these shapes raises :class:`CodegenError` with one line saying why.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from cascades.errors import CascadeError
+from cascades.ir import (Access, Binary, Bool, Call, Cascade, Einsum, Expr, IFixed, ISplit,
+                         IVar, Name, Num, Str, Unary, accesses, walk)
+
+
+class CodegenError(CascadeError):
+    """The cascade or the tiling cannot be turned into a Triton kernel (one line: why)."""
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """What the generator needs to know about a cascade (see module docstring)."""
+    cascade: str
+    family: str                     # "online" | "none" | "three-pass" | "partials"
+    normalisation: str              # "deferred" | "per-step" | "none" | "three-pass" | "lse" | "local-max"
+    nonlinearity: str               # "exp" (softmax) | "sigmoid"
+    scale: str                      # Python expression for the score coefficient a
+    bias: str                       # Python expression for the score offset b ("0" if none)
+    causal_param: str | None        # name of the boolean parameter that enables the mask
+    causal_offset: str              # Python expression: key m is masked when m > p + offset
+    mask_fill: float                # value a masked score takes (-inf before exp, 0 after sigmoid)
+    group_rank: str | None          # query-only rank shared over one K/V head (GQA)
+    block_param: str | None         # parameter that sets the key block (block_kv, chunk_size)
+    params: dict = field(default_factory=dict)   # name -> Python expression of its default
+    passes: int = 1
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# ------------------------------------------------------------------ expressions -> Python
+_PY_FUNCS = {"sqrt": "math.sqrt", "log": "math.log", "exp": "math.exp", "abs": "abs"}
+
+
+def py_expr(e: Expr, names: dict[str, str] | None = None) -> str:
+    """Translate a scalar IR expression (parameters, extents, numbers) into Python source."""
+    names = names or {}
+    if isinstance(e, Num):
+        if math.isinf(e.value):
+            return "math.inf" if e.value > 0 else "-math.inf"
+        return repr(float(e.value)) if not float(e.value).is_integer() else repr(int(e.value))
+    if isinstance(e, Bool):
+        return repr(bool(e.value))
+    if isinstance(e, Str):
+        return repr(e.value)
+    if isinstance(e, Name):
+        return names.get(e.name, e.name)
+    if isinstance(e, Unary):
+        if e.op == "-":
+            return f"(-{py_expr(e.operand, names)})"
+        return f"(not {py_expr(e.operand, names)})"
+    if isinstance(e, Binary):
+        op = e.op
+        return f"({py_expr(e.left, names)} {op} {py_expr(e.right, names)})"
+    if isinstance(e, Call) and e.func in _PY_FUNCS:
+        return f"{_PY_FUNCS[e.func]}({', '.join(py_expr(a, names) for a in e.args)})"
+    if isinstance(e, Call) and e.func in ("max", "min"):
+        return f"{e.func}({', '.join(py_expr(a, names) for a in e.args)})"
+    raise CodegenError(f"cannot translate the expression {e!r} into launcher code")
+
+
+def _eval_py(src: str, env: dict) -> float:
+    return eval(src, {"math": math}, dict(env))  # noqa: S307 - our own generated expression
+
+
+# ----------------------------------------------------------------------------- helpers
+def _fail(c: Cascade, why: str) -> CodegenError:
+    return CodegenError(f"cannot generate a Triton kernel for cascade '{c.name}': {why}")
+
+
+def _is_param_expr(e: Expr, c: Cascade) -> bool:
+    """An expression of parameters, rank extents and numbers only (no tensors, no indices)."""
+    var_names = set(c.info.var_rank)
+    for n in walk(e):
+        if isinstance(n, Access):
+            return False
+        if isinstance(n, Name) and n.name in var_names:
+            return False
+    return True
+
+
+def _affine(e: Expr, score: str, c: Cascade):
+    """``e`` as ``a * S + b`` in the score tensor ``S``: returns (a, b) IR expressions or None."""
+    if isinstance(e, Access):
+        return (Num(1.0), Num(0.0)) if e.tensor == score else None
+    if _is_param_expr(e, c):
+        return (Num(0.0), e)
+    if isinstance(e, Binary) and e.op in ("+", "-"):
+        l, r = _affine(e.left, score, c), _affine(e.right, score, c)
+        if l is None or r is None:
+            return None
+        return (Binary(e.op, l[0], r[0]), Binary(e.op, l[1], r[1]))
+    if isinstance(e, Binary) and e.op == "*":
+        for s, k in ((e.left, e.right), (e.right, e.left)):
+            if _is_param_expr(k, c):
+                a = _affine(s, score, c)
+                if a is not None:
+                    return (Binary("*", k, a[0]), Binary("*", k, a[1]))
+        return None
+    if isinstance(e, Binary) and e.op == "/" and _is_param_expr(e.right, c):
+        a = _affine(e.left, score, c)
+        if a is not None:
+            return (Binary("/", a[0], e.right), Binary("/", a[1], e.right))
+    if isinstance(e, Unary) and e.op == "-":
+        a = _affine(e.operand, score, c)
+        if a is not None:
+            return (Unary("-", a[0]), Unary("-", a[1]))
+    return None
+
+
+def _simplify_py(src: str, env_names: list[str]) -> str:
+    """Drop an expression that is identically zero (checked numerically)."""
+    rng = random.Random(0)
+    try:
+        for _ in range(3):
+            env = {n: rng.randint(2, 200) for n in env_names}
+            if _eval_py(src, env) != 0:
+                return src
+    except Exception:  # noqa: BLE001 - parameters we cannot evaluate stay symbolic
+        return src
+    return "0"
+
+
+# ----------------------------------------------------------------------------- analysis
+def analyze(c: Cascade) -> KernelPlan:
+    """Read ``c`` and return its :class:`KernelPlan`; raise :class:`CodegenError` if unsupported."""
+    inputs = c.inputs
+    bools = [t.name for t in inputs if t.dtype == "bool"]
+    if bools:
+        raise _fail(c, f"the boolean mask input '{bools[0]}' is not supported (only the causal "
+                       f"mask, given by a boolean parameter, is generated)")
+    if len(inputs) != 3 or len(c.outputs) != 1:
+        raise _fail(c, f"expected three inputs (queries, keys, values) and one output, found "
+                       f"{len(inputs)} input(s) and {len(c.outputs)} output(s)")
+    ranks = c.info.tensor_ranks
+    out = c.outputs[0]
+    # alias map: tensors that are a pure re-indexing of an input (BK = K[m1*M0+m0, e])
+    alias: dict[str, str] = {t.name: t.name for t in inputs}
+    for e in c.einsums:
+        if isinstance(e.expr, Access) and e.expr.tensor in alias and e.reduction is None:
+            alias[e.tensor] = alias[e.expr.tensor]
+
+    # --- the score Einsum: sum over a rank of a product of two input accesses
+    score_e = None
+    for e in c.einsums:
+        if e.reduction is None or e.reduction.op != "sum" or len(e.reduction.vars) != 1:
+            continue
+        if isinstance(e.expr, Binary) and e.expr.op == "*" and all(
+                isinstance(x, Access) and x.tensor in alias for x in (e.expr.left, e.expr.right)):
+            score_e = e
+            break
+    if score_e is None:
+        raise _fail(c, "no score Einsum 'S = sum[e] Q[p, e] * K[m, e]' over the inputs (linear "
+                       "attention and other kernels without a query-key score are not supported)")
+    a1, a2 = score_e.expr.left, score_e.expr.right
+    e_var = score_e.reduction.vars[0]
+    e_rank = c.info.var_rank[e_var]
+    t1, t2 = alias[a1.tensor], alias[a2.tensor]
+    # the key tensor is the one that also appears with the value tensor later; the query has
+    # the output's query rank. Decide by rank count: K[M, E] has two ranks.
+    q_name, k_name = (t1, t2) if len(ranks[t1]) >= len(ranks[t2]) else (t2, t1)
+    if len(ranks[k_name]) != 2:
+        raise _fail(c, f"the key tensor '{k_name}' must have two ranks [M, E], has {list(ranks[k_name])}")
+    v_name = [t.name for t in inputs if t.name not in (q_name, k_name)]
+    if len(v_name) != 1:
+        raise _fail(c, "could not tell the query, key and value inputs apart")
+    v_name = v_name[0]
+    q_ranks, k_ranks, v_ranks = ranks[q_name], ranks[k_name], ranks[v_name]
+    m_rank = k_ranks[0]
+    if k_ranks[1] != e_rank or q_ranks[-1] != e_rank:
+        raise _fail(c, f"the score must contract the last rank of '{q_name}' and '{k_name}'")
+    if len(v_ranks) != 2 or v_ranks[0] != m_rank:
+        raise _fail(c, f"the value tensor '{v_name}' must be [{m_rank}, F]")
+    p_rank = q_ranks[-2] if len(q_ranks) >= 2 else None
+    extra = [r for r in q_ranks[:-2]]
+    if len(extra) > 1:
+        raise _fail(c, f"the query tensor has more than one extra rank {extra}")
+    group = extra[0] if extra else None
+    if group is not None and (group in k_ranks or group in v_ranks):
+        raise _fail(c, f"rank {group} of the query also indexes the keys or values")
+    if tuple(ranks[out.name]) != tuple(q_ranks[:-1]) + (v_ranks[1],):
+        raise _fail(c, f"the output must be [{', '.join(q_ranks[:-1] + (v_ranks[1],))}]")
+    p_var = p_rank.lower()
+
+    # --- the score map: the Einsum that reads the score elementwise (no reduction)
+    score = score_e.tensor
+    readers = [e for e in c.einsums if any(a.tensor == score for a in accesses(e.expr))]
+    if len(readers) != 1 or readers[0].reduction is not None:
+        raise _fail(c, f"the score '{score}' must be read by exactly one elementwise Einsum")
+    map_e = readers[0]
+    expr = map_e.expr
+    causal_param = None
+    offset_src = "0"
+    fill = None
+    if isinstance(expr, Call) and expr.func == "where":
+        cond, fill_e, expr = expr.args
+        causal_param, offset_src = _causal(cond, c, p_var, m_rank)
+        if not _is_param_expr(fill_e, c):
+            raise _fail(c, "the masked score must be a constant")
+        fill = _eval_py(py_expr(fill_e), {})
+    nonlin = "exp"
+    if isinstance(expr, Call) and expr.func == "sigmoid":
+        nonlin = "sigmoid"
+        expr = expr.args[0]
+    aff = _affine(expr, score, c)
+    if aff is None:
+        raise _fail(c, f"the score map of '{map_e.tensor}' is not 'a * {score} + b' (optionally "
+                       f"inside sigmoid) with a and b parameters")
+    extents = [r for r in c.info.ranks]
+    scale_src = py_expr(aff[0])
+    bias_src = _simplify_py(py_expr(aff[1]), extents)
+    mapped = map_e.tensor
+
+    # --- what consumes the mapped score decides the normalisation
+    consumers = [e for e in c.einsums if any(a.tensor == mapped for a in accesses(e.expr))]
+    iterative = bool(c.info.iterative)
+    partitions = c.partitions
+    block_param = None
+    for p in partitions:
+        if p.rank == m_rank and isinstance(p.block, Name):
+            block_param = p.block.name
+    if nonlin == "sigmoid":
+        # mapped scores must feed a sum[m] S * V directly
+        ok = any(e.reduction and e.reduction.op == "sum" and e.tensor == out.name
+                 and {a.tensor for a in accesses(e.expr)} == {mapped, v_name} for e in consumers)
+        if not ok:
+            raise _fail(c, "a sigmoid score must be multiplied by V and summed into the output")
+        family, norm, passes = "none", "none", 1
+        if fill is None:
+            fill = 0.0
+    else:
+        exps = [e for e in consumers if any(isinstance(n, Call) and n.func == "exp"
+                                            for n in walk(e.expr))]
+        maxes = [e for e in consumers if e.reduction is not None and e.reduction.op == "max"]
+        if not exps or not maxes:
+            raise _fail(c, f"the mapped score '{mapped}' is neither exponentiated against a "
+                           f"maximum (softmax) nor passed through sigmoid")
+        if fill is None:
+            fill = -math.inf
+        if iterative:
+            if any(p.rank != m_rank for p in partitions) or m_rank not in c.info.partition_of:
+                raise _fail(c, f"the iterated rank must be a partition of the key rank {m_rank}")
+            family, passes = "online", 1
+            out_e = c.defining(out.name)[0]
+            reads_final = any(any(isinstance(ix, IFixed) for ix in a.indices)
+                              for a in accesses(out_e.expr))
+            if isinstance(out_e.expr, Binary) and out_e.expr.op == "/" and reads_final:
+                norm = "deferred"
+            elif isinstance(out_e.expr, Access) and reads_final:
+                rec = c.defining(out_e.expr.tensor)
+                if any(isinstance(n, Binary) and n.op == "/" for e in rec for n in walk(e.expr)):
+                    norm = "per-step"
+                else:
+                    raise _fail(c, "the output reads a final iterate that is never normalised")
+            else:
+                raise _fail(c, "the output is not a normalised final iterate of the recurrence")
+        elif m_rank in c.info.partition_of:
+            part = c.info.partition_of[m_rank]
+            outer = part.outer.lower()
+            # partial results are combined by a reduction over the outer rank
+            combine = [e for e in c.einsums if e.reduction and outer in e.reduction.vars]
+            if not combine:
+                raise _fail(c, f"the partitioned key rank {m_rank} is never combined over {part.outer}")
+            uses_log = any(isinstance(n, Call) and n.func == "log"
+                           for e in c.einsums for n in walk(e.expr))
+            family, passes = "partials", 2
+            norm = "lse" if uses_log else "local-max"
+        else:
+            gmax = [e for e in maxes if e.reduction.vars == (m_rank.lower(),)]
+            if not gmax:
+                raise _fail(c, "the softmax maximum is not taken over the whole key rank")
+            family, norm, passes = "three-pass", "three-pass", 3
+    if group is not None and family != "online":
+        raise _fail(c, f"a query group rank ({group}) is only generated for the 1-pass recurrence")
+    params = {}
+    for p in c.params:
+        params[p.name] = py_expr(p.default)
+    return KernelPlan(cascade=c.name, family=family, normalisation=norm, nonlinearity=nonlin,
+                      scale=scale_src, bias=bias_src, causal_param=causal_param,
+                      causal_offset=offset_src, mask_fill=float(fill), group_rank=group,
+                      block_param=block_param, params=params, passes=passes)
+
+
+def _key_index(e: Expr, c: Cascade, m_rank: str) -> bool:
+    """``m`` or ``m1*M0 + m0`` (the global key coordinate)."""
+    if isinstance(e, Name) and c.info.var_rank.get(e.name) == m_rank:
+        return True
+    part = c.info.partition_of.get(m_rank)
+    if part is None:
+        return False
+    if (isinstance(e, Binary) and e.op == "+" and isinstance(e.right, Name)
+            and e.right.name == part.inner.lower() and isinstance(e.left, Binary)
+            and e.left.op == "*"):
+        names = {n.name for n in (e.left.left, e.left.right) if isinstance(n, Name)}
+        return names == {part.outer.lower(), part.inner}
+    return False
+
+
+def _causal(cond: Expr, c: Cascade, p_var: str, m_rank: str) -> tuple[str, str]:
+    """Read ``causal and key > p + offset``; return (parameter name, offset as Python)."""
+    if not (isinstance(cond, Binary) and cond.op == "and" and isinstance(cond.left, Name)):
+        raise _fail(c, "only a causal mask of the form 'where(causal and key > query, ...)' is "
+                       "generated")
+    pname = cond.left.name
+    try:
+        d = c.param(pname).default
+    except KeyError:
+        raise _fail(c, f"the mask flag '{pname}' is not a boolean parameter") from None
+    if not isinstance(d, Bool):
+        raise _fail(c, f"the mask flag '{pname}' is not a boolean parameter")
+    cmp = cond.right
+    if not (isinstance(cmp, Binary) and cmp.op in (">", ">=") and _key_index(cmp.left, c, m_rank)):
+        raise _fail(c, "the causal mask must compare the key coordinate with 'key > query + offset'")
+    rhs = cmp.right
+    # the right side must be p + (an expression of extents): check numerically
+    src = py_expr(rhs, {p_var: "_p"})
+    if not any(isinstance(n, Name) and n.name == p_var for n in walk(rhs)):
+        raise _fail(c, "the causal mask does not depend on the query coordinate")
+    extents = list(c.info.ranks)
+    rng = random.Random(1)
+    for _ in range(3):
+        env = {n: rng.randint(50, 500) for n in extents}
+        env["_p"] = 0
+        v0 = _eval_py(src, env)
+        env["_p"] = 7
+        if _eval_py(src, env) - v0 != 7:
+            raise _fail(c, "the causal mask must be 'key > query + offset' with unit slope")
+    offset = py_expr(rhs, {p_var: "0"})
+    offset = _simplify_py(offset, extents)
+    if cmp.op == ">=":
+        offset = f"({offset}) - 1"
+    return pname, offset
