@@ -91,7 +91,8 @@ class _Run:
                     raise ExecutionError(f"rank {r} must have a positive extent, got {n}")
                 self.ext[r] = int(n)
             for t in cascade.inputs:
-                missing = [r for r in t.ranks if r not in self.ext]
+                missing = [r for r in t.ranks
+                           if r not in self.ext and r not in self.info.part_parent]
                 if missing:
                     raise ExecutionError(f"extent of rank {missing[0]} (of input '{t.name}') "
                                          f"is not given")
@@ -173,8 +174,13 @@ class _Run:
                 raise ExecutionError(f"block size of partition {p.rank} -> {p.outer}, "
                                      f"{p.inner} must be a positive integer, got {b}")
             b = int(b)
-            self.ext[p.inner] = b
-            self.ext[p.outer] = -(-self.ext[p.rank] // b)
+            outer = -(-self.ext[p.rank] // b)
+            for r, n in ((p.inner, b), (p.outer, outer)):
+                if r in self.ext and self.ext[r] != n:
+                    raise ExecutionError(f"rank {r} has extent {self.ext[r]} in the inputs but "
+                                         f"partition {p.rank} -> {p.outer}, {p.inner} gives "
+                                         f"{n} (block size {b}, {p.rank} = {self.ext[p.rank]})")
+                self.ext[r] = n
 
     def _scalar(self, expr: Expr, what: str, allow_str: bool = False):
         try:

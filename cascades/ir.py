@@ -361,10 +361,10 @@ def validate(c: Cascade) -> CascadeInfo:
         if p.rank in partition_of:
             raise _fail(f"rank '{p.rank}' is partitioned twice", line=p.line)
         for r in (p.outer, p.inner):
-            if r in ranks:
-                raise _fail(f"partition of '{p.rank}' reuses the existing rank name '{r}'",
+            if r in part_parent or r in partition_of or r == p.rank:
+                raise _fail(f"partition of '{p.rank}' reuses the rank name '{r}'",
                             line=p.line)
-            add_rank(r, p.line)
+            add_rank(r, p.line)  # may already be named by an input (e.g. a block mask)
             part_parent[r] = p
         partition_of[p.rank] = p
     for t in c.tensors:

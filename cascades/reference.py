@@ -19,6 +19,7 @@ LIBRARY_KIND = {
     "attention-1pass": ("softmax", "start"), "attention-2pass": ("softmax", "start"),
     "attention-3pass": ("softmax", "start"), "flash1": ("softmax", "start"),
     "attention-gqa": ("softmax", "start"), "attention-masked": ("softmax", "start"),
+    "attention-blocksparse": ("softmax", "start"),
     "decode-splitk": ("softmax", "end"), "sigmoid": ("sigmoid", "start"),
     "linear": ("linear", "start"), "lightning2": ("lightning", "start"),
 }
@@ -51,6 +52,12 @@ def reference(kind: str, inputs: dict, params: dict, align: str = "start") -> np
     keep = allowed(n_q, n_k, causal, align)
     if "Mask" in inputs:
         keep = np.asarray(inputs["Mask"], bool) if keep is None else keep & inputs["Mask"]
+    if "BlockMask" in inputs:  # expand (query block, key block) pairs to elements
+        bm = np.asarray(inputs["BlockMask"], bool)
+        bq = int(params.get("block_q", -(-n_q // bm.shape[0])))
+        bk = int(params.get("block_kv", -(-n_k // bm.shape[1])))
+        full = np.repeat(np.repeat(bm, bq, axis=0), bk, axis=1)[:n_q, :n_k]
+        keep = full if keep is None else keep & full
     scale = params.get("scale", 1.0 / np.sqrt(q.shape[-1]))
     if kind == "softmax":
         return softmax_attention(q, k, v, scale, keep)

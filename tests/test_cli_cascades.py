@@ -27,6 +27,7 @@ def test_list_names_every_required_algorithm():
     ("flash1", ["--logit-scale", "1000"]), ("decode-splitk", ["--seq-len", "2", "--kv-len", "999"]),
     ("lightning2", ["--seq-len", "130"]), ("sigmoid", []), ("linear", []), ("attention-gqa", []),
     ("attention-masked", []), ("attention-3pass", ["--dtype", "float32"]),
+    ("attention-blocksparse", ["--seq-len", "300", "--kv-len", "200", "--param", "block_q=32"]),
 ])
 def test_run_reports_exact_agreement(name, extra):
     r = run("cascades", "run", name, "--json", *extra)

@@ -166,3 +166,27 @@ def test_bad_executor_input_is_a_clear_error(inputs, params, fragment):
     with pytest.raises(ExecutionError, match=None) as info:
         cascades.execute(cascades.load("attention-1pass"), inputs, **params)
     assert fragment in str(info.value)
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=shapes, bq=st.integers(1, 20), bk=st.integers(1, 20), density=st.floats(0, 1),
+       seed=st.integers(0, 2**16))
+def test_block_sparse_mask_matches_reference(shape, bq, bk, density, seed):
+    n, m, e, f = shape
+    rng = np.random.default_rng(seed)
+    Q, K, V = _qkv(rng, n, m, e, f, 5.0)
+    bm = rng.random((-(-n // bq), -(-m // bk))) < density
+    bm[np.arange(bm.shape[0]), rng.integers(0, bm.shape[1], bm.shape[0])] = True
+    out = cascades.execute(cascades.load("attention-blocksparse"),
+                           dict(Q=Q, K=K, V=V, BlockMask=bm), block_q=bq, block_kv=bk)["O"]
+    # expand the block mask by hand: element (i, j) is kept iff block (i // bq, j // bk) is
+    keep = bm[np.arange(n)[:, None] // bq, np.arange(m)[None, :] // bk]
+    assert rel_err(out, softmax_attention(Q, K, V, mask=keep)) < TOL
+
+
+def test_block_mask_shape_must_agree_with_block_sizes():
+    Q, K, V = _qkv(np.random.default_rng(0), 70, 45, 4, 4)
+    with pytest.raises(ExecutionError, match="rank P1 has extent 5 in the inputs but partition"):
+        cascades.execute(cascades.load("attention-blocksparse"),
+                         dict(Q=Q, K=K, V=V, BlockMask=np.ones((5, 6), bool)), block_q=8,
+                         block_kv=8)

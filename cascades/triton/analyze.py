@@ -140,7 +140,8 @@ def _simplify_py(src: str, env_names: list[str]) -> str:
     rng = random.Random(0)
     try:
         for _ in range(3):
-            env = {n: rng.randint(2, 200) for n in env_names}
+            env = {n: rng.randint(2, 200) + rng.random() * (n[:1].islower())
+                   for n in env_names}
             if _eval_py(src, env) != 0:
                 return src
     except Exception:  # noqa: BLE001 - parameters we cannot evaluate stay symbolic
@@ -233,7 +234,7 @@ def analyze(c: Cascade) -> KernelPlan:
     if aff is None:
         raise _fail(c, f"the score map of '{map_e.tensor}' is not 'a * {score} + b' (optionally "
                        f"inside sigmoid) with a and b parameters")
-    extents = [r for r in c.info.ranks]
+    extents = list(c.info.ranks) + [p.name for p in c.params]
     scale_src = py_expr(aff[0])
     bias_src = _simplify_py(py_expr(aff[1]), extents)
     mapped = map_e.tensor
@@ -255,6 +256,9 @@ def analyze(c: Cascade) -> KernelPlan:
         family, norm, passes = "none", "none", 1
         if fill is None:
             fill = 0.0
+        if fill != 0.0:
+            raise _fail(c, f"a masked sigmoid score must be 0 (got {fill}): skipped key blocks "
+                           f"would otherwise contribute")
     else:
         exps = [e for e in consumers if any(isinstance(n, Call) and n.func == "exp"
                                             for n in walk(e.expr))]

@@ -195,29 +195,31 @@ def run_cmd(name, seq_len, kv_len, head_dim, groups, causal, seed, dtype, logit_
     c = cascades.load(name)
     kv_len = kv_len or seq_len
     rng = np.random.default_rng(seed)
-    ext = {"P": seq_len, "M": kv_len, "E": head_dim, "F": head_dim, "G": groups}
+    p = _parse_params(params)
+    if causal:
+        if "causal" not in {x.name for x in c.params}:
+            raise CascadeError(f"cascade '{c.name}' has no 'causal' parameter")
+        p["causal"] = True
+    base = {"P": seq_len, "M": kv_len, "E": head_dim, "F": head_dim, "G": groups}
+    from cascades.executor import resolve
+    ext, resolved = resolve(c, {r: n for r, n in base.items() if r in c.info.ranks}, **p)
     inputs = {}
     for t in c.inputs:
         shape = []
         for r in t.ranks:
             if r not in ext:
                 raise CascadeError(f"input '{t.name}' has rank {r}, which `run` cannot size "
-                                   f"(it knows P, M, E, F, G)")
+                                   f"(it knows P, M, E, F, G and partitions of them)")
             shape.append(ext[r])
         if t.dtype == "bool":
             arr = rng.random(shape) < 0.5
-            if t.ranks[-1] == "M":
+            if t.ranks[-1] in ("M", "M1"):
                 arr[..., 0] = True  # every query sees at least one key
             inputs[t.name] = arr
         else:
             inputs[t.name] = rng.standard_normal(shape)
     if "Q" in inputs:
         inputs["Q"] = inputs["Q"] * logit_scale
-    p = _parse_params(params)
-    if causal:
-        if "causal" not in {x.name for x in c.params}:
-            raise CascadeError(f"cascade '{c.name}' has no 'causal' parameter")
-        p["causal"] = True
     t0 = time.perf_counter()
     out = cascades.execute(c, inputs, dtype=dtype, **p)
     elapsed = time.perf_counter() - t0
@@ -228,8 +230,6 @@ def run_cmd(name, seq_len, kv_len, head_dim, groups, causal, seed, dtype, logit_
               "params": p, "dtype": dtype, "seconds": elapsed, "reference": kind}
     o = out.get("O")
     if kind != "none" and o is not None:
-        from cascades.executor import resolve
-        _, resolved = resolve(c, {r: ext[r] for t in c.inputs for r in t.ranks}, **p)
         r = ref.reference(kind, inputs, resolved, align)
         err = float(np.abs(o - r).max() / max(np.abs(r).max(), 1e-300))
         result["max_rel_error"] = err
