@@ -126,3 +126,41 @@ def test_check_accepts_every_library_file_and_a_missing_file_is_an_error(tmp_pat
 def test_unknown_library_name_suggests_the_closest():
     with pytest.raises(cascades.CascadeError, match="did you mean 'attention-1pass'"):
         cascades.load("attention-1pas")
+
+
+# ---------------------------------------------------------------- property: printer/parser
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from cascades.ir import Access, Binary, Bool, Call, IVar, Name, Num, Unary  # noqa: E402
+from cascades.notation import format_expr  # noqa: E402
+
+_leaf = st.one_of(
+    st.floats(-1e6, 1e6, allow_nan=False).map(Num),
+    st.sampled_from([Num(float("inf")), Num(float("-inf")), Bool(True), Bool(False)]),
+    st.sampled_from([Name("scale"), Name("M"), Name("p"), Name("m")]),
+    st.just(Access("X", (IVar("m"), IVar("p")))),
+)
+
+
+def _extend(children):
+    binop = st.sampled_from(["+", "-", "*", "/", "**", "<", "<=", ">", ">=", "==", "!=",
+                             "and", "or"])
+    return st.one_of(
+        st.builds(Binary, binop, children, children),
+        st.builds(lambda x: Unary("-", x), children.filter(lambda x: not isinstance(x, Num))),
+        st.builds(lambda x: Unary("not", x), children),
+        st.builds(lambda f, x: Call(f, (x,)), st.sampled_from(["exp", "log", "sigmoid"]),
+                  children),
+        st.builds(lambda a, b: Call("max", (a, b)), children, children),
+        st.builds(lambda a, b, c: Call("where", (a, b, c)), children, children, children),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(_leaf, _extend, max_leaves=12))
+def test_any_expression_prints_and_parses_back_unchanged(expr):
+    text = ("cascade t\nparam scale = 1\ninput X[M, P]\noutput Y[M, P]\n"
+            f"Y[m, p] = X[m, p] * ({format_expr(expr)})\n")
+    c = cascades.parse(text)
+    assert c.einsums[0].expr == Binary("*", Access("X", (IVar("m"), IVar("p"))), expr)
