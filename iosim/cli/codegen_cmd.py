@@ -1,0 +1,52 @@
+"""``iosim codegen NAME``: print or write the Triton source generated from a cascade."""
+from __future__ import annotations
+
+import click
+
+from iosim.cli.common import atomic_write, echo_json
+
+
+@click.command("codegen")
+@click.argument("name")
+@click.option("--block-m", type=int, default=128, show_default=True,
+              help="query tile (Triton BLOCK_M, the Mapping's block_q)")
+@click.option("--block-n", type=int, default=64, show_default=True,
+              help="key tile (Triton BLOCK_N, the Mapping's block_kv)")
+@click.option("--num-warps", type=int, default=8, show_default=True)
+@click.option("--num-stages", type=int, default=3, show_default=True)
+@click.option("--grid-order", type=click.Choice(["query-major", "head-major"]),
+              default="query-major", show_default=True,
+              help="query-major: consecutive thread blocks share a head; head-major: they "
+                   "belong to different heads")
+@click.option("--head-dim", type=int, default=128, show_default=True)
+@click.option("--dtype", default="bf16", show_default=True, help="fp16, bf16 or fp32")
+@click.option("--split-kv", type=int, default=4, show_default=True,
+              help="key chunks of a split-K cascade (decode-splitk)")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="write the source to this file instead of printing it")
+@click.option("--json", "as_json", is_flag=True, help="print the plan read from the cascade")
+def command(name, block_m, block_n, num_warps, num_stages, grid_order, head_dim, dtype,
+            split_kv, out, as_json):
+    """Generate Triton kernels and a launcher for cascade NAME (library name or .casc path).
+
+    \b
+    Examples:
+      iosim codegen attention-1pass --head-dim 64 --dtype fp16
+      iosim codegen decode-splitk --block-m 16 --split-kv 8 --out decode.py
+    """
+    from cascades.triton import Tiling, generate
+
+    tiling = Tiling(block_m=block_m, block_n=block_n, num_warps=num_warps,
+                    num_stages=num_stages, grid_order=grid_order, head_dim=head_dim,
+                    dtype=dtype, split_kv=split_kv)
+    gen = generate(name, tiling)
+    if as_json:
+        echo_json(gen.to_dict())
+        if out is None:
+            return
+    if out:
+        atomic_write(out, gen.source)
+        click.echo(f"wrote {out} ({len(gen.source.splitlines())} lines; kernels: "
+                   f"{', '.join(gen.kernels)})", err=True)
+    elif not as_json:
+        click.echo(gen.source, nl=False)

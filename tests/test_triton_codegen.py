@@ -1,0 +1,186 @@
+"""Code generation from cascades (cascades.triton): plans, errors, and the generated kernels run
+in Triton's interpreter (TRITON_INTERPRET=1, torch CPU) against the NumPy executor."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+import cascades
+from cascades.errors import CascadeError
+from cascades.triton import CodegenError, Tiling, analyze, generate
+
+HAVE_TRITON = (importlib.util.find_spec("torch") is not None
+               and importlib.util.find_spec("triton") is not None)
+needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="torch and triton are not installed")
+
+
+# ----------------------------------------------------------------------------- plans
+@pytest.mark.parametrize("name, family, norm, nonlin", [
+    ("attention-1pass", "online", "deferred", "exp"),
+    ("flash1", "online", "per-step", "exp"),
+    ("attention-gqa", "online", "deferred", "exp"),
+    ("sigmoid", "none", "none", "sigmoid"),
+    ("attention-3pass", "three-pass", "three-pass", "exp"),
+    ("attention-2pass", "partials", "local-max", "exp"),
+    ("decode-splitk", "partials", "lse", "exp"),
+])
+def test_plan_read_from_ir(name, family, norm, nonlin):
+    plan = analyze(cascades.load(name))
+    assert (plan.family, plan.normalisation, plan.nonlinearity) == (family, norm, nonlin)
+    assert plan.causal_param == "causal"
+    assert plan.group_rank == ("G" if name == "attention-gqa" else None)
+    assert plan.causal_offset == ("((0 + M) - P)" if name == "decode-splitk" else "0")
+    assert plan.bias == ("((scale * 0) + bias)" if name == "sigmoid" else "0")
+
+
+def test_plan_follows_the_cascade_text():
+    """A changed score map in the text changes the kernel: scale*2 and a different mask fill."""
+    text = cascades.library.text("attention-1pass").replace(
+        "scale * BQK[m1, m0, p]", "2 * scale * BQK[m1, m0, p] + 1")
+    plan = analyze(cascades.parse(text))
+    assert eval(plan.scale, {"scale": 0.5}) == 1.0
+    assert eval(plan.bias, {"scale": 0.5}) == 1
+    src = generate(cascades.parse(text), Tiling()).source
+    assert "qk_bias" in src.split("def forward")[0].split("_loop(")[1]
+
+
+@pytest.mark.parametrize("name, why", [
+    ("linear", "no score Einsum"),
+    ("lightning2", "causal mask"),
+    ("attention-masked", "boolean mask input"),
+])
+def test_unsupported_cascades_one_line(name, why):
+    with pytest.raises(CodegenError) as ei:
+        generate(name)
+    msg = str(ei.value)
+    assert why in msg and "\n" not in msg and isinstance(ei.value, CascadeError)
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(head_dim=96), "head dim 96"),
+    (dict(dtype="int8"), "dtype 'int8'"),
+    (dict(block_m=256, block_n=256, num_stages=4), "shared memory"),
+    (dict(block_m=48), "block_m"),
+    (dict(num_warps=3), "num_warps"),
+    (dict(grid_order="diagonal"), "grid order"),
+])
+def test_bad_tilings(kw, why):
+    with pytest.raises(CodegenError, match=why):
+        Tiling(**kw)
+
+
+def test_sources_differ_and_name_kernels():
+    t = Tiling(head_dim=64, dtype="fp16")
+    srcs = {n: generate(n, t) for n in ("attention-1pass", "flash1", "sigmoid", "attention-3pass",
+                                        "decode-splitk")}
+    assert srcs["attention-1pass"].kernels == ("attention_1pass_fwd",)
+    assert srcs["attention-3pass"].kernels == ("attention_3pass_pass1_max",
+                                               "attention_3pass_pass2_sum",
+                                               "attention_3pass_pass3_out")
+    assert srcs["decode-splitk"].kernels == ("decode_splitk_partial", "decode_splitk_combine")
+    assert len({g.source.split('"""', 2)[2] for g in srcs.values()}) == len(srcs)
+    assert "acc / l_i[:, None]" in srcs["attention-1pass"].source       # deferred division
+    assert "l_div[:, None]" in srcs["flash1"].source                     # per-step division
+    assert "exp2(-x" in srcs["sigmoid"].source
+    for g in srcs.values():
+        compile(g.source, g.cascade, "exec")
+
+
+def test_cli_codegen(tmp_path):
+    out = tmp_path / "k.py"
+    run = [sys.executable, "-c", "import sys; from iosim.cli import main; sys.exit(main())"]
+    r = subprocess.run(run + ["codegen", "flash1", "--head-dim", "64", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "def flash1_fwd" in out.read_text()
+    r = subprocess.run(run + ["codegen", "linear"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error:")
+    r = subprocess.run(run + ["codegen", "attention-1pass", "--head-dim", "96"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "head dim" in r.stderr
+
+
+# ------------------------------------------------------------------------ interpreter
+def _reference(c, q, k, v, **params):
+    """Executor output for [B, H, P, E] tensors (per batch and key/value head)."""
+    B, HQ, P, _ = q.shape
+    HK = k.shape[1]
+    G = HQ // HK
+    out = np.zeros((B, HQ, P, v.shape[-1]))
+    grouped = len(c.inputs[0].ranks) == 3
+    for b in range(B):
+        for h in range(HK):
+            kv = {"K": k[b, h].double().numpy(), "V": v[b, h].double().numpy()}
+            if grouped:
+                Q = q[b, h * G:(h + 1) * G].double().numpy()
+                out[b, h * G:(h + 1) * G] = cascades.execute(c, {"Q": Q, **kv}, **params)["O"]
+            else:
+                out[b, h] = cascades.execute(c, {"Q": q[b, h].double().numpy(), **kv},
+                                             **params)["O"]
+    return out
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("IOSIM_TRITON_CACHE", os.path.join(os.path.dirname(__file__),
+                                                         "..", ".pytest_triton"))
+
+
+CASES = [  # (cascade, causal, dtype): every generated family, partial tiles everywhere
+    ("attention-1pass", False, "fp32"), ("attention-1pass", True, "fp32"),
+    ("attention-1pass", True, "fp16"),
+    ("flash1", True, "fp32"), ("sigmoid", False, "fp32"), ("sigmoid", True, "fp16"),
+    ("attention-gqa", True, "fp32"), ("decode-splitk", True, "fp32"),
+    ("decode-splitk", False, "fp16"), ("attention-3pass", True, "fp32"),
+    ("attention-2pass", False, "fp32"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("name, causal, dtype", CASES)
+def test_interpreter_matches_executor(interpret, name, causal, dtype):
+    import torch
+    c = cascades.load(name)
+    t = Tiling(block_m=32, block_n=16, num_warps=4, num_stages=1, head_dim=16, dtype=dtype,
+               split_kv=3, grid_order="head-major" if causal else "query-major")
+    gen = generate(c, t)
+    mod = gen.load()
+    tdt = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
+    g = torch.Generator().manual_seed(zlib.crc32(f"{name}{causal}{dtype}".encode()))
+    P, M = (7, 75) if name == "decode-splitk" else (75, 75)   # not multiples of the tiles
+    HQ = 4 if name == "attention-gqa" else 2
+    q = torch.randn(1, HQ, P, 16, generator=g).to(tdt)
+    k = torch.randn(1, 2, M, 16, generator=g).to(tdt)
+    v = torch.randn(1, 2, M, 16, generator=g).to(tdt)
+    out = torch.full((1, HQ, P, 16), float("nan"), dtype=tdt)     # poisoned
+    o = mod.forward(q, k, v, causal=causal, out=out)
+    params = {"causal": causal}
+    if gen.plan.block_param:
+        params[gen.plan.block_param] = (mod.chunk_size(M) if hasattr(mod, "chunk_size")
+                                        else t.block_n)
+    ref = _reference(c, q, k, v, **params)
+    got = o.double().numpy()
+    assert np.isfinite(got).all()
+    err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert err < (1e-5 if dtype == "fp32" else 1e-2), err
+
+
+@needs_triton
+def test_launcher_rejects_wrong_inputs(interpret):
+    import torch
+    mod = generate("attention-1pass", Tiling(block_m=16, block_n=16, num_warps=4,
+                                             num_stages=1, head_dim=16, dtype="fp32")).load()
+    q = torch.randn(1, 2, 20, 16)
+    with pytest.raises(CodegenError, match="head dim"):
+        mod.forward(torch.randn(1, 2, 20, 32), torch.randn(1, 2, 20, 32), torch.randn(1, 2, 20, 32))
+    with pytest.raises(CodegenError, match="float32"):
+        mod.forward(q.half(), q.half(), q.half())
+    with pytest.raises(CodegenError, match="same number of heads"):
+        mod.forward(torch.randn(1, 4, 20, 16), q, q)
