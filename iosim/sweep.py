@@ -1,0 +1,492 @@
+"""Grids of configurations -> DataFrame -> CSV (and figures, through :mod:`iosim.plots`).
+
+``iosim sweep NAME... --hw PRESET --sram LIST_OR_RANGE --seq-len LIST_OR_RANGE`` evaluates
+every algorithm NAME at every (SRAM size, sequence length, head dimension) point. The
+evaluation is vectorised: all points of one algorithm go through one call of the analytical
+model (:func:`iosim.traffic.evaluate_arrays`) per chunk. Results are written atomically (a
+temporary file and a rename) after every chunk, so an interrupted sweep loses at most the
+chunk in flight, and a rerun with the same output directory skips the points already in the
+CSV.
+
+Value syntax (:func:`parse_counts`, :func:`parse_srams`):
+
+* a list ``1K,4K,16K``; counts take the suffixes ``K`` (×1024) and ``M`` (×1024²);
+* a geometric range ``1K:64K:x2`` (from, to inclusive, factor) or an arithmetic one
+  ``256:2048:+256``;
+* SRAM sizes always carry a unit: bytes (``64KiB``, ``100KB``, ``65536B``) or elements of the
+  dtype (``4096el``); ranges too: ``64KiB:1MiB:x2``, ``1024el:65536el:x4``.
+
+Algorithm names (:func:`resolve_algorithm`): a mapping name (``fa1``, ``fa2``, ``saha-ye``,
+``unfused``, ... with its registry cascade), a cascade name (``attention-1pass``; mapping from
+``--mapping``), or ``cascade:mapping``. The mapping ``best`` means the minimum-traffic tiling
+that fits each SRAM size (:mod:`iosim.search`, or a grid over the mapping kinds of the
+cascade when the search is not available).
+"""
+from __future__ import annotations
+
+import io
+import math
+import re
+import time
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from iosim.errors import IosimError
+
+__all__ = [
+    "parse_counts",
+    "parse_srams",
+    "Algorithm",
+    "resolve_algorithm",
+    "SweepSpec",
+    "run_sweep",
+    "KEY_COLUMNS",
+    "MAX_POINTS",
+]
+
+MAX_POINTS = 1_000_000  # per axis; protects against '1:1e12:+1'
+_COUNT_SUFFIX = {"": 1, "K": 1024, "k": 1024, "M": 1024**2, "Ki": 1024, "Mi": 1024**2}
+_COUNT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|K|k|M)?\s*$")
+
+
+# --------------------------------------------------------------------------------------
+# LIST_OR_RANGE parsing
+# --------------------------------------------------------------------------------------
+
+
+def _count(text: str, option: str) -> int:
+    m = _COUNT_RE.match(text)
+    if not m:
+        raise IosimError(f"{option}: '{text}' is not a positive integer (suffixes: K = 1024, M = 1024²)")
+    value = Decimal(m.group(1)) * _COUNT_SUFFIX[m.group(2) or ""]
+    if value != value.to_integral_value():
+        raise IosimError(f"{option}: '{text}' is not a whole number")
+    v = int(value)
+    if v < 1:
+        raise IosimError(f"{option}: '{text}' must be positive")
+    return v
+
+
+def _step(text: str, option: str, item: str):
+    """('x', factor) or ('+', increment text)."""
+    t = text.strip()
+    if not t:
+        raise IosimError(f"{option}: range '{item}' has an empty step; use e.g. x2 or +256")
+    if t[0] in "x*×":
+        try:
+            f = Decimal(t[1:].strip())
+        except InvalidOperation:
+            raise IosimError(f"{option}: range '{item}': step '{t}' is not a factor such as x2") from None
+        if not f > 1:
+            raise IosimError(f"{option}: range '{item}': a geometric factor must be greater than 1, got {t}")
+        return "x", f
+    return "+", t.lstrip("+").strip()
+
+
+def _expand(lo, hi, kind, step, option: str, item: str) -> list:
+    if hi < lo:
+        raise IosimError(f"{option}: range '{item}' runs backwards ({lo} > {hi})")
+    out = []
+    x = lo
+    if kind == "x":
+        while x <= hi * (1 + 1e-12):
+            out.append(x)
+            if len(out) > MAX_POINTS:
+                raise IosimError(f"{option}: range '{item}' has more than {MAX_POINTS} values")
+            x = x * float(step)
+    else:
+        if not step > 0:
+            raise IosimError(f"{option}: range '{item}': the increment must be positive")
+        n = (hi - lo) / step
+        if n > MAX_POINTS:
+            raise IosimError(f"{option}: range '{item}' has more than {MAX_POINTS} values")
+        out = [lo + i * step for i in range(int(math.floor(n + 1e-9)) + 1)]
+    return out
+
+
+def _split_items(text, option: str) -> list:
+    if isinstance(text, (list, tuple)):
+        items = []
+        for t in text:
+            items.extend(_split_items(t, option))
+        return items
+    if isinstance(text, (int, np.integer)) and not isinstance(text, bool):
+        return [str(int(text))]
+    if not isinstance(text, str):
+        raise IosimError(f"{option}: expected a list such as 1K,4K or a range such as 1K:64K:x2, got {text!r}")
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise IosimError(f"{option}: empty value in '{text}'; expected e.g. 1K,4K,16K or 1K:64K:x2")
+    return items
+
+
+def parse_counts(text, option: str = "--seq-len") -> list:
+    """Positive integers from a LIST_OR_RANGE (``1K,4K``, ``1K:64K:x2``, ``64:512:+64``).
+
+    Returns the sorted distinct values. Errors are one-line :class:`IosimError` naming
+    ``option``.
+    """
+    values = []
+    for item in _split_items(text, option):
+        parts = item.split(":")
+        if len(parts) == 1:
+            values.append(_count(item, option))
+        elif len(parts) == 3:
+            lo, hi = _count(parts[0], option), _count(parts[1], option)
+            kind, st = _step(parts[2], option, item)
+            if kind == "+":
+                st = _count(st, option)
+            for v in _expand(lo, hi, kind, st, option, item):
+                values.append(int(round(v)))
+        else:
+            raise IosimError(f"{option}: '{item}' is neither a value nor a range FROM:TO:STEP "
+                             f"(e.g. 1K:64K:x2 or 256:2048:+256)")
+    return sorted(set(values))
+
+
+def parse_srams(text, dtype: str, option: str = "--sram") -> list:
+    """SRAM sizes in **bytes** from a LIST_OR_RANGE whose values carry units.
+
+    ``64KiB,192KiB``; ``64KiB:1MiB:x2``; ``4096el:65536el:x2`` (elements of ``dtype``);
+    ``16KiB:64KiB:+16KiB``. Returns sorted distinct byte counts (floats).
+    """
+    from iosim.hardware import parse_sram
+
+    def one(t: str) -> float:
+        try:
+            return float(parse_sram(t, dtype))
+        except IosimError as e:
+            msg = str(e)
+            if msg.startswith("--sram"):
+                msg = msg[len("--sram"):].lstrip(": ")
+            raise IosimError(f"{option}: {msg}") from None
+
+    values = []
+    for item in _split_items(text, option):
+        parts = item.split(":")
+        if len(parts) == 1:
+            values.append(one(item))
+        elif len(parts) == 3:
+            lo, hi = one(parts[0]), one(parts[1])
+            kind, st = _step(parts[2], option, item)
+            if kind == "+":
+                st = one(st)
+            values.extend(_expand(lo, hi, kind, st, option, item))
+        else:
+            raise IosimError(f"{option}: '{item}' is neither a size nor a range FROM:TO:STEP "
+                             f"(e.g. 64KiB:1MiB:x2 or 4096el:65536el:x2)")
+    # round to whole bytes (geometric steps accumulate float error)
+    return sorted({float(round(v, 6)) for v in values})
+
+
+# --------------------------------------------------------------------------------------
+# algorithms
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One line of a sweep: a cascade and a mapping name (``best``: the search's minimum)."""
+
+    label: str
+    cascade: str
+    mapping: str
+
+    @property
+    def searched(self) -> bool:
+        return self.mapping == "best"
+
+
+def resolve_algorithm(name: str, default_mapping: str | None = None) -> Algorithm:
+    """``fa1`` | ``attention-1pass`` | ``attention-1pass:fa1`` | ``attention-1pass:best``."""
+    from cascades.library import names as cascade_names
+    from iosim.mapping import MAPPINGS, get_mapping, mappings_for
+
+    text = str(name).strip()
+    if not text:
+        raise IosimError("empty algorithm name")
+    if ":" in text:
+        casc, mp = (t.strip() for t in text.split(":", 1))
+        if casc not in cascade_names():
+            raise IosimError(f"unknown cascade '{casc}' in '{text}'; cascades: {', '.join(cascade_names())}")
+        if mp != "best":
+            m = get_mapping(mp, cascade=casc)
+            if m.kind not in mappings_for(casc):
+                raise IosimError(f"mapping '{mp}' does not fit cascade '{casc}'; use one of: "
+                                 f"{', '.join(mappings_for(casc))} or best")
+            mp = m.name
+        return Algorithm(text, casc, mp)
+    key = text.lower().replace("_", "-")
+    if key in MAPPINGS or key in ("fa", "flash2", "standard", "naive"):
+        m = get_mapping(key)
+        return Algorithm(m.name, m.cascade, m.name)
+    if text in cascade_names():
+        mp = default_mapping
+        if mp is None:
+            mp = "best"
+        if mp != "best":
+            m = get_mapping(mp, cascade=text)
+            if m.kind not in mappings_for(text):
+                raise IosimError(f"--mapping {mp} does not fit cascade '{text}'; use one of: "
+                                 f"{', '.join(mappings_for(text))} or best")
+            mp = m.name
+        return Algorithm(f"{text}:{mp}", text, mp)
+    import difflib
+
+    pool = list(MAPPINGS) + list(cascade_names())
+    hit = difflib.get_close_matches(text, pool, n=1, cutoff=0.5)
+    hint = f" (did you mean '{hit[0]}'?)" if hit else ""
+    raise IosimError(f"unknown algorithm '{text}'{hint}; give a mapping ({', '.join(MAPPINGS)}), "
+                     f"a cascade, or cascade:mapping")
+
+
+# --------------------------------------------------------------------------------------
+# the sweep
+# --------------------------------------------------------------------------------------
+
+KEY_COLUMNS = ("algorithm", "hardware", "dtype", "batch", "heads", "causal", "sram_bytes", "n", "d")
+
+#: the columns the CSV keeps (per-tensor columns vary by algorithm and are left out)
+OUT_COLUMNS = KEY_COLUMNS + (
+    "cascade", "mapping", "sram_elements", "block_q", "block_kv", "fits",
+    "hbm_read_bytes", "hbm_write_bytes", "hbm_bytes", "hbm_elements_per_head",
+    "flops_matmul", "flops_exp", "flops_other", "time_s", "limiter",
+    "bound_compulsory_elements", "bound_envelope_elements", "bound_elements", "ratio_to_bound",
+)
+
+
+@dataclass
+class SweepSpec:
+    algorithms: tuple
+    hardware: str
+    srams: tuple          # bytes
+    seq_lens: tuple
+    head_dims: tuple
+    dtype: str = "bf16"
+    batch: int = 1
+    heads: int = 1
+    causal: bool = False
+
+    def points(self) -> int:
+        return len(self.algorithms) * len(self.srams) * len(self.seq_lens) * len(self.head_dims)
+
+
+def _key(row) -> tuple:
+    return (str(row["algorithm"]), str(row["hardware"]), str(row["dtype"]), int(row["batch"]),
+            int(row["heads"]), bool(row["causal"]), round(float(row["sram_bytes"]), 3),
+            int(row["n"]), int(row["d"]))
+
+
+def _read_existing(path: Path):
+    import pandas as pd
+
+    if not path.exists():
+        return None
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+        raise IosimError(f"cannot read the existing results {path}: {exc}".splitlines()[0]) from None
+    missing = [c for c in KEY_COLUMNS if c not in df.columns]
+    if missing:
+        raise IosimError(f"{path} is not a sweep CSV (no column {missing[0]}); "
+                         f"choose another --out directory")
+    return df
+
+
+def _hbm_name(hw) -> str:
+    return hw.backing.name.lower()
+
+
+def _fixed_frame(alg: Algorithm, hw, pts: dict, spec: SweepSpec):
+    """Evaluate a fixed (named) mapping at the points (arrays n, d, sram) in one call."""
+    import pandas as pd
+    from iosim.mapping import get_mapping
+    from iosim.traffic import arrays_to_frame, evaluate_arrays
+
+    m = get_mapping(alg.mapping, cascade=alg.cascade)
+    r = evaluate_arrays(alg.cascade, m, hw, n=pts["n"], d=pts["d"], dtype=spec.dtype,
+                        batch=spec.batch, heads=spec.heads, causal=spec.causal,
+                        sram_bytes=pts["sram"], product=False)
+    df = arrays_to_frame(r, per_tensor=False, pd=pd)
+    df["sram_bytes"] = pts["sram"]
+    return df
+
+
+def _best_frame(alg: Algorithm, hw, pts: dict, spec: SweepSpec):
+    """Minimum-traffic tiling per point, from iosim.search when it offers a frame-level API,
+    else from a grid over the cascade's mapping kinds (see :func:`_grid_best_rows`)."""
+    import pandas as pd
+
+    try:
+        from iosim import search  # noqa: F401
+        fn = getattr(search, "search_frame", None)
+    except ImportError:
+        fn = None
+    if fn is not None:
+        return fn(alg.cascade, hw, n=pts["n"], d=pts["d"], sram_bytes=pts["sram"],
+                  dtype=spec.dtype, batch=spec.batch, heads=spec.heads, causal=spec.causal)
+    rows = [_grid_best_rows(alg.cascade, hw, int(n), int(d), float(s), spec)
+            for n, d, s in zip(pts["n"], pts["d"], pts["sram"])]
+    return pd.concat(rows, ignore_index=True)
+
+
+def _grid_best_rows(cascade: str, hw, n: int, d: int, sram: float, spec: SweepSpec):
+    """The best fitting configuration over the mapping kinds of ``cascade`` and a tile grid."""
+    import pandas as pd
+    from iosim.mapping import get_mapping, mappings_for
+    from iosim.traffic import arrays_to_frame, evaluate_arrays
+
+    frames = []
+    tiles = np.unique(np.concatenate([np.arange(1, 65), np.round(np.geomspace(64, max(n, 64), 80))]))
+    tiles = tiles[tiles <= max(n, 1)].astype(np.int64)
+    for kind in mappings_for(cascade):
+        m = get_mapping(kind, cascade=cascade)
+        kw = dict(n=n, d=d, dtype=spec.dtype, batch=spec.batch, heads=spec.heads,
+                  causal=spec.causal, sram_bytes=sram)
+        try:
+            if m.kind == "saha-ye":
+                bmax = int(math.isqrt(int(sram // 1)))
+                b = np.arange(1, max(2, min(bmax, n) + 1))
+                r = evaluate_arrays(cascade, m, hw, block_q=b, block_kv=b, product=False,
+                                    **{k: (np.full(len(b), v) if k in ("n", "d", "sram_bytes") else v)
+                                       for k, v in kw.items()})
+            elif m.kind in ("lightning2",):
+                r = evaluate_arrays(cascade, m, hw, block_q=tiles, **kw)
+            else:
+                r = evaluate_arrays(cascade, m, hw, block_q=tiles,
+                                    block_kv=np.array([t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= n]),
+                                    **kw)
+        except IosimError:
+            continue
+        df = arrays_to_frame(r, per_tensor=False, pd=pd)
+        df = df[df["fits"]]
+        if len(df):
+            frames.append(df.nsmallest(1, "hbm_bytes"))
+    if not frames:
+        m = get_mapping(mappings_for(cascade)[0], cascade=cascade)
+        r = evaluate_arrays(cascade, m, hw, n=n, d=d, dtype=spec.dtype, batch=spec.batch,
+                            heads=spec.heads, causal=spec.causal, sram_bytes=sram)
+        df = arrays_to_frame(r, per_tensor=False, pd=pd)
+        return df
+    out = pd.concat(frames, ignore_index=True).nsmallest(1, "hbm_bytes")
+    out["sram_bytes"] = sram
+    return out
+
+
+def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, chunk_points: int = 4096,
+              progress: bool = True, flush_seconds: float = 2.0,
+              on_chunk: Callable | None = None):
+    """Evaluate the grid; return the DataFrame of all rows (old and new).
+
+    With ``out_dir``: rows already in ``out_dir/sweep.csv`` (same algorithm, hardware, dtype,
+    batch, heads, causal, SRAM size, N, d) are skipped; new rows are merged into the CSV
+    atomically after every chunk (at most every ``flush_seconds``) and at the end.
+    ``on_chunk(done, total)`` is called after each chunk (tests use it to interrupt).
+    """
+    import pandas as pd
+    from iosim.cli.common import atomic_write
+    from iosim.hardware import load_hardware
+
+    hw = load_hardware(spec.hardware)
+    path = Path(out_dir) / "sweep.csv" if out_dir is not None else None
+    existing = _read_existing(path) if path is not None else None
+    done = set()
+    if existing is not None and len(existing):
+        done = {_key(r) for _, r in existing.iterrows()}
+    frames = [existing] if existing is not None and len(existing) else []
+    # the work list, per algorithm
+    todo = []
+    for alg in spec.algorithms:
+        pts = []
+        for s in spec.srams:
+            for n in spec.seq_lens:
+                for d in spec.head_dims:
+                    key = (alg.label, hw.name, spec.dtype, spec.batch, spec.heads, spec.causal,
+                           round(float(s), 3), int(n), int(d))
+                    if key not in done:
+                        pts.append((n, d, s))
+        if pts:
+            todo.append((alg, pts))
+    total = sum(len(p) for _, p in todo)
+    bar = None
+    if progress and total:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="pt", desc="sweep", leave=False)
+    pending = []
+    last_flush = time.monotonic()
+
+    def flush():
+        nonlocal pending, last_flush
+        if path is None or not pending:
+            return
+        frames.extend(pending)
+        pending = []
+        full = pd.concat(frames, ignore_index=True)
+        frames[:] = [full]
+        buf = io.StringIO()
+        full.to_csv(buf, index=False)
+        atomic_write(path, buf.getvalue())
+        last_flush = time.monotonic()
+
+    finished = 0
+    try:
+        for alg, pts in todo:
+            step = chunk_points if not alg.searched else max(1, min(chunk_points, 64))
+            for i in range(0, len(pts), step):
+                chunk = pts[i:i + step]
+                arr = {"n": np.array([p[0] for p in chunk], dtype=np.int64),
+                       "d": np.array([p[1] for p in chunk], dtype=np.int64),
+                       "sram": np.array([p[2] for p in chunk], dtype=float)}
+                df = (_best_frame if alg.searched else _fixed_frame)(alg, hw, arr, spec)
+                df = _normalise(df, alg, hw, spec)
+                pending.append(df)
+                finished += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+                if path is None:
+                    frames.extend(pending)
+                    pending = []
+                elif time.monotonic() - last_flush >= flush_seconds:
+                    flush()
+                if on_chunk is not None:
+                    on_chunk(finished, total)
+    finally:
+        flush()
+        if bar is not None:
+            bar.close()
+    if path is None:
+        frames.extend(pending)
+    if not frames:
+        return pd.DataFrame(columns=list(OUT_COLUMNS))
+    full = pd.concat(frames, ignore_index=True)
+    return full
+
+
+def _normalise(df, alg: Algorithm, hw, spec: SweepSpec):
+    """The CSV's columns, in order, whatever the model or the search returned."""
+    b = _hbm_name(hw)
+    out = df.copy()
+    out["algorithm"] = alg.label
+    out["hardware"] = hw.name
+    out["dtype"] = spec.dtype
+    out["batch"] = spec.batch
+    out["heads"] = spec.heads
+    out["causal"] = bool(spec.causal)
+    if "d" not in out.columns:
+        out["d"] = out["e"]
+    ren = {f"{b}_read_bytes": "hbm_read_bytes", f"{b}_write_bytes": "hbm_write_bytes",
+           f"{b}_bytes": "hbm_bytes", f"{b}_elements_per_head": "hbm_elements_per_head"}
+    out = out.rename(columns=ren)
+    if "cascade" not in out.columns:
+        out["cascade"] = alg.cascade
+    if "mapping" not in out.columns:
+        out["mapping"] = alg.mapping
+    for c in OUT_COLUMNS:
+        if c not in out.columns:
+            out[c] = np.nan
+    return out[list(OUT_COLUMNS)].reset_index(drop=True)
