@@ -1,60 +1,960 @@
-"""One description of a tiling for a cascade: the Mapping.
+"""One description of a tiling for a cascade: the Mapping, and the loop nest it stands for.
 
 The single most important design rule of the project: one :class:`Mapping` drives the
 analytical model (:mod:`iosim.traffic`), the tile-level simulator (:mod:`iosim.trace`) and
 the generated Triton kernel (:mod:`cascades.triton`, through :mod:`iosim.gpu`).
 
 Rank names follow the cascades: ``P`` query rows, ``M`` keys/values, ``E``/``F`` the head
-dimensions, ``B`` batch and ``H`` heads. Tile sizes use the kernel's vocabulary too:
+dimensions (``e``/``f``), ``G`` query heads sharing one K/V head (GQA), and ``B``/``H`` batch
+and heads, which the models multiply through. Tile sizes use the kernel's vocabulary too:
 ``block_q`` (FlashAttention's B_r, Triton's BLOCK_M) tiles P, ``block_kv`` (B_c, Triton's
 BLOCK_N) tiles M.
+
+A mapping is turned into a :class:`LoopNest` by :func:`loop_nest`: phases (kernels), each a
+tree of :class:`Loop` nodes over tiles whose bodies :class:`Load` tiles from the backing store
+(HBM) into on-chip buffers, :class:`Alloc` on-chip scratch (accumulators, running softmax
+state, score tiles) and :class:`Store` tiles back. The nest is *symbolic*: tile sizes are
+named (``"block_q"``) and extents are ranks (``"P"``); the analytical model sums it in closed
+form, the simulator walks it tile by tile, and the report prints it. Both count the same
+events, so they agree to the element.
+
+Named mappings (see :data:`MAPPINGS` and ``docs/model.md``):
+
+===============  =========================================================================
+``fa2``          FlashAttention-2: a program per query block, K/V streamed, O and LSE once
+``fa1``          FlashAttention-1 Algorithm 1: outer loop over K/V blocks, inner over Q
+                 blocks, O, l, m read and written in HBM at every inner step
+``unfused``      standard attention: S = QKᵀ and P = softmax(S) materialised in HBM
+``fused-3pass``  the 3-pass cascade fused per query block; the score row is buffered on
+                 chip, spilled to HBM, or recomputed (``row_policy``)
+``fused-2pass``  the 2-pass cascade fused per query block; per-key-block partials
+                 buffered on chip or spilled (``row_policy``)
+``decode-splitk`` FlashDecoding: K/V split into ``split_kv`` chunks, partial O and LSE per
+                 chunk in HBM, then a combining kernel
+``linear``       linear attention: the E×F state built in one pass, then read per Q block
+``lightning2``   Lightning Attention-2: one pass, intra-block product, E×F state on chip
+``saha-ye``      Saha & Ye's square tiling for small caches (B = ⌊√(M/4)⌋), exp(QKᵀ) in HBM
+===============  =========================================================================
 """
 from __future__ import annotations
 
+import difflib
+import math
 from dataclasses import dataclass, field, replace
+from typing import Iterable, Union
 
 from iosim.errors import IosimError
 
+__all__ = [
+    "GRID_ORDERS", "ROW_POLICIES", "MAPPINGS", "KINDS",
+    "Mapping", "Shapes", "Dim", "Loop", "SplitLoop", "Load", "Store", "Alloc", "Phase",
+    "LoopNest", "get_mapping", "mapping_names", "default_mapping", "mappings_for",
+    "loop_nest", "check_fits", "fa1_paper_blocks", "saha_ye_block", "cascade_facts",
+    "format_loop_nest",
+]
+
 GRID_ORDERS = ("query-major", "head-major")
+ROW_POLICIES = ("buffer", "spill", "recompute")
+KINDS = ("fa2", "fa1", "unfused", "fused-3pass", "fused-2pass", "decode-splitk", "linear",
+         "lightning2", "saha-ye")
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    hit = difflib.get_close_matches(str(word).lower(), [c.lower() for c in choices], n=1,
+                                    cutoff=0.5)
+    return f" (did you mean '{hit[0]}'?)" if hit else ""
+
+
+def _posint(value, what: str, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise IosimError(f"{what} must be a positive integer, got {value!r}")
+
+
+# ======================================================================================
+# the Mapping
+# ======================================================================================
 
 
 @dataclass(frozen=True)
 class Mapping:
-    """A tiling of an attention cascade onto a memory hierarchy (see module docstring)."""
+    """A tiling of an attention cascade onto a memory hierarchy (see module docstring).
+
+    ``kind`` selects the loop-nest family (one of :data:`KINDS`); ``name`` is the registry
+    name (user variants may rename). ``block_q``/``block_kv`` may be ``None`` for ``fa1`` and
+    ``saha-ye``: then the paper's rule derives them from the SRAM size (see
+    :meth:`resolve`). ``loop_order`` is informational (set from the kind).
+    """
     name: str
     cascade: str
     loop_order: tuple[str, ...] = ("B", "H", "P", "M")   # temporal loops, outermost first
-    block_q: int = 128                                  # tile of P (B_r, BLOCK_M)
-    block_kv: int = 64                                  # tile of M (B_c, BLOCK_N)
-    resident: tuple[tuple[str, str], ...] = ()          # (tensor, level) overrides, e.g. S in HBM
+    block_q: int | None = 128                            # tile of P (B_r, BLOCK_M)
+    block_kv: int | None = 64                            # tile of M (B_c, BLOCK_N)
+    resident: tuple[tuple[str, str], ...] = ()           # (tensor, level) overrides
     fused: bool = True
-    grid_order: str = "query-major"                     # thread-block order on a GPU
-    num_warps: int = 8                                  # kernel-only knobs
+    grid_order: str = "query-major"                      # thread-block order on a GPU
+    num_warps: int = 8                                   # kernel-only knobs
     num_stages: int = 3
-    split_kv: int = 1                                   # decode split-K chunks
-    init_writes: bool = True                            # FA1: count O, l, m initialisation
+    split_kv: int = 1                                    # decode split-K chunks
+    init_writes: bool = True                             # FA1: count O, l, m initialisation
     notes: str = field(default="", compare=False)
+    # --- added for the models -----------------------------------------------------------
+    kind: str = "fa2"
+    write_lse: bool = True               # fa2: write the log-sum-exp (N fp32 values)
+    row_policy: str = "buffer"           # fused-2pass/3pass: buffer | spill | recompute
+    softmax_rows: int = 1                # unfused: query rows per softmax program
+    block_e: int | None = None           # saha-ye: tile of E (None: = block_q)
+    block_f: int | None = None           # saha-ye: tile of F (None: = block_q)
+    acc_dtype: str | None = None         # on-chip accumulators/state (None: the input dtype)
+    stat_dtype: str = "fp32"             # softmax statistics stored in HBM (l, m, LSE, D)
+    acc_level: str | None = None         # level of accumulators (None: RF if below SRAM)
+    stages_in_footprint: bool = False    # count streamed tiles num_stages times
 
     def __post_init__(self) -> None:
-        for k in ("block_q", "block_kv", "num_warps", "num_stages", "split_kv"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise IosimError(f"mapping '{self.name}': {k} must be a positive integer, "
-                                 f"got {v!r}")
+        label = f"mapping '{self.name}'"
+        if self.kind not in KINDS:
+            raise IosimError(f"{label}: unknown kind '{self.kind}'{_suggest(self.kind, KINDS)}; "
+                             f"kinds: {', '.join(KINDS)}")
+        for k in ("block_q", "block_kv", "block_e", "block_f"):
+            _posint(getattr(self, k), f"{label}: {k}", allow_none=True)
+        if self.kind not in ("fa1", "saha-ye"):
+            for k in ("block_q", "block_kv"):
+                if getattr(self, k) is None:
+                    raise IosimError(f"{label}: {k} must be given for a '{self.kind}' mapping")
+        for k in ("num_warps", "num_stages", "split_kv", "softmax_rows"):
+            _posint(getattr(self, k), f"{label}: {k}")
         if self.grid_order not in GRID_ORDERS:
-            raise IosimError(f"mapping '{self.name}': grid order '{self.grid_order}' is not one "
-                             f"of {', '.join(GRID_ORDERS)}")
+            raise IosimError(f"{label}: grid order '{self.grid_order}' is not one of "
+                             f"{', '.join(GRID_ORDERS)}")
+        if self.row_policy not in ROW_POLICIES:
+            raise IosimError(f"{label}: row_policy '{self.row_policy}'"
+                             f"{_suggest(self.row_policy, ROW_POLICIES)} is not one of "
+                             f"{', '.join(ROW_POLICIES)}")
+        if self.kind == "fused-2pass" and self.row_policy == "recompute":
+            raise IosimError(f"{label}: fused-2pass keeps per-block partials: row_policy must "
+                             f"be 'buffer' or 'spill'")
+        if self.kind == "lightning2" and self.block_kv != self.block_q:
+            object.__setattr__(self, "block_kv", self.block_q)
+        if self.kind == "saha-ye" and self.block_q != self.block_kv:
+            raise IosimError(f"{label}: Saha & Ye's tiling is square: block_q and block_kv must "
+                             f"be equal (got {self.block_q} and {self.block_kv})")
 
+    # -- convenience -------------------------------------------------------------------
     def with_(self, **changes) -> "Mapping":
+        """A copy with fields changed (validated); unknown fields are errors."""
+        bad = [k for k in changes if k not in self.__dataclass_fields__]
+        if bad:
+            raise IosimError(f"mapping '{self.name}': unknown field '{bad[0]}'"
+                             f"{_suggest(bad[0], self.__dataclass_fields__)}")
         return replace(self, **changes)
 
     def level_of(self, tensor: str, default: str) -> str:
         return dict(self.resident).get(tensor, default)
 
+    @property
+    def derived_blocks(self) -> bool:
+        """True when block sizes come from the paper's rule for the SRAM size."""
+        return self.block_q is None or self.block_kv is None
+
+    def resolve(self, sram_elements: float, d: int) -> "Mapping":
+        """Concrete block sizes: the paper's rule for missing ones (fa1, saha-ye).
+
+        ``sram_elements`` is the SRAM size M in elements, ``d`` the head dimension.
+        """
+        if not self.derived_blocks:
+            return self
+        if self.kind == "fa1":
+            bc, br = fa1_paper_blocks(sram_elements, d)
+            return replace(self, block_q=self.block_q or br, block_kv=self.block_kv or bc)
+        b = saha_ye_block(sram_elements)
+        return replace(self, block_q=b, block_kv=b)
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "cascade": self.cascade, "loop_order": list(self.loop_order),
+        return {"name": self.name, "kind": self.kind, "cascade": self.cascade,
+                "loop_order": list(self.loop_order),
                 "block_q": self.block_q, "block_kv": self.block_kv,
+                "block_e": self.block_e, "block_f": self.block_f,
                 "resident": dict(self.resident), "fused": self.fused,
                 "grid_order": self.grid_order, "num_warps": self.num_warps,
                 "num_stages": self.num_stages, "split_kv": self.split_kv,
-                "init_writes": self.init_writes}
+                "init_writes": self.init_writes, "write_lse": self.write_lse,
+                "row_policy": self.row_policy, "softmax_rows": self.softmax_rows,
+                "acc_dtype": self.acc_dtype, "stat_dtype": self.stat_dtype,
+                "acc_level": self.acc_level, "stages_in_footprint": self.stages_in_footprint}
+
+
+def fa1_paper_blocks(sram_elements: float, d: int) -> tuple[int, int]:
+    """FlashAttention Algorithm 1's block sizes: ``(Bc, Br)`` = (⌈M/4d⌉, min(⌈M/4d⌉, d))."""
+    if not sram_elements >= 1:
+        raise IosimError(f"SRAM of {sram_elements} elements is too small for any tile")
+    bc = math.ceil(sram_elements / (4 * d))
+    return bc, min(bc, d)
+
+
+def saha_ye_block(sram_elements: float) -> int:
+    """Saha & Ye's square tile: B = ⌊√(M/4)⌋ (their Algorithm 1, line 1)."""
+    b = math.isqrt(int(sram_elements // 4))
+    if b < 1:
+        raise IosimError(f"Saha & Ye's tiling needs at least 4 elements of SRAM "
+                         f"(B = floor(sqrt(M/4)) >= 1), got {sram_elements:g}")
+    return b
+
+
+# ======================================================================================
+# shapes
+# ======================================================================================
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Problem sizes: ``n`` query rows, ``kv_len`` keys (default ``n``), head dims ``e``/``f``.
+
+    ``group`` is the number of query heads per K/V head (GQA cascades), ``causal_offset``
+    the diagonal's offset (query ``p`` sees keys ``m <= p + offset``; ``None``: the cascade's
+    convention, 0 for prefill cascades and ``kv_len - n`` for decode).
+    """
+    n: int
+    e: int = 64
+    kv_len: int | None = None
+    f: int | None = None
+    batch: int = 1
+    heads: int = 1
+    group: int = 1
+    dtype: str = "bf16"
+    causal: bool = False
+    causal_offset: int | None = None
+
+    def __post_init__(self):
+        names = {"n": "seq-len", "e": "head-dim", "kv_len": "kv-len", "f": "head-dim f",
+                 "batch": "batch", "heads": "heads", "group": "group"}
+        for k, label in names.items():
+            v = getattr(self, k)
+            if v is None and k in ("kv_len", "f"):
+                continue
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+                object.__setattr__(self, k, v)
+            _posint(v, label)
+        if self.kv_len is None:
+            object.__setattr__(self, "kv_len", self.n)
+        if self.f is None:
+            object.__setattr__(self, "f", self.e)
+        from iosim.hardware import dtype_bytes
+        dtype_bytes(self.dtype)  # validates
+        object.__setattr__(self, "causal", bool(self.causal))
+
+    @property
+    def d(self) -> int:
+        return self.e
+
+    def offset(self, default: int = 0) -> int:
+        return self.causal_offset if self.causal_offset is not None else default
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "kv_len": self.kv_len, "e": self.e, "f": self.f,
+                "batch": self.batch, "heads": self.heads, "group": self.group,
+                "dtype": self.dtype, "causal": self.causal, "causal_offset": self.causal_offset}
+
+
+# ======================================================================================
+# the loop-nest IR
+# ======================================================================================
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One dimension of a tile: the tensor's rank and the loop variable tiling it.
+
+    ``var=None``: the whole rank. ``rank="Mt"``: a per-key-tile coordinate (one entry per
+    tile of M by ``block_kv``); ``rank="S"``: a per-split coordinate (decode split-K).
+    """
+    rank: str
+    var: str | None = None
+
+
+@dataclass(frozen=True)
+class Loop:
+    """``for var in tiles of rank by block``.
+
+    ``causal_with``: only tiles that intersect the causal (lower-triangular) region together
+    with the tile of the loop ``causal_with``. ``within``: an M-tile loop over the tiles of
+    one split (decode). ``grid``: iterations are independent programs (thread blocks).
+    """
+    var: str
+    rank: str
+    block: str
+    body: tuple
+    causal_with: str | None = None
+    within: str | None = None
+    grid: bool = False
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class SplitLoop:
+    """``for var in splits`` of the key tiles (decode split-K); ``n_splits`` of them."""
+    var: str
+    body: tuple
+    grid: bool = True
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Load:
+    """Read a tile of ``tensor`` from the backing store into an on-chip buffer.
+
+    The buffer lives until the end of the enclosing loop body. ``streamed``: the tile is
+    reloaded at every step of the innermost loop (pipelined ``num_stages`` deep on a GPU).
+    """
+    tensor: str
+    dims: tuple
+    streamed: bool = False
+
+
+@dataclass(frozen=True)
+class Store:
+    """Write a tile of ``tensor`` from chip to the backing store."""
+    tensor: str
+    dims: tuple
+
+
+@dataclass(frozen=True)
+class Alloc:
+    """On-chip scratch that is never loaded: an accumulator, softmax state, a score tile.
+
+    ``role="acc"`` places it at the mapping's accumulator level (registers on a GPU),
+    ``role="tile"`` at the SRAM level.
+    """
+    name: str
+    dims: tuple
+    role: str = "acc"
+
+
+Node = Union[Loop, SplitLoop, Load, Store, Alloc]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One kernel (a pass that starts after the previous one ends)."""
+    name: str
+    body: tuple
+
+
+@dataclass(frozen=True)
+class LoopNest:
+    """The loop nest of a mapping on a cascade (symbolic sizes).
+
+    ``tensors``: tensor -> (layout ranks, dtype role) where the role is ``"data"`` (the
+    input dtype), ``"stat"`` (the mapping's stat dtype) or ``"mask"`` (1 byte).
+    ``skips_causal``: whether blocks above the diagonal are skipped (FLOPs scale with the
+    visited fraction). ``recompute``: cascade tensor -> how many times it is computed.
+    """
+    mapping: Mapping
+    cascade: str
+    phases: tuple
+    tensors: dict
+    skips_causal: bool = True
+    recompute: dict = field(default_factory=dict)
+    causal_offset_default: str = "zero"   # "zero" | "end" (decode: kv_len - n)
+
+    def walk(self):
+        """(phase, node, enclosing loops) for every node, depth first."""
+        def rec(phase, nodes, encl):
+            for nd in nodes:
+                yield phase, nd, encl
+                if isinstance(nd, (Loop, SplitLoop)):
+                    yield from rec(phase, nd.body, encl + (nd,))
+        for ph in self.phases:
+            yield from rec(ph, ph.body, ())
+
+    def dtype_role(self, tensor: str) -> str:
+        return self.tensors.get(tensor, ((), "data"))[1]
+
+
+# ======================================================================================
+# facts about a cascade the nest builders need
+# ======================================================================================
+
+
+@dataclass(frozen=True)
+class CascadeFacts:
+    name: str
+    q_inputs: tuple          # inputs with P but not M (Q), in declaration order
+    kv_inputs: tuple         # inputs with M but not P (K, V)
+    pm_inputs: tuple         # inputs with both P and M (a mask)
+    outputs: tuple           # outputs (O)
+    ranks: dict              # tensor -> ranks (inputs and outputs)
+    softmax: bool            # has a max-reduction or running max (needs l, m / LSE)
+    n_state: int             # per-row running scalars carried over key blocks
+    has_group: bool          # a G rank (GQA)
+    end_aligned_causal: bool  # decode convention: m > p + M - P
+
+
+def cascade_facts(cascade) -> CascadeFacts:
+    """Structural facts of a cascade used to build loop nests (no hardware involved)."""
+    from cascades.ir import accesses, walk, Name
+    ranks = {t.name: t.ranks for t in cascade.tensors if t.role in ("input", "output")}
+    q_in, kv_in, pm_in = [], [], []
+    for t in cascade.inputs:
+        has_p, has_m = "P" in t.ranks, "M" in t.ranks
+        if has_p and has_m:
+            pm_in.append(t.name)
+        elif has_m:
+            kv_in.append(t.name)
+        else:
+            q_in.append(t.name)
+    softmax = any(e.reduction is not None and e.reduction.op == "max" for e in cascade.einsums)
+    softmax = softmax or any(
+        any(getattr(n, "func", None) == "max" for n in walk(e.expr)) for e in cascade.einsums
+        if e.shift is not None)
+    # running per-row state: iterative tensors whose ranks (less the iterative rank) have
+    # no F (the F-carrying ones are the output accumulator)
+    n_state = 0
+    it_ranks = set(cascade.info.iterative)
+    for t, (var, _) in cascade.info.shifted.items():
+        rest = [r for r in cascade.info.tensor_ranks[t] if r not in it_ranks]
+        if "F" not in rest and "E" not in rest:
+            n_state += 1
+    if n_state == 0 and softmax:
+        n_state = 2
+    has_group = any("G" in r for r in ranks.values())
+    end_aligned = False
+    for e in cascade.einsums:
+        for nd in walk(e.expr):
+            if isinstance(nd, Name) and nd.name == "P":
+                end_aligned = True
+    return CascadeFacts(cascade.name, tuple(q_in), tuple(kv_in), tuple(pm_in),
+                        tuple(t.name for t in cascade.outputs), ranks, softmax, n_state,
+                        has_group, end_aligned)
+
+
+# ======================================================================================
+# nest builders
+# ======================================================================================
+
+
+def _tile_dims(ranks, tiles: dict) -> tuple:
+    """Dims of a tensor with ranks ``ranks``: tiled by ``tiles[rank]`` (a var) or whole."""
+    return tuple(Dim(r, tiles.get(r)) for r in ranks)
+
+
+def _group_wrap(facts: CascadeFacts, body: tuple) -> tuple:
+    if facts.has_group:
+        return (Loop("g", "G", "one", body, grid=True, label="query heads of the group"),)
+    return body
+
+
+def _stats(facts: CascadeFacts, var: str, names=("m", "l")) -> tuple:
+    out = []
+    for k in range(facts.n_state):
+        nm = names[k] if k < len(names) else f"state{k}"
+        out.append(Alloc(nm, (Dim("P", var),)))
+    return tuple(out)
+
+
+def _out_tiles(facts: CascadeFacts, tiles: dict) -> tuple:
+    return tuple(Store(o, _tile_dims(facts.ranks[o], tiles)) for o in facts.outputs)
+
+
+def _acc_tiles(facts: CascadeFacts, tiles: dict) -> tuple:
+    return tuple(Alloc(f"{o}_acc", _tile_dims(facts.ranks[o], tiles)) for o in facts.outputs)
+
+
+def _fa2(m: Mapping, f: CascadeFacts) -> LoopNest:
+    ti = {"P": "i", "G": "g"}
+    tij = {"P": "i", "M": "j", "G": "g"}
+    inner = tuple(Load(t, _tile_dims(f.ranks[t], tij), streamed=True)
+                  for t in f.kv_inputs + f.pm_inputs)
+    inner += (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
+    body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
+    body += _acc_tiles(f, ti) + _stats(f, "i")
+    body += (Loop("j", "M", "block_kv", inner, causal_with="i", label="key/value tiles"),)
+    body += _out_tiles(f, ti)
+    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
+    if m.write_lse and f.softmax:
+        body += (Store("LSE", (Dim("P", "i"),)),)
+        tensors["LSE"] = (("P",), "stat")
+    nest = (Loop("i", "P", "block_q", body, grid=True, label="query tiles (one program each)"),)
+    return LoopNest(m, f.name, (Phase("forward", _group_wrap(f, nest)),), tensors)
+
+
+def _fa1(m: Mapping, f: CascadeFacts) -> LoopNest:
+    ti = {"P": "i", "G": "g"}
+    tij = {"P": "i", "M": "j", "G": "g"}
+    stat_names = ("m", "l") if f.softmax else ()
+    stats = stat_names[: f.n_state] if f.softmax else ()
+    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
+    for s in stats:
+        tensors[s] = (("P",), "stat")
+    phases = []
+    if m.init_writes:
+        init = tuple(Store(o, _tile_dims(f.ranks[o], ti)) for o in f.outputs)
+        init += tuple(Store(s, (Dim("P", "i"),)) for s in stats)
+        phases.append(Phase("init O, l, m in HBM",
+                            _group_wrap(f, (Loop("i", "P", "block_q", init, grid=True,
+                                                 label="query tiles"),))))
+    inner = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
+    inner += tuple(Load(o, _tile_dims(f.ranks[o], ti)) for o in f.outputs)
+    inner += tuple(Load(s, (Dim("P", "i"),)) for s in stats)
+    inner += tuple(Load(t, _tile_dims(f.ranks[t], tij)) for t in f.pm_inputs)
+    inner += (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
+    inner += tuple(Alloc(f"{s}~", (Dim("P", "i"),)) for s in stats)
+    inner += tuple(Store(o, _tile_dims(f.ranks[o], ti)) for o in f.outputs)
+    inner += tuple(Store(s, (Dim("P", "i"),)) for s in stats)
+    outer = tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"})) for t in f.kv_inputs)
+    outer += (Loop("i", "P", "block_q", inner, causal_with="j", label="query tiles"),)
+    nest = (Loop("j", "M", "block_kv", outer, label="key/value tiles"),)
+    phases.append(Phase("forward", _group_wrap(f, nest)))
+    return LoopNest(m, f.name, tuple(phases), tensors)
+
+
+def _unfused(m: Mapping, f: CascadeFacts) -> LoopNest:
+    ti = {"P": "i", "G": "g"}
+    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
+    tensors["S"] = (("P", "M"), "data")
+    tensors["P~"] = (("P", "M"), "data")
+    k_in = f.kv_inputs[:1]
+    v_in = f.kv_inputs[1:]
+    s_dims = (Dim("P", "i"), Dim("M", "j"))
+    k1 = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
+    k1 += (Loop("j", "M", "block_kv",
+                tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True) for t in k_in)
+                + (Alloc("S", s_dims), Store("S", s_dims)), label="key tiles"),)
+    ph1 = Phase("S = Q K^T", _group_wrap(f, (Loop("i", "P", "block_q", k1, grid=True,
+                                                  label="query tiles"),)))
+    row = (Dim("P", "r"), Dim("M"))
+    k2 = (Load("S", row),) + tuple(Load(t, _tile_dims(f.ranks[t], {"P": "r"}))
+                                   for t in f.pm_inputs)
+    k2 += _stats(f, "r") + (Store("P~", row),)
+    ph2 = Phase("P = softmax(S)", _group_wrap(f, (Loop("r", "P", "block_rows", k2, grid=True,
+                                                       label="query rows"),)))
+    k3 = _acc_tiles(f, ti)
+    k3 += (Loop("j", "M", "block_kv",
+                (Load("P~", s_dims, streamed=True),)
+                + tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True) for t in v_in),
+                label="key/value tiles"),)
+    k3 += _out_tiles(f, ti)
+    ph3 = Phase("O = P V", _group_wrap(f, (Loop("i", "P", "block_q", k3, grid=True,
+                                                label="query tiles"),)))
+    return LoopNest(m, f.name, (ph1, ph2, ph3), tensors, skips_causal=False)
+
+
+def _fused3(m: Mapping, f: CascadeFacts) -> LoopNest:
+    ti = {"P": "i", "G": "g"}
+    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
+    k_in, v_in = f.kv_inputs[:1], f.kv_inputs[1:]
+    pol = m.row_policy
+    sd = lambda v: (Dim("P", "i"), Dim("M", v))  # noqa: E731
+
+    def kv(ts, v):
+        return tuple(Load(t, _tile_dims(f.ranks[t], {"M": v}), streamed=True) for t in ts)
+
+    body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
+    body += _acc_tiles(f, ti) + (Alloc("GM", (Dim("P", "i"),)), Alloc("SD", (Dim("P", "i"),)))
+    recompute = {}
+    if pol == "buffer":
+        body += (Alloc("S_row", (Dim("P", "i"), Dim("M"))),)
+        body += (Loop("j", "M", "block_kv", kv(k_in, "j"), causal_with="i",
+                      label="pass 1: scores and max (row kept on chip)"),)
+        body += (Loop("k", "M", "block_kv", kv(v_in, "k"), causal_with="i",
+                      label="pass 3: normalise, times V (pass 2 runs on chip)"),)
+    elif pol == "spill":
+        tensors["SQK"] = (("P", "M"), "data")
+        body += (Loop("j", "M", "block_kv",
+                      kv(k_in, "j") + (Alloc("S", sd("j")), Store("SQK", sd("j"))),
+                      causal_with="i", label="pass 1: scores spilled, max"),)
+        body += (Loop("j2", "M", "block_kv", (Load("SQK", sd("j2"), streamed=True),),
+                      causal_with="i", label="pass 2: exp and sum"),)
+        body += (Loop("k", "M", "block_kv",
+                      (Load("SQK", sd("k"), streamed=True),) + kv(v_in, "k"),
+                      causal_with="i", label="pass 3: normalise, times V"),)
+    else:  # recompute
+        body += (Loop("j", "M", "block_kv", kv(k_in, "j") + (Alloc("S", sd("j")),),
+                      causal_with="i", label="pass 1: scores, max"),)
+        body += (Loop("j2", "M", "block_kv", kv(k_in, "j2") + (Alloc("S", sd("j2")),),
+                      causal_with="i", label="pass 2: recompute scores, exp, sum"),)
+        body += (Loop("k", "M", "block_kv", kv(k_in, "k") + kv(v_in, "k")
+                      + (Alloc("S", sd("k")),),
+                      causal_with="i", label="pass 3: recompute, normalise, times V"),)
+        recompute = {"QK": 3, "SQK": 3, "SN": 2}
+    body += _out_tiles(f, ti)
+    nest = (Loop("i", "P", "block_q", body, grid=True, label="query tiles (one program each)"),)
+    return LoopNest(m, f.name, (Phase("fused 3-pass", _group_wrap(f, nest)),), tensors,
+                    recompute=recompute)
+
+
+def _fused2(m: Mapping, f: CascadeFacts) -> LoopNest:
+    ti = {"P": "i", "G": "g"}
+    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
+    kvl = lambda v: tuple(Load(t, _tile_dims(f.ranks[t], {"M": v}), streamed=True)  # noqa: E731
+                          for t in f.kv_inputs)
+    body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
+    part = lambda v, F=False: (Dim("P", "i"), Dim("Mt", v)) + ((Dim("F"),) if F else ())  # noqa: E731
+    if m.row_policy == "buffer":
+        body += (Alloc("LM", part(None)), Alloc("SLD", part(None)), Alloc("SLNV", part(None, True)))
+        body += (Loop("j", "M", "block_kv", kvl("j") + (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),),
+                      causal_with="i", label="pass 1: per-block max, sums (partials on chip)"),)
+        body += _acc_tiles(f, ti)
+    else:
+        for t, F in (("LM", False), ("SLD", False), ("SLNV", True)):
+            tensors[t] = (("P", "Mt") + (("F",) if F else ()), "stat" if not F else "data")
+        body += (Loop("j", "M", "block_kv",
+                      kvl("j") + (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
+                      + tuple(Store(t, part("j", F)) for t, F in
+                              (("LM", False), ("SLD", False), ("SLNV", True))),
+                      causal_with="i", label="pass 1: per-block partials spilled"),)
+        body += _acc_tiles(f, ti) + (Alloc("GM", (Dim("P", "i"),)), Alloc("SD", (Dim("P", "i"),)))
+        body += (Loop("j2", "M", "block_kv",
+                      tuple(Load(t, part("j2", F), streamed=True) for t, F in
+                            (("LM", False), ("SLD", False), ("SLNV", True))),
+                      causal_with="i", label="pass 2: combine partials"),)
+    body += _out_tiles(f, ti)
+    nest = (Loop("i", "P", "block_q", body, grid=True, label="query tiles (one program each)"),)
+    return LoopNest(m, f.name, (Phase("fused 2-pass", _group_wrap(f, nest)),), tensors)
+
+
+def _decode(m: Mapping, f: CascadeFacts) -> LoopNest:
+    ti = {"P": "i", "G": "g"}
+    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
+    tensors["PO"] = (("S", "P", "F"), "data")
+    tensors["LSE"] = (("S", "P"), "stat")
+    inner = tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True) for t in f.kv_inputs)
+    inner += (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
+    body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
+    body += _acc_tiles(f, ti) + _stats(f, "i")
+    body += (Loop("j", "M", "block_kv", inner, causal_with="i", within="s",
+                  label="key/value tiles of this split"),)
+    body += (Store("PO", (Dim("S", "s"), Dim("P", "i"), Dim("F"))),
+             Store("LSE", (Dim("S", "s"), Dim("P", "i"))))
+    ph1 = Phase("partials per split", _group_wrap(f, (
+        SplitLoop("s", (Loop("i", "P", "block_q", body, grid=True, label="query tiles"),),
+                  label="splits of the keys (one program each)"),)))
+    comb = _acc_tiles(f, ti) + _stats(f, "i")
+    comb += (SplitLoop("s", (Load("PO", (Dim("S", "s"), Dim("P", "i"), Dim("F")), streamed=True),
+                             Load("LSE", (Dim("S", "s"), Dim("P", "i")), streamed=True)),
+                       grid=False, label="splits"),)
+    comb += _out_tiles(f, ti)
+    ph2 = Phase("combine", _group_wrap(f, (Loop("i", "P", "block_q", comb, grid=True,
+                                                label="query tiles"),)))
+    return LoopNest(m, f.name, (ph1, ph2), tensors, causal_offset_default="end")
+
+
+def _linear(m: Mapping, f: CascadeFacts) -> LoopNest:
+    ti = {"P": "i", "G": "g"}
+    tensors = {t: (f.ranks[t], "data") for t in f.ranks}
+    tensors["KV"] = (("E", "F"), "data")
+    tensors["KS"] = (("E",), "data")
+    st = (Alloc("KV", (Dim("E"), Dim("F"))), Alloc("KS", (Dim("E"),)))
+    st += (Loop("j", "M", "block_kv",
+                tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True)
+                      for t in f.kv_inputs), label="key/value tiles"),)
+    st += (Store("KV", (Dim("E"), Dim("F"))), Store("KS", (Dim("E"),)))
+    ph1 = Phase("state KV = phi(K)^T V", st)
+    body = (Load("KV", (Dim("E"), Dim("F"))), Load("KS", (Dim("E"),)))
+    body += tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
+    body += _out_tiles(f, ti)
+    ph2 = Phase("O = phi(Q) KV / phi(Q) KS", _group_wrap(f, (
+        Loop("i", "P", "block_q", body, grid=True, label="query tiles"),)))
+    return LoopNest(m, f.name, (ph1, ph2), tensors, skips_causal=False)
+
+
+def _lightning(m: Mapping, f: CascadeFacts) -> LoopNest:
+    tensors = {t: (f.ranks[t], "data") for t in f.ranks}
+    tt = {"P": "t", "M": "t", "G": "g"}
+    body = tuple(Load(t, _tile_dims(f.ranks[t], tt)) for t in f.q_inputs + f.kv_inputs)
+    body += (Alloc("S", (Dim("P", "t"), Dim("M", "t"))),) + _acc_tiles(f, tt)
+    body += _out_tiles(f, tt)
+    nest = (Alloc("KVS", (Dim("E"), Dim("F"))),
+            Loop("t", "P", "block_q", body, label="blocks of the sequence (in order)"))
+    return LoopNest(m, f.name, (Phase("forward", _group_wrap(f, nest)),), tensors,
+                    skips_causal=False)
+
+
+def _saha_ye(m: Mapping, f: CascadeFacts) -> LoopNest:
+    if len(f.q_inputs) != 1 or len(f.kv_inputs) != 2:
+        raise IosimError(f"mapping 'saha-ye' needs a cascade with inputs Q, K, V "
+                         f"(got '{f.name}')")
+    q, (k, v) = f.q_inputs[0], f.kv_inputs
+    tensors = {t: (f.ranks[t], "data") for t in f.ranks}
+    tensors["A"] = (("P", "M"), "data")
+    tensors["D"] = (("P",), "stat")
+    o = f.outputs[0]
+    p1_inner = (Load(q, (Dim("P", "i"), Dim("E", "l"))), Load(k, (Dim("M", "j"), Dim("E", "l"))))
+    p1_j = (Alloc("A_tile", (Dim("P", "i"), Dim("M", "j"))),
+            Loop("l", "E", "block_e", p1_inner, label="head-dim tiles"),
+            Store("A", (Dim("P", "i"), Dim("M", "j"))))
+    p1 = (Alloc("D_acc", (Dim("P", "i"),)),
+          Loop("j", "M", "block_kv", p1_j, causal_with="i", label="key tiles"),
+          Store("D", (Dim("P", "i"),)))
+    ph1 = Phase("phase 1: A = exp(QK^T) and D = rowsum(A) to HBM", _group_wrap(f, (
+        Loop("i", "P", "block_q", p1, grid=True, label="query tiles"),)))
+    p2_k = (Load("A", (Dim("P", "i"), Dim("M", "k")), streamed=True),
+            Load(v, (Dim("M", "k"), Dim("F", "c")), streamed=True))
+    p2_c = (Alloc(f"{o}_acc", (Dim("P", "i"), Dim("F", "c"))),
+            Loop("k", "M", "block_kv", p2_k, causal_with="i", label="key tiles"),
+            Store(o, (Dim("P", "i"), Dim("F", "c"))))
+    p2 = (Load("D", (Dim("P", "i"),)), Loop("c", "F", "block_f", p2_c, label="output-column tiles"))
+    ph2 = Phase("phase 2: O = D^-1 A V", _group_wrap(f, (
+        Loop("i", "P", "block_q", p2, grid=True, label="query tiles"),)))
+    return LoopNest(m, f.name, (ph1, ph2), tensors)
+
+
+_BUILDERS = {"fa2": _fa2, "fa1": _fa1, "unfused": _unfused, "fused-3pass": _fused3,
+             "fused-2pass": _fused2, "decode-splitk": _decode, "linear": _linear,
+             "lightning2": _lightning, "saha-ye": _saha_ye}
+
+# which mapping kinds make sense for which library cascade (user cascades: structural check)
+_COMPAT = {
+    "attention-1pass": ("fa2", "fa1", "unfused", "saha-ye", "decode-splitk"),
+    "flash1": ("fa1", "fa2", "unfused", "saha-ye"),
+    "attention-2pass": ("fused-2pass", "unfused", "fa2"),
+    "attention-3pass": ("fused-3pass", "unfused", "saha-ye"),
+    "attention-gqa": ("fa2", "fa1", "unfused"),
+    "attention-masked": ("fa2", "fa1", "unfused"),
+    "decode-splitk": ("decode-splitk", "fa2"),
+    "sigmoid": ("fa2", "fa1", "unfused"),
+    "linear": ("linear",),
+    "lightning2": ("lightning2",),
+}
+
+
+def _load_cascade(cascade):
+    if isinstance(cascade, str):
+        from cascades.library import load
+        return load(cascade)
+    return cascade
+
+
+def loop_nest(mapping: Mapping, cascade=None) -> LoopNest:
+    """The :class:`LoopNest` of ``mapping`` on ``cascade`` (default: ``mapping.cascade``)."""
+    c = _load_cascade(cascade if cascade is not None else mapping.cascade)
+    facts = cascade_facts(c)
+    allowed = _COMPAT.get(c.name)
+    if allowed is not None and mapping.kind not in allowed:
+        raise IosimError(f"mapping '{mapping.name}' ({mapping.kind}) does not fit cascade "
+                         f"'{c.name}'; use one of: {', '.join(allowed)}")
+    if allowed is None:
+        need = {"Q", "K", "V"} if mapping.kind == "saha-ye" else set()
+        if not facts.outputs or not facts.kv_inputs or not need <= set(facts.ranks):
+            raise IosimError(f"mapping '{mapping.name}' needs a cascade with P-indexed inputs, "
+                             f"M-indexed inputs and an output (cascade '{c.name}')")
+        if mapping.kind in ("linear", "lightning2"):
+            raise IosimError(f"mapping '{mapping.kind}' only fits the library cascade "
+                             f"'{mapping.kind}'")
+    return _BUILDERS[mapping.kind](mapping, facts)
+
+
+# ======================================================================================
+# the registry
+# ======================================================================================
+
+_FA_ORDER = ("B", "H", "P", "M")
+MAPPINGS: dict[str, dict] = {
+    "fa2": dict(kind="fa2", cascade="attention-1pass", block_q=128, block_kv=64,
+                loop_order=_FA_ORDER,
+                notes="FlashAttention-2: a program per query tile, K/V streamed, O and LSE "
+                      "written once"),
+    "fa1": dict(kind="fa1", cascade="flash1", block_q=None, block_kv=None,
+                loop_order=("B", "H", "M", "P"), grid_order="query-major",
+                notes="FlashAttention-1 Algorithm 1: outer loop over K/V tiles, O, l, m in HBM; "
+                      "paper block sizes Bc = ceil(M/4d), Br = min(Bc, d) unless given"),
+    "unfused": dict(kind="unfused", cascade="attention-3pass", block_q=128, block_kv=128,
+                    loop_order=_FA_ORDER, fused=False,
+                    notes="standard attention: S = QK^T and P = softmax(S) in HBM"),
+    "fused-3pass": dict(kind="fused-3pass", cascade="attention-3pass", block_q=64, block_kv=64,
+                        loop_order=_FA_ORDER,
+                        notes="3-pass cascade fused per query tile; the score row is buffered "
+                              "on chip (row_policy buffer), spilled or recomputed"),
+    "fused-2pass": dict(kind="fused-2pass", cascade="attention-2pass", block_q=64, block_kv=64,
+                        loop_order=_FA_ORDER,
+                        notes="2-pass cascade fused per query tile; per-key-tile partials "
+                              "buffered on chip or spilled"),
+    "decode-splitk": dict(kind="decode-splitk", cascade="decode-splitk", block_q=16,
+                          block_kv=64, split_kv=8, loop_order=("B", "H", "S", "P", "M"),
+                          notes="FlashDecoding: partial O and LSE per split in HBM, then a "
+                                "combining kernel"),
+    "linear": dict(kind="linear", cascade="linear", block_q=128, block_kv=128,
+                   loop_order=("B", "H", "M", "P"),
+                   notes="linear attention: E x F state built in one pass, read per query tile"),
+    "lightning2": dict(kind="lightning2", cascade="lightning2", block_q=64, block_kv=64,
+                       loop_order=("B", "H", "P"),
+                       notes="Lightning Attention-2: intra-block product, E x F state on chip"),
+    "saha-ye": dict(kind="saha-ye", cascade="attention-3pass", block_q=None, block_kv=None,
+                    loop_order=("B", "H", "P", "M", "E"),
+                    notes="Saha & Ye's square tiling B = floor(sqrt(M/4)): exp(QK^T) and row "
+                          "sums to HBM, then D^-1 A V (arXiv 2402.07443, Algorithm 1)"),
+}
+
+_DEFAULTS = {
+    "attention-1pass": "fa2", "flash1": "fa1", "attention-2pass": "fused-2pass",
+    "attention-3pass": "fused-3pass", "attention-gqa": "fa2", "attention-masked": "fa2",
+    "decode-splitk": "decode-splitk", "sigmoid": "fa2", "linear": "linear",
+    "lightning2": "lightning2",
+}
+
+
+def mapping_names() -> tuple:
+    return tuple(MAPPINGS)
+
+
+def get_mapping(name: str, cascade: str | None = None, **overrides) -> Mapping:
+    """The named mapping (see :data:`MAPPINGS`), with fields overridden.
+
+    ``cascade`` sets the cascade the mapping is for (default: the mapping's own).
+    Overrides with value ``None`` for ``block_q``/``block_kv`` keep the registry's value
+    except for ``fa1``/``saha-ye`` (where ``None`` means the paper rule).
+    """
+    key = str(name).strip().lower().replace("_", "-")
+    if key in ("fa", "flash2", "flashattention-2"):
+        key = "fa2"
+    if key in ("flash1", "flashattention-1"):
+        key = "fa1"
+    if key in ("standard", "naive"):
+        key = "unfused"
+    if key not in MAPPINGS:
+        raise IosimError(f"unknown mapping '{name}'{_suggest(name, MAPPINGS)}; "
+                         f"mappings: {', '.join(MAPPINGS)}")
+    spec = dict(MAPPINGS[key])
+    if cascade is not None:
+        spec["cascade"] = str(cascade)
+    for k, v in overrides.items():
+        if v is None and k in ("block_q", "block_kv") and spec["kind"] not in ("fa1", "saha-ye"):
+            continue
+        spec[k] = v
+    bad = [k for k in spec if k not in Mapping.__dataclass_fields__]
+    if bad:
+        raise IosimError(f"mapping '{key}': unknown field '{bad[0]}'"
+                         f"{_suggest(bad[0], Mapping.__dataclass_fields__)}")
+    if spec["kind"] == "saha-ye":
+        b = spec.get("block_q") or spec.get("block_kv")
+        spec["block_q"] = spec["block_kv"] = b
+    return Mapping(name=key, **spec)
+
+
+def default_mapping(cascade_name: str, **overrides) -> Mapping:
+    """The default mapping for a cascade (library name or a loaded user cascade's name)."""
+    name = getattr(cascade_name, "name", cascade_name)
+    return get_mapping(_DEFAULTS.get(str(name), "fa2"), cascade=str(name), **overrides)
+
+
+def mappings_for(cascade_name: str) -> tuple:
+    """Names of the mappings that fit a cascade (first: the default)."""
+    name = getattr(cascade_name, "name", cascade_name)
+    kinds = _COMPAT.get(str(name), ("fa2", "fa1", "unfused", "saha-ye"))
+    return tuple(k for k in kinds if k in MAPPINGS)
+
+
+# ======================================================================================
+# capacity check and loop-nest printing
+# ======================================================================================
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= size:
+            return f"{b / size:.1f} {unit}"
+    return f"{b:.0f} B"
+
+
+def check_fits(mapping: Mapping, hardware, shapes: Shapes, dtype: str | None = None,
+               cascade=None, *, sram_bytes: float | None = None) -> dict:
+    """Raise :class:`IosimError` if the mapping's on-chip buffers overflow a level.
+
+    Returns ``{level: bytes needed}``. ``sram_bytes`` overrides the SRAM level's capacity.
+    The message names the level and the bytes needed and available, e.g.
+    ``tiles need 300.0 KiB of SMEM but 227.0 KiB fit: reduce block_q or block_kv``.
+    """
+    from iosim.traffic import footprint
+    if dtype is not None and dtype != shapes.dtype:
+        shapes = replace(shapes, dtype=dtype)
+    fp = footprint(mapping, hardware, shapes, cascade=cascade, sram_bytes=sram_bytes)
+    for lvl, info in fp.items():
+        if info["need"] > info["capacity"]:
+            hint = _reduce_hint(mapping)
+            raise IosimError(f"tiles need {_fmt_bytes(info['need'])} of {lvl} but "
+                             f"{_fmt_bytes(info['capacity'])} fit: {hint}")
+    return {lvl: info["need"] for lvl, info in fp.items()}
+
+
+def _reduce_hint(m: Mapping) -> str:
+    if m.kind == "saha-ye":
+        return "reduce the square block (block_q = block_kv)"
+    if m.kind in ("fused-3pass", "fused-2pass") and m.row_policy == "buffer":
+        return "reduce block_q or block_kv, or use row_policy 'spill'"
+    if m.kind == "unfused":
+        return "reduce block_q, block_kv or softmax_rows"
+    if m.kind == "linear":
+        return "reduce block_q or block_kv (the E x F state must fit)"
+    return "reduce block_q or block_kv"
+
+
+def format_loop_nest(nest: LoopNest, sizes: dict | None = None) -> str:
+    """The loop nest as text, Timeloop style (``for i in [0:32)``), with trip counts if
+    ``sizes`` (from :func:`iosim.traffic.scalar_sizes`) is given."""
+    lines = []
+    blocks = {"block_q": "block_q", "block_kv": "block_kv", "block_e": "block_e",
+              "block_f": "block_f", "block_rows": "softmax_rows", "one": "1"}
+
+    def trips(nd) -> str:
+        if sizes is None:
+            return "?"
+        if isinstance(nd, SplitLoop):
+            return str(int(sizes["S"]))
+        ext = sizes[nd.rank]
+        b = sizes[nd.block]
+        return str(int(-(-ext // b)))
+
+    def dims_txt(dims) -> str:
+        parts = []
+        for d in dims:
+            if d.var is None:
+                parts.append(":" if d.rank not in ("Mt", "S") else "all")
+            else:
+                parts.append(d.var)
+        return "[" + ",".join(parts) + "]"
+
+    def rec(nodes, depth):
+        pad = "  " * depth
+        pending: list[str] = []
+
+        def flush():
+            if pending:
+                lines.append(pad + "; ".join(pending))
+                pending.clear()
+
+        for nd in nodes:
+            if isinstance(nd, Loop):
+                flush()
+                extra = []
+                if sizes is not None and nd.block != "one":
+                    extra.append(f"tile {nd.rank}:{int(sizes[nd.block])}")
+                elif nd.block != "one":
+                    extra.append(f"tile {nd.rank}:{blocks[nd.block]}")
+                if nd.causal_with:
+                    extra.append(f"causal with {nd.causal_with}")
+                if nd.within:
+                    extra.append(f"within split {nd.within}")
+                if nd.grid:
+                    extra.append("parallel")
+                note = f"   # {nd.label}" if nd.label else ""
+                lines.append(f"{pad}for {nd.var} in [0:{trips(nd)})"
+                             f"{' (' + ', '.join(extra) + ')' if extra else ''}{note}")
+                rec(nd.body, depth + 1)
+            elif isinstance(nd, SplitLoop):
+                flush()
+                note = f"   # {nd.label}" if nd.label else ""
+                lines.append(f"{pad}for {nd.var} in [0:{trips(nd)}){' (parallel)' if nd.grid else ''}{note}")
+                rec(nd.body, depth + 1)
+            elif isinstance(nd, Load):
+                pending.append(f"load {nd.tensor}{dims_txt(nd.dims)}")
+            elif isinstance(nd, Store):
+                pending.append(f"store {nd.tensor}{dims_txt(nd.dims)}")
+            elif isinstance(nd, Alloc):
+                pending.append(f"keep {nd.name}{dims_txt(nd.dims)}")
+        flush()
+
+    for ph in nest.phases:
+        lines.append(f"# kernel: {ph.name}")
+        rec(ph.body, 0)
+    return "\n".join(lines)
