@@ -546,7 +546,7 @@ def identity_configs(seq_lens: Sequence[int], head_dims: Sequence[int]) -> list:
             for n in (N, N - 1, (N * 3) // 4 + 5):
                 if n < 1:
                     continue
-                for M in (16 * d * d if d <= 64 else 4 * d * d, 4 * d * 37 + 5, 8 * d + 1):
+                for M in (16 * d * d if d <= 64 else 4 * d * d, 4 * d * 37 + 5, 4 * d * 17 - 3):
                     if M < 4 * d:
                         continue
                     out.append((n, d, float(M)))
@@ -595,7 +595,6 @@ def default_counts(seq_lens: Sequence[int] = (1024,), head_dims: Sequence[int] =
 # adapters: the model's modules as count functions of (N, d, M)
 # --------------------------------------------------------------------------------------
 
-CASCADE = "attention-1pass"
 _DTYPE = "bf16"  # element counts do not depend on it; SRAM bytes = M * 2
 
 
@@ -632,7 +631,7 @@ def model_analytical(kind: str, **overrides) -> Callable:
 
     def fn(N, d, M=None, **kw):
         sram = None if M is None else float(M) * 2.0
-        r = evaluate_arrays(CASCADE, m, _hw(), n=int(N), d=int(d), dtype=_DTYPE,
+        r = evaluate_arrays(m.cascade, m, _hw(), n=int(N), d=int(d), dtype=_DTYPE,
                             sram_bytes=sram, **kw)
         return int(_elements(r)[0])
 
@@ -647,7 +646,7 @@ def model_symbolic(kind: str, paper_blocks: bool | None = None, **overrides) -> 
     from iosim.traffic import symbolic_traffic
 
     m = _mapping(kind, **overrides)
-    expr = symbolic_traffic(m, CASCADE, paper_blocks=paper_blocks)["total"]
+    expr = symbolic_traffic(m, m.cascade, paper_blocks=paper_blocks)["total"]
     Br, Bc, B = sp.symbols("Br Bc B", positive=True, integer=True)
 
     def fn(N, d, M=None, block_q=None, block_kv=None, causal=False):
@@ -669,15 +668,14 @@ def model_symbolic(kind: str, paper_blocks: bool | None = None, **overrides) -> 
 
 
 def model_trace(kind: str, **overrides) -> Callable | None:
-    """``iosim.trace``'s event count (HBM elements per head), or None if there is no simulator."""
+    """``iosim.trace.simulate``'s event count (HBM elements per head), or None if there is no
+    simulator. Capacity checking is off: the identity is about counts, and the paper's FA1
+    blocks exceed M for small M (the bound module's note says so)."""
     try:
-        from iosim import trace  # noqa: F401
+        from iosim.trace import simulate
     except ImportError:
         return None
     m = _mapping(kind, **overrides)
-    sim = getattr(trace, "simulate", None)
-    if sim is None:
-        return None
 
     def fn(N, d, M=None, **kw):
         from iosim.mapping import Shapes
@@ -685,22 +683,12 @@ def model_trace(kind: str, **overrides) -> Callable | None:
         causal = bool(kw.pop("causal", False))
         mm = m.with_(**{k: v for k, v in kw.items() if v is not None}) if kw else m
         sram = None if M is None else float(M) * 2.0
-        res = sim(mm, _hw(), Shapes(n=int(N), e=int(d), dtype=_DTYPE, causal=causal),
-                  cascade=CASCADE, sram_bytes=sram)
-        return int(_trace_elements(res))
+        res = simulate(mm.cascade, mm, _hw(), Shapes(n=int(N), e=int(d), dtype=_DTYPE, causal=causal),
+                       sram_bytes=sram, check_capacity=False)
+        return int(res.total)
 
     fn.__name__ = f"trace[{kind}]"
     return fn
-
-
-def _trace_elements(res) -> int:
-    for attr in ("hbm_elements", "backing_elements", "elements"):
-        if hasattr(res, attr):
-            return getattr(res, attr)
-    if isinstance(res, dict):
-        if "reads" in res and "writes" in res:
-            return sum(res["reads"].values()) + sum(res["writes"].values())
-    raise IosimError("cannot read the element count from the simulator's result")
 
 
 def _fa2_block_grid(N: int) -> np.ndarray:
@@ -717,7 +705,8 @@ def model_grid_fa_min(N, d, M) -> float:
     N, d = int(N), int(d)
     bq = _fa2_block_grid(N)
     bkv = np.array([b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= N])
-    r = evaluate_arrays(CASCADE, _mapping("fa2"), _hw(), n=N, d=d, dtype=_DTYPE,
+    m = _mapping("fa2")
+    r = evaluate_arrays(m.cascade, m, _hw(), n=N, d=d, dtype=_DTYPE,
                         block_q=bq, block_kv=bkv, sram_bytes=float(M) * 2.0)
     el = _elements(r)
     ok = r["fits"]
@@ -732,7 +721,8 @@ def model_grid_sy_min(N, d, M) -> float:
     N, d = int(N), int(d)
     bmax = max(1, min(N, int(math.isqrt(int(M)))))
     b = np.arange(1, bmax + 1)
-    r = evaluate_arrays(CASCADE, _mapping("saha-ye"), _hw(), n=N, d=d, dtype=_DTYPE,
+    m = _mapping("saha-ye")
+    r = evaluate_arrays(m.cascade, m, _hw(), n=N, d=d, dtype=_DTYPE,
                         block_q=b, block_kv=b, sram_bytes=float(M) * 2.0, product=False)
     el = _elements(r)
     ok = r["fits"]
