@@ -370,30 +370,35 @@ def check_regime_switch(id: str, description: str, best: CountFn, N: int, d: int
         return Check(id, group, description, "n/a", f"switch within {window:g}× of d²", None, {"reason": "count not available"})
     d2 = d * d
     Ms = geometric(d2 / 256, d2 * 256, 2.0)
-    ys = [_call(best, N, d, M) for M in Ms]
+    ys = np.array([_call(best, N, d, M) for M in Ms], dtype=float)
     lm = np.log(Ms)
-    ly = np.log(ys)
-    mids = np.exp((lm[1:] + lm[:-1]) / 2)
-    local = np.diff(ly) / np.diff(lm)
-    s_small = float(np.mean(local[mids <= d2 / window]))
-    s_large = float(np.mean(local[mids >= d2 * window]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ly = np.log(ys)
+        mids = np.exp((lm[1:] + lm[:-1]) / 2)
+        local = np.diff(ly) / np.diff(lm)
+    local = np.where(np.isfinite(local), local, np.nan)
+    sel_s, sel_l = local[mids <= d2 / window], local[mids >= d2 * window]
+    s_small = float(np.nanmean(sel_s)) if np.isfinite(sel_s).any() else float("nan")
+    s_large = float(np.nanmean(sel_l)) if np.isfinite(sel_l).any() else float("nan")
     mid = (small + large) / 2
     # first crossing of the midpoint slope (from above to below) after smoothing over 3 steps
-    sm = np.convolve(local, np.ones(3) / 3, mode="same")
+    sm = np.convolve(np.nan_to_num(local, nan=0.0), np.ones(3) / 3, mode="same")
     cross = None
     for i in range(1, len(sm)):
         if sm[i - 1] > mid >= sm[i]:
             cross = float(mids[i])
             break
     ok_cross = cross is not None and d2 / window <= cross <= d2 * window
-    passed = bool(abs(s_small - small) <= tol and abs(s_large - large) <= tol and ok_cross)
+    passed = bool(abs(s_small - small) <= tol and abs(s_large - large) <= tol and ok_cross
+                  and np.all(np.isfinite(ys)))
     where = f"{cross / d2:.2g} d²" if cross else "none"
     return Check(
         id, group, description,
         f"{s_small:+.2f} → {s_large:+.2f}, switch at {where}",
         f"{small:+.1f}→{large:+.1f} (±{tol}), switch {1/window:g}–{window:g} d²",
         passed,
-        {"N": N, "d": d, "M": Ms, "counts": ys, "local_slopes": local.tolist(), "crossing_M": cross},
+        {"N": N, "d": d, "M": Ms, "counts": ys.tolist(), "local_slopes": local.tolist(),
+         "crossing_M": cross, "all_finite": bool(np.all(np.isfinite(ys)))},
     )
 
 
