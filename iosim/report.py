@@ -146,20 +146,27 @@ class Report:
 
     # ---- text ------------------------------------------------------------------------
     def render(self) -> str:
+        import textwrap
         s, m = self.shapes, self.mapping_resolved
         L = []
-        kv = f"{s.kv_len} keys" if s.kv_len != s.n else "as many keys"
+        keys = f"{s.kv_len} keys"
         dims = f"d={s.e}" if s.e == s.f else f"e={s.e}, f={s.f}"
-        L.append(f"iosim evaluate: cascade {self.cascade}, mapping {m.name}, "
-                 f"hardware {self.hardware}, {s.dtype}")
-        L.append(f"Problem: batch {s.batch} x heads {s.heads}, N={s.n} queries, {kv}, {dims}"
-                 f"{', causal' if s.causal else ''}; tiles block_q={m.block_q} (queries), "
-                 f"block_kv={m.block_kv} (keys).")
-        L.append("How to read it: 'read' = bytes read out of a memory level toward compute, "
-                 "'write' = bytes written into it,")
-        L.append(f"summed over all batches and heads. {self._model_sentence()}")
+        L.append(f"iosim evaluate: {self.cascade} with mapping {m.name} on {self.hardware} "
+                 f"({s.dtype})")
+        L.append(f"  batch {s.batch} x heads {s.heads}, N={s.n} queries x {keys}, {dims}"
+                 f"{', causal' if s.causal else ''}; tiles block_q={m.block_q} (queries, "
+                 f"BLOCK_M) x block_kv={m.block_kv} (keys, BLOCK_N)")
         L.append("")
-        L.append("Loop nest (one batch and head; 'parallel' loops are independent programs):")
+        L.append("What the numbers mean")
+        wrap = lambda t: textwrap.wrap(t, 96, initial_indent="  ",  # noqa: E731
+                                       subsequent_indent="  ")
+        L += wrap("read = bytes read out of a memory level toward the compute units; write = "
+                  "bytes written into it; summed over all batches and heads. Per-head columns "
+                  f"count elements of one (batch, head) at {self.backing.name}.")
+        L += wrap(self._model_sentence())
+        L.append("")
+        L.append("Loop nest (one batch and head; 'parallel' loops are independent programs, "
+                 "'keep' = on-chip only)")
         for ln in self.loop_nest.splitlines():
             L.append("  " + ln)
         L.append("")
@@ -167,25 +174,26 @@ class Report:
         L.append("")
         fl = self.flops
         L.append(f"Compute: matmul {fmt_count(fl['matmul'])}FLOP, exp {fmt_count(fl['exp'])}, "
-                 f"other vector ops {fmt_count(fl['other'])} (derived from the cascade's "
+                 f"other vector ops {fmt_count(fl['other'])} (counted from the cascade's "
                  f"Einsums).")
-        parts = ", ".join(f"{k} {fmt_time(v)}" for k, v in self.times.items())
-        L.append(f"Time (roofline: the slowest of these, assuming each overlaps the others): "
-                 f"{fmt_time(self.time_s)}, limited by {self.limiter}.")
-        L.append(f"  {parts}")
+        L.append(f"Time (roofline: the slowest unit or level, all overlapping): "
+                 f"{fmt_time(self.time_s)}, bound by {self.limiter}.")
+        L += wrap(", ".join(f"{k} {fmt_time(v)}" for k, v in self.times.items()))
         if self.energy_j is not None:
-            L.append(f"Energy of the memory levels that have per-access energies: "
+            L.append(f"Energy (levels with per-access energies only): "
                      f"{self.energy_j * 1e3:.4g} mJ.")
         fp = "; ".join(f"{k} {fmt_bytes(v['need_bytes'])} of {fmt_bytes(v['capacity_bytes'])}"
                        for k, v in self.footprint.items())
         L.append(f"On-chip buffers of one program: {fp}"
                  f"{'' if self.fits else '  <-- DOES NOT FIT'}.")
         b = self.bound
-        L.append(f"IO lower bound ({b['model']}): {fmt_count(b['elements'])} elements per head "
-                 f"(binding: {b['binding']}{', asymptotic, constant 1' if b.get('asymptotic') else ''}); "
-                 f"{self.backing.name} traffic is {b['ratio']:.3g}x it "
-                 f"({b['ratio_compulsory']:.3g}x the compulsory {fmt_count(b['compulsory_elements'])} "
-                 f"elements: read Q, K, V once, write O once).")
+        L += textwrap.wrap(
+            f"IO lower bound: {fmt_count(b['elements'])} elements per head (binding: "
+            f"{b['binding']}{', asymptotic, constant 1' if b.get('asymptotic') else ''}; "
+            f"SRAM = {b['sram_elements']:,.0f} elements). {self.backing.name} traffic is "
+            f"{b['ratio']:.3g}x the bound and {b['ratio_compulsory']:.3g}x the compulsory "
+            f"traffic ({fmt_count(b['compulsory_elements'])} elements: read Q, K, V once, "
+            f"write O once).", 98, subsequent_indent="  ")
         for w in self.warnings:
             L.append(f"warning: {w}")
         return "\n".join(L)
@@ -198,25 +206,33 @@ class Report:
                f"the bytes each program loads from beyond {sram}")
         if mids:
             txt += f" ({', '.join(mids)} included)"
-        txt += f"; {names[0]} assumes no reuse across programs (an upper estimate when K/V stay in cache)."
+        txt += (f"; {names[0]} is assumed to see the same bytes (no reuse across programs: an "
+                f"upper estimate when K/V stay in a cache).")
         if self.unmodelled_levels:
             txt += f" Not modelled: {', '.join(self.unmodelled_levels)}."
         return txt
 
     def _table(self) -> str:
-        rows = [("level", "tensor", "read", "write", "read/head (elements)")]
+        rows = [("level", "tensor", "read", "write", "read/head (el.)", "write/head (el.)")]
         for lv in self.levels:
             first = True
+            label = lv.name + (" (tile fills)" if lv.role == "sram" else "")
             for t, v in lv.per_tensor.items():
-                el = ""
+                er = ew = ""
                 if lv.role == "backing" and t in self.per_head_elements:
-                    el = f"{self.per_head_elements[t]['read']:,.0f}"
-                rows.append((lv.name if first else "", t,
+                    ph = self.per_head_elements[t]
+                    er = f"{ph['read']:,.0f}" if ph["read"] else "-"
+                    ew = f"{ph['write']:,.0f}" if ph["write"] else "-"
+                rows.append((label if first else "", t,
                              fmt_bytes(v["read_bytes"]) if v["read_bytes"] else "-",
-                             fmt_bytes(v["write_bytes"]) if v["write_bytes"] else "-", el))
+                             fmt_bytes(v["write_bytes"]) if v["write_bytes"] else "-", er, ew))
                 first = False
-            rows.append(("", "total", fmt_bytes(lv.read_bytes), fmt_bytes(lv.write_bytes), ""))
-        widths = [max(len(r[k]) for r in rows) for k in range(5)]
+            tr = tw = ""
+            if lv.role == "backing":
+                tr = f"{sum(p['read'] for p in self.per_head_elements.values()):,.0f}"
+                tw = f"{sum(p['write'] for p in self.per_head_elements.values()):,.0f}"
+            rows.append(("", "total", fmt_bytes(lv.read_bytes), fmt_bytes(lv.write_bytes), tr, tw))
+        widths = [max(len(r[k]) for r in rows) for k in range(6)]
         out = []
         for n, r in enumerate(rows):
             out.append("  ".join(c.ljust(widths[k]) if k < 2 else c.rjust(widths[k])

@@ -1,0 +1,270 @@
+"""Mapping search: the tiling that minimises backing-store traffic (or time) per SRAM size.
+
+For a cascade, every mapping kind that fits it (:func:`iosim.mapping.mappings_for`) and its
+variants (row policies, split counts) is evaluated over a grid of candidate tile sizes — tile
+sizes need not divide the sequence length — in one vectorised call per variant
+(:func:`iosim.traffic.evaluate_arrays`). Traffic and footprint do not depend on the SRAM size,
+so each SRAM size is then a masked minimum: the candidates whose on-chip buffers (tiles *and*
+the softmax state: running max and sum, the O accumulator, the score tile, buffered rows or
+partials) fit. Over a list of SRAM sizes this is the "ski-slope" curve of Orojenesis and
+AccelForge: minimum traffic versus buffer size.
+
+Objectives: ``"hbm"`` (backing-store bytes; ties broken by time) or ``"time"`` (roofline time).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from iosim.errors import IosimError
+from iosim.mapping import Mapping, get_mapping, mappings_for
+
+__all__ = ["candidate_tiles", "variants_for", "search", "ski_slope", "search_frame",
+           "SearchResult", "OBJECTIVES"]
+
+OBJECTIVES = ("hbm", "time")
+
+
+def candidate_tiles(n: int, *, dense_to: int = 64, count: int = 48) -> np.ndarray:
+    """Candidate tile sizes for a rank of extent ``n``: every size up to ``dense_to``,
+    multiples of 16 up to 256, then a geometric grid up to ``n`` (not only divisors)."""
+    n = int(n)
+    parts = [np.arange(1, dense_to + 1), np.arange(16, 257, 16)]
+    if n > 256:
+        parts.append(np.unique(np.round(np.geomspace(256, n, count)).astype(np.int64)))
+    t = np.unique(np.concatenate(parts))
+    t = t[t <= max(n, 1)]
+    if n not in t:
+        t = np.append(t, n)
+    return t.astype(np.int64)
+
+
+def variants_for(cascade_name: str, mappings=None) -> list:
+    """The mapping variants searched for a cascade: ``[(label, Mapping), ...]``."""
+    names = list(mappings) if mappings else list(mappings_for(cascade_name))
+    out = []
+    for name in names:
+        base = get_mapping(name, cascade=cascade_name)
+        if base.kind in ("fused-3pass",):
+            for pol in ("buffer", "spill", "recompute"):
+                out.append((f"{base.name}/{pol}", base.with_(row_policy=pol)))
+        elif base.kind == "fused-2pass":
+            for pol in ("buffer", "spill"):
+                out.append((f"{base.name}/{pol}", base.with_(row_policy=pol)))
+        elif base.kind == "decode-splitk":
+            for s in (1, 2, 4, 8, 16, 32, 64):
+                out.append((f"{base.name}/split{s}", base.with_(split_kv=s)))
+        elif base.kind == "fa1":
+            out.append((base.name, base.with_(block_q=64, block_kv=64)))
+        elif base.kind == "saha-ye":
+            out.append((base.name, base.with_(block_q=8, block_kv=8)))
+        else:
+            out.append((base.name, base))
+    return out
+
+
+def _candidates(m: Mapping, n: int, kv: int):
+    """(block_q array, block_kv array) of the candidates of one variant (flattened pairs)."""
+    tq, tk = candidate_tiles(n), candidate_tiles(kv)
+    if m.kind == "saha-ye":
+        b = np.arange(1, max(1, min(max(n, kv), 4096)) + 1)
+        return b, b
+    if m.kind == "lightning2":
+        return tq, tq
+    if m.kind == "decode-splitk":
+        tq = candidate_tiles(n, dense_to=16)
+    q, k = np.meshgrid(tq, tk, indexing="ij")
+    return q.ravel(), k.ravel()
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The best tiling per SRAM size; ``frame`` has one row per SRAM size."""
+    cascade: str
+    hardware: str
+    objective: str
+    frame: object                    # pandas DataFrame
+    candidates: int                  # configurations evaluated
+    seconds: float
+    shapes: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        rows = []
+        for _, r in self.frame.iterrows():
+            rows.append({k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()})
+        return {"cascade": self.cascade, "hardware": self.hardware, "objective": self.objective,
+                "shapes": self.shapes, "candidates": self.candidates, "seconds": self.seconds,
+                "best": rows}
+
+    def render(self) -> str:
+        from iosim.report import fmt_bytes, fmt_time
+        s = self.shapes
+        lines = [f"iosim search: cascade {self.cascade} on {self.hardware}, N={s.get('n')}, "
+                 f"kv={s.get('kv_len')}, d={s.get('e')}{', causal' if s.get('causal') else ''}, "
+                 f"{s.get('dtype')}; objective: "
+                 f"{'backing-store bytes' if self.objective == 'hbm' else 'roofline time'}",
+                 f"For each SRAM size: the tiling with the least traffic whose buffers (tiles, "
+                 f"O accumulator, running max/sum, score tile) fit.",
+                 f"{self.candidates:,} configurations evaluated in {self.seconds * 1e3:.0f} ms; "
+                 f"traffic per (batch, head) in elements; ratio = traffic / IO lower bound.",
+                 ""]
+        hdr = ("SRAM", "SRAM el.", "mapping", "block_q", "block_kv", "traffic (el.)",
+               "bytes", "time", "ratio")
+        rows = [hdr]
+        for _, r in self.frame.iterrows():
+            if not bool(r["fits"]):
+                rows.append((fmt_bytes(r["sram_bytes"]), f"{r['sram_elements']:,.0f}",
+                             "nothing fits", "-", "-", "-", "-", "-", "-"))
+                continue
+            rows.append((fmt_bytes(r["sram_bytes"]), f"{r['sram_elements']:,.0f}",
+                         str(r["variant"]), str(int(r["block_q"])), str(int(r["block_kv"])),
+                         f"{r['traffic_elements']:,.0f}", fmt_bytes(r["backing_bytes"]),
+                         fmt_time(r["time_s"]), f"{r['ratio_to_bound']:.3g}"))
+        w = [max(len(x[k]) for x in rows) for k in range(len(hdr))]
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.rjust(w[k]) if k not in (2,) else c.ljust(w[k])
+                                   for k, c in enumerate(r)))
+            if i == 0:
+                lines.append("  ".join("-" * x for x in w))
+        return "\n".join(lines)
+
+
+def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: int | None = None,
+           f: int | None = None, kv_len: int | None = None, sram_bytes=None, dtype: str = "bf16",
+           causal: bool = False, batch: int = 1, heads: int = 1, objective: str = "hbm",
+           mappings=None) -> SearchResult:
+    """Minimum-traffic (or minimum-time) tiling per SRAM size (bytes; a list or a scalar).
+
+    ``sram_bytes=None`` uses the hardware's SRAM level. Returns a :class:`SearchResult`
+    whose ``frame`` has one row per SRAM size (in the given order) with the best variant,
+    its block sizes, the traffic (``traffic_elements`` per head, ``backing_bytes`` all
+    heads), time, footprint, and the ratio to the IO lower bound; ``fits`` is False where
+    no candidate fits.
+    """
+    import time as _time
+    import pandas as pd
+    from iosim.hardware import load_hardware
+    from iosim.traffic import _level_roles, _load_cascade, arrays_to_frame, evaluate_arrays
+    t0 = _time.perf_counter()
+    if objective not in OBJECTIVES:
+        raise IosimError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    c = _load_cascade(cascade)
+    hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
+    e = e if e is not None else d
+    if e is None:
+        raise IosimError("give the head dimension (d or e)")
+    kv = n if kv_len is None else kv_len
+    for v, label in ((n, "seq-len"), (e, "head-dim"), (kv, "kv-len")):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise IosimError(f"{label} must be a positive integer, got {v!r}")
+    _, _, sram_lv, _, acc_lv = _level_roles(hw, get_mapping("fa2"))
+    srams = np.atleast_1d(np.asarray(sram_lv.usable_bytes if sram_bytes is None else sram_bytes,
+                                     dtype=float))
+    if np.any(~(srams > 0)):
+        raise IosimError("SRAM sizes must be positive")
+    S = len(srams)
+    best_obj = np.full(S, np.inf)
+    best_tb = np.full(S, np.inf)
+    choice = [None] * S
+    total = 0
+    variants = variants_for(c.name, mappings)
+    if c.name != "decode-splitk" and n > 256 and not mappings:
+        variants = [(lb, m) for lb, m in variants if m.kind != "decode-splitk"]
+    for label, m in variants:
+        bq, bk = _candidates(m, n, kv)
+        try:
+            r = evaluate_arrays(c, m, hw, n=n, e=e, f=f, kv_len=kv, batch=batch, heads=heads,
+                                dtype=dtype, causal=causal, block_q=bq, block_kv=bk,
+                                product=False)
+        except IosimError:
+            continue
+        total += len(bq)
+        backing = r["level_roles"]["backing"]
+        hb = r["levels"][backing][0] + r["levels"][backing][1]
+        obj = hb if objective == "hbm" else r["time_s"]
+        tb = r["time_s"] if objective == "hbm" else hb
+        fp = r["footprint"]
+        need_sram = fp[sram_lv.name][0]
+        ok_other = np.ones(len(bq), dtype=bool)
+        for lv, (need, cap) in fp.items():
+            if lv != sram_lv.name:
+                ok_other &= need <= cap
+        # (S, C) feasibility; candidates sorted by objective once
+        order = np.lexsort((tb, obj))
+        need_sorted = need_sram[order]
+        ok_sorted = ok_other[order]
+        # first feasible candidate in objective order, per SRAM size
+        feas = (need_sorted[None, :] <= srams[:, None]) & ok_sorted[None, :]
+        has = feas.any(axis=1)
+        first = np.argmax(feas, axis=1)
+        for s in np.nonzero(has)[0]:
+            idx = order[first[s]]
+            if (obj[idx], tb[idx]) < (best_obj[s], best_tb[s]):
+                best_obj[s], best_tb[s] = obj[idx], tb[idx]
+                choice[s] = (label, m, int(r["sizes"]["block_q"][idx]),
+                             int(r["sizes"]["block_kv"][idx]))
+    # re-evaluate the winners (one call per variant) for full columns
+    frames = []
+    by_variant: dict = {}
+    for s, ch in enumerate(choice):
+        if ch is not None:
+            by_variant.setdefault(ch[0], []).append(s)
+    for label, idxs in by_variant.items():
+        m = choice[idxs[0]][1]
+        bq = np.array([choice[s][2] for s in idxs])
+        bk = np.array([choice[s][3] for s in idxs])
+        r = evaluate_arrays(c, m, hw, n=n, e=e, f=f, kv_len=kv, batch=batch, heads=heads,
+                            dtype=dtype, causal=causal, block_q=bq, block_kv=bk,
+                            sram_bytes=srams[idxs], product=False)
+        df = arrays_to_frame(r, per_tensor=False, pd=pd)
+        df["variant"] = label
+        df["row_policy"] = m.row_policy if m.kind in ("fused-3pass", "fused-2pass") else ""
+        df["_pos"] = idxs
+        frames.append(df)
+    missing = [s for s in range(S) if choice[s] is None]
+    if missing:
+        frames.append(pd.DataFrame({"_pos": missing, "sram_bytes": srams[missing],
+                                    "fits": False, "variant": None}))
+    out = pd.concat(frames, ignore_index=True).sort_values("_pos").drop(columns="_pos")
+    out = out.reset_index(drop=True)
+    from iosim.hardware import dtype_bytes
+    out["sram_elements"] = out["sram_bytes"] / dtype_bytes(dtype)
+    bname = hw.backing.name.lower()
+    out["backing_bytes"] = out.get(f"{bname}_bytes", np.nan)
+    out["traffic_elements"] = out.get(f"{bname}_elements_per_head", np.nan)
+    out["fits"] = out["fits"].fillna(False).astype(bool)
+    _ = acc_lv
+    return SearchResult(cascade=c.name, hardware=hw.name, objective=objective, frame=out,
+                        candidates=total, seconds=_time.perf_counter() - t0,
+                        shapes={"n": n, "kv_len": kv, "e": e, "f": f or e, "dtype": dtype,
+                                "causal": causal, "batch": batch, "heads": heads})
+
+
+def ski_slope(cascade, hardware="two-level", *, sram_bytes, **kw):
+    """The ski-slope curve: the :func:`search` frame over a list of SRAM sizes."""
+    return search(cascade, hardware, sram_bytes=sram_bytes, **kw).frame
+
+
+def search_frame(cascade, hardware, *, n, d, sram_bytes, dtype: str = "bf16", batch: int = 1,
+                 heads: int = 1, causal: bool = False, objective: str = "hbm"):
+    """Best tiling per point of parallel arrays ``n``, ``d``, ``sram_bytes`` (one row each,
+    in the points' order): the frame-level API used by :mod:`iosim.sweep`."""
+    import pandas as pd
+    n_a, d_a, s_a = np.broadcast_arrays(np.asarray(n), np.asarray(d),
+                                        np.asarray(sram_bytes, dtype=float))
+    n_a, d_a, s_a = n_a.ravel(), d_a.ravel(), s_a.ravel()
+    parts = []
+    pos = np.arange(len(n_a))
+    for nn, dd in sorted(set(zip(n_a.tolist(), d_a.tolist()))):
+        sel = (n_a == nn) & (d_a == dd)
+        res = search(cascade, hardware, n=int(nn), d=int(dd), sram_bytes=s_a[sel], dtype=dtype,
+                     batch=batch, heads=heads, causal=causal, objective=objective)
+        df = res.frame.copy()
+        df["n"] = int(nn)
+        df["e"] = int(dd)
+        df["_pos"] = pos[sel]
+        parts.append(df)
+    out = pd.concat(parts, ignore_index=True).sort_values("_pos").drop(columns="_pos")
+    return out.reset_index(drop=True)
