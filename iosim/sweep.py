@@ -401,10 +401,10 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, chunk_point
     # the work list, per algorithm
     todo = []
     for alg in spec.algorithms:
-        pts = []
-        for s in spec.srams:
-            for n in spec.seq_lens:
-                for d in spec.head_dims:
+        pts = []  # (n, d) outer, SRAM inner: a search handles all SRAM sizes of one shape at once
+        for n in spec.seq_lens:
+            for d in spec.head_dims:
+                for s in spec.srams:
                     key = (alg.label, hw.name, spec.dtype, spec.batch, spec.heads, spec.causal,
                            round(float(s), 3), int(n), int(d))
                     if key not in done:
@@ -436,7 +436,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, chunk_point
     finished = 0
     try:
         for alg, pts in todo:
-            step = chunk_points if not alg.searched else max(1, min(chunk_points, 64))
+            step = chunk_points if not alg.searched else max(1, min(chunk_points, 4 * len(spec.srams)))
             for i in range(0, len(pts), step):
                 chunk = pts[i:i + step]
                 arr = {"n": np.array([p[0] for p in chunk], dtype=np.int64),
