@@ -1,0 +1,88 @@
+"""``iosim validate``: the simulator's predictions against GPU hardware counters.
+
+``iosim validate --gpu`` measures on this machine's GPU (Nsight Compute, see iosim.gpu) and
+compares; without ``--gpu`` it compares the recorded measurements
+(``experiments/data/gpu_ncu.csv``, or ``--csv FILE``) with the current model.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from iosim.cli.common import echo_json
+from iosim.errors import IosimError
+
+_RECORDED = Path(__file__).resolve().parents[2] / "experiments" / "data" / "gpu_ncu.csv"
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [f"{'shape':>24} {'grid':>11} {'L2 meas':>9} {'L2 pred':>9} {'err':>7} "
+             f"{'DRAM meas':>10} {'DRAM pred':>10} {'err':>7} {'xQKV':>6}"]
+    for r in rows:
+        if r["impl"] != "generated" or r["cascade"] != "attention-1pass":
+            continue
+        shape = (f"{r['batch']}x{r['heads']}x{r['seq']}x{r['head_dim']}"
+                 f"{' causal' if str(r['causal']) == 'True' else ''}")
+        meas_l2 = float(r.get("l1_from_l2_read_bytes") or "nan")
+        e1 = r.get("err_l2_read")
+        e2 = r.get("err_dram_read")
+        lines.append(
+            f"{shape:>24} {r['grid_order']:>11} {meas_l2 / 1e9:8.3f}G "
+            f"{(r.get('pred_l2_read_bytes') or float('nan')) / 1e9:8.3f}G "
+            f"{(e1 if e1 is not None else float('nan')):+7.1%} "
+            f"{float(r['dram_read_bytes']) / 1e9:9.3f}G "
+            f"{(r.get('pred_dram_read_bytes') or float('nan')) / 1e9:9.3f}G "
+            f"{(e2 if e2 is not None else float('nan')):+7.1%} "
+            f"{(r.get('dram_over_qkv') or float('nan')):6.1f}")
+    return "\n".join(lines)
+
+
+@click.command("validate")
+@click.option("--gpu", is_flag=True, help="measure on this machine's GPU (needs CUDA, torch, "
+                                          "triton and Nsight Compute)")
+@click.option("--shapes", default=None,
+              help="BxHxNxD[-causal] list, e.g. '4x16x4096x128,1x8x65536x64-causal' "
+                   "(default: the 16 shapes of the issue)")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="compare these recorded measurements instead of the committed ones")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="directory for gpu_ncu.csv and gpu_validation.csv (default: .iosim-gpu)")
+@click.option("--json", "as_json", is_flag=True, help="print rows and summary as JSON")
+def command(gpu, shapes, csv_path, out_dir, as_json):
+    """Compare predicted L2 and DRAM bytes with Nsight Compute counters.
+
+    \b
+    Examples:
+      iosim validate                      # recorded H100 measurements vs the model
+      iosim validate --gpu --shapes 4x16x4096x128,4x16x4096x128-causal
+    """
+    from iosim.gpu.compare import compare, read_csv, summary
+    from iosim.gpu.validate import measure, require_gpu, write_csv
+    if gpu:
+        require_gpu()
+        from iosim.gpu.shapes import parse_shapes
+        sh = parse_shapes(shapes) if shapes else None
+        out = Path(out_dir or ".iosim-gpu")
+        rows = measure(sh, out, extras=shapes is None)
+    else:
+        if shapes:
+            raise IosimError("--shapes selects what to measure: use it with --gpu")
+        path = Path(csv_path) if csv_path else _RECORDED
+        if not path.exists():
+            raise IosimError(f"no recorded measurements at {path}")
+        rows = read_csv(path)
+        out = Path(out_dir) if out_dir else None
+    rows = compare(rows)
+    if out is not None:
+        write_csv(rows, os.path.join(out, "gpu_validation.csv"))
+    s = summary(rows)
+    if as_json:
+        echo_json({"summary": s, "rows": rows})
+        return
+    click.echo(_table(rows))
+    dev = next((r.get("device") for r in rows if r.get("device")), "unknown device")
+    click.echo(f"device: {dev}; {s['shapes']} launches; L2 reads within 5% on "
+               f"{s['l2_read_within_5pct']}/{s['shapes']}; DRAM reads within 15% on "
+               f"{s['dram_read_within_15pct']}/{s['shapes']}")

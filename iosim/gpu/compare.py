@@ -1,0 +1,114 @@
+"""Joining measured counters with the simulator's predictions for the same Mapping.
+
+For every measured row of a generated kernel: the SMEM-level model of :mod:`iosim.traffic`
+(the bytes thread blocks read from beyond shared memory, which is what L2 serves) and the L2
+model of :mod:`iosim.l2model` (which of them reach DRAM), both for the Mapping the kernel was
+compiled with, on the ``h100`` preset. Works on recorded CSVs: no GPU needed.
+"""
+from __future__ import annotations
+
+import math
+
+from iosim.l2model import GpuL2, Workload, predict_dram, smem_level_reads
+
+#: blocks per SM of the validated tiling (128/64, 8 warps, 3 stages), from Nsight Compute's
+#: launch statistics on the H100 (run 1): d=128: 214 registers, 128 KiB shared -> 1;
+#: d=64: 121 registers, 64 KiB shared -> 2. Used when a CSV row lacks launch facts.
+MEASURED_BLOCKS_PER_SM = {128: 1, 64: 2}
+
+
+def _f(x):
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def mapping_for(row: dict):
+    """The Mapping a measured generated kernel was compiled with."""
+    from iosim.mapping import get_mapping
+    return get_mapping("fa2", block_q=int(row["block_m"]), block_kv=int(row["block_n"]),
+                       num_warps=int(row["num_warps"]), num_stages=int(row["num_stages"]),
+                       grid_order=row["grid_order"])
+
+
+def smem_model_bytes(row: dict, hardware: str = "h100") -> float | None:
+    """L2 read bytes predicted by iosim.traffic's SMEM-level model (None if it cannot)."""
+    try:
+        from iosim import traffic
+        rep = traffic.evaluate(row["cascade"], mapping_for(row), hardware,
+                               n=int(row["seq"]), e=int(row["head_dim"]),
+                               batch=int(row["batch"]), heads=int(row["heads"]),
+                               causal=_bool(row["causal"]), dtype=row.get("dtype", "bf16"),
+                               check=False)
+        return float(rep.to_dict()["levels"]["L2"]["read_bytes"])
+    except Exception:  # noqa: BLE001 - a cascade the analytical model does not cover
+        return None
+
+
+def _bool(x) -> bool:
+    return x if isinstance(x, bool) else str(x).strip().lower() in ("true", "1", "yes")
+
+
+def workload(row: dict) -> Workload:
+    bps = _f(row.get("blocks_per_sm"))
+    if not bps:
+        bps = MEASURED_BLOCKS_PER_SM.get(int(row["head_dim"]))
+    return Workload(batch=int(row["batch"]), heads=int(row["heads"]), seq_q=int(row["seq"]),
+                    seq_k=int(row["seq"]), head_dim=int(row["head_dim"]),
+                    causal=_bool(row["causal"]), elem_bytes=4 if row.get("dtype") == "fp32" else 2,
+                    block_m=int(row["block_m"]), block_n=int(row["block_n"]),
+                    grid_order=row["grid_order"], blocks_per_sm=int(bps) if bps else None,
+                    num_warps=int(row["num_warps"]), num_stages=int(row["num_stages"]))
+
+
+def compare_row(row: dict, gpu: GpuL2 | None = None) -> dict:
+    """Predictions and relative errors for one measured generated-kernel row."""
+    gpu = gpu or GpuL2()
+    out = dict(row)
+    w = workload(row)
+    is_1pass = row["cascade"] == "attention-1pass"
+    pred_l2 = smem_model_bytes(row)
+    if pred_l2 is None and is_1pass:
+        pred_l2 = float(smem_level_reads(w)["read_bytes"])
+    out["pred_l2_read_bytes"] = pred_l2
+    sm_side = _f(row.get("l1_from_l2_read_bytes"))
+    tag_side = _f(row.get("l2_tex_read_bytes"))
+    out["err_l2_read"] = (pred_l2 / sm_side - 1) if pred_l2 and sm_side else None
+    out["err_l2_tex_read"] = (pred_l2 / tag_side - 1) if pred_l2 and tag_side else None
+    if is_1pass:
+        p = predict_dram(w, gpu)
+        out["pred_dram_read_bytes"] = p["dram_read_bytes"]
+        out["pred_dram_write_bytes"] = p["dram_write_bytes"]
+        out["qkv_bytes"] = p["q_bytes"] + p["kv_compulsory_bytes"]
+        out["model_blocks_per_sm"] = p["blocks_per_sm"]
+        meas = _f(row.get("dram_read_bytes"))
+        out["err_dram_read"] = (p["dram_read_bytes"] / meas - 1) if meas else None
+        out["dram_over_qkv"] = meas / out["qkv_bytes"] if meas else None
+    return out
+
+
+def compare(rows: list[dict], gpu: GpuL2 | None = None) -> list[dict]:
+    """Compare every generated-kernel row; reference rows (SDPA) pass through unchanged."""
+    return [compare_row(r, gpu) if r["impl"] == "generated" else dict(r) for r in rows]
+
+
+def summary(rows: list[dict]) -> dict:
+    gen = [r for r in rows if r["impl"] == "generated" and r["cascade"] == "attention-1pass"
+           and r.get("err_dram_read") is not None]
+    l2 = [abs(r["err_l2_read"]) for r in gen if r.get("err_l2_read") is not None]
+    tex = [abs(r["err_l2_tex_read"]) for r in gen if r.get("err_l2_tex_read") is not None]
+    dram = [abs(r["err_dram_read"]) for r in gen]
+    return {"shapes": len(gen),
+            "l2_read_max_abs_err": max(l2) if l2 else None,
+            "l2_tex_read_max_abs_err": max(tex) if tex else None,
+            "dram_read_max_abs_err": max(dram) if dram else None,
+            "dram_read_within_15pct": sum(e <= 0.15 for e in dram),
+            "l2_read_within_5pct": sum(e <= 0.05 for e in l2)}
+
+
+def read_csv(path) -> list[dict]:
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
