@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 GRID_ORDERS = ("query-major", "head-major")
-ROW_POLICIES = ("buffer", "spill", "recompute")
+ROW_POLICIES = ("auto", "buffer", "spill", "recompute")
 KINDS = ("fa2", "fa1", "unfused", "fused-3pass", "fused-2pass", "decode-splitk", "linear",
          "lightning2", "saha-ye")
 
@@ -102,7 +102,7 @@ class Mapping:
     # --- added for the models -----------------------------------------------------------
     kind: str = "fa2"
     write_lse: bool = True               # fa2: write the log-sum-exp (N fp32 values)
-    row_policy: str = "buffer"           # fused-2pass/3pass: buffer | spill | recompute
+    row_policy: str = "auto"             # fused-2pass/3pass: auto | buffer | spill | recompute
     softmax_rows: int = 1                # unfused: query rows per softmax program
     block_e: int | None = None           # saha-ye: tile of E (None: = block_q)
     block_f: int | None = None           # saha-ye: tile of F (None: = block_q)
@@ -394,10 +394,18 @@ class CascadeFacts:
 def cascade_facts(cascade) -> CascadeFacts:
     """Structural facts of a cascade used to build loop nests (no hardware involved)."""
     from cascades.ir import accesses, walk, Name
-    ranks = {t.name: t.ranks for t in cascade.tensors if t.role in ("input", "output")}
+    # model ranks: P, M, E, F, G; a partition's outer rank of P / M becomes a per-tile
+    # coordinate "Pt" / "Mt" (e.g. a block mask BlockMask[P1, M1])
+    rmap = {}
+    for part in cascade.partitions:
+        if part.rank in ("P", "M"):
+            rmap[part.outer] = part.rank + "t"
+    ranks = {t.name: tuple(rmap.get(r, r) for r in t.ranks) for t in cascade.tensors
+             if t.role in ("input", "output")}
     q_in, kv_in, pm_in = [], [], []
     for t in cascade.inputs:
-        has_p, has_m = "P" in t.ranks, "M" in t.ranks
+        rk = ranks[t.name]
+        has_p, has_m = ("P" in rk or "Pt" in rk), ("M" in rk or "Mt" in rk)
         if has_p and has_m:
             pm_in.append(t.name)
         elif has_m:
@@ -435,8 +443,9 @@ def cascade_facts(cascade) -> CascadeFacts:
 
 
 def _tile_dims(ranks, tiles: dict) -> tuple:
-    """Dims of a tensor with ranks ``ranks``: tiled by ``tiles[rank]`` (a var) or whole."""
-    return tuple(Dim(r, tiles.get(r)) for r in ranks)
+    """Dims of a tensor with ranks ``ranks``: tiled by ``tiles[rank]`` (a var) or whole.
+    Per-tile coordinates ``Pt``/``Mt`` take the var of ``P``/``M``."""
+    return tuple(Dim(r, tiles.get(r[0] if r in ("Pt", "Mt") else r)) for r in ranks)
 
 
 def _group_wrap(facts: CascadeFacts, body: tuple) -> tuple:
@@ -553,8 +562,8 @@ def _fused3(m: Mapping, f: CascadeFacts) -> LoopNest:
     body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
     body += _acc_tiles(f, ti) + (Alloc("GM", (Dim("P", "i"),)), Alloc("SD", (Dim("P", "i"),)))
     recompute = {}
-    if pol == "buffer":
-        body += (Alloc("S_row", (Dim("P", "i"), Dim("M"))),)
+    if pol in ("buffer", "auto"):
+        body += (Alloc("S_row", (Dim("P", "i"), Dim("M")), role="tile"),)
         body += (Loop("j", "M", "block_kv", kv(k_in, "j"), causal_with="i",
                       label="pass 1: scores and max (row kept on chip)"),)
         body += (Loop("k", "M", "block_kv", kv(v_in, "k"), causal_with="i",
@@ -591,8 +600,9 @@ def _fused2(m: Mapping, f: CascadeFacts) -> LoopNest:
                           for t in f.kv_inputs)
     body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
     part = lambda v, F=False: (Dim("P", "i"), Dim("Mt", v)) + ((Dim("F"),) if F else ())  # noqa: E731
-    if m.row_policy == "buffer":
-        body += (Alloc("LM", part(None)), Alloc("SLD", part(None)), Alloc("SLNV", part(None, True)))
+    if m.row_policy in ("buffer", "auto"):
+        body += (Alloc("LM", part(None), role="tile"), Alloc("SLD", part(None), role="tile"),
+                 Alloc("SLNV", part(None, True), role="tile"))
         body += (Loop("j", "M", "block_kv", kvl("j") + (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),),
                       causal_with="i", label="pass 1: per-block max, sums (partials on chip)"),)
         body += _acc_tiles(f, ti)
@@ -880,7 +890,7 @@ def check_fits(mapping: Mapping, hardware, shapes: Shapes, dtype: str | None = N
 def _reduce_hint(m: Mapping) -> str:
     if m.kind == "saha-ye":
         return "reduce the square block (block_q = block_kv)"
-    if m.kind in ("fused-3pass", "fused-2pass") and m.row_policy == "buffer":
+    if m.kind in ("fused-3pass", "fused-2pass") and m.row_policy in ("buffer", "auto"):
         return "reduce block_q or block_kv, or use row_policy 'spill'"
     if m.kind == "unfused":
         return "reduce block_q, block_kv or softmax_rows"
@@ -909,7 +919,7 @@ def format_loop_nest(nest: LoopNest, sizes: dict | None = None) -> str:
         parts = []
         for d in dims:
             if d.var is None:
-                parts.append(":" if d.rank not in ("Mt", "S") else "all")
+                parts.append(":" if d.rank not in ("Mt", "Pt", "S") else "all")
             else:
                 parts.append(d.var)
         return "[" + ",".join(parts) + "]"

@@ -282,6 +282,9 @@ def report_from_arrays(r: dict, shapes: Shapes, row: int = 0) -> Report:
     sizes = scalar_sizes(r, row)
     m = r["mapping"]
     resolved = m
+    if "row_policy" in r:
+        m = replace(m, row_policy=str(np.asarray(r["row_policy"]).reshape(-1)[row]))
+        resolved = m
     if m.derived_blocks or m.block_q != sizes["block_q"] or m.block_kv != sizes["block_kv"]:
         try:
             resolved = replace(m, block_q=sizes["block_q"], block_kv=sizes["block_kv"])

@@ -193,7 +193,7 @@ def _sizes(nest: LoopNest, shapes: Shapes) -> dict:
     default_off = K - N if nest.causal_offset_default == "end" else 0
     off = shapes.causal_offset if shapes.causal_offset is not None else default_off
     return {"P": N, "M": K, "E": shapes.e, "F": shapes.f, "G": shapes.group, "S": n_s,
-            "Mt": Tc, "tps": tps, "block_q": bq, "block_kv": bk, "block_e": be,
+            "Mt": Tc, "Pt": -(-N // bq), "tps": tps, "block_q": bq, "block_kv": bk, "block_e": be,
             "block_f": bf, "block_rows": m.softmax_rows, "one": 1, "off": off,
             "causal": shapes.causal, "stages": m.num_stages}
 
@@ -273,7 +273,7 @@ class _Sim:
                 count *= e
                 padded *= e
                 ranges.append((0, e))
-            elif d.rank in ("Mt", "S"):
+            elif d.rank in ("Mt", "Pt", "S"):
                 k = env[d.var]
                 ranges.append((k, k + 1))
             else:
@@ -406,6 +406,16 @@ def simulate(cascade=None, mapping="fa2", hardware=None, shapes: Shapes | None =
                              f"give hardware or sram_bytes")
         sram = sram_bytes if sram_bytes is not None else hw.innermost_sram.usable_bytes
         m = m.resolve(sram / dtype_bytes(shapes.dtype), shapes.e)
+    if m.kind in ("fused-3pass", "fused-2pass") and m.row_policy == "auto":
+        pol = "buffer"
+        if hw is not None or sram_bytes is not None:
+            from iosim.traffic import evaluate_arrays
+            r = evaluate_arrays(c, m.with_(row_policy="buffer"), hw or "two-level",
+                                n=shapes.n, e=shapes.e, f=shapes.f, kv_len=shapes.kv_len,
+                                group=shapes.group, dtype=shapes.dtype, causal=shapes.causal,
+                                sram_bytes=sram_bytes)
+            pol = "buffer" if bool(r["fits"][0]) else "spill"
+        m = m.with_(row_policy=pol)
     nest = loop_nest(m, c)
     sz = _sizes(nest, shapes)
     # capacities and dtype sizes

@@ -187,7 +187,7 @@ def _buf_factors(dims, encl, streamed_stages: bool) -> tuple:
     for d in dims:
         if d.var is None:
             out.append(("ext", d.rank))
-        elif d.rank in ("Mt", "S"):
+        elif d.rank in ("Mt", "Pt", "S"):
             continue
         else:
             out.append(("tile", d.rank, loops[d.var].block))
@@ -598,6 +598,20 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     m = _resolve_mapping(mapping, c)
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
     dtype_bytes(dtype)
+    if m.kind in ("fused-3pass", "fused-2pass") and m.row_policy == "auto":
+        kw = dict(n=n, d=d, e=e, f=f, kv_len=kv_len, batch=batch, heads=heads, group=group,
+                  dtype=dtype, causal=causal, causal_offset=causal_offset, block_q=block_q,
+                  block_kv=block_kv, block_e=block_e, block_f=block_f, split_kv=split_kv,
+                  sram_bytes=sram_bytes, product=product, backing_model=backing_model)
+        rb = evaluate_arrays(c, m.with_(row_policy="buffer"), hw, **kw)
+        rb["row_policy"] = np.full(rb["fits"].shape, "buffer", dtype=object)
+        if rb["fits"].all():
+            return rb
+        rs = evaluate_arrays(c, m.with_(row_policy="spill"), hw, **kw)
+        rs["row_policy"] = np.full(rs["fits"].shape, "spill", dtype=object)
+        if not rb["fits"].any():
+            return rs
+        return _merge(rb["fits"].copy(), rb, rs)
     if d is not None and e is None:
         e = d
     if e is None:
@@ -674,7 +688,8 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     tps = _cdiv(Tc, sz["split_kv"])
     n_s = _cdiv(Tc, tps)
     S = {"P": sz["n"], "M": sz["kv_len"], "E": sz["e"], "F": sz["f"], "G": sz["group"],
-         "S": n_s, "Mt": Tc, "block_q": sz["block_q"], "block_kv": sz["block_kv"],
+         "S": n_s, "Mt": Tc, "Pt": _cdiv(sz["n"], sz["block_q"]),
+         "block_q": sz["block_q"], "block_kv": sz["block_kv"],
          "block_e": np.asarray(be, dtype=np.int64), "block_f": np.asarray(bf, dtype=np.int64),
          "block_rows": np.full_like(sz["n"], m.softmax_rows), "one": np.ones_like(sz["n"]),
          "off": np.asarray(off, dtype=np.int64), "causal": causal_a,
@@ -760,6 +775,28 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
             "footprint": foot, "fits": fits, "flops": flops, "times": times,
             "time_s": time_s, "limiter": limiter, "energy_j": energy,
             "heads_total": heads_total, "dtype_roles": roles, "derived_blocks": derived}
+
+
+def _merge(mask: np.ndarray, a, b):
+    """Row-wise choice between two evaluation results (``a`` where ``mask``)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == mask.shape:
+        return np.where(mask, a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = {}
+        for k in list(a) + [k for k in b if k not in a]:
+            if k in a and k in b:
+                out[k] = _merge(mask, a[k], b[k])
+            else:
+                v = a.get(k, b.get(k))
+                if isinstance(v, np.ndarray) and v.shape == mask.shape:
+                    z = np.zeros_like(v)
+                    out[k] = np.where(mask, a.get(k, z), b.get(k, z))
+                else:
+                    out[k] = v
+        return out
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
+        return tuple(_merge(mask, x, y) for x, y in zip(a, b))
+    return a
 
 
 def _rates(hw, dtype: str) -> dict:
@@ -1026,6 +1063,7 @@ def symbolic_traffic(mapping, cascade=None, *, causal: bool = False, self_attent
     tps = sp.ceiling(Tc / splits)
     n_s = sp.ceiling(Tc / tps)
     S = {"P": Nsym, "M": K, "E": e_s, "F": f_s, "G": G, "S": n_s, "Mt": Tc,
+         "Pt": sp.ceiling(Nsym / bq),
          "block_q": bq, "block_kv": bk, "block_e": be, "block_f": bf,
          "block_rows": sp.Integer(m.softmax_rows), "one": sp.Integer(1)}
     i = sp.Symbol("i", integer=True, nonnegative=True)

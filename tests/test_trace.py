@@ -170,3 +170,17 @@ def test_l2_grid_order_changes_reuse():
         return t.l2["backing_read_bytes"]
 
     assert hbm("query-major") < hbm("head-major")
+
+
+def test_block_mask_and_auto_policy_trace():
+    s = Shapes(n=300, e=32, causal=True)
+    m = get_mapping("fa2", block_q=48, block_kv=40, cascade="attention-blocksparse")
+    t = simulate("attention-blocksparse", m, None, s)
+    reads, writes, _ = analytic("attention-blocksparse", m, s)
+    assert (t.reads, t.writes) == (reads, writes)
+    assert reads["BlockMask"] == sum(1 for i in range(7) for j in range(8)
+                                     if j * 40 <= min((i + 1) * 48, 300) - 1)
+    auto = get_mapping("fused-3pass", block_q=32, block_kv=32)
+    for sram, pol in ((10**7, "buffer"), (20000, "spill")):
+        t = simulate("attention-3pass", auto, "two-level", Shapes(n=512, e=32), sram_bytes=sram)
+        assert ("SQK" in t.writes) == (pol == "spill")

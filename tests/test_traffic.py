@@ -197,14 +197,26 @@ def test_fused_3pass_policies():
 
 
 def test_fused_3pass_buffer_must_hold_the_score_row():
-    rep = evaluate("attention-3pass", get_mapping("fused-3pass", block_q=64, block_kv=64),
-                   "two-level", n=4096, d=64, check=False)
+    buf = get_mapping("fused-3pass", block_q=64, block_kv=64, row_policy="buffer")
+    rep = evaluate("attention-3pass", buf, "two-level", n=4096, d=64, check=False)
     # Q tile + O acc + max and sum + the 64 x 4096 score row + one K (pass 1) or V (pass 3)
     # tile (K's buffer is freed before pass 3 loads V), in bf16
     assert rep.footprint["SRAM"]["need_bytes"] == 2 * (64 * 64 * 3 + 2 * 64 + 64 * 4096)
     with pytest.raises(IosimError, match="of SRAM but .* fit: .*row_policy 'spill'"):
-        evaluate("attention-3pass", get_mapping("fused-3pass", block_q=64, block_kv=64),
-                 "two-level", n=4096, d=64)
+        evaluate("attention-3pass", buf, "two-level", n=4096, d=64)
+
+
+def test_fused_auto_policy_buffers_when_the_row_fits():
+    auto = get_mapping("fused-3pass", block_q=64, block_kv=64)          # row_policy "auto"
+    row_fits = 2 * (64 * 64 * 3 + 2 * 64 + 64 * 1024)                   # N = 1024, bf16
+    small = evaluate("attention-3pass", auto, "two-level", n=1024, d=64, sram_bytes=row_fits)
+    assert small.mapping.row_policy == "buffer" and "SQK" not in small.per_head_elements
+    big = evaluate("attention-3pass", auto, "two-level", n=1024, d=64, sram_bytes=row_fits - 2)
+    assert big.mapping.row_policy == "spill" and big.per_head_elements["SQK"]["write"] == 1024**2
+    df = evaluate_grid("attention-3pass", auto, "two-level", n=[1024, 8192], d=64,
+                       sram_bytes=row_fits)
+    assert list(df.fits) == [True, True]
+    assert df.hbm_write_SQK.tolist() == [0, 8192**2]
 
 
 def test_fused_2pass_partials():

@@ -1,0 +1,117 @@
+"""Mapping search: exhaustive optimality on small problems, buffer accounting, the ski-slope
+shape, speed."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from iosim.errors import IosimError
+from iosim.search import candidate_tiles, search, search_frame
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+def fa2_elements(N, d, Br):
+    """FA2 (self-attention): Q once, K and V once per query tile, O and LSE once."""
+    return N * d + 2 * N * d * cdiv(N, Br) + N * d + N
+
+
+def fa2_footprint_elements(d, Br, Bc):
+    """Q, K, V tiles + O accumulator + running max and sum + the score tile."""
+    return Br * d + 2 * Bc * d + Br * d + 2 * Br + Br * Bc
+
+
+def test_candidates_need_not_divide():
+    t = candidate_tiles(1000)
+    assert 1 in t and 64 in t and 1000 in t and any(1000 % x for x in t)
+    assert t.max() <= 1000
+
+
+@pytest.mark.parametrize("sram_el", [100, 300, 700, 1500, 5000])
+def test_fa2_search_is_exhaustive_on_small_problems(sram_el):
+    N, d = 64, 8
+    best = min((fa2_elements(N, d, br), br) for br in range(1, N + 1) for bc in range(1, N + 1)
+               if fa2_footprint_elements(d, br, bc) <= sram_el)
+    res = search("attention-1pass", "two-level", n=N, d=d, sram_bytes=[2 * sram_el],
+                 mappings=["fa2"], dtype="bf16")
+    row = res.frame.iloc[0]
+    assert row["traffic_elements"] == best[0]
+    assert fa2_footprint_elements(d, int(row.block_q), int(row.block_kv)) <= sram_el
+
+
+def test_state_is_counted_in_the_buffer():
+    """Without the O accumulator, max, sum and score tile, Br = 64, Bc = 1 would fit
+    (Q, K, V tiles: 64*8 + 2*8 = 528 elements); with them it needs 1232 > 1100."""
+    N, d = 64, 8
+    res = search("attention-1pass", "two-level", n=N, d=d, sram_bytes=[2 * 1100],
+                 mappings=["fa2"])
+    row = res.frame.iloc[0]
+    assert int(row.block_q) < 64
+    assert fa2_footprint_elements(d, int(row.block_q), int(row.block_kv)) <= 1100
+
+
+def test_ski_slope_shape():
+    N, d = 2048, 128
+    srams = 2 * np.geomspace(256, 4 * N * d, 16)            # bytes of bf16
+    res = search("attention-1pass", "two-level", n=N, d=d, sram_bytes=srams)
+    f = res.frame
+    assert f["fits"].all()
+    t = f["traffic_elements"].to_numpy()
+    assert np.all(np.diff(t) <= 0)                            # never increases with SRAM
+    assert f.iloc[0]["variant"] == "saha-ye"                  # M << d^2: Saha & Ye's tiling
+    assert f.iloc[-1]["variant"] == "fa2"                     # M >> d^2: FlashAttention
+    assert t[-1] == 4 * N * d + N                             # Q, K, V once, O and LSE once
+    assert np.all(f["ratio_to_bound"] >= 1.0 - 1e-12)
+
+
+def test_every_cascade_searches():
+    srams = [4 * 1024, 64 * 1024, 1024 * 1024]
+    for casc, kw in [("attention-3pass", dict(n=1024, d=64)), ("attention-2pass", dict(n=1024, d=64)),
+                     ("decode-splitk", dict(n=1, kv_len=8192, d=128)),
+                     ("linear", dict(n=1024, d=64)), ("lightning2", dict(n=1024, d=64)),
+                     ("flash1", dict(n=1024, d=64))]:
+        res = search(casc, "two-level", sram_bytes=srams, **kw)
+        assert len(res.frame) == 3
+        assert res.frame["fits"].iloc[-1], casc
+
+
+def test_decode_reads_the_kv_cache_once_with_enough_sram():
+    res = search("decode-splitk", "two-level", n=1, kv_len=8192, d=128, sram_bytes=[1 << 20])
+    row = res.frame.iloc[0]
+    kv = 2 * 8192 * 128
+    assert kv <= row["traffic_elements"] <= kv + 2 * 128 + 64 * (128 + 1) * 2
+
+
+def test_time_objective_is_never_slower():
+    kw = dict(n=4096, d=128, sram_bytes=[64 * 1024, 227 * 1024])
+    h = search("attention-1pass", "h100", objective="hbm", **kw).frame
+    t = search("attention-1pass", "h100", objective="time", **kw).frame
+    assert np.all(t["time_s"].to_numpy() <= h["time_s"].to_numpy() + 1e-15)
+
+
+def test_nothing_fits_and_errors():
+    res = search("attention-1pass", "two-level", n=512, d=64, sram_bytes=[4])
+    assert not res.frame["fits"].iloc[0]
+    with pytest.raises(IosimError):
+        search("attention-1pass", "two-level", n=0, d=64)
+    with pytest.raises(IosimError):
+        search("attention-1pass", "two-level", n=64, d=64, objective="energy")
+
+
+def test_search_frame_keeps_point_order():
+    df = search_frame("attention-1pass", "two-level", n=[1024, 512, 1024], d=64,
+                      sram_bytes=[65536, 65536, 8192])
+    assert list(df["n"]) == [1024, 512, 1024]
+    assert list(df["sram_bytes"]) == [65536, 65536, 8192]
+
+
+def test_search_speed_one_head_20_sizes():
+    srams = np.geomspace(1024, 4 * 2**20, 20)
+    search("attention-1pass", "two-level", n=4096, d=128, sram_bytes=srams)   # warm imports
+    t0 = time.perf_counter()
+    search("attention-1pass", "two-level", n=4096, d=128, sram_bytes=srams)
+    assert time.perf_counter() - t0 < 0.5
