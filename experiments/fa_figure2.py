@@ -224,7 +224,7 @@ def main(out_dir: Path | None = None, quick: bool = False) -> dict:
     written = []
     for df, name in ((left, "fa_figure2.csv"), (middle, "fa_figure2_blocksize.csv")):
         buf = io.StringIO()
-        df.to_csv(buf, index=False, float_format="%.6g")
+        df.to_csv(buf, index=False, float_format="%.12g")
         atomic_write(out / name, buf.getvalue())
         written.append(str(out / name))
     written.append(str(plot(left, middle, out / "fa_figure2.png")))

@@ -165,7 +165,7 @@ def main(out_dir: Path | None = None, quick: bool = False) -> dict:
     out = Path(out_dir) if out_dir is not None else default_out()
     df = compute(per_octave=1 if quick else 2)
     buf = io.StringIO()
-    df.to_csv(buf, index=False, float_format="%.8g")
+    df.to_csv(buf, index=False, float_format="%.12g")
     atomic_write(out / "saha_ye_regimes.csv", buf.getvalue())
     png = plot(df, out / "saha_ye_regimes.png")
     lines = ["Saha & Ye regimes (N = 16384): crossover of FA-style and square-tiling minima"]
