@@ -127,10 +127,9 @@ def _reference(c, q, k, v, **params):
 
 
 @pytest.fixture
-def interpret(monkeypatch):
+def interpret(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("IOSIM_TRITON_CACHE", os.path.join(os.path.dirname(__file__),
-                                                         "..", ".pytest_triton"))
+    monkeypatch.setenv("IOSIM_TRITON_CACHE", str(tmp_path_factory.getbasetemp() / "triton"))
 
 
 CASES = [  # (cascade, causal, dtype): every generated family, partial tiles everywhere
