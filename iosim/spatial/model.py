@@ -678,9 +678,11 @@ def _signature(pp: Prepared, g: Group) -> tuple:
     return tuple(sig)
 
 
-#: key tiles and query tiles simulated exactly up to these counts; beyond, extrapolated
-KT_SIM = (6, 9)
+#: query tiles simulated exactly up to P1_SIM[1]; beyond, interpolated between P1_SIM. Key tiles
+#: are simulated exactly while the chunk has at most TILES_SIM[1] tiles, else at two lengths
+#: of at least TILES_SIM[0] and TILES_SIM[1] tiles and extrapolated linearly.
 P1_SIM = (8, 12)
+TILES_SIM = (48, 72)
 
 
 def _compute_cycles(pp: Prepared, g: Group, plan: Plan) -> tuple[float, dict]:
@@ -697,32 +699,39 @@ def _compute_cycles(pp: Prepared, g: Group, plan: Plan) -> tuple[float, dict]:
     def T(C, KT, P1):
         return _sim_cached(sig, C, KT, P1, policy, depth, narr)
 
-    def bilin(C):
-        KT, P1 = plan.KT, plan.P1
-        ks = (KT,) if KT <= KT_SIM[1] else KT_SIM
-        ps = (P1,) if P1 <= P1_SIM[1] else P1_SIM
-        vals = {(k, p): T(C, k, p) for k in ks for p in ps}
-        if len(ks) == 1 and len(ps) == 1:
-            return vals[(ks[0], ps[0])]
-        if len(ks) == 1:
-            (a, b) = ps
-            return vals[(ks[0], a)] + (P1 - a) * (vals[(ks[0], b)] - vals[(ks[0], a)]) / (b - a)
-        if len(ps) == 1:
-            (a, b) = ks
-            return vals[(a, ps[0])] + (KT - a) * (vals[(b, ps[0])] - vals[(a, ps[0])]) / (b - a)
-        (ka, kb), (pa, pb) = ks, ps
-        x = (KT - ka) / (kb - ka)
-        y = (P1 - pa) / (pb - pa)
-        return (vals[(ka, pa)] * (1 - x) * (1 - y) + vals[(kb, pa)] * x * (1 - y)
-                + vals[(ka, pb)] * (1 - x) * y + vals[(kb, pb)] * x * y)
+    def lin(f, x, a, b):
+        fa, fb = f(a), f(b)
+        return fa + (x - a) * (fb - fa) / (b - a)
+
+    def over_kt(C, P1):
+        KT = plan.KT
+        ka = max(4, math.ceil(TILES_SIM[0] / P1))
+        kb = max(ka + 2, math.ceil(TILES_SIM[1] / P1))
+        if KT <= kb:
+            return T(C, KT, P1)
+        return lin(lambda k: T(C, k, P1), KT, ka, kb)
+
+    def chunk(C):
+        P1 = plan.P1
+        if P1 <= P1_SIM[1]:
+            return over_kt(C, P1)
+        return lin(lambda p: over_kt(C, p), P1, *P1_SIM)
     nchunks = plan.chunks
-    t1 = bilin(1)
+    t1 = chunk(1)
     if nchunks == 1:
-        return t1, {"method": "simulated", "chunk_cycles": t1}
-    t2 = bilin(2)
-    total = t1 + (nchunks - 1) * (t2 - t1)
-    return total, {"method": "simulated+extrapolated", "first_chunk_cycles": t1,
-                   "chunk_period_cycles": t2 - t1}
+        total, info = t1, {"method": "simulated", "chunk_cycles": t1}
+    else:
+        t2 = chunk(2)
+        total = t1 + (nchunks - 1) * (t2 - t1)
+        info = {"method": "simulated+extrapolated", "first_chunk_cycles": t1,
+                "chunk_period_cycles": t2 - t1}
+    # no schedule beats the busiest array (guards the extrapolation)
+    floor = max((sum(e.duration * (plan.KT if e.traversing else 1) for e in g.einsums
+                     if e.array == a) * plan.P1 * plan.chunks) for a in g.arrays)
+    if total < floor:
+        info["clamped_from_cycles"] = total
+        total = floor
+    return total, info
 
 
 # --------------------------------------------------------------------------------------
@@ -734,38 +743,40 @@ def _tasks(pp: Prepared, plan: Plan, e: Ein) -> float:
 
 
 def _buffer_accesses(pp: Prepared, g: Group, plan: Plan) -> tuple[float, float]:
-    """(word reads, word writes) of the global buffer for the group."""
+    """(word reads, word writes) of the global buffer for the group.
+
+    Every DRAM transfer is staged in the global buffer (a fill is a buffer write, a
+    write-back a buffer read). An Einsum reads from the buffer every operand that is not in
+    its PEs' registers: inputs, per-query state, multi-pass fibres (the spilled part after
+    its refill), and tile results produced by the other array; it writes to the buffer what
+    must outlive the tile or cross to the other array: state (read-modify-write for an
+    accumulation across key tiles), multi-pass fibres, hand-offs. A value a PE keeps for the
+    next Einsum on the same array costs register-file accesses only.
+    """
     wb = pp.hw.word_bytes
-    reads = sum(plan.dram_write.values()) / wb      # write-backs leave through the buffer
-    writes = sum(plan.dram_read.values()) / wb      # fills land in the buffer
     roles = plan.roles
-    stored = set()
+    reads = sum(plan.dram_write.values()) / wb       # write-backs leave through the buffer
+    writes = sum(plan.dram_read.values()) / wb       # fills land in the buffer
+    handed = set()
     for e in g.einsums:
         n = _tasks(pp, plan, e)
         for src, kind, avars in e.reads:
             role = roles.get(src)
             p = pp.producers.get(src)
-            if role == "local" and p is not None and p.group == g.index:
+            if p is not None and p.group == g.index and role in ("local", "output"):
                 if p.array == e.array:
                     continue                           # stays in the PE registers
-                stored.add(src)                        # handed to the other array
-            elif role == "output" and p is not None and p.group == g.index and kind == "stream":
-                if p.array == e.array:
-                    continue
-                stored.add(src)
-            elif p is not None and p.group == g.index:
-                stored.add(src)
+                handed.add(src)                        # handed to the other array
             per = 1
             for v in avars:
                 per *= e.ext.get(v, 1)
             reads += n * per
-        if e.accumulates:
+        if e.accumulates:                              # read-modify-write of the partials
             reads += n * math.prod(e.ext.get(v, 1) for v in e.lhs_vars)
     for e in g.einsums:
         role = roles.get(e.tensor)
-        if e.tensor in stored or role in ("state", "multipass") or roles.get(e.tensor) == "output":
-            per = math.prod(e.ext.get(v, 1) for v in e.lhs_vars)
-            writes += _tasks(pp, plan, e) * per
+        if role in ("state", "multipass", "output") or e.tensor in handed:
+            writes += math.prod(e.ext.get(v, 1) for v in e.lhs_vars) * _tasks(pp, plan, e)
     return reads, writes
 
 
@@ -788,6 +799,7 @@ class SpatialResult:
     schedule_info: list
     clock_hz: float
     label: str = ""
+    folded: dict = field(default_factory=dict)     # folded Einsum -> the producer it joins
 
     @property
     def energy_total_pj(self) -> float:
@@ -801,7 +813,7 @@ class SpatialResult:
                 "dram_bytes": self.dram_bytes, "utilization": dict(self.utilization),
                 "energy_pj": dict(self.energy_pj), "einsums": list(self.einsums),
                 "plans": [p.to_dict() for p in self.plans],
-                "schedule": list(self.schedule_info)}
+                "schedule": list(self.schedule_info), "folded": dict(self.folded)}
 
 
 def evaluate(cascade, hw, shape: Shape, options: Options = Options(), label: str = "") -> SpatialResult:
@@ -871,4 +883,4 @@ def evaluate(cascade, hw, shape: Shape, options: Options = Options(), label: str
         bound = "+".join("memory" if s["dram_s"] > s["compute_s"] else "compute" for s in sched)
     return SpatialResult(pp.cascade.name, hw.name, shape, options, pp.binding, latency,
                          comp_total, dram_total, bound, dram_bytes, util, en, rows, plans,
-                         sched, clock, label)
+                         sched, clock, label, dict(pp.folded))

@@ -1,0 +1,543 @@
+"""Reproduce the FuseMax evaluation (Nayak et al., MICRO 2024) with :mod:`iosim.spatial`.
+
+:func:`reproduce` runs every configuration (Unfused, FLAT, +Cascade, +Architecture,
++Binding = FuseMax) on BERT-Base, TrXL-wt103, T5-small and XLM at 1K..1M tokens, adds the
+encoder's linear layers for end-to-end numbers, sweeps FuseMax's array size at 256K (the
+area/latency Pareto curve), runs the 1-, 2- and 3-pass cascades on FuseMax's hardware, and
+compares everything with the numbers of the paper's artifact (``experiments/data``); it
+writes CSVs and PNG figures. ``iosim spatial reproduce --out figures/`` and
+``python experiments/fusemax.py`` call it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from iosim.errors import IosimError
+from iosim.spatial.arch import load_spatial_hardware
+from iosim.spatial.configs import CONFIG_ORDER, get_config, run
+from iosim.spatial.model import Options, evaluate
+from iosim.spatial.workloads import (SEQ_LENS, attention_shape, format_seq_len, get_model,
+                                     linear_layers, load_models)
+
+__all__ = ["sweep", "summarize", "pareto", "passes_study", "load_paper", "compare",
+           "headline_table", "figures", "reproduce", "MODELS", "PAPER_CONFIG"]
+
+MODELS = ("bert", "trxl", "t5", "xlm")
+#: our configuration name -> the artifact's
+PAPER_CONFIG = {"unfused": "unfused", "flat": "flat", "cascade": "cascade",
+                "architecture": "arch", "fusemax": "binding"}
+#: which architecture's linear layers a configuration adds end to end (artifact graph.py)
+LINEAR_HW = {"unfused": "flat", "flat": "flat", "cascade": "flat", "architecture": "fusemax",
+             "fusemax": "fusemax"}
+EINSUMS_2D = ("BQK", "QK", "LM", "SLN", "SLD", "SLNV", "O")
+
+
+# --------------------------------------------------------------------------------------
+# sweeps
+# --------------------------------------------------------------------------------------
+
+def sweep(models=MODELS, seq_lens=SEQ_LENS, configs=CONFIG_ORDER) -> pd.DataFrame:
+    """One row per (configuration, model, sequence length): attention, linear layers, end to
+    end, and the 2D array's busy fraction per Einsum."""
+    rows = []
+    lin_cache = {}
+    for cfg in configs:
+        c = get_config(cfg)
+        for mk in models:
+            m = get_model(mk)
+            for n in seq_lens:
+                r = run(c, mk, n)
+                lhw = LINEAR_HW.get(c.name, c.hardware)
+                key = (mk, n, lhw)
+                if key not in lin_cache:
+                    lin_cache[key] = linear_layers(m, n, lhw)
+                lin = lin_cache[key]
+                row = {"config": c.name, "label": c.label, "model": m.label, "N": n,
+                       "seq_len": format_seq_len(n), "latency_s": r.latency_s,
+                       "compute_s": r.compute_s, "dram_s": r.dram_s, "bound": r.bound,
+                       "dram_bytes": r.dram_bytes, "util_2d": r.utilization.get("2d", 0.0),
+                       "util_1d": r.utilization.get("1d", 0.0),
+                       "energy_pj": r.energy_total_pj, "query_tiles_per_chunk": r.plans[0].P1,
+                       "linear_latency_s": lin.latency_s, "linear_energy_pj": lin.energy_pj["total"],
+                       "e2e_latency_s": r.latency_s + lin.latency_s,
+                       "e2e_energy_pj": r.energy_total_pj + lin.energy_pj["total"]}
+                for k, v in r.energy_pj.items():
+                    if k != "total":
+                        row[f"energy_{k}_pj"] = v
+                for e in r.einsums:
+                    if e["array"] == "2d":
+                        name = "QK" if e["einsum"] in ("BQK", "QK") else e["einsum"]
+                        row[f"busy2d_{name}"] = row.get(f"busy2d_{name}", 0.0) + e["busy_fraction"]
+                rows.append(row)
+    df = pd.DataFrame(rows)
+    for scope, lat, en in (("attn", "latency_s", "energy_pj"), ("e2e", "e2e_latency_s", "e2e_energy_pj")):
+        base = df[df.config == "unfused"].set_index(["model", "N"])
+        flat = df[df.config == "flat"].set_index(["model", "N"])
+        idx = list(zip(df.model, df.N))
+        if len(base):
+            df[f"{scope}_speedup_vs_unfused"] = [base.loc[i, lat] / v for i, v in zip(idx, df[lat])]
+            df[f"{scope}_energy_vs_unfused"] = [v / base.loc[i, en] for i, v in zip(idx, df[en])]
+        if len(flat):
+            df[f"{scope}_speedup_vs_flat"] = [flat.loc[i, lat] / v for i, v in zip(idx, df[lat])]
+            df[f"{scope}_energy_vs_flat"] = [v / flat.loc[i, en] for i, v in zip(idx, df[en])]
+    return df
+
+
+def summarize(df: pd.DataFrame) -> dict:
+    """Arithmetic means over the (model, length) points, as the paper's abstract reports."""
+    out = {}
+    for cfg in df.config.unique():
+        d = df[df.config == cfg]
+        for col in ("attn_speedup_vs_flat", "attn_energy_vs_flat", "attn_speedup_vs_unfused",
+                    "attn_energy_vs_unfused", "e2e_speedup_vs_flat", "e2e_energy_vs_flat",
+                    "e2e_speedup_vs_unfused", "e2e_energy_vs_unfused", "util_2d", "util_1d"):
+            if col in d:
+                out[f"{cfg}.{col}"] = float(d[col].mean())
+    return out
+
+
+def _min_buffer(hw, shape) -> float:
+    """Bytes one chunk of one query tile needs on chip (the smallest feasible buffer)."""
+    rows = hw.matrix_array().dims[0]
+    cols = hw.matrix_array().dims[-1]
+    wb = hw.word_bytes
+    return (cols * (shape.E + 2 + shape.F) + rows * (shape.E + shape.F)) * wb
+
+
+def pareto(models=MODELS, pe_dims=(16, 32, 64, 128, 256, 512), seq_len=262144,
+           config="fusemax", improvement=0.01) -> pd.DataFrame:
+    """FuseMax with PE_dim x PE_dim and PE_dim-PE arrays at ``seq_len``. The buffer starts at
+    the smallest that holds one query tile's chunk and doubles while that cuts the latency by
+    more than ``improvement`` (it stops being memory-bound, and enough query tiles interleave
+    to hide the running-max round trip); the row reports area and latency at that buffer."""
+    cfg = get_config(config)
+    base = load_spatial_hardware(cfg.hardware)
+    rows = []
+    for mk in models:
+        m = get_model(mk)
+        shape = attention_shape(m, seq_len)
+        for d in pe_dims:
+            hw = base.scaled(pe_dim=d)
+            buf = _min_buffer(hw, shape)
+            best = None
+            while buf <= 2**31:
+                hwb = hw.scaled(buffer_bytes=buf)
+                r = evaluate(cfg.cascade, hwb, shape, cfg.options, label=cfg.label)
+                if best is not None and r.latency_s > best[1].latency_s * (1 - improvement):
+                    break
+                best = (hwb, r)
+                buf *= 2
+            hwb, r = best
+            area = hwb.area_um2()
+            rows.append({"model": m.label, "PE_dim": d, "buffer_bytes": hwb.buffer.capacity_bytes,
+                         "latency_s": r.latency_s, "compute_s": r.compute_s, "dram_s": r.dram_s,
+                         "dram_bytes": r.dram_bytes, "util_2d": r.utilization["2d"],
+                         "util_1d": r.utilization["1d"], "area_um2": area["total"],
+                         "array_2d_area_um2": area.get("2d", 0.0),
+                         "energy_pj": r.energy_total_pj,
+                         "query_tiles_per_chunk": r.plans[0].P1})
+    return pd.DataFrame(rows)
+
+
+def passes_study(model="bert", seq_lens=SEQ_LENS[:5],
+                 cascades_=("attention-1pass", "attention-2pass", "attention-3pass")) -> pd.DataFrame:
+    """The 1-, 2- and 3-pass cascades on FuseMax's hardware with FuseMax's binding policy and
+    schedule: a multi-pass cascade must hold key-rank fibres on chip or spill them."""
+    rows = []
+    m = get_model(model)
+    for casc in cascades_:
+        for n in seq_lens:
+            r = run("fusemax", model, n, cascade=casc)
+            p = r.plans[0]
+            qkv = attention_shape(m, n).bh * n * m.E * 2
+            fiber = (p.multipass_bytes / p.P1) if p.P1 else 0.0
+            rows.append({"cascade": casc, "model": m.label, "N": n, "seq_len": format_seq_len(n),
+                         "latency_s": r.latency_s, "bound": r.bound, "dram_bytes": r.dram_bytes,
+                         "dram_over_qkv": r.dram_bytes / qkv,
+                         "multipass_bytes_per_query_tile": fiber,
+                         "onchip_fraction": p.onchip_fraction, "query_tiles_per_chunk": p.P1,
+                         "util_2d": r.utilization["2d"], "util_1d": r.utilization["1d"],
+                         "energy_pj": r.energy_total_pj,
+                         "binding": " ".join(f"{k}:{v}" for k, v in r.binding.assign)})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------
+# the paper's numbers
+# --------------------------------------------------------------------------------------
+
+def find_data_dir(data_dir=None) -> Path | None:
+    cands = [Path(data_dir)] if data_dir else []
+    cands += [Path.cwd() / "experiments" / "data",
+              Path(__file__).resolve().parents[2] / "experiments" / "data"]
+    for c in cands:
+        if (c / "fusemax_paper_utilization.csv").is_file():
+            return c
+    return None
+
+
+def load_paper(data_dir=None) -> dict | None:
+    d = find_data_dir(data_dir)
+    if d is None:
+        return None
+    rev = {v: k for k, v in PAPER_CONFIG.items()}
+    out = {}
+    for name in ("utilization", "speedup", "energy", "traffic", "pareto", "summary",
+                 "util_breakdown", "linear_layers"):
+        f = d / f"fusemax_paper_{name}.csv"
+        if f.is_file():
+            t = pd.read_csv(f)
+            if "config" in t:
+                t["config"] = t["config"].map(lambda x: rev.get(x, x))
+            out[name] = t
+    return out
+
+
+def compare(df: pd.DataFrame, paper: dict) -> pd.DataFrame:
+    """Per point: ours vs the artifact's latency, energy, utilization, traffic."""
+    u = paper["utilization"].pivot_table(index=["config", "model", "N"], columns="array",
+                                         values="utilization")
+    s = paper["speedup"]
+    e = paper["energy"]
+    t = paper["traffic"].set_index(["config", "model", "N"])["dram_traffic_bytes"]
+    sa = s[s.scope == "attention"].set_index(["config", "model", "N"])
+    se = s[s.scope == "end_to_end"].set_index(["config", "model", "N"])
+    ea = e[e.scope == "attention"].set_index(["config", "model", "N"])
+    ee = e[e.scope == "end_to_end"].set_index(["config", "model", "N"])
+    rows = []
+    for r in df.itertuples():
+        k = (r.config, r.model, r.N)
+        if k not in sa.index:
+            continue
+        rows.append({
+            "config": r.config, "model": r.model, "N": r.N,
+            "util_2d": r.util_2d, "paper_util_2d": u.loc[k, "2d"],
+            "util_1d": r.util_1d, "paper_util_1d": u.loc[k, "1d"],
+            "latency_s": r.latency_s, "paper_latency_s": sa.loc[k, "latency_s"],
+            "energy_pj": r.energy_pj, "paper_energy_pj": ea.loc[k, "energy_pJ"],
+            "dram_bytes": r.dram_bytes, "paper_dram_bytes": t.loc[k],
+            "e2e_latency_s": r.e2e_latency_s, "paper_e2e_latency_s": se.loc[k, "latency_s"],
+            "e2e_energy_pj": r.e2e_energy_pj, "paper_e2e_energy_pj": ee.loc[k, "energy_pJ"],
+            "attn_speedup_vs_flat": r.attn_speedup_vs_flat,
+            "paper_attn_speedup_vs_flat": sa.loc[k, "speedup_vs_flat"],
+            "attn_speedup_vs_unfused": r.attn_speedup_vs_unfused,
+            "paper_attn_speedup_vs_unfused": sa.loc[k, "speedup_vs_unfused"],
+            "attn_energy_vs_flat": r.attn_energy_vs_flat,
+            "paper_attn_energy_vs_flat": ea.loc[k, "energy_vs_flat"],
+            "e2e_speedup_vs_flat": r.e2e_speedup_vs_flat,
+            "paper_e2e_speedup_vs_flat": se.loc[k, "speedup_vs_flat"],
+            "e2e_energy_vs_flat": r.e2e_energy_vs_flat,
+            "paper_e2e_energy_vs_flat": ee.loc[k, "energy_vs_flat"],
+        })
+    out = pd.DataFrame(rows)
+    for c in ("util_2d", "util_1d"):
+        out[f"{c}_abs_err"] = (out[c] - out[f"paper_{c}"]).abs()
+    for c in ("latency_s", "energy_pj", "dram_bytes", "e2e_latency_s", "e2e_energy_pj"):
+        out[f"{c}_ratio"] = out[c] / out[f"paper_{c}"]
+    return out
+
+
+HEADLINE = (
+    ("attention speedup over FLAT", "fusemax", "attn_speedup_vs_flat", 6.7),
+    ("attention energy / FLAT", "fusemax", "attn_energy_vs_flat", 0.79),
+    ("attention speedup over Unfused", "fusemax", "attn_speedup_vs_unfused", 10.05),
+    ("end-to-end speedup over FLAT", "fusemax", "e2e_speedup_vs_flat", 5.3),
+    ("end-to-end energy / FLAT", "fusemax", "e2e_energy_vs_flat", 0.83),
+    ("FLAT attention speedup over Unfused", "flat", "attn_speedup_vs_unfused", 1.507),
+    ("+Cascade attention speedup over Unfused", "cascade", "attn_speedup_vs_unfused", 1.358),
+    ("+Architecture attention speedup over Unfused", "architecture", "attn_speedup_vs_unfused", 3.270),
+    ("+Cascade attention energy / FLAT", "cascade", "attn_energy_vs_flat", 0.908),
+)
+
+
+def headline_table(df: pd.DataFrame, paper: dict | None = None) -> pd.DataFrame:
+    """Means over the 4 models x 6 lengths, ours vs the paper (abstract / artifact means)."""
+    rows = []
+    for name, cfg, col, pv in HEADLINE:
+        d = df[df.config == cfg]
+        if col not in d or d.empty:
+            continue
+        ours = float(d[col].mean())
+        rows.append({"metric": name, "ours": ours, "paper": pv,
+                     "ratio": ours / pv, "within_10pct": abs(ours / pv - 1) <= 0.10})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------
+
+_COLORS = {"unfused": "#7f7f7f", "flat": "#1f77b4", "cascade": "#ff7f0e",
+           "architecture": "#2ca02c", "fusemax": "#d62728"}
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def figures(df: pd.DataFrame, out: Path, paper: dict | None = None, par: pd.DataFrame | None = None,
+            passes: pd.DataFrame | None = None) -> list[Path]:
+    plt = _plt()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    labels = {c: get_config(c).label for c in df.config.unique()}
+    models = list(dict.fromkeys(df.model))
+    lens = sorted(df.N.unique())
+    xt = [format_seq_len(int(n)) for n in lens]
+    pu = None
+    if paper is not None:
+        pu = paper["utilization"].pivot_table(index=["config", "model", "N"], columns="array",
+                                              values="utilization")
+
+    # --- Fig. 6: utilization vs sequence length
+    fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 7), sharey=True,
+                             squeeze=False)
+    for row, arr in enumerate(("1d", "2d")):
+        for col, m in enumerate(models):
+            ax = axes[row][col]
+            for cfg in df.config.unique():
+                d = df[(df.config == cfg) & (df.model == m)].sort_values("N")
+                ax.plot(range(len(d)), d[f"util_{arr}"], "-o", color=_COLORS.get(cfg), ms=4,
+                        label=f"{labels[cfg]} (ours)")
+                if pu is not None:
+                    pv = [pu.loc[(cfg, m, n), arr] if (cfg, m, n) in pu.index else math.nan
+                          for n in d.N]
+                    ax.plot(range(len(d)), pv, "x", color=_COLORS.get(cfg), ms=9, mew=1.5,
+                            label=f"{labels[cfg]} (paper)")
+            ax.set_xticks(range(len(lens)), xt)
+            ax.set_ylim(0, 1.05)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{m}: {arr.upper()} array")
+            if col == 0:
+                ax.set_ylabel("utilization")
+            if row == 1:
+                ax.set_xlabel("sequence length (M = P)")
+    h, lab = axes[0][0].get_legend_handles_labels()
+    fig.legend(h, lab, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.suptitle("FuseMax Fig. 6: per-array utilization (lines: iosim.spatial, x: paper artifact)")
+    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    written.append(_save(fig, out / "fusemax_utilization.png"))
+
+    # --- Fig. 7: 2D-array busy fraction per Einsum, BERT
+    b = df[df.model == models[0]]
+    cfgs = [c for c in ("flat", "cascade", "architecture", "fusemax") if c in set(b.config)]
+    parts = [c for c in ("QK", "LM", "SLN", "SLD", "SLNV", "O") if f"busy2d_{c}" in b]
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    width = 0.8 / max(1, len(cfgs))
+    cmap = plt.get_cmap("tab10")
+    for ci, cfg in enumerate(cfgs):
+        d = b[b.config == cfg].sort_values("N")
+        bottom = [0.0] * len(d)
+        for pi, p in enumerate(parts):
+            vals = d[f"busy2d_{p}"].fillna(0.0).tolist()
+            xs = [i + (ci - (len(cfgs) - 1) / 2) * width for i in range(len(d))]
+            ax.bar(xs, vals, width, bottom=bottom, color=cmap(pi),
+                   label=("AV" if p == "O" else p) if ci == 0 else None, edgecolor="white", lw=0.3)
+            bottom = [x + y for x, y in zip(bottom, vals)]
+        for i, top in enumerate(bottom):
+            ax.text(i + (ci - (len(cfgs) - 1) / 2) * width, top + 0.01,
+                    {"flat": "F", "cascade": "C", "architecture": "A", "fusemax": "B"}[cfg],
+                    ha="center", fontsize=7)
+    ax.set_xticks(range(len(lens)), xt)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("fraction of time the 2D array is busy")
+    ax.set_xlabel("sequence length (bars: F = FLAT, C = +Cascade, A = +Architecture, B = +Binding)")
+    ax.set_title(f"FuseMax Fig. 7: 2D-array activity per Einsum, {models[0]}")
+    ax.legend(ncol=6, fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    written.append(_save(fig, out / "fusemax_einsum_breakdown.png"))
+
+    # --- Figs. 8-11: speedup and energy vs unfused, attention and end to end
+    ps = pe = None
+    if paper is not None:
+        ps = paper["speedup"].set_index(["config", "model", "N", "scope"])
+        pe = paper["energy"].set_index(["config", "model", "N", "scope"])
+    for scope, tag, pscope in (("attn", "attention", "attention"), ("e2e", "end_to_end", "end_to_end")):
+        fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 7.5), squeeze=False)
+        cfgs = [c for c in CONFIG_ORDER if c in set(df.config)]
+        w = 0.8 / len(cfgs)
+        for col, m in enumerate(models):
+            for row, (metric, pcol, ylab) in enumerate(
+                    ((f"{scope}_speedup_vs_unfused", "speedup_vs_unfused", "speedup over Unfused"),
+                     (f"{scope}_energy_vs_unfused", "energy_vs_unfused", "energy / Unfused"))):
+                ax = axes[row][col]
+                for ci, cfg in enumerate(cfgs):
+                    d = df[(df.config == cfg) & (df.model == m)].sort_values("N")
+                    xs = [i + (ci - (len(cfgs) - 1) / 2) * w for i in range(len(d))]
+                    ax.bar(xs, d[metric], w, color=_COLORS[cfg], label=labels[cfg])
+                    src = ps if row == 0 else pe
+                    if src is not None:
+                        pv = [src.loc[(cfg, m, n, pscope), pcol] if (cfg, m, n, pscope) in src.index
+                              else math.nan for n in d.N]
+                        ax.plot(xs, pv, "k_", ms=7, mew=1.6,
+                                label="paper" if ci == 0 else None)
+                ax.set_xticks(range(len(lens)), xt, fontsize=8)
+                ax.set_title(f"{m}")
+                if col == 0:
+                    ax.set_ylabel(ylab)
+                ax.grid(axis="y", alpha=0.3)
+                if row == 0:
+                    ax.set_yscale("log")
+        h, lab = axes[0][0].get_legend_handles_labels()
+        fig.legend(h, lab, loc="lower center", ncol=6, fontsize=9, frameon=False)
+        title = ("Figs. 8/9: attention" if scope == "attn" else "Figs. 10/11: end to end "
+                 "(attention + linear layers)")
+        fig.suptitle(f"FuseMax {title}: speedup and energy vs Unfused (bars: ours, black ticks: paper)")
+        fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+        written.append(_save(fig, out / f"fusemax_{'speedup_energy' if scope == 'attn' else 'end_to_end'}.png"))
+
+    # --- Fig. 12: Pareto
+    if par is not None and len(par):
+        fig, ax = plt.subplots(figsize=(7, 5))
+        cm = plt.get_cmap("tab10")
+        pp = paper.get("pareto") if paper else None
+        for i, m in enumerate(dict.fromkeys(par.model)):
+            d = par[par.model == m].sort_values("PE_dim")
+            ax.plot(d.area_um2 * 1e-8, d.latency_s, "-o", color=cm(i), label=f"{m} (ours)")
+            for x, y, pe_ in zip(d.area_um2 * 1e-8, d.latency_s, d.PE_dim):
+                if i == 0:
+                    ax.annotate(str(pe_), (x, y), textcoords="offset points", xytext=(4, 4),
+                                fontsize=7)
+            if pp is not None:
+                q = pp[pp.model == m].sort_values("PE_dim")
+                ax.plot(q.area_um2 * 1e-8, q.latency_s, "x", color=cm(i), ms=9, mew=1.5,
+                        label=f"{m} (paper)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("area (cm$^2$)")
+        ax.set_ylabel("attention latency at 256K (s)")
+        ax.set_title("FuseMax Fig. 12: array size sweep (labels: PE array side)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        written.append(_save(fig, out / "fusemax_pareto.png"))
+
+    # --- passes
+    if passes is not None and len(passes):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for casc, mk in zip(dict.fromkeys(passes.cascade), ("o", "s", "^")):
+            d = passes[passes.cascade == casc].sort_values("N")
+            axes[0].plot(d.N, d.dram_over_qkv, "-" + mk, label=casc)
+            axes[1].plot(d.N, d.multipass_bytes_per_query_tile / 2**20, "-" + mk, label=casc)
+        axes[0].set_ylabel("DRAM traffic / size of Q")
+        axes[1].set_ylabel("on-chip bytes per query tile for multi-pass fibres (MiB)")
+        buf = load_spatial_hardware("fusemax").buffer.capacity_bytes / 2**20
+        axes[1].axhline(buf, color="k", ls="--", lw=1)
+        axes[1].text(passes.N.min(), buf * 1.15, "FuseMax buffer (16 MiB)", fontsize=8)
+        for ax in axes:
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("symlog", linthresh=1)
+            ax.set_xlabel("sequence length (M = P)")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+        fig.suptitle(f"Passes on FuseMax's hardware ({passes.model.iloc[0]}): a 2- or 3-pass "
+                     "cascade keeps key-rank fibres (∝ M) on chip or spills them")
+        fig.tight_layout()
+        written.append(_save(fig, out / "fusemax_passes.png"))
+
+    # --- parity plot ours vs paper
+    if paper is not None:
+        cmp_ = compare(df, paper)
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
+        for ax, (col, lab, log) in zip(axes, (("latency_s", "attention latency (s)", True),
+                                              ("energy_pj", "attention energy (pJ)", True),
+                                              ("util", "utilization", False))):
+            for cfg in CONFIG_ORDER:
+                d = cmp_[cmp_.config == cfg]
+                if col == "util":
+                    ax.plot(d.paper_util_2d, d.util_2d, "o", color=_COLORS[cfg], ms=4,
+                            label=f"{labels.get(cfg, cfg)} 2D")
+                    ax.plot(d.paper_util_1d, d.util_1d, "^", color=_COLORS[cfg], ms=4,
+                            mfc="none", label=f"{labels.get(cfg, cfg)} 1D")
+                else:
+                    ax.plot(d[f"paper_{col}"], d[col], "o", color=_COLORS[cfg], ms=4,
+                            label=labels.get(cfg, cfg))
+            lo, hi = ax.get_xlim()
+            lo2, hi2 = ax.get_ylim()
+            lo, hi = min(lo, lo2), max(hi, hi2)
+            ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+            if log:
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            ax.set_xlabel(f"paper artifact: {lab}")
+            ax.set_ylabel(f"iosim.spatial: {lab}")
+            ax.grid(alpha=0.3, which="both")
+        axes[0].legend(fontsize=7)
+        axes[2].legend(fontsize=6, ncol=2)
+        fig.suptitle("iosim.spatial vs the FuseMax artifact, every configuration x model x length")
+        fig.tight_layout()
+        written.append(_save(fig, out / "fusemax_vs_paper.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
+
+
+def _md(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in df.itertuples(index=False):
+        cells = []
+        for v in r:
+            if isinstance(v, float):
+                cells.append(floatfmt.format(v))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def reproduce(out_dir="figures", data_dir=None, figures_: bool = True) -> dict:
+    """Run the whole reproduction; write CSVs (and figures) under ``out_dir``."""
+    t0 = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paper = load_paper(data_dir)
+    df = sweep()
+    par = pareto()
+    passes = passes_study()
+    head = headline_table(df, paper)
+    df.to_csv(out / "fusemax_results.csv", index=False)
+    par.to_csv(out / "fusemax_pareto.csv", index=False)
+    passes.to_csv(out / "fusemax_passes.csv", index=False)
+    head.to_csv(out / "fusemax_headline.csv", index=False)
+    res = {"headline": head, "results": df, "pareto": par, "passes": passes, "paper": paper}
+    if paper is not None:
+        cmp_ = compare(df, paper)
+        cmp_.to_csv(out / "fusemax_vs_paper.csv", index=False)
+        res["compare"] = cmp_
+        sel = cmp_[cmp_.config.isin(["fusemax", "flat"])]
+        res["util_max_err"] = {
+            "fusemax_2d": float(cmp_[cmp_.config == "fusemax"].util_2d_abs_err.max()),
+            "flat_2d": float(cmp_[cmp_.config == "flat"].util_2d_abs_err.max()),
+            "flat_1d": float(cmp_[cmp_.config == "flat"].util_1d_abs_err.max()),
+            "all_2d": float(cmp_.util_2d_abs_err.max()),
+            "all_1d": float(cmp_.util_1d_abs_err.max()),
+        }
+        if "pareto" in paper:
+            pp = paper["pareto"].set_index(["model", "PE_dim"])
+            par = par.copy()
+            par["paper_latency_s"] = [pp.loc[(m, d), "latency_s"] if (m, d) in pp.index else math.nan
+                                      for m, d in zip(par.model, par.PE_dim)]
+            par["paper_area_um2"] = [pp.loc[(m, d), "area_um2"] if (m, d) in pp.index else math.nan
+                                     for m, d in zip(par.model, par.PE_dim)]
+            par.to_csv(out / "fusemax_pareto.csv", index=False)
+            res["pareto"] = par
+        del sel
+    if figures_:
+        res["figures"] = [str(p) for p in figures(df, out, paper, par, passes)]
+    res["seconds"] = time.time() - t0
+    return res
