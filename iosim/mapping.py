@@ -941,8 +941,8 @@ def format_loop_nest(nest: LoopNest, sizes: dict | None = None) -> str:
                     extra.append(f"tile {nd.rank}:{int(sizes[nd.block])}")
                 elif nd.block != "one":
                     extra.append(f"tile {nd.rank}:{blocks[nd.block]}")
-                if nd.causal_with:
-                    extra.append(f"causal with {nd.causal_with}")
+                if nd.causal_with and (sizes is None or sizes.get("causal")):
+                    extra.append(f"causal: tiles meeting the diagonal of {nd.causal_with}")
                 if nd.within:
                     extra.append(f"within split {nd.within}")
                 if nd.grid:

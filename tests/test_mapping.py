@@ -105,9 +105,9 @@ def test_loop_nest_printing():
     nest = loop_nest(get_mapping("fa1", block_q=64, block_kv=128))
     txt = format_loop_nest(nest, {"P": 1024, "M": 1024, "E": 64, "F": 64, "G": 1, "S": 1,
                                   "block_q": 64, "block_kv": 128, "block_e": 64,
-                                  "block_f": 64, "block_rows": 1, "one": 1})
+                                  "block_f": 64, "block_rows": 1, "one": 1, "causal": True})
     assert "for j in [0:8) (tile M:128)" in txt
-    assert "for i in [0:16) (tile P:64, causal with j)" in txt
+    assert "for i in [0:16) (tile P:64, causal: tiles meeting the diagonal of j)" in txt
     assert "load Q[i,:]; load O[i,:]; load m[i]; load l[i]" in txt
     fwd = txt.split("# kernel: forward")[1]
     assert fwd.index("for j") < fwd.index("for i in [0:16)")   # K/V outer, Q inner
