@@ -419,11 +419,15 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, chunk_point
         bar = tqdm(total=total, unit="pt", desc="sweep", leave=False)
     pending = []
     last_flush = time.monotonic()
+    interval = flush_seconds
 
     def flush():
-        nonlocal pending, last_flush
+        # rewrite the whole CSV atomically; the interval adapts to 4x the last write's
+        # duration, so rewriting costs at most ~20 % of a long sweep
+        nonlocal pending, last_flush, interval
         if path is None or not pending:
             return
+        t0 = time.monotonic()
         frames.extend(pending)
         pending = []
         full = pd.concat(frames, ignore_index=True)
@@ -432,6 +436,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, chunk_point
         full.to_csv(buf, index=False)
         atomic_write(path, buf.getvalue())
         last_flush = time.monotonic()
+        interval = max(flush_seconds, 4.0 * (last_flush - t0))
 
     finished = 0
     try:
@@ -451,7 +456,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, chunk_point
                 if path is None:
                     frames.extend(pending)
                     pending = []
-                elif time.monotonic() - last_flush >= flush_seconds:
+                elif time.monotonic() - last_flush >= interval:
                     flush()
                 if on_chunk is not None:
                     on_chunk(finished, total)
