@@ -46,7 +46,7 @@ from functools import lru_cache
 
 import cascades
 from cascades.ir import Access, Cascade, IFixed, IShift, ISplit, IVar, accesses, index_vars
-from cascades.passes import analyze_rank, _previous_iterate
+from cascades.passes import analyze_rank
 from iosim.errors import IosimError
 from iosim.spatial.arch import SpatialHardware, load_spatial_hardware
 from iosim.spatial.binding import Binding, bind
@@ -166,6 +166,20 @@ class Prepared:
     inputs: tuple
     outputs: tuple
     npasses: int
+
+
+def _previous_iterate(c: Cascade, acc: Access) -> bool:
+    """``RM[m1, p]`` where RM is written at ``m1+1``: the value of the previous key tile."""
+    sh = c.info.shifted.get(acc.tensor)
+    if sh is None:
+        return False
+    var, off = sh
+    for ix in acc.indices:
+        if isinstance(ix, IVar) and ix.var == var:
+            return off > 0
+        if isinstance(ix, IShift) and ix.var == var:
+            return ix.offset < off
+    return False
 
 
 def _source(c: Cascade, t: str, views: dict, folded: dict) -> str:
