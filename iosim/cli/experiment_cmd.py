@@ -72,7 +72,9 @@ def load(name: str):
 @click.option("--list", "list_only", is_flag=True, help="List the experiments.")
 @click.option("--json", "as_json", is_flag=True, help="Print the experiment's summary as JSON.")
 def command(name, out_dir, quick, list_only, as_json):
-    """Run the experiment NAME (a script under experiments/); without NAME, list them.
+    """Run a reproduced experiment (paper figures, theorems); list them.
+
+    NAME is a script under experiments/; without NAME, the experiments are listed.
 
     \b
       iosim experiment                   # list

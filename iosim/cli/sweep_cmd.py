@@ -33,7 +33,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
 def command(names, hardware, sram, seq_len, head_dim, mapping, dtype, batch, heads, causal,
             out_dir, no_plots, no_progress, as_json):
-    """Sweep algorithms NAME... over SRAM sizes and sequence lengths.
+    """Traffic of algorithms over SRAM sizes and sequence lengths: CSV, figures.
 
     NAME is a mapping (fa1, fa2, saha-ye, unfused, fused-2pass, ...), a cascade
     (attention-1pass: tiled by --mapping, default 'best'), or cascade:mapping.
