@@ -50,6 +50,7 @@ __all__ = [
     "check_monotone",
     "ref_fa1",
     "ref_fa2",
+    "ref_fa1_blocks",
     "ref_saha_ye",
     "ref_fa_min",
     "ref_saha_ye_min",
@@ -484,6 +485,25 @@ def ref_fa2(N: int, d: int, block_q: int, block_kv: int, *, causal: bool = False
     return total
 
 
+def ref_fa1_blocks(N: int, d: int, block_q: int, block_kv: int, *, causal: bool = False,
+                   init_writes: bool = False) -> int:
+    """FlashAttention Algorithm 1's loop order with given blocks, causal skipping optional.
+
+    K_j, V_j read once per K/V block; for every Q block i the inner loop visits, Q_i, O_i
+    (B_r d each) and l_i, m_i (B_r each) are read and O_i, l_i, m_i written. Causal: block i
+    (rows [i0, i1)) is visited for K/V block j (keys [j0, j1)) iff some row sees some key,
+    i.e. i1 - 1 >= j0.
+    """
+    total = 2 * N * d + ((N * d + 2 * N) if init_writes else 0)
+    for j0 in range(0, N, block_kv):
+        for i0 in range(0, N, block_q):
+            i1 = min(N, i0 + block_q)
+            if causal and i1 - 1 < j0:
+                continue
+            total += (i1 - i0) * (3 * d + 4)
+    return total
+
+
 def ref_saha_ye(N: int, d: int, B: int) -> int:
     """Saha & Ye's SquareTilingAttention (their Algorithm 1) with tile B: exact elements.
 
@@ -810,6 +830,9 @@ def model_counts(seq_lens: Sequence[int], head_dims: Sequence[int]) -> CountSet:
     def ref_fa2_kw(N, d, block_q, block_kv, causal=False, M=None):
         return ref_fa2(N, d, block_q, block_kv, causal=causal)
 
+    def ref_fa1_kw(N, d, block_q, block_kv, causal=False, M=None):
+        return ref_fa1_blocks(N, d, block_q, block_kv, causal=causal)
+
     def wrap_fa2(fn):
         if fn is None:
             return None
@@ -867,6 +890,11 @@ def model_counts(seq_lens: Sequence[int], head_dims: Sequence[int]) -> CountSet:
                  sy_cfg),
         Identity("1f", "FA backward (Algorithm 4): closed form = loop walk",
                  bwd_closed, {"loop walk": bwd_walk}, bwd_cfg),
+        Identity("1g", "FA1 loop order, given Br, Bc, causal and not: closed form = model, simulator",
+                 ref_fa1_kw,
+                 {"traffic": wrap_fa2(model_analytical("fa1", init_writes=False)),
+                  "trace": wrap_fa2(model_trace("fa1", init_writes=False))},
+                 fa2_cfgs),
     ]
     search_best = model_search_best()
     best = search_best or model_grid_best

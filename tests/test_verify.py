@@ -25,6 +25,7 @@ from iosim.verify import (
     loglog_slope,
     ref_best,
     ref_fa1,
+    ref_fa1_blocks,
     ref_fa2,
     ref_fa_min,
     ref_saha_ye,
@@ -47,6 +48,11 @@ def test_reference_closed_forms_by_hand():
     assert ref_fa2(1000, 64, 128, 64) == 2 * 64000 + 1000 + 8 * 2 * 64000
     # FA2, causal, N = 4, Br = 2, Bc = 1: block 0 (rows 0-1) sees keys 0-1, block 1 sees 0-3
     assert ref_fa2(4, 1, 2, 1, causal=True, lse=False) == 2 * 4 + 2 * (2 + 4)
+    # FA1 loop order, N = 4, d = 1, Br = Bc = 2: K, V once (8); per visited (j, i) pair the
+    # block's rows read Q, O and write O (3 d) and read+write l, m (4). Non-causal: 4 pairs of
+    # 2 rows; causal: K/V block 1 (keys 2-3) skips Q block 0 (rows 0-1)
+    assert ref_fa1_blocks(4, 1, 2, 2) == 8 + 8 * 7
+    assert ref_fa1_blocks(4, 1, 2, 2, causal=True) == 8 + 6 * 7
     # Saha & Ye, N = 8, d = 4, B = 2: nb = 4, db = 2:
     # 3 * 4 * 32 (Q, K in phase 1; V in phase 2) + (1 + 2) * 64 (A written once, read db times)
     # + 2 * 8 (row sums written, read) + 32 (O written)
