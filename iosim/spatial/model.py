@@ -898,3 +898,24 @@ def evaluate(cascade, hw, shape: Shape, options: Options = Options(), label: str
     return SpatialResult(pp.cascade.name, hw.name, shape, options, pp.binding, latency,
                          comp_total, dram_total, bound, dram_bytes, util, en, rows, plans,
                          sched, clock, label, dict(pp.folded))
+
+
+def schedule_trace(cascade, hw, shape: Shape, options: Options = Options(), key_tiles: int = 6,
+                   query_tiles: int = 4, chunks: int = 1) -> list[dict]:
+    """The simulated schedule of a short stream (``chunks`` x ``key_tiles`` x ``query_tiles``
+    tiles), task by task: which array ran which Einsum of which tile, when. This is the
+    "waterfall" the latency comes from."""
+    pp = prepare(cascade, hw, shape, options)
+    groups = _groups(pp)
+    _tile_model(pp, groups)
+    g = groups[0]
+    policy = "pipelined" if options.schedule == "unfused" else options.schedule
+    graph = _build_graph(_signature(pp, g), chunks, key_tiles, query_tiles)
+    _, start, finish = simulate(graph, len(pp.hw.arrays), policy, options.depth, record=True)
+    names = pp.hw.array_names
+    out = []
+    for t in range(len(graph)):
+        ein, c, k, j, i = graph.label[t]
+        out.append({"array": names[graph.array[t]], "einsum": ein, "chunk": c, "pass": k,
+                    "key_tile": j, "query_tile": i, "start": start[t], "end": finish[t]})
+    return sorted(out, key=lambda d: (d["start"], d["array"]))
