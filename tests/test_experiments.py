@@ -99,3 +99,26 @@ def test_ski_slope(tmp_path):
     # (4 N d bf16) plus the log-sum-exp (N fp32): 4*4096*64*2 + 4096*4 bytes
     big = ok[(ok.cascade == "attention-1pass")].sort_values("sram_bytes").iloc[-1]
     assert big.backing_bytes == 4 * 4096 * 64 * 2 + 4096 * 4
+
+
+def test_argparse_style_scripts_get_their_arguments(tmp_path, monkeypatch):
+    """Scripts of the form main(argv) -> int receive --out and extra options unchanged."""
+    from iosim.cli import experiment_cmd
+
+    script = tmp_path / "toy.py"
+    script.write_text('"""A toy experiment."""\n'
+                      'import sys\n'
+                      'def main(argv=None):\n'
+                      '    print("argv", argv)\n'
+                      '    return 3 if "--fail" in argv else 0\n')
+    (tmp_path / "_private.py").write_text("def main(): pass\n")
+    (tmp_path / "no_main.py").write_text("x = 1\n")
+    monkeypatch.setattr(experiment_cmd, "experiments_dir", lambda: tmp_path)
+    r = CliRunner().invoke(cli, ["experiment"])
+    assert r.output.split() == ["toy", "A", "toy", "experiment."]
+    r = CliRunner().invoke(cli, ["experiment", "toy", "--out", "o", "--flag"])
+    assert r.exit_code == 0 and "argv ['--out', 'o', '--flag']" in r.output
+    r = CliRunner().invoke(cli, ["experiment", "toy", "--fail"])
+    assert r.exit_code == 3
+    r = CliRunner().invoke(cli, ["experiment", "toy", "--quick"])
+    assert r.exit_code == 2 and r.output.startswith("error:")

@@ -64,17 +64,21 @@ def load(name: str):
     return mod
 
 
-@click.command("experiment")
+@click.command("experiment", context_settings={"ignore_unknown_options": True,
+                                               "allow_extra_args": True})
 @click.argument("name", required=False)
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Output directory (default: figures/ of the checkout).")
 @click.option("--quick", is_flag=True, help="A smaller grid (for smoke tests).")
 @click.option("--list", "list_only", is_flag=True, help="List the experiments.")
 @click.option("--json", "as_json", is_flag=True, help="Print the experiment's summary as JSON.")
-def command(name, out_dir, quick, list_only, as_json):
+def command(name, extra, out_dir, quick, list_only, as_json):
     """Run a reproduced experiment (paper figures, theorems); list them.
 
-    NAME is a script under experiments/; without NAME, the experiments are listed.
+    NAME is a script under experiments/; without NAME, the experiments are listed. Scripts
+    with their own command-line options (main(argv)) receive --out and any further
+    arguments unchanged.
 
     \b
       iosim experiment                   # list
@@ -98,6 +102,19 @@ def command(name, out_dir, quick, list_only, as_json):
             click.echo(f"{k.ljust(w)}  {doc}")
         return
     mod = load(name)
+    import inspect
+
+    params = inspect.signature(mod.main).parameters
+    if "argv" in params:
+        # an argparse-style script: main(argv) -> exit status; options pass through
+        if quick or as_json:
+            raise IosimError(f"experiment '{name}' takes its own options, not --quick/--json; "
+                             f"see: python experiments/{name}.py --help")
+        argv = (["--out", str(out_dir)] if out_dir else []) + list(extra)
+        rc = mod.main(argv)
+        raise SystemExit(int(rc or 0))
+    if extra:
+        raise IosimError(f"experiment '{name}' takes no argument '{extra[0]}'")
     t0 = time.perf_counter()
     kwargs = {"quick": quick}
     if out_dir:
