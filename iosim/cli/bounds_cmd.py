@@ -103,7 +103,10 @@ def verify_cmd(seq_len, head_dim, reference, as_json, verbose):
     Ns = parse_counts(seq_len, "--seq-len")
     ds = parse_counts(head_dim, "--head-dim")
     if len(Ns) > 16 or len(ds) > 4:
-        raise click.UsageError("at most 16 sequence lengths and 4 head dimensions")
+        from iosim.errors import IosimError
+
+        raise IosimError(f"at most 16 sequence lengths and 4 head dimensions "
+                         f"(got {len(Ns)} and {len(ds)})")
     params = VerifyParams(tuple(Ns), tuple(ds))
     t0 = time.perf_counter()
     counts = (reference_counts if reference else default_counts)(params.seq_lens, params.head_dims)
