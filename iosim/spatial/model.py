@@ -91,7 +91,7 @@ class Options:
     binding: str = "tile"                 # binding policy
     overrides: tuple = ()                 # ((einsum, array), ...)
     schedule: str = "pipelined"           # pipelined | sequential | unfused
-    depth: int = 6                        # tiles an array holds in flight (pipelined)
+    depth: int = 8                        # tiles an array holds in flight (pipelined)
     fold: bool = True                     # fold element-wise scalings into their producer
     min_onchip_fraction: float = 0.0      # keep multi-pass fibres on chip only if >= this fits
     max_query_rows: int | None = None     # cap of P1 * P0 (FLAT's row-block limit)

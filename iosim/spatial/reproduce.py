@@ -397,7 +397,12 @@ def figures(df: pd.DataFrame, out: Path, paper: dict | None = None, par: pd.Data
                     ax.set_ylabel(ylab)
                 ax.grid(axis="y", alpha=0.3)
                 if row == 0:
+                    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
                     ax.set_yscale("log")
+                    ax.yaxis.set_major_locator(FixedLocator([1, 1.5, 2, 3, 4, 6, 8, 12, 16]))
+                    ax.yaxis.set_major_formatter(lambda v, _: f"{v:g}")
+                    ax.yaxis.set_minor_locator(NullLocator())
+                    ax.yaxis.set_minor_formatter(NullFormatter())
         h, lab = axes[0][0].get_legend_handles_labels()
         fig.legend(h, lab, loc="lower center", ncol=6, fontsize=9, frameon=False)
         title = ("Figs. 8/9: attention" if scope == "attn" else "Figs. 10/11: end to end "
