@@ -34,6 +34,9 @@ Named mappings (see :data:`MAPPINGS` and ``docs/model.md``):
 ``linear``       linear attention: the E×F state built in one pass, then read per Q block
 ``lightning2``   Lightning Attention-2: one pass, intra-block product, E×F state on chip
 ``saha-ye``      Saha & Ye's square tiling for small caches (B = ⌊√(M/4)⌋), exp(QKᵀ) in HBM
+``chunked``      a spatial accelerator's mapping (FuseMax, FLAT): chunks of ``block_q`` query
+                 rows, key tiles of ``block_kv`` streamed once per chunk and pass; built
+                 from a plan by :func:`chunked_nest` (:mod:`iosim.spatial` does)
 ===============  =========================================================================
 """
 from __future__ import annotations
@@ -50,13 +53,13 @@ __all__ = [
     "Mapping", "Shapes", "Dim", "Loop", "SplitLoop", "Load", "Store", "Alloc", "Phase",
     "LoopNest", "get_mapping", "mapping_names", "default_mapping", "mappings_for",
     "loop_nest", "check_fits", "fa1_paper_blocks", "saha_ye_block", "cascade_facts",
-    "format_loop_nest",
+    "format_loop_nest", "PartialLoad", "PartialStore", "ChunkPass", "chunked_nest",
 ]
 
 GRID_ORDERS = ("query-major", "head-major")
 ROW_POLICIES = ("auto", "buffer", "spill", "recompute")
 KINDS = ("fa2", "fa1", "unfused", "fused-3pass", "fused-2pass", "decode-splitk", "linear",
-         "lightning2", "saha-ye")
+         "lightning2", "saha-ye", "chunked")
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
@@ -710,16 +713,124 @@ def _saha_ye(m: Mapping, f: CascadeFacts) -> LoopNest:
     return LoopNest(m, f.name, (ph1, ph2), tensors)
 
 
+# --------------------------------------------------------------------------------------
+# chunked nests: spatial accelerators (FuseMax, FLAT) with a global buffer
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartialLoad(Load):
+    """A :class:`Load` of only part of each tile: the fraction ``part`` (a name in the size
+    table, a number in [0, 1]) of the tile that did not fit on chip and was spilled.
+    :func:`iosim.traffic.nest_traffic` counts the fraction; the tile-level walkers
+    (footprints, :mod:`iosim.trace`) see a whole tile."""
+    part: str = "spill"
+
+
+@dataclass(frozen=True)
+class PartialStore(Store):
+    """A :class:`Store` of the fraction ``part`` of each tile (the spilled part)."""
+    part: str = "spill"
+
+
+@dataclass(frozen=True)
+class ChunkPass:
+    """One pass over the key rank inside a chunk of query rows (see :func:`chunked_nest`).
+
+    Tensor names, each moved once per key tile of the pass: ``loads`` read whole (K, V, a
+    score tile of an unfused kernel), ``stores`` written whole (an unfused kernel's scores),
+    ``spill_loads``/``spill_stores`` only their spilled part (a multi-pass fibre that did not
+    fit on chip, written in the pass that makes it and read back in each later pass).
+    """
+    loads: tuple = ()
+    stores: tuple = ()
+    spill_loads: tuple = ()
+    spill_stores: tuple = ()
+    label: str = ""
+
+
+def _chunk_dims(ranks, key_var: str | None) -> tuple:
+    """Dims of a tensor in a chunked nest: ``P`` by the chunk loop ``c``, ``M`` (and a key-tile
+    coordinate ``Mt``) by the key loop, every other rank whole."""
+    out = []
+    for r in ranks:
+        if r == "P":
+            out.append(Dim("P", "c"))
+        elif r in ("M", "Mt") and key_var is not None:
+            out.append(Dim(r, key_var))
+        else:
+            out.append(Dim(r))
+    return tuple(out)
+
+
+def chunked_nest(name: str, cascade: str, ranks: dict, *, chunk_loads=(), once_loads=(),
+                 passes=(), chunk_stores=(), once_stores=(), keep=(), block_q: int = 1,
+                 block_kv: int = 1, label: str = "") -> LoopNest:
+    """The loop nest of a spatial accelerator's chunked mapping (kind ``chunked``)::
+
+        load once_loads
+        for c in chunks of P (block_q query rows):
+            load chunk_loads[c]                     # Q: once per chunk
+            keep keep[c]                            # running state on chip
+            for pass in passes:
+                for j in key tiles of M (block_kv keys):
+                    load pass.loads[j]              # K, V: once per chunk and pass
+                    store pass.stores[j]
+                    store the spilled part of pass.spill_stores[j]
+                    load the spilled part of pass.spill_loads[j]
+            store chunk_stores[c]                   # O: once
+        store once_stores
+
+    ``ranks`` maps every tensor to its ranks in this module's vocabulary: ``P`` (query rows,
+    tiled by the chunk), ``M`` (keys, tiled by the key loop), ``Mt`` (one entry per key
+    tile, e.g. a per-block max) and whole ranks (``E``, ``F``). ``block_q`` and ``block_kv``
+    are recorded in the :class:`Mapping`; counts take them from the size table
+    (:func:`iosim.traffic.nest_traffic`).
+    """
+    tensors = {t: (tuple(r), "data") for t, r in ranks.items()}
+    m = Mapping(name=name, cascade=cascade, kind="chunked", loop_order=("B", "H", "P", "M"),
+                block_q=int(block_q), block_kv=int(block_kv), fused=True,
+                notes=label or "chunks of query rows; key tiles streamed per chunk and pass")
+    body = tuple(Load(t, _chunk_dims(ranks[t], None)) for t in chunk_loads)
+    body += tuple(Alloc(t, _chunk_dims(ranks[t], None), role="tile") for t in keep)
+    for k, ps in enumerate(passes, start=1):
+        v = f"j{k}"
+        inner = tuple(Load(t, _chunk_dims(ranks[t], v), streamed=True) for t in ps.loads)
+        inner += tuple(Store(t, _chunk_dims(ranks[t], v)) for t in ps.stores)
+        inner += tuple(PartialStore(t, _chunk_dims(ranks[t], v)) for t in ps.spill_stores)
+        inner += tuple(PartialLoad(t, _chunk_dims(ranks[t], v), streamed=True)
+                       for t in ps.spill_loads)
+        body += (Loop(v, "M", "block_kv", inner,
+                      label=ps.label or f"pass {k}: key tiles"),)
+    body += tuple(Store(t, _chunk_dims(ranks[t], None)) for t in chunk_stores)
+    nest = tuple(Load(t, _chunk_dims(ranks[t], None)) for t in once_loads)
+    nest += (Loop("c", "P", "block_q", body, label="chunks of query rows"),)
+    nest += tuple(Store(t, _chunk_dims(ranks[t], None)) for t in once_stores)
+    return LoopNest(m, cascade, (Phase(label or "chunked", nest),), tensors, skips_causal=False)
+
+
+def _chunked(m: Mapping, f: CascadeFacts) -> LoopNest:
+    """The registry form of ``chunked``: every intermediate on chip, so one pass streams the
+    key/value inputs per chunk (what FuseMax does with the 1-pass cascade)."""
+    ranks = {t: tuple("M" if r == "M" else "Mt" if r == "Mt" else r for r in rk)
+             for t, rk in f.ranks.items()}
+    nest = chunked_nest(m.name, f.name, ranks, chunk_loads=f.q_inputs,
+                        passes=(ChunkPass(loads=f.kv_inputs + f.pm_inputs,
+                                          label="key/value tiles"),),
+                        chunk_stores=f.outputs, block_q=m.block_q, block_kv=m.block_kv)
+    return replace(nest, mapping=m)
+
+
 _BUILDERS = {"fa2": _fa2, "fa1": _fa1, "unfused": _unfused, "fused-3pass": _fused3,
              "fused-2pass": _fused2, "decode-splitk": _decode, "linear": _linear,
-             "lightning2": _lightning, "saha-ye": _saha_ye}
+             "lightning2": _lightning, "saha-ye": _saha_ye, "chunked": _chunked}
 
 # which mapping kinds make sense for which library cascade (user cascades: structural check)
 _COMPAT = {
-    "attention-1pass": ("fa2", "fa1", "unfused", "saha-ye", "decode-splitk"),
+    "attention-1pass": ("fa2", "fa1", "unfused", "saha-ye", "decode-splitk", "chunked"),
     "flash1": ("fa1", "fa2", "unfused", "saha-ye"),
-    "attention-2pass": ("fused-2pass", "unfused", "fa2"),
-    "attention-3pass": ("fused-3pass", "unfused", "saha-ye"),
+    "attention-2pass": ("fused-2pass", "unfused", "fa2", "chunked"),
+    "attention-3pass": ("fused-3pass", "unfused", "saha-ye", "chunked"),
     "attention-gqa": ("fa2", "fa1", "unfused"),
     "attention-masked": ("fa2", "fa1", "unfused"),
     "decode-splitk": ("decode-splitk", "fa2"),
@@ -956,6 +1067,11 @@ def format_loop_nest(nest: LoopNest, sizes: dict | None = None) -> str:
                 note = f"   # {nd.label}" if nd.label else ""
                 lines.append(f"{pad}for {nd.var} in [0:{trips(nd)}){' (parallel)' if nd.grid else ''}{note}")
                 rec(nd.body, depth + 1)
+            elif isinstance(nd, (PartialLoad, PartialStore)):
+                verb = "load" if isinstance(nd, Load) else "store"
+                frac = (f"={float(sizes[nd.part]):.3g}" if sizes is not None and nd.part in sizes
+                        else "")
+                pending.append(f"{verb} {nd.tensor}{dims_txt(nd.dims)} x {nd.part}{frac}")
             elif isinstance(nd, Load):
                 pending.append(f"load {nd.tensor}{dims_txt(nd.dims)}")
             elif isinstance(nd, Store):

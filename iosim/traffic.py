@@ -31,13 +31,14 @@ from typing import Callable
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.mapping import (Alloc, Load, Loop, LoopNest, Mapping, Shapes, SplitLoop, Store,
-                           get_mapping, loop_nest)
+from iosim.mapping import (Alloc, Load, Loop, LoopNest, Mapping, PartialLoad, PartialStore,
+                           Shapes, SplitLoop, Store, get_mapping, loop_nest)
 
 __all__ = [
     "causal_sums", "floor_sum", "compile_nest", "CompiledNest", "cascade_op_terms",
     "evaluate_arrays", "evaluate_grid", "evaluate", "footprint", "symbolic_traffic",
-    "passthrough_backing", "scalar_sizes", "OP_CLASSES",
+    "passthrough_backing", "scalar_sizes", "OP_CLASSES", "nest_terms", "count_terms",
+    "nest_traffic",
 ]
 
 OP_CLASSES = ("matmul", "exp", "other")
@@ -1103,3 +1104,80 @@ def symbolic_traffic(mapping, cascade=None, *, causal: bool = False, self_attent
         total = total + expr
     out["total"] = total
     return out
+
+
+# ======================================================================================
+# scalar counts of one nest (spatial accelerators)
+# ======================================================================================
+
+
+def nest_terms(nest: LoopNest) -> tuple:
+    """The load/store :class:`Term` s of a nest, as :func:`compile_nest` makes them, with a
+    ``("part", name)`` factor on :class:`~iosim.mapping.PartialLoad`/``PartialStore`` (the
+    fraction of each tile that moves)."""
+    terms = []
+    for ph, nd, encl in nest.walk():
+        if isinstance(nd, (Load, Store)):
+            direction = "read" if isinstance(nd, Load) else "write"
+            f = _event_factors(nd.dims, encl, f"{direction} {nd.tensor}")
+            if isinstance(nd, (PartialLoad, PartialStore)):
+                f = tuple(sorted(f + (("part", nd.part),), key=repr))
+            terms.append(Term(nd.tensor, direction, ph.name, f))
+    return tuple(terms)
+
+
+def _scalar_factor(f: tuple, sizes: dict) -> float:
+    kind = f[0]
+    if kind == "ext":
+        return sizes[f[1]]
+    if kind == "trips":
+        return math.ceil(sizes[f[1]] / sizes[f[2]])
+    if kind == "tile":
+        return min(sizes[f[2]], sizes[f[1]])
+    if kind == "part":
+        return sizes[f[1]]
+    if kind == "stages":
+        return sizes.get("stages", 1)
+    if kind == "chunk":
+        return math.ceil(sizes["M"] / sizes["S"])
+    if kind == "causal":
+        _, bP, bM, ui, uj = f
+        if sizes.get("causal"):
+            raise IosimError("nest_traffic counts dense nests; causal block skipping needs "
+                             "evaluate_arrays")
+        return ((sizes["P"] if ui else math.ceil(sizes["P"] / sizes[bP]))
+                * (sizes["M"] if uj else math.ceil(sizes["M"] / sizes[bM])))
+    raise KeyError(f)  # pragma: no cover
+
+
+def count_terms(terms, sizes: dict) -> tuple[dict, dict]:
+    """Per-tensor elements ``(reads, writes)`` of compiled terms for one size table.
+
+    Scalar counterpart of the grid evaluation: sizes may be fractional (a spilled fraction,
+    ``("part", name)``); a missing size is a one-line error."""
+    reads: dict = {}
+    writes: dict = {}
+    for t in terms:
+        v = 1.0
+        try:
+            for f in t.factors:
+                v *= _scalar_factor(f, sizes)
+        except KeyError as e:
+            raise IosimError(f"nest_traffic: no size for {e.args[0]!r} (tensor {t.tensor})") from None
+        d = reads if t.direction == "read" else writes
+        d[t.tensor] = d.get(t.tensor, 0.0) + v
+    return reads, writes
+
+
+def nest_traffic(nest: LoopNest, sizes: dict) -> tuple[dict, dict]:
+    """Elements each tensor moves between the backing store and chip in one instance of
+    ``nest`` (one batch x head): ``(reads, writes)``, per tensor.
+
+    ``sizes`` maps rank names (``P``, ``M``, ``E``, ``F``, ...) to extents and block names
+    (``block_q``, ``block_kv``, ...) to tile sizes, plus the fractions named by partial
+    loads and stores. Same counting rule as :func:`evaluate_arrays` (every load/store
+    contributes its tile times the iterations of its enclosing loops), for one scalar
+    configuration and without a hardware description: :mod:`iosim.spatial` uses it for the
+    DRAM traffic of its chunked mappings.
+    """
+    return count_terms(nest_terms(nest), sizes)

@@ -45,6 +45,23 @@ def test_bind_and_other_cascades():
     assert "multi-pass fibres" in r.output and "memory-bound" in r.output
 
 
+def test_nest_issue_and_tile_sequential():
+    r = run("spatial", "--config", "flat", "--seq-len", "1M", "--nest", "--no-einsums")
+    assert r.exit_code == 0, r.output
+    for text in ("loop nest", "for c in [0:1024) (tile P:1024)", "store QK[j1,c] x spill=1",
+                 "load SN[j3,c] x spill=1", "memory-bound"):
+        assert text in r.output, text
+    r = run("spatial", "--config", "cascade", "--seq-len", "4K", "--json")
+    doc = json.loads(r.output)
+    assert doc["options"]["issue"] == {"1d": "serial"} and "loop_nest" in doc["plans"][0]
+    r2 = run("spatial", "--config", "cascade", "--seq-len", "4K", "--issue", "1d=pipelined",
+             "--json")
+    assert json.loads(r2.output)["latency_s"] < 0.8 * doc["latency_s"]
+    r = run("spatial", "--config", "fusemax", "--schedule", "tile-sequential", "--seq-len", "4K")
+    assert r.exit_code == 0 and "schedule: tile-sequential" in r.output
+    assert "utilization  2d 0.299" in r.output
+
+
 def test_list():
     r = run("spatial", "list")
     assert r.exit_code == 0, r.output
@@ -64,6 +81,8 @@ def test_list():
     (["--hw", "tpu"], "unknown spatial hardware"),
     (["--schedule", "parallel"], "Invalid value"),
     (["--nope"], "No such option"),
+    (["--issue", "1d=fast"], "expected ARRAY=serial or ARRAY=pipelined"),
+    (["--issue", "3d=serial"], "no array '3d'"),
 ])
 def test_bad_input_is_one_line_exit_2(args, msg):
     r = run("spatial", *args)

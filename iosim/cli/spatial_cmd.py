@@ -5,6 +5,7 @@
   iosim spatial --config flat --model xlm --seq-len 1K --seq-len 1M
   iosim spatial attention-1pass --config fusemax --bind SLN=1d     # move an Einsum
   iosim spatial attention-3pass --config fusemax --seq-len 64K    # a multi-pass cascade
+  iosim spatial --config flat --seq-len 1M --nest                 # the loop nest of the traffic
   iosim spatial reproduce --out figures/                          # the whole FuseMax evaluation
   iosim spatial list                                              # presets, configurations, models
 """
@@ -93,8 +94,11 @@ def _parse_bind(values) -> dict:
 @click.option("--binding", "policy", default=None, type=click.Choice(["tile", "matmul"]),
               help="Binding policy [default: the configuration's].")
 @click.option("--schedule", default=None,
-              type=click.Choice(["pipelined", "sequential", "unfused"]),
+              type=click.Choice(["pipelined", "sequential", "tile-sequential", "unfused"]),
               help="Schedule [default: the configuration's].")
+@click.option("--issue", "issues", multiple=True, metavar="ARRAY=serial|pipelined",
+              help="How an array issues an element's operations (repeatable), e.g. "
+                   "--issue 1d=pipelined [default: the hardware's, or the configuration's].")
 @click.option("--depth", type=int, default=None,
               help="Tiles an array holds in flight when pipelined.")
 @click.option("--pe-dim", "pe_dim", type=int, default=None,
@@ -104,8 +108,10 @@ def _parse_bind(values) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print the result(s) as JSON.")
 @click.option("--einsums/--no-einsums", "show_einsums", default=True,
               help="Per-Einsum table in the text report.")
-def run_cmd(name, config, hw, model, seq_lens, batch, binds, policy, schedule, depth, pe_dim,
-            buffer, as_json, show_einsums):
+@click.option("--nest", "show_nest", is_flag=True,
+              help="Print the loop nest(s) the DRAM traffic is counted from.")
+def run_cmd(name, config, hw, model, seq_lens, batch, binds, policy, schedule, depth, issues,
+            pe_dim, buffer, as_json, show_einsums, show_nest):
     """Run cascade NAME (default: the configuration's) for one model and sequence length(s)."""
     from iosim.hardware import parse_size
     from iosim.spatial import configs as cf
@@ -119,6 +125,15 @@ def run_cmd(name, config, hw, model, seq_lens, batch, binds, policy, schedule, d
         changes["schedule"] = schedule
     if depth is not None:
         changes["depth"] = depth
+    if issues:
+        iss = dict(cfg.options.issue)
+        for v in issues:
+            k, _, mode = v.partition("=")
+            if not k.strip() or mode.strip() not in ("serial", "pipelined"):
+                raise IosimError(f"--issue '{v}': expected ARRAY=serial or ARRAY=pipelined, "
+                                 f"e.g. 1d=serial")
+            iss[k.strip()] = mode.strip()
+        changes["issue"] = tuple(sorted(iss.items()))
     h = load_spatial_hardware(hw or cfg.hardware)
     if pe_dim is not None or buffer is not None:
         if pe_dim is not None and pe_dim < 1:
@@ -138,6 +153,11 @@ def run_cmd(name, config, hw, model, seq_lens, batch, binds, policy, schedule, d
         if i:
             click.echo("")
         click.echo(report_text(r, model, show_einsums))
+        if show_nest:
+            click.echo("  DRAM traffic counted (iosim.traffic) from the loop nest"
+                       + ("s" if len(r.plans) > 1 else "") + ":")
+            for p in r.plans:
+                click.echo("\n".join("    " + ln for ln in p.loop_nest_text().splitlines()))
 
 
 def _fmt_s(x: float) -> str:
@@ -184,6 +204,8 @@ def report_text(r, model: str | None = None, show_einsums: bool = True) -> str:
     o = r.options
     p = r.plans[0]
     sched = o.schedule + (f", depth {o.depth}" if o.schedule == "pipelined" else "")
+    if o.issue:
+        sched += "; " + ", ".join(f"{a}: {m} issue" for a, m in o.issue)
     lines.append(f"  schedule: {sched}; tile = {p.M0} keys x {p.P0} queries; chunk = "
                  f"{p.P1} query tiles x {p.KT} key tiles; {p.chunks:,} chunks")
     if len(r.plans) > 1:
@@ -223,6 +245,7 @@ def report_text(r, model: str | None = None, show_einsums: bool = True) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the headline table as JSON.")
 def reproduce_cmd(out, data, no_figures, as_json):
     """Reproduce the FuseMax evaluation (Figs. 6-12 and the headline means)."""
+    from iosim.spatial.configs import get_config
     from iosim.spatial.reproduce import reproduce
     res = reproduce(out, data, figures_=not no_figures)
     head = res["headline"]
@@ -239,6 +262,9 @@ def reproduce_cmd(out, data, no_figures, as_json):
         u = res["util_max_err"]
         click.echo(f"  max |utilization - paper|: FuseMax 2D {u['fusemax_2d']:.4f}, "
                    f"FLAT 2D {u['flat_2d']:.4f}, FLAT 1D {u['flat_1d']:.4f}")
+        click.echo("  (2D / 1D) " + ", ".join(
+            f"{get_config(c).label} {u[c + '_2d']:.4f} / {u[c + '_1d']:.4f}"
+            for c in ("unfused", "cascade", "architecture") if c + "_2d" in u))
     else:
         click.echo("  (paper numbers not found: pass --data experiments/data)")
     for f in res.get("figures", []):

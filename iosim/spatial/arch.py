@@ -46,6 +46,8 @@ __all__ = ["PRIMITIVE_OPS", "ArraySpec", "BufferSpec", "DramSpec", "SpatialHardw
 
 #: primitive operations an Einsum's expression decomposes into
 PRIMITIVE_OPS = ("mac", "mul", "add", "max", "div", "exp", "sqrt", "log", "sigmoid")
+#: where PE-to-PE hops cost latency (ArraySpec.operand_latency)
+OPERAND_LATENCY = ("broadcast", "reduction", "none")
 #: ops that execute on another op's unit when the array has no unit of their own
 _FALLBACK_UNIT = {"mul": "mac"}
 
@@ -111,9 +113,14 @@ class ArraySpec:
     rf_read_pj: float = 0.0
     rf_write_pj: float = 0.0
     pe_area_um2: float = 0.0
-    reduction_latency: bool = True   # a reduction across PEs delivers after one PE per hop
+    reduction_latency: bool = True   # (legacy key; see operand_latency)
     rf_reads_per_op: float = 1.0     # register-file reads charged per native operation
     rf_writes_per_op: float = 0.0
+    #: where the array's PE-to-PE hops cost latency: "broadcast" (a value computed by another
+    #: task that does not vary along a spatial dimension of its consumer is forwarded PE to
+    #: PE along it, one cycle per PE), "reduction" (a reduction across PEs delivers its
+    #: result one cycle per PE later), or "none"
+    operand_latency: str = "broadcast"
 
     @property
     def n_pes(self) -> int:
@@ -153,7 +160,7 @@ class ArraySpec:
                 "emulate": {k: dict(v) for k, v in self.emulate.items()}, "issue": self.issue,
                 "energy_pj": dict(self.energy_pj), "rf_words": self.rf_words,
                 "rf_read_pj": self.rf_read_pj, "rf_write_pj": self.rf_write_pj,
-                "pe_area_um2": self.pe_area_um2, "reduction_latency": self.reduction_latency,
+                "pe_area_um2": self.pe_area_um2, "operand_latency": self.operand_latency,
                 "rf_reads_per_op": self.rf_reads_per_op, "rf_writes_per_op": self.rf_writes_per_op}
 
 
@@ -310,7 +317,7 @@ def _parse_array(tbl: Any, idx: int, src: str) -> ArraySpec:
         raise IosimError(f"{where}: expected a table")
     _check_keys(tbl, {"name", "shape", "ops", "emulate", "issue", "energy", "register_file",
                       "rf_read_energy", "rf_write_energy", "pe_area", "reduction_latency",
-                      "rf_reads_per_op", "rf_writes_per_op", "notes"}, where)
+                      "rf_reads_per_op", "rf_writes_per_op", "notes", "operand_latency"}, where)
     name = _req(tbl, "name", where)
     if not isinstance(name, str) or not name:
         raise IosimError(f"{where}: name must be a non-empty string")
@@ -363,13 +370,19 @@ def _parse_array(tbl: Any, idx: int, src: str) -> ArraySpec:
     rl = tbl.get("reduction_latency", True)
     if not isinstance(rl, bool):
         raise IosimError(f"{where}: reduction_latency must be true or false")
+    ol = tbl.get("operand_latency", ("reduction" if rl else "none")
+                 if "reduction_latency" in tbl else "broadcast")
+    if ol not in OPERAND_LATENCY:
+        raise IosimError(f"{where}: operand_latency must be one of "
+                         f"{', '.join(OPERAND_LATENCY)}, got {ol!r}")
     per = []
     for k, dflt in (("rf_reads_per_op", 1.0), ("rf_writes_per_op", 0.0)):
         v = tbl.get(k, dflt)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise IosimError(f"{where}: {k} must be a non-negative number, got {v!r}")
         per.append(float(v))
-    return ArraySpec(name, dims, ops, emulate, issue, energy, rf, rfr, rfw, area, rl, *per)
+    return ArraySpec(name, dims, ops, emulate, issue, energy, rf, rfr, rfw, area, rl, *per,
+                     operand_latency=ol)
 
 
 def _build(data: Mapping, src: str) -> SpatialHardware:

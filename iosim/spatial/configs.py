@@ -44,7 +44,7 @@ class SpatialConfig:
 
 
 _OPT_KEYS = {"binding", "schedule", "depth", "fold", "min_onchip_fraction", "max_query_rows",
-             "query_tiles"}
+             "query_tiles", "issue"}
 
 
 @lru_cache(maxsize=1)
@@ -53,6 +53,8 @@ def load_configs() -> dict:
     out = {}
     for name, t in data["config"].items():
         opts = {k: t[k] for k in _OPT_KEYS if k in t}
+        if "issue" in opts:
+            opts["issue"] = tuple(sorted(opts["issue"].items()))
         if "assign" in t:
             opts["overrides"] = tuple(sorted(t["assign"].items()))
         out[name] = SpatialConfig(name, t.get("label", name), t.get("description", ""),

@@ -15,8 +15,12 @@ policy and overrides, schedule, fusion, mapping limits) and returns a
    (``p`` -> P0, ``m0`` -> M0, ``m1`` -> 1, every other rank whole), spread over the array
    by a spatial assignment (2D: inner key rank on the rows, query rank on the columns; 1D:
    the query rank, or the key rank for row-at-a-time groups), for ``prod(ceil(extent /
-   spatial)) x cycles-per-element`` cycles. A reduction across PEs delivers its result after
-   one cycle per PE hop (the drain latency the schedule must hide).
+   spatial)) x cycles-per-element`` cycles; cycles per element follow from the Einsum's
+   operations and the array's issue model (serial: their sum; pipelined: the busiest unit),
+   which a configuration may set (``Options.issue``). A value computed by another task that
+   does not vary along a spatial dimension of its consumer (the running max RM, one per
+   query, needed by all 256 rows of SLN's column) is forwarded PE to PE along it: one cycle
+   per PE, the latency the schedule must hide (``operand_latency`` of the array).
 4. **Passes and mapping.** :func:`cascades.passes.analyze_rank` says in which pass over the
    key rank each Einsum runs. A *chunk* is P1 query tiles that run through every pass
    together; the mapper chooses P1 (a divisor of the number of query tiles) so that what
@@ -24,12 +28,16 @@ policy and overrides, schedule, fusion, mapping limits) and returns a
    key-side input, per-query state (running max, denominators, accumulators) and — for a
    multi-pass cascade — the key-rank fibres of every tensor produced in one pass and read in
    a later one. What does not fit is spilled to DRAM (written once, re-read per later pass).
-5. **DRAM traffic** follows: query-side inputs once, key-side inputs once per chunk and pass,
-   spills, outputs once.
+5. **DRAM traffic** comes from the memory-hierarchy model: the group's mapping is written as
+   a chunked loop nest (:func:`iosim.mapping.chunked_nest`: query-side inputs once per chunk,
+   key-side inputs once per chunk and pass, spilled fibres written once and read per later
+   pass, outputs once) and :func:`iosim.traffic.count_terms` counts it.
 6. **Schedule** (:mod:`iosim.spatial.schedule`): the tasks of a stream of chunks (passes,
    key tiles, query tiles interleaved) with their dependencies — same tile, previous iterate
    of a recurrence, completed reductions, accumulation across key tiles — run under the
-   configuration's policy; long streams are extrapolated from short simulations.
+   configuration's policy (pipelined across tiles, in order per array, or tile-sequential:
+   a barrier between consecutive tiles); long streams are extrapolated from short
+   simulations.
 7. **Latency** = max(compute, DRAM time) for a fused configuration (perfect overlap, the
    artifact's "TeAAL heuristic"); an unfused configuration runs one kernel per run of
    consecutive Einsums on the same array, through DRAM, and adds max(compute, DRAM) per
@@ -55,7 +63,8 @@ from iosim.spatial.work import einsum_ops, element_cycles, fold_candidates, is_v
 
 __all__ = ["Shape", "Options", "SpatialResult", "evaluate", "prepare", "SCHEDULES_ALL"]
 
-SCHEDULES_ALL = ("pipelined", "sequential", "unfused")
+SCHEDULES_ALL = ("pipelined", "sequential", "tile-sequential", "unfused")
+ISSUE_MODELS = ("serial", "pipelined")
 QUERY_RANK = "P"
 KEY_RANK = "M"
 
@@ -90,12 +99,14 @@ class Options:
     """What a configuration decides besides the cascade and the hardware."""
     binding: str = "tile"                 # binding policy
     overrides: tuple = ()                 # ((einsum, array), ...)
-    schedule: str = "pipelined"           # pipelined | sequential | unfused
+    schedule: str = "pipelined"           # pipelined | sequential | tile-sequential | unfused
     depth: int = 8                        # tiles an array holds in flight (pipelined)
     fold: bool = True                     # fold element-wise scalings into their producer
     min_onchip_fraction: float = 0.0      # keep multi-pass fibres on chip only if >= this fits
     max_query_rows: int | None = None     # cap of P1 * P0 (FLAT's row-block limit)
     query_tiles: int | None = None        # force P1
+    issue: tuple = ()                     # ((array, "serial"|"pipelined"), ...): how the
+    #                                       configuration issues operations on an array
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES_ALL:
@@ -105,12 +116,21 @@ class Options:
             raise IosimError(f"pipeline depth must be a positive integer, got {self.depth!r}")
         if not 0.0 <= self.min_onchip_fraction <= 1.0:
             raise IosimError("min_onchip_fraction must be within [0, 1]")
+        if isinstance(self.issue, dict):
+            object.__setattr__(self, "issue", tuple(sorted(self.issue.items())))
+        for item in self.issue:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise IosimError(f"issue: expected (array, model) pairs, got {item!r}")
+            if item[1] not in ISSUE_MODELS:
+                raise IosimError(f"issue model '{item[1]}' for array '{item[0]}' is not one of "
+                                 f"{', '.join(ISSUE_MODELS)}")
 
     def to_dict(self) -> dict:
         return {"binding": self.binding, "overrides": dict(self.overrides),
                 "schedule": self.schedule, "depth": self.depth, "fold": self.fold,
                 "min_onchip_fraction": self.min_onchip_fraction,
-                "max_query_rows": self.max_query_rows, "query_tiles": self.query_tiles}
+                "max_query_rows": self.max_query_rows, "query_tiles": self.query_tiles,
+                "issue": dict(self.issue)}
 
 
 # --------------------------------------------------------------------------------------
@@ -141,7 +161,8 @@ class Ein:
     cpe: float = 0.0               # cycles per element
     duration: float = 0.0          # cycles per task
     active_pes: int = 0
-    latency: float = 0.0           # drain latency of its result
+    latency: float = 0.0           # drain latency of its result (operand_latency "reduction")
+    forward: dict = field(default_factory=dict)   # operand -> forwarding latency ("broadcast")
     elements: int = 0              # index-space points per task
 
 
@@ -196,6 +217,12 @@ def prepare(cascade, hw, shape: Shape, options: Options = Options()) -> Prepared
     """Everything about the cascade on this hardware that does not depend on the mapping."""
     c = cascades.load(cascade) if isinstance(cascade, str) else cascade
     hw = load_spatial_hardware(hw) if not isinstance(hw, SpatialHardware) else hw
+    if options.issue:
+        ov = dict(options.issue)
+        for a in ov:
+            hw.array(a)                      # raises for an unknown array
+        hw = replace(hw, arrays=tuple(replace(a, issue=ov.get(a.name, a.issue))
+                                      for a in hw.arrays))
     for a in hw.arrays:
         if any(d < 1 for d in a.dims):
             raise IosimError(f"array '{a.name}' of '{hw.name}' has size zero")
@@ -388,7 +415,14 @@ def _tile_model(pp: Prepared, groups: list[Group]) -> None:
             e.active_pes = math.prod(e.spatial.values()) if e.spatial else 1
             e.elements = math.prod(e.ext.values()) if e.ext else 1
             red_sp = [s for v, s in e.spatial.items() if v in e.reduce_vars]
-            e.latency = float(max(red_sp)) if (red_sp and arr.reduction_latency) else 0.0
+            mode = arr.operand_latency
+            e.latency = float(max(red_sp)) if (red_sp and mode == "reduction") else 0.0
+            e.forward = {}
+            if mode == "broadcast":
+                for src, _, avars in e.reads:
+                    hops = [n for v, n in e.spatial.items() if v not in avars and n > 1]
+                    if hops and src in pp.producers and src != e.tensor:
+                        e.forward[src] = float(max(max(hops), e.forward.get(src, 0.0)))
 
 
 # --------------------------------------------------------------------------------------
@@ -503,33 +537,92 @@ def _footprints(pp: Prepared, g: Group, tc: dict, P1: int):
     return mand, mp
 
 
-def _traffic(pp: Prepared, g: Group, tc: dict, P1: int, onchip: float) -> dict:
-    """DRAM bytes (read, write) per tensor for the whole layer."""
-    wb = pp.hw.word_bytes
-    bh = pp.shape.bh
-    QT = math.ceil(pp.extents[QUERY_RANK] / g.P0)
-    chunks_bh = math.ceil(QT / P1)
-    spill = 1.0 - onchip
-    rd, wr = {}, {}
+def _nest_ranks(pp: Prepared, t: str) -> tuple:
+    """A tensor's ranks in the loop-nest vocabulary of :mod:`iosim.mapping`: ``P`` (query
+    rows), ``M`` (keys), ``Mt`` (one entry per key tile: the outer rank of the key
+    partition), other ranks whole."""
+    ranks = list(pp.cascade.info.tensor_ranks[t])
+    part = pp.cascade.info.partition_of.get(KEY_RANK)
+    if part is not None and part.outer in ranks:
+        if part.inner in ranks:
+            ranks.remove(part.inner)
+            ranks[ranks.index(part.outer)] = "M"
+        else:
+            ranks[ranks.index(part.outer)] = "Mt"
+    return tuple(ranks)
+
+
+def _loop_nest(pp: Prepared, g: Group, tc: dict, P1: int = 1):
+    """The group's chunked loop nest (:func:`iosim.mapping.chunked_nest`): chunks of P1 query
+    tiles; per chunk the query-side inputs once, every pass over the key tiles with the
+    key-side inputs it reads, multi-pass fibres whose spilled part is written in the pass
+    that makes them and read back in each later pass, outputs once."""
+    from iosim.mapping import ChunkPass, chunked_nest
+    npass = max([e.pass_ for e in g.einsums if e.traversing] or [1])
+    ps = [{"loads": [], "stores": [], "spill_loads": [], "spill_stores": []}
+          for _ in range(npass)]
+
+    def at(k):
+        return ps[min(max(int(k), 1), npass) - 1]
+    ranks = {t: _nest_ranks(pp, t) for t in tc}
+    chunk_loads, once_loads, chunk_stores, once_stores, keep = [], [], [], [], []
     for t, c in tc.items():
-        size = _size_elems(pp, c.vars) * wb * bh
-        if c.role == "q_input" or c.role == "other_input":
-            rd[t] = size
+        rk = ranks[t]
+        keyed = "M" in rk or "Mt" in rk
+        if c.role == "q_input":
+            chunk_loads.append(t)
+        elif c.role == "other_input":
+            once_loads.append(t)
         elif c.role == "k_input":
-            rd[t] = size * chunks_bh * max(1, len(c.read_passes))
+            for k in (c.read_passes or (1,)):
+                at(k)["loads"].append(t)
         elif c.role == "qk_input":
-            rd[t] = size
+            at(min(c.read_passes or (1,)))["loads"].append(t)
         elif c.role == "multipass":
-            if c.produced_pass == 0:            # an input read in several passes
-                rd[t] = size * (1 + spill * (len(c.read_passes) - 1))
+            rp = sorted(c.read_passes)
+            if c.produced_pass == 0:              # an input read in several passes
+                at(rp[0])["loads"].append(t)
+                for k in rp[1:]:
+                    at(k)["spill_loads"].append(t)
             else:
-                wr[t] = size * spill
-                rd[t] = size * spill * len(c.read_passes)
-                if c.group_output:
-                    wr[t] = size
+                at(c.produced_pass)["stores" if c.group_output else "spill_stores"].append(t)
+                for k in rp:
+                    at(k)["spill_loads"].append(t)
+        elif c.role == "state":
+            keep.append(t)
+            ranks[t + "~"] = tuple(r for r in rk if r not in ("M", "Mt"))
         if c.group_output and c.role != "multipass":
-            wr[t] = wr.get(t, 0.0) + size
-    return {"read": rd, "write": wr}
+            if keyed and c.produced_pass:
+                at(c.produced_pass)["stores"].append(t)
+            elif "P" in rk:
+                chunk_stores.append(t)
+            else:
+                once_stores.append(t)
+    passes = tuple(ChunkPass(**{k: tuple(v) for k, v in d.items()},
+                             label=f"pass {i + 1} over the key tiles" if npass > 1
+                             else "key tiles")
+                   for i, d in enumerate(ps) if any(d.values()))
+    return chunked_nest(f"{pp.cascade.name} group {g.index}", pp.cascade.name, ranks,
+                        chunk_loads=chunk_loads, once_loads=once_loads, passes=passes,
+                        chunk_stores=chunk_stores, once_stores=once_stores,
+                        keep=tuple(t + "~" for t in keep), block_q=P1 * g.P0, block_kv=g.M0,
+                        label=" ".join(e.tensor for e in g.einsums))
+
+
+def _nest_sizes(pp: Prepared, g: Group, P1: int, onchip: float) -> dict:
+    sizes = {r: float(n) for r, n in pp.extents.items()}
+    sizes.update({"block_q": P1 * g.P0, "block_kv": g.M0, "spill": 1.0 - onchip,
+                  "Mt": math.ceil(pp.extents[KEY_RANK] / g.M0)})
+    return sizes
+
+
+def _traffic(pp: Prepared, g: Group, terms, P1: int, onchip: float) -> dict:
+    """DRAM bytes (read, write) per tensor for the whole layer: the group's loop nest counted
+    by :func:`iosim.traffic.count_terms`, times batch x heads and the word size."""
+    from iosim.traffic import count_terms
+    rd, wr = count_terms(terms, _nest_sizes(pp, g, P1, onchip))
+    k = pp.shape.bh * pp.hw.word_bytes
+    return {"read": {t: v * k for t, v in rd.items()}, "write": {t: v * k for t, v in wr.items()}}
 
 
 @dataclass
@@ -546,6 +639,15 @@ class Plan:
     dram_read: dict
     dram_write: dict
     roles: dict
+    nest: object = None              # the iosim.mapping.LoopNest the DRAM traffic comes from
+    nest_sizes: dict = field(default_factory=dict)
+
+    def loop_nest_text(self) -> str:
+        """The chunked loop nest with this plan's trip counts (Timeloop style)."""
+        from iosim.mapping import format_loop_nest
+        if self.nest is None:
+            return ""
+        return format_loop_nest(self.nest, self.nest_sizes)
 
     @property
     def dram_bytes(self) -> float:
@@ -558,11 +660,14 @@ class Plan:
                 "buffer_multipass_bytes": self.multipass_bytes,
                 "multipass_onchip_fraction": self.onchip_fraction,
                 "dram_read_bytes": dict(self.dram_read), "dram_write_bytes": dict(self.dram_write),
-                "tensor_roles": dict(self.roles)}
+                "tensor_roles": dict(self.roles), "loop_nest": self.loop_nest_text(),
+                "spill_fraction": self.nest_sizes.get("spill", 0.0)}
 
 
 def _plan(pp: Prepared, g: Group) -> Plan:
+    from iosim.traffic import nest_terms
     tc = _classify(pp, g)
+    terms = nest_terms(_loop_nest(pp, g, tc))
     cap = pp.hw.buffer.capacity_bytes
     QT = math.ceil(pp.extents[QUERY_RANK] / g.P0)
     KT = math.ceil(pp.extents[KEY_RANK] / g.M0)
@@ -583,7 +688,7 @@ def _plan(pp: Prepared, g: Group) -> Plan:
         onchip = 1.0 if mp == 0 else max(0.0, min(1.0, (cap - mand) / mp))
         if onchip < opts.min_onchip_fraction:
             onchip = 0.0
-        tr = _traffic(pp, g, tc, P1, onchip)
+        tr = _traffic(pp, g, terms, P1, onchip)
         total = sum(tr["read"].values()) + sum(tr["write"].values())
         key = (round(total, 6), -P1)
         if best is None or key < best[0]:
@@ -595,8 +700,10 @@ def _plan(pp: Prepared, g: Group) -> Plan:
                          f"{_fmt_bytes(mand)} on chip")
     _, P1, mand, mp, onchip, tr = best
     chunks = pp.shape.bh * math.ceil(QT / P1)
+    sizes = {k: (int(v) if float(v).is_integer() else v)
+             for k, v in _nest_sizes(pp, g, P1, onchip).items()}
     return Plan(g.index, g.P0, g.M0, P1, KT, chunks, mand, mp, onchip, tr["read"], tr["write"],
-                {t: c.role for t, c in tc.items()})
+                {t: c.role for t, c in tc.items()}, _loop_nest(pp, g, tc, P1), sizes)
 
 
 def _fmt_bytes(b: float) -> str:
@@ -638,7 +745,7 @@ def _build_graph(sig, C, KT, P1) -> TaskGraph:
                     for e in post[k]:
                         tid[(e["tensor"], c, None, i)] = g.add(
                             e["array"], e["duration"], pos, _sig_preds(e, c, None, i, KT, tid),
-                            (e["tensor"], c, k, None, i))
+                            (e["tensor"], c, k, None, i), sync=False)
                     pos += 1
     return g
 
@@ -686,7 +793,7 @@ def _signature(pp: Prepared, g: Group) -> tuple:
             if src not in inside or src == e.tensor:
                 continue
             p = pp.producers[src]
-            deps.append((src, kind, p.traversing, p.latency))
+            deps.append((src, kind, p.traversing, p.latency + e.forward.get(src, 0.0)))
         sig.append((e.tensor, aidx[e.array], e.duration, e.traversing, e.pass_, e.level,
                     e.accumulates, tuple(deps)))
     return tuple(sig)
@@ -882,6 +989,7 @@ def evaluate(cascade, hw, shape: Shape, options: Options = Options(), label: str
                          "busy_fraction": (n * e.duration * e.active_pes)
                          / (arr.n_pes * lat_cycles) if lat_cycles else 0.0,
                          "drain_latency_cycles": e.latency,
+                         "operand_latency_cycles": dict(e.forward),
                          "energy_pj": comp_pj + rf_pj})
         br, bwr = _buffer_accesses(pp, g, plan)
         energy["buffer"] += br * hw.buffer.word_read_pj(wb) + bwr * hw.buffer.word_write_pj(wb)

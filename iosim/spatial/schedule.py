@@ -6,12 +6,21 @@ predecessors have finished (plus an edge latency, e.g. the drain of a reduction 
 rows). Tasks are generated in *stream order* (tile by tile, Einsums in cascade order inside a
 tile), and ``pos`` numbers the tile-steps of that stream.
 
-Two policies:
+Three policies:
 
 ``sequential``
     Every array executes its own tasks strictly in stream order (a static, in-order schedule).
     Arrays overlap only as far as the data dependencies allow, so an array that needs a
     value from the other array stalls (FuseMax's 2D array waiting for the running max).
+``tile-sequential``
+    No interleaving of tiles at all: a tile starts only when every task of the previous tile
+    has finished, on every array (a barrier between consecutive tile-steps; tasks marked
+    ``sync=False``, such as the final division that runs once per query tile, neither wait
+    for nor hold the barrier; they fill the arrays' idle time). Inside a tile the arrays run
+    as a dataflow machine: an idle array starts the oldest of the tile's tasks whose operands
+    are ready. This is the FuseMax artifact's non-pipelined "+Architecture" schedule
+    (``stall_proposal.py``): the next tile's QK waits for the previous tile's last Einsums
+    (SPNV, RNV) on the 1D array.
 ``pipelined``
     Software pipelining across tiles: an idle array starts the oldest *ready* task among its
     tasks of a window of ``depth`` consecutive tile-steps (the oldest of which still has work
@@ -32,7 +41,7 @@ from iosim.errors import IosimError
 
 __all__ = ["TaskGraph", "simulate", "SCHEDULES"]
 
-SCHEDULES = ("pipelined", "sequential")
+SCHEDULES = ("pipelined", "sequential", "tile-sequential")
 
 
 @dataclass
@@ -43,8 +52,11 @@ class TaskGraph:
     pos: list = field(default_factory=list)        # tile-step in the stream
     preds: list = field(default_factory=list)      # [(task, latency)]
     label: list = field(default_factory=list)      # (einsum, chunk, pass, key tile, query tile)
+    sync: list = field(default_factory=list)       # takes part in the tile barrier
 
-    def add(self, array: int, duration: float, pos: int, preds, label=None) -> int:
+    def add(self, array: int, duration: float, pos: int, preds, label=None,
+            sync: bool = True) -> int:
+        self.sync.append(bool(sync))
         self.array.append(array)
         self.duration.append(float(duration))
         self.pos.append(pos)
@@ -83,6 +95,7 @@ def simulate(g: TaskGraph, n_arrays: int, policy: str = "pipelined", depth: int 
     completions: list = []          # (time, task)
     arrivals: list = []             # (time, task) tasks whose predecessors are done
     released = [[] for _ in range(n_arrays)]   # heaps of released task ids
+    free = [[] for _ in range(n_arrays)]       # tile-sequential: released tasks outside the barrier
     # per-array windows: an array holds at most `depth` tile-steps in flight
     npos = max(g.pos) + 1
     open_count = [[0] * npos for _ in range(n_arrays)]
@@ -98,6 +111,16 @@ def simulate(g: TaskGraph, n_arrays: int, policy: str = "pipelined", depth: int 
         queues[g.array[t]].append(t)
     qhead = [0] * n_arrays
     is_released = [False] * n
+    # tile barrier (tile-sequential): lowest tile-step with an unfinished sync task
+    barrier = policy == "tile-sequential"
+    sync = g.sync if len(g.sync) == n else [True] * n
+    open_sync = [0] * npos
+    for t, p in enumerate(g.pos):
+        if sync[t]:
+            open_sync[p] += 1
+    glow = 0
+    while glow < npos and open_sync[glow] == 0:
+        glow += 1
     for t in range(n):
         if indeg[t] == 0:
             heapq.heappush(arrivals, (0.0, t))
@@ -108,8 +131,10 @@ def simulate(g: TaskGraph, n_arrays: int, policy: str = "pipelined", depth: int 
         while arrivals and arrivals[0][0] <= now:
             _, t = heapq.heappop(arrivals)
             is_released[t] = True
-            if pipelined:
+            if pipelined or (barrier and sync[t]):
                 heapq.heappush(released[g.array[t]], t)
+            elif barrier:
+                heapq.heappush(free[g.array[t]], t)
         # start tasks on idle arrays
         for a in range(n_arrays):
             if running[a]:
@@ -118,6 +143,16 @@ def simulate(g: TaskGraph, n_arrays: int, policy: str = "pipelined", depth: int 
                 h = released[a]
                 if h and g.pos[h[0]] < low[a] + depth:
                     t = heapq.heappop(h)
+                else:
+                    continue
+            elif barrier:
+                # the oldest ready task of the current tile; tasks outside the barrier fill
+                # the array's idle time
+                h, f = released[a], free[a]
+                if h and g.pos[h[0]] <= glow:
+                    t = heapq.heappop(h)
+                elif f:
+                    t = heapq.heappop(f)
                 else:
                     continue
             else:
@@ -152,6 +187,10 @@ def simulate(g: TaskGraph, n_arrays: int, policy: str = "pipelined", depth: int 
             oc[p] -= 1
             while low[a] < npos and oc[low[a]] == 0:
                 low[a] += 1
+            if sync[t]:
+                open_sync[p] -= 1
+                while glow < npos and open_sync[glow] == 0:
+                    glow += 1
             for s, lat in succ[t]:
                 r = ft + lat
                 if r > ready_at[s]:
