@@ -7,6 +7,6 @@ from cascades import library, reference
 from cascades.library import load
 from cascades.executor import execute
 
-__all__ = ["Cascade", "Einsum", "CascadeError", "CascadeSyntaxError", "CascadeValidationError",
+__all__ = ["Cascade", "Einsum", "reference", "CascadeError", "CascadeSyntaxError", "CascadeValidationError",
            "ExecutionError", "parse", "format_cascade", "load", "library", "execute"]
 

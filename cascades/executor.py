@@ -12,7 +12,6 @@ Every Einsum is evaluated generically from the IR — nothing is written per alg
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass
 
 import numpy as np

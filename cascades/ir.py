@@ -312,6 +312,21 @@ class CascadeInfo:
     graph: nx.DiGraph                       # tensor-level dependency graph
 
 
+def previous_iterate(c: "Cascade", acc: Access) -> bool:
+    """True for ``RM[m1, p]`` where RM is written at ``m1+1``: a read of the iterate the
+    previous step produced (it comes from earlier blocks, not from this one)."""
+    sh = c.info.shifted.get(acc.tensor)
+    if sh is None:
+        return False
+    var, off = sh
+    for ix in acc.indices:
+        if isinstance(ix, IVar) and ix.var == var:
+            return off > 0
+        if isinstance(ix, IShift) and ix.var == var:
+            return ix.offset < off
+    return False
+
+
 def _fail(msg: str, einsum: Einsum | None = None, line: int | None = None) -> CascadeValidationError:
     if einsum is not None:
         return CascadeValidationError(f"{einsum.label()}: {msg}", line=None)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from cascades.ir import Access, Cascade, Einsum, IShift, ISplit, IVar, accesses, index_vars
+from cascades.ir import Access, Cascade, Einsum, ISplit, accesses, index_vars, previous_iterate
 
 
 @dataclass(frozen=True)
@@ -104,18 +104,6 @@ def _rank_vars(c: Cascade, rank: str) -> set[str]:
     return vs
 
 
-def _previous_iterate(c: Cascade, acc: Access) -> bool:
-    sh = c.info.shifted.get(acc.tensor)
-    if sh is None:
-        return False
-    var, off = sh
-    for ix in acc.indices:
-        if isinstance(ix, IVar) and ix.var == var:
-            return off > 0
-        if isinstance(ix, IShift) and ix.var == var:
-            return ix.offset < off
-    return False
-
 
 def _einsum_order(c: Cascade) -> list[Einsum]:
     out = []
@@ -146,7 +134,7 @@ def analyze_rank(c: Cascade, rank: str, extents: dict | None = None) -> RankPass
         contrib = []
         streamed = []
         for a in accesses(e.expr):
-            if _previous_iterate(c, a):
+            if previous_iterate(c, a):
                 continue
             has = any(v in rv for ix in a.indices for v in index_vars(ix)) or any(
                 isinstance(ix, ISplit) and c.info.part_parent[ix.inner_rank].rank == rank

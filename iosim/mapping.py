@@ -396,7 +396,7 @@ class CascadeFacts:
 
 def cascade_facts(cascade) -> CascadeFacts:
     """Structural facts of a cascade used to build loop nests (no hardware involved)."""
-    from cascades.ir import accesses, walk, Name
+    from cascades.ir import walk, Name
     # model ranks: P, M, E, F, G; a partition's outer rank of P / M becomes a per-tile
     # coordinate "Pt" / "Mt" (e.g. a block mask BlockMask[P1, M1])
     rmap = {}

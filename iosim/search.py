@@ -13,7 +13,6 @@ Objectives: ``"hbm"`` (backing-store bytes; ties broken by time) or ``"time"`` (
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,8 +104,8 @@ class SearchResult:
                  f"kv={s.get('kv_len')}, d={s.get('e')}{', causal' if s.get('causal') else ''}, "
                  f"{s.get('dtype')}; objective: "
                  f"{'backing-store bytes' if self.objective == 'hbm' else 'roofline time'}",
-                 f"For each SRAM size: the tiling with the least traffic whose buffers (tiles, "
-                 f"O accumulator, running max/sum, score tile) fit.",
+                 "For each SRAM size: the tiling with the least traffic whose buffers (tiles, "
+                 "O accumulator, running max/sum, score tile) fit.",
                  f"{self.candidates:,} configurations evaluated in {self.seconds * 1e3:.0f} ms; "
                  f"traffic per (batch, head) in elements; ratio = traffic / IO lower bound.",
                  ""]

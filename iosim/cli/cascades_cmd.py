@@ -242,7 +242,7 @@ def run_cmd(name, seq_len, kv_len, head_dim, groups, causal, seed, dtype, logit_
     shp = ", ".join(f"{k}={v}" for k, v in result["shapes"].items())
     click.echo(f"cascade  {c.name}: {c.description}")
     click.echo(f"inputs   random normal, {shp}, {dtype}"
-               + (f", causal" if causal else "") + (f", Q x {logit_scale:g}"
+               + (", causal" if causal else "") + (f", Q x {logit_scale:g}"
                                                     if logit_scale != 1 else ""))
     click.echo(f"executed {len(c.einsums)} Einsums in {elapsed * 1e3:.1f} ms")
     if "max_rel_error" in result:

@@ -53,12 +53,12 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import cascades
-from cascades.ir import Access, Cascade, IFixed, IShift, ISplit, IVar, accesses, index_vars
+from cascades.ir import Cascade, IFixed, accesses, index_vars, previous_iterate
 from cascades.passes import analyze_rank
 from iosim.errors import IosimError
 from iosim.spatial.arch import SpatialHardware, load_spatial_hardware
 from iosim.spatial.binding import Binding, bind
-from iosim.spatial.schedule import TaskGraph, simulate, SCHEDULES
+from iosim.spatial.schedule import TaskGraph, simulate
 from iosim.spatial.work import einsum_ops, element_cycles, fold_candidates, is_view, native_ops
 
 __all__ = ["Shape", "Options", "SpatialResult", "evaluate", "prepare", "SCHEDULES_ALL"]
@@ -189,19 +189,6 @@ class Prepared:
     npasses: int
 
 
-def _previous_iterate(c: Cascade, acc: Access) -> bool:
-    """``RM[m1, p]`` where RM is written at ``m1+1``: the value of the previous key tile."""
-    sh = c.info.shifted.get(acc.tensor)
-    if sh is None:
-        return False
-    var, off = sh
-    for ix in acc.indices:
-        if isinstance(ix, IVar) and ix.var == var:
-            return off > 0
-        if isinstance(ix, IShift) and ix.var == var:
-            return ix.offset < off
-    return False
-
 
 def _source(c: Cascade, t: str, views: dict, folded: dict) -> str:
     seen = set()
@@ -282,7 +269,7 @@ def prepare(cascade, hw, shape: Shape, options: Options = Options()) -> Prepared
             avars = tuple(v for ix in a.indices for v in index_vars(ix))
             if any(isinstance(ix, IFixed) for ix in a.indices):
                 kind = "final"
-            elif _previous_iterate(c, a):
+            elif previous_iterate(c, a):
                 kind = "prev"
             elif set(avars) & set(key_vars):
                 kind = "stream"

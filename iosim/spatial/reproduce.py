@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from iosim.errors import IosimError
 from iosim.spatial.arch import load_spatial_hardware
 from iosim.spatial.configs import CONFIG_ORDER, get_config, run
-from iosim.spatial.model import Options, evaluate
+from iosim.spatial.model import evaluate
 from iosim.spatial.workloads import (SEQ_LENS, attention_shape, format_seq_len, get_model,
-                                     linear_layers, load_models)
+                                     linear_layers)
 
 __all__ = ["sweep", "summarize", "pareto", "passes_study", "load_paper", "compare",
            "headline_table", "figures", "reproduce", "MODELS", "PAPER_CONFIG"]

@@ -17,11 +17,10 @@ native op costs, its emulation recipes (FuseMax's ``exp = 6 MACs``) and its issu
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 
-from cascades.ir import (Access, Binary, Bool, Call, Cascade, Einsum, IShift, ISplit, IVar, Name,
+from cascades.ir import (Access, Binary, Bool, Call, Cascade, Einsum, Name,
                          Num, Str, Unary, accesses, index_vars)
 from iosim.errors import IosimError
 from iosim.spatial.arch import ArraySpec
