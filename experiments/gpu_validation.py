@@ -1,13 +1,16 @@
 """GPU validation: the simulator's predicted L2 and DRAM bytes vs Nsight Compute on an H100.
 
     python experiments/gpu_validation.py              # from the recorded CSVs (no GPU)
+    python experiments/gpu_validation.py --ablation   # also the model ablation table (slow)
     python experiments/gpu_validation.py --measure    # re-measure first (needs a CUDA GPU)
 
 Reads experiments/data/gpu_ncu.csv (the counters of the generated kernel, SDPA flash and
 cuDNN on each shape, recorded on the lent H100), joins the predictions for the same Mapping
-on the ``h100`` preset (iosim.gpu.compare), and writes experiments/data/gpu_validation.csv
-and figures/gpu_l2_pred_vs_meas.png, figures/gpu_dram_pred_vs_meas.png and
-figures/gpu_speed.png (from experiments/data/gpu_bench.csv).
+on the ``h100`` preset (iosim.gpu.compare: the dynamic L2 model, and the earlier lock-step
+model for comparison), and writes experiments/data/gpu_validation.csv and the figures
+figures/gpu_l2_pred_vs_meas.png, gpu_dram_pred_vs_meas.png, gpu_speed.png (from
+gpu_bench.csv) and gpu_l2_microbench.png (gpu_l2scan.csv, gpu_l2hot.csv, gpu_trace_fit.csv:
+the microbenchmarks the model's parameters come from).
 """
 from __future__ import annotations
 
@@ -72,6 +75,10 @@ def figures(rows: list[dict], bench: list[dict] | None) -> list[str]:
             ax.scatter([float(r["dram_read_bytes"]) for r in sel],
                        [r["pred_dram_read_bytes"] for r in sel], c=col, marker=mk,
                        label=f"{order}{', causal' if causal == 'True' else ''}")
+            if sel and sel[0].get("pred_dram_read_bytes_lockstep") is not None:
+                ax.scatter([float(r["dram_read_bytes"]) for r in sel],
+                           [float(r["pred_dram_read_bytes_lockstep"]) for r in sel],
+                           facecolors="none", edgecolors=col, marker=mk, alpha=0.35, lw=0.8)
             for r in sel:
                 if abs(r["err_dram_read"]) > 0.15:
                     ax.annotate(_label(r), (float(r["dram_read_bytes"]), r["pred_dram_read_bytes"]),
@@ -82,8 +89,9 @@ def figures(rows: list[dict], bench: list[dict] | None) -> list[str]:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("measured DRAM read bytes (dram__bytes_read.sum)")
-    ax.set_ylabel("predicted (iosim.l2model: LRU, 25 MiB effective, lock-step blocks)")
-    ax.set_title("DRAM reads, H100 (grey band: ±15%; labels: misses)", fontsize=10)
+    ax.set_ylabel("predicted (iosim.l2model, dynamic model)")
+    ax.set_title("DRAM reads, H100: filled = dynamic model, hollow = earlier lock-step model\n"
+                 "(grey band: ±15%; labels: misses of the dynamic model)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     p = os.path.join(FIG, "gpu_dram_pred_vs_meas.png")
@@ -103,14 +111,17 @@ def figures(rows: list[dict], bench: list[dict] | None) -> list[str]:
                                         int(r["batch"]), int(r["heads"])) == k]
             g = [float(r["tflops"]) for r in sel if r["impl"] == "generated"
                  and r["tflops"] not in ("", "nan")]
+            g = [x for x in g if x == x]
             best.append(max(g) if g else 0)
-            flash.append(next(float(r["tflops"]) for r in sel if r["impl"] == "sdpa-flash"))
+            fl = [float(r["tflops"]) for r in sel if r["impl"] == "sdpa-flash"]
+            flash.append(max(fl))
             cudnn.append(next(float(r["tflops"]) for r in sel if r["impl"] == "sdpa-cudnn"))
         fig, ax = plt.subplots(figsize=(9, 4.2))
         x = range(len(keys))
         wdt = 0.27
-        ax.bar([i - wdt for i in x], flash, wdt, label="SDPA flash (FA2)", color="tab:gray")
-        ax.bar(list(x), best, wdt, label="generated attention-1pass (best tiling)",
+        ax.bar([i - wdt for i in x], flash, wdt, label="SDPA flash (FA2, faster of 2 runs)",
+               color="tab:gray")
+        ax.bar(list(x), best, wdt, label="generated attention-1pass (best tiling/knobs)",
                color="tab:green")
         ax.bar([i + wdt for i in x], cudnn, wdt, label="SDPA cuDNN", color="tab:purple")
         ax.axhline(798, color="k", ls="--", lw=0.8)
@@ -127,6 +138,97 @@ def figures(rows: list[dict], bench: list[dict] | None) -> list[str]:
         fig.savefig(p, dpi=130)
         plt.close(fig)
         out.append(p)
+    out.append(_microbench_figure(plt))
+    return out
+
+
+def _microbench_figure(plt) -> str:
+    """The microbenchmarks behind the model's parameters, with what the model makes of them."""
+    import numpy as np
+    from iosim.l2model import GpuL2
+    gpu = GpuL2()
+    fig, axs = plt.subplots(1, 3, figsize=(13, 4))
+    scan = read_csv(os.path.join(DATA, "gpu_l2scan.csv"))
+    ax = axs[0]
+    for mode, col in (("shared", "tab:red"), ("private", "tab:blue")):
+        sel = [r for r in scan if r["mode"] == mode]
+        ax.plot([float(r["mib"]) for r in sel], [float(r["miss_fraction"]) for r in sel], "o-",
+                c=col, label=f"{mode}: each line read by "
+                             f"{'SMs on both sides' if mode == 'shared' else 'one SM'}")
+    ax.axvline(gpu.effective_fraction * gpu.l2_bytes / 2**20, c="k", ls=":", lw=0.8)
+    ax.text(25.4, 0.05, "LRU cliff of the\nlock-step model", fontsize=7)
+    ax.set_xlabel("re-read distance W (MiB of other data between two reads)")
+    ax.set_ylabel("miss fraction of the re-read")
+    ax.set_title("cyclic scan (ncu DRAM bytes)", fontsize=9)
+    ax.legend(fontsize=7)
+    hot = read_csv(os.path.join(DATA, "gpu_l2hot.csv"))
+    ax = axs[1]
+    S = np.array([float(r["stream_mib"]) for r in hot])
+    H = float(hot[0]["hot_mib"])
+    ax.plot(S, [float(r["hot_reread_miss_fraction"]) for r in hot], "o-", c="tab:green",
+            label="measured")
+    ax.plot(S, [gpu.miss_fraction((H + gpu.private_weight * x) * 2**20) for x in S], "k--",
+            label="model: m(hot + 0.73 x stream)")
+    ax.set_xlabel("stream read between (MiB, each line by one SM)")
+    ax.set_ylabel("miss fraction of the 16 MiB hot re-read")
+    ax.set_title("hot set / stream (ncu): LRU-like, no protection", fontsize=9)
+    ax.legend(fontsize=7)
+    tr = read_csv(os.path.join(DATA, "gpu_trace_fit.csv"))
+    ax = axs[2]
+    for r in tr:
+        col = "tab:red" if r["grid_order"] == "head-major" else "tab:blue"
+        mk = "^" if "causal" in r["launch"] else "o"
+        ax.scatter(float(r["span_us"]), float(r["model_span_us"]), c=col, marker=mk)
+        ax.scatter(float(r["block_us_median"]), float(r["model_block_us_median"]),
+                   facecolors="none", edgecolors=col, marker=mk)
+    lim = [10, 6000]
+    ax.plot(lim, lim, "k-", lw=0.7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured (us, %globaltimer traces)")
+    ax.set_ylabel("dynamic model (us)")
+    ax.set_title("traced launches (not validated shapes): kernel span (filled),\n"
+                 "median block time (hollow); red head-major, ^ causal", fontsize=8)
+    fig.tight_layout()
+    p = os.path.join(FIG, "gpu_l2_microbench.png")
+    fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return p
+
+
+def ablation(rows: list[dict]) -> list[dict]:
+    """DRAM predictions of each variant of the model, per validated launch."""
+    import iosim.l2model as L
+    from dataclasses import replace
+    from iosim.gpu.compare import workload
+    gpu = L.GpuL2()
+    even = replace(gpu, sm_rates={d: (a, b, 0.5) for d, (a, b, _) in gpu.sm_rates.items()})
+    out = []
+    for r in rows:
+        if r["impl"] != "generated" or r["cascade"] != "attention-1pass":
+            continue
+        w = workload(r)
+        meas = float(r["dram_read_bytes"])
+        row = {k: r[k] for k in ("batch", "heads", "seq", "head_dim", "causal", "grid_order")}
+        row["measured"] = meas
+        for name, fn in (("lockstep", lambda: L.predict_dram(w, gpu, model="lockstep")),
+                         ("dynamic_lru", lambda: L.predict_dram(w, gpu, model="lru")),
+                         ("dynamic_even_share", lambda: L.predict_dram(w, even)),
+                         ("dynamic", lambda: L.predict_dram(w, gpu))):
+            v = fn()["dram_read_bytes"]
+            row[name] = v
+            row[f"err_{name}"] = v / meas - 1
+        for div in (80, 320):
+            L.CHUNK_DIV, old = div, L.CHUNK_DIV
+            try:
+                v = L.predict_dram(w, gpu)["dram_read_bytes"]
+            finally:
+                L.CHUNK_DIV = old
+            row[f"err_dynamic_res{div}"] = v / meas - 1
+        out.append(row)
+        print(row["batch"], row["heads"], row["seq"], row["head_dim"], row["causal"],
+              row["grid_order"], " ".join(f"{k[4:]}={row[k]:+.2f}" for k in row
+                                          if k.startswith("err_")), flush=True)
     return out
 
 
@@ -134,6 +236,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--measure", action="store_true", help="re-measure on this machine's GPU")
     ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--ablation", action="store_true",
+                    help="also write gpu_model_ablation.csv (each model variant; slow)")
     a = ap.parse_args(argv)
     if a.measure:
         from iosim.gpu.validate import measure
@@ -145,11 +249,14 @@ def main(argv=None) -> int:
     if not a.no_figures:
         for p in figures(rows, bench):
             print("wrote", os.path.relpath(p, ROOT))
+    if a.ablation:
+        write_csv(ablation(rows), os.path.join(DATA, "gpu_model_ablation.csv"))
     s = summary(rows)
     print(f"{s['shapes']} launches: L2 reads (SM side) max |err| {s['l2_read_max_abs_err']:.4f}; "
           f"L2 tag lookups max |err| {s['l2_tex_read_max_abs_err']:.3f}; DRAM reads within 15% "
           f"on {s['dram_read_within_15pct']}/{s['shapes']} (max |err| "
-          f"{s['dram_read_max_abs_err']:.2f})")
+          f"{s['dram_read_max_abs_err']:.2f}; lock-step model: "
+          f"{s['dram_read_within_15pct_lockstep']}/{s['shapes']})")
     return 0
 
 

@@ -2,54 +2,119 @@
 
 The SMEM-level model (what each thread block reads from beyond its own shared memory: Q once,
 K and V once per query block, O once) is what the L2 *sees*. Which of those reads *miss*
-depends on the cache and on which thread blocks run at the same time. This module simulates
-that, at the granularity of key/value tiles:
+depends on the cache and on which thread blocks run at the same time. :func:`predict_dram`
+simulates that (``model="dynamic"``, the default), from mechanisms whose parameters are
+hardware facts or were measured by microbenchmarks on other shapes and access patterns
+(:mod:`iosim.gpu.microbench`), never fitted to the validated launches:
 
-* **concurrency** — ``SMs x blocks per SM``; blocks per SM come from the kernel's
-  occupancy limits (registers, shared memory, warps), measured by Nsight Compute's launch
-  statistics or estimated from the tiling (:func:`occupancy`);
-* **dispatch order** — thread blocks start in linear block-id order as slots free up. The
-  grid order decides what that order means: ``query-major`` (all query blocks of one head,
-  then the next head: concurrent blocks share K/V) or ``head-major`` (one query block of every
-  head, then the next: concurrent blocks belong to different heads);
-* **causal imbalance** — a causal query block ``i`` reads only key blocks up to its diagonal,
-  so blocks have different lengths and start at staggered times;
-* **time** — blocks advance in lock step, one key block (K and V tile) per tick; all reads
-  of one tick go through the cache in block-id order, so blocks that read the same tile in
-  the same tick share one miss;
-* **capacity** — an LRU cache of ``effective_fraction x L2 bytes``. On an H100 the 50 MiB L2
-  is two partitions, and a line read by SMs on both sides is held in both, so data that every
-  SM reads (K/V here) effectively has half the capacity: ``effective_fraction = 0.5``.
+* **concurrency and dispatch** — ``SMs x blocks per SM`` slots (occupancy from the kernel's
+  registers and shared memory); thread blocks start in linear block-id order as slots free
+  up, the first wave one block per SM, then the second block of each SM. The grid order
+  decides what the block-id order means: ``query-major`` (all query blocks of one head, then
+  the next head) or ``head-major`` (one query block of every head, then the next);
+* **progress rates** — a block goes through its key/value tiles at the SM's compute rate
+  (measured per tile from ``%globaltimer`` traces of the kernel). Blocks that share an SM
+  do *not* share it evenly: the older block runs about 1.3x faster than the younger one
+  (measured share 0.56). So, with two blocks per SM, the two slots of every SM drift to half
+  a block's lifetime apart — two cohorts that read each head's K/V at different times;
+* **DRAM** — a miss must be fetched before the block can use it; misses share the DRAM
+  bandwidth (3.0 TB/s), so blocks that miss slow down, and blocks that hit run ahead.
+  A block that asks for a tile another block is still fetching waits for that fetch
+  (no second DRAM read) and then moves at the fetcher's pace: blocks of a head form
+  convoys that share misses;
+* **causal imbalance** — a causal query block reads key blocks up to its diagonal only;
+* **capacity** — the L2 answers a re-read according to its reuse distance D (bytes of
+  other data touched since): the miss probability m(D) was measured by a cyclic-scan
+  microbenchmark (``microbench scan``): for data that SMs on both sides of the two L2
+  partitions read (K and V), m = 0 up to 24 MiB, 0.36 at 26, 0.82 at 28 and 1 from 30 MiB
+  (each such line is held in both partitions: about half the 50 MiB); data read by one SM
+  (Q) or written by one (O) costs 0.73 of that (the ratio of the two measured cliffs).
 
-Predicted DRAM reads = compulsory Q reads + every K/V miss. Writes: O once.
+Predicted DRAM reads = compulsory Q reads + the expected K/V misses. Writes: O once.
+
+``model="lockstep"`` keeps the earlier model (blocks in lock step at one key block per
+tick, an LRU of ``effective_fraction x L2``) for comparison.
 """
 from __future__ import annotations
 
 import heapq
-import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from iosim.errors import IosimError
 
 MIB = 1024 * 1024
+#: resolution of the dynamic model: a chunk of key blocks is at most 1/CHUNK_DIV of the reuse
+#: horizon, and a time step is 1/DT_DIV of the time a block takes for one chunk
+DT_DIV = 8.0
+CHUNK_DIV = 160
+
+
+#: miss fraction of a re-read vs reuse distance (as a fraction of the L2 size) for data read
+#: by SMs on both sides of the L2: the cyclic-scan microbenchmark on the lent H100
+#: (experiments/data/gpu_l2scan.csv, 'shared': 22..30 MiB of a 50 MiB L2)
+SCAN_SHARED = ((0.0, 0.0), (22 / 50, 0.0006), (24 / 50, 0.0020), (26 / 50, 0.357),
+               (28 / 50, 0.824), (30 / 50, 1.0))
+#: the same for data read by one SM ('private': 28..48 MiB)
+SCAN_PRIVATE = ((0.0, 0.0), (28 / 50, 0.0045), (32 / 50, 0.061), (36 / 50, 0.431),
+                (40 / 50, 0.885), (48 / 50, 1.0))
+
+
+def _half_point(curve) -> float:
+    xs = [x for x, _ in curve]
+    ys = [y for _, y in curve]
+    return float(np.interp(0.5, ys, xs))
+
+
+#: per-SM compute rate of the validated tiling (BLOCK_M=128, BLOCK_N=64, 8 warps, 3 stages),
+#: in MFLOP/us, from %globaltimer traces of shapes outside the validation set
+#: (experiments/data/gpu_trace_fit.csv): head dim -> (one block alone, two blocks together,
+#: share of the older of two co-resident blocks)
+SM_RATES = {128: (3.90, 3.90, 0.5), 64: (2.63, 3.46, 0.56)}
 
 
 @dataclass(frozen=True)
 class GpuL2:
-    """The few GPU facts the L2 model needs (defaults: the lent H100 SXM)."""
+    """The GPU facts the L2 model needs (defaults: the lent H100 SXM, measured there)."""
     sms: int = 132
     l2_bytes: float = 50 * MIB
-    effective_fraction: float = 0.5
+    effective_fraction: float = 0.5          # lockstep model only
     smem_per_sm: int = 228 * 1024
     smem_per_block: int = 227 * 1024
     regs_per_sm: int = 65536
     max_threads_per_sm: int = 2048
     max_blocks_per_sm: int = 32
+    dram_bytes_per_us: float = 3.0e6         # 3.0 TB/s (device-to-device copy, h100.md)
+    scan_shared: tuple = SCAN_SHARED
+    scan_private: tuple = SCAN_PRIVATE
+    sm_rates: dict = field(default_factory=lambda: dict(SM_RATES), hash=False, compare=False)
 
     @property
     def capacity(self) -> float:
         return self.l2_bytes * self.effective_fraction
+
+    @property
+    def private_weight(self) -> float:
+        """What a line read (or written) by one SM costs in the capacity that shared lines
+        see: the ratio of the two measured cliffs (about 0.73)."""
+        return _half_point(self.scan_shared) / _half_point(self.scan_private)
+
+    def miss_fraction(self, reuse_bytes: float) -> float:
+        """Measured miss probability of a re-read after ``reuse_bytes`` of other data."""
+        x = reuse_bytes / self.l2_bytes
+        xs, ys = zip(*self.scan_shared)
+        return float(np.interp(x, xs, ys))
+
+    @property
+    def horizon_bytes(self) -> float:
+        """Beyond this reuse distance nothing survives (the curve's last point)."""
+        return self.scan_shared[-1][0] * self.l2_bytes
+
+    def rates(self, head_dim: int):
+        near = min(self.sm_rates, key=lambda d: (abs(d - head_dim), d))
+        return self.sm_rates[near]
 
     @classmethod
     def from_hardware(cls, hw, **kw) -> "GpuL2":
@@ -163,12 +228,27 @@ def _schedule(w: Workload, slots: int, g: int):
     return out
 
 
-def predict_dram(w: Workload, gpu: GpuL2 = GpuL2(), *, max_chunks: int = 64) -> dict:
+def predict_dram(w: Workload, gpu: GpuL2 = GpuL2(), *, model: str = "dynamic",
+                 max_chunks: int | None = None) -> dict:
     """Simulate the L2 for ``w``; return predicted DRAM read/write bytes and the breakdown.
 
-    Key/value tiles are grouped into chunks of ``g`` consecutive key blocks so that a query
-    block makes at most ``max_chunks`` steps (exact for ``g = 1``; coarser chunks keep the
-    simulation fast at long sequences)."""
+    ``model``: ``"dynamic"`` (default; see the module docstring), ``"lockstep"`` (the earlier
+    model) or ``"lru"`` (the dynamic schedule with an all-or-nothing LRU of
+    ``effective_fraction x L2`` instead of the measured reuse-distance curve). Key/value
+    tiles are grouped into chunks of ``g`` consecutive key blocks so that a query block makes
+    at most ``max_chunks`` steps (exact for ``g = 1``; coarser chunks keep it fast)."""
+    if model == "dynamic":
+        return _predict_dynamic(w, gpu, max_chunks=max_chunks or 48)
+    if model == "lru":
+        return _predict_dynamic(w, gpu, max_chunks=max_chunks or 48, lru=True)
+    if model != "lockstep":
+        raise IosimError(f"unknown L2 model '{model}' (expected dynamic, lockstep or lru)")
+    return _predict_lockstep(w, gpu, max_chunks=max_chunks or 64)
+
+
+def _predict_lockstep(w: Workload, gpu: GpuL2, *, max_chunks: int = 64) -> dict:
+    """The lock-step LRU model: blocks advance one chunk per tick; LRU of capacity
+    ``effective_fraction x L2``."""
     bps = w.blocks_per_sm or occupancy(w, gpu)
     slots = gpu.sms * bps
     g = max(1, -(-w.n_kv_blocks // max_chunks))
@@ -214,4 +294,333 @@ def predict_dram(w: Workload, gpu: GpuL2 = GpuL2(), *, max_chunks: int = 64) -> 
             "q_bytes": sm["q_bytes"], "kv_compulsory_bytes": sm["kv_compulsory_bytes"],
             "l2_read_bytes": sm["read_bytes"], "blocks_per_sm": bps, "concurrent_blocks": slots,
             "chunk_key_blocks": g, "capacity_bytes": cap,
+            "dram_over_compulsory": dram_read / (sm["q_bytes"] + sm["kv_compulsory_bytes"])}
+
+
+# --------------------------------------------------------------------------- dynamic model
+def _blocks(w: Workload):
+    """(head, query block, key blocks) of every thread block in dispatch order."""
+    hq = w.batch * w.heads
+    nq = w.n_q_blocks
+    i = np.arange(nq)
+    if w.causal:
+        last = np.minimum(w.seq_k, (i + 1) * w.block_m + (w.seq_k - w.seq_q))
+        nk = np.maximum(0, -(-last // w.block_n))
+    else:
+        nk = np.full(nq, w.n_kv_blocks)
+    if w.grid_order == "query-major":
+        H = np.repeat(np.arange(hq), nq)
+        Q = np.tile(i, hq)
+    else:
+        H = np.tile(np.arange(hq), nq)
+        Q = np.repeat(i, hq)
+    return H, Q, nk[Q]
+
+
+class _Touches:
+    """The L2's recency stack as a log of touches: ``w[seq]`` is the weight (bytes, in units
+    of shared-line capacity) of touch ``seq`` while it is the latest touch of a line that is
+    still held, 0 otherwise. The reuse distance of a line last touched at ``seq`` is the
+    weight of all later touches; lines whose distance exceeds ``horizon`` are dropped."""
+
+    def __init__(self, n: int, horizon: float):
+        self.w = np.zeros(n + 1)
+        self.n = 0                 # touches so far
+        self.lo = 0                # oldest touch that may still be held
+        self.horizon = horizon
+        self._cum = None
+
+    def distances(self, seqs: np.ndarray) -> np.ndarray:
+        """Reuse distance of lines last touched at ``seqs`` (inf where no longer held)."""
+        if self._cum is None:
+            self._cum = np.cumsum(self.w[self.lo:self.n])
+        cum = self._cum
+        tot = cum[-1] if len(cum) else 0.0
+        held = seqs >= self.lo
+        idx = np.clip(seqs - self.lo, 0, max(len(cum) - 1, 0))
+        d = tot - (cum[idx] if len(cum) else 0.0)
+        return np.where(held & (seqs >= 0), d, np.inf)
+
+    def add(self, weights: np.ndarray) -> np.ndarray:
+        k = len(weights)
+        if self.n + k > len(self.w):
+            self.w = np.concatenate([self.w, np.zeros(max(k, len(self.w)))])
+        seqs = np.arange(self.n, self.n + k)
+        self.w[self.n:self.n + k] = weights
+        self.n += k
+        self._cum = None
+        return seqs
+
+    def drop(self, seqs: np.ndarray) -> None:
+        seqs = seqs[seqs >= self.lo]
+        self.w[seqs] = 0.0
+        self._cum = None
+
+    def compact(self, kseq: np.ndarray) -> None:
+        """Drop dead touches from the window and renumber (``kseq`` is updated in place)."""
+        win = self.w[self.lo:self.n]
+        live = np.flatnonzero(win)
+        if len(live) * 2 + 1024 > len(win):
+            return
+        old = live + self.lo
+        self.w[:len(live)] = win[live]
+        self.w[len(live):self.n] = 0.0
+        held = kseq >= self.lo
+        pos = np.searchsorted(old, kseq[held])
+        ok = (pos < len(old)) & (old[np.minimum(pos, len(old) - 1)] == kseq[held])
+        new = np.full(held.sum(), -1)
+        new[ok] = pos[ok]
+        kseq[~held] = -1
+        kseq[held] = new
+        self.lo, self.n = 0, len(live)
+        self._cum = None
+
+    def evict(self) -> None:
+        """Advance past touches that are dead or beyond the horizon."""
+        cum = np.cumsum(self.w[self.lo:self.n])
+        if not len(cum):
+            return
+        tot = cum[-1]
+        if tot > self.horizon:
+            # keep the newest touches whose weight adds up to the horizon
+            cut = int(np.searchsorted(cum, tot - self.horizon, side="right"))
+        else:
+            nz = np.flatnonzero(self.w[self.lo:self.n])
+            cut = int(nz[0]) if len(nz) else len(cum)
+        if cut:
+            self.w[self.lo:self.lo + cut] = 0.0
+            self.lo += cut
+            self._cum = None
+
+
+def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
+                     chunk: int | None = None, record: bool = False, lru: bool = False) -> dict:
+    """The dynamic model (module docstring). ``record``: also return each block's start and
+    end time (us) and SM; ``lru``: a sharp LRU cliff at ``effective_fraction x L2``."""
+    bps = w.blocks_per_sm or occupancy(w, gpu)
+    sms = gpu.sms
+    S = sms * bps
+    eb = w.elem_bytes
+    H, QB, NK = _blocks(w)
+    nb = len(H)
+    kvH = w.kv_heads or w.heads
+    group = w.heads // kvH
+    KVH = (H // w.heads) * kvH + (H % w.heads) // group
+    tile_bytes = 2 * w.block_n * w.head_dim * eb            # K and V tile of one key block
+    # chunks of g key blocks: fine against the reuse horizon (1/CHUNK_DIV of it); blocks with
+    # few key blocks get at least min(max_chunks, key blocks) steps
+    g_cap = max(1, int(gpu.horizon_bytes / CHUNK_DIV // tile_bytes))
+    g = max(1, min(g_cap, -(-w.n_kv_blocks // max(8, min(max_chunks, w.n_kv_blocks)))))
+    g = min(g, g_cap) if chunk is None else chunk
+    NCH = -(-NK // g)
+    n_ch = -(-w.n_kv_blocks // g)
+    keys_in_chunk = np.full(n_ch, g * w.block_n, dtype=float)
+    keys_in_chunk[-1] = w.seq_k - (n_ch - 1) * g * w.block_n
+    q_tile = w.block_m * w.head_dim * eb
+    key_bytes = 2 * w.head_dim * eb
+    solo, pair, senior = gpu.rates(w.head_dim)
+    tile_mflop = 4.0 * w.block_m * w.block_n * w.head_dim / 1e6
+    r_solo = solo / tile_mflop                               # key blocks per us
+    r_pair = pair / tile_mflop
+    lead = max(0, w.num_stages - 1)                          # key blocks fetched ahead
+    bw = gpu.dram_bytes_per_us
+    wp = gpu.private_weight
+    curve = tuple(zip(*gpu.scan_shared))
+    if lru:
+        cliff = gpu.effective_fraction
+        curve = ((0.0, cliff, cliff + 1e-9, 10.0), (0.0, 0.0, 1.0, 1.0))
+    n_keys = (w.batch * kvH) * n_ch
+    kseq = np.full(n_keys, -1)              # latest touch of each chunk
+    extent = np.zeros(n_keys)               # key blocks of the chunk held
+    kload = np.full(n_keys, -1)             # slot fetching the chunk
+    total_touch = int(NCH.sum()) + 2 * nb + 8
+    log = _Touches(total_touch, gpu.horizon_bytes)
+    blk = np.full(S, -1)
+    sm_of = np.arange(S) % sms
+    start = np.zeros(S)
+    ch = np.zeros(S, dtype=np.int64)
+    glen = np.zeros(S)
+    prog = np.zeros(S)
+    need = np.zeros(S)
+    got = np.zeros(S)
+    dep = np.full(S, -1)
+    key = np.full(S, -1)
+    st = {"dram": 0.0, "access": 0.0, "cold": 0.0, "reuse": 0.0, "follow": 0.0, "next": 0}
+    b_start = np.zeros(nb)
+    b_end = np.zeros(nb)
+    b_slot = np.zeros(nb, dtype=np.int64)
+
+    def access(sl: np.ndarray, now: float) -> None:
+        """Slots ``sl`` start reading chunk ``ch[sl]`` of their blocks."""
+        if not len(sl):
+            return
+        b = blk[sl]
+        c = ch[sl]
+        k = KVH[b] * n_ch + c
+        tiles = np.minimum(g, NK[b] - c * g).astype(float)
+        per_tile = keys_in_chunk[c] / np.minimum(g, w.n_kv_blocks - c * g) * key_bytes
+        nbytes = tiles * per_tile
+        # the first slot of the batch to touch a chunk fetches (all key blocks of it that any
+        # slot of the batch reads); later ones see it just touched
+        if len(set(k.tolist())) == len(k):
+            uk, first, inv = k, np.arange(len(k)), np.arange(len(k))
+            is_first = np.ones(len(sl), bool)
+            tmax = tiles
+        else:
+            uk, first, inv = np.unique(k, return_index=True, return_inverse=True)
+            is_first = np.zeros(len(sl), bool)
+            is_first[first] = True
+            tmax = np.zeros(len(uk))
+            np.maximum.at(tmax, inv, tiles)
+        old = kseq[k]
+        dist = log.distances(old)
+        fin = np.isfinite(dist)
+        m = np.where(fin, np.interp(np.where(fin, dist, 0.0) / gpu.l2_bytes, *curve), 1.0)
+        had = np.where(fin, extent[k], 0.0)
+        m = np.where(is_first, m, 0.0)
+        tk = tmax[inv]
+        cold = np.where(is_first, per_tile * np.maximum(0.0, tk - had), 0.0)
+        nd = m * per_tile * np.minimum(tk, had) + cold
+        need[sl] = nd
+        got[sl] = 0.0
+        prog[sl] = 0.0
+        glen[sl] = tiles
+        key[sl] = k
+        st["dram"] += nd.sum()
+        st["access"] += nbytes.sum()
+        st["cold"] += cold.sum()
+        st["reuse"] += (nd - cold).sum()
+        ld = kload[k]
+        following = (nd <= 0) & (ld >= 0)
+        if following.any():
+            lds = ld[following]
+            ok = (key[lds] == k[following]) & (blk[lds] >= 0) & (got[lds] < need[lds])
+            dd = np.full(following.sum(), -1)
+            dd[ok] = lds[ok]
+            dep[sl] = -1
+            dep[sl[following]] = dd
+            st["follow"] += nbytes[following][ok].sum()
+        else:
+            dep[sl] = -1
+        fetch = nd > 0
+        kload[k[fetch]] = sl[fetch]
+        # key blocks held: reset where the chunk had been dropped
+        gone = is_first & ~fin
+        extent[k[gone]] = 0.0
+        extent[uk] = np.maximum(extent[uk], tmax)
+        log.drop(old[first][old[first] >= 0])
+        kseq[uk] = log.add(np.ones(len(uk)))
+
+    def begin(sl: np.ndarray, now: float) -> None:
+        n = min(len(sl), nb - st["next"])
+        sl = sl[:n]
+        if not n:
+            return
+        b = np.arange(st["next"], st["next"] + n)
+        st["next"] += n
+        blk[sl] = b
+        start[sl] = now
+        b_start[b] = now
+        b_slot[b] = sl
+        ch[sl] = 0
+        log.add(np.full(n, wp * q_tile / (g * tile_bytes)))
+        empty = NK[b] == 0
+        glen[sl[empty]] = 0.0
+        prog[sl[empty]] = 0.0
+        need[sl[empty]] = 0.0
+        access(sl[~empty], now)
+
+    # weights in units of one full chunk of shared lines; horizon likewise
+    log.horizon = gpu.horizon_bytes / (g * tile_bytes)
+    log_scale = g * tile_bytes
+
+    def _dist_bytes(d):
+        return d * log_scale
+    _orig = log.distances
+    log.distances = lambda seqs: _dist_bytes(_orig(seqs))
+
+    begin(np.arange(min(S, nb)), 0.0)
+    r_max = max(r_solo, r_pair * max(senior, 1 - senior))
+    dt = g / r_max / DT_DIV
+    t = 0.0
+    finished = 0
+    ar = np.arange(S)
+    resident_changed = True
+    rate = np.zeros(S)
+    while finished < nb:
+        occ = blk >= 0
+        if resident_changed:
+            # compute rates by seniority within each SM (they change only at dispatches)
+            cnt = np.bincount(sm_of[occ], minlength=sms)
+            o = np.lexsort((ar, start, ~occ, sm_of))
+            srt = sm_of[o]
+            first = np.r_[0, np.flatnonzero(np.diff(srt)) + 1]
+            rank = np.empty(S, dtype=np.int64)
+            rank[o] = ar - np.repeat(first, np.diff(np.r_[first, S]))
+            n_here = cnt[sm_of]
+            rate = np.where(n_here <= 1, r_solo,
+                            np.where(n_here == 2,
+                                     np.where(rank == 0, senior, 1 - senior) * r_pair,
+                                     r_pair / np.maximum(n_here, 1)))
+            rate = np.where(occ, rate, 0.0)
+            resident_changed = False
+        fetch = occ & (got < need)
+        fol = occ & (dep >= 0)
+        if not fetch.any() and not fol.any():
+            # nothing waits on DRAM: every block runs at its compute rate up to the next chunk
+            left = np.where(occ, (glen - prog) / np.maximum(rate, 1e-12), np.inf)
+            step = max(dt, float(left.min()))
+            prog = np.where(occ, prog + rate * step, prog)
+            t += step
+        else:
+            target = np.minimum(glen, prog + rate * dt + lead)
+            want = np.where(fetch, np.maximum(0.0, need * target / np.maximum(glen, 1e-9) - got),
+                            0.0)
+            tot = want.sum()
+            got += want * (1.0 if tot <= bw * dt else bw * dt / tot)
+            cap = np.where(need > 0, glen * got / np.maximum(need, 1e-30), np.inf)
+            newp = np.minimum(prog + rate * dt, cap)
+            if fol.any():
+                ds = dep[fol]
+                same = (key[ds] == key[fol]) & (blk[ds] >= 0)
+                newp[fol] = np.minimum(newp[fol], np.where(same, newp[ds], np.inf))
+                # a follower whose fetcher moved on has all of its chunk
+                dep[np.flatnonzero(fol)[~same]] = -1
+            prog = np.where(occ, newp, prog)
+            t += dt
+        cross = np.flatnonzero(occ & (prog >= glen - 1e-9))
+        if len(cross):
+            excess = prog[cross] - glen[cross]
+            cross = cross[np.argsort(-excess / np.maximum(rate[cross], 1e-9), kind="stable")]
+            b = blk[cross]
+            more = ch[cross] + 1 < NCH[b]
+            nxt = cross[more]
+            ch[nxt] += 1
+            carry = np.minimum(prog[nxt] - glen[nxt], g)
+            access(nxt, t)
+            prog[nxt] = np.maximum(0.0, np.minimum(carry, glen[nxt]))
+            done = cross[~more]
+            if len(done):
+                b_end[blk[done]] = t
+                finished += len(done)
+                log.add(np.full(len(done), wp * q_tile / (g * tile_bytes)))
+                blk[done] = -1
+                key[done] = -1
+                need[done] = 0.0
+                dep[done] = -1
+                begin(done, t)
+                resident_changed = True
+            log.evict()
+            log.compact(kseq)
+    sm = smem_level_reads(w)
+    dram_read = sm["q_bytes"] + st["dram"]
+    extra = {"blocks": {"start_us": b_start, "end_us": b_end, "sm": b_slot % sms,
+                        "key_blocks": NK}} if record else {}
+    return {**extra, "dram_read_bytes": dram_read, "dram_write_bytes": sm["write_bytes"],
+            "kv_miss_bytes": st["dram"], "kv_access_bytes": st["access"],
+            "kv_cold_miss_bytes": st["cold"], "kv_reuse_miss_bytes": st["reuse"],
+            "kv_follow_bytes": st["follow"],
+            "q_bytes": sm["q_bytes"], "kv_compulsory_bytes": sm["kv_compulsory_bytes"],
+            "l2_read_bytes": sm["read_bytes"], "blocks_per_sm": bps, "concurrent_blocks": S,
+            "chunk_key_blocks": g, "makespan_us": t, "model": "dynamic",
             "dram_over_compulsory": dram_read / (sm["q_bytes"] + sm["kv_compulsory_bytes"])}

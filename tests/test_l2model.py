@@ -1,8 +1,22 @@
-"""The GPU L2 model (iosim.l2model): tile model, occupancy, regimes of DRAM traffic."""
+"""The GPU L2 model (iosim.l2model): tile model, occupancy, the measured L2 response, the
+dynamic schedule (rates, seniority, DRAM sharing) and the regimes of DRAM traffic."""
+import csv
+import os
+
+import numpy as np
 import pytest
 
 from iosim.errors import IosimError
-from iosim.l2model import GpuL2, Workload, occupancy, predict_dram, smem_level_reads
+from iosim.l2model import (SM_RATES, GpuL2, Workload, _predict_dynamic, occupancy, predict_dram,
+                           smem_level_reads)
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
+MIB = 2 ** 20
+
+
+def _csv(name):
+    with open(os.path.join(DATA, name), newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_tile_model_fa2():
@@ -28,18 +42,108 @@ def test_occupancy_from_resources():
                      smem_bytes=65536) == 2
 
 
-def test_regimes():
+@pytest.mark.parametrize("model", ["dynamic", "lockstep", "lru"])
+def test_regimes(model):
     gpu = GpuL2()
-    qm = predict_dram(Workload(4, 16, 4096, 4096, 128, blocks_per_sm=1), gpu)
+    qm = predict_dram(Workload(4, 16, 4096, 4096, 128, blocks_per_sm=1), gpu, model=model)
     hm = predict_dram(Workload(4, 16, 4096, 4096, 128, grid_order="head-major",
-                               blocks_per_sm=1), gpu)
+                               blocks_per_sm=1), gpu, model=model)
     assert qm["dram_over_compulsory"] == pytest.approx(1.0, abs=0.01)   # K/V of a head fit
     assert hm["dram_over_compulsory"] > 5                                # heads interleave
     big = predict_dram(Workload(4, 16, 4096, 4096, 128, grid_order="head-major",
-                                blocks_per_sm=1), GpuL2(l2_bytes=1e12))
+                                blocks_per_sm=1), GpuL2(l2_bytes=1e12), model=model)
     assert big["dram_over_compulsory"] == pytest.approx(1.0, abs=0.01)  # infinite cache
 
 
-def test_bad_workload():
+def test_never_below_compulsory():
+    """Every key block some block reads is fetched at least once (causal partial chunks)."""
+    for causal in (False, True):
+        for order in ("query-major", "head-major"):
+            w = Workload(1, 4, 8192, 8192, 128, causal=causal, grid_order=order,
+                         blocks_per_sm=1)
+            p = predict_dram(w, GpuL2())
+            assert p["dram_read_bytes"] >= 0.999 * (p["q_bytes"] + p["kv_compulsory_bytes"])
+
+
+def test_measured_l2_response():
+    gpu = GpuL2()
+    d = np.linspace(0, 60, 61) * MIB
+    m = [gpu.miss_fraction(x) for x in d]
+    assert all(b >= a for a, b in zip(m, m[1:]))
+    assert gpu.miss_fraction(22 * MIB) < 0.01 and gpu.miss_fraction(31 * MIB) == 1.0
+    assert gpu.private_weight == pytest.approx(0.73, abs=0.02)
+    # the curve is the committed scan measurement
+    scan = {float(r["mib"]): float(r["miss_fraction"]) for r in _csv("gpu_l2scan.csv")
+            if r["mode"] == "shared"}
+    for mib in (24, 26, 28, 30):
+        assert gpu.miss_fraction(mib * MIB) == pytest.approx(min(1.0, scan[mib]), abs=0.01)
+
+
+def test_hot_stream_microbenchmark_reproduced():
+    """Independent check of the response (not used to set it): a 16 MiB hot set survives a
+    stream read by single SMs as m(hot + private weight x stream) says."""
+    gpu = GpuL2()
+    for r in _csv("gpu_l2hot.csv"):
+        pred = gpu.miss_fraction((float(r["hot_mib"]) + gpu.private_weight
+                                  * float(r["stream_mib"])) * MIB)
+        assert abs(pred - float(r["hot_reread_miss_fraction"])) < 0.2, r
+
+
+def test_rates_come_from_the_traces():
+    rows = _csv("gpu_trace_fit.csv")
+    one = [float(r["us_per_key_block"]) for r in rows if r["blocks_per_sm"] == "1"
+           and r["grid_order"] == "query-major" and r["launch"].startswith("2x16")]
+    tile = 4 * 128 * 64 * 128 / 1e6
+    assert SM_RATES[128][0] == pytest.approx(tile / np.mean(one), rel=0.02)
+    two = [r for r in rows if r["blocks_per_sm"] == "2" and r["grid_order"] == "query-major"]
+    tile = 4 * 128 * 64 * 64 / 1e6
+    alone = np.mean([float(r["alone_key_blocks_per_us"]) for r in two]) * tile
+    pair = np.mean([float(r["older_key_blocks_per_us"]) + float(r["younger_key_blocks_per_us"])
+                    for r in two]) * tile
+    share = np.mean([float(r["older_share"]) for r in two])
+    assert SM_RATES[64] == pytest.approx((alone, pair, share), rel=0.02)
+
+
+def test_older_block_runs_ahead_two_cohorts():
+    """Two blocks per SM at unequal shares: the two slots of every SM drift to about half a
+    block lifetime apart (as the traces show); at equal shares they stay together."""
+    w = Workload(2, 16, 8192, 8192, 64, grid_order="head-major", blocks_per_sm=2)
+
+    def offsets(gpu):
+        b = _predict_dynamic(w, gpu, record=True)["blocks"]
+        s, e, sm = b["start_us"], b["end_us"], b["sm"]
+        late = s > 0.6 * e.max()
+        out = []
+        for m in range(132):
+            st = np.sort(s[(sm == m) & late])
+            if len(st) >= 2:
+                out.append(np.min(np.diff(st)))
+        return np.median(out), np.median(e - s)
+
+    off, life = offsets(GpuL2())
+    assert 0.3 * life < off < 0.7 * life
+    from dataclasses import replace
+    even = replace(GpuL2(), sm_rates={64: (SM_RATES[64][0], SM_RATES[64][1], 0.5)})
+    off_even, life_even = offsets(even)
+    assert off_even < 0.1 * life_even
+
+
+def test_schedule_matches_a_trace():
+    """Kernel span and median block time of traced launches (not validated shapes)."""
+    rows = {(r["launch"], r["grid_order"]): r for r in _csv("gpu_trace_fit.csv")}
+    for (b, h, n, d, causal, order) in ((2, 16, 8192, 64, False, "head-major"),
+                                        (2, 16, 8192, 128, True, "head-major")):
+        w = Workload(b, h, n, n, d, causal=causal, grid_order=order,
+                     blocks_per_sm=2 if d == 64 else 1)
+        blk = _predict_dynamic(w, GpuL2(), record=True)["blocks"]
+        r = rows[(f"{b}x{h}x{n}x{d}{'-causal' if causal else ''}", order)]
+        assert blk["end_us"].max() == pytest.approx(float(r["span_us"]), rel=0.05)
+        assert np.median(blk["end_us"] - blk["start_us"]) == pytest.approx(
+            float(r["block_us_median"]), rel=0.08)
+
+
+def test_bad_workload_and_model():
     with pytest.raises(IosimError):
         Workload(1, 1, 64, 64, 64, grid_order="diagonal")
+    with pytest.raises(IosimError):
+        predict_dram(Workload(1, 1, 64, 64, 64), model="magic")

@@ -171,6 +171,64 @@ def test_interpreter_matches_executor(interpret, name, causal, dtype):
     assert err < (1e-5 if dtype == "fp32" else 1e-2), err
 
 
+KNOB_CASES = [  # (cascade, causal, dtype, knobs): the optional code paths of the generator
+    ("attention-1pass", True, "fp32", dict(tma=True)),
+    ("attention-gqa", True, "fp16", dict(tma=True, lazy_rescale=True, fast_exp=True)),
+    ("sigmoid", True, "fp16", dict(tma=True)),
+    ("attention-1pass", False, "fp16", dict(pipeline=True, lazy_rescale=True)),
+    ("flash1", True, "fp16", dict(fast_exp=True)),
+    ("decode-splitk", False, "fp32", dict(lazy_rescale=True)),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("name, causal, dtype, knobs", KNOB_CASES)
+def test_interpreter_knobs_match_executor(interpret, name, causal, dtype, knobs):
+    """TMA descriptors (partial tiles read past the head, masked), lazy rescaling with scores
+    large enough to move the row maxima by more than 2**8, packed exp2 (emulated), pipelining."""
+    import torch
+    c = cascades.load(name)
+    t = Tiling(block_m=32, block_n=16, num_warps=4, num_stages=1, head_dim=16, dtype=dtype,
+               split_kv=3, **knobs)
+    gen = generate(c, t)
+    mod = gen.load()
+    tdt = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
+    g = torch.Generator().manual_seed(zlib.crc32(f"{name}{causal}{dtype}{knobs}".encode()))
+    P, M = (7, 75) if name == "decode-splitk" else (75, 75)
+    HQ = 4 if name == "attention-gqa" else 2
+    q = (torch.randn(1, HQ, P, 16, generator=g) * 3).to(tdt)
+    k = (torch.randn(1, 2, M, 16, generator=g) * 3).to(tdt)
+    v = torch.randn(1, 2, M, 16, generator=g).to(tdt)
+    out = torch.full((1, HQ, P, 16), float("nan"), dtype=tdt)
+    o = mod.forward(q, k, v, causal=causal, out=out)
+    params = {"causal": causal}
+    if gen.plan.block_param:
+        params[gen.plan.block_param] = (mod.chunk_size(M) if hasattr(mod, "chunk_size")
+                                        else t.block_n)
+    ref = _reference(c, q, k, v, **params)
+    got = o.double().numpy()
+    assert np.isfinite(got).all()
+    err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert err < (1e-5 if dtype == "fp32" else 1e-2), err
+
+
+def test_knob_validation():
+    with pytest.raises(CodegenError, match="warp_specialize needs num_warps"):
+        Tiling(warp_specialize=True, num_warps=4)
+    with pytest.raises(CodegenError, match="tma must be"):
+        Tiling(tma=1)
+    # the pipelined score product holds one more K tile
+    assert (Tiling(block_n=128, head_dim=64, pipeline=True).smem_bytes()
+            > Tiling(block_n=128, head_dim=64).smem_bytes())
+    with pytest.raises(CodegenError, match="shared memory"):
+        Tiling(block_m=128, block_n=128, num_stages=3, pipeline=True)
+    src = generate("attention-1pass", Tiling(warp_specialize=True)).source
+    assert "make_tensor_descriptor" in src and "warp_specialize=WS" in src
+    from cascades.triton import fast_tiling
+    assert fast_tiling(128, seq_len=4096).tma is False
+    assert fast_tiling(128, seq_len=65536).tma is True and fast_tiling(64).block_n == 64
+
+
 @needs_triton
 def test_launcher_rejects_wrong_inputs(interpret):
     import torch

@@ -30,7 +30,28 @@ from cascades.triton.tiling import DTYPE_BYTES, DTYPES, GRID_ORDERS, SMEM_LIMIT,
 
 __all__ = ["Tiling", "GeneratedSource", "KernelPlan", "CodegenError", "analyze", "generate",
            "kernel_prefix", "GRID_ORDERS", "DTYPES", "DTYPE_BYTES", "SMEM_LIMIT",
-           "triton_available"]
+           "triton_available", "fast_tiling", "FAST_TILINGS"]
+
+#: the fastest measured tiling and knobs per head dim for the forward kernel on the lent H100
+#: (benchmarks/bench_gpu_kernels.py; docs/validation.md has the numbers). ``tma_from``: K/V
+#: through tensor descriptors from this many keys on (faster at 16K and 64K, slower at 4K).
+FAST_TILINGS = {
+    128: dict(block_m=128, block_n=128, num_warps=8, num_stages=3, tma_from=8192),
+    64: dict(block_m=128, block_n=64, num_warps=4, num_stages=3, tma_from=None),
+}
+
+
+def fast_tiling(head_dim: int, dtype: str = "bf16", seq_len: int | None = None, **kw) -> Tiling:
+    """The speed-tuned tiling for ``head_dim`` and (optionally) the key length (falls back to
+    the nearest measured head dim)."""
+    near = min(FAST_TILINGS, key=lambda d: (abs(d - head_dim), d))
+    args = dict(FAST_TILINGS[near])
+    tma_from = args.pop("tma_from")
+    args["tma"] = bool(tma_from and seq_len and seq_len >= tma_from)
+    if dtype in ("fp32", "float32", "float"):
+        args.update(fast_exp=False)
+    args.update(kw)
+    return Tiling(head_dim=head_dim, dtype=dtype, **args)
 
 
 @dataclass(frozen=True)
@@ -86,7 +107,8 @@ class _Guarded:
             raise CodegenError(str(exc).splitlines()[0]) from None
         except Exception as exc:  # noqa: BLE001 - Triton raises many types; report one line
             kind = type(exc).__name__
-            if kind in ("OutOfResources", "CompilationError", "CompileTimeAssertionFailure"):
+            if kind in ("OutOfResources", "CompilationError", "CompileTimeAssertionFailure") or (
+                    kind == "RuntimeError" and "PassManager" in str(exc)):
                 first = next((ln for ln in str(exc).splitlines() if ln.strip()), kind)
                 raise CodegenError(f"Triton could not build the kernel ({kind}): "
                                    f"{first.strip()[:300]}") from None

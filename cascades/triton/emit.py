@@ -61,35 +61,97 @@ def _s_expr(plan: KernelPlan) -> str:
     return "qk * qk_scale" + (" + qk_bias" if plan.bias != "0" else "")
 
 
-def _inner_online(plan: KernelPlan, prec: str) -> str:
-    """The key-block loop of the 1-pass recurrence (deferred or per-step normalisation)."""
-    body = _SCORE.format(prec=prec) + _KEEP
-    if plan.normalisation == "deferred":
-        body += f"""\
+def _exp_p(fast: bool) -> str:
+    """``p = exp2(s)``: in fp32, or (fast) in the kernel's 16-bit input type, two per
+    instruction (``ex2.approx`` on packed bf16x2/f16x2; P is rounded to that type for the PV
+    product anyway). The interpreter runs an emulation of the same rounding."""
+    return "        p = _exp2_lp(s, FAST_ASM)\n" if fast else "        p = tl.math.exp2(s)\n"
+
+
+#: lazy rescaling: the running maximum (log2 units) is only moved, and the accumulator
+#: rescaled, when some row's maximum grew by more than this; exp2 values stay <= 2**LAZY_TAU
+LAZY_TAU = 8.0
+
+
+def _deferred_update(plan: KernelPlan, prec: str, fast: bool, qk: str = "qk",
+                     masked: str = "MASKED", lazy: bool = False) -> str:
+    """Online-softmax update with deferred normalisation for the score tile ``qk``; loads V
+    and accumulates P @ V (expects ``keep`` when masked). With ``lazy`` the unmasked update
+    rescales the accumulator only when a row maximum grew by more than ``LAZY_TAU`` (a
+    block-uniform branch); otherwise the stale maximum stays the exponent base, which is exact
+    because the accumulator and the row sums share it."""
+    bias = plan.bias != "0"
+    sc = f"{qk} * qk_scale" + (" + qk_bias" if bias else "")
+    psum = "tl.sum(p.to(tl.float32), 1)" if fast else "tl.sum(p, 1)"
+    pdot = "p" if fast else "p.to(v.dtype)"
+    loadv = _LOADV if masked == "MASKED" else "        v = tl.load(v_ptrs)\n"
+    masked_head = f"""\
         if MASKED:
-            s = tl.where(keep, {_s_expr(plan)}, float("-inf"))
+            s = tl.where(keep, {sc}, float("-inf"))
             m_ij = tl.maximum(m_i, tl.max(s, 1))
             m_use = tl.where(m_ij == float("-inf"), 0.0, m_ij)
             s = s - m_use[:, None]
             alpha = tl.math.exp2(m_i - m_use)
-        else:
-""" + ("""\
-            m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            s = qk * qk_scale - m_ij[:, None]
+"""
+    if not lazy:
+        unmasked = (f"""\
+            m_ij = tl.maximum(m_i, tl.max({qk}, 1) * qk_scale)
+            s = {qk} * qk_scale - m_ij[:, None]
             alpha = tl.math.exp2(m_i - m_ij)
-""" if plan.bias == "0" else f"""\
-            s = {_s_expr(plan)}
+""" if not bias else f"""\
+            s = {sc}
             m_ij = tl.maximum(m_i, tl.max(s, 1))
             s = s - m_ij[:, None]
             alpha = tl.math.exp2(m_i - m_ij)
-""") + """\
-        p = tl.math.exp2(s)
-        l_i = l_i * alpha + tl.sum(p, 1)
+""")
+        if masked == "MASKED":
+            body = masked_head + "        else:\n" + unmasked
+        else:
+            body = "\n".join(ln[4:] for ln in unmasked.splitlines()) + "\n"
+        return body + _exp_p(fast) + f"""\
+        l_i = l_i * alpha + {psum}
         acc = acc * alpha[:, None]
-""" + _LOADV + f"""\
-        acc = tl.dot(p.to(v.dtype), v, acc{prec})
+""" + loadv + f"""\
+        acc = tl.dot({pdot}, v, acc{prec})
         m_i = m_ij
 """
+    unmasked = (f"""\
+            m_ij = tl.maximum(m_i, tl.max({qk}, 1) * qk_scale)
+""" if not bias else f"""\
+            s = {sc}
+            m_ij = tl.maximum(m_i, tl.max(s, 1))
+""") + f"""\
+            if tl.max(m_ij - m_i, 0) > {LAZY_TAU!r}:
+                alpha = tl.math.exp2(m_i - m_ij)
+                l_i = l_i * alpha
+                acc = acc * alpha[:, None]
+                m_i = m_ij
+""" + (f"""\
+            s = {qk} * qk_scale - m_i[:, None]
+""" if not bias else """\
+            s = s - m_i[:, None]
+""")
+    if masked == "MASKED":
+        body = masked_head + """\
+            l_i = l_i * alpha
+            acc = acc * alpha[:, None]
+            m_i = m_ij
+        else:
+""" + unmasked
+    else:
+        body = "\n".join(ln[4:] for ln in unmasked.splitlines()) + "\n"
+    return body + _exp_p(fast) + f"""\
+        l_i = l_i + {psum}
+""" + loadv + f"""\
+        acc = tl.dot({pdot}, v, acc{prec})
+"""
+
+
+def _inner_online(plan: KernelPlan, prec: str, fast: bool = False, lazy: bool = False) -> str:
+    """The key-block loop of the 1-pass recurrence (deferred or per-step normalisation)."""
+    body = _SCORE.format(prec=prec) + _KEEP
+    if plan.normalisation == "deferred":
+        body += _deferred_update(plan, prec, fast, lazy=lazy)
     else:  # per-step: FlashAttention-1's renormalised output
         body += f"""\
         s = {_s_expr(plan)}
@@ -97,10 +159,13 @@ def _inner_online(plan: KernelPlan, prec: str) -> str:
             s = tl.where(keep, s, float("-inf"))
         lm = tl.max(s, 1)
         lm_s = tl.where(lm == float("-inf"), 0.0, lm)
-        p = tl.math.exp2(s - lm_s[:, None])
+        s = s - lm_s[:, None]
+""" + _exp_p(fast) + ("""\
+        ld = tl.sum(p.to(tl.float32), 1)
+""" if fast else """\
         ld = tl.sum(p, 1)
-""" + _LOADV + f"""\
-        pv = tl.dot(p.to(v.dtype), v{prec})
+""") + _LOADV + f"""\
+        pv = tl.dot(p{'' if fast else '.to(v.dtype)'}, v{prec})
         m_new = tl.maximum(m_i, lm)
         m_new_s = tl.where(m_new == float("-inf"), 0.0, m_new)
         prm = tl.math.exp2(m_i - m_new_s)
@@ -113,6 +178,33 @@ def _inner_online(plan: KernelPlan, prec: str) -> str:
         m_i = m_new
 """
     return body + _ADVANCE
+
+
+def _pipelined_loop_fn(name: str, plan: KernelPlan, prec: str, fast: bool,
+                       lazy: bool = False) -> str:
+    """The unmasked key-block loop of the deferred recurrence, software-pipelined: the score
+    product of key block j+1 is issued before the softmax of block j, so the tensor cores
+    work on it while the softmax of block j runs (the masked tail keeps the plain loop)."""
+    upd = _deferred_update(plan, prec, fast, qk="qk", masked="NONE", lazy=lazy)
+    upd = "\n".join("    " + ln if ln else ln for ln in upd.splitlines()) + "\n"
+    last = _deferred_update(plan, prec, fast, qk="qk", masked="NONE", lazy=lazy)
+    return f'''
+@triton.jit
+def {name}(acc, l_i, m_i, q, k_ptrs, v_ptrs, lo, hi, qk_scale, qk_bias, stride_kn, stride_vn,
+        BLOCK_N: tl.constexpr, FAST_ASM: tl.constexpr):
+    k_ptrs += lo * stride_kn
+    v_ptrs += lo * stride_vn
+    if hi > lo:
+        k = tl.load(k_ptrs)
+        qk = tl.dot(q, tl.trans(k){prec})
+        for start_n in range(lo + BLOCK_N, hi, BLOCK_N):
+            k_ptrs += BLOCK_N * stride_kn
+            k = tl.load(k_ptrs)
+            qk_next = tl.dot(q, tl.trans(k){prec})
+{upd}            v_ptrs += BLOCK_N * stride_vn
+            qk = qk_next
+{last}    return acc, l_i, m_i
+'''
 
 
 def _inner_sigmoid(plan: KernelPlan, prec: str) -> str:
@@ -150,7 +242,8 @@ def _loop_fn(name: str, body: str) -> str:
     return f'''
 @triton.jit
 def {name}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, lo, hi, M_LEN, OFF, qk_scale, qk_bias,
-        stride_kn, stride_vn, CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
+        stride_kn, stride_vn, CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+        FAST_ASM: tl.constexpr):
     k_ptrs += lo * stride_kn
     v_ptrs += lo * stride_vn
     for start_n in range(lo, hi, BLOCK_N):
@@ -211,10 +304,11 @@ def _prologue(plan: KernelPlan, head_major_axes=(0, 1), extra_axis: str | None =
 _SIG = """Q, K, V, O, qk_scale, qk_bias,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
         stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
-        H_KV, P_LEN, M_LEN, OFF,"""
+        H_KV, P_LEN, M_LEN, OFF, KV_ROWS,"""
 
 _CONST = """CAUSAL: tl.constexpr, GROUP: tl.constexpr, HEAD_MAJOR: tl.constexpr, EVEN_P: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr"""
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+        FAST_ASM: tl.constexpr"""
 
 # Key range of a query block: full (unmasked) blocks [0, full_hi), masked blocks [full_hi, end).
 _BOUNDS = """\
@@ -249,30 +343,106 @@ def _init_state() -> str:
 """
 
 
-def _call_loops(loop: str) -> str:
+def _tma_loop_fn(name: str, body: str) -> str:
+    """The key-block loop reading K and V through tensor descriptors (TMA on Hopper): row
+    ``row0 + start_n`` of the [batch x heads x keys, head dim] view; rows past the end of the
+    tensor read as zeros and rows of the next head are masked like partial tiles."""
+    for old in ("            k = tl.load(k_ptrs, mask=kmask[:, None], other=0.0)\n        else:\n"
+                "            k = tl.load(k_ptrs)\n",):
+        body = body.replace(old, "        k = desc_k.load([row0 + start_n, 0])\n")
+    body = body.replace("""        if MASKED:
+            v = tl.load(v_ptrs, mask=kmask[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+""", "        v = desc_v.load([row0 + start_n, 0])\n")
+    body = body.replace(_ADVANCE, "")
+    assert "tl.load(" not in body, body
+    return f'''
+@triton.jit
+def {name}(acc, l_i, m_i, q, desc_k, desc_v, row0, offs_p, offs_n, lo, hi, M_LEN, OFF, qk_scale,
+        qk_bias, CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+        FAST_ASM: tl.constexpr, WS: tl.constexpr):
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+{body}    return acc, l_i, m_i
+'''
+
+
+_TMA_DESCS = """\
+    row0 = (off_b * H_KV + off_hk) * M_LEN
+    desc_k = tl.make_tensor_descriptor(K, shape=[KV_ROWS, HEAD_DIM], strides=[stride_kn, 1],
+                                       block_shape=[BLOCK_N, HEAD_DIM])
+    desc_v = tl.make_tensor_descriptor(V, shape=[KV_ROWS, HEAD_DIM_V], strides=[stride_vn, 1],
+                                       block_shape=[BLOCK_N, HEAD_DIM_V])
+"""
+
+
+def _call_tma_loops(loop: str, ws: bool) -> str:
     return f"""\
+    acc, l_i, m_i = {loop}(acc, l_i, m_i, q, desc_k, desc_v, row0, offs_p, offs_n, 0, full_hi, M_LEN,
+                          OFF, qk_scale, qk_bias, CAUSAL, False, BLOCK_N, FAST_ASM, {ws})
+    acc, l_i, m_i = {loop}(acc, l_i, m_i, q, desc_k, desc_v, row0, offs_p, offs_n, full_hi, end,
+                          M_LEN, OFF, qk_scale, qk_bias, CAUSAL, True, BLOCK_N, FAST_ASM, False)
+"""
+
+
+def _call_loops(loop: str, full_loop: str | None = None) -> str:
+    if full_loop:
+        first = f"""\
+    acc, l_i, m_i = {full_loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, 0, full_hi, qk_scale, qk_bias,
+                          stride_kn, stride_vn, BLOCK_N, FAST_ASM)
+"""
+    else:
+        first = f"""\
     acc, l_i, m_i = {loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, 0, full_hi, M_LEN, OFF,
-                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, False, BLOCK_N)
+                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, False, BLOCK_N, FAST_ASM)
+"""
+    return first + f"""\
     acc, l_i, m_i = {loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, full_hi, end, M_LEN, OFF,
-                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, True, BLOCK_N)
+                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, True, BLOCK_N, FAST_ASM)
 """
 
 
 # ----------------------------------------------------------------------- whole kernels
-def _single_pass(plan: KernelPlan, pre: str, prec: str) -> tuple[str, list[str]]:
+_TRACE_START = """\
+    t_start = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64,
+                                        is_pure=False, pack=1)
+"""
+_TRACE_END = """\
+    t_end = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64,
+                                      is_pure=False, pack=1)
+    sm = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32, is_pure=False,
+                                   pack=1)
+    lin = tl.program_id(0) + tl.program_id(1) * tl.num_programs(0)
+    tl.store(TR + lin * 4 + 0, t_start)
+    tl.store(TR + lin * 4 + 1, t_end)
+    tl.store(TR + lin * 4 + 2, sm.to(tl.int64))
+    tl.store(TR + lin * 4 + 3, (end - 0).to(tl.int64))
+"""
+
+
+def _single_pass(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
+                 pipeline: bool = False, lazy: bool = False, trace: bool = False,
+                 tma: bool = False, ws: bool = False) -> tuple[str, list[str]]:
     loop = f"_{pre}_loop"
+    full_loop = None
+    make_loop = _tma_loop_fn if tma else _loop_fn
     if plan.family == "online":
-        src = _loop_fn(loop, _inner_online(plan, prec))
+        src = make_loop(loop, _inner_online(plan, prec, fast, lazy))
+        if pipeline and plan.normalisation == "deferred" and not tma:
+            full_loop = f"_{pre}_full_loop"
+            src += _pipelined_loop_fn(full_loop, plan, prec, fast, lazy)
         final = "acc / l_i[:, None]" if plan.normalisation == "deferred" else "acc"
     else:
-        src = _loop_fn(loop, _inner_sigmoid(plan, prec))
+        src = make_loop(loop, _inner_sigmoid(plan, prec))
         final = "acc"
+    calls = _call_tma_loops(loop, ws) if tma else _call_loops(loop, full_loop)
+    descs = _TMA_DESCS if tma else ""
     kname = f"{pre}_fwd"
     src += f'''
 @triton.jit
-def {kname}({_SIG}
+def {kname}({_SIG}{' TR,' if trace else ''}
         {_CONST}):
-{_prologue(plan)}{_BOUNDS}{_init_state()}{_call_loops(loop)}{_store_o(final)}'''
+{_TRACE_START if trace else ''}{_prologue(plan)}{descs}{_BOUNDS}{_init_state()}{calls}{_store_o(final)}{_TRACE_END if trace else ''}'''
     return src, [kname]
 
 
@@ -320,11 +490,12 @@ def {kname}({_SIG} GM, SD,
     return src, names
 
 
-def _partials(plan: KernelPlan, pre: str, prec: str) -> tuple[str, list[str]]:
+def _partials(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
+              lazy: bool = False) -> tuple[str, list[str]]:
     loop = f"_{pre}_chunk_loop"
     # within a chunk the local softmax runs online (deferred); the chunk's results go to HBM
     online = KernelPlan(**{**plan.to_dict(), "normalisation": "deferred", "family": "online"})
-    src = _loop_fn(loop, _inner_online(online, prec))
+    src = _loop_fn(loop, _inner_online(online, prec, fast, lazy))
     pname, cname = f"{pre}_partial", f"{pre}_combine"
     lse = plan.normalisation == "lse"
     if lse:
@@ -352,7 +523,7 @@ def {pname}({_SIG} ML, LD, PART, CHUNK, N_SPLIT,
         hi = tl.minimum(hi, q_hi + OFF + 1)
     hi = tl.maximum(hi, lo)
 {_init_state()}    acc, l_i, m_i = {loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, lo, hi, M_LEN, OFF,
-                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, True, BLOCK_N)
+                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, True, BLOCK_N, FAST_ASM)
     stat_rows = (pid_h * N_SPLIT + split) * P_LEN + offs_p
     part_rows = stat_rows * HEAD_DIM_V
 {store}'''
@@ -416,6 +587,19 @@ def _launcher(plan: KernelPlan, t: Tiling, names: list[str]) -> str:
     scale_mul = f" * {LOG2E!r}" if exp else ""
     lines = [f'''
 
+def _scratch(size, align, stream):
+    """Global scratch memory for the kernel's tensor descriptors."""
+    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _native(q):
+    """Packed 16-bit exp2 in PTX: a CUDA GPU of compute capability 9 or later, not the
+    interpreter."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or not q.is_cuda:
+        return False
+    return torch.cuda.get_device_capability(q.device)[0] >= 9
+
+
 def _ranks(q, k, v):
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("q, k, v must be [batch, heads, sequence, head_dim] tensors")
@@ -434,7 +618,7 @@ def _ranks(q, k, v):
     return B, HQ, HKV, P, M, E, F
 
 
-def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=None):
+def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=None, trace=None):
     """Run the generated kernel(s): q [B, Hq, P, E], k [B, Hkv, M, E], v [B, Hkv, M, F]."""
     B, HQ, HKV, P, M, E, F = _ranks(q, k, v)
     G = HQ // HKV''']
@@ -450,17 +634,29 @@ def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=Non
     qk_bias = float(({plan.bias})){scale_mul}
     off = int({plan.causal_offset})
     o = torch.empty((B, HQ, P, F), device=q.device, dtype=q.dtype) if out is None else out
+    if TMA:
+        # tensor descriptors read K and V as [batch x heads x keys, head dim] row blocks
+        k = k.contiguous()
+        v = v.contiguous()
+        triton.set_allocator(_scratch)
     head_major = grid_order == "head-major"
     rows = P * G
     BM = BLOCK_M
     even = rows % BM == 0
     nq = triton.cdiv(rows, BM)
     grid = (B * HKV, nq) if head_major else (nq, B * HKV)
-    common = (qk_scale, qk_bias, *q.stride(), *k.stride(), *v.stride(), *o.stride(), HKV, P, M, off)
+    common = (qk_scale, qk_bias, *q.stride(), *k.stride(), *v.stride(), *o.stride(), HKV, P, M, off,
+              B * HKV * M)
     const = dict(CAUSAL=bool({causal}), GROUP=G, HEAD_MAJOR=head_major, EVEN_P=even, BLOCK_M=BM,
-                 BLOCK_N=BLOCK_N, HEAD_DIM=E, HEAD_DIM_V=F, num_warps=NUM_WARPS, num_stages=NUM_STAGES)''')
+                 BLOCK_N=BLOCK_N, HEAD_DIM=E, HEAD_DIM_V=F, FAST_ASM=FAST_EXP and _native(q),
+                 num_warps=NUM_WARPS, num_stages=NUM_STAGES)''')
     if plan.family in ("online", "none"):
         lines.append(f'''\
+    if TRACE:
+        if trace is None or trace.numel() < 4 * grid[0] * grid[1]:
+            raise ValueError("a traced kernel needs trace=<int64 tensor of 4 x thread blocks>")
+        {names[0]}[grid](q, k, v, o, *common, trace, **const)
+        return o
     {names[0]}[grid](q, k, v, o, *common, **const)
     return o''')
     elif plan.family == "three-pass":
@@ -493,24 +689,52 @@ def chunk_size(M):
     return "\n".join(lines) + "\n"
 
 
+#: packed 16-bit exp2 on the GPU (sm_90 for bf16x2, sm_75 for f16x2), two per instruction
+_EX2_ASM = {"bf16": ("ex2.approx.ftz.bf16x2 $0, $1;", "tl.bfloat16"),
+            "fp16": ("ex2.approx.f16x2 $0, $1;", "tl.float16")}
+
+
+def _exp2_lp_fn(dtype: str) -> str:
+    asm, tdt = _EX2_ASM[dtype]
+    return f'''
+@triton.jit
+def _exp2_lp(x, FAST_ASM: tl.constexpr):
+    """exp2 of an fp32 tile, rounded to {tdt} first and computed two per instruction;
+    without FAST_ASM (Triton's interpreter, or a GPU older than sm_90) the same rounding is
+    emulated with an fp32 exp2."""
+    xl = x.to({tdt})
+    if FAST_ASM:
+        return tl.inline_asm_elementwise("{asm}", "=r,r", [xl], dtype={tdt}, is_pure=True,
+                                         pack=2)
+    else:
+        return tl.math.exp2(xl.to(tl.float32)).to({tdt})
+'''
+
+
 def emit(plan: KernelPlan, tiling: Tiling) -> tuple[str, list[str]]:
     """Return (module source, kernel names) for ``plan`` compiled with ``tiling``."""
     pre = kernel_prefix(plan.cascade)
     prec = ', input_precision="ieee"' if tiling.dtype == "fp32" else ""
+    fast = tiling.fast_exp and tiling.dtype in _EX2_ASM
     if plan.family in ("online", "none"):
-        body, names = _single_pass(plan, pre, prec)
+        body, names = _single_pass(plan, pre, prec, fast, tiling.pipeline, tiling.lazy_rescale,
+                                   tiling.trace, tiling.tma or tiling.warp_specialize,
+                                   tiling.warp_specialize)
     elif plan.family == "three-pass":
         body, names = _three_pass(plan, pre, prec)
     else:
-        body, names = _partials(plan, pre, prec)
+        body, names = _partials(plan, pre, prec, fast, tiling.lazy_rescale)
+    if fast:
+        body = _exp2_lp_fn(tiling.dtype) + body
     head = f'''"""Triton kernels generated by cascades.triton from cascade '{plan.cascade}'.
 
 family: {plan.family}; normalisation: {plan.normalisation}; score: {plan.nonlinearity}(({plan.scale}) * S + {plan.bias})
 causal mask: {plan.causal_param or 'none'} (key > query + {plan.causal_offset}); group rank: {plan.group_rank or 'none'}
-tiling: BLOCK_M={tiling.block_m} BLOCK_N={tiling.block_n} num_warps={tiling.num_warps} num_stages={tiling.num_stages} grid={tiling.grid_order} head_dim={tiling.head_dim} dtype={tiling.dtype}
+tiling: BLOCK_M={tiling.block_m} BLOCK_N={tiling.block_n} num_warps={tiling.num_warps} num_stages={tiling.num_stages} grid={tiling.grid_order} head_dim={tiling.head_dim} dtype={tiling.dtype} fast_exp={fast} pipeline={tiling.pipeline} lazy_rescale={tiling.lazy_rescale} tma={tiling.tma} warp_specialize={tiling.warp_specialize}
 kernels: {", ".join(names)}
 """
 import math
+import os
 
 import torch
 import triton
@@ -527,6 +751,9 @@ HEAD_DIM = {tiling.head_dim}
 HEAD_DIM_V = {tiling.head_dim}
 GRID_ORDER = {tiling.grid_order!r}
 SPLIT_KV = {tiling.split_kv}
+FAST_EXP = {fast}
+TRACE = {tiling.trace and plan.family in ("online", "none")}
+TMA = {(tiling.tma or tiling.warp_specialize) and plan.family in ("online", "none")}
 '''
     return head + body + _launcher(plan, tiling, names), names
 

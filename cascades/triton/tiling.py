@@ -35,6 +35,22 @@ class Tiling:
     dtype: str = "bf16"
     split_kv: int = 4            # number of key chunks of a split-K (partials) cascade
     smem_limit: int = SMEM_LIMIT
+    #: exp2 of the scores in the 16-bit input type, two per instruction (bf16/fp16 only;
+    #: P is rounded to that type for the P @ V product anyway)
+    fast_exp: bool = False
+    #: software-pipeline the score product one key block ahead (deferred online softmax)
+    pipeline: bool = False
+    #: rescale the accumulator only when a row maximum grew by more than 2**8 (deferred
+    #: online softmax; exact: the accumulator and the row sums keep a common base)
+    lazy_rescale: bool = False
+    #: instrumentation (GPU only, single-pass kernels): each thread block writes its start and
+    #: end time (%globaltimer), SM id and key range to ``forward(..., trace=int64 tensor)``
+    trace: bool = False
+    #: read K and V through tensor descriptors (TMA on Hopper; single-pass kernels)
+    tma: bool = False
+    #: warp-specialise the unmasked key-block loop (tl.range(..., warp_specialize=True));
+    #: implies tma
+    warp_specialize: bool = False
 
     def __post_init__(self) -> None:
         dt = _DTYPE_ALIASES.get(self.dtype, self.dtype)
@@ -57,6 +73,12 @@ class Tiling:
         if self.grid_order not in GRID_ORDERS:
             raise CodegenError(f"grid order '{self.grid_order}' is not one of "
                                f"{', '.join(GRID_ORDERS)}")
+        for k in ("fast_exp", "pipeline", "lazy_rescale", "trace", "tma", "warp_specialize"):
+            if not isinstance(getattr(self, k), bool):
+                raise CodegenError(f"{k} must be true or false, got {getattr(self, k)!r}")
+        if self.warp_specialize and self.num_warps < 8:
+            raise CodegenError("warp_specialize needs num_warps=8 or more (with 4, Triton 3.6's "
+                               "warp-specialisation pass fails on Hopper)")
         if not isinstance(self.split_kv, int) or self.split_kv < 1:
             raise CodegenError(f"split_kv must be a positive integer, got {self.split_kv!r}")
         need = self.smem_bytes()
@@ -68,10 +90,13 @@ class Tiling:
                 f"KiB a thread block may use; lower block_m, block_n or num_stages")
 
     def smem_bytes(self) -> int:
-        """Estimated shared memory: the Q tile plus ``num_stages`` K and V tiles."""
+        """Estimated shared memory: the Q tile plus ``num_stages`` K and V tiles (one more K
+        tile when the score product is software-pipelined)."""
         b = DTYPE_BYTES[self.dtype]
-        return b * (self.block_m * self.head_dim
-                    + self.num_stages * self.block_n * 2 * self.head_dim)
+        kv = self.num_stages * self.block_n * 2 * self.head_dim
+        if self.pipeline:
+            kv += self.block_n * self.head_dim
+        return b * (self.block_m * self.head_dim + kv)
 
     @classmethod
     def from_mapping(cls, mapping, *, head_dim: int = 128, dtype: str = "bf16") -> "Tiling":

@@ -22,11 +22,19 @@ from iosim.cli.common import atomic_write, echo_json
 @click.option("--dtype", default="bf16", show_default=True, help="fp16, bf16 or fp32")
 @click.option("--split-kv", type=int, default=4, show_default=True,
               help="key chunks of a split-K cascade (decode-splitk)")
+@click.option("--tma", is_flag=True, help="read K and V through tensor descriptors (TMA)")
+@click.option("--warp-specialize", is_flag=True,
+              help="warp-specialise the unmasked key loop (implies --tma; num_warps >= 8)")
+@click.option("--lazy-rescale", is_flag=True,
+              help="rescale the accumulator only when a row maximum grows by more than 2**8")
+@click.option("--fast-exp", is_flag=True, help="exp2 in the 16-bit input type (bf16/fp16)")
+@click.option("--pipeline", is_flag=True,
+              help="issue the next key block's score product before the softmax")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="write the source to this file instead of printing it")
 @click.option("--json", "as_json", is_flag=True, help="print the plan read from the cascade")
 def command(name, block_m, block_n, num_warps, num_stages, grid_order, head_dim, dtype,
-            split_kv, out, as_json):
+            split_kv, tma, warp_specialize, lazy_rescale, fast_exp, pipeline, out, as_json):
     """Generate Triton kernels and a launcher for cascade NAME (library name or .casc path).
 
     \b
@@ -38,7 +46,8 @@ def command(name, block_m, block_n, num_warps, num_stages, grid_order, head_dim,
 
     tiling = Tiling(block_m=block_m, block_n=block_n, num_warps=num_warps,
                     num_stages=num_stages, grid_order=grid_order, head_dim=head_dim,
-                    dtype=dtype, split_kv=split_kv)
+                    dtype=dtype, split_kv=split_kv, tma=tma, warp_specialize=warp_specialize,
+                    lazy_rescale=lazy_rescale, fast_exp=fast_exp, pipeline=pipeline)
     gen = generate(name, tiling)
     if as_json:
         echo_json(gen.to_dict())

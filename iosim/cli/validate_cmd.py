@@ -49,8 +49,10 @@ def _table(rows: list[dict]) -> str:
               help="compare these recorded measurements instead of the committed ones")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="directory for gpu_ncu.csv and gpu_validation.csv (default: .iosim-gpu)")
+@click.option("--model", type=click.Choice(["dynamic", "lockstep", "lru"]), default="dynamic",
+              show_default=True, help="L2 model for the DRAM prediction (iosim.l2model)")
 @click.option("--json", "as_json", is_flag=True, help="print rows and summary as JSON")
-def command(gpu, shapes, csv_path, out_dir, as_json):
+def command(gpu, shapes, csv_path, out_dir, model, as_json):
     """Compare predicted L2 and DRAM bytes with Nsight Compute counters.
 
     \b
@@ -74,7 +76,7 @@ def command(gpu, shapes, csv_path, out_dir, as_json):
             raise IosimError(f"no recorded measurements at {path}")
         rows = read_csv(path)
         out = Path(out_dir) if out_dir else None
-    rows = compare(rows)
+    rows = compare(rows, model=model, baseline=model != "lockstep")
     if out is not None:
         write_csv(rows, os.path.join(out, "gpu_validation.csv"))
     s = summary(rows)
@@ -85,4 +87,4 @@ def command(gpu, shapes, csv_path, out_dir, as_json):
     dev = next((r.get("device") for r in rows if r.get("device")), "unknown device")
     click.echo(f"device: {dev}; {s['shapes']} launches; L2 reads within 5% on "
                f"{s['l2_read_within_5pct']}/{s['shapes']}; DRAM reads within 15% on "
-               f"{s['dram_read_within_15pct']}/{s['shapes']}")
+               f"{s['dram_read_within_15pct']}/{s['shapes']} ({model} L2 model)")

@@ -2,8 +2,9 @@
 
 For every measured row of a generated kernel: the SMEM-level model of :mod:`iosim.traffic`
 (the bytes thread blocks read from beyond shared memory, which is what L2 serves) and the L2
-model of :mod:`iosim.l2model` (which of them reach DRAM), both for the Mapping the kernel was
-compiled with, on the ``h100`` preset. Works on recorded CSVs: no GPU needed.
+model of :mod:`iosim.l2model` (which of them reach DRAM: the dynamic model, plus the earlier
+lock-step model as ``*_lockstep`` columns), both for the Mapping the kernel was compiled with,
+on the ``h100`` preset. Works on recorded CSVs: no GPU needed.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def workload(row: dict) -> Workload:
                     num_warps=int(row["num_warps"]), num_stages=int(row["num_stages"]))
 
 
-def compare_row(row: dict, gpu: GpuL2 | None = None) -> dict:
+def compare_row(row: dict, gpu: GpuL2 | None = None, *, baseline: bool = True,
+                model: str = "dynamic") -> dict:
     """Predictions and relative errors for one measured generated-kernel row."""
     gpu = gpu or GpuL2()
     out = dict(row)
@@ -78,7 +80,7 @@ def compare_row(row: dict, gpu: GpuL2 | None = None) -> dict:
     out["err_l2_read"] = (pred_l2 / sm_side - 1) if pred_l2 and sm_side else None
     out["err_l2_tex_read"] = (pred_l2 / tag_side - 1) if pred_l2 and tag_side else None
     if is_1pass:
-        p = predict_dram(w, gpu)
+        p = predict_dram(w, gpu, model=model)
         out["pred_dram_read_bytes"] = p["dram_read_bytes"]
         out["pred_dram_write_bytes"] = p["dram_write_bytes"]
         out["qkv_bytes"] = p["q_bytes"] + p["kv_compulsory_bytes"]
@@ -86,12 +88,19 @@ def compare_row(row: dict, gpu: GpuL2 | None = None) -> dict:
         meas = _f(row.get("dram_read_bytes"))
         out["err_dram_read"] = (p["dram_read_bytes"] / meas - 1) if meas else None
         out["dram_over_qkv"] = meas / out["qkv_bytes"] if meas else None
+        out["model_makespan_us"] = p.get("makespan_us")
+        if baseline:   # the earlier lock-step LRU model, for comparison
+            q = predict_dram(w, gpu, model="lockstep")
+            out["pred_dram_read_bytes_lockstep"] = q["dram_read_bytes"]
+            out["err_dram_read_lockstep"] = (q["dram_read_bytes"] / meas - 1) if meas else None
     return out
 
 
-def compare(rows: list[dict], gpu: GpuL2 | None = None) -> list[dict]:
+def compare(rows: list[dict], gpu: GpuL2 | None = None, *, baseline: bool = True,
+            model: str = "dynamic") -> list[dict]:
     """Compare every generated-kernel row; reference rows (SDPA) pass through unchanged."""
-    return [compare_row(r, gpu) if r["impl"] == "generated" else dict(r) for r in rows]
+    return [compare_row(r, gpu, baseline=baseline, model=model) if r["impl"] == "generated"
+            else dict(r) for r in rows]
 
 
 def summary(rows: list[dict]) -> dict:
@@ -100,7 +109,10 @@ def summary(rows: list[dict]) -> dict:
     l2 = [abs(r["err_l2_read"]) for r in gen if r.get("err_l2_read") is not None]
     tex = [abs(r["err_l2_tex_read"]) for r in gen if r.get("err_l2_tex_read") is not None]
     dram = [abs(r["err_dram_read"]) for r in gen]
+    lock = [abs(r["err_dram_read_lockstep"]) for r in gen
+            if r.get("err_dram_read_lockstep") is not None]
     return {"shapes": len(gen),
+            "dram_read_within_15pct_lockstep": sum(e <= 0.15 for e in lock) if lock else None,
             "l2_read_max_abs_err": max(l2) if l2 else None,
             "l2_tex_read_max_abs_err": max(tex) if tex else None,
             "dram_read_max_abs_err": max(dram) if dram else None,

@@ -47,6 +47,12 @@ _SUMMED = {"l2_tex_read_hit_sectors", "l2_tex_read_miss_sectors", "l1_from_l2_re
            "dram_read_bytes", "dram_write_bytes", "l2_tex_read_sectors", "l2_tex_write_sectors",
            "l2_read_sectors", "l2_write_sectors", "time_ns"}
 MARKER = "iosim_marker"
+#: fewer counters (fewer kernel replays): DRAM and L2 reads, time and launch facts
+LEAN = ("dram__bytes_read.sum", "dram__bytes_write.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
+        "lts__t_sectors_srcunit_tex_op_read.sum", "gpu__time_duration.sum",
+        "launch__registers_per_thread", "launch__occupancy_limit_registers",
+        "launch__occupancy_limit_shared_mem", "launch__occupancy_limit_warps",
+        "launch__occupancy_limit_blocks", "launch__grid_size")
 
 
 def find_ncu() -> str:
@@ -134,14 +140,15 @@ def _short(name: str) -> str:
     return name.split("(")[0].split("<")[0].strip()[:60]
 
 
-def profile(configs, work_dir: str | Path, *, timeout: float | None = None) -> list[dict]:
+def profile(configs, work_dir: str | Path, *, timeout: float | None = None,
+            metrics: tuple | None = None) -> list[dict]:
     """Profile each :class:`~iosim.gpu.runner.Config` under ncu; rows in the same order."""
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     plan = work / "ncu_plan.json"
     plan.write_text(json.dumps({"configs": [c.to_dict() for c in configs]}))
     log = work / "ncu.csv"
-    metrics = available_metrics(list(METRICS))
+    metrics = available_metrics(list(metrics or METRICS))
     cmd = [find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(metrics),
            "--csv", "--print-units", "base", "--clock-control", "none",
            "--cache-control", "all", "--log-file", str(log),

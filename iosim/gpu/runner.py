@@ -37,6 +37,17 @@ class Config:
     grid_order: str = "query-major"
     dtype: str = "bf16"
     split_kv: int = 4
+    fast_exp: bool = False
+    pipeline: bool = False
+    lazy_rescale: bool = False
+    tma: bool = False
+    warp_specialize: bool = False
+
+    def knobs(self) -> str:
+        """The code-generation knobs as a short label ('plain' when none is on)."""
+        on = [k for k in ("lazy_rescale", "pipeline", "fast_exp", "tma", "warp_specialize")
+              if getattr(self, k)]
+        return "+".join(on) or "plain"
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "shape"}
@@ -68,11 +79,15 @@ _MODS: dict = {}
 def _module(cfg: Config):
     from cascades.triton import Tiling, generate
     key = (cfg.cascade, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
-           cfg.grid_order, cfg.shape.head_dim, cfg.dtype, cfg.split_kv)
+           cfg.grid_order, cfg.shape.head_dim, cfg.dtype, cfg.split_kv, cfg.fast_exp,
+           cfg.pipeline, cfg.lazy_rescale, cfg.tma, cfg.warp_specialize)
     if key not in _MODS:
         t = Tiling(block_m=cfg.block_m, block_n=cfg.block_n, num_warps=cfg.num_warps,
                    num_stages=cfg.num_stages, grid_order=cfg.grid_order,
-                   head_dim=cfg.shape.head_dim, dtype=cfg.dtype, split_kv=cfg.split_kv)
+                   head_dim=cfg.shape.head_dim, dtype=cfg.dtype, split_kv=cfg.split_kv,
+                   fast_exp=cfg.fast_exp, pipeline=cfg.pipeline,
+                   lazy_rescale=cfg.lazy_rescale, tma=cfg.tma,
+                   warp_specialize=cfg.warp_specialize)
         _MODS[key] = generate(cfg.cascade, t).load()
     return _MODS[key]
 
@@ -113,21 +128,25 @@ def _dt(name):
 
 
 # ------------------------------------------------------------------------------ check
-def check(out_dir: str) -> list[dict]:
+def check(out_dir: str, knobs: dict | None = None, tag: str = "",
+          names: tuple | None = None) -> list[dict]:
     """Generated kernels vs a float64 reference (SDPA math on upcast inputs), random inputs
-    with partial tiles and causal masks; bf16/fp16 against 1e-2, fp32 against 1e-5."""
+    with partial tiles and causal masks; bf16/fp16 against 1e-2, fp32 against 1e-5.
+    ``knobs``: code-generation knobs (fast_exp, pipeline, lazy_rescale) for every kernel."""
     import torch
     import torch.nn.functional as F
+    knobs = dict(knobs or {})
     rows = []
     cases = []
-    for name in ("attention-1pass", "flash1", "sigmoid", "attention-gqa", "decode-splitk",
-                 "attention-3pass", "attention-2pass"):
+    for name in names or ("attention-1pass", "flash1", "sigmoid", "attention-gqa",
+                          "decode-splitk", "attention-3pass", "attention-2pass"):
         for d in (64, 128):
             for dtype in ("bf16", "fp16", "fp32"):
                 if dtype == "fp32" and d == 128:
                     continue
                 for causal in (False, True):
                     cases.append((name, d, dtype, causal))
+    cfgs = []
     for name, d, dtype, causal in cases:
         n = 1000 if name != "attention-2pass" else 600
         B, H = 2, 4
@@ -136,9 +155,14 @@ def check(out_dir: str) -> list[dict]:
         bn = 32 if dtype == "fp32" else 64
         if name == "decode-splitk":
             bm = 16
-        cfg = Config("generated", shape, cascade=name, dtype=dtype, block_m=bm, block_n=bn,
-                     num_warps=4 if dtype == "fp32" else 8, num_stages=2, split_kv=5,
-                     grid_order="head-major" if causal else "query-major")
+        cfgs.append(Config("generated", shape, cascade=name, dtype=dtype, block_m=bm,
+                           block_n=bn, num_warps=4 if dtype == "fp32" else 8, num_stages=2,
+                           split_kv=5, grid_order="head-major" if causal else "query-major",
+                           **knobs))
+    precompile(cfgs, shrink=False)
+    for (name, d, dtype, causal), cfg in zip(cases, cfgs):
+        shape = cfg.shape
+        n = shape.seq
         torch.manual_seed(hash((name, d, dtype, causal)) % 2**31)
         kvh = 2 if name == "attention-gqa" else None
         qlen = 9 if name == "decode-splitk" else None
@@ -160,13 +184,13 @@ def check(out_dir: str) -> list[dict]:
         else:
             finite, rel = False, float("nan")
         tol = 1e-5 if dtype == "fp32" else 1e-2
-        rows.append({"cascade": name, "head_dim": d, "dtype": dtype, "causal": causal,
-                     "seq": n, "q_len": q.shape[2], "rel_err": rel, "tol": tol,
+        rows.append({"cascade": name, "knobs": cfg.knobs(), "head_dim": d, "dtype": dtype,
+                     "causal": causal, "seq": n, "q_len": q.shape[2], "rel_err": rel, "tol": tol,
                      "ok": finite and rel < tol, "error": err_msg,
                      "seconds": round(time.time() - t0, 2)})
         print(json.dumps(rows[-1]), flush=True)
     _ = F
-    with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
+    with open(os.path.join(out_dir, f"gpu_check{tag}.json"), "w") as f:
         json.dump(rows, f, indent=1)
     return rows
 
@@ -194,6 +218,51 @@ def _reference(name, q, k, v, causal):
 
 
 # ------------------------------------------------------------------------------ bench
+def _warm(cfg_dicts: list[dict], shrink: bool = True) -> int:
+    """Compile (by launching once on a small problem with the same specialisation: same
+    heads, N a multiple of 512) each generated configuration; returns how many failed."""
+    import torch
+    bad = 0
+    for d in cfg_dicts:
+        cfg = Config.from_dict(d)
+        small = (Shape(1, cfg.shape.heads, 512, cfg.shape.head_dim, cfg.shape.causal)
+                 if shrink else cfg.shape)
+        q, k, v = make_inputs(small, _dt(cfg.dtype), seed=0)
+        try:
+            runner_for(Config(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
+                                 "shape": small}), q, k, v)()
+            torch.cuda.synchronize()
+        except Exception:  # noqa: BLE001 - reported again by the timed run
+            bad += 1
+    return bad
+
+
+def _warm_full(cfg_dicts: list[dict]) -> int:
+    return _warm(cfg_dicts, shrink=False)
+
+
+def precompile(configs: list[Config], workers: int = 12, *, shrink: bool = True) -> None:
+    """Compile the generated kernels of ``configs`` in parallel processes (they share Triton's
+    cache), so that the timed run loads them instead of compiling one after another."""
+    import multiprocessing as mp
+    gen = {}
+    for c in configs:
+        if c.impl == "generated":
+            key = (c.cascade, c.block_m, c.block_n, c.num_warps, c.num_stages, c.grid_order,
+                   c.shape.heads % 16 == 0, c.shape.head_dim, c.shape.causal, c.dtype,
+                   c.fast_exp, c.pipeline, c.lazy_rescale, c.tma, c.warp_specialize)
+            gen.setdefault(key, c.to_dict())
+    items = list(gen.values())
+    if not items:
+        return
+    chunks = [items[i::workers] for i in range(min(workers, len(items)))]
+    t0 = time.time()
+    with mp.get_context("spawn").Pool(len(chunks)) as pool:
+        bad = sum(pool.map(_warm if shrink else _warm_full, chunks))
+    print(f"precompiled {len(items)} kernels in {time.time() - t0:.0f} s ({bad} failed)",
+          flush=True)
+
+
 def bench_configs(configs: list[Config], *, rep_ms: int = 200) -> list[dict]:
     """Median time (triton.testing.do_bench) and TFLOP/s of each configuration."""
     import torch
@@ -207,6 +276,7 @@ def bench_configs(configs: list[Config], *, rep_ms: int = 200) -> list[dict]:
             torch.cuda.empty_cache()
             cache[key] = make_inputs(cfg.shape, _dt(cfg.dtype), seed=1)
         q, k, v = cache[key]
+        ms, err = float("nan"), ""
         try:
             fn = runner_for(cfg, q, k, v)
             fn()
@@ -216,7 +286,8 @@ def bench_configs(configs: list[Config], *, rep_ms: int = 200) -> list[dict]:
         except Exception as exc:  # noqa: BLE001
             ms, err = float("nan"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         row = cfg.to_dict()
-        row.update({"ms": ms, "tflops": cfg.shape.flops / (ms * 1e-3) / 1e12 if ms == ms else
+        row.update({"knobs": cfg.knobs() if cfg.impl == "generated" else "",
+                    "ms": ms, "tflops": cfg.shape.flops / (ms * 1e-3) / 1e12 if ms == ms else
                     float("nan"), "error": err})
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -282,11 +353,16 @@ def main(argv=None) -> int:
     ap.add_argument("what", choices=["check", "bench", "profile", "env"])
     ap.add_argument("--out", default=".")
     ap.add_argument("--plan", default=None)
+    ap.add_argument("--knobs", default="",
+                    help="comma-separated: fast_exp,pipeline,lazy_rescale,tma,warp_specialize")
+    ap.add_argument("--cascades", default="", help="comma-separated subset of the cascades")
     a = ap.parse_args(argv)
     if a.what == "env":
         print(json.dumps(env_info()))
     elif a.what == "check":
-        rows = check(a.out)
+        knobs = {k: True for k in a.knobs.split(",") if k}
+        rows = check(a.out, knobs, tag=("_" + "+".join(sorted(knobs))) if knobs else "",
+                     names=tuple(c for c in a.cascades.split(",") if c) or None)
         bad = [r for r in rows if not r["ok"]]
         print(f"check: {len(rows) - len(bad)} passed, {len(bad)} failed")
         return 1 if bad else 0

@@ -1,0 +1,359 @@
+"""Microbenchmarks that measure the facts the L2 model (:mod:`iosim.l2model`) needs, on shapes
+and access patterns that are NOT the validated attention launches.
+
+    python -m iosim.gpu.microbench scan  --out DIR    # L2 survival curve (under ncu)
+    python -m iosim.gpu.microbench trace --out DIR    # thread-block schedules (globaltimer)
+
+**scan** — how much of a cyclically re-read buffer of W bytes survives in L2. Thread blocks
+read a bf16 buffer ``passes`` times in the same order; ``shared``: 32 blocks each read every
+tile (each line is read by SMs on both sides of the L2, as K and V are in an attention
+kernel), ``private``: 132 blocks, block b reads tiles b, b+132, ... (each line by one SM). Nsight
+Compute (caches flushed before the launch) counts DRAM reads; the miss fraction of a re-read
+is ``(DRAM - W) / ((passes - 1) W)``, a function of the reuse distance W. This is the L2's
+response to reuse distance: its effective capacity for data that both partitions hold, and
+how sharp the capacity cliff is (all or nothing under LRU).
+
+**trace** — the generated attention kernel compiled with ``Tiling(trace=True)`` writes, for
+each thread block, its start and end time (``%globaltimer``, ns) and its SM; run on shapes
+outside the validation set, in both grid orders. From these: how many blocks run at once,
+the order blocks start in, and how fast a block goes through its key blocks when its K/V
+tiles come from L2 and when they come from DRAM, and whether co-resident blocks of one SM
+progress at equal rates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+MIB = 1 << 20
+SCAN_TILE = 4096            # bf16 elements per load (8 KiB)
+SCAN_SIZES_MIB = (8, 16, 20, 22, 24, 26, 28, 30, 32, 36, 40, 48, 64)
+SCAN_PRIVATE_MIB = (16, 24, 28, 32, 36, 40, 48, 64)
+SCAN_PASSES = 2
+SCAN_SHARED_BLOCKS = 32     # each reads the whole buffer; consecutive blocks land on both sides
+
+
+def _scan_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def iosim_l2scan(X, OUT, n_tiles, passes, NPROG, PRIVATE: tl.constexpr, TILE: tl.constexpr):
+        pid = tl.program_id(0)
+        offs = tl.arange(0, TILE)
+        acc = tl.zeros([TILE], dtype=tl.float32)
+        if PRIVATE:
+            first = pid
+            step = NPROG
+        else:
+            first = 0
+            step = 1
+        for r in range(passes):
+            for t in range(first, n_tiles, step):
+                acc += tl.load(X + t * TILE + offs).to(tl.float32)
+        tl.store(OUT + pid * TILE + offs, acc)
+    return iosim_l2scan
+
+
+def _hotstream_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def iosim_hotstream(X, OUT, hot_tiles, stream_tiles, NPROG, TILE: tl.constexpr):
+        """Read the hot set (every block), the block's share of the stream, the hot set."""
+        pid = tl.program_id(0)
+        offs = tl.arange(0, TILE)
+        acc = tl.zeros([TILE], dtype=tl.float32)
+        for t in range(0, hot_tiles):
+            acc += tl.load(X + t * TILE + offs).to(tl.float32)
+        for t in range(pid, stream_tiles, NPROG):
+            acc += tl.load(X + (hot_tiles + t) * TILE + offs).to(tl.float32)
+        for t in range(0, hot_tiles):
+            acc += tl.load(X + t * TILE + offs).to(tl.float32)
+        tl.store(OUT + pid * TILE + offs, acc)
+    return iosim_hotstream
+
+
+HOT_MIB = 16
+STREAM_MIB = (0, 4, 8, 12, 16, 20, 24, 32, 48)
+
+
+def _hotstream_profile(plan_path: str) -> None:
+    import torch
+    from iosim.gpu.runner import _marker
+    plan = json.loads(Path(plan_path).read_text())
+    kern = _hotstream_kernel()
+    marker = _marker()
+    marker()
+    cudart = torch.cuda.cudart()
+    big = torch.randn((HOT_MIB + max(STREAM_MIB)) * MIB // 2, device="cuda",
+                      dtype=torch.bfloat16)
+    out = torch.empty(SCAN_SHARED_BLOCKS * SCAN_TILE, device="cuda", dtype=torch.float32)
+    done = []
+    for i, c in enumerate(plan["configs"]):
+        args = (big, out, c["hot"] * MIB // 2 // SCAN_TILE, c["stream"] * MIB // 2 // SCAN_TILE,
+                SCAN_SHARED_BLOCKS)
+        kern[(SCAN_SHARED_BLOCKS,)](*args, TILE=SCAN_TILE, num_warps=8)
+        torch.cuda.synchronize()
+        cudart.cudaProfilerStart()
+        marker()
+        kern[(SCAN_SHARED_BLOCKS,)](*args, TILE=SCAN_TILE, num_warps=8)
+        torch.cuda.synchronize()
+        cudart.cudaProfilerStop()
+        done.append(i)
+    Path(plan_path + ".done.json").write_text(json.dumps({"done": done}))
+
+
+def hotstream(out_dir: str) -> list[dict]:
+    """A hot set read by every block, then a stream read once (each line by one block), then
+    the hot set again: which fraction of the hot set survives the stream? Under LRU it
+    survives while hot + stream fit; a policy that protects re-used lines keeps it longer."""
+    from iosim.gpu import ncu
+    from iosim.errors import IosimError
+    work = Path(out_dir) / "hot_work"
+    work.mkdir(parents=True, exist_ok=True)
+    configs = [{"hot": HOT_MIB, "stream": s} for s in STREAM_MIB]
+    plan = work / "plan.json"
+    plan.write_text(json.dumps({"configs": configs}))
+    log = work / "ncu.csv"
+    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics",
+           "dram__bytes_read.sum,gpu__time_duration.sum", "--csv", "--print-units", "base",
+           "--clock-control", "none", "--cache-control", "all", "--log-file", str(log),
+           sys.executable, "-m", "iosim.gpu.microbench", "hot-profile", "--plan", str(plan)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    (work / "stdout.txt").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
+    if r.returncode != 0:
+        raise IosimError(f"ncu failed on the hot/stream test: {(r.stderr or r.stdout)[-300:]}")
+    groups = ncu.group_by_marker(ncu.parse_csv(log.read_text()))
+    rows = []
+    for c, g in zip(configs, groups):
+        dram = ncu.summarize(g).get("dram_read_bytes") or 0.0
+        hot, stream = c["hot"] * MIB, c["stream"] * MIB
+        rows.append({"hot_mib": c["hot"], "stream_mib": c["stream"], "dram_read_bytes": dram,
+                     "hot_reread_miss_fraction": (dram - hot - stream) / hot})
+    return rows
+
+
+def scan_configs() -> list[dict]:
+    out = [{"mode": "shared", "mib": m} for m in SCAN_SIZES_MIB]
+    out += [{"mode": "private", "mib": m} for m in SCAN_PRIVATE_MIB]
+    return out
+
+
+def _scan_profile(plan_path: str) -> None:
+    """The script ncu runs: for each configuration, [marker, one scan launch]."""
+    import torch
+    from iosim.gpu.runner import _marker
+    plan = json.loads(Path(plan_path).read_text())
+    kern = _scan_kernel()
+    marker = _marker()
+    marker()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    cudart = torch.cuda.cudart()
+    big = torch.randn(max(c["mib"] for c in plan["configs"]) * MIB // 2, device="cuda",
+                      dtype=torch.bfloat16)
+    out = torch.empty(sms * SCAN_TILE, device="cuda", dtype=torch.float32)
+    done = []
+    for i, c in enumerate(plan["configs"]):
+        n_tiles = c["mib"] * MIB // 2 // SCAN_TILE
+        private = c["mode"] == "private"
+        grid = (sms if private else SCAN_SHARED_BLOCKS,)
+        args = (big, out, n_tiles, SCAN_PASSES, grid[0])
+        kw = dict(PRIVATE=private, TILE=SCAN_TILE, num_warps=8)
+        kern[grid](*args, **kw)
+        torch.cuda.synchronize()
+        cudart.cudaProfilerStart()
+        marker()
+        kern[grid](*args, **kw)
+        torch.cuda.synchronize()
+        cudart.cudaProfilerStop()
+        done.append(i)
+        print(f"scanned {c['mode']} {c['mib']} MiB", flush=True)
+    Path(plan_path + ".done.json").write_text(json.dumps({"done": done}))
+
+
+def scan(out_dir: str) -> list[dict]:
+    """Run the scan under ncu; rows with the measured DRAM reads and the miss fraction."""
+    from iosim.gpu import ncu
+    from iosim.errors import IosimError
+    work = Path(out_dir) / "scan_work"
+    work.mkdir(parents=True, exist_ok=True)
+    configs = scan_configs()
+    plan = work / "plan.json"
+    plan.write_text(json.dumps({"configs": configs}))
+    log = work / "ncu.csv"
+    metrics = ["dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_read.sum",
+               "lts__t_sectors_srcunit_tex_op_read_lookup_miss.sum", "gpu__time_duration.sum"]
+    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(metrics),
+           "--csv", "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
+           "--log-file", str(log), sys.executable, "-m", "iosim.gpu.microbench", "scan-profile",
+           "--plan", str(plan)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    (work / "stdout.txt").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
+    if r.returncode != 0:
+        raise IosimError(f"ncu failed on the scan: {(r.stderr or r.stdout)[-300:]}")
+    kernels = ncu.parse_csv(log.read_text())
+    groups = ncu.group_by_marker(kernels)
+    rows = []
+    for c, g in zip(configs, groups):
+        s = ncu.summarize(g)
+        w = c["mib"] * MIB
+        dram = s.get("dram_read_bytes") or 0.0
+        rows.append({"mode": c["mode"], "mib": c["mib"], "passes": SCAN_PASSES,
+                     "dram_read_bytes": dram, "l2_tex_read_bytes": s.get("l2_tex_read_bytes"),
+                     "time_ns": s.get("time_ns"),
+                     "miss_fraction": (dram - w) / ((SCAN_PASSES - 1) * w)})
+    return rows
+
+
+# ------------------------------------------------------------------------------ traces
+TRACE_SHAPES = (  # (B, H, N, d, causal): none of them is a validated shape
+    (2, 16, 8192, 64, False), (2, 16, 8192, 64, True),
+    (2, 16, 8192, 128, False), (2, 16, 8192, 128, True),
+    (1, 4, 32768, 64, False), (1, 4, 32768, 128, False),
+)
+
+
+def trace(out_dir: str, shapes=TRACE_SHAPES, *, reps: int = 3) -> dict:
+    """Per-block (start ns, end ns, SM, key extent) of the generated kernel (validation tiling,
+    both grid orders); saved as ``trace.npz`` (one int64 array per launch)."""
+    import numpy as np
+    import torch
+    from cascades.triton import Tiling, generate
+    from iosim.gpu.runner import make_inputs
+    from iosim.gpu.shapes import Shape
+    from iosim.gpu.validate import VALIDATION_TILING
+    arrays = {}
+    meta = []
+    for (b, h, n, d, causal) in shapes:
+        shape = Shape(b, h, n, d, causal)
+        q, k, v = make_inputs(shape, torch.bfloat16, seed=7)
+        o = torch.empty_like(q)
+        for order in ("query-major", "head-major"):
+            t = Tiling(grid_order=order, head_dim=d, dtype="bf16", trace=True,
+                       **VALIDATION_TILING)
+            mod = generate("attention-1pass", t).load()
+            nq = -(-n // t.block_m)
+            tr = torch.zeros(4 * b * h * nq, device="cuda", dtype=torch.int64)
+            for r in range(reps + 1):       # the first launch compiles and warms up
+                torch.cuda.synchronize()
+                mod.forward(q, k, v, causal=causal, out=o, trace=tr)
+                torch.cuda.synchronize()
+                if r:
+                    key = f"{shape.label()}_{order}_{r}"
+                    arrays[key] = tr.view(-1, 4).cpu().numpy().copy()
+                    a = arrays[key]
+                    meta.append({"key": key, "shape": shape.label(), "order": order, "rep": r,
+                                 "blocks": int(a.shape[0]),
+                                 "span_us": float((a[:, 1].max() - a[:, 0].min()) / 1e3)})
+                    print(json.dumps(meta[-1]), flush=True)
+    np.savez_compressed(os.path.join(out_dir, "trace.npz"), **arrays)
+    with open(os.path.join(out_dir, "trace_meta.json"), "w") as f:
+        json.dump(meta, f)
+    return {"launches": len(meta)}
+
+
+def _shares(s, e, sm):
+    """Per block: time spent as the older / younger of two blocks on its SM, and alone."""
+    import numpy as np
+    n = len(s)
+    senior, junior, solo = np.zeros(n), np.zeros(n), np.zeros(n)
+    for m in np.unique(sm):
+        idx = np.flatnonzero(sm == m)
+        pts = np.unique(np.concatenate([s[idx], e[idx]]))
+        for a, b in zip(pts[:-1], pts[1:]):
+            mid = (a + b) / 2
+            res = [i for i in idx if s[i] <= mid < e[i]]
+            if len(res) == 1:
+                solo[res[0]] += b - a
+            elif len(res) == 2:
+                i, j = sorted(res, key=lambda i: (s[i], i))
+                senior[i] += b - a
+                junior[j] += b - a
+    return senior, junior, solo
+
+
+def fit_traces(npz_path: str, block_m: int = 128, block_n: int = 64) -> list[dict]:
+    """Rates from the block traces (first repetition of each launch): for one block per SM, the
+    time per key block (least squares of duration on key blocks); for two, the key blocks per
+    us of the older and the younger block and of a block alone. Also the dynamic L2 model's
+    schedule for the same launch (makespan, mean |start time difference|)."""
+    import numpy as np
+    from iosim.l2model import GpuL2, Workload, _predict_dynamic
+    z = np.load(npz_path)
+    rows = []
+    for key in sorted(z.files):
+        if not key.endswith("_1"):
+            continue
+        label, order = key[:-2].rsplit("_", 1)
+        core = label.replace("-causal", "")
+        b, h, n, d = (int(x) for x in core.split("x"))
+        causal = label.endswith("-causal")
+        a = z[key].astype(np.float64)
+        t0 = a[:, 0].min()
+        s, e, sm = (a[:, 0] - t0) / 1e3, (a[:, 1] - t0) / 1e3, a[:, 2].astype(int)
+        tiles = np.ceil(a[:, 3] / block_n)
+        conc = int(np.max(np.cumsum(np.r_[np.ones(len(s)), -np.ones(len(e))][
+            np.argsort(np.r_[s, e], kind="stable")])))
+        row = {"launch": label, "grid_order": order, "blocks": len(s), "head_dim": d,
+               "blocks_per_sm": conc // 132, "span_us": e.max(),
+               "block_us_median": float(np.median(e - s)),
+               "block_us_p10": float(np.percentile(e - s, 10)),
+               "block_us_p90": float(np.percentile(e - s, 90))}
+        if row["blocks_per_sm"] == 1:
+            A = np.vstack([np.ones_like(tiles), tiles]).T
+            c = np.linalg.lstsq(A, e - s, rcond=None)[0]
+            row.update({"overhead_us": c[0], "us_per_key_block": c[1]})
+        else:
+            sen, jun, solo = _shares(s, e, sm)
+            A = np.vstack([sen, jun, solo]).T
+            c = np.linalg.lstsq(A, tiles, rcond=None)[0]
+            row.update({"older_key_blocks_per_us": c[0], "younger_key_blocks_per_us": c[1],
+                        "alone_key_blocks_per_us": c[2], "older_share": c[0] / (c[0] + c[1])})
+        w = Workload(b, h, n, n, d, causal=causal, grid_order=order,
+                     blocks_per_sm=row["blocks_per_sm"])
+        p = _predict_dynamic(w, GpuL2(), record=True)
+        blk = p["blocks"]
+        row.update({"model_span_us": float(blk["end_us"].max()),
+                    "model_block_us_median": float(np.median(blk["end_us"] - blk["start_us"])),
+                    "model_mean_abs_start_diff_us": float(np.mean(np.abs(blk["start_us"] - s)))})
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m iosim.gpu.microbench")
+    ap.add_argument("what", choices=["scan", "scan-profile", "trace", "hot", "hot-profile"])
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--plan", default=None)
+    a = ap.parse_args(argv)
+    if a.what == "scan-profile":
+        _scan_profile(a.plan)
+    elif a.what == "hot-profile":
+        _hotstream_profile(a.plan)
+    elif a.what == "hot":
+        from iosim.gpu.validate import write_csv
+        rows = hotstream(a.out)
+        write_csv(rows, os.path.join(a.out, "gpu_l2hot.csv"))
+        for r in rows:
+            print(f"hot {r['hot_mib']} MiB, stream {r['stream_mib']:3d} MiB: miss fraction of the "
+                  f"hot re-read {r['hot_reread_miss_fraction']:.3f}")
+    elif a.what == "scan":
+        from iosim.gpu.validate import write_csv
+        rows = scan(a.out)
+        write_csv(rows, os.path.join(a.out, "gpu_l2scan.csv"))
+        for r in rows:
+            print(f"{r['mode']:>8} {r['mib']:4d} MiB  DRAM {r['dram_read_bytes'] / MIB:9.1f} MiB"
+                  f"  miss fraction of a re-read {r['miss_fraction']:.3f}")
+    else:
+        trace(a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
