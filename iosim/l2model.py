@@ -121,7 +121,7 @@ class GpuL2:
         """From an :class:`iosim.hardware.Hardware` preset with L2 and SMEM levels."""
         l2 = hw.level("L2")
         smem = hw.level("SMEM")
-        args = dict(l2_bytes=l2.total_capacity_bytes(),
+        args = dict(l2_bytes=l2.total_capacity_bytes,
                     sms=int(getattr(smem, "instances", 132) or 132))
         args.update(kw)
         return cls(**args)

@@ -84,6 +84,7 @@ class Report:
     unmodelled_levels: tuple = ()
     warnings: tuple = ()
     notes: tuple = field(default=())
+    backing_description: str | None = None  # what the backing store's row means, if modelled
 
     # ---- views -----------------------------------------------------------------------
     @property
@@ -119,6 +120,8 @@ class Report:
             "sram_elements": self.sram_elements,
             "unmodelled_levels": list(self.unmodelled_levels),
             "warnings": list(self.warnings),
+            "hbm_model": self.backing_description or "passthrough: HBM sees every read from "
+                                                     "beyond the SRAM level",
             "loop_nest": self.loop_nest,
         }
 
@@ -190,7 +193,8 @@ class Report:
         L += textwrap.wrap(
             f"IO lower bound: {fmt_count(b['elements'])} elements per head (binding: "
             f"{b['binding']}{', asymptotic, constant 1' if b.get('asymptotic') else ''}; "
-            f"SRAM = {b['sram_elements']:,.0f} elements). {self.backing.name} traffic is "
+            f"{'fast memory (L2 + SMEM)' if 'bound_fast' in b else 'SRAM'} = "
+            f"{b['sram_elements']:,.0f} elements). {self.backing.name} traffic is "
             f"{b['ratio']:.3g}x the bound and {b['ratio_compulsory']:.3g}x the compulsory "
             f"traffic ({fmt_count(b['compulsory_elements'])} elements: read Q, K, V once, "
             f"write O once).", 98, subsequent_indent="  ")
@@ -206,8 +210,11 @@ class Report:
                f"the bytes each program loads from beyond {sram}")
         if mids:
             txt += f" ({', '.join(mids)} included)"
-        txt += (f"; {names[0]} is assumed to see the same bytes (no reuse across programs: an "
-                f"upper estimate when K/V stay in a cache).")
+        if self.backing_description:
+            txt += f". {self.backing_description}"
+        else:
+            txt += (f"; {names[0]} is assumed to see the same bytes (no reuse across programs: "
+                    f"an upper estimate when K/V stay in a cache).")
         if self.unmodelled_levels:
             txt += f" Not modelled: {', '.join(self.unmodelled_levels)}."
         return txt
@@ -301,9 +308,11 @@ def report_from_arrays(r: dict, shapes: Shapes, row: int = 0) -> Report:
          "ratio": pick(bnd["ratio_to_bound"]),
          "compulsory_elements": pick(bnd["bound_compulsory_elements"]),
          "ratio_compulsory": pick(bnd["ratio_to_compulsory"]),
-         "sram_elements": pick(r["sram_elements"]),
+         "sram_elements": pick(r.get("bound_fast_elements", r["sram_elements"])),
          "note": "elements per (batch, head) at the backing store; the Saha & Ye terms are "
                  "asymptotic (constant 1), the compulsory term exact"}
+    if "bound_fast_elements" in r:
+        b["bound_fast"] = "the L2 and every SMEM, which the backing model lets reuse data"
     fp = {lv: {"need_bytes": pick(need), "capacity_bytes": pick(cap)}
           for lv, (need, cap) in r["footprint"].items()}
     fits = bool(np.asarray(r["fits"]).reshape(-1)[row])

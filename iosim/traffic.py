@@ -24,7 +24,7 @@ bytes written into it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import replace, dataclass
 from functools import lru_cache
 from typing import Callable
 
@@ -945,7 +945,8 @@ def bound_arrays(r: dict) -> dict:
     softmax_self = (r["nest"].mapping.kind not in ("linear", "lightning2", "decode-splitk")
                     and np.all(N == K) and np.all(E == Fd))
     if softmax_self:
-        env = attention_lower_envelope(N=N, d=E, M=np.maximum(r["sram_elements"], 1.0))
+        fast = r.get("bound_fast_elements", r["sram_elements"])  # fast memory above HBM
+        env = attention_lower_envelope(N=N, d=E, M=np.maximum(fast, 1.0))
         val = np.maximum(np.asarray(env.value, dtype=float), comp)
         out["bound_envelope_elements"] = np.asarray(env.value, dtype=float)
         out["bound_binding"] = np.where(comp >= np.asarray(env.value), "compulsory",
@@ -978,7 +979,7 @@ def evaluate(cascade="attention-1pass", mapping=None, hardware="h100", shapes: S
     are flagged in the report instead.
     """
     from iosim.report import report_from_arrays
-    from iosim.hardware import load_hardware
+    from iosim.hardware import dtype_bytes, load_hardware
     if shapes is None:
         if "d" in shape_kw and "e" not in shape_kw:
             shape_kw["e"] = shape_kw.pop("d")
@@ -993,7 +994,14 @@ def evaluate(cascade="attention-1pass", mapping=None, hardware="h100", shapes: S
                         dtype=shapes.dtype, causal=shapes.causal,
                         causal_offset=shapes.causal_offset, sram_bytes=sram_bytes,
                         backing_model=backing_model)
+    fast = getattr(backing_model, "fast_memory_bytes", None)
+    if fast is not None:  # the backing model reuses data in a larger fast memory (an L2)
+        r = dict(r, bound_fast_elements=np.full(np.shape(r["sram_elements"]),
+                                                fast / dtype_bytes(shapes.dtype)))
     rep = report_from_arrays(r, shapes)
+    desc = getattr(backing_model, "description", None)
+    if desc:
+        rep = replace(rep, backing_description=desc)
     if check and not bool(r["fits"][0]) and not any(r["derived_blocks"].values()):
         check_fits(rep.mapping_resolved, hw, shapes, cascade=c, sram_bytes=sram_bytes)
     return rep

@@ -31,7 +31,7 @@ def test_readme_command_is_readable():
 def test_json_schema_and_values():
     N, d, Br = 2048, 64, 128
     r = run("evaluate", "attention-1pass", "--hw", "h100", "--seq-len", str(N), "--head-dim",
-            str(d), "--block-m", str(Br), "--block-n", "64", "--json")
+            str(d), "--block-m", str(Br), "--block-n", "64", "--l2", "off", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     for key in ("levels", "flops", "time_s", "bound", "mapping"):

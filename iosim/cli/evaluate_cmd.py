@@ -72,11 +72,15 @@ def load_problem(name, hw, dtype, sram):
 @click.option("--sram", default=None, metavar="SIZE",
               help="Override the SRAM level's capacity: bytes with a unit (192KiB, 100KB) or "
                    "elements (4096el).")
+@click.option("--l2", "l2_mode", type=click.Choice(["auto", "off"]), default="auto",
+              show_default=True,
+              help="HBM behind a GPU's L2: 'auto' simulates L2 hits for the FlashAttention-2 "
+                   "kernel (iosim.l2model); 'off' counts every L2 read as an HBM read.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--symbolic", is_flag=True,
               help="Also print the count as closed forms in N, d, Br, Bc (and M).")
 def command(name, hw, seq_len, head_dim, kv_len, batch, heads, causal, dtype, mapping_name,
-            block_q, block_kv, split_kv, row_policy, sram, as_json, symbolic):
+            block_q, block_kv, split_kv, row_policy, sram, l2_mode, as_json, symbolic):
     """Evaluate cascade NAME (or a .casc file) with a mapping on a hardware model.
 
     Prints the bytes each memory level reads and writes (per tensor), the FLOPs, a roofline
@@ -113,7 +117,9 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, causal, dtype, ma
         raise IosimError(f"--block-n {block_kv} is larger than the {kv} keys")
     shapes = Shapes(n=seq_len, e=head_dim, kv_len=kv_len, batch=batch, heads=heads,
                     dtype=dtype, causal=causal)
-    rep = evaluate(c, m, h, shapes, sram_bytes=sram_b)
+    from iosim.l2backing import backing_for
+    rep = evaluate(c, m, h, shapes, sram_bytes=sram_b,
+                   backing_model=backing_for(c.name, m, h, shapes, l2_mode))
     sym = None
     if symbolic:
         sym = symbolic_traffic(rep.mapping_resolved if not m.derived_blocks else m, c,
