@@ -17,10 +17,11 @@ Writes ``figures/fa_figure2.png``, ``figures/fa_figure2.csv`` (left panel) and
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
+
+from iosim.plots import figures_dir, save_csv
 
 N, D, HEADS, BATCH = 1024, 64, 16, 64
 BH = HEADS * BATCH
@@ -210,11 +211,10 @@ def plot(left, middle, path: Path):
 
 
 def default_out() -> Path:
-    return Path(__file__).resolve().parents[1] / "figures"
+    return figures_dir(__file__)
 
 
 def main(out_dir: Path | None = None, quick: bool = False) -> dict:
-    from iosim.cli.common import atomic_write
 
     out = Path(out_dir) if out_dir is not None else default_out()
     left = left_panel()
@@ -223,9 +223,7 @@ def main(out_dir: Path | None = None, quick: bool = False) -> dict:
         raise RuntimeError("iosim.backward and iosim.traffic disagree on the FA1 forward count")
     written = []
     for df, name in ((left, "fa_figure2.csv"), (middle, "fa_figure2_blocksize.csv")):
-        buf = io.StringIO()
-        df.to_csv(buf, index=False, float_format="%.12g")
-        atomic_write(out / name, buf.getvalue())
+        save_csv(df, out / name)
         written.append(str(out / name))
     written.append(str(plot(left, middle, out / "fa_figure2.png")))
     lines = ["FlashAttention Figure 2 (left): fwd + bwd, N=1024, d=64, 16 heads x batch 64, fp16",

@@ -19,10 +19,11 @@ below d², −1 above). Writes ``figures/saha_ye_regimes.png`` and ``figures/sah
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
+
+from iosim.plots import figures_dir, save_csv
 
 N = 16384
 HEAD_DIMS = (64, 128)
@@ -156,17 +157,14 @@ def plot(df, path: Path):
 
 
 def default_out() -> Path:
-    return Path(__file__).resolve().parents[1] / "figures"
+    return figures_dir(__file__)
 
 
 def main(out_dir: Path | None = None, quick: bool = False) -> dict:
-    from iosim.cli.common import atomic_write
 
     out = Path(out_dir) if out_dir is not None else default_out()
     df = compute(per_octave=1 if quick else 2)
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, float_format="%.12g")
-    atomic_write(out / "saha_ye_regimes.csv", buf.getvalue())
+    save_csv(df, out / "saha_ye_regimes.csv")
     png = plot(df, out / "saha_ye_regimes.png")
     lines = ["Saha & Ye regimes (N = 16384): crossover of FA-style and square-tiling minima"]
     summary = {}

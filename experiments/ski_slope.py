@@ -16,11 +16,12 @@ Writes ``figures/ski_slope.png`` and ``figures/ski_slope.csv``.
 """
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
 import numpy as np
+
+from iosim.plots import figures_dir, save_csv
 
 N, D = 4096, 64
 DECODE_KV = 4096
@@ -131,18 +132,15 @@ def plot(df, path: Path):
 
 
 def default_out() -> Path:
-    return Path(__file__).resolve().parents[1] / "figures"
+    return figures_dir(__file__)
 
 
 def main(out_dir: Path | None = None, quick: bool = False) -> dict:
-    from iosim.cli.common import atomic_write
 
     out = Path(out_dir) if out_dir is not None else default_out()
     srams = 2.0 ** np.arange(9, 23, 2 if quick else 1)
     df = compute(srams)
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, float_format="%.12g")
-    atomic_write(out / "ski_slope.csv", buf.getvalue())
+    save_csv(df, out / "ski_slope.csv")
     png = plot(df, out / "ski_slope.png")
     lines = [f"ski-slope curves over {len(srams)} SRAM sizes (512 B ... 4 MiB, {DTYPE}), one head"]
     for c, s in df.groupby("cascade", sort=False):

@@ -47,6 +47,21 @@ def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
     return Path(path)
 
 
+def save_csv(df, path: str | Path) -> Path:
+    """Write a DataFrame as CSV to ``path`` atomically (12 significant digits)."""
+    from iosim.cli.common import atomic_write
+
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format="%.12g")
+    atomic_write(path, buf.getvalue())
+    return Path(path)
+
+
+def figures_dir(script: str | Path) -> Path:
+    """``figures/`` beside the ``experiments/`` folder that holds ``script``."""
+    return Path(script).resolve().parents[1] / "figures"
+
+
 def fmt_bytes(b: float) -> str:
     """``65536 -> '64 KiB'`` (binary units, no trailing .0)."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
