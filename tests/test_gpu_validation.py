@@ -154,9 +154,8 @@ def test_unseen_shapes_preregistered_predictions_unchanged():
     """experiments/data/gpu_unseen.csv holds predictions fixed (and committed, with the model's
     commit) before any measurement of these 8 shapes, none of which is a validated launch. The
     model must still give exactly those numbers: a change of the model shows up here and the
-    pre-registration must then be redone before new measurements. Measured columns are not
-    there yet (the device run did not measure, see docs/validation.md, 'Out-of-sample check');
-    once they are, agreement is reported, not asserted."""
+    pre-registration must then be redone before new measurements. The measured columns were
+    added after the device run (docs/validation.md, 'Out-of-sample check')."""
     from iosim.gpu.compare import compare_row
     pre = read_csv(os.path.join(DATA, "gpu_unseen.csv"))
     assert len(pre) == 8
@@ -183,3 +182,19 @@ def test_unseen_shapes_preregistered_predictions_unchanged():
     # both regimes: fits in L2 (DRAM = Q+K+V within 2%) and far above it
     ratios = [float(r["pred_dram_read_bytes"]) / float(r["qkv_bytes"]) for r in pre]
     assert min(ratios) < 1.02 and max(ratios) > 10
+
+
+def test_unseen_shapes_measured_on_the_h100():
+    """The out-of-sample measurement (docs/validation.md): the SMEM-level model predicts the
+    L2->SM bytes of all 8 unseen launches exactly; the L2 model's DRAM prediction is within
+    15% in query-major order only (head-major misses by 20-28% there, as in the validated
+    set). Asserts what was measured, so a model change that breaks it shows up."""
+    pre = read_csv(os.path.join(DATA, "gpu_unseen.csv"))
+    assert all("H100" in r["device"] for r in pre)
+    for r in pre:
+        assert float(r["pred_l2_read_bytes"]) == float(r["meas_l2_to_sm_read_bytes"]), r["shape"]
+    err = {r["shape"]: float(r["pred_dram_read_bytes"]) / float(r["meas_dram_read_bytes"]) - 1
+           for r in pre}
+    qm = [s for s, r in zip(err, pre) if r["grid_order"] == "query-major"]
+    assert all(abs(err[s]) <= 0.15 for s in qm)
+    assert sum(abs(e) <= 0.15 for e in err.values()) == 4
