@@ -47,6 +47,16 @@ def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
     return Path(path)
 
 
+def _series(ax, x, y, fit, k: int, label: str) -> None:
+    """One algorithm's line: solid where its tiles fit, dotted with open markers where not."""
+    c = COLORS[k % len(COLORS)]
+    mk = MARKERS[k % len(MARKERS)]
+    ax.plot(x, np.where(fit, y, np.nan), "-", color=c, marker=mk, ms=4, label=label)
+    if (~fit).any():
+        ax.plot(x, y, ":", color=c, lw=0.9, alpha=0.6)
+        ax.plot(x[~fit], y[~fit], mk, mfc="none", color=c, ms=4, alpha=0.7)
+
+
 def save_csv(df, path: str | Path) -> Path:
     """Write a DataFrame as CSV to ``path`` atomically (12 significant digits)."""
     from iosim.cli.common import atomic_write
@@ -139,12 +149,7 @@ def plot_vs_sram(df, path, *, d: int, seq_lens: Sequence[int] | None = None,
             x = a["sram_bytes"].to_numpy(float)
             y = a[ycol].to_numpy(float) * (eb if per_head else 1)
             fit = a["fits"].astype(bool).to_numpy()
-            c = COLORS[k % len(COLORS)]
-            mk = MARKERS[k % len(MARKERS)]
-            ax.plot(x, np.where(fit, y, np.nan), "-", color=c, marker=mk, ms=4, label=alg)
-            if (~fit).any():
-                ax.plot(x, y, ":", color=c, lw=0.9, alpha=0.6)
-                ax.plot(x[~fit], y[~fit], mk, mfc="none", color=c, ms=4, alpha=0.7)
+            _series(ax, x, y, fit, k, alg)
         xs = np.geomspace(s["sram_bytes"].min(), s["sram_bytes"].max(), 200) if len(s) else None
         if xs is not None:
             M = xs / eb
@@ -187,12 +192,7 @@ def plot_vs_seqlen(df, path, *, d: int, sram_bytes: float | None = None,
         x = a["n"].to_numpy(float)
         y = a[ycol].to_numpy(float) * (eb if per_head else 1)
         fit = a["fits"].astype(bool).to_numpy()
-        c = COLORS[k % len(COLORS)]
-        mk = MARKERS[k % len(MARKERS)]
-        ax.plot(x, np.where(fit, y, np.nan), "-", color=c, marker=mk, ms=4, label=alg)
-        if (~fit).any():
-            ax.plot(x, y, ":", color=c, lw=0.9, alpha=0.6)
-            ax.plot(x[~fit], y[~fit], mk, mfc="none", color=c, ms=4, alpha=0.7)
+        _series(ax, x, y, fit, k, alg)
     if len(s):
         Ns = np.geomspace(s["n"].min(), s["n"].max(), 100)
         mult = eb if per_head else eb * float(s["batch"].iloc[0]) * float(s["heads"].iloc[0])

@@ -3,7 +3,6 @@ in Triton's interpreter (TRITON_INTERPRET=1, torch CPU) against the NumPy execut
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 import zlib
@@ -125,6 +124,20 @@ def _reference(c, q, k, v, **params):
                                              **params)["O"]
     return out
 
+def _check(mod, gen, c, t, q, k, v, causal, dtype, out, M):
+    """Run the generated launcher into a NaN-poisoned output and compare with the executor."""
+    o = mod.forward(q, k, v, causal=causal, out=out)
+    params = {"causal": causal}
+    if gen.plan.block_param:
+        params[gen.plan.block_param] = (mod.chunk_size(M) if hasattr(mod, "chunk_size")
+                                        else t.block_n)
+    ref = _reference(c, q, k, v, **params)
+    got = o.double().numpy()
+    assert np.isfinite(got).all()
+    err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert err < (1e-5 if dtype == "fp32" else 1e-2), err
+
+
 
 @pytest.fixture
 def interpret(monkeypatch, tmp_path_factory):
@@ -159,16 +172,7 @@ def test_interpreter_matches_executor(interpret, name, causal, dtype):
     k = torch.randn(1, 2, M, 16, generator=g).to(tdt)
     v = torch.randn(1, 2, M, 16, generator=g).to(tdt)
     out = torch.full((1, HQ, P, 16), float("nan"), dtype=tdt)     # poisoned
-    o = mod.forward(q, k, v, causal=causal, out=out)
-    params = {"causal": causal}
-    if gen.plan.block_param:
-        params[gen.plan.block_param] = (mod.chunk_size(M) if hasattr(mod, "chunk_size")
-                                        else t.block_n)
-    ref = _reference(c, q, k, v, **params)
-    got = o.double().numpy()
-    assert np.isfinite(got).all()
-    err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
-    assert err < (1e-5 if dtype == "fp32" else 1e-2), err
+    _check(mod, gen, c, t, q, k, v, causal, dtype, out, M)
 
 
 KNOB_CASES = [  # (cascade, causal, dtype, knobs): the optional code paths of the generator
@@ -200,16 +204,7 @@ def test_interpreter_knobs_match_executor(interpret, name, causal, dtype, knobs)
     k = (torch.randn(1, 2, M, 16, generator=g) * 3).to(tdt)
     v = torch.randn(1, 2, M, 16, generator=g).to(tdt)
     out = torch.full((1, HQ, P, 16), float("nan"), dtype=tdt)
-    o = mod.forward(q, k, v, causal=causal, out=out)
-    params = {"causal": causal}
-    if gen.plan.block_param:
-        params[gen.plan.block_param] = (mod.chunk_size(M) if hasattr(mod, "chunk_size")
-                                        else t.block_n)
-    ref = _reference(c, q, k, v, **params)
-    got = o.double().numpy()
-    assert np.isfinite(got).all()
-    err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
-    assert err < (1e-5 if dtype == "fp32" else 1e-2), err
+    _check(mod, gen, c, t, q, k, v, causal, dtype, out, M)
 
 
 def test_knob_validation():
