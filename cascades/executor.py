@@ -329,9 +329,8 @@ class _Run:
                 coord = (np.arange(n1)[:, None] * blk + np.arange(blk)[None, :]).reshape(shape)
                 width = 2
             if dim == 1:
+                # a size-1 (broadcast) dimension keeps size 1 along the result axes
                 idx.append(np.zeros([1] * nres, dtype=np.intp) if nres else 0)
-                if width:  # keep size-1 broadcast axes
-                    pass
             else:
                 inside = (coord >= 0) & (coord < dim)
                 if not np.all(inside):

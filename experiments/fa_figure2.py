@@ -210,13 +210,8 @@ def plot(left, middle, path: Path):
     return save_figure(fig, path)
 
 
-def default_out() -> Path:
-    return figures_dir(__file__)
-
-
 def main(out_dir: Path | None = None, quick: bool = False) -> dict:
-
-    out = Path(out_dir) if out_dir is not None else default_out()
+    out = Path(out_dir) if out_dir is not None else figures_dir(__file__)
     left = left_panel()
     middle = middle_panel()
     if not np.allclose(middle.hbm_gb, middle.model_hbm_gb, rtol=0, atol=1e-12):

@@ -28,6 +28,15 @@ DATA = os.path.join(ROOT, "experiments", "data")
 FIG = os.path.join(ROOT, "figures")
 
 
+def _parity(ax, lo: float, hi: float, tol: float) -> None:
+    """Log-log predicted-vs-measured axes: the identity line and a grey +-tol band."""
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    ax.fill_between([lo, hi], [lo * (1 - tol), hi * (1 - tol)], [lo * (1 + tol), hi * (1 + tol)],
+                    color="0.85")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+
+
 def _label(r) -> str:
     c = " c" if str(r["causal"]) == "True" else ""
     return f"{r['batch']}x{r['heads']}x{int(r['seq']) // 1024}Kx{r['head_dim']}{c}"
@@ -52,11 +61,7 @@ def figures(rows: list[dict], bench: list[dict] | None) -> list[str]:
         ax.scatter([float(r["l2_tex_read_bytes"]) for r in sel],
                    [r["pred_l2_read_bytes"] for r in sel], facecolors="none", edgecolors=col,
                    marker="s", label=f"{order}: L2 tag lookups (srcunit_tex)")
-    lo, hi = 1e8, 3e11
-    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-    ax.fill_between([lo, hi], [lo * 0.95, hi * 0.95], [lo * 1.05, hi * 1.05], color="0.85")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _parity(ax, 1e8, 3e11, 0.05)
     ax.set_xlabel("measured L2 read bytes (ncu)")
     ax.set_ylabel("predicted (SMEM-level model, iosim.traffic)")
     ax.set_title("L2 reads: generated attention-1pass, H100, 34 launches\n(grey band: ±5%)",
@@ -83,11 +88,7 @@ def figures(rows: list[dict], bench: list[dict] | None) -> list[str]:
                 if abs(r["err_dram_read"]) > 0.15:
                     ax.annotate(_label(r), (float(r["dram_read_bytes"]), r["pred_dram_read_bytes"]),
                                 fontsize=6, xytext=(3, -3), textcoords="offset points")
-    lo, hi = 3e7, 1e11
-    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-    ax.fill_between([lo, hi], [lo * 0.85, hi * 0.85], [lo * 1.15, hi * 1.15], color="0.85")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _parity(ax, 3e7, 1e11, 0.15)
     ax.set_xlabel("measured DRAM read bytes (dram__bytes_read.sum)")
     ax.set_ylabel("predicted (iosim.l2model, dynamic model)")
     ax.set_title("DRAM reads, H100: filled = dynamic model, hollow = earlier lock-step model\n"

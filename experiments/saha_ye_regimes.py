@@ -156,13 +156,8 @@ def plot(df, path: Path):
     return save_figure(fig, path)
 
 
-def default_out() -> Path:
-    return figures_dir(__file__)
-
-
 def main(out_dir: Path | None = None, quick: bool = False) -> dict:
-
-    out = Path(out_dir) if out_dir is not None else default_out()
+    out = Path(out_dir) if out_dir is not None else figures_dir(__file__)
     df = compute(per_octave=1 if quick else 2)
     save_csv(df, out / "saha_ye_regimes.csv")
     png = plot(df, out / "saha_ye_regimes.png")

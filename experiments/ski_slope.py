@@ -131,13 +131,8 @@ def plot(df, path: Path):
     return save_figure(fig, path)
 
 
-def default_out() -> Path:
-    return figures_dir(__file__)
-
-
 def main(out_dir: Path | None = None, quick: bool = False) -> dict:
-
-    out = Path(out_dir) if out_dir is not None else default_out()
+    out = Path(out_dir) if out_dir is not None else figures_dir(__file__)
     srams = 2.0 ** np.arange(9, 23, 2 if quick else 1)
     df = compute(srams)
     save_csv(df, out / "ski_slope.csv")

@@ -183,8 +183,7 @@ def _parse_params(items) -> dict:
               show_default=True, help="Multiply Q by this (1e3 stresses the softmax).")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Override a cascade parameter, e.g. block_kv=32 (repeatable).")
-@click.option("--reference", type=click.Choice(cascades.reference.KINDS if hasattr(
-    cascades, "reference") else ["softmax", "sigmoid", "linear", "lightning", "none"]),
+@click.option("--reference", type=click.Choice(cascades.reference.KINDS),
               default=None, help="Reference to compare with (default: by library name, "
                                  "else softmax).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
