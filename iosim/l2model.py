@@ -22,6 +22,15 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
   A block that asks for a tile another block is still fetching waits for that fetch
   (no second DRAM read) and then moves at the fetcher's pace: blocks of a head form
   convoys that share misses;
+* **pace noise** — blocks do not keep exactly equal paces: a block's time per key block
+  varies by ``block_jitter`` (3.4%, independently per key block, so a block's pace differs by
+  3.4%/sqrt(key blocks)), measured as the within-SM spread of block durations in the traces.
+  This makes blocks of one head that start together in an early wave start apart in later
+  ones, as the traces show;
+* **L2 partitions** — the L2 is two partitions and a line read by SMs on both sides is held
+  in both. A K/V line read so far by SMs on one side only costs ``private_weight`` of a
+  shared line (the scan's ratio); once SMs on both sides read it, a whole one (which SM is
+  on which side is not known: half of them at random, fixed);
 * **causal imbalance** — a causal query block reads key blocks up to its diagonal only;
 * **capacity** — the L2 answers a re-read according to its reuse distance D (bytes of
   other data touched since): the miss probability m(D) was measured by a cyclic-scan
@@ -62,6 +71,15 @@ SCAN_PRIVATE = ((0.0, 0.0), (28 / 50, 0.0045), (32 / 50, 0.061), (36 / 50, 0.431
                 (40 / 50, 0.885), (48 / 50, 1.0))
 
 
+#: see GpuL2.block_jitter
+BLOCK_JITTER = 0.034
+#: persistent pace differences between SMs measured in the same traces (relative sd, mean of
+#: 12 launches); the default leaves them out (GpuL2.sm_pace_spread = 0): with them the model's
+#: convoys of 64Kx128 head-major blocks dissolve (+136% DRAM), which the counters contradict
+#: -- the model lacks whatever keeps real convoys together (docs/validation.md)
+SM_PACE_SPREAD_MEASURED = 0.0013
+
+
 def _half_point(curve) -> float:
     xs = [x for x, _ in curve]
     ys = [y for _, y in curve]
@@ -87,6 +105,14 @@ class GpuL2:
     max_threads_per_sm: int = 2048
     max_blocks_per_sm: int = 32
     dram_bytes_per_us: float = 3.0e6         # 3.0 TB/s (device-to-device copy, h100.md)
+    #: relative spread of one key block's time (blocks' paces differ by block_jitter/sqrt(key
+    #: blocks)), from the %globaltimer traces (iosim.gpu.microbench.pace_stats,
+    #: experiments/data/gpu_trace_pace.csv: within-SM spread of block durations)
+    block_jitter: float = BLOCK_JITTER
+    sm_pace_spread: float = 0.0
+    #: K/V lines read from one L2 side only hold fewer copies (private_weight) than lines read
+    #: from both sides (1.0); False: every K/V line costs a shared line
+    partition_copies: bool = True
     scan_shared: tuple = SCAN_SHARED
     scan_private: tuple = SCAN_PRIVATE
     sm_rates: dict = field(default_factory=lambda: dict(SM_RATES), hash=False, compare=False)
@@ -394,9 +420,11 @@ class _Touches:
 
 
 def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
-                     chunk: int | None = None, record: bool = False, lru: bool = False) -> dict:
+                     chunk: int | None = None, record: bool = False, lru: bool = False,
+                     jitter: float | None = None, seed: int = 0) -> dict:
     """The dynamic model (module docstring). ``record``: also return each block's start and
-    end time (us) and SM; ``lru``: a sharp LRU cliff at ``effective_fraction x L2``."""
+    end time (us) and SM; ``lru``: a sharp LRU cliff at ``effective_fraction x L2``;
+    ``jitter``: override ``gpu.block_jitter``; ``seed``: of the blocks' random paces."""
     bps = w.blocks_per_sm or occupancy(w, gpu)
     sms = gpu.sms
     S = sms * bps
@@ -433,10 +461,15 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     kseq = np.full(n_keys, -1)              # latest touch of each chunk
     extent = np.zeros(n_keys)               # key blocks of the chunk held
     kload = np.full(n_keys, -1)             # slot fetching the chunk
+    sides = np.zeros(n_keys, dtype=np.int64)  # L2 sides whose SMs read the chunk (bits)
     total_touch = int(NCH.sum()) + 2 * nb + 8
     log = _Touches(total_touch, gpu.horizon_bytes)
     blk = np.full(S, -1)
     sm_of = np.arange(S) % sms
+    # which L2 side each SM is on is not known: half of the SMs, at random (fixed seed)
+    side_of_sm = np.zeros(sms, dtype=np.int64)
+    side_of_sm[np.random.default_rng(12345).permutation(sms)[: sms // 2]] = 1
+    side_bit = 1 << side_of_sm[sm_of]
     start = np.zeros(S)
     ch = np.zeros(S, dtype=np.int64)
     glen = np.zeros(S)
@@ -445,6 +478,11 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     got = np.zeros(S)
     dep = np.full(S, -1)
     key = np.full(S, -1)
+    sig = gpu.block_jitter if jitter is None else jitter
+    rng = np.random.default_rng(seed)
+    jit = np.ones(S)
+    # persistent speed differences between SMs (sd gpu.sm_pace_spread), fixed per SM
+    sm_pace = 1.0 + rng.standard_normal(sms) * gpu.sm_pace_spread
     st = {"dram": 0.0, "access": 0.0, "cold": 0.0, "reuse": 0.0, "follow": 0.0, "next": 0}
     b_start = np.zeros(nb)
     b_end = np.zeros(nb)
@@ -507,9 +545,17 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         # key blocks held: reset where the chunk had been dropped
         gone = is_first & ~fin
         extent[k[gone]] = 0.0
+        sides[k[gone]] = 0
         extent[uk] = np.maximum(extent[uk], tmax)
         log.drop(old[first][old[first] >= 0])
-        kseq[uk] = log.add(np.ones(len(uk)))
+        if gpu.partition_copies:
+            # a K/V line costs a shared line's capacity once SMs on both sides read it,
+            # before that a single-side line's (private_weight)
+            np.bitwise_or.at(sides, k, side_bit[sl])
+            wts = np.where(sides[uk] == 3, 1.0, wp)
+        else:
+            wts = np.ones(len(uk))
+        kseq[uk] = log.add(wts)
 
     def begin(sl: np.ndarray, now: float) -> None:
         n = min(len(sl), nb - st["next"])
@@ -523,6 +569,9 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         b_start[b] = now
         b_slot[b] = sl
         ch[sl] = 0
+        if sig > 0:   # the block's own pace: key-block times vary by sig, independently
+            jit[sl] = sm_pace[sm_of[sl]] / np.clip(
+                1.0 + rng.standard_normal(n) * sig / np.sqrt(np.maximum(NK[b], 1.0)), 0.5, 2.0)
         log.add(np.full(n, wp * q_tile / (g * tile_bytes)))
         empty = NK[b] == 0
         glen[sl[empty]] = 0.0
@@ -562,8 +611,9 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
                             np.where(n_here == 2,
                                      np.where(rank == 0, senior, 1 - senior) * r_pair,
                                      r_pair / np.maximum(n_here, 1)))
-            rate = np.where(occ, rate, 0.0)
+            rate0 = np.where(occ, rate, 0.0)
             resident_changed = False
+        rate = rate0 * jit
         fetch = occ & (got < need)
         fol = occ & (dep >= 0)
         if not fetch.any() and not fol.any():
@@ -578,7 +628,8 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
                             0.0)
             tot = want.sum()
             got += want * (1.0 if tot <= bw * dt else bw * dt / tot)
-            cap = np.where(need > 0, glen * got / np.maximum(need, 1e-30), np.inf)
+            cap = np.where((need > 0) & (got < need * (1 - 1e-9)),
+                           glen * got / np.maximum(need, 1e-30), np.inf)
             newp = np.minimum(prog + rate * dt, cap)
             if fol.any():
                 ds = dep[fol]

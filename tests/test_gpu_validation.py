@@ -49,10 +49,10 @@ def test_head_major_l2_tag_lookups_match(rows):
 
 def test_dram_reads(rows):
     """DRAM reads: the recorded state of the dynamic L2 model (docs/validation.md lists the
-    misses: 27 of 34 within 15%, the earlier lock-step model 23); fails if it gets worse."""
+    misses: 30 of 34 within 15%, the earlier lock-step model 23); fails if it gets worse."""
     s = summary(rows)
-    assert s["dram_read_within_15pct"] >= 27
-    assert s["dram_read_max_abs_err"] <= 0.40
+    assert s["dram_read_within_15pct"] >= 30
+    assert s["dram_read_max_abs_err"] <= 0.31
     assert s["dram_read_within_15pct_lockstep"] == 23
     # the regime the lock-step model missed most: non-causal head-major, two blocks per SM
     for r in _gen(rows):
@@ -150,23 +150,43 @@ def test_generated_kernel_on_gpu_matches_sdpa_math():
     assert all(r["ok"] for r in rows)
 
 
-def test_unseen_shapes_preregistered_predictions_unchanged():
-    """experiments/data/gpu_unseen.csv holds predictions fixed (and committed, with the model's
-    commit) before any measurement of these 8 shapes, none of which is a validated launch. The
-    model must still give exactly those numbers: a change of the model shows up here and the
-    pre-registration must then be redone before new measurements. The measured columns were
-    added after the device run (docs/validation.md, 'Out-of-sample check')."""
+def _unseen_rounds():
+    import glob
+    return sorted(glob.glob(os.path.join(DATA, "gpu_unseen*.csv")))
+
+
+def test_unseen_shapes_are_not_validated_launches():
+    """Every pre-registered launch (experiments/data/gpu_unseen*.csv, one file per round) differs
+    from every validated launch and from the launches of earlier rounds in (B*H, N, d, mask,
+    grid order), the kernel's grid flattening B and H; each round covers both grid orders and
+    both masks, and both regimes (DRAM = Q+K+V and far above it)."""
+    seen = {(int(r["batch"]) * int(r["heads"]), r["seq"], r["head_dim"], r["causal"],
+             r["grid_order"]) for r in read_csv(os.path.join(DATA, "gpu_validation.csv"))
+            if r["impl"] == "generated"}
+    rounds = _unseen_rounds()
+    assert len(rounds) >= 1
+    for path in rounds:
+        pre = read_csv(path)
+        assert len(pre) == 8
+        assert {r["grid_order"] for r in pre} == {"query-major", "head-major"}
+        assert {r["causal"] for r in pre} == {"True", "False"}
+        keys = {(int(r["batch"]) * int(r["heads"]), r["seq"], r["head_dim"], r["causal"],
+                 r["grid_order"]) for r in pre}
+        assert len(keys) == 8 and not keys & seen, path
+        seen |= keys
+        ratios = [float(r["pred_dram_read_bytes"]) / float(r["qkv_bytes"]) for r in pre]
+        assert min(ratios) < 1.05 and max(ratios) > 10
+
+
+def test_newest_preregistered_predictions_unchanged():
+    """The newest round's predictions were fixed (and committed, with the model's commit)
+    before its launches were measured. The model must still give exactly those numbers: a
+    change of the model shows up here, and a new round must then be registered before new
+    measurements. Older rounds keep the predictions of the model of their time (round 1:
+    commit c5901b4; docs/validation.md gives the present model's numbers for it, post hoc)."""
     from iosim.gpu.compare import compare_row
-    pre = read_csv(os.path.join(DATA, "gpu_unseen.csv"))
-    assert len(pre) == 8
-    validated = {(int(r["batch"]) * int(r["heads"]), r["seq"], r["head_dim"], r["causal"],
-                  r["grid_order"]) for r in read_csv(os.path.join(DATA, "gpu_validation.csv"))
-                 if r["impl"] == "generated"}
-    assert {r["grid_order"] for r in pre} == {"query-major", "head-major"}
-    assert {r["causal"] for r in pre} == {"True", "False"}
+    pre = read_csv(_unseen_rounds()[-1])
     for r in pre:
-        assert (int(r["batch"]) * int(r["heads"]), r["seq"], r["head_dim"], r["causal"],
-                r["grid_order"]) not in validated, r["shape"]
         row = dict(impl="generated", cascade="attention-1pass", dtype=r["dtype"],
                    grid_order=r["grid_order"], batch=r["batch"], heads=r["heads"],
                    seq=r["seq"], head_dim=r["head_dim"], causal=r["causal"],
@@ -175,13 +195,6 @@ def test_unseen_shapes_preregistered_predictions_unchanged():
         p = compare_row(row, baseline=False)
         assert abs(p["pred_dram_read_bytes"] - float(r["pred_dram_read_bytes"])) <= 1, r["shape"]
         assert abs(p["pred_l2_read_bytes"] - float(r["pred_l2_read_bytes"])) <= 1, r["shape"]
-        meas = r.get("meas_dram_read_bytes")
-        if meas:
-            print(r["shape"], r["grid_order"], "DRAM error",
-                  f"{p['pred_dram_read_bytes'] / float(meas) - 1:+.1%}")
-    # both regimes: fits in L2 (DRAM = Q+K+V within 2%) and far above it
-    ratios = [float(r["pred_dram_read_bytes"]) / float(r["qkv_bytes"]) for r in pre]
-    assert min(ratios) < 1.02 and max(ratios) > 10
 
 
 def test_unseen_shapes_measured_on_the_h100():

@@ -1,5 +1,7 @@
-"""Device (run on the GPU machine from the repository root: python experiments/device/measure_unseen.py 360): profile the generated attention-1pass kernel for the pre-registered unseen shapes,
-one ncu run per shape (3 metrics, no metric query), partial results kept."""
+"""Device (run on the GPU machine from the repository root:
+python experiments/device/measure_unseen.py 360 [experiments/data/gpu_unseen2.csv]): profile the
+generated attention-1pass kernel for the pre-registered unseen shapes of one round, in the CSV's
+order, one ncu run per shape (3 metrics, no metric query), partial results kept."""
 import csv, json, os, subprocess, sys, time
 sys.path.insert(0, os.getcwd())
 from iosim.gpu.runner import Config, precompile
@@ -14,9 +16,9 @@ def main():
     def log(*a):
         m = f"[{time.time() - T0:6.1f}s] " + " ".join(str(x) for x in a); print(m, flush=True); LOG.write(m + "\n"); LOG.flush()
     METRICS = ["dram__bytes_read.sum", "l1tex__m_xbar2l1tex_read_bytes.sum", "gpu__time_duration.sum"]
-    ORDER = ["2x32x8192x128", "1x4x131072x64", "16x8x2048x64", "1x12x32768x128-causal",
-             "1x12x16384x128-causal", "1x24x32768x64", "4x4x8192x64-causal", "4x8x4096x128-causal"]
-    pre = {r["shape"]: r for r in csv.DictReader(open("experiments/data/gpu_unseen.csv"))}
+    path = sys.argv[2] if len(sys.argv) > 2 else "experiments/data/gpu_unseen.csv"
+    pre = {r["shape"]: r for r in csv.DictReader(open(path))}
+    ORDER = list(pre)
     cfgs = []
     for lab in ORDER:
         r = pre[lab]

@@ -326,6 +326,53 @@ def fit_traces(npz_path: str, block_m: int = 128, block_n: int = 64) -> list[dic
     return rows
 
 
+def pace_stats(npz_path: str, *, waves: int = 16) -> list[dict]:
+    """How much blocks' paces differ, from the traces of the one-block-per-SM launches (every
+    repetition; the first, cold wave left out): after removing each wave's mean duration,
+    the spread of a block's duration about its SM's mean (``within_sm_sd_us``; relative, and
+    scaled by sqrt(key blocks) -> ``block_jitter``: the spread of one key block's time if key
+    blocks vary independently) and the spread of the SMs' means beyond what that noise
+    explains (``sm_pace_spread``, relative). For head-major launches, also the median start
+    gap between consecutive blocks of one head (ids b and b + heads) in waves 0..waves-1,
+    which is what the L2 model's sharing of K/V tiles depends on."""
+    import numpy as np
+    z = np.load(npz_path)
+    rows = []
+    for key in sorted(z.files):
+        label, order, rep = key.rsplit("_", 2)
+        core = label.replace("-causal", "")
+        b, h, n, d = (int(x) for x in core.split("x"))
+        if d != 128 or label.endswith("-causal"):
+            continue          # one block per SM and equal block lengths only
+        a = z[key].astype(np.float64)
+        st, en, sm = (a[:, 0] - a[:, 0].min()) / 1e3, (a[:, 1] - a[:, 0].min()) / 1e3, a[:, 2]
+        dur = en - st
+        wave = np.empty(len(st), dtype=int)
+        wave[np.argsort(st, kind="stable")] = np.arange(len(st)) // 132
+        keep = wave > 0
+        wmean = np.array([dur[wave == i].mean() for i in range(wave.max() + 1)])
+        res, smk = (dur - wmean[wave])[keep], sm[keep].astype(int)
+        ids = np.unique(smk)
+        cnt = np.array([(smk == i).sum() for i in ids], dtype=float)
+        per_sm = np.array([res[smk == i].mean() for i in ids])
+        within = np.concatenate([res[smk == i] - res[smk == i].mean() for i in ids])
+        sw = float(within.std() * np.sqrt(cnt.mean() / (cnt.mean() - 1)))
+        persist = float(np.sqrt(max(per_sm.var() - sw ** 2 / cnt.mean(), 0.0)))
+        mean = float(dur[keep].mean())
+        row = {"launch": label, "grid_order": order, "rep": int(rep), "block_us_mean": mean,
+               "key_blocks": n // 64, "within_sm_sd_us": sw,
+               "block_jitter": sw / mean * np.sqrt(n / 64), "sm_pace_spread": persist / mean}
+        if order == "head-major":
+            hq = b * h
+            gap = np.abs(st[hq:] - st[:-hq])
+            wv = np.arange(len(gap)) // 132
+            for k in range(waves):
+                row[f"gap_wave{k}_us"] = float(np.median(gap[wv == k])) if (wv == k).any() \
+                    else float("nan")
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m iosim.gpu.microbench")
     ap.add_argument("what", choices=["scan", "scan-profile", "trace", "hot", "hot-profile"])

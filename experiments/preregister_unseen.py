@@ -1,0 +1,96 @@
+"""Pre-register the L2 model's predictions for launches that are not validated shapes (no GPU).
+
+    python experiments/preregister_unseen.py --round 2     # writes experiments/data/gpu_unseen2.csv
+
+The predictions (DRAM read bytes from iosim.l2model, L2->SM bytes from iosim.traffic) and the
+model's commit are written, and committed, before the device measures the launches
+(experiments/device/measure_unseen.py). Round 1 (gpu_unseen.csv) was registered with the model
+of commit c5901b4; round 2 with the model that adds block pace noise and L2-partition copies.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import time
+from pathlib import Path
+
+from iosim.gpu.compare import compare_row, read_csv
+from iosim.gpu.validate import VALIDATION_TILING
+
+DATA = Path(__file__).resolve().parent / "data"
+
+#: (B, H, N, d, causal, grid order); no (B*H, N, d, mask, order) of a validated launch or of an
+#: earlier round (the kernel's grid flattens B and H)
+ROUNDS = {
+    2: [
+        (1, 32, 8192, 64, False, "head-major"),
+        (2, 8, 32768, 128, True, "head-major"),
+        (6, 8, 4096, 128, False, "head-major"),
+        (1, 24, 8192, 128, True, "head-major"),
+        (2, 16, 16384, 64, True, "head-major"),
+        (3, 16, 2048, 128, False, "head-major"),
+        (1, 6, 65536, 64, False, "query-major"),
+        (1, 16, 32768, 64, True, "query-major"),
+    ],
+}
+
+
+def _key(b, h, n, d, causal, order):
+    return (int(b) * int(h), int(n), int(d), str(causal) == "True", order)
+
+
+def seen_launches() -> set:
+    out = {_key(r["batch"], r["heads"], r["seq"], r["head_dim"], r["causal"], r["grid_order"])
+           for r in read_csv(DATA / "gpu_validation.csv") if r["impl"] == "generated"}
+    for p in sorted(DATA.glob("gpu_unseen*.csv")):
+        out |= {_key(r["batch"], r["heads"], r["seq"], r["head_dim"], r["causal"],
+                     r["grid_order"]) for r in read_csv(p)}
+    return out
+
+
+def predict(shapes, commit: str) -> list[dict]:
+    rows = []
+    for b, h, n, d, c, o in shapes:
+        row = dict(impl="generated", cascade="attention-1pass", grid_order=o, dtype="bf16",
+                   batch=b, heads=h, seq=n, head_dim=d, causal=c, **VALIDATION_TILING)
+        t = time.time()
+        p = compare_row(row)
+        rows.append({"shape": f"{b}x{h}x{n}x{d}{'-causal' if c else ''}", "batch": b,
+                     "heads": h, "seq": n, "head_dim": d, "causal": c, "grid_order": o,
+                     "dtype": "bf16", **VALIDATION_TILING,
+                     "blocks_per_sm": p["model_blocks_per_sm"], "qkv_bytes": p["qkv_bytes"],
+                     "pred_dram_read_bytes": round(p["pred_dram_read_bytes"]),
+                     "pred_dram_read_bytes_lockstep": round(p["pred_dram_read_bytes_lockstep"]),
+                     "pred_l2_read_bytes": round(p["pred_l2_read_bytes"]),
+                     "model_makespan_us": round(p["model_makespan_us"], 1),
+                     "model_commit": commit})
+        r = rows[-1]
+        print(f"{r['shape']:24s} {o:12s} pred DRAM {r['pred_dram_read_bytes'] / 1e9:7.3f} G "
+              f"= {r['pred_dram_read_bytes'] / r['qkv_bytes']:5.1f} x Q+K+V "
+              f"({time.time() - t:.1f} s)", flush=True)
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--round", type=int, default=max(ROUNDS), choices=sorted(ROUNDS))
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    out = Path(a.out) if a.out else DATA / f"gpu_unseen{a.round}.csv"
+    shapes = ROUNDS[a.round]
+    seen = seen_launches() if not out.exists() else set()
+    clash = [s for s in shapes if _key(*s) in seen]
+    if clash:
+        raise SystemExit(f"error: already seen launches in round {a.round}: {clash}")
+    commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+    rows = predict(shapes, commit)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
