@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import csv
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from iosim.gpu.compare import compare_row, read_csv
-from iosim.gpu.validate import VALIDATION_TILING
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from iosim.gpu.compare import compare_row, read_csv  # noqa: E402
+from iosim.gpu.validate import VALIDATION_TILING  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 
