@@ -81,8 +81,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     out = Path(a.out) if a.out else DATA / f"gpu_unseen{a.round}.csv"
+    if out.exists():
+        raise SystemExit(f"error: {out} exists: round {a.round} is registered (and may hold "
+                         "measurements); register a new round instead")
     shapes = ROUNDS[a.round]
-    seen = seen_launches() if not out.exists() else set()
+    seen = seen_launches()
     clash = [s for s in shapes if _key(*s) in seen]
     if clash:
         raise SystemExit(f"error: already seen launches in round {a.round}: {clash}")

@@ -569,7 +569,8 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         b_start[b] = now
         b_slot[b] = sl
         ch[sl] = 0
-        if sig > 0:   # the block's own pace: key-block times vary by sig, independently
+        if sig > 0 or gpu.sm_pace_spread > 0:
+            # the block's own pace: key-block times vary by sig, independently; times its SM's
             jit[sl] = sm_pace[sm_of[sl]] / np.clip(
                 1.0 + rng.standard_normal(n) * sig / np.sqrt(np.maximum(NK[b], 1.0)), 0.5, 2.0)
         log.add(np.full(n, wp * q_tile / (g * tile_bytes)))
@@ -611,9 +612,9 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
                             np.where(n_here == 2,
                                      np.where(rank == 0, senior, 1 - senior) * r_pair,
                                      r_pair / np.maximum(n_here, 1)))
-            rate0 = np.where(occ, rate, 0.0)
+            # paces change only at dispatches too
+            rate = np.where(occ, rate, 0.0) * jit
             resident_changed = False
-        rate = rate0 * jit
         fetch = occ & (got < need)
         fol = occ & (dep >= 0)
         if not fetch.any() and not fol.any():

@@ -156,11 +156,9 @@ def test_pace_noise_comes_from_the_traces():
 
 
 def _head_gaps(w, gpu, waves=15):
+    from iosim.gpu.microbench import head_start_gaps
     s = _predict_dynamic(w, gpu, record=True)["blocks"]["start_us"]
-    hq = w.batch * w.heads
-    gap = np.abs(s[hq:] - s[:-hq])
-    wave = np.arange(len(gap)) // 132
-    return np.array([np.median(gap[wave == k]) for k in range(waves)])
+    return head_start_gaps(s, w.batch * w.heads, waves)
 
 
 def test_pace_noise_spreads_one_heads_blocks_as_traced():
@@ -187,7 +185,7 @@ def test_pace_noise_spreads_one_heads_blocks_as_traced():
 def test_single_side_kv_lines_cost_less():
     """With the L2-partition rule, K/V lines read from one side only weigh private_weight:
     a head-major launch whose K/V re-reads sit near the capacity cliff misses less than when
-    every K/V line costs a shared line; a launch far past the cliff is unaffected."""
+    every K/V line costs a shared line; a launch whose K/V fit in L2 is unaffected."""
     from dataclasses import replace
     off = replace(GpuL2(), partition_copies=False)
     near = Workload(4, 16, 4096, 4096, 64, causal=True, grid_order="head-major",

@@ -326,6 +326,17 @@ def fit_traces(npz_path: str, block_m: int = 128, block_n: int = 64) -> list[dic
     return rows
 
 
+def head_start_gaps(starts, heads: int, waves: int, slots: int = 132):
+    """Median start gap between blocks b and b + heads (one head, head-major order) in each of
+    the first ``waves`` waves of ``slots`` blocks (nan where a wave has none)."""
+    import numpy as np
+    starts = np.asarray(starts, dtype=float)
+    gap = np.abs(starts[heads:] - starts[:-heads])
+    wave = np.arange(len(gap)) // slots
+    return np.array([np.median(gap[wave == k]) if (wave == k).any() else np.nan
+                     for k in range(waves)])
+
+
 def pace_stats(npz_path: str, *, waves: int = 16) -> list[dict]:
     """How much blocks' paces differ, from the traces of the one-block-per-SM launches (every
     repetition; the first, cold wave left out): after removing each wave's mean duration,
@@ -363,12 +374,8 @@ def pace_stats(npz_path: str, *, waves: int = 16) -> list[dict]:
                "key_blocks": n // 64, "within_sm_sd_us": sw,
                "block_jitter": sw / mean * np.sqrt(n / 64), "sm_pace_spread": persist / mean}
         if order == "head-major":
-            hq = b * h
-            gap = np.abs(st[hq:] - st[:-hq])
-            wv = np.arange(len(gap)) // 132
-            for k in range(waves):
-                row[f"gap_wave{k}_us"] = float(np.median(gap[wv == k])) if (wv == k).any() \
-                    else float("nan")
+            for k, g in enumerate(head_start_gaps(st, b * h, waves)):
+                row[f"gap_wave{k}_us"] = float(g)
         rows.append(row)
     return rows
 
