@@ -205,7 +205,8 @@ def ablation(rows: list[dict]) -> list[dict]:
     gpu = L.GpuL2()
     even = replace(gpu, sm_rates={d: (a, b, 0.5) for d, (a, b, _) in gpu.sm_rates.items()})
     steady = replace(gpu, block_jitter=0.0)
-    one_copy = replace(gpu, partition_copies=False)
+    sides = replace(gpu, kv_weight="sides")
+    one_copy = replace(gpu, kv_weight="shared")
     sm_pace = replace(gpu, sm_pace_spread=L.SM_PACE_SPREAD_MEASURED)
     out = []
     for r in rows:
@@ -219,7 +220,8 @@ def ablation(rows: list[dict]) -> list[dict]:
                          ("dynamic_lru", lambda: L.predict_dram(w, gpu, model="lru")),
                          ("dynamic_even_share", lambda: L.predict_dram(w, even)),
                          ("dynamic_no_pace_noise", lambda: L.predict_dram(w, steady)),
-                         ("dynamic_no_partitions", lambda: L.predict_dram(w, one_copy)),
+                         ("dynamic_kv_shared", lambda: L.predict_dram(w, one_copy)),
+                         ("dynamic_kv_sides", lambda: L.predict_dram(w, sides)),
                          ("dynamic_sm_pace", lambda: L.predict_dram(w, sm_pace)),
                          ("dynamic", lambda: L.predict_dram(w, gpu))):
             v = fn()["dram_read_bytes"]

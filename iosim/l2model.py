@@ -27,10 +27,13 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
   3.4%/sqrt(key blocks)), measured as the within-SM spread of block durations in the traces.
   This makes blocks of one head that start together in an early wave start apart in later
   ones, as the traces show;
-* **L2 partitions** — the L2 is two partitions and a line read by SMs on both sides is held
-  in both. A K/V line read so far by SMs on one side only costs ``private_weight`` of a
-  shared line (the scan's ratio); once SMs on both sides read it, a whole one (which SM is
-  on which side is not known: half of them at random, fixed);
+* **lines read by few blocks cost less** — a cyclic re-read whose lines are each read by k
+  of 132 blocks (one per SM) keeps more of the buffer the fewer readers a line has: half-miss
+  at 36.6 MiB for k = 1, 33.4 for 11, 27.9 for 33, 26.4 for 132 (``microbench readers``).
+  A K/V chunk costs ``reader_weight(blocks that read it since it was fetched)`` of a line read
+  by every SM (0.72 for one reader to 1.0). The earlier rule (``kv_weight="sides"``: a line
+  read from one L2 side costs 0.73) is contradicted by ``microbench sides``: lines read only
+  by the 16 SMs of one GPC miss as fully at 30 MiB as lines read by all SMs;
 * **causal imbalance** — a causal query block reads key blocks up to its diagonal only;
 * **capacity** — the L2 answers a re-read according to its reuse distance D (bytes of
   other data touched since): the miss probability m(D) was measured by a cyclic-scan
@@ -71,6 +74,12 @@ SCAN_PRIVATE = ((0.0, 0.0), (28 / 50, 0.0045), (32 / 50, 0.061), (36 / 50, 0.431
                 (40 / 50, 0.885), (48 / 50, 1.0))
 
 
+#: capacity a line costs (relative to a line read by all 132 SMs) by the number of thread
+#: blocks that read it: ratio of the half-miss points of the readers microbenchmark (cyclic
+#: re-read, each line read by k of 132 blocks, one per SM; experiments/data/gpu_l2readers.csv,
+#: iosim.gpu.microbench.reader_weights)
+READER_WEIGHTS = ((1, 0.722), (2, 0.734), (4, 0.744), (11, 0.791), (33, 0.948), (132, 1.0))
+
 #: see GpuL2.block_jitter
 BLOCK_JITTER = 0.034
 #: persistent pace differences between SMs measured in the same traces (relative sd, mean of
@@ -110,9 +119,12 @@ class GpuL2:
     #: experiments/data/gpu_trace_pace.csv: within-SM spread of block durations)
     block_jitter: float = BLOCK_JITTER
     sm_pace_spread: float = 0.0
-    #: K/V lines read from one L2 side only hold fewer copies (private_weight) than lines read
-    #: from both sides (1.0); False: every K/V line costs a shared line
-    partition_copies: bool = True
+    #: what a K/V line costs in L2 capacity: "readers" (by how many thread blocks read it since
+    #: it was fetched: the readers microbenchmark, READER_WEIGHTS), "sides" (the earlier rule:
+    #: private_weight until SMs on both L2 sides read it, sides drawn at random -- contradicted
+    #: by the sides microbenchmark) or "shared" (always a shared line)
+    kv_weight: str = "readers"
+    reader_weights: tuple = READER_WEIGHTS
     scan_shared: tuple = SCAN_SHARED
     scan_private: tuple = SCAN_PRIVATE
     sm_rates: dict = field(default_factory=lambda: dict(SM_RATES), hash=False, compare=False)
@@ -126,6 +138,12 @@ class GpuL2:
         """What a line read (or written) by one SM costs in the capacity that shared lines
         see: the ratio of the two measured cliffs (about 0.73)."""
         return _half_point(self.scan_shared) / _half_point(self.scan_private)
+
+    def reader_weight(self, readers):
+        """Capacity cost of lines read by ``readers`` thread blocks (array-like)."""
+        ks, ws = zip(*self.reader_weights)
+        r = np.maximum(np.asarray(readers, dtype=float), 1.0)
+        return np.interp(np.log(r), np.log(ks), ws)
 
     def miss_fraction(self, reuse_bytes: float) -> float:
         """Measured miss probability of a re-read after ``reuse_bytes`` of other data."""
@@ -462,6 +480,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     extent = np.zeros(n_keys)               # key blocks of the chunk held
     kload = np.full(n_keys, -1)             # slot fetching the chunk
     sides = np.zeros(n_keys, dtype=np.int64)  # L2 sides whose SMs read the chunk (bits)
+    nread = np.zeros(n_keys)                  # blocks that read the chunk since it was fetched
     total_touch = int(NCH.sum()) + 2 * nb + 8
     log = _Touches(total_touch, gpu.horizon_bytes)
     blk = np.full(S, -1)
@@ -484,6 +503,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     # persistent speed differences between SMs (sd gpu.sm_pace_spread), fixed per SM
     sm_pace = 1.0 + rng.standard_normal(sms) * gpu.sm_pace_spread
     st = {"dram": 0.0, "access": 0.0, "cold": 0.0, "reuse": 0.0, "follow": 0.0, "next": 0}
+    hist_d, hist_b = [], []
     b_start = np.zeros(nb)
     b_end = np.zeros(nb)
     b_slot = np.zeros(nb, dtype=np.int64)
@@ -525,6 +545,12 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         glen[sl] = tiles
         key[sl] = k
         st["dram"] += nd.sum()
+        if record:
+            # bytes re-read per reuse distance (MiB; inf: dropped), for diagnostics
+            rd = np.where(is_first & fin, dist / MIB, np.inf)
+            sel = is_first & (tk > 0)
+            hist_d.append(rd[sel])
+            hist_b.append((per_tile * np.minimum(tk, had))[sel])
         st["access"] += nbytes.sum()
         st["cold"] += cold.sum()
         st["reuse"] += (nd - cold).sum()
@@ -546,11 +572,16 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         gone = is_first & ~fin
         extent[k[gone]] = 0.0
         sides[k[gone]] = 0
+        nread[k[gone]] = 0
         extent[uk] = np.maximum(extent[uk], tmax)
         log.drop(old[first][old[first] >= 0])
-        if gpu.partition_copies:
-            # a K/V line costs a shared line's capacity once SMs on both sides read it,
-            # before that a single-side line's (private_weight)
+        if gpu.kv_weight == "readers":
+            # a K/V line's capacity cost grows with the blocks that read it (measured)
+            np.add.at(nread, k, 1.0)
+            wts = gpu.reader_weight(nread[uk])
+        elif gpu.kv_weight == "sides":
+            # the earlier rule: a shared line's cost once SMs on both sides read it, before
+            # that a single-side line's (private_weight)
             np.bitwise_or.at(sides, k, side_bit[sl])
             wts = np.where(sides[uk] == 3, 1.0, wp)
         else:
@@ -667,7 +698,9 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     sm = smem_level_reads(w)
     dram_read = sm["q_bytes"] + st["dram"]
     extra = {"blocks": {"start_us": b_start, "end_us": b_end, "sm": b_slot % sms,
-                        "key_blocks": NK}} if record else {}
+                        "key_blocks": NK},
+             "reuse": {"mib": np.concatenate(hist_d) if hist_d else np.zeros(0),
+                       "bytes": np.concatenate(hist_b) if hist_b else np.zeros(0)}} if record else {}
     return {**extra, "dram_read_bytes": dram_read, "dram_write_bytes": sm["write_bytes"],
             "kv_miss_bytes": st["dram"], "kv_access_bytes": st["access"],
             "kv_cold_miss_bytes": st["cold"], "kv_reuse_miss_bytes": st["reuse"],

@@ -49,9 +49,11 @@ def test_head_major_l2_tag_lookups_match(rows):
 
 def test_dram_reads(rows):
     """DRAM reads: the recorded state of the dynamic L2 model (docs/validation.md lists the
-    misses: 30 of 34 within 15%, the earlier lock-step model 23); fails if it gets worse."""
+    misses: 29 of 34 within 15% with the measured readers rule -- 31 with the earlier L2-sides
+    rule, which the sides microbenchmark contradicts; the lock-step model 23); fails if it
+    gets worse."""
     s = summary(rows)
-    assert s["dram_read_within_15pct"] >= 30
+    assert s["dram_read_within_15pct"] >= 29
     assert s["dram_read_max_abs_err"] <= 0.31
     assert s["dram_read_within_15pct_lockstep"] == 23
     # the regime the lock-step model missed most: non-causal head-major, two blocks per SM

@@ -211,6 +211,209 @@ def scan(out_dir: str) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------------ L2 sides
+#: SM groups for the sides test: SM ids of one GPC each, as the block dispatch in the traces
+#: groups them (TPC pairs dealt round-robin over these ranges); the last three are the SMs the
+#: traces cannot place
+SIDE_GROUPS = ((0, 16), (16, 32), (32, 48), (48, 64), (64, 78), (78, 92), (92, 106),
+               (106, 120), (120, 124), (124, 128), (128, 132))
+SIDE_MIB = 30                # a shared line's cliff is over by 30 MiB; a one-side line's not
+SIDE_BLOCKS_PER_SM = 2
+
+
+def _sides_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def iosim_l2sides(X, OUT, ALLOW, n_tiles, passes, TILE: tl.constexpr):
+        pid = tl.program_id(0)
+        sm = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32,
+                                       is_pure=False, pack=1)
+        offs = tl.arange(0, TILE)
+        acc = tl.zeros([TILE], dtype=tl.float32)
+        if tl.load(ALLOW + sm) != 0:
+            for r in range(passes):
+                for t in range(0, n_tiles):
+                    acc += tl.load(X + t * TILE + offs).to(tl.float32)
+        tl.store(OUT + pid * TILE + offs, acc)
+    return iosim_l2sides
+
+
+def sides_configs() -> list[dict]:
+    """Each SM group alone, then each with group 0, then all SMs: which SM groups read a
+    buffer decides whether its lines are one-side lines (the private cliff) or both-side lines
+    (the shared cliff, over by 30 MiB)."""
+    out = [{"groups": [g]} for g in range(len(SIDE_GROUPS))]
+    out += [{"groups": [0, g]} for g in range(1, len(SIDE_GROUPS))]
+    out.append({"groups": list(range(len(SIDE_GROUPS)))})
+    return out
+
+
+def _sides_profile(plan_path: str) -> None:
+    """The script ncu runs: for each SM set, [marker, one launch]."""
+    import torch
+    from iosim.gpu.runner import _marker
+    plan = json.loads(Path(plan_path).read_text())
+    kern = _sides_kernel()
+    marker = _marker()
+    marker()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    cudart = torch.cuda.cudart()
+    big = torch.randn(SIDE_MIB * MIB // 2, device="cuda", dtype=torch.bfloat16)
+    grid = (sms * SIDE_BLOCKS_PER_SM,)
+    out = torch.empty(grid[0] * SCAN_TILE, device="cuda", dtype=torch.float32)
+    n_tiles = SIDE_MIB * MIB // 2 // SCAN_TILE
+    done = []
+    for i, c in enumerate(plan["configs"]):
+        allow = torch.zeros(sms + 64, device="cuda", dtype=torch.int32)
+        for g in c["groups"]:
+            lo, hi = SIDE_GROUPS[g]
+            allow[lo:hi] = 1
+        args = (big, out, allow, n_tiles, SCAN_PASSES)
+        kw = dict(TILE=SCAN_TILE, num_warps=8)
+        kern[grid](*args, **kw)
+        torch.cuda.synchronize()
+        cudart.cudaProfilerStart()
+        marker()
+        kern[grid](*args, **kw)
+        torch.cuda.synchronize()
+        cudart.cudaProfilerStop()
+        done.append(i)
+        print(f"sides {c['groups']}", flush=True)
+    Path(plan_path + ".done.json").write_text(json.dumps({"done": done}))
+
+
+def sides(out_dir: str) -> list[dict]:
+    """Run the sides test under ncu: the miss fraction of the re-read for each SM set."""
+    from iosim.gpu import ncu
+    from iosim.errors import IosimError
+    work = Path(out_dir) / "sides_work"
+    work.mkdir(parents=True, exist_ok=True)
+    configs = sides_configs()
+    plan = work / "plan.json"
+    plan.write_text(json.dumps({"configs": configs}))
+    log = work / "ncu.csv"
+    metrics = ["dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_read.sum",
+               "gpu__time_duration.sum"]
+    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(metrics),
+           "--csv", "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
+           "--log-file", str(log), sys.executable, "-m", "iosim.gpu.microbench", "sides-profile",
+           "--plan", str(plan)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    (work / "stdout.txt").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
+    if r.returncode != 0:
+        raise IosimError(f"ncu failed on the sides test: {(r.stderr or r.stdout)[-300:]}")
+    groups = ncu.group_by_marker(ncu.parse_csv(log.read_text()))
+    rows = []
+    w = SIDE_MIB * MIB
+    for c, g in zip(configs, groups):
+        s = ncu.summarize(g)
+        dram = s.get("dram_read_bytes") or 0.0
+        sm_ids = [f"{SIDE_GROUPS[k][0]}-{SIDE_GROUPS[k][1] - 1}" for k in c["groups"]]
+        rows.append({"groups": "+".join(str(k) for k in c["groups"]),
+                     "sms": " ".join(sm_ids), "mib": SIDE_MIB, "passes": SCAN_PASSES,
+                     "dram_read_bytes": dram, "l2_tex_read_bytes": s.get("l2_tex_read_bytes"),
+                     "time_ns": s.get("time_ns"),
+                     "miss_fraction": (dram - w) / ((SCAN_PASSES - 1) * w)})
+    return rows
+
+
+# ---------------------------------------------------------------------- readers per line
+#: the readers test: 132 blocks (one per SM); each line is read by READERS of them
+READERS = (1, 2, 4, 11, 33, 132)
+READERS_MIB = (24, 28, 32, 36, 40, 48)
+
+
+def _readers_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def iosim_l2readers(X, OUT, SMS, n_tiles, passes, NPROG, READERS, TILE: tl.constexpr):
+        pid = tl.program_id(0)
+        sm = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32,
+                                       is_pure=False, pack=1)
+        offs = tl.arange(0, TILE)
+        acc = tl.zeros([TILE], dtype=tl.float32)
+        first = pid // READERS
+        step = NPROG // READERS
+        for r in range(passes):
+            for t in range(first, n_tiles, step):
+                acc += tl.load(X + t * TILE + offs).to(tl.float32)
+        tl.store(OUT + pid * TILE + offs, acc)
+        tl.store(SMS + pid, sm)
+    return iosim_l2readers
+
+
+def readers_configs() -> list[dict]:
+    return [{"readers": k, "mib": m} for k in READERS for m in READERS_MIB]
+
+
+def _readers_profile(plan_path: str) -> None:
+    import torch
+    from iosim.gpu.runner import _marker
+    plan = json.loads(Path(plan_path).read_text())
+    kern = _readers_kernel()
+    marker = _marker()
+    marker()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    cudart = torch.cuda.cudart()
+    big = torch.randn(max(READERS_MIB) * MIB // 2, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(sms * SCAN_TILE, device="cuda", dtype=torch.float32)
+    sm_ids = torch.zeros(sms, device="cuda", dtype=torch.int32)
+    done = []
+    for i, c in enumerate(plan["configs"]):
+        n_tiles = c["mib"] * MIB // 2 // SCAN_TILE
+        args = (big, out, sm_ids, n_tiles, SCAN_PASSES, sms, c["readers"])
+        kw = dict(TILE=SCAN_TILE, num_warps=8)
+        kern[(sms,)](*args, **kw)
+        torch.cuda.synchronize()
+        cudart.cudaProfilerStart()
+        marker()
+        kern[(sms,)](*args, **kw)
+        torch.cuda.synchronize()
+        cudart.cudaProfilerStop()
+        done.append({"i": i, "distinct_sms": len(set(sm_ids.cpu().tolist()))})
+        print(f"readers {c}", flush=True)
+    Path(plan_path + ".done.json").write_text(json.dumps({"done": done}))
+
+
+def readers(out_dir: str) -> list[dict]:
+    """The cyclic scan with each line read by k of 132 blocks (one per SM): the re-read's miss
+    fraction vs the buffer size, for k = 1 (the 'private' scan) up to 132 (every SM)."""
+    from iosim.gpu import ncu
+    from iosim.errors import IosimError
+    work = Path(out_dir) / "readers_work"
+    work.mkdir(parents=True, exist_ok=True)
+    configs = readers_configs()
+    plan = work / "plan.json"
+    plan.write_text(json.dumps({"configs": configs}))
+    log = work / "ncu.csv"
+    metrics = ["dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_read.sum",
+               "gpu__time_duration.sum"]
+    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(metrics),
+           "--csv", "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
+           "--log-file", str(log), sys.executable, "-m", "iosim.gpu.microbench",
+           "readers-profile", "--plan", str(plan)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    (work / "stdout.txt").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
+    if r.returncode != 0:
+        raise IosimError(f"ncu failed on the readers test: {(r.stderr or r.stdout)[-300:]}")
+    groups = ncu.group_by_marker(ncu.parse_csv(log.read_text()))
+    done = json.loads((Path(str(plan) + ".done.json")).read_text())["done"]
+    rows = []
+    for c, g, d in zip(configs, groups, done):
+        s = ncu.summarize(g)
+        dram = s.get("dram_read_bytes") or 0.0
+        w = c["mib"] * MIB
+        rows.append({"readers": c["readers"], "mib": c["mib"], "passes": SCAN_PASSES,
+                     "distinct_sms": d["distinct_sms"], "dram_read_bytes": dram,
+                     "l2_tex_read_bytes": s.get("l2_tex_read_bytes"), "time_ns": s.get("time_ns"),
+                     "miss_fraction": (dram - w) / ((SCAN_PASSES - 1) * w)})
+    return rows
+
+
 # ------------------------------------------------------------------------------ traces
 TRACE_SHAPES = (  # (B, H, N, d, causal): none of them is a validated shape
     (2, 16, 8192, 64, False), (2, 16, 8192, 64, True),
@@ -380,14 +583,110 @@ def pace_stats(npz_path: str, *, waves: int = 16) -> list[dict]:
     return rows
 
 
+#: the fetch microbenchmark: heads (one 128-query block each, so one thread block per head and,
+#: up to 132, one per SM) x head dim; 8192 keys per head (128 key blocks)
+FETCH_HEADS = (1, 4, 16, 33, 66, 132, 264)
+FETCH_KEYS = 8192
+FETCH_WARM_HEADS = (1, 4)
+
+
+def fetch(out_dir: str, *, reps: int = 5, heads=FETCH_HEADS, keys: int = FETCH_KEYS) -> list[dict]:
+    """How fast a thread block goes through its key blocks when its K/V come from DRAM (cold:
+    the L2 was filled with other data first) and when they come from L2 (warm: the same launch
+    again, K/V of all heads fit), with ``H`` blocks missing at once. Each head has one query
+    block, so blocks never share K/V: every key block of a cold launch is a DRAM read. From
+    the traces (``%globaltimer``): time per key block; for large ``H`` the DRAM bandwidth the
+    kernel's misses actually get."""
+    import numpy as np
+    import torch
+    from cascades.triton import Tiling, generate
+    from iosim.gpu.validate import VALIDATION_TILING
+    flush = torch.ones(64 * MIB, device="cuda", dtype=torch.float32)     # 256 MiB
+    rows, arrays = [], {}
+    for d in (128, 64):
+        t = Tiling(grid_order="head-major", head_dim=d, dtype="bf16", trace=True,
+                   **VALIDATION_TILING)
+        mod = generate("attention-1pass", t).load()
+        for h in heads:
+            g = torch.Generator(device="cuda").manual_seed(11)
+            q = torch.randn(1, h, t.block_m, d, device="cuda", dtype=torch.bfloat16, generator=g)
+            k = torch.randn(1, h, keys, d, device="cuda", dtype=torch.bfloat16, generator=g)
+            v = torch.randn(1, h, keys, d, device="cuda", dtype=torch.bfloat16, generator=g)
+            o = torch.empty_like(q)
+            tr = torch.zeros(4 * h, device="cuda", dtype=torch.int64)
+            mod.forward(q, k, v, causal=False, out=o, trace=tr)   # compile and warm up
+            states = ("cold", "warm") if h in FETCH_WARM_HEADS else ("cold",)
+            for state in states:
+                for r in range(reps):
+                    float(flush.sum())                          # fills the L2 with other data
+                    if state == "warm":
+                        mod.forward(q, k, v, causal=False, out=o, trace=tr)
+                    torch.cuda.synchronize()
+                    mod.forward(q, k, v, causal=False, out=o, trace=tr)
+                    torch.cuda.synchronize()
+                    a = tr.view(-1, 4).cpu().numpy().copy()
+                    arrays[f"d{d}_h{h}_{state}_{r}"] = a
+                    dur = (a[:, 1] - a[:, 0]) / 1e3
+                    span = (a[:, 1].max() - a[:, 0].min()) / 1e3
+                    nk = keys // t.block_n
+                    rows.append({
+                        "head_dim": d, "heads": h, "keys": keys, "state": state, "rep": r,
+                        "blocks": int(a.shape[0]), "sms": int(len(np.unique(a[:, 2]))),
+                        "block_us_median": float(np.median(dur)), "block_us_max": float(dur.max()),
+                        "us_per_key_block": float(np.median(dur)) / nk,
+                        "span_us": float(span),
+                        "kv_gb_per_s": float(2 * h * keys * d * 2 / (span * 1e3)),
+                        "device": torch.cuda.get_device_name()})
+                    print(json.dumps(rows[-1]), flush=True)
+    np.savez_compressed(os.path.join(out_dir, "fetch.npz"), **arrays)
+    return rows
+
+
+def fetch_stats(rows) -> dict:
+    """Per head dim: time per key block from L2 (warm, median) and from DRAM with 1 block
+    missing alone; the DRAM bandwidth of the widest cold launches (K/V bytes / span)."""
+    import numpy as np
+    out = {}
+    for d in sorted({int(r["head_dim"]) for r in rows}):
+        sel = [r for r in rows if int(r["head_dim"]) == d]
+
+        def med(state, h, col="us_per_key_block"):
+            v = [float(r[col]) for r in sel if r["state"] == state and int(r["heads"]) == h]
+            return float(np.median(v)) if v else float("nan")
+        hs = sorted({int(r["heads"]) for r in sel})
+        out[d] = {"hit_us": med("warm", 1), "miss_alone_us": med("cold", 1),
+                  "miss_us": {h: med("cold", h) for h in hs},
+                  "cold_gb_per_s": {h: med("cold", h, "kv_gb_per_s") for h in hs}}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m iosim.gpu.microbench")
-    ap.add_argument("what", choices=["scan", "scan-profile", "trace", "hot", "hot-profile"])
+    ap.add_argument("what", choices=["scan", "scan-profile", "trace", "hot", "hot-profile", "fetch", "sides",
+                                     "sides-profile", "readers", "readers-profile"])
     ap.add_argument("--out", default=".")
     ap.add_argument("--plan", default=None)
     a = ap.parse_args(argv)
     if a.what == "scan-profile":
         _scan_profile(a.plan)
+    elif a.what == "sides-profile":
+        _sides_profile(a.plan)
+    elif a.what == "readers-profile":
+        _readers_profile(a.plan)
+    elif a.what == "readers":
+        from iosim.gpu.validate import write_csv
+        rows = readers(a.out)
+        write_csv(rows, os.path.join(a.out, "gpu_l2readers.csv"))
+        for r in rows:
+            print(f"{r['readers']:4d} readers/line {r['mib']:3d} MiB ({r['distinct_sms']} SMs): "
+                  f"miss fraction {r['miss_fraction']:.3f}")
+    elif a.what == "sides":
+        from iosim.gpu.validate import write_csv
+        rows = sides(a.out)
+        write_csv(rows, os.path.join(a.out, "gpu_l2sides.csv"))
+        for r in rows:
+            print(f"SMs {r['sms']:>40}: miss fraction of the re-read at {r['mib']} MiB "
+                  f"{r['miss_fraction']:.3f}")
     elif a.what == "hot-profile":
         _hotstream_profile(a.plan)
     elif a.what == "hot":
@@ -404,6 +703,13 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"{r['mode']:>8} {r['mib']:4d} MiB  DRAM {r['dram_read_bytes'] / MIB:9.1f} MiB"
                   f"  miss fraction of a re-read {r['miss_fraction']:.3f}")
+    elif a.what == "fetch":
+        from iosim.gpu.validate import write_csv
+        rows = fetch(a.out)
+        write_csv(rows, os.path.join(a.out, "gpu_fetch.csv"))
+        for d, st in fetch_stats(rows).items():
+            print(f"d={d}: key block from L2 {st['hit_us']:.3f} us, from DRAM alone "
+                  f"{st['miss_alone_us']:.3f} us; cold GB/s by heads {st['cold_gb_per_s']}")
     else:
         trace(a.out)
     return 0
