@@ -5,7 +5,8 @@
 The predictions (DRAM read bytes from iosim.l2model, L2->SM bytes from iosim.traffic) and the
 model's commit are written, and committed, before the device measures the launches
 (experiments/device/measure_unseen.py). Round 1 (gpu_unseen.csv) was registered with the model
-of commit c5901b4; round 2 with the model that adds block pace noise and L2-partition copies.
+of commit c5901b4; round 2 with the model that adds block pace noise and L2-partition copies;
+round 3 with the model whose K/V line cost depends on how many blocks read it (commit a1395ca).
 """
 from __future__ import annotations
 
@@ -35,6 +36,16 @@ ROUNDS = {
         (3, 16, 2048, 128, False, "head-major"),
         (1, 6, 65536, 64, False, "query-major"),
         (1, 16, 32768, 64, True, "query-major"),
+    ],
+    3: [
+        (1, 16, 12288, 64, True, "head-major"),
+        (1, 16, 24576, 128, True, "head-major"),
+        (2, 12, 8192, 64, False, "head-major"),
+        (1, 8, 49152, 128, True, "query-major"),
+        (4, 16, 2048, 64, True, "head-major"),
+        (1, 20, 16384, 128, False, "head-major"),
+        (1, 4, 98304, 128, False, "query-major"),
+        (1, 48, 4096, 128, True, "head-major"),
     ],
 }
 
