@@ -245,3 +245,35 @@ def test_speed_repeats_recorded():
         ratio = t["generated"] / t["sdpa-flash"]
         assert ratio >= (1.1 if causal == "True" else 1.35), (b, h, n, causal, rnd, ratio)
 
+
+
+def test_round3_unseen_shapes_measured_on_the_h100():
+    """Round 3 (docs/validation.md): predictions of the readers-rule model registered (commit
+    e96ef43) before the device run; measured on the H100: L2->SM bytes exact on all 8, DRAM
+    within 15% on 7 of 8 -- the miss is the regime the validated set also misses, d=64 causal
+    head-major with 16 heads (1x16x12Kx64: +62%, the model thrashes more than the GPU)."""
+    pre = read_csv(os.path.join(DATA, "gpu_unseen3.csv"))
+    assert len(pre) == 8 and all("H100" in r["device"] for r in pre)
+    err = {}
+    for r in pre:
+        assert float(r["pred_l2_read_bytes"]) == float(r["meas_l2_to_sm_read_bytes"]), r["shape"]
+        err[r["shape"]] = float(r["pred_dram_read_bytes"]) / float(r["meas_dram_read_bytes"]) - 1
+    assert sum(abs(e) <= 0.15 for e in err.values()) == 7
+    assert err["1x16x12288x64-causal"] > 0.5
+
+
+def test_ncu_repeats_of_the_validated_misses():
+    """The three validated launches the model misses, measured again three times in a later
+    session (experiments/data/gpu_ncu_repeats.csv): the counters repeat within 2% of their
+    mean (L2->SM bytes exactly), so the misses are not measurement noise; the recorded
+    16Kx64 value sits 7% above the repeats."""
+    rows = read_csv(os.path.join(DATA, "gpu_ncu_repeats.csv"))
+    assert len(rows) == 9 and all("H100" in r["device"] for r in rows)
+    by = {}
+    for r in rows:
+        by.setdefault(r["shape"], []).append(float(r["meas_dram_read_bytes"]))
+        assert len({float(x["meas_l2_to_sm_read_bytes"]) for x in rows
+                    if x["shape"] == r["shape"]}) == 1
+    for shape, v in by.items():
+        m = sum(v) / len(v)
+        assert max(abs(x / m - 1) for x in v) < 0.02, shape

@@ -229,3 +229,43 @@ def test_bad_workload_and_model():
         Workload(1, 1, 64, 64, 64, grid_order="diagonal")
     with pytest.raises(IosimError):
         predict_dram(Workload(1, 1, 64, 64, 64), model="magic")
+
+
+def _data(name):
+    import csv
+    from pathlib import Path
+    return list(csv.DictReader(open(Path(__file__).resolve().parent.parent / "experiments"
+                                    / "data" / name)))
+
+
+def test_fetch_microbenchmark_supports_bandwidth_only_dram():
+    """The model charges a miss only DRAM bandwidth (3.0 TB/s shared), no latency: in the
+    fetch microbenchmark (gpu_fetch.csv) a block whose K/V all come from DRAM takes within 2%
+    of the time per key block it takes when they come from L2, and 132-264 blocks missing
+    at once get 2.85-3.1 TB/s."""
+    import statistics
+    rows = _data("gpu_fetch.csv")
+    assert all("H100" in r["device"] for r in rows)
+    for d in (64, 128):
+        def med(state, h, col="us_per_key_block"):
+            return statistics.median(float(r[col]) for r in rows if r["state"] == state
+                                     and int(r["heads"]) == h and int(r["head_dim"]) == d)
+        for h in (1, 4):
+            assert abs(med("cold", h) / med("warm", h) - 1) < 0.02, (d, h)
+        assert 2850 < med("cold", 264, "kv_gb_per_s") < 3100
+    assert GpuL2().dram_bytes_per_us == pytest.approx(3.0e6)
+
+
+def test_sides_microbenchmark_contradicts_the_sides_rule():
+    """Lines read only by the SMs of one GPC (one L2 side, if sides were what mattered) miss
+    fully at 30 MiB, like lines read by every SM (gpu_l2sides.csv) -- the earlier rule
+    (kv_weight="sides") would keep them (0.73 x 30 MiB is below the cliff); the readers rule
+    (32 readers) puts them at the cliff's top."""
+    rows = _data("gpu_l2sides.csv")
+    gpc = [r for r in rows if "+" not in r["groups"] and " " not in r["sms"]
+           and int(r["sms"].split("-")[1]) - int(r["sms"].split("-")[0]) >= 13]
+    assert len(gpc) == 8
+    assert all(float(r["miss_fraction"]) > 0.99 for r in gpc)
+    g = GpuL2()
+    assert g.miss_fraction(30 * 2**20 * g.private_weight) < 0.01
+    assert g.miss_fraction(30 * 2**20 * g.reader_weight(32)) > 0.6
