@@ -9,8 +9,8 @@ cuDNN on each shape, recorded on the lent H100), joins the predictions for the s
 on the ``h100`` preset (iosim.gpu.compare: the dynamic L2 model, and the earlier lock-step
 model for comparison), and writes experiments/data/gpu_validation.csv and the figures
 figures/gpu_l2_pred_vs_meas.png, gpu_dram_pred_vs_meas.png, gpu_speed.png (from
-gpu_bench.csv) and gpu_l2_microbench.png (gpu_l2scan.csv, gpu_l2hot.csv, gpu_trace_fit.csv:
-the microbenchmarks the model's parameters come from).
+gpu_bench.csv) and gpu_l2_microbench.png (gpu_l2scan.csv, gpu_l2readers.csv, gpu_l2hot.csv,
+gpu_trace_fit.csv: the microbenchmarks the model's parameters come from).
 """
 from __future__ import annotations
 
@@ -154,14 +154,22 @@ def _microbench_figure(plt) -> str:
     for mode, col in (("shared", "tab:red"), ("private", "tab:blue")):
         sel = [r for r in scan if r["mode"] == mode]
         ax.plot([float(r["mib"]) for r in sel], [float(r["miss_fraction"]) for r in sel], "o-",
-                c=col, label=f"{mode}: each line read by "
-                             f"{'SMs on both sides' if mode == 'shared' else 'one SM'}")
+                c=col, label=f"{mode} (run 2): each line read by "
+                             f"{'all 32 blocks' if mode == 'shared' else 'one SM'}")
+    rd = read_csv(os.path.join(DATA, "gpu_l2readers.csv"))
+    ks = sorted({int(r["readers"]) for r in rd})
+    for i, k in enumerate(ks):
+        sel = sorted((float(r["mib"]), float(r["miss_fraction"])) for r in rd
+                     if int(r["readers"]) == k)
+        ax.plot(*zip(*sel), ".--", lw=0.8, c=plt.cm.viridis(i / max(1, len(ks) - 1)),
+                label=f"{k} of 132 SMs read each line (cost {gpu.reader_weight(k):.2f})")
     ax.axvline(gpu.effective_fraction * gpu.l2_bytes / 2**20, c="k", ls=":", lw=0.8)
     ax.text(25.4, 0.05, "LRU cliff of the\nlock-step model", fontsize=7)
     ax.set_xlabel("re-read distance W (MiB of other data between two reads)")
     ax.set_ylabel("miss fraction of the re-read")
-    ax.set_title("cyclic scan (ncu DRAM bytes)", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title("cyclic scan (ncu DRAM bytes): the fewer readers a line has,\n"
+                 "the more of the buffer survives", fontsize=9)
+    ax.legend(fontsize=6)
     hot = read_csv(os.path.join(DATA, "gpu_l2hot.csv"))
     ax = axs[1]
     S = np.array([float(r["stream_mib"]) for r in hot])

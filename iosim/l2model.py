@@ -76,8 +76,8 @@ SCAN_PRIVATE = ((0.0, 0.0), (28 / 50, 0.0045), (32 / 50, 0.061), (36 / 50, 0.431
 
 #: capacity a line costs (relative to a line read by all 132 SMs) by the number of thread
 #: blocks that read it: ratio of the half-miss points of the readers microbenchmark (cyclic
-#: re-read, each line read by k of 132 blocks, one per SM; experiments/data/gpu_l2readers.csv,
-#: iosim.gpu.microbench.reader_weights)
+#: re-read, each line read by k of 132 blocks, one per SM; experiments/data/gpu_l2readers.csv;
+#: tests/test_l2model.py recomputes them from it)
 READER_WEIGHTS = ((1, 0.722), (2, 0.734), (4, 0.744), (11, 0.791), (33, 0.948), (132, 1.0))
 
 #: see GpuL2.block_jitter
@@ -128,6 +128,10 @@ class GpuL2:
     scan_shared: tuple = SCAN_SHARED
     scan_private: tuple = SCAN_PRIVATE
     sm_rates: dict = field(default_factory=lambda: dict(SM_RATES), hash=False, compare=False)
+
+    def __post_init__(self):
+        if self.kv_weight not in ("readers", "sides", "shared"):
+            raise IosimError(f"kv_weight '{self.kv_weight}' is not readers, sides or shared")
 
     @property
     def capacity(self) -> float:
@@ -546,10 +550,9 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         key[sl] = k
         st["dram"] += nd.sum()
         if record:
-            # bytes re-read per reuse distance (MiB; inf: dropped), for diagnostics
-            rd = np.where(is_first & fin, dist / MIB, np.inf)
-            sel = is_first & (tk > 0)
-            hist_d.append(rd[sel])
+            # bytes re-read from chunks still held, by reuse distance (MiB), for diagnostics
+            sel = is_first & fin & (tk > 0)
+            hist_d.append(dist[sel] / MIB)
             hist_b.append((per_tile * np.minimum(tk, had))[sel])
         st["access"] += nbytes.sum()
         st["cold"] += cold.sum()

@@ -225,6 +225,8 @@ def test_lines_read_by_fewer_blocks_cost_less():
 
 
 def test_bad_workload_and_model():
+    with pytest.raises(IosimError, match="kv_weight"):
+        GpuL2(kv_weight="copies")
     with pytest.raises(IosimError):
         Workload(1, 1, 64, 64, 64, grid_order="diagonal")
     with pytest.raises(IosimError):

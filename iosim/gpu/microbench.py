@@ -3,6 +3,9 @@ and access patterns that are NOT the validated attention launches.
 
     python -m iosim.gpu.microbench scan  --out DIR    # L2 survival curve (under ncu)
     python -m iosim.gpu.microbench trace --out DIR    # thread-block schedules (globaltimer)
+    python -m iosim.gpu.microbench readers --out DIR  # L2 cost of a line by its readers (ncu)
+    python -m iosim.gpu.microbench sides --out DIR    # the same, read by one GPC's SMs (ncu)
+    python -m iosim.gpu.microbench fetch --out DIR    # key-block time from DRAM vs L2
 
 **scan** — how much of a cyclically re-read buffer of W bytes survives in L2. Thread blocks
 read a bf16 buffer ``passes`` times in the same order; ``shared``: 32 blocks each read every
