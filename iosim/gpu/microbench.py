@@ -9,11 +9,11 @@ and access patterns that are NOT the validated attention launches.
 
 **scan** — how much of a cyclically re-read buffer of W bytes survives in L2. Thread blocks
 read a bf16 buffer ``passes`` times in the same order; ``shared``: 32 blocks each read every
-tile (each line is read by SMs on both sides of the L2, as K and V are in an attention
-kernel), ``private``: 132 blocks, block b reads tiles b, b+132, ... (each line by one SM). Nsight
+tile (each line is read by many blocks, as K and V are in an attention kernel), ``private``:
+132 blocks, block b reads tiles b, b+132, ... (each line by one SM). Nsight
 Compute (caches flushed before the launch) counts DRAM reads; the miss fraction of a re-read
 is ``(DRAM - W) / ((passes - 1) W)``, a function of the reuse distance W. This is the L2's
-response to reuse distance: its effective capacity for data that both partitions hold, and
+response to reuse distance: its effective capacity for lines every block reads, and
 how sharp the capacity cliff is (all or nothing under LRU).
 
 **trace** — the generated attention kernel compiled with ``Tiling(trace=True)`` writes, for
@@ -37,7 +37,7 @@ SCAN_TILE = 4096            # bf16 elements per load (8 KiB)
 SCAN_SIZES_MIB = (8, 16, 20, 22, 24, 26, 28, 30, 32, 36, 40, 48, 64)
 SCAN_PRIVATE_MIB = (16, 24, 28, 32, 36, 40, 48, 64)
 SCAN_PASSES = 2
-SCAN_SHARED_BLOCKS = 32     # each reads the whole buffer; consecutive blocks land on both sides
+SCAN_SHARED_BLOCKS = 32     # each reads the whole buffer
 
 
 def _scan_kernel():
@@ -86,30 +86,78 @@ HOT_MIB = 16
 STREAM_MIB = (0, 4, 8, 12, 16, 20, 24, 32, 48)
 
 
-def _hotstream_profile(plan_path: str) -> None:
+# ------------------------------------------------------- running a test under Nsight Compute
+def _profile_session(plan_path: str):
+    """For the scripts ncu runs: the plan's configurations, and ``launch(kern, grid, *args,
+    **kw)`` that warms a launch up with the profiler off, then profiles [marker, the launch]."""
     import torch
     from iosim.gpu.runner import _marker
     plan = json.loads(Path(plan_path).read_text())
-    kern = _hotstream_kernel()
     marker = _marker()
     marker()
     cudart = torch.cuda.cudart()
-    big = torch.randn((HOT_MIB + max(STREAM_MIB)) * MIB // 2, device="cuda",
-                      dtype=torch.bfloat16)
-    out = torch.empty(SCAN_SHARED_BLOCKS * SCAN_TILE, device="cuda", dtype=torch.float32)
-    done = []
-    for i, c in enumerate(plan["configs"]):
-        args = (big, out, c["hot"] * MIB // 2 // SCAN_TILE, c["stream"] * MIB // 2 // SCAN_TILE,
-                SCAN_SHARED_BLOCKS)
-        kern[(SCAN_SHARED_BLOCKS,)](*args, TILE=SCAN_TILE, num_warps=8)
+
+    def launch(kern, grid, *args, **kw):
+        kern[grid](*args, **kw)
         torch.cuda.synchronize()
         cudart.cudaProfilerStart()
         marker()
-        kern[(SCAN_SHARED_BLOCKS,)](*args, TILE=SCAN_TILE, num_warps=8)
+        kern[grid](*args, **kw)
         torch.cuda.synchronize()
         cudart.cudaProfilerStop()
-        done.append(i)
+    return plan["configs"], launch
+
+
+def _end_session(plan_path: str, done: list) -> None:
     Path(plan_path + ".done.json").write_text(json.dumps({"done": done}))
+
+
+def _under_ncu(out_dir: str, name: str, what: str, configs: list[dict], metrics: list[str]):
+    """Run ``python -m iosim.gpu.microbench WHAT-profile`` on ``configs`` under ncu (caches
+    flushed before each profiled launch); per configuration the kernels after its marker,
+    and what the profile script recorded as done."""
+    from iosim.gpu import ncu
+    from iosim.errors import IosimError
+    work = Path(out_dir) / f"{what}_work"
+    work.mkdir(parents=True, exist_ok=True)
+    plan = work / "plan.json"
+    plan.write_text(json.dumps({"configs": configs}))
+    log = work / "ncu.csv"
+    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(metrics),
+           "--csv", "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
+           "--log-file", str(log), sys.executable, "-m", "iosim.gpu.microbench",
+           f"{what}-profile", "--plan", str(plan)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    (work / "stdout.txt").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
+    if r.returncode != 0:
+        raise IosimError(f"ncu failed on the {name}: {(r.stderr or r.stdout)[-300:]}")
+    groups = ncu.group_by_marker(ncu.parse_csv(log.read_text()))
+    done = json.loads(Path(str(plan) + ".done.json").read_text())["done"]
+    return groups, done
+
+
+def _reread_row(summary: dict, w: float) -> dict:
+    """DRAM bytes, L2 reads and time of a launch that reads ``w`` bytes SCAN_PASSES times,
+    and the miss fraction of the re-reads."""
+    dram = summary.get("dram_read_bytes") or 0.0
+    return {"passes": SCAN_PASSES, "dram_read_bytes": dram,
+            "l2_tex_read_bytes": summary.get("l2_tex_read_bytes"),
+            "time_ns": summary.get("time_ns"),
+            "miss_fraction": (dram - w) / ((SCAN_PASSES - 1) * w)}
+
+
+def _hotstream_profile(plan_path: str) -> None:
+    import torch
+    configs, launch = _profile_session(plan_path)
+    kern = _hotstream_kernel()
+    big = torch.randn((HOT_MIB + max(STREAM_MIB)) * MIB // 2, device="cuda",
+                      dtype=torch.bfloat16)
+    out = torch.empty(SCAN_SHARED_BLOCKS * SCAN_TILE, device="cuda", dtype=torch.float32)
+    for c in configs:
+        launch(kern, (SCAN_SHARED_BLOCKS,), big, out, c["hot"] * MIB // 2 // SCAN_TILE,
+               c["stream"] * MIB // 2 // SCAN_TILE, SCAN_SHARED_BLOCKS, TILE=SCAN_TILE,
+               num_warps=8)
+    _end_session(plan_path, list(range(len(configs))))
 
 
 def hotstream(out_dir: str) -> list[dict]:
@@ -117,22 +165,9 @@ def hotstream(out_dir: str) -> list[dict]:
     the hot set again: which fraction of the hot set survives the stream? Under LRU it
     survives while hot + stream fit; a policy that protects re-used lines keeps it longer."""
     from iosim.gpu import ncu
-    from iosim.errors import IosimError
-    work = Path(out_dir) / "hot_work"
-    work.mkdir(parents=True, exist_ok=True)
     configs = [{"hot": HOT_MIB, "stream": s} for s in STREAM_MIB]
-    plan = work / "plan.json"
-    plan.write_text(json.dumps({"configs": configs}))
-    log = work / "ncu.csv"
-    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics",
-           "dram__bytes_read.sum,gpu__time_duration.sum", "--csv", "--print-units", "base",
-           "--clock-control", "none", "--cache-control", "all", "--log-file", str(log),
-           sys.executable, "-m", "iosim.gpu.microbench", "hot-profile", "--plan", str(plan)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    (work / "stdout.txt").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
-    if r.returncode != 0:
-        raise IosimError(f"ncu failed on the hot/stream test: {(r.stderr or r.stdout)[-300:]}")
-    groups = ncu.group_by_marker(ncu.parse_csv(log.read_text()))
+    groups, _ = _under_ncu(out_dir, "hot/stream test", "hot", configs,
+                           ["dram__bytes_read.sum", "gpu__time_duration.sum"])
     rows = []
     for c, g in zip(configs, groups):
         dram = ncu.summarize(g).get("dram_read_bytes") or 0.0
@@ -140,7 +175,6 @@ def hotstream(out_dir: str) -> list[dict]:
         rows.append({"hot_mib": c["hot"], "stream_mib": c["stream"], "dram_read_bytes": dram,
                      "hot_reread_miss_fraction": (dram - hot - stream) / hot})
     return rows
-
 
 def scan_configs() -> list[dict]:
     out = [{"mode": "shared", "mib": m} for m in SCAN_SIZES_MIB]
@@ -151,68 +185,30 @@ def scan_configs() -> list[dict]:
 def _scan_profile(plan_path: str) -> None:
     """The script ncu runs: for each configuration, [marker, one scan launch]."""
     import torch
-    from iosim.gpu.runner import _marker
-    plan = json.loads(Path(plan_path).read_text())
+    configs, launch = _profile_session(plan_path)
     kern = _scan_kernel()
-    marker = _marker()
-    marker()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    cudart = torch.cuda.cudart()
-    big = torch.randn(max(c["mib"] for c in plan["configs"]) * MIB // 2, device="cuda",
+    big = torch.randn(max(c["mib"] for c in configs) * MIB // 2, device="cuda",
                       dtype=torch.bfloat16)
     out = torch.empty(sms * SCAN_TILE, device="cuda", dtype=torch.float32)
-    done = []
-    for i, c in enumerate(plan["configs"]):
-        n_tiles = c["mib"] * MIB // 2 // SCAN_TILE
+    for c in configs:
         private = c["mode"] == "private"
         grid = (sms if private else SCAN_SHARED_BLOCKS,)
-        args = (big, out, n_tiles, SCAN_PASSES, grid[0])
-        kw = dict(PRIVATE=private, TILE=SCAN_TILE, num_warps=8)
-        kern[grid](*args, **kw)
-        torch.cuda.synchronize()
-        cudart.cudaProfilerStart()
-        marker()
-        kern[grid](*args, **kw)
-        torch.cuda.synchronize()
-        cudart.cudaProfilerStop()
-        done.append(i)
+        launch(kern, grid, big, out, c["mib"] * MIB // 2 // SCAN_TILE, SCAN_PASSES, grid[0],
+               PRIVATE=private, TILE=SCAN_TILE, num_warps=8)
         print(f"scanned {c['mode']} {c['mib']} MiB", flush=True)
-    Path(plan_path + ".done.json").write_text(json.dumps({"done": done}))
+    _end_session(plan_path, list(range(len(configs))))
 
 
 def scan(out_dir: str) -> list[dict]:
     """Run the scan under ncu; rows with the measured DRAM reads and the miss fraction."""
     from iosim.gpu import ncu
-    from iosim.errors import IosimError
-    work = Path(out_dir) / "scan_work"
-    work.mkdir(parents=True, exist_ok=True)
     configs = scan_configs()
-    plan = work / "plan.json"
-    plan.write_text(json.dumps({"configs": configs}))
-    log = work / "ncu.csv"
-    metrics = ["dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_read.sum",
-               "lts__t_sectors_srcunit_tex_op_read_lookup_miss.sum", "gpu__time_duration.sum"]
-    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(metrics),
-           "--csv", "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
-           "--log-file", str(log), sys.executable, "-m", "iosim.gpu.microbench", "scan-profile",
-           "--plan", str(plan)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    (work / "stdout.txt").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
-    if r.returncode != 0:
-        raise IosimError(f"ncu failed on the scan: {(r.stderr or r.stdout)[-300:]}")
-    kernels = ncu.parse_csv(log.read_text())
-    groups = ncu.group_by_marker(kernels)
-    rows = []
-    for c, g in zip(configs, groups):
-        s = ncu.summarize(g)
-        w = c["mib"] * MIB
-        dram = s.get("dram_read_bytes") or 0.0
-        rows.append({"mode": c["mode"], "mib": c["mib"], "passes": SCAN_PASSES,
-                     "dram_read_bytes": dram, "l2_tex_read_bytes": s.get("l2_tex_read_bytes"),
-                     "time_ns": s.get("time_ns"),
-                     "miss_fraction": (dram - w) / ((SCAN_PASSES - 1) * w)})
-    return rows
-
+    groups, _ = _under_ncu(out_dir, "scan", "scan", configs, [
+        "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_read.sum",
+        "lts__t_sectors_srcunit_tex_op_read_lookup_miss.sum", "gpu__time_duration.sum"])
+    return [{"mode": c["mode"], "mib": c["mib"],
+             **_reread_row(ncu.summarize(g), c["mib"] * MIB)} for c, g in zip(configs, groups)]
 
 # ------------------------------------------------------------------------------ L2 sides
 #: SM groups for the sides test: SM ids of one GPC each, as the block dispatch in the traces
@@ -253,74 +249,43 @@ def sides_configs() -> list[dict]:
     return out
 
 
+#: metrics of the sides and readers tests
+REREAD_METRICS = ["dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_read.sum",
+                  "gpu__time_duration.sum"]
+
+
 def _sides_profile(plan_path: str) -> None:
     """The script ncu runs: for each SM set, [marker, one launch]."""
     import torch
-    from iosim.gpu.runner import _marker
-    plan = json.loads(Path(plan_path).read_text())
+    configs, launch = _profile_session(plan_path)
     kern = _sides_kernel()
-    marker = _marker()
-    marker()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    cudart = torch.cuda.cudart()
     big = torch.randn(SIDE_MIB * MIB // 2, device="cuda", dtype=torch.bfloat16)
     grid = (sms * SIDE_BLOCKS_PER_SM,)
     out = torch.empty(grid[0] * SCAN_TILE, device="cuda", dtype=torch.float32)
-    n_tiles = SIDE_MIB * MIB // 2 // SCAN_TILE
-    done = []
-    for i, c in enumerate(plan["configs"]):
+    for c in configs:
         allow = torch.zeros(sms + 64, device="cuda", dtype=torch.int32)
         for g in c["groups"]:
             lo, hi = SIDE_GROUPS[g]
             allow[lo:hi] = 1
-        args = (big, out, allow, n_tiles, SCAN_PASSES)
-        kw = dict(TILE=SCAN_TILE, num_warps=8)
-        kern[grid](*args, **kw)
-        torch.cuda.synchronize()
-        cudart.cudaProfilerStart()
-        marker()
-        kern[grid](*args, **kw)
-        torch.cuda.synchronize()
-        cudart.cudaProfilerStop()
-        done.append(i)
+        launch(kern, grid, big, out, allow, SIDE_MIB * MIB // 2 // SCAN_TILE, SCAN_PASSES,
+               TILE=SCAN_TILE, num_warps=8)
         print(f"sides {c['groups']}", flush=True)
-    Path(plan_path + ".done.json").write_text(json.dumps({"done": done}))
+    _end_session(plan_path, list(range(len(configs))))
 
 
 def sides(out_dir: str) -> list[dict]:
     """Run the sides test under ncu: the miss fraction of the re-read for each SM set."""
     from iosim.gpu import ncu
-    from iosim.errors import IosimError
-    work = Path(out_dir) / "sides_work"
-    work.mkdir(parents=True, exist_ok=True)
     configs = sides_configs()
-    plan = work / "plan.json"
-    plan.write_text(json.dumps({"configs": configs}))
-    log = work / "ncu.csv"
-    metrics = ["dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_read.sum",
-               "gpu__time_duration.sum"]
-    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(metrics),
-           "--csv", "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
-           "--log-file", str(log), sys.executable, "-m", "iosim.gpu.microbench", "sides-profile",
-           "--plan", str(plan)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    (work / "stdout.txt").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
-    if r.returncode != 0:
-        raise IosimError(f"ncu failed on the sides test: {(r.stderr or r.stdout)[-300:]}")
-    groups = ncu.group_by_marker(ncu.parse_csv(log.read_text()))
+    groups, _ = _under_ncu(out_dir, "sides test", "sides", configs, REREAD_METRICS)
     rows = []
-    w = SIDE_MIB * MIB
     for c, g in zip(configs, groups):
-        s = ncu.summarize(g)
-        dram = s.get("dram_read_bytes") or 0.0
         sm_ids = [f"{SIDE_GROUPS[k][0]}-{SIDE_GROUPS[k][1] - 1}" for k in c["groups"]]
         rows.append({"groups": "+".join(str(k) for k in c["groups"]),
-                     "sms": " ".join(sm_ids), "mib": SIDE_MIB, "passes": SCAN_PASSES,
-                     "dram_read_bytes": dram, "l2_tex_read_bytes": s.get("l2_tex_read_bytes"),
-                     "time_ns": s.get("time_ns"),
-                     "miss_fraction": (dram - w) / ((SCAN_PASSES - 1) * w)})
+                     "sms": " ".join(sm_ids), "mib": SIDE_MIB,
+                     **_reread_row(ncu.summarize(g), SIDE_MIB * MIB)})
     return rows
-
 
 # ---------------------------------------------------------------------- readers per line
 #: the readers test: 132 blocks (one per SM); each line is read by READERS of them
@@ -355,67 +320,33 @@ def readers_configs() -> list[dict]:
 
 def _readers_profile(plan_path: str) -> None:
     import torch
-    from iosim.gpu.runner import _marker
-    plan = json.loads(Path(plan_path).read_text())
+    configs, launch = _profile_session(plan_path)
     kern = _readers_kernel()
-    marker = _marker()
-    marker()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    cudart = torch.cuda.cudart()
     big = torch.randn(max(READERS_MIB) * MIB // 2, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(sms * SCAN_TILE, device="cuda", dtype=torch.float32)
     sm_ids = torch.zeros(sms, device="cuda", dtype=torch.int32)
     done = []
-    for i, c in enumerate(plan["configs"]):
-        n_tiles = c["mib"] * MIB // 2 // SCAN_TILE
-        args = (big, out, sm_ids, n_tiles, SCAN_PASSES, sms, c["readers"])
-        kw = dict(TILE=SCAN_TILE, num_warps=8)
-        kern[(sms,)](*args, **kw)
-        torch.cuda.synchronize()
-        cudart.cudaProfilerStart()
-        marker()
-        kern[(sms,)](*args, **kw)
-        torch.cuda.synchronize()
-        cudart.cudaProfilerStop()
+    for i, c in enumerate(configs):
+        launch(kern, (sms,), big, out, sm_ids, c["mib"] * MIB // 2 // SCAN_TILE, SCAN_PASSES,
+               sms, c["readers"], TILE=SCAN_TILE, num_warps=8)
         done.append({"i": i, "distinct_sms": len(set(sm_ids.cpu().tolist()))})
         print(f"readers {c}", flush=True)
-    Path(plan_path + ".done.json").write_text(json.dumps({"done": done}))
+    _end_session(plan_path, done)
 
 
 def readers(out_dir: str) -> list[dict]:
     """The cyclic scan with each line read by k of 132 blocks (one per SM): the re-read's miss
     fraction vs the buffer size, for k = 1 (the 'private' scan) up to 132 (every SM)."""
     from iosim.gpu import ncu
-    from iosim.errors import IosimError
-    work = Path(out_dir) / "readers_work"
-    work.mkdir(parents=True, exist_ok=True)
     configs = readers_configs()
-    plan = work / "plan.json"
-    plan.write_text(json.dumps({"configs": configs}))
-    log = work / "ncu.csv"
-    metrics = ["dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_read.sum",
-               "gpu__time_duration.sum"]
-    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(metrics),
-           "--csv", "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
-           "--log-file", str(log), sys.executable, "-m", "iosim.gpu.microbench",
-           "readers-profile", "--plan", str(plan)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    (work / "stdout.txt").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
-    if r.returncode != 0:
-        raise IosimError(f"ncu failed on the readers test: {(r.stderr or r.stdout)[-300:]}")
-    groups = ncu.group_by_marker(ncu.parse_csv(log.read_text()))
-    done = json.loads((Path(str(plan) + ".done.json")).read_text())["done"]
+    groups, done = _under_ncu(out_dir, "readers test", "readers", configs, REREAD_METRICS)
     rows = []
     for c, g, d in zip(configs, groups, done):
-        s = ncu.summarize(g)
-        dram = s.get("dram_read_bytes") or 0.0
-        w = c["mib"] * MIB
-        rows.append({"readers": c["readers"], "mib": c["mib"], "passes": SCAN_PASSES,
-                     "distinct_sms": d["distinct_sms"], "dram_read_bytes": dram,
-                     "l2_tex_read_bytes": s.get("l2_tex_read_bytes"), "time_ns": s.get("time_ns"),
-                     "miss_fraction": (dram - w) / ((SCAN_PASSES - 1) * w)})
+        row = _reread_row(ncu.summarize(g), c["mib"] * MIB)
+        rows.append({"readers": c["readers"], "mib": c["mib"], "passes": row.pop("passes"),
+                     "distinct_sms": d["distinct_sms"], **row})
     return rows
-
 
 # ------------------------------------------------------------------------------ traces
 TRACE_SHAPES = (  # (B, H, N, d, causal): none of them is a validated shape
