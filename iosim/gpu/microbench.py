@@ -6,6 +6,8 @@ and access patterns that are NOT the validated attention launches.
     python -m iosim.gpu.microbench readers --out DIR  # L2 cost of a line by its readers (ncu)
     python -m iosim.gpu.microbench sides --out DIR    # the same, read by one GPC's SMs (ncu)
     python -m iosim.gpu.microbench fetch --out DIR    # key-block time from DRAM vs L2
+    python -m iosim.gpu.microbench mix --out DIR      # two re-read distances at once (ncu)
+    python -m iosim.gpu.microbench traced --out DIR   # block schedule + counters, same run
 
 **scan** — how much of a cyclically re-read buffer of W bytes survives in L2. Thread blocks
 read a bf16 buffer ``passes`` times in the same order; ``shared``: 32 blocks each read every
@@ -97,14 +99,18 @@ def _profile_session(plan_path: str):
     marker()
     cudart = torch.cuda.cudart()
 
-    def launch(kern, grid, *args, **kw):
-        kern[grid](*args, **kw)
+    def profiled(fn):
+        fn()
         torch.cuda.synchronize()
         cudart.cudaProfilerStart()
         marker()
-        kern[grid](*args, **kw)
+        fn()
         torch.cuda.synchronize()
         cudart.cudaProfilerStop()
+
+    def launch(kern, grid, *args, **kw):
+        profiled(lambda: kern[grid](*args, **kw))
+    launch.profiled = profiled
     return plan["configs"], launch
 
 
@@ -346,6 +352,145 @@ def readers(out_dir: str) -> list[dict]:
         row = _reread_row(ncu.summarize(g), c["mib"] * MIB)
         rows.append({"readers": c["readers"], "mib": c["mib"], "passes": row.pop("passes"),
                      "distinct_sms": d["distinct_sms"], **row})
+    return rows
+
+# ------------------------------------------------------------------ mixed re-read distances
+#: the mix test: a hot buffer re-read every round and a cold one read a slice per round
+MIX_CONFIGS = tuple({"hot": a, "cold": c, "rounds": 8}
+                    for a in (8, 16) for c in (12, 16, 20, 24, 28, 32) if a + c <= 44)
+MIX_EPOCHS = 2
+
+
+def _mix_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def iosim_l2mix(X, OUT, hot_tiles, cold_tiles, rounds, epochs, NPROG, TILE: tl.constexpr):
+        """Each block reads its share (tiles pid, pid+NPROG, ...) of the hot buffer, then of
+        slice r of the cold buffer, for rounds r = 0..rounds-1; the whole, ``epochs`` times."""
+        pid = tl.program_id(0)
+        offs = tl.arange(0, TILE)
+        acc = tl.zeros([TILE], dtype=tl.float32)
+        per = cold_tiles // rounds
+        for e in range(epochs):
+            for r in range(rounds):
+                for t in range(pid, hot_tiles, NPROG):
+                    acc += tl.load(X + t * TILE + offs).to(tl.float32)
+                for t in range(pid, per, NPROG):
+                    acc += tl.load(X + (hot_tiles + r * per + t) * TILE + offs).to(tl.float32)
+        tl.store(OUT + pid * TILE + offs, acc)
+    return iosim_l2mix
+
+
+def _mix_profile(plan_path: str) -> None:
+    import torch
+    configs, launch = _profile_session(plan_path)
+    kern = _mix_kernel()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    big = torch.randn(max(c["hot"] + c["cold"] for c in configs) * MIB // 2, device="cuda",
+                      dtype=torch.bfloat16)
+    out = torch.empty(sms * SCAN_TILE, device="cuda", dtype=torch.float32)
+    for c in configs:
+        launch(kern, (sms,), big, out, c["hot"] * MIB // 2 // SCAN_TILE,
+               c["cold"] * MIB // 2 // SCAN_TILE, c["rounds"], MIX_EPOCHS, sms, TILE=SCAN_TILE,
+               num_warps=8)
+        print(f"mix {c}", flush=True)
+    _end_session(plan_path, list(range(len(configs))))
+
+
+def mix(out_dir: str) -> list[dict]:
+    """Two re-read distances in one launch (each line read by one SM): a hot buffer of A bytes
+    re-read every round (distance A + C/rounds) and a cold one of C bytes re-read once per
+    epoch (distance A + C). Under a per-line reuse-distance response the cold re-read misses
+    as a private scan of A + C does, and the hot one not at all; the miss fraction reported
+    is ``(DRAM - A - C) / C`` (the cold re-read's, if the hot lines all hit)."""
+    from iosim.gpu import ncu
+    configs = list(MIX_CONFIGS)
+    groups, _ = _under_ncu(out_dir, "mix test", "mix", configs, REREAD_METRICS)
+    rows = []
+    for c, g in zip(configs, groups):
+        s = ncu.summarize(g)
+        dram = s.get("dram_read_bytes") or 0.0
+        hot, cold = c["hot"] * MIB, c["cold"] * MIB
+        rows.append({"hot_mib": c["hot"], "cold_mib": c["cold"], "rounds": c["rounds"],
+                     "epochs": MIX_EPOCHS, "dram_read_bytes": dram,
+                     "l2_tex_read_bytes": s.get("l2_tex_read_bytes"), "time_ns": s.get("time_ns"),
+                     "cold_miss_fraction": (dram - hot - cold) / cold})
+    return rows
+
+# ------------------------------------------------------------------- traced launches, counted
+def _traced_launches():
+    """The validated launches (default shapes, both grid orders) and the pre-registered unseen
+    ones of rounds 1-3: (batch, heads, N, d, causal, grid order)."""
+    import csv
+    from iosim.gpu.shapes import default_shapes
+    out = [(s.batch, s.heads, s.seq, s.head_dim, s.causal, o)
+           for s in default_shapes() for o in ("query-major", "head-major")]
+    data = Path(__file__).resolve().parents[2] / "experiments" / "data"
+    for name in ("gpu_unseen.csv", "gpu_unseen2.csv", "gpu_unseen3.csv"):
+        if (data / name).exists():
+            for r in csv.DictReader(open(data / name)):
+                out.append((int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["head_dim"]),
+                            r["causal"] == "True", r["grid_order"]))
+    return out
+
+
+#: the traced-and-counted test's metrics (the validation's DRAM, L2->SM and time)
+TRACED_METRICS = ["dram__bytes_read.sum", "l1tex__m_xbar2l1tex_read_bytes.sum",
+                  "gpu__time_duration.sum"]
+
+
+def _traced_profile(plan_path: str) -> None:
+    """The script ncu runs: per configuration (shape, grid order), one profiled launch of the
+    traced kernel; its block trace (the profiled launch's) saved next to the plan."""
+    import numpy as np
+    import torch
+    from cascades.triton import Tiling, generate
+    from iosim.gpu.runner import make_inputs
+    from iosim.gpu.shapes import Shape
+    from iosim.gpu.validate import VALIDATION_TILING
+    configs, launch = _profile_session(plan_path)
+    arrays = {}
+    for c in configs:
+        shape = Shape(c["batch"], c["heads"], c["seq"], c["head_dim"], c["causal"])
+        torch.cuda.empty_cache()
+        q, k, v = make_inputs(shape, torch.bfloat16, seed=2)
+        o = torch.empty_like(q)
+        t = Tiling(grid_order=c["grid_order"], head_dim=shape.head_dim, dtype="bf16", trace=True,
+                   **VALIDATION_TILING)
+        mod = generate("attention-1pass", t).load()
+        nq = -(-shape.seq // t.block_m)
+        tr = torch.zeros(4 * shape.batch * shape.heads * nq, device="cuda", dtype=torch.int64)
+        launch.profiled(lambda: mod.forward(q, k, v, causal=shape.causal, out=o, trace=tr))
+        arrays[f"{shape.label()}_{c['grid_order']}"] = tr.view(-1, 4).cpu().numpy().copy()
+        print(f"traced {shape.label()} {c['grid_order']}", flush=True)
+        del q, k, v, o
+    np.savez_compressed(plan_path + ".trace.npz", **arrays)
+    _end_session(plan_path, list(arrays))
+
+
+def traced(out_dir: str, launches) -> list[dict]:
+    """The generated kernel (validation tiling, traced) under ncu: for each (batch, heads, N, d,
+    causal, grid order) the DRAM and L2->SM bytes, the time, and the per-block schedule of the
+    same launch (``traced.npz``: start ns, end ns, SM, key extent per block, in block-id
+    order). What :mod:`iosim.l2replay` replays."""
+    import shutil
+    from iosim.gpu import ncu
+    from iosim.gpu.shapes import Shape
+    configs = [{"batch": b, "heads": h, "seq": n, "head_dim": d, "causal": bool(c),
+                "grid_order": o} for (b, h, n, d, c, o) in launches]
+    groups, done = _under_ncu(out_dir, "traced test", "traced", configs, TRACED_METRICS)
+    shutil.copy(Path(out_dir) / "traced_work" / "plan.json.trace.npz",
+                Path(out_dir) / "traced.npz")
+    rows = []
+    for c, g in zip(configs, groups):
+        s = ncu.summarize(g)
+        lab = Shape(c["batch"], c["heads"], c["seq"], c["head_dim"], c["causal"]).label()
+        rows.append({"shape": lab, **c, "trace_key": f"{lab}_{c['grid_order']}",
+                     "dram_read_bytes": s.get("dram_read_bytes"),
+                     "l2_to_sm_read_bytes": s.get("l1_from_l2_read_bytes"),
+                     "time_ns": s.get("time_ns")})
     return rows
 
 # ------------------------------------------------------------------------------ traces
@@ -594,10 +739,16 @@ def fetch_stats(rows) -> dict:
     return out
 
 
+def _device_name():
+    import torch
+    return torch.cuda.get_device_name(0)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m iosim.gpu.microbench")
     ap.add_argument("what", choices=["scan", "scan-profile", "trace", "hot", "hot-profile", "fetch", "sides",
-                                     "sides-profile", "readers", "readers-profile"])
+                                     "sides-profile", "readers", "readers-profile", "mix",
+                                     "mix-profile", "traced", "traced-profile"])
     ap.add_argument("--out", default=".")
     ap.add_argument("--plan", default=None)
     a = ap.parse_args(argv)
@@ -607,6 +758,23 @@ def main(argv=None) -> int:
         _sides_profile(a.plan)
     elif a.what == "readers-profile":
         _readers_profile(a.plan)
+    elif a.what == "mix-profile":
+        _mix_profile(a.plan)
+    elif a.what == "traced-profile":
+        _traced_profile(a.plan)
+    elif a.what == "mix":
+        from iosim.gpu.validate import write_csv
+        rows = [{**r, "device": _device_name()} for r in mix(a.out)]
+        write_csv(rows, os.path.join(a.out, "gpu_l2mix.csv"))
+        for r in rows:
+            print(f"hot {r['hot_mib']} MiB + cold {r['cold_mib']} MiB: miss fraction of the cold "
+                  f"re-read {r['cold_miss_fraction']:.3f}")
+    elif a.what == "traced":
+        from iosim.gpu.validate import write_csv
+        rows = [{**r, "device": _device_name()} for r in traced(a.out, _traced_launches())]
+        write_csv(rows, os.path.join(a.out, "gpu_traced.csv"))
+        for r in rows:
+            print(f"{r['shape']} {r['grid_order']}: DRAM {r['dram_read_bytes'] / 1e9:.3f} GB")
     elif a.what == "readers":
         from iosim.gpu.validate import write_csv
         rows = readers(a.out)

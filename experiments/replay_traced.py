@@ -1,0 +1,106 @@
+"""Which half of the L2 model misses: the schedule or the cache response?
+
+    python experiments/replay_traced.py          # from the recorded traces (no GPU; ~3 min)
+
+Reads experiments/data/gpu_traced.csv and gpu_traced.npz (``python -m iosim.gpu.microbench
+traced``: the generated kernel, traced, under Nsight Compute; each launch's DRAM bytes and its
+per-block schedule from the same run), and for every launch computes
+  * ``replay_meas``: the cache response (:mod:`iosim.l2replay`) on the measured schedule,
+  * ``replay_model``: the same on the dynamic model's own schedule,
+  * ``model``: the dynamic model's prediction (its schedule and its DRAM waits together),
+each against the launch's counters. Writes experiments/data/gpu_replay.csv and
+figures/gpu_replay.png.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from iosim.gpu.validate import write_csv  # noqa: E402
+from iosim.l2model import GpuL2, Workload, _predict_dynamic  # noqa: E402
+from iosim.l2replay import replay_dram  # noqa: E402
+
+DATA = os.path.join(ROOT, "experiments", "data")
+FIG = os.path.join(ROOT, "figures")
+
+
+def workload(r) -> Workload:
+    return Workload(int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["seq"]),
+                    int(r["head_dim"]), causal=str(r["causal"]) == "True",
+                    grid_order=r["grid_order"])
+
+
+def one(r: dict) -> dict:
+    w = workload(r)
+    tr = np.load(os.path.join(DATA, "gpu_traced.npz"))[r["trace_key"]]
+    meas = float(r["dram_read_bytes"])
+    p = _predict_dynamic(w, GpuL2(), record=True)
+    blk = p["blocks"]
+    model_sched = np.c_[blk["start_us"] * 1e3, blk["end_us"] * 1e3, blk["sm"]]
+    out = {"launch": r["trace_key"], "meas_dram_read_bytes": meas,
+           "qkv_bytes": 3 * w.batch * w.heads * w.seq_q * w.head_dim * 2,
+           "replay_meas": replay_dram(w, tr)["dram_read_bytes"],
+           "replay_model": replay_dram(w, model_sched)["dram_read_bytes"],
+           "model": p["dram_read_bytes"]}
+    for k in ("replay_meas", "replay_model", "model"):
+        out[f"err_{k}"] = out[k] / meas - 1
+    return out
+
+
+def figure(df: pd.DataFrame, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    x = df["meas_dram_read_bytes"] / df["qkv_bytes"]
+    lo, hi = 0.5, 2 * x.max()
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    ax.fill_between([lo, hi], [lo * 0.85, hi * 0.85], [lo * 1.15, hi * 1.15], color="0.85")
+    ax.scatter(x, df["model"] / df["qkv_bytes"], s=22, marker="o", facecolors="none",
+               edgecolors="C3", label="dynamic model (its own schedule)")
+    ax.scatter(x, df["replay_meas"] / df["qkv_bytes"], s=14, marker="x", color="C0",
+               label="cache response on the measured schedule")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured DRAM reads / (Q+K+V)")
+    ax.set_ylabel("predicted DRAM reads / (Q+K+V)")
+    n_r = int((df["err_replay_meas"].abs() <= 0.15).sum())
+    n_m = int((df["err_model"].abs() <= 0.15).sum())
+    ax.set_title(f"{len(df)} traced launches (H100): within 15% — replay {n_r}, model {n_m}",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main() -> int:
+    rows = pd.read_csv(os.path.join(DATA, "gpu_traced.csv")).to_dict("records")
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        def tqdm(x, **_):
+            return x
+    with ProcessPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as ex:
+        res = list(tqdm(ex.map(one, rows), total=len(rows), desc="replay"))
+    df = pd.DataFrame(res)
+    write_csv(res, os.path.join(DATA, "gpu_replay.csv"))
+    figure(df, os.path.join(FIG, "gpu_replay.png"))
+    for _, r in df.iterrows():
+        print(f"{r['launch']:42s} DRAM/(Q+K+V) {r['meas_dram_read_bytes'] / r['qkv_bytes']:7.1f}"
+              f"  replay {100 * r['err_replay_meas']:+6.1f}%  model-schedule replay "
+              f"{100 * r['err_replay_model']:+6.1f}%  model {100 * r['err_model']:+6.1f}%")
+    for k in ("replay_meas", "replay_model", "model"):
+        print(f"{k}: within 15% on {int((df[f'err_{k}'].abs() <= 0.15).sum())} of {len(df)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Replay a measured thread-block schedule through the L2 model's cache response.
+
+:func:`iosim.l2model.predict_dram` simulates two things at once: *when* each thread block
+reads each key/value tile (dispatch, SM sharing, DRAM waits, convoys) and *whether* the L2
+still holds the tile then (reuse distance -> miss probability, measured by microbenchmarks).
+When it misses a launch, the question is which half is wrong. A traced launch
+(``python -m iosim.gpu.microbench traced``) records every block's start and end time and SM
+in the same Nsight Compute run that counts its DRAM bytes; :func:`replay_dram` takes that
+schedule as given — a block reads its key blocks evenly between its start and its end, Q at
+its start, O at its end — and runs only the cache half on it. If the replay matches the
+counters where the model does not, the schedule is what the model gets wrong there; if the
+replay misses too, the cache response is.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from iosim.errors import IosimError
+from iosim.l2model import GpuL2, Workload, _blocks, _Touches, smem_level_reads
+
+
+def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: int = 32,
+                chunk: int | None = None, per_block: bool = False) -> dict:
+    """Expected DRAM read bytes of ``w`` when its blocks run as ``trace`` says.
+
+    ``trace``: one row per thread block in block-id order (the order of
+    :func:`iosim.l2model._blocks`): start and end time (any unit), SM id, ... (the layout of
+    ``Tiling(trace=True)``). Reads are processed in time order, ``batch`` at a time (a chunk
+    read twice within a batch is fetched once; the others' reuse distances count the batch's
+    earlier touches, so the batch only groups work, it does not blur the order).
+    ``per_block``: also return each block's expected K/V miss bytes (``"block_miss_bytes"``)."""
+    trace = np.asarray(trace, dtype=np.float64)
+    if trace.ndim != 2 or trace.shape[1] < 2:
+        raise IosimError("a trace needs one row (start, end, ...) per thread block")
+    H, QB, NK = _blocks(w)
+    nb = len(H)
+    if trace.shape[0] != nb:
+        raise IosimError(f"the trace has {trace.shape[0]} thread blocks, the launch has {nb}")
+    eb = w.elem_bytes
+    kvh = w.kv_heads or w.heads
+    group = w.heads // kvh
+    KVH = (H // w.heads) * kvh + (H % w.heads) // group
+    tile_bytes = 2 * w.block_n * w.head_dim * eb
+    # chunks of g key blocks, fine against the reuse horizon (1/640 of it: 48 KiB at 30 MiB)
+    g = chunk or max(1, int(gpu.horizon_bytes / 640 // tile_bytes))
+    n_ch = -(-w.n_kv_blocks // g)
+    key_bytes = 2 * w.head_dim * eb
+    chunk_keys = np.full(n_ch, g * w.block_n, dtype=float)
+    chunk_keys[-1] = w.seq_k - (n_ch - 1) * g * w.block_n
+    s0, e0 = trace[:, 0] - trace[:, 0].min(), trace[:, 1] - trace[:, 0].min()
+    dur = np.maximum(e0 - s0, 1e-9)
+    # K/V events: block b reads chunk c when it starts its first key block of the chunk
+    NCH = -(-NK // g)
+    b_ev = np.repeat(np.arange(nb), NCH)
+    c_ev = np.arange(len(b_ev)) - np.repeat(np.cumsum(NCH) - NCH, NCH)
+    t_ev = s0[b_ev] + dur[b_ev] * (c_ev * g) / np.maximum(NK[b_ev], 1)
+    tiles = np.minimum(g, NK[b_ev] - c_ev * g).astype(float)
+    per_tile = chunk_keys[c_ev] / np.minimum(g, w.n_kv_blocks - c_ev * g) * key_bytes
+    k_ev = KVH[b_ev] * n_ch + c_ev
+    # Q at the start, O at the end (key -1: no chunk)
+    q_tile = w.block_m * w.head_dim * eb
+    t_all = np.concatenate([t_ev, s0, e0])
+    k_all = np.concatenate([k_ev, np.full(2 * nb, -1)])
+    tl_all = np.concatenate([tiles, np.zeros(2 * nb)])
+    pt_all = np.concatenate([per_tile, np.zeros(2 * nb)])
+    kind = np.concatenate([np.zeros(len(t_ev)), np.ones(nb), np.full(nb, 2.0)])
+    order = np.lexsort((kind, t_all))
+    t_all, k_all, tl_all, pt_all = t_all[order], k_all[order], tl_all[order], pt_all[order]
+    b_all = np.concatenate([b_ev, np.arange(nb), np.arange(nb)])[order]
+    block_miss = np.zeros(nb)
+    scale = g * tile_bytes
+    wp = gpu.private_weight
+    curve = tuple(zip(*gpu.scan_shared))
+    n_keys = w.batch * kvh * n_ch
+    kseq = np.full(n_keys, -1)
+    extent = np.zeros(n_keys)
+    nread = np.zeros(n_keys)
+    log = _Touches(len(t_all) + 8, gpu.horizon_bytes / scale)
+    dram = 0.0
+    wq = wp * q_tile / scale
+    for lo in range(0, len(t_all), batch):
+        hi = min(lo + batch, len(t_all))
+        k = k_all[lo:hi]
+        kv = k >= 0
+        # the first touch in the batch of each chunk (every Q/O touch is its own line)
+        ids = np.where(kv, k, -1 - np.arange(hi - lo))
+        _, pos, inv = np.unique(ids, return_index=True, return_inverse=True)
+        pos_kv = pos[kv[pos]]
+        ukv = k[pos_kv]
+        tmax = np.zeros(hi - lo)
+        np.maximum.at(tmax, pos[inv], tl_all[lo:hi])
+        tmax = tmax[pos_kv]
+        # what the batch's earlier first touches add to a chunk's reuse distance: each line
+        # touched earlier in the batch that the log does not already count after the chunk's
+        # last touch (new lines, Q/O, or lines last touched before it) -- the exact order
+        sp = np.sort(pos)
+        kfirst = np.where(kv[sp], k[sp], -1)
+        prev = np.where(kfirst >= 0, kseq[np.maximum(kfirst, 0)], -1)
+        held = np.isfinite(log.distances(prev)) & (prev >= 0)
+        prev = np.where(held, prev, -1)
+        w_est = np.where(kfirst >= 0, gpu.reader_weight(nread[np.maximum(kfirst, 0)] + 1)
+                         if gpu.kv_weight == "readers" else 1.0, wq)
+        earlier = np.tri(len(sp), k=-1, dtype=bool).T            # [q, p]: q before p
+        counts = earlier & (prev[:, None] < prev[None, :])
+        before = dict(zip(sp.tolist(), (w_est @ counts).tolist()))
+        old = kseq[ukv]
+        d = (log.distances(old) + np.array([before[q] for q in pos_kv.tolist()])) * scale
+        fin = np.isfinite(d)
+        m = np.where(fin, np.interp(np.where(fin, d, 0.0) / gpu.l2_bytes, *curve), 1.0)
+        had = np.where(fin, extent[ukv], 0.0)
+        ptu = pt_all[lo:hi][pos_kv]
+        miss = m * ptu * np.minimum(tmax, had) + ptu * np.maximum(0.0, tmax - had)
+        dram += float(miss.sum())
+        if per_block:
+            np.add.at(block_miss, b_all[lo:hi][pos_kv], miss)
+        extent[ukv[~fin]] = 0.0
+        nread[ukv[~fin]] = 0.0
+        extent[ukv] = np.maximum(extent[ukv], tmax)
+        log.drop(old[old >= 0])
+        np.add.at(nread, k[kv], 1.0)
+        # the touches enter the recency log in batch order, a chunk read twice at its last read
+        last = (hi - lo - 1) - np.unique(ids[::-1], return_index=True)[1]
+        order_last = np.sort(last)
+        wts = np.full(len(order_last), wq)
+        is_kv = kv[order_last]
+        chunks = k[order_last[is_kv]]
+        wts[is_kv] = (gpu.reader_weight(nread[chunks]) if gpu.kv_weight == "readers"
+                      else 1.0)
+        seqs = log.add(wts)
+        kseq[chunks] = seqs[is_kv]
+        log.evict()
+        log.compact(kseq)
+    sm = smem_level_reads(w)
+    out = {"dram_read_bytes": sm["q_bytes"] + dram, "kv_miss_bytes": dram,
+           "q_bytes": sm["q_bytes"], "chunk_key_blocks": g}
+    if per_block:
+        out["block_miss_bytes"] = block_miss
+    return out

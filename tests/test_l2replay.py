@@ -1,0 +1,176 @@
+"""Replaying measured thread-block schedules through the L2 cache response
+(iosim.l2replay), the traced-and-counted launches and the mixed re-read microbenchmark."""
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from iosim.errors import IosimError
+from iosim.l2model import GpuL2, Workload, _predict_dynamic
+from iosim.l2replay import replay_dram
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
+MIB = 2 ** 20
+#: hand-derivable: every K/V line costs a full line; no misses up to 24 MiB, all from 30 MiB
+SHARED = GpuL2(kv_weight="shared", scan_shared=((0.0, 0.0), (24 / 50, 0.0), (30 / 50, 1.0)))
+
+
+def _csv(name):
+    with open(os.path.join(DATA, name), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _one_at_a_time(w):
+    """Blocks run one after another in block-id order, 1 time unit each."""
+    n = w.batch * w.heads * w.n_q_blocks
+    return np.c_[np.arange(n), np.arange(n) + 1.0]
+
+
+def test_sequential_blocks_whose_head_fits_read_kv_once():
+    # 2 heads x 16K keys x d=128: one head's K+V is 8 MiB, far below the 24 MiB where the
+    # measured response starts to miss, so each head's K/V comes from DRAM once
+    w = Workload(1, 2, 16384, 16384, 128, grid_order="query-major")
+    q = 2 * 16384 * 128 * 2
+    got = replay_dram(w, _one_at_a_time(w), SHARED)["dram_read_bytes"]
+    assert got == pytest.approx(q + 2 * q, rel=1e-9)          # Q + K + V
+
+
+def test_sequential_blocks_whose_head_overflows_reread_everything():
+    # 1 head x 64K keys x d=128: K+V is 32 MiB; block i re-reads key block j after the other
+    # 32 MiB - 1 chunk of that head (>= 30 MiB: the response misses fully), so every one of
+    # the 512 query blocks fetches all of K and V (chunks of 6 key blocks: 192 KiB)
+    w = Workload(1, 1, 65536, 65536, 128, grid_order="query-major")
+    kv = 2 * 65536 * 128 * 2
+    q = kv // 2
+    got = replay_dram(w, _one_at_a_time(w), SHARED, chunk=6)["dram_read_bytes"]
+    assert got == pytest.approx(q + 512 * kv, rel=1e-6)
+
+
+def test_blocks_of_a_head_running_together_share_each_fetch():
+    # the same 32 MiB head, but all 512 query blocks start and end together: every key block
+    # is read by all of them at once, so it is fetched once
+    w = Workload(1, 1, 65536, 65536, 128, grid_order="query-major")
+    kv = 2 * 65536 * 128 * 2
+    tr = np.c_[np.zeros(512), np.ones(512)]
+    got = replay_dram(w, tr, SHARED, batch=64)["dram_read_bytes"]
+    assert got == pytest.approx(kv // 2 + kv, rel=1e-6)
+
+
+def test_causal_blocks_read_only_up_to_the_diagonal():
+    # one head, causal, blocks one at a time, K/V fit: DRAM = Q + K + V still, and the per-block
+    # misses fall on the block that first reaches a key block (block i reaches 2 new ones)
+    w = Workload(1, 1, 4096, 4096, 64, causal=True, grid_order="query-major")
+    r = replay_dram(w, _one_at_a_time(w), SHARED, chunk=1, per_block=True)
+    kv_block = 2 * 64 * 64 * 2
+    assert r["dram_read_bytes"] == pytest.approx(3 * 4096 * 64 * 2, rel=1e-9)
+    assert np.allclose(r["block_miss_bytes"], 2 * kv_block)
+
+
+def test_bad_trace():
+    w = Workload(1, 2, 1024, 1024, 64)
+    with pytest.raises(IosimError, match="the launch has 16"):
+        replay_dram(w, np.zeros((5, 4)), SHARED)
+    with pytest.raises(IosimError, match="one row"):
+        replay_dram(w, np.zeros(16), SHARED)
+
+
+# ---------------------------------------------------------------- the recorded traced launches
+def _traced():
+    z = np.load(os.path.join(DATA, "gpu_traced.npz"))
+    for r in _csv("gpu_traced.csv"):
+        w = Workload(int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["seq"]),
+                     int(r["head_dim"]), causal=r["causal"] == "True",
+                     grid_order=r["grid_order"])
+        yield r, w, z[r["trace_key"]]
+
+
+def test_traced_launches_cover_validation_and_unseen_rounds():
+    rows = _csv("gpu_traced.csv")
+    assert len(rows) == 56 and all(r["device"].startswith("NVIDIA H100") for r in rows)
+    z = np.load(os.path.join(DATA, "gpu_traced.npz"))
+    for r, w, tr in _traced():
+        assert tr.shape == (w.batch * w.heads * w.n_q_blocks, 4)
+        assert (tr[:, 1] > tr[:, 0]).all()                        # end after start
+        assert set(np.unique(tr[:, 2])) <= set(range(132))         # SM ids of the H100
+    assert len(z.files) == 56
+
+
+def test_traced_l2_to_sm_bytes_match_the_tile_model():
+    from iosim.l2model import smem_level_reads
+    for r, w, _ in _traced():
+        assert float(r["l2_to_sm_read_bytes"]) == pytest.approx(
+            smem_level_reads(w)["read_bytes"], rel=0.05)
+
+
+def test_cache_response_on_measured_schedules():
+    """The measured response (scan + readers) on the measured schedule reproduces the counters
+    of the same run within 10% on every causal head-major launch that reads 10x Q+K+V or more
+    (the thrash regime; recomputed here for those under 2^19 query rows x heads, the rest in
+    the recorded table), and within 15% on at least 50 of all 56 launches (the recorded table,
+    which test_recorded_replay_table_is_reproduced checks against the code)."""
+    thrash = []
+    for r, w, tr in _traced():
+        meas = float(r["dram_read_bytes"])
+        qkv = 3 * w.batch * w.heads * w.seq_q * w.head_dim * 2
+        if (w.causal and w.grid_order == "head-major" and meas >= 10 * qkv
+                and w.batch * w.heads * w.seq_q < 2 ** 19):
+            thrash.append((r["trace_key"], replay_dram(w, tr)["dram_read_bytes"] / meas - 1))
+    assert len(thrash) >= 6
+    assert all(abs(e) <= 0.10 for _, e in thrash), thrash
+    rec = _csv("gpu_replay.csv")
+    assert len(rec) == 56
+    assert sum(abs(float(r["err_replay_meas"])) <= 0.15 for r in rec) >= 50
+    big = [r for r in rec if float(r["meas_dram_read_bytes"]) >= 10 * float(r["qkv_bytes"])
+           and "causal_head" in r["launch"]]
+    assert len(big) >= 9 and all(abs(float(r["err_replay_meas"])) <= 0.10 for r in big)
+
+
+@pytest.mark.parametrize("key", ["1x16x16384x64-causal_head-major",
+                                 "1x16x16384x128-causal_head-major"])
+def test_model_schedule_is_what_misses_causal_head_major(key):
+    """The same response on the dynamic model's own schedule reads at least 10 points more
+    than on the measured one: in this regime the model's schedule, not the cache, is off."""
+    r, w, tr = next(x for x in _traced() if x[0]["trace_key"] == key)
+    meas = float(r["dram_read_bytes"])
+    blk = _predict_dynamic(w, GpuL2(), record=True)["blocks"]
+    mine = np.c_[blk["start_us"], blk["end_us"]]
+    on_model = replay_dram(w, mine)["dram_read_bytes"] / meas - 1
+    on_meas = replay_dram(w, tr)["dram_read_bytes"] / meas - 1
+    assert abs(on_meas) < 0.10
+    assert on_model > on_meas + 0.10
+
+
+def test_recorded_replay_table_is_reproduced():
+    rec = {r["launch"]: r for r in _csv("gpu_replay.csv")}
+    assert len(rec) == 56
+    small = [x for x in _traced() if x[1].batch * x[1].heads * x[1].seq_q <= 2 ** 18]
+    assert len(small) >= 20
+    for r, w, tr in small[::3]:
+        got = replay_dram(w, tr)["dram_read_bytes"]
+        assert float(rec[r["trace_key"]]["replay_meas"]) == pytest.approx(got, rel=1e-9)
+
+
+# ------------------------------------------------------------- mixed re-read distances
+def _private_scan_miss(mib):
+    pts = sorted((float(r["mib"]), float(r["miss_fraction"])) for r in _csv("gpu_l2scan.csv")
+                 if r["mode"] == "private")
+    return float(np.interp(mib, *zip(*pts)))
+
+
+def test_mix_keeps_more_than_a_scan_of_the_same_footprint():
+    """A cold buffer re-read once, with a hot one re-read every round in between, misses far
+    less than a cyclic scan of hot + cold bytes (which its per-line reuse distance equals):
+    recorded, not (yet) in the model."""
+    rows = _csv("gpu_l2mix.csv")
+    assert len(rows) >= 10 and all(r["device"].startswith("NVIDIA H100") for r in rows)
+    checked = 0
+    for r in rows:
+        foot = float(r["hot_mib"]) + float(r["cold_mib"])
+        scan = _private_scan_miss(foot)
+        got = float(r["cold_miss_fraction"])
+        assert got <= scan + 0.02                       # never more than the scan
+        if scan >= 0.4:
+            assert got <= scan - 0.3
+            checked += 1
+    assert checked >= 3
