@@ -174,3 +174,45 @@ def test_mix_keeps_more_than_a_scan_of_the_same_footprint():
             assert got <= scan - 0.3
             checked += 1
     assert checked >= 3
+
+
+# ------------------------------------------------------- traced vs plain kernel, run to run
+def _tvp():
+    out = {}
+    for r in _csv("gpu_trace_vs_plain.csv"):
+        out.setdefault((r["launch"], r["variant"]), []).append(float(r["dram_read_bytes"]))
+    return out
+
+
+def test_tracing_moves_d64_noncausal_head_major_launches():
+    """Three rounds of (traced, plain) in one session: on the three d=64 non-causal
+    head-major launches the traced kernel reads 15% more DRAM than the plain one in every
+    round; on the causal head-major ones the two agree within their run-to-run spread."""
+    d = _tvp()
+    assert all(r["device"].startswith("NVIDIA H100") for r in _csv("gpu_trace_vs_plain.csv"))
+    for launch in ("2x12x8192x64_head-major", "16x8x2048x64_head-major",
+                   "4x16x4096x64_head-major"):
+        assert min(d[(launch, "traced")]) > 1.15 * max(d[(launch, "plain")])
+    for launch in ("1x16x16384x64-causal_head-major", "1x16x16384x128-causal_head-major"):
+        t, p = d[(launch, "traced")], d[(launch, "plain")]
+        spread = max(max(t), max(p)) - min(min(t), min(p))
+        assert abs(np.mean(t) - np.mean(p)) < spread
+
+
+def test_plain_counters_vary_run_to_run_at_the_cliff():
+    """The same plain launch, three ncu runs in one session: 16K x 128 causal head-major
+    spans 15% of its mean; a launch off the cliff (2x12x8Kx64 head-major) under 1%. The
+    recorded validation counter of 4x16x4Kx64 head-major lies within this session's runs
+    (+-1%)."""
+    d = _tvp()
+
+    def spread(x):
+        return (max(x) - min(x)) / np.mean(x)
+    assert spread(d[("1x16x16384x128-causal_head-major", "plain")]) > 0.10
+    assert spread(d[("2x12x8192x64_head-major", "plain")]) < 0.01
+    rec = next(r for r in _csv("gpu_validation.csv")
+               if r["impl"] == "generated" and r["cascade"] == "attention-1pass"
+               and r["batch"] == "4" and r["seq"] == "4096" and r["head_dim"] == "64"
+               and r["causal"] == "False" and r["grid_order"] == "head-major")
+    runs = d[("4x16x4096x64_head-major", "plain")]
+    assert min(runs) * 0.99 <= float(rec["dram_read_bytes"]) <= max(runs) * 1.01
