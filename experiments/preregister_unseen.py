@@ -6,7 +6,9 @@ The predictions (DRAM read bytes from iosim.l2model, L2->SM bytes from iosim.tra
 model's commit are written, and committed, before the device measures the launches
 (experiments/device/measure_unseen.py). Round 1 (gpu_unseen.csv) was registered with the model
 of commit c5901b4; round 2 with the model that adds block pace noise and L2-partition copies;
-round 3 with the model whose K/V line cost depends on how many blocks read it (commit a1395ca).
+round 3 with the model whose K/V line cost depends on how many blocks read it (commit a1395ca);
+round 4 with the model that adds the two-block pace noise and the causal share (d=64 only:
+mostly d=64 launches, one d=128 control).
 """
 from __future__ import annotations
 
@@ -46,6 +48,16 @@ ROUNDS = {
         (1, 20, 16384, 128, False, "head-major"),
         (1, 4, 98304, 128, False, "query-major"),
         (1, 48, 4096, 128, True, "head-major"),
+    ],
+    4: [
+        (1, 16, 20480, 64, True, "head-major"),
+        (1, 24, 12288, 64, True, "head-major"),
+        (1, 12, 32768, 64, True, "head-major"),
+        (1, 16, 8192, 64, True, "head-major"),
+        (3, 16, 4096, 64, False, "head-major"),
+        (1, 12, 49152, 64, False, "query-major"),
+        (2, 16, 6144, 64, False, "head-major"),
+        (1, 8, 40960, 128, True, "head-major"),
     ],
 }
 

@@ -15,7 +15,8 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
 * **progress rates** — a block goes through its key/value tiles at the SM's compute rate
   (measured per tile from ``%globaltimer`` traces of the kernel). Blocks that share an SM
   do *not* share it evenly: the older block runs about 1.3x faster than the younger one
-  (measured share 0.56). So, with two blocks per SM, the two slots of every SM drift to half
+  (measured share 0.57; 0.53 in causal launches). So, with two blocks per SM, the two slots
+  of every SM drift to half
   a block's lifetime apart — two cohorts that read each head's K/V at different times;
 * **DRAM** — a miss must be fetched before the block can use it; misses share the DRAM
   bandwidth (3.0 TB/s), so blocks that miss slow down, and blocks that hit run ahead.
@@ -24,7 +25,9 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
   convoys that share misses;
 * **pace noise** — blocks do not keep exactly equal paces: a block's time per key block
   varies by ``block_jitter`` (3.4%, independently per key block, so a block's pace differs by
-  3.4%/sqrt(key blocks)), measured as the within-SM spread of block durations in the traces.
+  3.4%/sqrt(key blocks)), measured as the within-SM spread of block durations in the traces;
+  by ``block_jitter_pair`` (7.9%) where two blocks share an SM (the residual of the sharing
+  fit in traced launches without DRAM waits, ``microbench.pair_jitter``).
   This makes blocks of one head that start together in an early wave start apart in later
   ones, as the traces show;
 * **lines read by few blocks cost less** — a cyclic re-read whose lines are each read by k
@@ -97,9 +100,16 @@ def _half_point(curve) -> float:
 
 #: per-SM compute rate of the validated tiling (BLOCK_M=128, BLOCK_N=64, 8 warps, 3 stages),
 #: in MFLOP/us, from %globaltimer traces of shapes outside the validation set
-#: (experiments/data/gpu_trace_fit.csv): head dim -> (one block alone, two blocks together,
-#: share of the older of two co-resident blocks)
-SM_RATES = {128: (3.90, 3.90, 0.5), 64: (2.63, 3.46, 0.56)}
+#: (experiments/data/gpu_trace_fit.csv, query-major launches): head dim -> (one block alone,
+#: two blocks together, share of the older of two co-resident blocks in non-causal launches)
+SM_RATES = {128: (3.90, 3.90, 0.5), 64: (2.63, 3.46, 0.570)}
+#: the older block's share in causal launches, where co-resident blocks differ in length (the
+#: causal query-major trace of the same file; 0.532 in the traced 1x16x32Kx64 causal launch)
+SM_SHARE_CAUSAL = {64: 0.534}
+#: see GpuL2.block_jitter_pair: the per-block duration residual after the sharing fit, times
+#: sqrt(key blocks), in the two-blocks-per-SM query-major launches without DRAM waits outside
+#: the validation set (gpu_traced.npz: 1x24x32Kx64 8.1%, 1x6x64Kx64 7.6%; first wave left out)
+BLOCK_JITTER_PAIR = 0.079
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,9 @@ class GpuL2:
     #: blocks)), from the %globaltimer traces (iosim.gpu.microbench.pace_stats,
     #: experiments/data/gpu_trace_pace.csv: within-SM spread of block durations)
     block_jitter: float = BLOCK_JITTER
+    #: the same for blocks on SMs that hold two (measured separately: 7.9%, twice the one-block
+    #: value -- two blocks sharing an SM vary more; microbench.pair_jitter)
+    block_jitter_pair: float = BLOCK_JITTER_PAIR
     sm_pace_spread: float = 0.0
     #: what a K/V line costs in L2 capacity: "readers" (by how many thread blocks read it since
     #: it was fetched: the readers microbenchmark, READER_WEIGHTS), "sides" (the earlier rule:
@@ -128,6 +141,8 @@ class GpuL2:
     scan_shared: tuple = SCAN_SHARED
     scan_private: tuple = SCAN_PRIVATE
     sm_rates: dict = field(default_factory=lambda: dict(SM_RATES), hash=False, compare=False)
+    sm_share_causal: dict = field(default_factory=lambda: dict(SM_SHARE_CAUSAL), hash=False,
+                                  compare=False)
 
     def __post_init__(self):
         if self.kv_weight not in ("readers", "sides", "shared"):
@@ -160,9 +175,13 @@ class GpuL2:
         """Beyond this reuse distance nothing survives (the curve's last point)."""
         return self.scan_shared[-1][0] * self.l2_bytes
 
-    def rates(self, head_dim: int):
+    def rates(self, head_dim: int, causal: bool = False):
+        """(one block alone, two together, the older one's share) for ``head_dim``."""
         near = min(self.sm_rates, key=lambda d: (abs(d - head_dim), d))
-        return self.sm_rates[near]
+        solo, pair, share = self.sm_rates[near]
+        if causal and near in self.sm_share_causal:
+            share = self.sm_share_causal[near]
+        return solo, pair, share
 
     @classmethod
     def from_hardware(cls, hw, **kw) -> "GpuL2":
@@ -468,7 +487,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     keys_in_chunk[-1] = w.seq_k - (n_ch - 1) * g * w.block_n
     q_tile = w.block_m * w.head_dim * eb
     key_bytes = 2 * w.head_dim * eb
-    solo, pair, senior = gpu.rates(w.head_dim)
+    solo, pair, senior = gpu.rates(w.head_dim, w.causal)
     tile_mflop = 4.0 * w.block_m * w.block_n * w.head_dim / 1e6
     r_solo = solo / tile_mflop                               # key blocks per us
     r_pair = pair / tile_mflop
@@ -501,7 +520,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     got = np.zeros(S)
     dep = np.full(S, -1)
     key = np.full(S, -1)
-    sig = gpu.block_jitter if jitter is None else jitter
+    sig = (gpu.block_jitter if bps == 1 else gpu.block_jitter_pair) if jitter is None else jitter
     rng = np.random.default_rng(seed)
     jit = np.ones(S)
     # persistent speed differences between SMs (sd gpu.sm_pace_spread), fixed per SM

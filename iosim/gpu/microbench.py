@@ -662,6 +662,42 @@ def pace_stats(npz_path: str, *, waves: int = 16) -> list[dict]:
     return rows
 
 
+def pair_jitter(npz_path: str, csv_path: str, *, max_dram_over_qkv: float = 1.5,
+                exclude: set | None = None) -> list[dict]:
+    """Pace noise of two blocks sharing an SM, from traced launches (``microbench traced``):
+    for each non-causal query-major launch with two blocks per SM whose DRAM reads stay under
+    ``max_dram_over_qkv`` x Q+K+V (no DRAM waits) and that is not in ``exclude``: fit the key
+    blocks of each block to its time as the older, the younger and the only block of its SM
+    (least squares, as :func:`fit_traces`), and report the residual's spread times
+    sqrt(key blocks) (``jitter_per_key_block``; first wave left out) and the older share."""
+    import csv
+    import numpy as np
+    z = np.load(npz_path)
+    out = []
+    for r in csv.DictReader(open(csv_path)):
+        b, h, n, d = (int(r[k]) for k in ("batch", "heads", "seq", "head_dim"))
+        qkv = 3 * b * h * n * d * 2
+        if (r["causal"] == "True" or r["grid_order"] != "query-major"
+                or float(r["dram_read_bytes"]) > max_dram_over_qkv * qkv
+                or r["trace_key"] in (exclude or set())):
+            continue
+        a = z[r["trace_key"]].astype(np.float64)
+        s, e, sm = (a[:, 0] - a[:, 0].min()) / 1e3, (a[:, 1] - a[:, 0].min()) / 1e3, a[:, 2]
+        if int(np.max(np.bincount(sm[np.argsort(s)][:264].astype(int)))) < 2:
+            continue                                  # one block per SM
+        tiles = np.ceil(a[:, 3] / 64)
+        sen, jun, solo = _shares(s, e, sm.astype(int))
+        A = np.vstack([sen, jun, solo]).T
+        c = np.linalg.lstsq(A, tiles, rcond=None)[0]
+        rel = (tiles - A @ c) / tiles
+        wave = np.empty(len(s), dtype=int)
+        wave[np.argsort(s, kind="stable")] = np.arange(len(s)) // 264
+        keep = wave > 0
+        out.append({"launch": r["trace_key"], "older_share": float(c[0] / (c[0] + c[1])),
+                    "jitter_per_key_block": float(np.std(rel[keep] * np.sqrt(tiles[keep])))})
+    return out
+
+
 #: the fetch microbenchmark: heads (one 128-query block each, so one thread block per head and,
 #: up to 132, one per SM) x head dim; 8192 keys per head (128 key blocks)
 FETCH_HEADS = (1, 4, 16, 33, 66, 132, 264)
