@@ -53,7 +53,7 @@ ROUNDS = {
         (1, 16, 20480, 64, True, "head-major"),
         (1, 24, 12288, 64, True, "head-major"),
         (1, 12, 32768, 64, True, "head-major"),
-        (1, 16, 8192, 64, True, "head-major"),
+        (1, 20, 8192, 64, True, "head-major"),
         (3, 16, 4096, 64, False, "head-major"),
         (1, 12, 49152, 64, False, "query-major"),
         (2, 16, 6144, 64, False, "head-major"),
