@@ -211,8 +211,12 @@ def ablation(rows: list[dict]) -> list[dict]:
     from dataclasses import replace
     from iosim.gpu.compare import workload
     gpu = L.GpuL2()
-    even = replace(gpu, sm_rates={d: (a, b, 0.5) for d, (a, b, _) in gpu.sm_rates.items()})
-    steady = replace(gpu, block_jitter=0.0)
+    even = replace(gpu, sm_rates={d: (a, b, 0.5) for d, (a, b, _) in gpu.sm_rates.items()},
+                   sm_share_causal={d: 0.5 for d in gpu.sm_share_causal})
+    steady = replace(gpu, block_jitter=0.0, block_jitter_pair=0.0)
+    # the model before the two-block pace noise and the causal share (round 3's)
+    pooled = replace(gpu, block_jitter_pair=gpu.block_jitter, sm_share_causal={},
+                     sm_rates={**gpu.sm_rates, 64: (*gpu.sm_rates[64][:2], 0.56)})
     sides = replace(gpu, kv_weight="sides")
     one_copy = replace(gpu, kv_weight="shared")
     sm_pace = replace(gpu, sm_pace_spread=L.SM_PACE_SPREAD_MEASURED)
@@ -231,6 +235,7 @@ def ablation(rows: list[dict]) -> list[dict]:
                          ("dynamic_kv_shared", lambda: L.predict_dram(w, one_copy)),
                          ("dynamic_kv_sides", lambda: L.predict_dram(w, sides)),
                          ("dynamic_sm_pace", lambda: L.predict_dram(w, sm_pace)),
+                         ("dynamic_one_pace_noise", lambda: L.predict_dram(w, pooled)),
                          ("dynamic", lambda: L.predict_dram(w, gpu))):
             v = fn()["dram_read_bytes"]
             row[name] = v
