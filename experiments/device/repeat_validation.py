@@ -1,0 +1,70 @@
+"""Device (run on the GPU machine from the repository root:
+python experiments/device/repeat_validation.py [ROUNDS]): the counters of the 34 validated
+generated attention-1pass launches, ROUNDS times (default 5) in one ncu session, interleaved
+(round r profiles every launch once before round r+1 starts), with the validation's ncu
+settings. Writes $OUT/gpu_ncu_rounds.csv: one row per (launch, round)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.getcwd())
+from iosim.gpu import ncu  # noqa: E402
+from iosim.gpu.runner import Config  # noqa: E402
+from iosim.gpu.shapes import Shape  # noqa: E402
+
+METRICS = ["dram__bytes_read.sum", "l1tex__m_xbar2l1tex_read_bytes.sum", "gpu__time_duration.sum"]
+
+
+def validated_configs():
+    rows = list(csv.DictReader(open("experiments/data/gpu_validation.csv")))
+    out = []
+    for r in rows:
+        if r["impl"] != "generated" or r["cascade"] != "attention-1pass":
+            continue
+        s = Shape(int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["head_dim"]),
+                  r["causal"] == "True")
+        out.append(Config("generated", s, grid_order=r["grid_order"], block_m=int(r["block_m"]),
+                          block_n=int(r["block_n"]), num_warps=int(r["num_warps"]),
+                          num_stages=int(r["num_stages"])))
+    return out
+
+
+def main():
+    out = os.environ["OUT"]
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    cfgs = validated_configs()
+    plan_cfgs = [c for _ in range(rounds) for c in cfgs]
+    work = os.path.join(out, "work")
+    os.makedirs(work, exist_ok=True)
+    plan = os.path.join(work, "plan.json")
+    json.dump({"configs": [c.to_dict() for c in plan_cfgs]}, open(plan, "w"))
+    log = os.path.join(work, "ncu.csv")
+    t0 = time.time()
+    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(METRICS), "--csv",
+           "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
+           "--log-file", log, sys.executable, "-m", "iosim.gpu.runner", "profile", "--plan", plan]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    print(p.stdout[-2000:], p.stderr[-2000:], f"ncu {time.time() - t0:.1f} s", flush=True)
+    groups = ncu.group_by_marker(ncu.parse_csv(open(log).read()))
+    done = json.load(open(plan + ".done.json"))
+    dev = done["env"]["device"]
+    rows = []
+    for i, g in zip(done["done"], groups):
+        c = plan_cfgs[i]
+        s = ncu.summarize(g)
+        rows.append({"shape": c.shape.label(), "grid_order": c.grid_order,
+                     "round": i // len(cfgs), "dram_read_bytes": s["dram_read_bytes"],
+                     "l2_to_sm_read_bytes": s["l1_from_l2_read_bytes"],
+                     "time_ns": s["time_ns"], "device": dev})
+    with open(os.path.join(out, "gpu_ncu_rounds.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"{len(rows)} rows", flush=True)
+
+
+if __name__ == "__main__":
+    main()
