@@ -30,22 +30,13 @@ def main():
         left = DEADLINE - (time.time() - T0)
         if left < 25:
             log("skip", lab, "no time left"); continue
-        work = os.path.join(raw, lab); os.makedirs(work, exist_ok=True)
-        plan = os.path.join(work, "plan.json"); json.dump({"configs": [cfg.to_dict()]}, open(plan, "w"))
-        cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(METRICS), "--csv",
-               "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
-               "--log-file", os.path.join(work, "ncu.csv"), sys.executable, "-m", "iosim.gpu.runner",
-               "profile", "--plan", plan]
+        work = os.path.join(raw, lab)
         t = time.time()
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=min(110, left - 5))
-            open(os.path.join(work, "stdout.txt"), "w").write(p.stdout + "\n--- stderr ---\n" + p.stderr[-5000:])
-            groups = ncu.group_by_marker(ncu.parse_csv(open(os.path.join(work, "ncu.csv")).read()))
-            s = ncu.summarize(groups[0])
-            dev = json.load(open(plan + ".done.json"))["env"]["device"]
+            s = ncu.profile([cfg], work, timeout=min(110, left - 5), metrics=METRICS)[0]
             row = {"shape": lab, "grid_order": cfg.grid_order, "meas_dram_read_bytes": s["dram_read_bytes"],
                    "meas_l2_to_sm_read_bytes": s["l1_from_l2_read_bytes"], "meas_time_ns": s["time_ns"],
-                   "kernels": s["kernels"], "device": dev}
+                   "kernels": s["kernels"], "device": s["device"]}
             rows.append(row); log("done", lab, round(time.time() - t, 1), "s", json.dumps(row))
         except Exception as e:  # noqa
             log("FAIL", lab, round(time.time() - t, 1), "s", type(e).__name__, str(e)[:300])

@@ -1,12 +1,11 @@
 """Device (run on the GPU machine from the repository root:
 python experiments/device/repeat_validation.py [ROUNDS]): the counters of the 34 validated
-generated attention-1pass launches, ROUNDS times (default 5) in one ncu session, interleaved
+generated attention-1pass launches, ROUNDS times (default 5) in one ncu run, interleaved
 (round r profiles every launch once before round r+1 starts), with the validation's ncu
-settings. Writes $OUT/gpu_ncu_rounds.csv: one row per (launch, round)."""
+settings (``iosim.gpu.ncu.profile``). Writes $OUT/gpu_ncu_rounds.csv: one row per (launch,
+round)."""
 import csv
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -36,29 +35,17 @@ def main():
     out = os.environ["OUT"]
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     cfgs = validated_configs()
-    plan_cfgs = [c for _ in range(rounds) for c in cfgs]
-    work = os.path.join(out, "work")
-    os.makedirs(work, exist_ok=True)
-    plan = os.path.join(work, "plan.json")
-    json.dump({"configs": [c.to_dict() for c in plan_cfgs]}, open(plan, "w"))
-    log = os.path.join(work, "ncu.csv")
     t0 = time.time()
-    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(METRICS), "--csv",
-           "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
-           "--log-file", log, sys.executable, "-m", "iosim.gpu.runner", "profile", "--plan", plan]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    print(p.stdout[-2000:], p.stderr[-2000:], f"ncu {time.time() - t0:.1f} s", flush=True)
-    groups = ncu.group_by_marker(ncu.parse_csv(open(log).read()))
-    done = json.load(open(plan + ".done.json"))
-    dev = done["env"]["device"]
-    rows = []
-    for i, g in zip(done["done"], groups):
-        c = plan_cfgs[i]
-        s = ncu.summarize(g)
-        rows.append({"shape": c.shape.label(), "grid_order": c.grid_order,
-                     "round": i // len(cfgs), "dram_read_bytes": s["dram_read_bytes"],
-                     "l2_to_sm_read_bytes": s["l1_from_l2_read_bytes"],
-                     "time_ns": s["time_ns"], "device": dev})
+    got = ncu.profile([c for _ in range(rounds) for c in cfgs], os.path.join(out, "work"),
+                      metrics=METRICS)
+    print(f"ncu {time.time() - t0:.1f} s", flush=True)
+    if len(got) != rounds * len(cfgs):
+        raise SystemExit(f"error: {len(got)} of {rounds * len(cfgs)} launches profiled")
+    rows = [{"shape": Shape(x["batch"], x["heads"], x["seq"], x["head_dim"], x["causal"]).label(),
+             "grid_order": x["grid_order"], "round": i // len(cfgs),
+             "dram_read_bytes": x["dram_read_bytes"],
+             "l2_to_sm_read_bytes": x["l1_from_l2_read_bytes"], "time_ns": x["time_ns"],
+             "device": x["device"]} for i, x in enumerate(got)]
     with open(os.path.join(out, "gpu_ncu_rounds.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

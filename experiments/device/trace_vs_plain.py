@@ -6,9 +6,7 @@ the traced kernel under ncu (``microbench.traced``) and the plain generated kern
 (``iosim.gpu.runner profile``, as the validation measures it). Writes
 $OUT/trace_vs_plain.csv: one row per (launch, variant, round)."""
 import csv
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -27,23 +25,12 @@ METRICS = ["dram__bytes_read.sum", "l1tex__m_xbar2l1tex_read_bytes.sum", "gpu__t
 
 
 def plain(out_dir: str) -> list[dict]:
-    os.makedirs(out_dir, exist_ok=True)
     cfgs = [Config("generated", Shape(b, h, n, d, c), grid_order=o, **VALIDATION_TILING)
             for (b, h, n, d, c, o) in LAUNCHES]
-    plan = os.path.join(out_dir, "plan.json")
-    json.dump({"configs": [c.to_dict() for c in cfgs]}, open(plan, "w"))
-    log = os.path.join(out_dir, "ncu.csv")
-    cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(METRICS), "--csv",
-           "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
-           "--log-file", log, sys.executable, "-m", "iosim.gpu.runner", "profile", "--plan", plan]
-    subprocess.run(cmd, capture_output=True, text=True, check=True)
-    groups = ncu.group_by_marker(ncu.parse_csv(open(log).read()))
-    rows = []
-    for c, g in zip(cfgs, groups):
-        s = ncu.summarize(g)
-        rows.append({"shape": c.shape.label(), "grid_order": c.grid_order,
-                     "dram_read_bytes": s["dram_read_bytes"], "time_ns": s["time_ns"]})
-    return rows
+    return [{"shape": Shape(r["batch"], r["heads"], r["seq"], r["head_dim"],
+                            r["causal"]).label(),
+             "grid_order": r["grid_order"], "dram_read_bytes": r["dram_read_bytes"],
+             "time_ns": r["time_ns"]} for r in ncu.profile(cfgs, out_dir, metrics=METRICS)]
 
 
 def main():

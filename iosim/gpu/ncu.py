@@ -142,13 +142,15 @@ def _short(name: str) -> str:
 
 def profile(configs, work_dir: str | Path, *, timeout: float | None = None,
             metrics: tuple | None = None) -> list[dict]:
-    """Profile each :class:`~iosim.gpu.runner.Config` under ncu; rows in the same order."""
+    """Profile each :class:`~iosim.gpu.runner.Config` under ncu; rows in the same order.
+    ``metrics``: the caller's list, used as given; by default :data:`METRICS`, less those this
+    ncu and GPU do not know (one ``--query-metrics`` run)."""
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     plan = work / "ncu_plan.json"
     plan.write_text(json.dumps({"configs": [c.to_dict() for c in configs]}))
     log = work / "ncu.csv"
-    metrics = available_metrics(list(metrics or METRICS))
+    metrics = list(metrics) if metrics else available_metrics(list(METRICS))
     cmd = [find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(metrics),
            "--csv", "--print-units", "base", "--clock-control", "none",
            "--cache-control", "all", "--log-file", str(log),
