@@ -93,20 +93,15 @@ def _profile_session(plan_path: str):
     """For the scripts ncu runs: the plan's configurations, and ``launch(kern, grid, *args,
     **kw)`` that warms a launch up with the profiler off, then profiles [marker, the launch]."""
     import torch
-    from iosim.gpu.runner import _marker
+    from iosim.gpu import runner
     plan = json.loads(Path(plan_path).read_text())
-    marker = _marker()
+    marker = runner._marker()
     marker()
     cudart = torch.cuda.cudart()
 
     def profiled(fn):
         fn()
-        torch.cuda.synchronize()
-        cudart.cudaProfilerStart()
-        marker()
-        fn()
-        torch.cuda.synchronize()
-        cudart.cudaProfilerStop()
+        runner.profiled(fn, marker, cudart)
 
     def launch(kern, grid, *args, **kw):
         profiled(lambda: kern[grid](*args, **kw))
@@ -780,74 +775,63 @@ def _device_name():
     return torch.cuda.get_device_name(0)
 
 
+def _print_rows(fmt):
+    def show(rows):
+        for r in rows:
+            print(fmt(r))
+    return show
+
+
+def _print_fetch(rows):
+    for d, st in fetch_stats(rows).items():
+        print(f"d={d}: key block from L2 {st['hit_us']:.3f} us, from DRAM alone "
+              f"{st['miss_alone_us']:.3f} us; cold GB/s by heads {st['cold_gb_per_s']}")
+
+
+#: the scripts ncu runs, one per test measured under it
+PROFILE_SCRIPTS = {"scan-profile": _scan_profile, "sides-profile": _sides_profile,
+                   "readers-profile": _readers_profile, "mix-profile": _mix_profile,
+                   "traced-profile": _traced_profile, "hot-profile": _hotstream_profile}
+#: test -> (rows from the output folder, CSV written there, whether rows get the device name,
+#: what is printed)
+TESTS = {
+    "mix": (mix, "gpu_l2mix.csv", True, _print_rows(
+        lambda r: f"hot {r['hot_mib']} MiB + cold {r['cold_mib']} MiB: miss fraction of the "
+                  f"cold re-read {r['cold_miss_fraction']:.3f}")),
+    "traced": (lambda out: traced(out, _traced_launches()), "gpu_traced.csv", True, _print_rows(
+        lambda r: f"{r['shape']} {r['grid_order']}: DRAM {r['dram_read_bytes'] / 1e9:.3f} GB")),
+    "readers": (readers, "gpu_l2readers.csv", False, _print_rows(
+        lambda r: f"{r['readers']:4d} readers/line {r['mib']:3d} MiB ({r['distinct_sms']} SMs): "
+                  f"miss fraction {r['miss_fraction']:.3f}")),
+    "sides": (sides, "gpu_l2sides.csv", False, _print_rows(
+        lambda r: f"SMs {r['sms']:>40}: miss fraction of the re-read at {r['mib']} MiB "
+                  f"{r['miss_fraction']:.3f}")),
+    "hot": (hotstream, "gpu_l2hot.csv", False, _print_rows(
+        lambda r: f"hot {r['hot_mib']} MiB, stream {r['stream_mib']:3d} MiB: miss fraction of "
+                  f"the hot re-read {r['hot_reread_miss_fraction']:.3f}")),
+    "scan": (scan, "gpu_l2scan.csv", False, _print_rows(
+        lambda r: f"{r['mode']:>8} {r['mib']:4d} MiB  DRAM {r['dram_read_bytes'] / MIB:9.1f} MiB"
+                  f"  miss fraction of a re-read {r['miss_fraction']:.3f}")),
+    "fetch": (fetch, "gpu_fetch.csv", False, _print_fetch),
+}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m iosim.gpu.microbench")
-    ap.add_argument("what", choices=["scan", "scan-profile", "trace", "hot", "hot-profile", "fetch", "sides",
-                                     "sides-profile", "readers", "readers-profile", "mix",
-                                     "mix-profile", "traced", "traced-profile"])
+    ap.add_argument("what", choices=[*TESTS, "trace", *PROFILE_SCRIPTS])
     ap.add_argument("--out", default=".")
     ap.add_argument("--plan", default=None)
     a = ap.parse_args(argv)
-    if a.what == "scan-profile":
-        _scan_profile(a.plan)
-    elif a.what == "sides-profile":
-        _sides_profile(a.plan)
-    elif a.what == "readers-profile":
-        _readers_profile(a.plan)
-    elif a.what == "mix-profile":
-        _mix_profile(a.plan)
-    elif a.what == "traced-profile":
-        _traced_profile(a.plan)
-    elif a.what == "mix":
+    if a.what in PROFILE_SCRIPTS:
+        PROFILE_SCRIPTS[a.what](a.plan)
+    elif a.what in TESTS:
         from iosim.gpu.validate import write_csv
-        rows = [{**r, "device": _device_name()} for r in mix(a.out)]
-        write_csv(rows, os.path.join(a.out, "gpu_l2mix.csv"))
-        for r in rows:
-            print(f"hot {r['hot_mib']} MiB + cold {r['cold_mib']} MiB: miss fraction of the cold "
-                  f"re-read {r['cold_miss_fraction']:.3f}")
-    elif a.what == "traced":
-        from iosim.gpu.validate import write_csv
-        rows = [{**r, "device": _device_name()} for r in traced(a.out, _traced_launches())]
-        write_csv(rows, os.path.join(a.out, "gpu_traced.csv"))
-        for r in rows:
-            print(f"{r['shape']} {r['grid_order']}: DRAM {r['dram_read_bytes'] / 1e9:.3f} GB")
-    elif a.what == "readers":
-        from iosim.gpu.validate import write_csv
-        rows = readers(a.out)
-        write_csv(rows, os.path.join(a.out, "gpu_l2readers.csv"))
-        for r in rows:
-            print(f"{r['readers']:4d} readers/line {r['mib']:3d} MiB ({r['distinct_sms']} SMs): "
-                  f"miss fraction {r['miss_fraction']:.3f}")
-    elif a.what == "sides":
-        from iosim.gpu.validate import write_csv
-        rows = sides(a.out)
-        write_csv(rows, os.path.join(a.out, "gpu_l2sides.csv"))
-        for r in rows:
-            print(f"SMs {r['sms']:>40}: miss fraction of the re-read at {r['mib']} MiB "
-                  f"{r['miss_fraction']:.3f}")
-    elif a.what == "hot-profile":
-        _hotstream_profile(a.plan)
-    elif a.what == "hot":
-        from iosim.gpu.validate import write_csv
-        rows = hotstream(a.out)
-        write_csv(rows, os.path.join(a.out, "gpu_l2hot.csv"))
-        for r in rows:
-            print(f"hot {r['hot_mib']} MiB, stream {r['stream_mib']:3d} MiB: miss fraction of the "
-                  f"hot re-read {r['hot_reread_miss_fraction']:.3f}")
-    elif a.what == "scan":
-        from iosim.gpu.validate import write_csv
-        rows = scan(a.out)
-        write_csv(rows, os.path.join(a.out, "gpu_l2scan.csv"))
-        for r in rows:
-            print(f"{r['mode']:>8} {r['mib']:4d} MiB  DRAM {r['dram_read_bytes'] / MIB:9.1f} MiB"
-                  f"  miss fraction of a re-read {r['miss_fraction']:.3f}")
-    elif a.what == "fetch":
-        from iosim.gpu.validate import write_csv
-        rows = fetch(a.out)
-        write_csv(rows, os.path.join(a.out, "gpu_fetch.csv"))
-        for d, st in fetch_stats(rows).items():
-            print(f"d={d}: key block from L2 {st['hit_us']:.3f} us, from DRAM alone "
-                  f"{st['miss_alone_us']:.3f} us; cold GB/s by heads {st['cold_gb_per_s']}")
+        run, name, device, show = TESTS[a.what]
+        rows = run(a.out)
+        if device:
+            rows = [{**r, "device": _device_name()} for r in rows]
+        write_csv(rows, os.path.join(a.out, name))
+        show(rows)
     else:
         trace(a.out)
     return 0

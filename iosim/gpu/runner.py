@@ -307,6 +307,18 @@ def _marker():
     return lambda: iosim_marker[(1,)](buf)
 
 
+def profiled(fn, marker, cudart) -> None:
+    """Run ``fn`` once more between cudaProfilerStart/Stop, after the marker kernel (how
+    :mod:`iosim.gpu.ncu` tells the profiled launches apart)."""
+    import torch
+    torch.cuda.synchronize()
+    cudart.cudaProfilerStart()
+    marker()
+    fn()
+    torch.cuda.synchronize()
+    cudart.cudaProfilerStop()
+
+
 def profile(plan_path: str) -> None:
     """The script Nsight Compute runs (``--profile-from-start off``): for each configuration,
     warm up with the profiler off, then profile [marker kernel, one launch] between
@@ -335,12 +347,7 @@ def profile(plan_path: str) -> None:
             print(f"skip {i}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
                   flush=True)
             continue
-        torch.cuda.synchronize()
-        cudart.cudaProfilerStart()
-        marker()
-        fn()
-        torch.cuda.synchronize()
-        cudart.cudaProfilerStop()
+        profiled(fn, marker, cudart)
         done.append(i)
         print(f"profiled {i} {cfg.impl} {cfg.cascade} {cfg.shape.label()} {cfg.grid_order}",
               flush=True)
