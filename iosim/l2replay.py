@@ -102,9 +102,9 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
                          if gpu.kv_weight == "readers" else 1.0, wq)
         earlier = np.tri(len(sp), k=-1, dtype=bool).T            # [q, p]: q before p
         counts = earlier & (prev[:, None] < prev[None, :])
-        before = dict(zip(sp.tolist(), (w_est @ counts).tolist()))
+        before = (w_est @ counts)[np.searchsorted(sp, pos_kv)]
         old = kseq[ukv]
-        d = (log.distances(old) + np.array([before[q] for q in pos_kv.tolist()])) * scale
+        d = (log.distances(old) + before) * scale
         fin = np.isfinite(d)
         m = np.where(fin, np.interp(np.where(fin, d, 0.0) / gpu.l2_bytes, *curve), 1.0)
         had = np.where(fin, extent[ukv], 0.0)
