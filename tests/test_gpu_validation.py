@@ -200,17 +200,23 @@ def test_newest_preregistered_predictions_unchanged():
         assert abs(p["pred_l2_read_bytes"] - float(r["pred_l2_read_bytes"])) <= 1, r["shape"]
 
 
+def _measured_round(name):
+    """A measured out-of-sample round: its 8 rows, measured on the H100, L2->SM bytes as
+    predicted exactly; the DRAM errors by shape."""
+    pre = read_csv(os.path.join(DATA, name))
+    assert len(pre) == 8 and all("H100" in r["device"] for r in pre)
+    for r in pre:
+        assert float(r["pred_l2_read_bytes"]) == float(r["meas_l2_to_sm_read_bytes"]), r["shape"]
+    return pre, {r["shape"]: float(r["pred_dram_read_bytes"]) / float(r["meas_dram_read_bytes"])
+                 - 1 for r in pre}
+
+
 def test_unseen_shapes_measured_on_the_h100():
     """The out-of-sample measurement (docs/validation.md): the SMEM-level model predicts the
     L2->SM bytes of all 8 unseen launches exactly; the L2 model's DRAM prediction is within
     15% in query-major order only (head-major misses by 20-28% there, as in the validated
     set). Asserts what was measured, so a model change that breaks it shows up."""
-    pre = read_csv(os.path.join(DATA, "gpu_unseen.csv"))
-    assert all("H100" in r["device"] for r in pre)
-    for r in pre:
-        assert float(r["pred_l2_read_bytes"]) == float(r["meas_l2_to_sm_read_bytes"]), r["shape"]
-    err = {r["shape"]: float(r["pred_dram_read_bytes"]) / float(r["meas_dram_read_bytes"]) - 1
-           for r in pre}
+    pre, err = _measured_round("gpu_unseen.csv")
     qm = [s for s, r in zip(err, pre) if r["grid_order"] == "query-major"]
     assert all(abs(err[s]) <= 0.15 for s in qm)
     assert sum(abs(e) <= 0.15 for e in err.values()) == 4
@@ -220,13 +226,9 @@ def test_round2_unseen_shapes_measured_on_the_h100():
     """Round 2 (docs/validation.md): predictions of the present model registered (commit
     b230265) before the device run; measured on the H100: L2->SM bytes exact on all 8, DRAM
     within 15% on all 8 (6 of them head-major, DRAM up to 83x Q+K+V)."""
-    pre = read_csv(os.path.join(DATA, "gpu_unseen2.csv"))
-    assert len(pre) == 8 and all("H100" in r["device"] for r in pre)
+    pre, err = _measured_round("gpu_unseen2.csv")
     assert sum(r["grid_order"] == "head-major" for r in pre) == 6
-    for r in pre:
-        assert float(r["pred_l2_read_bytes"]) == float(r["meas_l2_to_sm_read_bytes"]), r["shape"]
-        err = float(r["pred_dram_read_bytes"]) / float(r["meas_dram_read_bytes"]) - 1
-        assert abs(err) <= 0.15, (r["shape"], err)
+    assert all(abs(e) <= 0.15 for e in err.values()), err
     assert max(float(r["meas_dram_read_bytes"]) / float(r["qkv_bytes"]) for r in pre) > 50
 
 
@@ -253,12 +255,7 @@ def test_round3_unseen_shapes_measured_on_the_h100():
     e96ef43) before the device run; measured on the H100: L2->SM bytes exact on all 8, DRAM
     within 15% on 7 of 8 -- the miss is the regime the validated set also misses, d=64 causal
     head-major with 16 heads (1x16x12Kx64: +62%, the model thrashes more than the GPU)."""
-    pre = read_csv(os.path.join(DATA, "gpu_unseen3.csv"))
-    assert len(pre) == 8 and all("H100" in r["device"] for r in pre)
-    err = {}
-    for r in pre:
-        assert float(r["pred_l2_read_bytes"]) == float(r["meas_l2_to_sm_read_bytes"]), r["shape"]
-        err[r["shape"]] = float(r["pred_dram_read_bytes"]) / float(r["meas_dram_read_bytes"]) - 1
+    _, err = _measured_round("gpu_unseen3.csv")
     assert sum(abs(e) <= 0.15 for e in err.values()) == 7
     assert err["1x16x12288x64-causal"] > 0.5
 
@@ -286,12 +283,7 @@ def test_round4_unseen_shapes_measured_on_the_h100():
     8, DRAM within 15% on 5 of 8. Misses: d=64 non-causal head-major 3x16x4K +24% and
     2x16x6K +16% (the model reads more than the GPU, as at the validated 4x16x4Kx64 +13%),
     and 1x24x12Kx64 causal head-major +18%."""
-    pre = read_csv(os.path.join(DATA, "gpu_unseen4.csv"))
-    assert len(pre) == 8 and all("H100" in r["device"] for r in pre)
-    err = {}
-    for r in pre:
-        assert float(r["pred_l2_read_bytes"]) == float(r["meas_l2_to_sm_read_bytes"]), r["shape"]
-        err[r["shape"]] = float(r["pred_dram_read_bytes"]) / float(r["meas_dram_read_bytes"]) - 1
+    _, err = _measured_round("gpu_unseen4.csv")
     assert sum(abs(e) <= 0.15 for e in err.values()) == 5
     assert err["3x16x4096x64"] > 0.2 and 0.15 < err["2x16x6144x64"] < 0.2
     assert 0.15 < err["1x24x12288x64-causal"] < 0.2
