@@ -132,6 +132,11 @@ class GpuL2:
     #: value -- two blocks sharing an SM vary more; microbench.pair_jitter)
     block_jitter_pair: float = BLOCK_JITTER_PAIR
     sm_pace_spread: float = 0.0
+    #: (measured effect, not used) let a block's DRAM fetches run `num_stages - 1` key blocks
+    #: ahead across the end of the model's chunk, as the kernel's pipeline does; off, a
+    #: DRAM-bound block stops fetching at each chunk's end, which wastes bandwidth and
+    #: synchronises DRAM-bound blocks at chunk boundaries (docs/validation.md)
+    prefetch_across_chunks: bool = False
     #: what a K/V line costs in L2 capacity: "readers" (by how many thread blocks read it since
     #: it was fetched: the readers microbenchmark, READER_WEIGHTS), "sides" (the earlier rule:
     #: private_weight until SMs on both L2 sides read it, sides drawn at random -- contradicted
@@ -492,6 +497,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     r_solo = solo / tile_mflop                               # key blocks per us
     r_pair = pair / tile_mflop
     lead = max(0, w.num_stages - 1)                          # key blocks fetched ahead
+    across = gpu.prefetch_across_chunks
     bw = gpu.dram_bytes_per_us
     wp = gpu.private_weight
     curve = tuple(zip(*gpu.scan_shared))
@@ -668,7 +674,15 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             # paces change only at dispatches too
             rate = np.where(occ, rate, 0.0) * jit
             resident_changed = False
-        fetch = occ & (got < need)
+        if across:
+            # a block keeps fetching `lead` key blocks ahead across the end of its chunk
+            # (the kernel's pipeline does not stop at the model's chunk boundaries)
+            more_ch = occ & (ch + 1 < NCH[np.maximum(blk, 0)])
+            lim = np.where(more_ch, (glen + lead) / np.maximum(glen, 1e-9), 1.0)
+        else:
+            more_ch = np.zeros(S, bool)
+            lim = 1.0
+        fetch = occ & (got < need * lim)
         fol = occ & (dep >= 0)
         if not fetch.any() and not fol.any():
             # nothing waits on DRAM: every block runs at its compute rate up to the next chunk
@@ -677,7 +691,8 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             prog = np.where(occ, prog + rate * step, prog)
             t += step
         else:
-            target = np.minimum(glen, prog + rate * dt + lead)
+            target = np.where(more_ch, prog + rate * dt + lead,
+                              np.minimum(glen, prog + rate * dt + lead))
             want = np.where(fetch, np.maximum(0.0, need * target / np.maximum(glen, 1e-9) - got),
                             0.0)
             tot = want.sum()
@@ -702,7 +717,12 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             nxt = cross[more]
             ch[nxt] += 1
             carry = np.minimum(prog[nxt] - glen[nxt], g)
+            # bytes of the next chunk already fetched ahead (beyond this chunk's own)
+            ahead = np.maximum(got[nxt] - need[nxt], 0.0) if across else None
             access(nxt, t)
+            if across:
+                got[nxt] = np.minimum(ahead, need[nxt] * np.minimum(lead / np.maximum(
+                    glen[nxt], 1e-9), 1.0))
             prog[nxt] = np.maximum(0.0, np.minimum(carry, glen[nxt]))
             done = cross[~more]
             if len(done):
