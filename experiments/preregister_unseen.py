@@ -8,7 +8,8 @@ model's commit are written, and committed, before the device measures the launch
 of commit c5901b4; round 2 with the model that adds block pace noise and L2-partition copies;
 round 3 with the model whose K/V line cost depends on how many blocks read it (commit a1395ca);
 round 4 with the model that adds the two-block pace noise and the causal share (d=64 only:
-mostly d=64 launches, one d=128 control).
+mostly d=64 launches, one d=128 control); round 5 with the same model (unchanged since round 4:
+more out-of-sample launches for it, across the regimes).
 """
 from __future__ import annotations
 
@@ -58,6 +59,16 @@ ROUNDS = {
         (1, 12, 49152, 64, False, "query-major"),
         (2, 16, 6144, 64, False, "head-major"),
         (1, 8, 40960, 128, True, "head-major"),
+    ],
+    5: [
+        (1, 16, 20480, 128, True, "head-major"),
+        (1, 12, 20480, 64, True, "head-major"),
+        (2, 16, 3072, 64, False, "head-major"),
+        (1, 24, 8192, 128, False, "head-major"),
+        (1, 6, 57344, 128, True, "query-major"),
+        (1, 4, 81920, 64, False, "query-major"),
+        (1, 6, 49152, 128, True, "head-major"),
+        (12, 16, 1024, 64, False, "head-major"),
     ],
 }
 
