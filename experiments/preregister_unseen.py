@@ -1,6 +1,7 @@
 """Pre-register the L2 model's predictions for launches that are not validated shapes (no GPU).
 
     python experiments/preregister_unseen.py --round 2     # writes experiments/data/gpu_unseen2.csv
+    python experiments/preregister_unseen.py --figure      # figures/gpu_unseen.png, measured rounds
 
 The predictions (DRAM read bytes from iosim.l2model, L2->SM bytes from iosim.traffic) and the
 model's commit are written, and committed, before the device measures the launches
@@ -109,11 +110,50 @@ def predict(shapes, commit: str) -> list[dict]:
     return rows
 
 
+def figure(path: Path) -> Path:
+    """Error of the registered DRAM prediction against the measured bytes, for every launch of
+    every measured round, by how far DRAM reads rise above Q+K+V."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8.8, 4.6))
+    markers = "os^Dv*P"
+    n = ok = 0
+    files = sorted(DATA.glob("gpu_unseen*.csv"), key=lambda p: int(p.stem[10:] or 1))
+    ax.axhspan(-15, 15, color="0.88", zorder=0, label="within 15%")
+    ax.axhline(0, color="k", lw=0.8, zorder=1)
+    for i, p in enumerate(files):
+        rows = [r for r in read_csv(p) if r.get("meas_dram_read_bytes")]
+        for order, col in (("query-major", "tab:blue"), ("head-major", "tab:red")):
+            sel = [r for r in rows if r["grid_order"] == order]
+            x = [float(r["meas_dram_read_bytes"]) / float(r["qkv_bytes"]) for r in sel]
+            y = [100 * (float(r["pred_dram_read_bytes"]) / float(r["meas_dram_read_bytes"]) - 1)
+                 for r in sel]
+            ax.scatter(x, y, c=col, marker=markers[i % len(markers)], s=40, alpha=0.85, zorder=3,
+                       label=f"round {p.stem[10:] or 1} ({order})" if sel else None)
+            n += len(sel)
+            ok += sum(abs(v) <= 15 for v in y)
+    ax.set(xscale="log", xlabel="measured DRAM read / (Q + K + V)",
+           ylabel="registered prediction - measured (%)",
+           title=f"DRAM reads of pre-registered launches (H100): {ok} of {n} within 15%")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--round", type=int, default=max(ROUNDS), choices=sorted(ROUNDS))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--figure", action="store_true",
+                    help="only draw figures/gpu_unseen.png from the measured rounds")
     a = ap.parse_args(argv)
+    if a.figure:
+        print("wrote", figure(DATA.parent.parent / "figures" / "gpu_unseen.png"))
+        return
     out = Path(a.out) if a.out else DATA / f"gpu_unseen{a.round}.csv"
     if out.exists():
         raise SystemExit(f"error: {out} exists: round {a.round} is registered (and may hold "
