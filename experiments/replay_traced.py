@@ -1,6 +1,8 @@
 """Which half of the L2 model misses: the schedule or the cache response?
 
     python experiments/replay_traced.py          # from the recorded traces (no GPU; ~3 min)
+    python experiments/replay_traced.py --traced gpu_traced_rounds
+                                                 # rounds 4-5 -> gpu_replay_rounds.csv (~2 min)
 
 Reads experiments/data/gpu_traced.csv and gpu_traced.npz (``python -m iosim.gpu.microbench
 traced``: the generated kernel, traced, under Nsight Compute; each launch's DRAM bytes and its
@@ -37,9 +39,9 @@ def workload(r) -> Workload:
                     grid_order=r["grid_order"])
 
 
-def one(r: dict) -> dict:
+def one(r: dict, traced: str = "gpu_traced") -> dict:
     w = workload(r)
-    tr = np.load(os.path.join(DATA, "gpu_traced.npz"))[r["trace_key"]]
+    tr = np.load(os.path.join(DATA, f"{traced}.npz"))[r["trace_key"]]
     meas = float(r["dram_read_bytes"])
     p = _predict_dynamic(w, GpuL2(), record=True)
     blk = p["blocks"]
@@ -81,18 +83,27 @@ def figure(df: pd.DataFrame, path: str) -> None:
     plt.close(fig)
 
 
-def main() -> int:
-    rows = pd.read_csv(os.path.join(DATA, "gpu_traced.csv")).to_dict("records")
+def main(argv=None) -> int:
+    import argparse
+    from functools import partial
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--traced", default="gpu_traced",
+                    help="experiments/data/NAME.csv and NAME.npz (default gpu_traced)")
+    a = ap.parse_args(argv)
+    suffix = a.traced[len("gpu_traced"):] if a.traced.startswith("gpu_traced") else "_" + a.traced
+    rows = pd.read_csv(os.path.join(DATA, f"{a.traced}.csv")).to_dict("records")
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         def tqdm(x, **_):
             return x
     with ProcessPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as ex:
-        res = list(tqdm(ex.map(one, rows), total=len(rows), desc="replay"))
+        res = list(tqdm(ex.map(partial(one, traced=a.traced), rows), total=len(rows),
+                        desc="replay"))
     df = pd.DataFrame(res)
-    write_csv(res, os.path.join(DATA, "gpu_replay.csv"))
-    figure(df, os.path.join(FIG, "gpu_replay.png"))
+    write_csv(res, os.path.join(DATA, f"gpu_replay{suffix}.csv"))
+    if not suffix:
+        figure(df, os.path.join(FIG, "gpu_replay.png"))
     for _, r in df.iterrows():
         print(f"{r['launch']:42s} DRAM/(Q+K+V) {r['meas_dram_read_bytes'] / r['qkv_bytes']:7.1f}"
               f"  replay {100 * r['err_replay_meas']:+6.1f}%  model-schedule replay "

@@ -76,9 +76,9 @@ def test_bad_trace():
 
 
 # ---------------------------------------------------------------- the recorded traced launches
-def _traced():
-    z = np.load(os.path.join(DATA, "gpu_traced.npz"))
-    for r in _csv("gpu_traced.csv"):
+def _traced(name="gpu_traced"):
+    z = np.load(os.path.join(DATA, f"{name}.npz"))
+    for r in _csv(f"{name}.csv"):
         w = Workload(int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["seq"]),
                      int(r["head_dim"]), causal=r["causal"] == "True",
                      grid_order=r["grid_order"])
@@ -149,6 +149,41 @@ def test_recorded_replay_table_is_reproduced():
     for r, w, tr in small[::3]:
         got = replay_dram(w, tr)["dram_read_bytes"]
         assert float(rec[r["trace_key"]]["replay_meas"]) == pytest.approx(got, rel=1e-9)
+
+
+def test_rounds_4_and_5_traced_schedule_or_response():
+    """The 16 launches of out-of-sample rounds 4 and 5, traced under ncu in a later session
+    (gpu_traced_rounds.csv/.npz). The causal head-major misses of those rounds are the model's
+    schedule: on the measured schedule the response is within 5% of the same run's counters for
+    every causal head-major launch reading >= 25x Q+K+V, on the model's own schedule >= 18% high
+    (recorded table gpu_replay_rounds.csv; one recomputed here). 2x16x3Kx64 head-major (-42%)
+    is the response: it misses as much on the measured schedule (the readers rule keeps K/V
+    that the GPU loses)."""
+    traced = list(_traced("gpu_traced_rounds"))
+    assert len(traced) == 16 and all(r["device"].startswith("NVIDIA H100") for r, _, _ in traced)
+    from iosim.l2model import smem_level_reads
+    for r, w, tr in traced:
+        assert tr.shape == (w.batch * w.heads * w.n_q_blocks, 4)
+        assert float(r["l2_to_sm_read_bytes"]) == pytest.approx(
+            smem_level_reads(w)["read_bytes"], rel=0.05)
+    picked = ("2x16x3072x64_head-major", "1x24x12288x64-causal_head-major")
+    replayed = {r["trace_key"]: (replay_dram(w, tr)["dram_read_bytes"],
+                                 float(r["dram_read_bytes"]))
+                for r, w, tr in traced if r["trace_key"] in picked}
+    on_meas = {k: got / meas - 1 for k, (got, meas) in replayed.items()}
+    assert on_meas["2x16x3072x64_head-major"] < -0.35
+    assert abs(on_meas["1x24x12288x64-causal_head-major"]) < 0.05
+    rec = _csv("gpu_replay_rounds.csv")
+    assert len(rec) == 16
+    big = [r for r in rec if "causal_head" in r["launch"]
+           and float(r["meas_dram_read_bytes"]) >= 25 * float(r["qkv_bytes"])]
+    assert len(big) >= 4
+    for r in big:
+        assert abs(float(r["err_replay_meas"])) < 0.05, r["launch"]
+        assert float(r["err_replay_model"]) > 0.18, r["launch"]
+    k = "1x24x12288x64-causal_head-major"     # the recorded table is the code's
+    assert float(next(r for r in rec if r["launch"] == k)["replay_meas"]) == pytest.approx(
+        replayed[k][0], rel=1e-9)
 
 
 # ------------------------------------------------------------- mixed re-read distances

@@ -1,0 +1,36 @@
+"""Device (run on the GPU machine from the repository root:
+python experiments/device/traced_rounds.py gpu_unseen4.csv gpu_unseen5.csv): the traced kernel
+under ncu (``iosim.gpu.microbench.traced``: per-block schedule and DRAM/L2->SM counters of the
+same launch) for the launches of the given out-of-sample rounds; writes
+$OUT/gpu_traced_rounds.csv and $OUT/gpu_traced_rounds.npz, for experiments/replay_traced.py."""
+import csv
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.getcwd())
+from iosim.gpu.microbench import traced  # noqa: E402
+
+
+def main():
+    out = os.environ["OUT"]
+    launches = []
+    for name in sys.argv[1:]:
+        for r in csv.DictReader(open(os.path.join("experiments", "data", name))):
+            launches.append((int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["head_dim"]),
+                             r["causal"] == "True", r["grid_order"]))
+    rows = traced(os.path.join(out, "work"), launches)
+    import torch
+    dev = torch.cuda.get_device_name()
+    with open(os.path.join(out, "gpu_traced_rounds.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*rows[0], "device"])
+        w.writeheader()
+        w.writerows({**r, "device": dev} for r in rows)
+    shutil.copy(os.path.join(out, "work", "traced.npz"), os.path.join(out, "gpu_traced_rounds.npz"))
+    shutil.rmtree(os.path.join(out, "work"), ignore_errors=True)
+    for r in rows:
+        print(r["trace_key"], r["dram_read_bytes"], r["l2_to_sm_read_bytes"], r["time_ns"])
+
+
+if __name__ == "__main__":
+    main()
