@@ -310,3 +310,30 @@ def test_prefetch_across_chunks_keeps_dram_busy(seq_k):
     assert on["kv_miss_bytes"] == off["kv_miss_bytes"] == kv
     assert on["makespan_us"] == pytest.approx(floor, rel=0.005)
     assert off["makespan_us"] > 1.02 * floor
+
+
+def test_rotate_microbenchmark_when_readers_come():
+    """gpu_l2rotate.csv (`python -m iosim.gpu.microbench rotate`, H100): 132 blocks, one per SM,
+    re-read a buffer four times. A line read by one block per pass behaves like a line of one
+    SM (the 'private' scan) whether that block sits on the same SM every pass or on another
+    one; k blocks reading a line in lock step reproduce the readers rule (within 0.1 of
+    m(S x reader_weight(k))); the same k readers one after another (staggered) miss far less
+    than in lock step -- the readers rule, measured in lock step, over-charges them."""
+    rows = _csv("gpu_l2rotate.csv")
+    assert len(rows) == 45 and all("H100" in r["device"] for r in rows)
+    assert all(r["distinct_sms"] == "132" for r in rows)
+    m = {(int(r["shift"]), int(r["readers"]), int(r["stagger"]), int(r["mib"])):
+         float(r["miss_fraction"]) for r in rows}
+    g = GpuL2()
+    for mib in (24, 28, 32, 36):
+        for shift in (1, 66):
+            assert abs(m[(shift, 1, 0, mib)] - m[(0, 1, 0, mib)]) < 0.15, (shift, mib)
+    for k in (4, 12, 33):
+        for mib in (28, 32, 36):
+            rule = g.miss_fraction(mib * MIB * float(g.reader_weight(k)))
+            if k < 33 or mib == 28:
+                assert abs(m[(0, k, 0, mib)] - rule) < 0.15, (k, mib)
+            if m[(0, k, 0, mib)] > 0.05:
+                assert m[(0, k, 1, mib)] < 0.85 * m[(0, k, 0, mib)], (k, mib)
+    for k in (4, 12):
+        assert m[(0, k, 1, 36)] < 0.25 < m[(0, k, 0, 36)]

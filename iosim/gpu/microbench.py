@@ -349,6 +349,89 @@ def readers(out_dir: str) -> list[dict]:
                      "distinct_sms": d["distinct_sms"], **row})
     return rows
 
+# ------------------------------------------------------------ readers that take turns
+#: the rotate test: each of 132 blocks reads its share of the buffer every pass; in pass r the
+#: share of block (pid + r * shift) mod 132 -- shift 0: the same SM re-reads a line (the
+#: 'private' scan / one reader), shift != 0: a line's one reader is another SM each pass (as a
+#: K/V line in head-major attention, read level after level by blocks on different SMs)
+ROTATE_SHIFTS = (0, 1, 66)
+ROTATE_MIB = (24, 28, 32, 36, 40)
+ROTATE_PASSES = 4
+#: and groups of k blocks reading the same share each pass, in lock step (stagger 0, as the
+#: readers test) or each starting 1/k of the share further on (stagger 1: the k readers of a
+#: line come one after another, as the blocks of one head in flight in head-major attention)
+ROTATE_READERS = (4, 12, 33)
+
+
+def _rotate_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def iosim_l2rotate(X, OUT, SMS, n_tiles, passes, NPROG, SHIFT, READERS, STAGGER,
+                       TILE: tl.constexpr):
+        pid = tl.program_id(0)
+        sm = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32,
+                                       is_pure=False, pack=1)
+        offs = tl.arange(0, TILE)
+        acc = tl.zeros([TILE], dtype=tl.float32)
+        groups = NPROG // READERS
+        for r in range(passes):
+            share = (pid // READERS + r * SHIFT) % groups
+            cnt = (n_tiles - share + groups - 1) // groups
+            off = ((pid % READERS) * cnt // READERS) * STAGGER
+            for i in range(0, cnt):
+                t = share + ((i + off) % cnt) * groups
+                acc += tl.load(X + t * TILE + offs).to(tl.float32)
+        tl.store(OUT + pid * TILE + offs, acc)
+        tl.store(SMS + pid, sm)
+    return iosim_l2rotate
+
+
+def rotate_configs() -> list[dict]:
+    one = [{"shift": k, "readers": 1, "stagger": 0, "mib": m}
+           for k in ROTATE_SHIFTS for m in ROTATE_MIB]
+    many = [{"shift": 0, "readers": k, "stagger": st, "mib": m}
+            for k in ROTATE_READERS for st in (0, 1) for m in ROTATE_MIB]
+    return one + many
+
+
+def _rotate_profile(plan_path: str) -> None:
+    import torch
+    configs, launch = _profile_session(plan_path)
+    kern = _rotate_kernel()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    big = torch.randn(max(ROTATE_MIB) * MIB // 2, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(sms * SCAN_TILE, device="cuda", dtype=torch.float32)
+    sm_ids = torch.zeros(sms, device="cuda", dtype=torch.int32)
+    done = []
+    for i, c in enumerate(configs):
+        launch(kern, (sms,), big, out, sm_ids, c["mib"] * MIB // 2 // SCAN_TILE, ROTATE_PASSES,
+               sms, c["shift"], c["readers"], c["stagger"], TILE=SCAN_TILE, num_warps=8)
+        done.append({"i": i, "distinct_sms": len(set(sm_ids.cpu().tolist()))})
+        print(f"rotate {c}", flush=True)
+    _end_session(plan_path, done)
+
+
+def rotate(out_dir: str) -> list[dict]:
+    """Cyclic re-reads of a buffer by 132 blocks (one per SM): each line read by one block per
+    pass, the same SM every pass (shift 0) or another SM each pass (shift 1, 66); or by k
+    blocks per pass, in lock step or one after another (stagger). The miss fraction of the
+    re-reads (passes 2..ROTATE_PASSES) vs the buffer size."""
+    from iosim.gpu import ncu
+    configs = rotate_configs()
+    groups, done = _under_ncu(out_dir, "rotate test", "rotate", configs, REREAD_METRICS)
+    rows = []
+    for c, g, d in zip(configs, groups, done):
+        s = ncu.summarize(g)
+        w = c["mib"] * MIB
+        dram = s.get("dram_read_bytes") or 0.0
+        rows.append({**c, "passes": ROTATE_PASSES,
+                     "distinct_sms": d["distinct_sms"], "dram_read_bytes": dram,
+                     "l2_tex_read_bytes": s.get("l2_tex_read_bytes"), "time_ns": s.get("time_ns"),
+                     "miss_fraction": (dram - w) / ((ROTATE_PASSES - 1) * w)})
+    return rows
+
 # ------------------------------------------------------------------ mixed re-read distances
 #: the mix test: a hot buffer re-read every round and a cold one read a slice per round
 MIX_CONFIGS = tuple({"hot": a, "cold": c, "rounds": 8}
@@ -791,7 +874,8 @@ def _print_fetch(rows):
 #: the scripts ncu runs, one per test measured under it
 PROFILE_SCRIPTS = {"scan-profile": _scan_profile, "sides-profile": _sides_profile,
                    "readers-profile": _readers_profile, "mix-profile": _mix_profile,
-                   "traced-profile": _traced_profile, "hot-profile": _hotstream_profile}
+                   "traced-profile": _traced_profile, "hot-profile": _hotstream_profile,
+                   "rotate-profile": _rotate_profile}
 #: test -> (rows from the output folder, CSV written there, whether rows get the device name,
 #: what is printed)
 TESTS = {
@@ -813,6 +897,10 @@ TESTS = {
         lambda r: f"{r['mode']:>8} {r['mib']:4d} MiB  DRAM {r['dram_read_bytes'] / MIB:9.1f} MiB"
                   f"  miss fraction of a re-read {r['miss_fraction']:.3f}")),
     "fetch": (fetch, "gpu_fetch.csv", False, _print_fetch),
+    "rotate": (rotate, "gpu_l2rotate.csv", True, _print_rows(
+        lambda r: f"shift {r['shift']:3d} readers {r['readers']:3d} stagger {r['stagger']} "
+                  f"{r['mib']:3d} MiB ({r['distinct_sms']} SMs): miss fraction of the re-reads "
+                  f"{r['miss_fraction']:.3f}")),
 }
 
 
