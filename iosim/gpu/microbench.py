@@ -137,14 +137,34 @@ def _under_ncu(out_dir: str, name: str, what: str, configs: list[dict], metrics:
     return groups, done
 
 
-def _reread_row(summary: dict, w: float) -> dict:
-    """DRAM bytes, L2 reads and time of a launch that reads ``w`` bytes SCAN_PASSES times,
+def _reread_row(summary: dict, w: float, passes: int = SCAN_PASSES) -> dict:
+    """DRAM bytes, L2 reads and time of a launch that reads ``w`` bytes ``passes`` times,
     and the miss fraction of the re-reads."""
     dram = summary.get("dram_read_bytes") or 0.0
-    return {"passes": SCAN_PASSES, "dram_read_bytes": dram,
+    return {"passes": passes, "dram_read_bytes": dram,
             "l2_tex_read_bytes": summary.get("l2_tex_read_bytes"),
             "time_ns": summary.get("time_ns"),
-            "miss_fraction": (dram - w) / ((SCAN_PASSES - 1) * w)}
+            "miss_fraction": (dram - w) / ((passes - 1) * w)}
+
+
+def _per_sm_profile(plan_path: str, kern, max_mib: int, passes: int, label: str,
+                    extra=lambda c: ()) -> None:
+    """The script ncu runs for the per-SM re-read tests: one block per SM re-reads
+    ``c["mib"]`` of a buffer ``passes`` times (``kern(X, OUT, SMS, n_tiles, passes, NPROG,
+    *extra(c))``); records how many distinct SMs the blocks ran on."""
+    import torch
+    configs, launch = _profile_session(plan_path)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    big = torch.randn(max_mib * MIB // 2, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(sms * SCAN_TILE, device="cuda", dtype=torch.float32)
+    sm_ids = torch.zeros(sms, device="cuda", dtype=torch.int32)
+    done = []
+    for i, c in enumerate(configs):
+        launch(kern, (sms,), big, out, sm_ids, c["mib"] * MIB // 2 // SCAN_TILE, passes, sms,
+               *extra(c), TILE=SCAN_TILE, num_warps=8)
+        done.append({"i": i, "distinct_sms": len(set(sm_ids.cpu().tolist()))})
+        print(f"{label} {c}", flush=True)
+    _end_session(plan_path, done)
 
 
 def _hotstream_profile(plan_path: str) -> None:
@@ -320,20 +340,8 @@ def readers_configs() -> list[dict]:
 
 
 def _readers_profile(plan_path: str) -> None:
-    import torch
-    configs, launch = _profile_session(plan_path)
-    kern = _readers_kernel()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    big = torch.randn(max(READERS_MIB) * MIB // 2, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty(sms * SCAN_TILE, device="cuda", dtype=torch.float32)
-    sm_ids = torch.zeros(sms, device="cuda", dtype=torch.int32)
-    done = []
-    for i, c in enumerate(configs):
-        launch(kern, (sms,), big, out, sm_ids, c["mib"] * MIB // 2 // SCAN_TILE, SCAN_PASSES,
-               sms, c["readers"], TILE=SCAN_TILE, num_warps=8)
-        done.append({"i": i, "distinct_sms": len(set(sm_ids.cpu().tolist()))})
-        print(f"readers {c}", flush=True)
-    _end_session(plan_path, done)
+    _per_sm_profile(plan_path, _readers_kernel(), max(READERS_MIB), SCAN_PASSES, "readers",
+                    lambda c: (c["readers"],))
 
 
 def readers(out_dir: str) -> list[dict]:
@@ -397,20 +405,8 @@ def rotate_configs() -> list[dict]:
 
 
 def _rotate_profile(plan_path: str) -> None:
-    import torch
-    configs, launch = _profile_session(plan_path)
-    kern = _rotate_kernel()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    big = torch.randn(max(ROTATE_MIB) * MIB // 2, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty(sms * SCAN_TILE, device="cuda", dtype=torch.float32)
-    sm_ids = torch.zeros(sms, device="cuda", dtype=torch.int32)
-    done = []
-    for i, c in enumerate(configs):
-        launch(kern, (sms,), big, out, sm_ids, c["mib"] * MIB // 2 // SCAN_TILE, ROTATE_PASSES,
-               sms, c["shift"], c["readers"], c["stagger"], TILE=SCAN_TILE, num_warps=8)
-        done.append({"i": i, "distinct_sms": len(set(sm_ids.cpu().tolist()))})
-        print(f"rotate {c}", flush=True)
-    _end_session(plan_path, done)
+    _per_sm_profile(plan_path, _rotate_kernel(), max(ROTATE_MIB), ROTATE_PASSES, "rotate",
+                    lambda c: (c["shift"], c["readers"], c["stagger"]))
 
 
 def rotate(out_dir: str) -> list[dict]:
@@ -423,13 +419,8 @@ def rotate(out_dir: str) -> list[dict]:
     groups, done = _under_ncu(out_dir, "rotate test", "rotate", configs, REREAD_METRICS)
     rows = []
     for c, g, d in zip(configs, groups, done):
-        s = ncu.summarize(g)
-        w = c["mib"] * MIB
-        dram = s.get("dram_read_bytes") or 0.0
-        rows.append({**c, "passes": ROTATE_PASSES,
-                     "distinct_sms": d["distinct_sms"], "dram_read_bytes": dram,
-                     "l2_tex_read_bytes": s.get("l2_tex_read_bytes"), "time_ns": s.get("time_ns"),
-                     "miss_fraction": (dram - w) / ((ROTATE_PASSES - 1) * w)})
+        row = _reread_row(ncu.summarize(g), c["mib"] * MIB, ROTATE_PASSES)
+        rows.append({**c, "passes": row.pop("passes"), "distinct_sms": d["distinct_sms"], **row})
     return rows
 
 # ------------------------------------------------------------------ mixed re-read distances
