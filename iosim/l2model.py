@@ -678,11 +678,10 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             # a block keeps fetching `lead` key blocks ahead across the end of its chunk
             # (the kernel's pipeline does not stop at the model's chunk boundaries)
             more_ch = occ & (ch + 1 < NCH[np.maximum(blk, 0)])
-            lim = np.where(more_ch, (glen + lead) / np.maximum(glen, 1e-9), 1.0)
+            fetch = occ & (got < need * np.where(more_ch, (glen + lead) / np.maximum(glen, 1e-9),
+                                                 1.0))
         else:
-            more_ch = np.zeros(S, bool)
-            lim = 1.0
-        fetch = occ & (got < need * lim)
+            fetch = occ & (got < need)
         fol = occ & (dep >= 0)
         if not fetch.any() and not fol.any():
             # nothing waits on DRAM: every block runs at its compute rate up to the next chunk
@@ -691,8 +690,11 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             prog = np.where(occ, prog + rate * step, prog)
             t += step
         else:
-            target = np.where(more_ch, prog + rate * dt + lead,
-                              np.minimum(glen, prog + rate * dt + lead))
+            target = prog + rate * dt + lead
+            if across:
+                target = np.where(more_ch, target, np.minimum(glen, target))
+            else:
+                target = np.minimum(glen, target)
             want = np.where(fetch, np.maximum(0.0, need * target / np.maximum(glen, 1e-9) - got),
                             0.0)
             tot = want.sum()
