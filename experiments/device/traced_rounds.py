@@ -9,7 +9,8 @@ import shutil
 import sys
 
 sys.path.insert(0, os.getcwd())
-from iosim.gpu.microbench import traced  # noqa: E402
+from iosim.gpu.microbench import _device_name, traced  # noqa: E402
+from iosim.gpu.validate import write_csv  # noqa: E402
 
 
 def main():
@@ -19,13 +20,8 @@ def main():
         for r in csv.DictReader(open(os.path.join("experiments", "data", name))):
             launches.append((int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["head_dim"]),
                              r["causal"] == "True", r["grid_order"]))
-    rows = traced(os.path.join(out, "work"), launches)
-    import torch
-    dev = torch.cuda.get_device_name()
-    with open(os.path.join(out, "gpu_traced_rounds.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*rows[0], "device"])
-        w.writeheader()
-        w.writerows({**r, "device": dev} for r in rows)
+    rows = [{**r, "device": _device_name()} for r in traced(os.path.join(out, "work"), launches)]
+    write_csv(rows, os.path.join(out, "gpu_traced_rounds.csv"))
     shutil.copy(os.path.join(out, "work", "traced.npz"), os.path.join(out, "gpu_traced_rounds.npz"))
     shutil.rmtree(os.path.join(out, "work"), ignore_errors=True)
     for r in rows:
