@@ -137,6 +137,14 @@ class GpuL2:
     #: DRAM-bound block stops fetching at each chunk's end, which wastes bandwidth and
     #: synchronises DRAM-bound blocks at chunk boundaries (docs/validation.md)
     prefetch_across_chunks: bool = False
+    #: (measured effect, not used) a block is slower through key blocks that come from DRAM
+    #: than through hits, by ``miss_penalty / (1 - u)`` of its time per key block (times the
+    #: part of its chunk that misses; u: the DRAM utilisation that the blocks' paces demand):
+    #: the latency the kernel's pipeline does not hide, growing with the load like a queue's.
+    #: The fetch microbenchmark measures about 0.005 (d=128: 1.087 vs 1.081 us per key block,
+    #: one block alone) and 0.022 at u = 0.64. In the causal head-major regime this is a
+    #: restoring force for convoys, and the predictions swing with it (docs/validation.md)
+    miss_penalty: float = 0.0
     #: what a K/V line costs in L2 capacity: "readers" (by how many thread blocks read it since
     #: it was fetched: the readers microbenchmark, READER_WEIGHTS), "sides" (the earlier rule:
     #: private_weight until SMs on both L2 sides read it, sides drawn at random -- contradicted
@@ -656,6 +664,8 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     ar = np.arange(S)
     resident_changed = True
     rate = np.zeros(S)
+    penalty = gpu.miss_penalty
+    eff = rate
     while finished < nb:
         occ = blk >= 0
         if resident_changed:
@@ -683,11 +693,20 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         else:
             fetch = occ & (got < need)
         fol = occ & (dep >= 0)
+        if penalty > 0:
+            # key blocks from DRAM cost penalty / (1 - u) more time, u: the DRAM bandwidth the
+            # blocks' present paces demand
+            miss = np.where(occ & (glen > 0), need / np.maximum(glen * tile_bytes, 1e-30), 0.0)
+            miss = np.minimum(miss, 1.0)
+            util = min(float((eff * miss).sum()) * tile_bytes / bw, 0.98)
+            eff = rate / (1.0 + penalty / (1.0 - util) * miss)
+        else:
+            eff = rate
         if not fetch.any() and not fol.any():
             # nothing waits on DRAM: every block runs at its compute rate up to the next chunk
-            left = np.where(occ, (glen - prog) / np.maximum(rate, 1e-12), np.inf)
+            left = np.where(occ, (glen - prog) / np.maximum(eff, 1e-12), np.inf)
             step = max(dt, float(left.min()))
-            prog = np.where(occ, prog + rate * step, prog)
+            prog = np.where(occ, prog + eff * step, prog)
             t += step
         else:
             target = prog + rate * dt + lead
@@ -701,7 +720,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             got += want * (1.0 if tot <= bw * dt else bw * dt / tot)
             cap = np.where((need > 0) & (got < need * (1 - 1e-9)),
                            glen * got / np.maximum(need, 1e-30), np.inf)
-            newp = np.minimum(prog + rate * dt, cap)
+            newp = np.minimum(prog + eff * dt, cap)
             if fol.any():
                 ds = dep[fol]
                 same = (key[ds] == key[fol]) & (blk[ds] >= 0)

@@ -136,3 +136,35 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
     if per_block:
         out["block_miss_bytes"] = block_miss
     return out
+
+
+def hit_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, long_frac: float = 0.3,
+             window: int = 65, hit_below: float = 0.3, miss_above: float = 0.9) -> dict:
+    """Which blocks of a schedule hit and how fast they go: the state of a DRAM-bound launch.
+
+    Replays ``trace`` (:func:`replay_dram`, ``per_block``) and takes each block's K/V miss
+    fraction; blocks with at least ``long_frac`` of the longest block's key blocks are
+    classed as hitters (miss fraction below ``hit_below``) or missers (above ``miss_above``).
+    Their pace (time per key block) is taken relative to a running mean over ``window``
+    blocks in start order, so slow drifts over the launch drop out. Returns the two
+    fractions, each class's mean relative pace, and the median time per key block."""
+    trace = np.asarray(trace, dtype=np.float64)
+    NK = _blocks(w)[2]
+    r = replay_dram(w, trace, gpu, per_block=True)
+    tile = 2 * w.block_n * w.head_dim * w.elem_bytes
+    frac = r["block_miss_bytes"] / np.maximum(NK * tile, 1.0)
+    pace = (trace[:, 1] - trace[:, 0]) / np.maximum(NK, 1)
+    sel = NK >= long_frac * NK.max()
+    order = np.argsort(trace[sel, 0], kind="stable")
+    p, f = pace[sel][order], frac[sel][order]
+    if len(p) < 3 * window:
+        raise IosimError(f"hit_pace needs at least {3 * window} long blocks, the launch has "
+                         f"{len(p)}")
+    trend = np.convolve(p, np.ones(window) / window, mode="same")
+    cut = window // 2 + 1
+    rel, f = (p / trend - 1.0)[cut:-cut], f[cut:-cut]
+    hit, miss = f < hit_below, f > miss_above
+    return {"hitters": float(hit.mean()), "missers": float(miss.mean()),
+            "hitter_pace": float(rel[hit].mean()) if hit.any() else float("nan"),
+            "misser_pace": float(rel[miss].mean()) if miss.any() else float("nan"),
+            "us_per_key_block": float(np.median(p)), "dram_read_bytes": r["dram_read_bytes"]}

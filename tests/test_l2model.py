@@ -337,3 +337,28 @@ def test_rotate_microbenchmark_when_readers_come():
                 assert m[(0, k, 1, mib)] < 0.85 * m[(0, k, 0, mib)], (k, mib)
     for k in (4, 12):
         assert m[(0, k, 1, 36)] < 0.25 < m[(0, k, 0, 36)]
+
+
+@pytest.mark.parametrize("heads,penalty", [(1, 0.05), (66, 0.05), (66, 0.01)])
+def test_miss_penalty_slows_blocks_that_fetch(heads, penalty):
+    """Each of `heads` blocks reads its own K/V once, all from DRAM (the fetch microbenchmark's
+    launch), below the DRAM bandwidth. With GpuL2.miss_penalty = p a block fetching is
+    slowed by x = 1 + p / (1 - u), where u, the DRAM utilisation, falls with the pace:
+    u = u0 / x, u0 = heads x 32 KiB per key block time / 3.0 TB/s. The fixed point is solved
+    here by iteration; the makespan grows by x (within 0.5%); p = 0 changes nothing."""
+    from dataclasses import replace
+    w = Workload(1, heads, 128, 8192, 128, causal=False, grid_order="query-major")
+    base = replace(GpuL2(), block_jitter=0.0)
+    off = _predict_dynamic(w, base)
+    on = _predict_dynamic(w, replace(base, miss_penalty=penalty))
+    tile_us = 4 * 128 * 64 * 128 / 1e6 / GpuL2().rates(128)[0]
+    u0 = heads * 2 * 64 * 128 * 2 / tile_us / GpuL2().dram_bytes_per_us
+    assert u0 < 0.7
+    x = 1.0
+    for _ in range(200):
+        x = 1.0 + penalty / (1.0 - u0 / x)
+    assert on["kv_miss_bytes"] == off["kv_miss_bytes"]
+    assert off["makespan_us"] == pytest.approx(128 * tile_us, rel=0.01)
+    assert on["makespan_us"] / off["makespan_us"] == pytest.approx(x, rel=0.005)
+    assert _predict_dynamic(w, replace(base, miss_penalty=0.0))["makespan_us"] == \
+        off["makespan_us"]

@@ -251,3 +251,36 @@ def test_plain_counters_vary_run_to_run_at_the_cliff():
                and r["causal"] == "False" and r["grid_order"] == "head-major")
     runs = d[("4x16x4096x64_head-major", "plain")]
     assert min(runs) * 0.99 <= float(rec["dram_read_bytes"]) <= max(runs) * 1.01
+
+
+def test_hit_pace_classes_followers_and_leaders():
+    """200 heads, two query blocks each, run head after head; the second block of a head
+    starts 2 us after the first and is 1% faster (never passing it) per key block. The first reads its head's
+    K/V cold (all misses), the second right behind it (all hits): half hitters, half missers,
+    and relative to the running mean the hitters are ~0.5% faster, the missers ~0.5% slower."""
+    from iosim.l2replay import hit_pace
+    w = Workload(1, 200, 256, 8192, 128, causal=False, grid_order="query-major")
+    start = np.repeat(np.arange(200) * 200.0, 2) + np.tile([0.0, 2.0], 200)
+    dur = np.tile([100.0, 99.0], 200)
+    h = hit_pace(w, np.c_[start, start + dur], SHARED)
+    assert h["hitters"] == pytest.approx(0.5, abs=0.01)
+    assert h["missers"] == pytest.approx(0.5, abs=0.01)
+    assert h["hitter_pace"] == pytest.approx(-0.005, abs=0.0005)
+    assert h["misser_pace"] == pytest.approx(0.005, abs=0.0005)
+    assert h["us_per_key_block"] == pytest.approx(99.5 / 128, rel=0.01)
+    with pytest.raises(IosimError, match="long blocks"):
+        hit_pace(w, np.c_[start, start + dur], SHARED, window=201)
+
+
+def test_recorded_64k_causal_head_major_state():
+    """The traced 1x8x64Kx128 causal head-major launch (gpu_traced.npz) on its measured
+    schedule: about 28% of the long blocks hit all their K/V, 70% miss all, and the hitters
+    run ~0.8% faster than the missers (docs/validation.md, 'The convoy state')."""
+    from iosim.l2replay import hit_pace
+    w = Workload(1, 8, 65536, 65536, 128, causal=True, grid_order="head-major")
+    tr = np.load(os.path.join(DATA, "gpu_traced.npz"))["1x8x65536x128-causal_head-major"]
+    tr = tr.astype(np.float64)
+    tr[:, :2] = (tr[:, :2] - tr[:, 0].min()) / 1e3
+    h = hit_pace(w, tr)
+    assert 0.2 < h["hitters"] < 0.35 and 0.6 < h["missers"] < 0.8
+    assert h["misser_pace"] - h["hitter_pace"] > 0.004

@@ -1,0 +1,80 @@
+"""The state of DRAM-bound causal head-major launches: which blocks hit, and how fast they go.
+
+    python experiments/convoy_state.py        # no GPU; ~4 min on 2 cores
+
+For every traced causal head-major launch (experiments/data/gpu_traced*.csv/.npz) with enough
+long blocks, :func:`iosim.l2replay.hit_pace` on three schedules: the measured one, the dynamic
+model's (default GpuL2) and the model's with a DRAM-miss pace penalty
+(``GpuL2(miss_penalty=0.005)``, the fetch microbenchmark's one-block value; not the default).
+Also each model's DRAM prediction against the counters. Writes
+experiments/data/gpu_convoy_state.csv.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from iosim.gpu.validate import write_csv  # noqa: E402
+from iosim.l2model import GpuL2, _predict_dynamic  # noqa: E402
+from iosim.l2replay import hit_pace  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from replay_traced import workload  # noqa: E402
+
+DATA = os.path.join(ROOT, "experiments", "data")
+#: the fetch microbenchmark's slow-down of a block missing alone (d=128: 1.087 vs 1.081 us)
+PENALTY = 0.005
+
+
+def one(job) -> dict:
+    traced, r = job
+    w = workload(r)
+    tr = np.load(os.path.join(DATA, f"{traced}.npz"))[r["trace_key"]].astype(np.float64)
+    tr[:, :2] = (tr[:, :2] - tr[:, 0].min()) / 1e3
+    meas = float(r["dram_read_bytes"])
+    out = {"launch": r["trace_key"], "meas_dram_read_bytes": meas}
+    scheds = {"trace": tr}
+    for name, gpu in (("model", GpuL2()), ("penalty", replace(GpuL2(), miss_penalty=PENALTY))):
+        p = _predict_dynamic(w, gpu, record=True)
+        out[f"err_{name}"] = p["dram_read_bytes"] / meas - 1
+        b = p["blocks"]
+        scheds[name] = np.c_[b["start_us"], b["end_us"]]
+    for name, s in scheds.items():
+        h = hit_pace(w, s)
+        for k in ("hitters", "missers", "hitter_pace", "misser_pace", "us_per_key_block"):
+            out[f"{name}_{k}"] = h[k]
+    return out
+
+
+def main() -> None:
+    jobs = []
+    for traced in ("gpu_traced", "gpu_traced_rounds"):
+        df = pd.read_csv(os.path.join(DATA, f"{traced}.csv"))
+        sel = df[(df["causal"].astype(str) == "True") & (df["grid_order"] == "head-major")]
+        for _, r in sel.iterrows():
+            w = workload(r)
+            if w.n_q_blocks * w.batch * w.heads * 0.7 >= 3 * 65:
+                jobs.append((traced, r.to_dict()))
+    with ProcessPoolExecutor(2) as ex:
+        rows = list(ex.map(one, jobs))
+    rows.sort(key=lambda r: r["meas_dram_read_bytes"])
+    path = os.path.join(DATA, "gpu_convoy_state.csv")
+    write_csv(rows, path)
+    for r in rows:
+        print(f"{r['launch']:36s} hitters trace {r['trace_hitters']:.2f} model "
+              f"{r['model_hitters']:.2f} penalty {r['penalty_hitters']:.2f} | pace gap trace "
+              f"{r['trace_misser_pace'] - r['trace_hitter_pace']:+.4f} | err model "
+              f"{r['err_model']:+.1%} penalty {r['err_penalty']:+.1%}")
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
