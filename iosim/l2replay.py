@@ -147,7 +147,8 @@ def hit_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, long_frac:
     classed as hitters (miss fraction below ``hit_below``) or missers (above ``miss_above``).
     Their pace (time per key block) is taken relative to a running mean over ``window``
     blocks in start order, so slow drifts over the launch drop out. Returns the two
-    fractions, each class's mean relative pace, and the median time per key block."""
+    fractions, each class's mean relative pace, and the median time per key block (in the
+    trace's time unit)."""
     trace = np.asarray(trace, dtype=np.float64)
     NK = _blocks(w)[2]
     r = replay_dram(w, trace, gpu, per_block=True)

@@ -255,9 +255,10 @@ def test_plain_counters_vary_run_to_run_at_the_cliff():
 
 def test_hit_pace_classes_followers_and_leaders():
     """200 heads, two query blocks each, run head after head; the second block of a head
-    starts 2 us after the first and is 1% faster (never passing it) per key block. The first reads its head's
-    K/V cold (all misses), the second right behind it (all hits): half hitters, half missers,
-    and relative to the running mean the hitters are ~0.5% faster, the missers ~0.5% slower."""
+    starts 2 us after the first and is 1% faster per key block, never passing it. The first
+    reads its head's K/V cold (all misses), the second right behind it (all hits): half
+    hitters, half missers, and relative to the running mean the hitters are ~0.5% faster,
+    the missers ~0.5% slower."""
     from iosim.l2replay import hit_pace
     w = Workload(1, 200, 256, 8192, 128, causal=False, grid_order="query-major")
     start = np.repeat(np.arange(200) * 200.0, 2) + np.tile([0.0, 2.0], 200)
