@@ -1,12 +1,13 @@
 """The state of DRAM-bound causal head-major launches: which blocks hit, and how fast they go.
 
-    python experiments/convoy_state.py        # no GPU; ~3 min on 2 cores
+    python experiments/convoy_state.py        # no GPU; ~4 min on 2 cores
 
 For every traced causal head-major launch (experiments/data/gpu_traced*.csv/.npz) with enough
 long blocks, :func:`iosim.l2replay.hit_pace` on three schedules: the measured one, the dynamic
 model's (default GpuL2) and the model's with a DRAM-miss pace penalty
-(``GpuL2(miss_penalty=0.005)``, the fetch microbenchmark's one-block value; not the default).
-Also each model's DRAM prediction against the counters. Writes
+(``GpuL2(miss_penalty=0.005)``, the fetch microbenchmark's one-block value; not the default),
+and the model's with the slowdown measured by the follow microbenchmark
+(``GpuL2(miss_slowdown=MISS_SLOWDOWN)``). Also each model's DRAM prediction against the counters. Writes
 experiments/data/gpu_convoy_state.csv.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from iosim.errors import IosimError  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import GpuL2, _predict_dynamic  # noqa: E402
+from iosim.l2model import MISS_SLOWDOWN, GpuL2, _predict_dynamic  # noqa: E402
 from iosim.l2replay import hit_pace  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,8 @@ def one(job) -> dict:
         return None
     meas = float(r["dram_read_bytes"])
     out = {"launch": r["trace_key"], "meas_dram_read_bytes": meas}
-    for name, gpu in (("model", GpuL2()), ("penalty", replace(GpuL2(), miss_penalty=PENALTY))):
+    for name, gpu in (("model", GpuL2()), ("penalty", replace(GpuL2(), miss_penalty=PENALTY)),
+                      ("slowdown", replace(GpuL2(), miss_slowdown=MISS_SLOWDOWN))):
         p = _predict_dynamic(w, gpu, record=True)
         out[f"err_{name}"] = p["dram_read_bytes"] / meas - 1
         b = p["blocks"]
@@ -70,9 +72,12 @@ def main() -> None:
     write_csv(rows, path)
     for r in rows:
         print(f"{r['launch']:36s} hitters trace {r['trace_hitters']:.2f} model "
-              f"{r['model_hitters']:.2f} penalty {r['penalty_hitters']:.2f} | pace gap trace "
-              f"{r['trace_misser_pace'] - r['trace_hitter_pace']:+.4f} | err model "
-              f"{r['err_model']:+.1%} penalty {r['err_penalty']:+.1%}")
+              f"{r['model_hitters']:.2f} penalty {r['penalty_hitters']:.2f} slowdown "
+              f"{r['slowdown_hitters']:.2f} | pace gap trace "
+              f"{r['trace_misser_pace'] - r['trace_hitter_pace']:+.4f} slowdown "
+              f"{r['slowdown_misser_pace'] - r['slowdown_hitter_pace']:+.4f} | err model "
+              f"{r['err_model']:+.1%} penalty {r['err_penalty']:+.1%} slowdown "
+              f"{r['err_slowdown']:+.1%}")
     print("wrote", path)
 
 

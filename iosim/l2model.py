@@ -83,6 +83,20 @@ SCAN_PRIVATE = ((0.0, 0.0), (28 / 50, 0.0045), (32 / 50, 0.061), (36 / 50, 0.431
 #: tests/test_l2model.py recomputes them from it)
 READER_WEIGHTS = ((1, 0.722), (2, 0.734), (4, 0.744), (11, 0.791), (33, 0.948), (132, 1.0))
 
+#: how much longer a key block from DRAM takes than one read from L2 a few us behind the
+#: block that fetched it, by the DRAM load u (bandwidth the misses get / 3.0 TB/s): the follow
+#: microbenchmark (leaders and followers on the same K/V at one moment,
+#: experiments/data/gpu_follow.csv and gpu_follow_8k.csv; microbench.follow_stats: followers
+#: 2.5-8 us behind that still trail at the end; tests/test_l2model.py recomputes it): head dim
+#: -> ((u, slowdown), ...). Beyond the last point (d=128: u = 0.89) the followers catch their
+#: leaders and nothing clean is measured; it is held there (near 3 TB/s at least 4%)
+MISS_SLOWDOWN = {
+    128: ((0.041, 0.0016), (0.162, 0.0048), (0.332, 0.0065), (0.492, 0.0045), (0.602, 0.0045),
+          (0.630, 0.0049), (0.748, 0.0102), (0.772, 0.0104), (0.888, 0.0212)),
+    64: ((0.027, 0.0095), (0.107, 0.0054), (0.220, 0.0065), (0.331, 0.0077), (0.429, 0.0068),
+         (0.536, 0.0096), (0.640, 0.0145), (0.735, 0.0192)),
+}
+
 #: see GpuL2.block_jitter
 BLOCK_JITTER = 0.034
 #: persistent pace differences between SMs measured in the same traces (relative sd, mean of
@@ -145,6 +159,12 @@ class GpuL2:
     #: one block alone) and 0.022 at u = 0.64. In the causal head-major regime this is a
     #: restoring force for convoys, and the predictions swing with it (docs/validation.md)
     miss_penalty: float = 0.0
+    #: a block is slower through key blocks that come from DRAM than one reading the same
+    #: lines a few us later from L2, by ``slowdown(u)`` of its time per key block (times the
+    #: part of its chunk that misses), the measured table MISS_SLOWDOWN (follow
+    #: microbenchmark) interpolated at the DRAM load u that the blocks' paces demand; ``()``
+    #: off. A restoring force for convoys of blocks that share K/V
+    miss_slowdown: dict = field(default_factory=dict, hash=False, compare=False)
     #: what a K/V line costs in L2 capacity: "readers" (by how many thread blocks read it since
     #: it was fetched: the readers microbenchmark, READER_WEIGHTS), "sides" (the earlier rule:
     #: private_weight until SMs on both L2 sides read it, sides drawn at random -- contradicted
@@ -665,6 +685,9 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     resident_changed = True
     rate = np.zeros(S)
     penalty = gpu.miss_penalty
+    near_d = min(gpu.miss_slowdown, key=lambda d: (abs(d - w.head_dim), d)) \
+        if gpu.miss_slowdown else None
+    slow_u, slow_s = zip(*gpu.miss_slowdown[near_d]) if near_d is not None else ((), ())
     eff = rate
     while finished < nb:
         occ = blk >= 0
@@ -700,6 +723,13 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             miss = np.minimum(miss, 1.0)
             util = min(float((eff * miss).sum()) * tile_bytes / bw, 0.98)
             eff = rate / (1.0 + penalty / (1.0 - util) * miss)
+        elif slow_u:
+            # key blocks from DRAM cost slowdown(u) more time (measured table), u: the DRAM
+            # bandwidth the blocks' present paces demand
+            miss = np.where(occ & (glen > 0), need / np.maximum(glen * tile_bytes, 1e-30), 0.0)
+            miss = np.minimum(miss, 1.0)
+            util = float((eff * miss).sum()) * tile_bytes / bw
+            eff = rate / (1.0 + float(np.interp(util, slow_u, slow_s)) * miss)
         else:
             eff = rate
         if not fetch.any() and not fol.any():

@@ -362,3 +362,55 @@ def test_miss_penalty_slows_blocks_that_fetch(heads, penalty):
     assert on["makespan_us"] / off["makespan_us"] == pytest.approx(x, rel=0.005)
     assert _predict_dynamic(w, replace(base, miss_penalty=0.0))["makespan_us"] == \
         off["makespan_us"]
+
+
+@pytest.mark.parametrize("heads", [1, 66])
+def test_miss_slowdown_table_slows_blocks_that_fetch(heads):
+    """The same launch with GpuL2.miss_slowdown, a table s(u) (here a hand-made line through
+    (0, 1%) and (1, 3%)): a fetching block is slowed by x = 1 + s(u0 / x), the fixed point
+    solved here by iteration; DRAM bytes unchanged; an empty table changes nothing."""
+    from dataclasses import replace
+    w = Workload(1, heads, 128, 8192, 128, causal=False, grid_order="query-major")
+    base = replace(GpuL2(), block_jitter=0.0)
+    off = _predict_dynamic(w, base)
+    on = _predict_dynamic(w, replace(base, miss_slowdown={128: ((0.0, 0.01), (1.0, 0.03))}))
+    tile_us = 4 * 128 * 64 * 128 / 1e6 / GpuL2().rates(128)[0]
+    u0 = heads * 2 * 64 * 128 * 2 / tile_us / GpuL2().dram_bytes_per_us
+    x = 1.0
+    for _ in range(200):
+        x = 1.0 + 0.01 + 0.02 * (u0 / x)
+    assert on["kv_miss_bytes"] == off["kv_miss_bytes"]
+    assert on["makespan_us"] / off["makespan_us"] == pytest.approx(x, rel=0.003)
+    assert _predict_dynamic(w, replace(base, miss_slowdown={}))["makespan_us"] == \
+        off["makespan_us"]
+
+
+def test_miss_slowdown_from_the_follow_microbenchmark():
+    """MISS_SLOWDOWN is the recorded follow microbenchmark (leaders fetching K/V from DRAM,
+    followers reading it from L2 2.5-8 us behind, same moment; 16K and 8K keys): per head dim,
+    keys and number of blocks missing, the median DRAM load / 3.0 TB/s and the median leader /
+    follower time per key block minus 1, over the repeats whose followers still trail at the
+    end -- recomputed here from the CSVs with pandas. Measured facts checked too: a fetching
+    block is always the slower one, the two key counts agree where both were run, and the
+    slowdown grows with the load (at the highest load above 1.5 times every value below
+    u = 0.5)."""
+    import pandas as pd
+    from pathlib import Path
+    from iosim.l2model import MISS_SLOWDOWN
+    data = Path(__file__).resolve().parent.parent / "experiments" / "data"
+    d = pd.concat([pd.read_csv(data / "gpu_follow.csv"), pd.read_csv(data / "gpu_follow_8k.csv")])
+    ok = d[(d.gap_us_median >= 2.5) & (d.gap_us_median <= 8.0) & (d.end_gap_us_median >= 1.0)]
+    for dim, table in MISS_SLOWDOWN.items():
+        g = ok[ok.head_dim == dim].groupby(["keys", "missers"]).agg(
+            u=("dram_gb_per_s", "median"), s=("miss_over_hit", "median")).sort_values("u")
+        assert len(g) == len(table), dim
+        for (u, s), (_, row) in zip(table, g.iterrows()):
+            assert u == pytest.approx(row.u / 3000.0, abs=0.001)
+            assert s == pytest.approx(row.s - 1.0, abs=0.0001)
+        assert min(s for _, s in table) > 0.0
+        assert table[-1][1] > 1.5 * max(s for u, s in table if u < 0.5)
+        both = g.reset_index().groupby("missers").s.agg(["min", "max", "count"])
+        both = both[both["count"] > 1]
+        assert (both["max"] - both["min"] < 0.002).all()
+    # the rows the table rests on: within-launch ratios, repeats agree to 0.5%
+    assert ok.groupby(["head_dim", "keys", "missers"]).miss_over_hit.std().max() < 0.005

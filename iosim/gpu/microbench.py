@@ -6,6 +6,7 @@ and access patterns that are NOT the validated attention launches.
     python -m iosim.gpu.microbench readers --out DIR  # L2 cost of a line by its readers (ncu)
     python -m iosim.gpu.microbench sides --out DIR    # the same, read by one GPC's SMs (ncu)
     python -m iosim.gpu.microbench fetch --out DIR    # key-block time from DRAM vs L2
+    python -m iosim.gpu.microbench follow --out DIR   # the same, leader vs follower, one moment
     python -m iosim.gpu.microbench mix --out DIR      # two re-read distances at once (ncu)
     python -m iosim.gpu.microbench traced --out DIR   # block schedule + counters, same run
 
@@ -844,6 +845,119 @@ def fetch_stats(rows) -> dict:
     return out
 
 
+#: follow: blocks missing at once (leaders + lone missers); followers trail the first
+#: min(n, 132 - n) of them; the followers' launch waits this many GPU cycles behind the leaders'
+FOLLOW_MISSERS = (4, 16, 33, 50, 66, 83, 100, 116)
+FOLLOW_DELAYS = (0, 3000, 6000, 10000, 16000, 60000)
+FOLLOW_KEYS = 16384
+
+
+def follow(out_dir: str, *, reps: int = 4, missers=FOLLOW_MISSERS, delays=FOLLOW_DELAYS,
+           keys: int = FOLLOW_KEYS, dims=(128, 64)) -> list[dict]:
+    """How much slower a block goes through key blocks it fetches from DRAM than a block that
+    reads the same K/V a few microseconds later from L2, at the same moment and DRAM load.
+
+    Two launches of the generated kernel (validation tiling, traced) on two streams, released
+    together by one event: the *leaders* (``n`` heads, one 128-query block each, ``keys`` keys:
+    every K/V line from DRAM, ``n`` blocks fetching at once) and, ``delay`` GPU cycles later,
+    the *followers*: other queries on the K/V of the first ``min(n, 132 - n)`` heads, so each
+    reads the lines its leader fetched shortly before. At d=128 one block fits an SM, so the
+    two launches share no SM. From the traces: per key block, the followers', the leaders'
+    and the lone missers' time, the start gap, and the DRAM load (K/V bytes / time)."""
+    import numpy as np
+    import torch
+    from cascades.triton import Tiling, generate
+    from iosim.gpu.validate import VALIDATION_TILING
+    flush = torch.ones(64 * MIB, device="cuda", dtype=torch.float32)     # 256 MiB
+    rows, arrays = [], {}
+    lead_s, foll_s = torch.cuda.Stream(), torch.cuda.Stream()
+    for d in dims:
+        t = Tiling(grid_order="head-major", head_dim=d, dtype="bf16", trace=True,
+                   **VALIDATION_TILING)
+        mod = generate("attention-1pass", t).load()
+        h_max = max(missers)
+        g = torch.Generator(device="cuda").manual_seed(13)
+        q = torch.randn(1, h_max, t.block_m, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        qf = torch.randn(1, h_max, t.block_m, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        k = torch.randn(1, h_max, keys, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        v = torch.randn(1, h_max, keys, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        o, of = torch.empty_like(q), torch.empty_like(qf)
+        nk = keys // t.block_n
+        kv_head = 2 * keys * d * 2
+        for n in missers:
+            nf = min(n, 132 - n)
+            tl_ = torch.zeros(4 * n, device="cuda", dtype=torch.int64)
+            tf_ = torch.zeros(4 * nf, device="cuda", dtype=torch.int64)
+            mod.forward(q[:, :n], k[:, :n], v[:, :n], causal=False, out=o[:, :n], trace=tl_)
+            for delay in delays:
+                for r in range(reps):
+                    float(flush.sum())                      # fills the L2 with other data
+                    torch.cuda.synchronize()
+                    go = torch.cuda.Event()
+                    torch.cuda._sleep(1000000)              # time to enqueue both launches
+                    go.record()
+                    with torch.cuda.stream(lead_s):
+                        lead_s.wait_event(go)
+                        mod.forward(q[:, :n], k[:, :n], v[:, :n], causal=False, out=o[:, :n],
+                                    trace=tl_)
+                    with torch.cuda.stream(foll_s):
+                        foll_s.wait_event(go)
+                        if delay:
+                            torch.cuda._sleep(delay)
+                        mod.forward(qf[:, :nf], k[:, :nf], v[:, :nf], causal=False,
+                                    out=of[:, :nf], trace=tf_)
+                    torch.cuda.synchronize()
+                    a = tl_.view(-1, 4).cpu().numpy().copy()
+                    b = tf_.view(-1, 4).cpu().numpy().copy()
+                    arrays[f"d{d}_n{n}_delay{delay}_{r}_lead"] = a
+                    arrays[f"d{d}_n{n}_delay{delay}_{r}_follow"] = b
+                    da = (a[:, 1] - a[:, 0]) / 1e3 / nk
+                    db = (b[:, 1] - b[:, 0]) / 1e3 / nk
+                    span = (a[:, 1].max() - a[:, 0].min()) / 1e3
+                    gap = (b[:, 0] - a[:nf, 0]) / 1e3
+                    lone = da[nf:]
+                    rows.append({
+                        "head_dim": d, "missers": n, "followers": nf, "keys": keys,
+                        "delay_cycles": delay, "rep": r,
+                        "gap_us_median": float(np.median(gap)), "gap_us_min": float(gap.min()),
+                        "gap_us_max": float(gap.max()),
+                        "end_gap_us_median": float(np.median((b[:, 1] - a[:nf, 1]) / 1e3)),
+                        "shared_sms": int(len(np.intersect1d(a[:, 2], b[:, 2]))),
+                        "leader_us_per_key_block": float(da[:nf].mean()),
+                        "lone_us_per_key_block": float(lone.mean()) if len(lone) else "",
+                        "follower_us_per_key_block": float(db.mean()),
+                        "miss_over_hit": float(da[:nf].mean() / db.mean()),
+                        "dram_gb_per_s": float(n * kv_head / (span * 1e3)),
+                        "device": torch.cuda.get_device_name()})
+                    print(json.dumps(rows[-1]), flush=True)
+        del q, qf, k, v, o, of
+        torch.cuda.empty_cache()
+    np.savez_compressed(os.path.join(out_dir, "follow.npz"), **arrays)
+    return rows
+
+
+def follow_stats(rows, *, min_gap_us: float = 2.5, max_gap_us: float = 8.0,
+                 min_end_gap_us: float = 1.0) -> dict:
+    """Per (head dim, keys, blocks missing): the median DRAM load (GB/s) and the median of leader /
+    follower time per key block, over the repeats whose followers started ``min_gap_us`` to
+    ``max_gap_us`` behind their leaders (so they read the leaders' lines from L2: not still in
+    flight, not yet evicted) and still trailed them by ``min_end_gap_us`` at the end: a
+    follower that reaches its leader goes on at the leader's pace (it waits for the fetches in
+    flight), and the ratio would understate the slowdown (at d=128 near 3 TB/s the followers
+    gain 4% and reach their leaders even over 128 key blocks: no clean point there)."""
+    import numpy as np
+    out = {}
+    for r in rows:
+        if not (min_gap_us <= float(r["gap_us_median"]) <= max_gap_us
+                and float(r["end_gap_us_median"]) >= min_end_gap_us):
+            continue
+        key = (int(r["head_dim"]), int(r["keys"]), int(r["missers"]))
+        out.setdefault(key, []).append((float(r["dram_gb_per_s"]), float(r["miss_over_hit"])))
+    return {k: {"gb_per_s": float(np.median([x for x, _ in v])),
+                "miss_over_hit": float(np.median([y for _, y in v])), "n": len(v)}
+            for k, v in sorted(out.items())}
+
+
 def _device_name():
     import torch
     return torch.cuda.get_device_name(0)
@@ -860,6 +974,12 @@ def _print_fetch(rows):
     for d, st in fetch_stats(rows).items():
         print(f"d={d}: key block from L2 {st['hit_us']:.3f} us, from DRAM alone "
               f"{st['miss_alone_us']:.3f} us; cold GB/s by heads {st['cold_gb_per_s']}")
+
+
+def _print_follow(rows):
+    for (d, _, n), st in follow_stats(rows).items():
+        print(f"d={d} {n:3d} missing at {st['gb_per_s']:6.0f} GB/s: a key block from DRAM takes "
+              f"{st['miss_over_hit']:.4f}x one read behind it from L2 ({st['n']} launches)")
 
 
 #: the scripts ncu runs, one per test measured under it
@@ -888,6 +1008,7 @@ TESTS = {
         lambda r: f"{r['mode']:>8} {r['mib']:4d} MiB  DRAM {r['dram_read_bytes'] / MIB:9.1f} MiB"
                   f"  miss fraction of a re-read {r['miss_fraction']:.3f}")),
     "fetch": (fetch, "gpu_fetch.csv", False, _print_fetch),
+    "follow": (follow, "gpu_follow.csv", False, _print_follow),
     "rotate": (rotate, "gpu_l2rotate.csv", True, _print_rows(
         lambda r: f"shift {r['shift']:3d} readers {r['readers']:3d} stagger {r['stagger']} "
                   f"{r['mib']:3d} MiB ({r['distinct_sms']} SMs): miss fraction of the re-reads "
