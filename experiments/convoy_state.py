@@ -1,14 +1,14 @@
 """The state of DRAM-bound causal head-major launches: which blocks hit, and how fast they go.
 
-    python experiments/convoy_state.py        # no GPU; ~4 min on 2 cores
+    python experiments/convoy_state.py        # no GPU; ~3 min on 2 cores
 
 For every traced causal head-major launch (experiments/data/gpu_traced*.csv/.npz) with enough
 long blocks, :func:`iosim.l2replay.hit_pace` on three schedules: the measured one, the dynamic
 model's (default GpuL2) and the model's with a DRAM-miss pace penalty
 (``GpuL2(miss_penalty=0.005)``, the fetch microbenchmark's one-block value; not the default),
 and the model's with the slowdown measured by the follow microbenchmark
-(``GpuL2(miss_slowdown=MISS_SLOWDOWN)``). Also each model's DRAM prediction against the counters. Writes
-experiments/data/gpu_convoy_state.csv.
+(``GpuL2(miss_slowdown=MISS_SLOWDOWN)``). Also each model's DRAM prediction against the
+counters. Writes experiments/data/gpu_convoy_state.csv.
 """
 from __future__ import annotations
 

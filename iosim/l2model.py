@@ -162,7 +162,7 @@ class GpuL2:
     #: a block is slower through key blocks that come from DRAM than one reading the same
     #: lines a few us later from L2, by ``slowdown(u)`` of its time per key block (times the
     #: part of its chunk that misses), the measured table MISS_SLOWDOWN (follow
-    #: microbenchmark) interpolated at the DRAM load u that the blocks' paces demand; ``()``
+    #: microbenchmark) interpolated at the DRAM load u that the blocks' paces demand; ``{}``
     #: off. A restoring force for convoys of blocks that share K/V
     miss_slowdown: dict = field(default_factory=dict, hash=False, compare=False)
     #: what a K/V line costs in L2 capacity: "readers" (by how many thread blocks read it since

@@ -938,8 +938,8 @@ def follow(out_dir: str, *, reps: int = 4, missers=FOLLOW_MISSERS, delays=FOLLOW
 
 def follow_stats(rows, *, min_gap_us: float = 2.5, max_gap_us: float = 8.0,
                  min_end_gap_us: float = 1.0) -> dict:
-    """Per (head dim, keys, blocks missing): the median DRAM load (GB/s) and the median of leader /
-    follower time per key block, over the repeats whose followers started ``min_gap_us`` to
+    """Per (head dim, keys, blocks missing): the median DRAM load (GB/s) and the median of
+    leader / follower time per key block, over the repeats whose followers started ``min_gap_us`` to
     ``max_gap_us`` behind their leaders (so they read the leaders' lines from L2: not still in
     flight, not yet evicted) and still trailed them by ``min_end_gap_us`` at the end: a
     follower that reaches its leader goes on at the leader's pace (it waits for the fetches in
