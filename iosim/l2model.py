@@ -126,6 +126,11 @@ SM_SHARE_CAUSAL = {64: 0.534}
 BLOCK_JITTER_PAIR = 0.079
 
 
+def _nearest_head_dim(table: dict, head_dim: int) -> int:
+    """The measured head dim of ``table`` nearest to ``head_dim`` (ties: the smaller)."""
+    return min(table, key=lambda d: (abs(d - head_dim), d))
+
+
 @dataclass(frozen=True)
 class GpuL2:
     """The GPU facts the L2 model needs (defaults: the lent H100 SXM, measured there)."""
@@ -210,11 +215,19 @@ class GpuL2:
 
     def rates(self, head_dim: int, causal: bool = False):
         """(one block alone, two together, the older one's share) for ``head_dim``."""
-        near = min(self.sm_rates, key=lambda d: (abs(d - head_dim), d))
+        near = _nearest_head_dim(self.sm_rates, head_dim)
         solo, pair, share = self.sm_rates[near]
         if causal and near in self.sm_share_causal:
             share = self.sm_share_causal[near]
         return solo, pair, share
+
+    def slowdown_table(self, head_dim: int):
+        """(u points, slowdowns) of ``miss_slowdown`` for ``head_dim`` (the nearest measured);
+        two empty tuples where the table is off."""
+        if not self.miss_slowdown:
+            return (), ()
+        us, ss = zip(*self.miss_slowdown[_nearest_head_dim(self.miss_slowdown, head_dim)])
+        return us, ss
 
     @classmethod
     def from_hardware(cls, hw, **kw) -> "GpuL2":
@@ -685,9 +698,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     resident_changed = True
     rate = np.zeros(S)
     penalty = gpu.miss_penalty
-    near_d = min(gpu.miss_slowdown, key=lambda d: (abs(d - w.head_dim), d)) \
-        if gpu.miss_slowdown else None
-    slow_u, slow_s = zip(*gpu.miss_slowdown[near_d]) if near_d is not None else ((), ())
+    slow_u, slow_s = gpu.slowdown_table(w.head_dim)
     eff = rate
     while finished < nb:
         occ = blk >= 0
@@ -716,20 +727,15 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         else:
             fetch = occ & (got < need)
         fol = occ & (dep >= 0)
-        if penalty > 0:
-            # key blocks from DRAM cost penalty / (1 - u) more time, u: the DRAM bandwidth the
-            # blocks' present paces demand
-            miss = np.where(occ & (glen > 0), need / np.maximum(glen * tile_bytes, 1e-30), 0.0)
-            miss = np.minimum(miss, 1.0)
-            util = min(float((eff * miss).sum()) * tile_bytes / bw, 0.98)
-            eff = rate / (1.0 + penalty / (1.0 - util) * miss)
-        elif slow_u:
-            # key blocks from DRAM cost slowdown(u) more time (measured table), u: the DRAM
-            # bandwidth the blocks' present paces demand
+        if penalty > 0 or slow_u:
+            # key blocks from DRAM cost more time: penalty / (1 - u) or the measured slowdown(u),
+            # u: the DRAM bandwidth the blocks' present paces demand
             miss = np.where(occ & (glen > 0), need / np.maximum(glen * tile_bytes, 1e-30), 0.0)
             miss = np.minimum(miss, 1.0)
             util = float((eff * miss).sum()) * tile_bytes / bw
-            eff = rate / (1.0 + float(np.interp(util, slow_u, slow_s)) * miss)
+            extra = penalty / (1.0 - min(util, 0.98)) if penalty > 0 else \
+                float(np.interp(util, slow_u, slow_s))
+            eff = rate / (1.0 + extra * miss)
         else:
             eff = rate
         if not fetch.any() and not fol.any():
