@@ -19,8 +19,36 @@ from iosim.errors import IosimError
 from iosim.l2model import GpuL2, Workload, _blocks, _Touches, smem_level_reads
 
 
+def key_times(trace: np.ndarray, NK: np.ndarray, x: np.ndarray, b: np.ndarray,
+              every: int = 0) -> np.ndarray:
+    """When block ``b`` began key block ``x`` (its own index from 0), by a trace row.
+
+    Without marks (``every = 0``) a block goes through its ``NK`` key blocks evenly between its
+    start and its end (columns 0 and 1). With marks (``Tiling(trace_every=every)``: column
+    ``4 + j`` holds when the block began key block ``j * every``, -1 where it never did) the
+    time is interpolated between the marks around ``x``, the last segment ending at the block's
+    end at key block ``NK``."""
+    trace = np.asarray(trace, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    start, end = trace[b, 0], trace[b, 1]
+    nk = np.maximum(NK[b].astype(np.float64), 1.0)
+    if not every:
+        return start + (end - start) * x / nk
+    marks = trace[:, 4:]
+    n_marks = marks.shape[1]
+    j = np.minimum((x // every).astype(np.int64), n_marks - 1)
+    t0 = marks[b, j]
+    t0 = np.where(t0 >= 0, t0, start)          # a mark missing (not reached): from the start
+    x0 = np.where(marks[b, j] >= 0, j * every, 0.0)
+    j1 = np.minimum(j + 1, n_marks - 1)
+    has_next = (j + 1 < n_marks) & (marks[b, j1] >= 0) & (j1 * every <= nk)
+    t1 = np.where(has_next, marks[b, j1], end)
+    x1 = np.where(has_next, j1 * every, nk)
+    return t0 + (t1 - t0) * (x - x0) / np.maximum(x1 - x0, 1e-9)
+
+
 def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: int = 32,
-                chunk: int | None = None, per_block: bool = False) -> dict:
+                chunk: int | None = None, per_block: bool = False, every: int = 0) -> dict:
     """Expected DRAM read bytes of ``w`` when its blocks run as ``trace`` says.
 
     ``trace``: one row per thread block in block-id order (the order of
@@ -28,7 +56,9 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
     ``Tiling(trace=True)``). Reads are processed in time order, ``batch`` at a time (a chunk
     read twice within a batch is fetched once; the others' reuse distances count the batch's
     earlier touches, so the batch only groups work, it does not blur the order).
-    ``per_block``: also return each block's expected K/V miss bytes (``"block_miss_bytes"``)."""
+    ``per_block``: also return each block's expected K/V miss bytes (``"block_miss_bytes"``).
+    ``every``: the trace carries marks every ``every`` key blocks (:func:`key_times`): reads
+    are placed on the measured trajectory instead of evenly between start and end."""
     trace = np.asarray(trace, dtype=np.float64)
     if trace.ndim != 2 or trace.shape[1] < 2:
         raise IosimError("a trace needs one row (start, end, ...) per thread block")
@@ -47,13 +77,17 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
     key_bytes = 2 * w.head_dim * eb
     chunk_keys = np.full(n_ch, g * w.block_n, dtype=float)
     chunk_keys[-1] = w.seq_k - (n_ch - 1) * g * w.block_n
-    s0, e0 = trace[:, 0] - trace[:, 0].min(), trace[:, 1] - trace[:, 0].min()
-    dur = np.maximum(e0 - s0, 1e-9)
+    t_first = trace[:, 0].min()
+    trace = trace.copy()
+    trace[:, :2] -= t_first
+    if every:
+        trace[:, 4:] = np.where(trace[:, 4:] >= 0, trace[:, 4:] - t_first, -1.0)
+    s0, e0 = trace[:, 0], trace[:, 1]
     # K/V events: block b reads chunk c when it starts its first key block of the chunk
     NCH = -(-NK // g)
     b_ev = np.repeat(np.arange(nb), NCH)
     c_ev = np.arange(len(b_ev)) - np.repeat(np.cumsum(NCH) - NCH, NCH)
-    t_ev = s0[b_ev] + dur[b_ev] * (c_ev * g) / np.maximum(NK[b_ev], 1)
+    t_ev = key_times(trace, NK, c_ev * g, b_ev, every)
     tiles = np.minimum(g, NK[b_ev] - c_ev * g).astype(float)
     per_tile = chunk_keys[c_ev] / np.minimum(g, w.n_kv_blocks - c_ev * g) * key_bytes
     k_ev = KVH[b_ev] * n_ch + c_ev

@@ -8,7 +8,7 @@ import pytest
 
 from iosim.errors import IosimError
 from iosim.l2model import GpuL2, Workload, _predict_dynamic
-from iosim.l2replay import replay_dram
+from iosim.l2replay import key_times, replay_dram
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
 MIB = 2 ** 20
@@ -65,6 +65,35 @@ def test_causal_blocks_read_only_up_to_the_diagonal():
     kv_block = 2 * 64 * 64 * 2
     assert r["dram_read_bytes"] == pytest.approx(3 * 4096 * 64 * 2, rel=1e-9)
     assert np.allclose(r["block_miss_bytes"], 2 * kv_block)
+
+
+def test_key_times_follow_the_marks():
+    # two blocks, marks every 8 key blocks (Tiling(trace_every=8)): the first reads 20 key
+    # blocks (marks at 0, 8, 16: t = 10, 30, 50; end 62), the second 10 (marks 5, 25, never
+    # at 16; end 35). Between marks the time is linear; after the last mark it runs to the end
+    tr = np.array([[0.0, 62.0, 0, 0, 10.0, 30.0, 50.0],
+                   [0.0, 35.0, 1, 0, 5.0, 25.0, -1.0]])
+    NK = np.array([20, 10])
+    got = key_times(tr, NK, np.array([4, 12, 18, 0, 9]), np.array([0, 0, 0, 1, 1]), every=8)
+    assert np.allclose(got, [20.0, 40.0, 56.0, 5.0, 30.0])
+    # without marks: evenly between start and end
+    assert np.allclose(key_times(tr, NK, np.array([10, 5]), np.array([0, 1])), [31.0, 17.5])
+
+
+def test_marks_place_the_reads_where_the_blocks_were():
+    # 512 blocks of one 32 MiB head whose start/end rows say they all ran together (every
+    # fetch shared: Q + K + V), but whose marks say each read all its keys in its own time
+    # unit, one after another: the re-reads are 32 MiB apart and all miss (as the sequential
+    # test above: Q + 512 x (K + V))
+    w = Workload(1, 1, 65536, 65536, 128, grid_order="query-major")
+    kv = 2 * 65536 * 128 * 2
+    nb, every = 512, 8
+    marks = np.arange(nb)[:, None] + np.arange(1024 // every)[None, :] * every / 1024
+    tr = np.c_[np.zeros(nb), np.full(nb, 512.0), np.zeros(nb), np.zeros(nb), marks]
+    lin = replay_dram(w, tr, SHARED, chunk=8, batch=64)["dram_read_bytes"]
+    seq = replay_dram(w, tr, SHARED, chunk=8, batch=64, every=every)["dram_read_bytes"]
+    assert lin == pytest.approx(kv // 2 + kv, rel=1e-6)
+    assert seq == pytest.approx(kv // 2 + 512 * kv, rel=1e-6)
 
 
 def test_bad_trace():

@@ -236,3 +236,49 @@ def test_launcher_rejects_wrong_inputs(interpret):
         mod.forward(q.half(), q.half(), q.half())
     with pytest.raises(CodegenError, match="same number of heads"):
         mod.forward(torch.randn(1, 4, 20, 16), q, q)
+
+
+@needs_triton
+@pytest.mark.parametrize("grid_order", ["query-major", "head-major"])
+def test_trace_marks_in_the_interpreter(interpret, grid_order):
+    """``trace_every``: each block's row holds its key extent and, at every TRACE_EVERY-th key
+    block it reads, a mark (the interpreter has no clock: the mark is the key reached + 1); the
+    output is still exact attention. Expected rows derived by hand from the causal bounds."""
+    import torch
+    t = Tiling(block_m=32, block_n=16, num_warps=4, num_stages=1, head_dim=16, dtype="fp32",
+               grid_order=grid_order, trace=True, trace_every=2)
+    gen = generate("attention-1pass", t)
+    mod = gen.load()
+    B, H, N = 1, 2, 75                       # 3 query blocks (the last partial), 5 key blocks
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(B, H, N, 16, generator=g) for _ in range(3))
+    assert mod.trace_width(N) == 4 + 3       # key blocks 0, 2, 4 carry marks
+    with pytest.raises(CodegenError, match="7 x thread blocks"):
+        mod.forward(q, k, v, causal=True, trace=torch.zeros(5, dtype=torch.int64))
+    tr = torch.full((3 * H * 7,), -1, dtype=torch.int64)
+    out = mod.forward(q, k, v, causal=True, trace=tr)
+    ref = _reference(cascades.load("attention-1pass"), q, k, v, causal=True)
+    assert np.abs(out.double().numpy() - ref).max() < 1e-5
+    rows = tr.view(-1, 7).numpy()
+    for lin, row in enumerate(rows):
+        # block id -> (head, query block) as the grid order lays them out
+        qb = lin // H if grid_order == "head-major" else lin % 3
+        extent = min((qb + 1) * 32, N)       # causal: keys up to the last query of the block
+        assert row[3] == extent
+        read = -(-extent // 16)              # key blocks the block reads
+        want = [j * 2 * 16 + 1 if j * 2 < read else -1 for j in range(3)]
+        assert list(row[4:]) == want, (lin, row)
+        assert list(row[:3]) == [0, 0, 0]    # no clock, no SM id in the interpreter
+
+
+def test_trace_every_validation():
+    with pytest.raises(CodegenError, match="needs trace=True"):
+        Tiling(trace_every=4)
+    with pytest.raises(CodegenError, match="cannot be combined"):
+        Tiling(trace=True, trace_every=4, pipeline=True)
+    with pytest.raises(CodegenError, match="non-negative integer"):
+        Tiling(trace=True, trace_every=-1)
+    plain = generate("attention-1pass", Tiling(trace=True)).source
+    marked = generate("attention-1pass", Tiling(trace=True, trace_every=16)).source
+    assert "TRACE_EVERY = 0" in plain and "TRM" not in plain
+    assert "TRACE_EVERY = 16" in marked and "TRM + (start_n // BLOCK_N) // TRACE_EVERY" in marked

@@ -238,16 +238,31 @@ def _inner_pass(which: int, prec: str, plan: KernelPlan) -> str:
     return body + _ADVANCE
 
 
-def _loop_fn(name: str, body: str) -> str:
+#: a mark of the traced kernel with ``trace_every``: the time a block reaches every
+#: TRACE_EVERY-th key block (absolute key position), stored in the block's trace row; Triton's
+#: interpreter has no clock, so there the mark is the key reached plus one (what the tests check)
+_MARK = """\
+        if (start_n // BLOCK_N) % TRACE_EVERY == 0:
+            if CLOCK:
+                t_mark = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [],
+                                                   dtype=tl.int64, is_pure=False, pack=1)
+            else:
+                t_mark = start_n + 1
+            tl.store(TRM + (start_n // BLOCK_N) // TRACE_EVERY, t_mark)
+"""
+
+
+def _loop_fn(name: str, body: str, marks: bool = False) -> str:
+    extra = ", TRM, TRACE_EVERY: tl.constexpr, CLOCK: tl.constexpr" if marks else ""
     return f'''
 @triton.jit
 def {name}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, lo, hi, M_LEN, OFF, qk_scale, qk_bias,
         stride_kn, stride_vn, CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
-        FAST_ASM: tl.constexpr):
+        FAST_ASM: tl.constexpr{extra}):
     k_ptrs += lo * stride_kn
     v_ptrs += lo * stride_vn
     for start_n in range(lo, hi, BLOCK_N):
-{body}    return acc, l_i, m_i
+{_MARK if marks else ""}{body}    return acc, l_i, m_i
 '''
 
 
@@ -385,7 +400,8 @@ def _call_tma_loops(loop: str, ws: bool) -> str:
 """
 
 
-def _call_loops(loop: str, full_loop: str | None = None) -> str:
+def _call_loops(loop: str, full_loop: str | None = None, marks: bool = False) -> str:
+    extra = ", TRM, TRACE_EVERY, CLOCK" if marks else ""
     if full_loop:
         first = f"""\
     acc, l_i, m_i = {full_loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, 0, full_hi, qk_scale, qk_bias,
@@ -394,11 +410,11 @@ def _call_loops(loop: str, full_loop: str | None = None) -> str:
     else:
         first = f"""\
     acc, l_i, m_i = {loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, 0, full_hi, M_LEN, OFF,
-                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, False, BLOCK_N, FAST_ASM)
+                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, False, BLOCK_N, FAST_ASM{extra})
 """
     return first + f"""\
     acc, l_i, m_i = {loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, full_hi, end, M_LEN, OFF,
-                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, True, BLOCK_N, FAST_ASM)
+                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, True, BLOCK_N, FAST_ASM{extra})
 """
 
 
@@ -418,14 +434,44 @@ _TRACE_END = """\
     tl.store(TR + lin * 4 + 2, sm.to(tl.int64))
     tl.store(TR + lin * 4 + 3, (end - 0).to(tl.int64))
 """
+# the same with marks (``trace_every``): rows of TSTRIDE int64 (start, end, SM, key extent, then
+# the marks); without a clock (the interpreter) start = end = 0 and the SM is 0
+_MARKED_START = """\
+    lin = tl.program_id(0) + tl.program_id(1) * tl.num_programs(0)
+    TRM = TR + lin * TSTRIDE + 4
+    if CLOCK:
+        t_start = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64,
+                                            is_pure=False, pack=1)
+    else:
+        t_start = 0
+"""
+_MARKED_END = """\
+    if CLOCK:
+        t_end = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64,
+                                          is_pure=False, pack=1)
+        sm = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32,
+                                       is_pure=False, pack=1)
+    else:
+        t_end = 0
+        sm = 0
+    tl.store(TR + lin * TSTRIDE + 0, t_start)
+    tl.store(TR + lin * TSTRIDE + 1, t_end)
+    tl.store(TR + lin * TSTRIDE + 2, sm)
+    tl.store(TR + lin * TSTRIDE + 3, end)
+"""
 
 
 def _single_pass(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
                  pipeline: bool = False, lazy: bool = False, trace: bool = False,
-                 tma: bool = False, ws: bool = False) -> tuple[str, list[str]]:
+                 tma: bool = False, ws: bool = False,
+                 marks: bool = False) -> tuple[str, list[str]]:
     loop = f"_{pre}_loop"
     full_loop = None
-    make_loop = _tma_loop_fn if tma else _loop_fn
+    if tma:
+        make_loop = _tma_loop_fn
+    else:
+        def make_loop(name, body):
+            return _loop_fn(name, body, marks)
     if plan.family == "online":
         src = make_loop(loop, _inner_online(plan, prec, fast, lazy))
         if pipeline and plan.normalisation == "deferred" and not tma:
@@ -435,14 +481,21 @@ def _single_pass(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
     else:
         src = make_loop(loop, _inner_sigmoid(plan, prec))
         final = "acc"
-    calls = _call_tma_loops(loop, ws) if tma else _call_loops(loop, full_loop)
+    calls = _call_tma_loops(loop, ws) if tma else _call_loops(loop, full_loop, marks)
     descs = _TMA_DESCS if tma else ""
     kname = f"{pre}_fwd"
+    if marks:
+        sig = " TR, TSTRIDE,"
+        const = _CONST + ", TRACE_EVERY: tl.constexpr, CLOCK: tl.constexpr"
+        t0, t1 = _MARKED_START, _MARKED_END
+    else:
+        sig, const = (" TR," if trace else ""), _CONST
+        t0, t1 = (_TRACE_START, _TRACE_END) if trace else ("", "")
     src += f'''
 @triton.jit
-def {kname}({_SIG}{' TR,' if trace else ''}
-        {_CONST}):
-{_TRACE_START if trace else ''}{_prologue(plan)}{descs}{_BOUNDS}{_init_state()}{calls}{_store_o(final)}{_TRACE_END if trace else ''}'''
+def {kname}({_SIG}{sig}
+        {const}):
+{t0}{_prologue(plan)}{descs}{_BOUNDS}{_init_state()}{calls}{_store_o(final)}{t1}'''
     return src, [kname]
 
 
@@ -592,6 +645,19 @@ def _scratch(size, align, stream):
     return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _clock(q):
+    """%globaltimer and %smid can be read: a CUDA GPU, not the interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and q.is_cuda
+
+
+def trace_width(M):
+    """int64 fields per thread block of a traced launch with M keys: start, end, SM, key
+    extent, then (with TRACE_EVERY) one mark per TRACE_EVERY key blocks (0 where not reached)."""
+    if not TRACE_EVERY:
+        return 4
+    return 4 + triton.cdiv(triton.cdiv(M, BLOCK_N), TRACE_EVERY)
+
+
 def _native(q):
     """Packed 16-bit exp2 in PTX: a CUDA GPU of compute capability 9 or later, not the
     interpreter."""
@@ -653,9 +719,14 @@ def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=Non
     if plan.family in ("online", "none"):
         lines.append(f'''\
     if TRACE:
-        if trace is None or trace.numel() < 4 * grid[0] * grid[1]:
-            raise ValueError("a traced kernel needs trace=<int64 tensor of 4 x thread blocks>")
-        {names[0]}[grid](q, k, v, o, *common, trace, **const)
+        width = trace_width(M)
+        if trace is None or trace.numel() < width * grid[0] * grid[1]:
+            raise ValueError(f"a traced kernel needs trace=<int64 tensor of {{width}} x thread blocks>")
+        if TRACE_EVERY:
+            {names[0]}[grid](q, k, v, o, *common, trace, width, **const, TRACE_EVERY=TRACE_EVERY,
+                             CLOCK=_clock(q))
+        else:
+            {names[0]}[grid](q, k, v, o, *common, trace, **const)
         return o
     {names[0]}[grid](q, k, v, o, *common, **const)
     return o''')
@@ -719,7 +790,7 @@ def emit(plan: KernelPlan, tiling: Tiling) -> tuple[str, list[str]]:
     if plan.family in ("online", "none"):
         body, names = _single_pass(plan, pre, prec, fast, tiling.pipeline, tiling.lazy_rescale,
                                    tiling.trace, tiling.tma or tiling.warp_specialize,
-                                   tiling.warp_specialize)
+                                   tiling.warp_specialize, tiling.trace_every > 0)
     elif plan.family == "three-pass":
         body, names = _three_pass(plan, pre, prec)
     else:
@@ -753,6 +824,7 @@ GRID_ORDER = {tiling.grid_order!r}
 SPLIT_KV = {tiling.split_kv}
 FAST_EXP = {fast}
 TRACE = {tiling.trace and plan.family in ("online", "none")}
+TRACE_EVERY = {tiling.trace_every if tiling.trace and plan.family in ("online", "none") else 0}
 TMA = {(tiling.tma or tiling.warp_specialize) and plan.family in ("online", "none")}
 '''
     return head + body + _launcher(plan, tiling, names), names

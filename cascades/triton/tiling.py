@@ -46,6 +46,10 @@ class Tiling:
     #: instrumentation (GPU only, single-pass kernels): each thread block writes its start and
     #: end time (%globaltimer), SM id and key range to ``forward(..., trace=int64 tensor)``
     trace: bool = False
+    #: with ``trace``: also the time each thread block reaches every ``trace_every``-th key
+    #: block (absolute key position, so the blocks of one head are compared at the same keys);
+    #: 0 = start and end only. Plain key loop only (no pipeline, tma or warp_specialize)
+    trace_every: int = 0
     #: read K and V through tensor descriptors (TMA on Hopper; single-pass kernels)
     tma: bool = False
     #: warp-specialise the unmasked key-block loop (tl.range(..., warp_specialize=True));
@@ -76,6 +80,15 @@ class Tiling:
         for k in ("fast_exp", "pipeline", "lazy_rescale", "trace", "tma", "warp_specialize"):
             if not isinstance(getattr(self, k), bool):
                 raise CodegenError(f"{k} must be true or false, got {getattr(self, k)!r}")
+        if (not isinstance(self.trace_every, int) or isinstance(self.trace_every, bool)
+                or self.trace_every < 0):
+            raise CodegenError(f"trace_every must be a non-negative integer (key blocks between "
+                               f"marks), got {self.trace_every!r}")
+        if self.trace_every and not self.trace:
+            raise CodegenError("trace_every needs trace=True")
+        if self.trace_every and (self.pipeline or self.tma or self.warp_specialize):
+            raise CodegenError("trace_every marks the plain key loop: it cannot be combined with "
+                               "pipeline, tma or warp_specialize")
         if self.warp_specialize and self.num_warps < 8:
             raise CodegenError("warp_specialize needs num_warps=8 or more (with 4, Triton 3.6's "
                                "warp-specialisation pass fails on Hopper)")

@@ -527,29 +527,48 @@ def _traced_profile(plan_path: str) -> None:
         torch.cuda.empty_cache()
         q, k, v = make_inputs(shape, torch.bfloat16, seed=2)
         o = torch.empty_like(q)
+        every = c.get("trace_every", 0)
         t = Tiling(grid_order=c["grid_order"], head_dim=shape.head_dim, dtype="bf16", trace=True,
-                   **VALIDATION_TILING)
+                   trace_every=every, **VALIDATION_TILING)
         mod = generate("attention-1pass", t).load()
         nq = -(-shape.seq // t.block_m)
-        tr = torch.zeros(4 * shape.batch * shape.heads * nq, device="cuda", dtype=torch.int64)
+        width = mod.trace_width(shape.seq)
+        tr = torch.zeros(width * shape.batch * shape.heads * nq, device="cuda", dtype=torch.int64)
         launch.profiled(lambda: mod.forward(q, k, v, causal=shape.causal, out=o, trace=tr))
-        arrays[f"{shape.label()}_{c['grid_order']}"] = tr.view(-1, 4).cpu().numpy().copy()
-        print(f"traced {shape.label()} {c['grid_order']}", flush=True)
+        a = tr.view(-1, width).cpu().numpy().copy()
+        if every:   # times from the first start (they compress); marks not reached: -1
+            t0 = a[:, 0].min()
+            a[:, :2] -= t0
+            marks = a[:, 4:]
+            marks[marks > 0] -= t0
+            marks[marks == 0] = -1
+        key = c.get("key", f"{shape.label()}_{c['grid_order']}")
+        arrays[key] = a
+        print(f"traced {key}", flush=True)
         del q, k, v, o
     np.savez_compressed(plan_path + ".trace.npz", **arrays)
     _end_session(plan_path, list(arrays))
 
 
-def traced(out_dir: str, launches) -> list[dict]:
+def traced(out_dir: str, launches, *, trace_every: int = 0) -> list[dict]:
     """The generated kernel (validation tiling, traced) under ncu: for each (batch, heads, N, d,
     causal, grid order) the DRAM and L2->SM bytes, the time, and the per-block schedule of the
     same launch (``traced.npz``: start ns, end ns, SM, key extent per block, in block-id
-    order). What :mod:`iosim.l2replay` replays."""
+    order). What :mod:`iosim.l2replay` replays. With ``trace_every`` the rows go on with the
+    time each block reached every ``trace_every``-th key block (``Tiling.trace_every``; times
+    from the launch's first start, -1 where not reached); a launch listed more than once gets
+    ``_2``, ``_3``, ... on its key."""
     import shutil
     from iosim.gpu import ncu
     from iosim.gpu.shapes import Shape
-    configs = [{"batch": b, "heads": h, "seq": n, "head_dim": d, "causal": bool(c),
-                "grid_order": o} for (b, h, n, d, c, o) in launches]
+    configs, seen = [], {}
+    for (b, h, n, d, c, o) in launches:
+        lab = Shape(b, h, n, d, bool(c)).label()
+        key = f"{lab}_{o}" + (f"_every{trace_every}" if trace_every else "")
+        seen[key] = seen.get(key, 0) + 1
+        key += f"_{seen[key]}" if seen[key] > 1 else ""
+        configs.append({"batch": b, "heads": h, "seq": n, "head_dim": d, "causal": bool(c),
+                        "grid_order": o, "trace_every": trace_every, "key": key})
     groups, done = _under_ncu(out_dir, "traced test", "traced", configs, TRACED_METRICS)
     shutil.copy(Path(out_dir) / "traced_work" / "plan.json.trace.npz",
                 Path(out_dir) / "traced.npz")
@@ -557,7 +576,9 @@ def traced(out_dir: str, launches) -> list[dict]:
     for c, g in zip(configs, groups):
         s = ncu.summarize(g)
         lab = Shape(c["batch"], c["heads"], c["seq"], c["head_dim"], c["causal"]).label()
-        rows.append({"shape": lab, **c, "trace_key": f"{lab}_{c['grid_order']}",
+        c = dict(c)
+        key = c.pop("key")
+        rows.append({"shape": lab, **c, "trace_key": key,
                      "dram_read_bytes": s.get("dram_read_bytes"),
                      "l2_to_sm_read_bytes": s.get("l1_from_l2_read_bytes"),
                      "time_ns": s.get("time_ns")})
