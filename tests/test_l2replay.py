@@ -314,3 +314,43 @@ def test_recorded_64k_causal_head_major_state():
     h = hit_pace(w, tr)
     assert 0.2 < h["hitters"] < 0.35 and 0.6 < h["missers"] < 0.8
     assert h["misser_pace"] - h["hitter_pace"] > 0.004
+
+
+def test_marked_traces_trajectories_and_followers():
+    """The marked traces (experiments/device/marked_traces.py): every mark lies between its
+    block's start and end and the marks rise; unreached marks (-1) are exactly those past the
+    block's keys. And the finding of docs/validation.md, recomputed here with plain numpy: at
+    d=128 a block that starts within 8 us of the previous query block of its head is drawn
+    afresh each generation (after a follower, following is no likelier than after a
+    non-follower), while at d=64 (two blocks per SM) it is inherited."""
+    meta = _csv("gpu_marks.csv")
+    assert {r["device"] for r in meta} == {"NVIDIA H100 80GB HBM3"}
+    inherit = {}
+    for r in meta:
+        every = int(r["trace_every"])
+        z = np.load(os.path.join(DATA, r["npz"]))[r["trace_key"]].astype(np.float64)
+        if every:
+            marks = z[:, 4:]
+            n_kb = -(-z[:, 3].astype(int) // 64)                 # key blocks read (extent)
+            want = np.arange(marks.shape[1])[None, :] * every < n_kb[:, None]
+            assert np.array_equal(marks >= 0, want), r["trace_key"]
+            m = np.where(want, marks, np.nan)
+            assert np.all(np.nan_to_num(np.diff(m, axis=1), nan=0.0) >= 0)
+            assert np.all(m[want] >= np.repeat(z[:, 0], want.sum(axis=1)))
+            assert np.all(m[want] <= np.repeat(z[:, 1], want.sum(axis=1)))
+        if r["grid_order"] != "head-major" or r["causal"] != "True":
+            continue
+        heads = int(r["batch"]) * int(r["heads"])
+        s = (z[:, 0] - z[:, 0].min()) / 1e3
+        s = s.reshape(-1, heads)
+        close = (s[1:] - s[:-1] < 8.0)[(len(s) - 1) // 3:]
+        prev, nxt = close[:-1].ravel(), close[1:].ravel()
+        key = (int(r["head_dim"]), r["seq"])
+        inherit.setdefault(key, []).append((nxt[prev].mean(), nxt[~prev].mean(), close.mean()))
+    for (d, n), runs in inherit.items():
+        after_follow, after_far, frac = np.mean(runs, axis=0)
+        if d == 128:
+            assert 0.1 < frac < 0.3, (n, frac)
+            assert after_follow < after_far + 0.05, (n, runs)
+        else:
+            assert after_follow > 3 * after_far, (n, runs)
