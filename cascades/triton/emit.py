@@ -652,7 +652,8 @@ def _clock(q):
 
 def trace_width(M):
     """int64 fields per thread block of a traced launch with M keys: start, end, SM, key
-    extent, then (with TRACE_EVERY) one mark per TRACE_EVERY key blocks (0 where not reached)."""
+    extent, then (with TRACE_EVERY) one mark per TRACE_EVERY key blocks (a mark a block never
+    reaches keeps the value the caller filled the tensor with)."""
     if not TRACE_EVERY:
         return 4
     return 4 + triton.cdiv(triton.cdiv(M, BLOCK_N), TRACE_EVERY)

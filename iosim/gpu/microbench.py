@@ -540,8 +540,9 @@ def _traced_profile(plan_path: str) -> None:
             t0 = a[:, 0].min()
             a[:, :2] -= t0
             marks = a[:, 4:]
-            marks[marks > 0] -= t0
-            marks[marks == 0] = -1
+            unreached = marks == 0
+            marks -= t0
+            marks[unreached] = -1
         key = c.get("key", f"{shape.label()}_{c['grid_order']}")
         arrays[key] = a
         print(f"traced {key}", flush=True)
