@@ -41,7 +41,7 @@ def key_times(trace: np.ndarray, NK: np.ndarray, x: np.ndarray, b: np.ndarray,
     t0 = np.where(t0 >= 0, t0, start)          # a mark missing (not reached): from the start
     x0 = np.where(marks[b, j] >= 0, j * every, 0.0)
     j1 = np.minimum(j + 1, n_marks - 1)
-    has_next = (j + 1 < n_marks) & (marks[b, j1] >= 0) & (j1 * every <= nk)
+    has_next = (j + 1 < n_marks) & (marks[b, j1] >= 0)
     t1 = np.where(has_next, marks[b, j1], end)
     x1 = np.where(has_next, j1 * every, nk)
     return t0 + (t1 - t0) * (x - x0) / np.maximum(x1 - x0, 1e-9)

@@ -328,7 +328,7 @@ def test_marked_traces_trajectories_and_followers():
     inherit = {}
     for r in meta:
         every = int(r["trace_every"])
-        z = np.load(os.path.join(DATA, r["npz"]))[r["trace_key"]].astype(np.float64)
+        z = np.load(os.path.join(DATA, r["npz"]))[r["trace_key"]]
         if every:
             marks = z[:, 4:]
             n_kb = -(-z[:, 3].astype(int) // 64)                 # key blocks read (extent)
@@ -341,7 +341,7 @@ def test_marked_traces_trajectories_and_followers():
         if r["grid_order"] != "head-major" or r["causal"] != "True":
             continue
         heads = int(r["batch"]) * int(r["heads"])
-        s = (z[:, 0] - z[:, 0].min()) / 1e3
+        s = (z[:, 0] - z[:, 0].min()).astype(np.float64) / 1e3
         s = s.reshape(-1, heads)
         close = (s[1:] - s[:-1] < 8.0)[(len(s) - 1) // 3:]
         prev, nxt = close[:-1].ravel(), close[1:].ravel()

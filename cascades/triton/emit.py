@@ -10,6 +10,7 @@ grouped-query packing. Exponentials use ``exp2`` with ``log2(e)`` folded into th
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from cascades.triton.analyze import KernelPlan
 from cascades.triton.tiling import DTYPES, Tiling
@@ -467,11 +468,7 @@ def _single_pass(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
                  marks: bool = False) -> tuple[str, list[str]]:
     loop = f"_{pre}_loop"
     full_loop = None
-    if tma:
-        make_loop = _tma_loop_fn
-    else:
-        def make_loop(name, body):
-            return _loop_fn(name, body, marks)
+    make_loop = _tma_loop_fn if tma else partial(_loop_fn, marks=marks)
     if plan.family == "online":
         src = make_loop(loop, _inner_online(plan, prec, fast, lazy))
         if pipeline and plan.normalisation == "deferred" and not tma:
