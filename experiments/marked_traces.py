@@ -35,8 +35,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import MISS_SLOWDOWN, GpuL2, Workload, _predict_dynamic  # noqa: E402
+from iosim.l2model import MISS_SLOWDOWN, GpuL2, _predict_dynamic  # noqa: E402
 from iosim.l2replay import replay_dram  # noqa: E402
+from replay_traced import workload  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
 FIG = os.path.join(ROOT, "figures")
@@ -47,16 +48,12 @@ VARIANTS = {"default": {}, "prefetch": {"prefetch_across_chunks": True},
             "slowdown": {"miss_slowdown": MISS_SLOWDOWN}}
 
 
-def workload(r) -> Workload:
-    return Workload(int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["seq"]),
-                    int(r["head_dim"]), causal=str(r["causal"]) == "True",
-                    grid_order=r["grid_order"])
-
-
 def _trace(r) -> np.ndarray:
-    a = np.load(os.path.join(DATA, r["npz"]))[r["trace_key"]].astype(np.float64)
+    """The launch's trace rows, times from its first start (shifted in int64: absolute
+    %globaltimer values lose 100+ ns as float64)."""
+    a = np.load(os.path.join(DATA, r["npz"]))[r["trace_key"]].copy()
     a[:, :2] -= a[:, 0].min()
-    return a
+    return a.astype(np.float64)
 
 
 def replay_row(r: dict) -> dict:
