@@ -59,7 +59,7 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
     ``per_block``: also return each block's expected K/V miss bytes (``"block_miss_bytes"``).
     ``every``: the trace carries marks every ``every`` key blocks (:func:`key_times`): reads
     are placed on the measured trajectory instead of evenly between start and end."""
-    trace = np.asarray(trace, dtype=np.float64)
+    trace = np.asarray(trace)
     if trace.ndim != 2 or trace.shape[1] < 2:
         raise IosimError("a trace needs one row (start, end, ...) per thread block")
     H, QB, NK = _blocks(w)
@@ -77,11 +77,14 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
     key_bytes = 2 * w.head_dim * eb
     chunk_keys = np.full(n_ch, g * w.block_n, dtype=float)
     chunk_keys[-1] = w.seq_k - (n_ch - 1) * g * w.block_n
-    t_first = trace[:, 0].min()
-    trace = trace.copy()
-    trace[:, :2] -= t_first
+    # times relative to the first start, shifted before the conversion to float64 (absolute
+    # %globaltimer values, ~1.7e18 ns, would be rounded to 256 ns)
+    raw = trace
+    t_first = raw[:, 0].min()
+    trace = raw.astype(np.float64)
+    trace[:, :2] = raw[:, :2] - t_first
     if every:
-        trace[:, 4:] = np.where(trace[:, 4:] >= 0, trace[:, 4:] - t_first, -1.0)
+        trace[:, 4:] = np.where(raw[:, 4:] >= 0, raw[:, 4:] - t_first, -1)
     s0, e0 = trace[:, 0], trace[:, 1]
     # K/V events: block b reads chunk c when it starts its first key block of the chunk
     NCH = -(-NK // g)
@@ -112,6 +115,12 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
     log = _Touches(len(t_all) + 8, gpu.horizon_bytes / scale)
     dram = 0.0
     wq = wp * q_tile / scale
+
+    def held_frac(chunks, held):
+        # a chunk costs the key blocks of it that are held (a head's last chunk is partial)
+        c = chunks % n_ch
+        return held * chunk_keys[c] / (np.minimum(g, w.n_kv_blocks - c * g) * g * w.block_n)
+
     for lo in range(0, len(t_all), batch):
         hi = min(lo + batch, len(t_all))
         k = k_all[lo:hi]
@@ -132,8 +141,10 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
         prev = np.where(kfirst >= 0, kseq[np.maximum(kfirst, 0)], -1)
         held = np.isfinite(log.distances(prev)) & (prev >= 0)
         prev = np.where(held, prev, -1)
-        w_est = np.where(kfirst >= 0, gpu.reader_weight(nread[np.maximum(kfirst, 0)] + 1)
-                         if gpu.kv_weight == "readers" else 1.0, wq)
+        kf0 = np.maximum(kfirst, 0)
+        w_est = np.where(kfirst >= 0, (gpu.reader_weight(nread[kf0] + 1)
+                                       if gpu.kv_weight == "readers" else 1.0)
+                         * held_frac(kf0, np.maximum(extent[kf0], tl_all[lo:hi][sp])), wq)
         earlier = np.tri(len(sp), k=-1, dtype=bool).T            # [q, p]: q before p
         counts = earlier & (prev[:, None] < prev[None, :])
         before = (w_est @ counts)[np.searchsorted(sp, pos_kv)]
@@ -159,7 +170,7 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
         is_kv = kv[order_last]
         chunks = k[order_last[is_kv]]
         wts[is_kv] = (gpu.reader_weight(nread[chunks]) if gpu.kv_weight == "readers"
-                      else 1.0)
+                      else 1.0) * held_frac(chunks, extent[chunks])
         seqs = log.add(wts)
         kseq[chunks] = seqs[is_kv]
         log.evict()
@@ -183,12 +194,12 @@ def hit_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, long_frac:
     blocks in start order, so slow drifts over the launch drop out. Returns the two
     fractions, each class's mean relative pace, and the median time per key block (in the
     trace's time unit)."""
-    trace = np.asarray(trace, dtype=np.float64)
+    trace = np.asarray(trace)                 # int64 traces stay exact (see replay_dram)
     NK = _blocks(w)[2]
     r = replay_dram(w, trace, gpu, per_block=True)
     tile = 2 * w.block_n * w.head_dim * w.elem_bytes
     frac = r["block_miss_bytes"] / np.maximum(NK * tile, 1.0)
-    pace = (trace[:, 1] - trace[:, 0]) / np.maximum(NK, 1)
+    pace = (trace[:, 1] - trace[:, 0]).astype(np.float64) / np.maximum(NK, 1)
     sel = NK >= long_frac * NK.max()
     order = np.argsort(trace[sel, 0], kind="stable")
     p, f = pace[sel][order], frac[sel][order]

