@@ -10,7 +10,11 @@ of commit c5901b4; round 2 with the model that adds block pace noise and L2-part
 round 3 with the model whose K/V line cost depends on how many blocks read it (commit a1395ca);
 round 4 with the model that adds the two-block pace noise and the causal share (d=64 only:
 mostly d=64 launches, one d=128 control); round 5 with the same model (unchanged since round 4:
-more out-of-sample launches for it, across the regimes).
+more out-of-sample launches for it, across the regimes). Round 6 registers two predictions per
+launch: the default model's (``pred_dram_read_bytes``) and the same model with the two L2
+partitions modelled instead of the readers rule (``GpuL2(kv_weight="partitions")``,
+``pred_dram_read_bytes_partitions``), on launches where the two differ most (d=64 head-major)
+and two controls where they agree (d=128 causal head-major, causal query-major at the cliff).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from iosim.gpu.compare import compare_row, read_csv  # noqa: E402
 from iosim.gpu.validate import VALIDATION_TILING  # noqa: E402
+from iosim.l2model import GpuL2  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -71,6 +76,16 @@ ROUNDS = {
         (1, 6, 49152, 128, True, "head-major"),
         (12, 16, 1024, 64, False, "head-major"),
     ],
+    6: [
+        (1, 16, 10240, 64, True, "head-major"),
+        (6, 16, 1024, 64, False, "head-major"),
+        (4, 16, 2048, 64, False, "head-major"),
+        (2, 16, 4096, 64, False, "head-major"),
+        (1, 16, 14336, 64, True, "head-major"),
+        (1, 28, 8192, 64, True, "head-major"),
+        (1, 20, 12288, 128, True, "head-major"),
+        (1, 4, 65536, 128, True, "query-major"),
+    ],
 }
 
 
@@ -87,7 +102,7 @@ def seen_launches() -> set:
     return out
 
 
-def predict(shapes, commit: str) -> list[dict]:
+def predict(shapes, commit: str, partitions: bool = False) -> list[dict]:
     rows = []
     for b, h, n, d, c, o in shapes:
         row = dict(impl="generated", cascade="attention-1pass", grid_order=o, dtype="bf16",
@@ -103,6 +118,9 @@ def predict(shapes, commit: str) -> list[dict]:
                      "pred_l2_read_bytes": round(p["pred_l2_read_bytes"]),
                      "model_makespan_us": round(p["model_makespan_us"], 1),
                      "model_commit": commit})
+        if partitions:
+            q = compare_row(row, GpuL2(kv_weight="partitions"), baseline=False)
+            rows[-1]["pred_dram_read_bytes_partitions"] = round(q["pred_dram_read_bytes"])
         r = rows[-1]
         print(f"{r['shape']:24s} {o:12s} pred DRAM {r['pred_dram_read_bytes'] / 1e9:7.3f} G "
               f"= {r['pred_dram_read_bytes'] / r['qkv_bytes']:5.1f} x Q+K+V "
@@ -164,7 +182,7 @@ def main(argv=None) -> None:
     if clash:
         raise SystemExit(f"error: already seen launches in round {a.round}: {clash}")
     commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    rows = predict(shapes, commit)
+    rows = predict(shapes, commit, partitions=a.round >= 6)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -97,6 +97,26 @@ MISS_SLOWDOWN = {
          (0.536, 0.0096), (0.640, 0.0145), (0.735, 0.0192)),
 }
 
+#: SM ids on one side ("A") of the H100's two L2 partitions, the other 66 on side "B": the
+#: latency map (experiments/device/l2_latency_map.py, experiments/data/gpu_l2_latency.npz:
+#: each SM reaches half of the lines ~31 cycles sooner than the other half, and which half
+#: alternates every 256 bytes; iosim.gpu.partitions.split)
+L2_SIDE_A = (0, 1, 2, 3, 4, 5, 12, 13, 16, 17, 18, 19, 20, 21, 28, 29, 32, 33, 34, 35, 36, 37,
+             44, 45, 48, 49, 50, 51, 52, 53, 60, 61, 64, 65, 66, 67, 74, 75, 78, 79, 80, 81, 88,
+             89, 92, 93, 94, 95, 102, 103, 106, 107, 108, 109, 116, 117, 120, 121, 124, 125,
+             126, 127, 128, 129, 130, 131)
+#: the SMs that the first wave's block ids 0, 1, 2, ... land on (the block traces: SMs 124-131,
+#: then pairs of SMs dealt round-robin over the eight GPCs; which pair of a GPC comes first
+#: varies from launch to launch, this is the most frequent)
+DISPATCH_ORDER = (124, 125, 126, 127, 128, 129, 130, 131, 0, 1, 16, 17, 32, 33, 48, 49, 2, 3, 18,
+                  19, 34, 35, 50, 51, 64, 65, 78, 79, 92, 93, 106, 107, 4, 5, 20, 21, 36, 37,
+                  52, 53, 66, 67, 80, 81, 94, 95, 108, 109, 6, 7, 22, 23, 38, 39, 54, 55, 68,
+                  69, 82, 83, 96, 97, 110, 111, 8, 9, 24, 25, 40, 41, 56, 57, 70, 71, 84, 85,
+                  98, 99, 112, 113, 10, 11, 26, 27, 42, 43, 58, 59, 72, 73, 86, 87, 100, 101,
+                  114, 115, 12, 13, 28, 29, 44, 45, 60, 61, 74, 75, 88, 89, 102, 103, 116, 117,
+                  120, 121, 14, 15, 30, 31, 46, 47, 62, 63, 76, 77, 90, 91, 104, 105, 118, 119,
+                  122, 123)
+
 #: see GpuL2.block_jitter
 BLOCK_JITTER = 0.034
 #: persistent pace differences between SMs measured in the same traces (relative sd, mean of
@@ -172,9 +192,14 @@ class GpuL2:
     miss_slowdown: dict = field(default_factory=dict, hash=False, compare=False)
     #: what a K/V line costs in L2 capacity: "readers" (by how many thread blocks read it since
     #: it was fetched: the readers microbenchmark, READER_WEIGHTS), "sides" (the earlier rule:
-    #: private_weight until SMs on both L2 sides read it, sides drawn at random -- contradicted
-    #: by the sides microbenchmark) or "shared" (always a shared line)
+    #: private_weight until SMs on both L2 sides read it, sides drawn at random), "shared"
+    #: (always a shared line) or "partitions" (the two L2 partitions modelled: see
+    #: _predict_dynamic; sides of the SMs from the latency map, ``side_a``)
     kv_weight: str = "readers"
+    #: SM ids on L2 side A (the rest: side B) and the SMs the first wave's blocks land on, in
+    #: block-id order (kv_weight="partitions"; measured on the H100)
+    side_a: tuple = L2_SIDE_A
+    dispatch_order: tuple = DISPATCH_ORDER
     reader_weights: tuple = READER_WEIGHTS
     scan_shared: tuple = SCAN_SHARED
     scan_private: tuple = SCAN_PRIVATE
@@ -183,8 +208,9 @@ class GpuL2:
                                   compare=False)
 
     def __post_init__(self):
-        if self.kv_weight not in ("readers", "sides", "shared"):
-            raise IosimError(f"kv_weight '{self.kv_weight}' is not readers, sides or shared")
+        if self.kv_weight not in ("readers", "sides", "shared", "partitions"):
+            raise IosimError(f"kv_weight '{self.kv_weight}' is not readers, sides, shared or "
+                             "partitions")
 
     @property
     def capacity(self) -> float:
@@ -555,10 +581,24 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     log = _Touches(total_touch, gpu.horizon_bytes)
     blk = np.full(S, -1)
     sm_of = np.arange(S) % sms
-    # which L2 side each SM is on is not known: half of the SMs, at random (fixed seed)
-    side_of_sm = np.zeros(sms, dtype=np.int64)
-    side_of_sm[np.random.default_rng(12345).permutation(sms)[: sms // 2]] = 1
+    part = gpu.kv_weight == "partitions"
+    if part and len(gpu.dispatch_order) == sms:
+        # slot i holds the first wave's block i: the measured dispatch order and L2 sides
+        real = np.asarray(gpu.dispatch_order)
+        side_of_sm = np.where(np.isin(real, gpu.side_a), 0, 1).astype(np.int64)
+    else:
+        # which L2 side each SM is on is not known: half of the SMs, at random (fixed seed)
+        side_of_sm = np.zeros(sms, dtype=np.int64)
+        side_of_sm[np.random.default_rng(12345).permutation(sms)[: sms // 2]] = 1
     side_bit = 1 << side_of_sm[sm_of]
+    side_slot = side_of_sm[sm_of]
+    # kv_weight="partitions": each partition is an LRU of its own (log: side A, log_b: side B).
+    # Half of every chunk's lines live in each (the 256-byte interleave); a read touches both
+    # halves where they live and a copy of the far half on the reader's side; DRAM is read
+    # when the half's own partition no longer holds it. kside[:, 0]: touch of the half that
+    # lives on the side, kside[:, 1]: of the copy of the other half (log for A, log_b for B)
+    kside = [np.full((n_keys, 2), -1), np.full((n_keys, 2), -1)] if part else None
+    log_b = _Touches(total_touch, gpu.horizon_bytes) if part else None
     start = np.zeros(S)
     ch = np.zeros(S, dtype=np.int64)
     glen = np.zeros(S)
@@ -577,6 +617,17 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     b_start = np.zeros(nb)
     b_end = np.zeros(nb)
     b_slot = np.zeros(nb, dtype=np.int64)
+
+    def add_private(sl: np.ndarray, nbytes: float) -> None:
+        """Lines one block reads or writes (its Q tile, its O tile): a shared line's cost times
+        private_weight; with partitions, half in each and a copy of the far half on the
+        block's side."""
+        if not part:
+            log.add(np.full(len(sl), wp * nbytes / (g * tile_bytes)))
+            return
+        h = 0.5 * nbytes / (g * tile_bytes)
+        log.add(h * (1.0 + (side_slot[sl] == 0)))
+        log_b.add(h * (1.0 + (side_slot[sl] == 1)))
 
     def access(sl: np.ndarray, now: float) -> None:
         """Slots ``sl`` start reading chunk ``ch[sl]`` of their blocks."""
@@ -600,15 +651,32 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             is_first[first] = True
             tmax = np.zeros(len(uk))
             np.maximum.at(tmax, inv, tiles)
-        old = kseq[k]
-        dist = log.distances(old)
-        fin = np.isfinite(dist)
-        m = np.where(fin, np.interp(np.where(fin, dist, 0.0) / gpu.l2_bytes, *curve), 1.0)
-        had = np.where(fin, extent[k], 0.0)
-        m = np.where(is_first, m, 0.0)
         tk = tmax[inv]
-        cold = np.where(is_first, per_tile * np.maximum(0.0, tk - had), 0.0)
-        nd = m * per_tile * np.minimum(tk, had) + cold
+        if part:
+            # each half of the chunk by the partition it lives in
+            nd = np.zeros(len(k))
+            cold = np.zeros(len(k))
+            dist = np.full(len(k), np.inf)
+            fin = np.zeros(len(k), bool)
+            for lg, ks in ((log, kside[0]), (log_b, kside[1])):
+                dh = lg.distances(ks[k, 0])
+                fh = np.isfinite(dh)
+                mh = np.where(fh, np.interp(np.where(fh, dh, 0.0) / gpu.l2_bytes, *curve), 1.0)
+                hh = np.where(fh, extent[k], 0.0)
+                ch_ = np.where(is_first, 0.5 * per_tile * np.maximum(0.0, tk - hh), 0.0)
+                nd += np.where(is_first, mh, 0.0) * 0.5 * per_tile * np.minimum(tk, hh) + ch_
+                cold += ch_
+                dist = np.minimum(dist, dh)
+                fin |= fh
+        else:
+            old = kseq[k]
+            dist = log.distances(old)
+            fin = np.isfinite(dist)
+            m = np.where(fin, np.interp(np.where(fin, dist, 0.0) / gpu.l2_bytes, *curve), 1.0)
+            had = np.where(fin, extent[k], 0.0)
+            m = np.where(is_first, m, 0.0)
+            cold = np.where(is_first, per_tile * np.maximum(0.0, tk - had), 0.0)
+            nd = m * per_tile * np.minimum(tk, had) + cold
         need[sl] = nd
         got[sl] = 0.0
         prog[sl] = 0.0
@@ -619,7 +687,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             # bytes re-read from chunks still held, by reuse distance (MiB), for diagnostics
             sel = is_first & fin & (tk > 0)
             hist_d.append(dist[sel] / MIB)
-            hist_b.append((per_tile * np.minimum(tk, had))[sel])
+            hist_b.append((per_tile * np.minimum(tk, extent[k]))[sel])
         st["access"] += nbytes.sum()
         st["cold"] += cold.sum()
         st["reuse"] += (nd - cold).sum()
@@ -643,6 +711,24 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         sides[k[gone]] = 0
         nread[k[gone]] = 0
         extent[uk] = np.maximum(extent[uk], tmax)
+        if part:
+            # the halves where they live (both partitions), copies on the readers' sides; a
+            # chunk costs the key blocks of it that are held
+            cu = uk % n_ch
+            frac = extent[uk] * keys_in_chunk[cu] / (
+                np.minimum(g, w.n_kv_blocks - cu * g) * g * w.block_n)
+            for side, (lg, ks) in enumerate(((log, kside[0]), (log_b, kside[1]))):
+                o = ks[uk, 0]
+                lg.drop(o[o >= 0])
+                ks[uk, 0] = lg.add(0.5 * frac)
+                kc = np.unique(k[side_slot[sl] == side])
+                if len(kc):
+                    o = ks[kc, 1]
+                    lg.drop(o[o >= 0])
+                    cc = kc % n_ch
+                    ks[kc, 1] = lg.add(0.5 * extent[kc] * keys_in_chunk[cc] / (
+                        np.minimum(g, w.n_kv_blocks - cc * g) * g * w.block_n))
+            return
         log.drop(old[first][old[first] >= 0])
         if gpu.kv_weight == "readers":
             # a K/V line's capacity cost grows with the blocks that read it (measured)
@@ -673,7 +759,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             # the block's own pace: key-block times vary by sig, independently; times its SM's
             jit[sl] = sm_pace[sm_of[sl]] / np.clip(
                 1.0 + rng.standard_normal(n) * sig / np.sqrt(np.maximum(NK[b], 1.0)), 0.5, 2.0)
-        log.add(np.full(n, wp * q_tile / (g * tile_bytes)))
+        add_private(sl, q_tile)
         empty = NK[b] == 0
         glen[sl[empty]] = 0.0
         prog[sl[empty]] = 0.0
@@ -688,6 +774,10 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         return d * log_scale
     _orig = log.distances
     log.distances = lambda seqs: _dist_bytes(_orig(seqs))
+    if part:
+        log_b.horizon = log.horizon
+        _orig_b = log_b.distances
+        log_b.distances = lambda seqs: _dist_bytes(_orig_b(seqs))
 
     begin(np.arange(min(S, nb)), 0.0)
     r_max = max(r_solo, r_pair * max(senior, 1 - senior))
@@ -785,7 +875,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             if len(done):
                 b_end[blk[done]] = t
                 finished += len(done)
-                log.add(np.full(len(done), wp * q_tile / (g * tile_bytes)))
+                add_private(done, q_tile)
                 blk[done] = -1
                 key[done] = -1
                 need[done] = 0.0
@@ -793,7 +883,10 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
                 begin(done, t)
                 resident_changed = True
             log.evict()
-            log.compact(kseq)
+            log.compact(kside[0] if part else kseq)
+            if part:
+                log_b.evict()
+                log_b.compact(kside[1])
     sm = smem_level_reads(w)
     dram_read = sm["q_bytes"] + st["dram"]
     extra = {"blocks": {"start_us": b_start, "end_us": b_end, "sm": b_slot % sms,

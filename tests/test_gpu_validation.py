@@ -198,6 +198,12 @@ def test_newest_preregistered_predictions_unchanged():
         p = compare_row(row, baseline=False)
         assert abs(p["pred_dram_read_bytes"] - float(r["pred_dram_read_bytes"])) <= 1, r["shape"]
         assert abs(p["pred_l2_read_bytes"] - float(r["pred_l2_read_bytes"])) <= 1, r["shape"]
+        if r.get("pred_dram_read_bytes_partitions"):
+            # round 6 on: also the model with the L2 partitions modelled
+            from iosim.l2model import GpuL2
+            q = compare_row(row, GpuL2(kv_weight="partitions"), baseline=False)
+            assert abs(q["pred_dram_read_bytes"]
+                       - float(r["pred_dram_read_bytes_partitions"])) <= 1, r["shape"]
 
 
 def _measured_round(name):

@@ -280,10 +280,11 @@ def test_fetch_microbenchmark_supports_bandwidth_only_dram():
 
 
 def test_sides_microbenchmark_contradicts_the_sides_rule():
-    """Lines read only by the SMs of one GPC (one L2 side, if sides were what mattered) miss
-    fully at 30 MiB, like lines read by every SM (gpu_l2sides.csv) -- the earlier rule
-    (kv_weight="sides") would keep them (0.73 x 30 MiB is below the cliff); the readers rule
-    (32 readers) puts them at the cliff's top."""
+    """Lines read only by the SMs of one GPC miss fully at 30 MiB, like lines read by every SM
+    (gpu_l2sides.csv): a GPC is not one L2 side (the latency map puts SMs of every GPC on both,
+    tests/test_partitions.py), so a rule that charged its lines as one-side lines (0.73 x 30 MiB
+    is below the cliff) would keep them; the readers rule (32 readers) puts them at the
+    cliff's top."""
     rows = _data("gpu_l2sides.csv")
     gpc = [r for r in rows if "+" not in r["groups"] and " " not in r["sms"]
            and int(r["sms"].split("-")[1]) - int(r["sms"].split("-")[0]) >= 13]

@@ -1,0 +1,116 @@
+"""The two L2 partitions on the measured schedules (no GPU; a C compiler, ~4 min on 2 cores).
+
+    python experiments/partition_replay.py      # -> experiments/data/gpu_partition_replay.csv
+
+Replays every traced launch of up to 2^19 query rows x heads (gpu_traced*.npz: each block's
+start, end and SM, from the same ncu run as its DRAM counters) through a cache of two
+partitions: the SM ids of the trace give each block's L2 side by the measured latency map
+(iosim.gpu.partitions), half of every K/V tile, Q tile and O tile lives in each partition, a
+block's touch refreshes both halves where they live and a copy of the far half on its own side,
+and a half is read from DRAM with the measured shared-scan miss fraction of its distance in
+its own partition (experiments/csrc/partition_replay.c: exact LRU distances per key block, one
+touch per key block, placed evenly between a block's start and end; no chunks, no fetches in
+flight). Against the counters, next to the readers-rule replay (iosim.l2replay, the recorded
+gpu_replay*.csv) and the same partitions with every SM put on one side (the control: what the
+side map adds). Nothing here is fitted.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from iosim.gpu.partitions import side_of  # noqa: E402
+from iosim.gpu.validate import write_csv  # noqa: E402
+from iosim.l2model import MIB, SCAN_SHARED, Workload, _blocks  # noqa: E402
+
+DATA = os.path.join(ROOT, "experiments", "data")
+SRC = os.path.join(ROOT, "experiments", "csrc", "partition_replay.c")
+
+
+def build(tmp: str) -> str:
+    exe = os.path.join(tmp, "partition_replay")
+    subprocess.run(["cc", "-O2", "-o", exe, SRC], check=True)
+    return exe
+
+
+def events(w: Workload, tr: np.ndarray, side: np.ndarray):
+    """(tile, side, bytes, kind) in time order: K/V tiles at even pace, Q at the start, O at
+    the end of each block."""
+    t0 = tr[:, 0].min()
+    s = (tr[:, 0] - t0).astype(np.float64)
+    e = (tr[:, 1] - t0).astype(np.float64)
+    H, _, NK = _blocks(w)
+    nb, nkv = len(H), w.n_kv_blocks
+    b = np.repeat(np.arange(nb), NK)
+    x = np.arange(len(b)) - np.repeat(np.cumsum(NK) - NK, NK)
+    t = s[b] + (e[b] - s[b]) * x / np.maximum(NK[b], 1)
+    n_kv_tiles = w.batch * w.heads * nkv
+    tile = np.concatenate([H[b] * nkv + x, n_kv_tiles + np.arange(nb),
+                           n_kv_tiles + nb + np.arange(nb)])
+    when = np.concatenate([t, s, e])
+    kind = np.concatenate([np.zeros(len(b)), np.ones(nb), np.full(nb, 2.0)])
+    nbytes = np.concatenate([np.full(len(b), 2 * w.block_n * w.head_dim * w.elem_bytes),
+                             np.full(2 * nb, w.block_m * w.head_dim * w.elem_bytes)])
+    sides = np.concatenate([side[b], side, side])
+    o = np.lexsort((kind, when))
+    ev = np.c_[tile[o], sides[o], nbytes[o], (kind[o] == 0)].astype(np.int64)
+    return ev, n_kv_tiles + 2 * nb
+
+
+def replay(exe: str, w: Workload, tr: np.ndarray, side: np.ndarray) -> float:
+    ev, n_tiles = events(w, tr, side)
+    curve = [f"{v:.6g}" for x, y in SCAN_SHARED for v in (x * 50 * MIB, y)]
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        ev.tofile(f.name)
+        out = subprocess.run([exe, f.name, str(n_tiles)] + curve, check=True,
+                             capture_output=True, text=True).stdout.split()
+    return float(out[0]) + w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes
+
+
+def one(job) -> dict:
+    exe, traced, r, readers = job
+    w = Workload(int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["seq"]),
+                 int(r["head_dim"]), causal=r["causal"] == "True", grid_order=r["grid_order"])
+    tr = np.load(os.path.join(DATA, f"{traced}.npz"))[r["trace_key"]]
+    meas = float(r["dram_read_bytes"])
+    sm = tr[:, 2].astype(np.int64)
+    part = replay(exe, w, tr, side_of(sm))
+    one_side = replay(exe, w, tr, np.zeros(len(sm), dtype=np.int64))
+    return {"launch": r["trace_key"], "traced": traced, "meas_dram_read_bytes": meas,
+            "qkv_bytes": 3 * w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes,
+            "partitions": round(part), "partitions_one_side": round(one_side),
+            "readers_replay": readers, "err_partitions": part / meas - 1,
+            "err_partitions_one_side": one_side / meas - 1, "err_readers_replay": readers / meas - 1}
+
+
+def main() -> None:
+    from tqdm import tqdm
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build(tmp)
+        jobs = []
+        for traced, rec in (("gpu_traced", "gpu_replay"), ("gpu_traced_rounds", "gpu_replay_rounds")):
+            readers = {r["launch"]: float(r["replay_meas"])
+                       for r in csv.DictReader(open(os.path.join(DATA, f"{rec}.csv")))}
+            for r in csv.DictReader(open(os.path.join(DATA, f"{traced}.csv"))):
+                if int(r["batch"]) * int(r["heads"]) * int(r["seq"]) <= 2 ** 19:
+                    jobs.append((exe, traced, r, readers[r["trace_key"]]))
+        with ProcessPoolExecutor(2) as ex:
+            rows = list(tqdm(ex.map(one, jobs), total=len(jobs), desc="replay"))
+    write_csv(rows, os.path.join(DATA, "gpu_partition_replay.csv"))
+    for c in ("partitions", "partitions_one_side", "readers_replay"):
+        e = np.array([r[f"err_{c}"] for r in rows])
+        print(f"{c:20s} within 15%: {int((abs(e) <= 0.15).sum())} of {len(e)}, within 5%: "
+              f"{int((abs(e) <= 0.05).sum())}, mean |error| {abs(e).mean():.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The H100's two L2 partitions: the latency map (recorded), what it explains in the other
+recorded microbenchmarks, and the dynamic model with the partitions modelled."""
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from iosim.errors import IosimError
+from iosim.gpu.partitions import H100_SIDE_A, side_of, split
+from iosim.l2model import DISPATCH_ORDER, L2_SIDE_A, GpuL2, Workload, _predict_dynamic
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
+
+
+def test_split_recovers_planted_groups():
+    """Two groups of rows and of columns, 30 cycles apart where they differ, plus noise: the
+    split finds both groups and the two latencies."""
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(np.r_[np.zeros(20, int), np.ones(20, int)])
+    rows[0] = 0
+    cols = rng.integers(0, 2, 50)
+    lat = 270 + 30 * (rows[:, None] != cols[None, :]) + rng.normal(0, 5, (40, 50))
+    sp = split(lat)
+    assert (sp.sm_side == rows).all() and (sp.line_side == cols).all()
+    assert sp.near_cycles == pytest.approx(270, abs=2) and sp.far_cycles == pytest.approx(300, abs=2)
+    with pytest.raises(ValueError):
+        split(np.ones(5))
+
+
+def test_latency_map_two_sides_of_66_sms():
+    """Recorded on the H100 (experiments/device/l2_latency_map.py): in each of three launches
+    the (SM, line) latencies split 66/66 SMs into the same two groups, lines answered ~30
+    cycles sooner from their own side; the split is the one the model uses."""
+    z = np.load(os.path.join(DATA, "gpu_l2_latency.npz"))
+    assert "H100" in str(z["device"])
+    assert tuple(H100_SIDE_A) == tuple(L2_SIDE_A) and len(H100_SIDE_A) == 66
+    gap = []
+    for rep in range(3):
+        assert (z[f"blocks_{rep}"] >= 4).all()                  # every SM measured
+        sp = split(z[f"chain_{rep}"])
+        assert tuple(np.flatnonzero(sp.sm_side == 0)) == tuple(H100_SIDE_A)
+        assert sp.far_cycles - sp.near_cycles > 20
+        assert sp.residual_cycles < (sp.far_cycles - sp.near_cycles) / 2
+        # the first load of a line shows the same split: no near copy after one far read
+        first = split(z[f"first_{rep}"])
+        assert (first.sm_side == sp.sm_side).all()
+        gap.append(sp.far_cycles - sp.near_cycles)
+        # which side a line lives on alternates in 256-byte steps: consecutive 128-byte lines
+        # come in pairs, and half of the lines live on each side
+        off = z["line_bytes"]
+        consecutive = np.flatnonzero(np.diff(off[:64]) == 128)
+        side = sp.line_side
+        assert all(side[i] == side[i + 1] for i in range(0, 64, 2))
+        assert len(consecutive) == 63 and 0.4 < side.mean() < 0.6
+    assert max(gap) - min(gap) < 1.0
+
+
+def _groups(sms: str):
+    out = []
+    for part in sms.split():
+        lo, hi = (int(x) for x in part.split("-"))
+        out += list(range(lo, hi + 1))
+    return out
+
+
+def test_sides_microbenchmark_explained_by_the_map():
+    """gpu_l2sides.csv (an earlier session): a 30 MiB buffer re-read only by the SMs of a
+    group. By the latency map, a group whose SMs all sit on one side keeps the lines that live
+    on the other side (nothing else is read there): half of the re-read misses; a group on
+    both sides misses all of it. Every GPC straddles both sides."""
+    rows = list(csv.DictReader(open(os.path.join(DATA, "gpu_l2sides.csv"))))
+    one_side = both = 0
+    for r in rows:
+        sides = set(side_of(_groups(r["sms"])).tolist())
+        miss = float(r["miss_fraction"])
+        if len(sides) == 1:
+            one_side += 1
+            assert miss == pytest.approx(0.5, abs=0.02), r["sms"]
+        else:
+            both += 1
+            assert miss == pytest.approx(1.0, abs=0.02), r["sms"]
+    assert one_side == 2 and both == len(rows) - 2
+
+
+def test_dispatch_order_pairs_and_sides():
+    """The first wave's dispatch order covers every SM once; consecutive block ids land on
+    runs of SMs of one side (why the readers rule's small groups cost like one-side lines)."""
+    assert sorted(DISPATCH_ORDER) == list(range(132))
+    s = side_of(DISPATCH_ORDER)
+    runs = np.diff(np.flatnonzero(np.r_[1, np.diff(s) != 0, 1]))
+    assert runs.min() >= 4 and runs.mean() > 10
+
+
+def test_partitions_model_fits_and_shared():
+    """With the partitions modelled: a launch whose K/V fit reads Q+K+V once; a query-major
+    launch, whose every K/V line is read from both sides (so held in both partitions, as a
+    shared line), predicts what the shared-line model does (within 1%)."""
+    w = Workload(2, 16, 8192, 8192, 128, causal=False, grid_order="query-major")
+    qkv = 3 * 2 * 16 * 8192 * 128 * 2
+    assert _predict_dynamic(w, GpuL2(kv_weight="partitions"))["dram_read_bytes"] == \
+        pytest.approx(qkv, rel=1e-3)
+    w = Workload(1, 8, 32768, 32768, 128, causal=False, grid_order="query-major")
+    qkv = 3 * 8 * 32768 * 128 * 2
+    part = _predict_dynamic(w, GpuL2(kv_weight="partitions"))["dram_read_bytes"]
+    shared = _predict_dynamic(w, GpuL2(kv_weight="shared"))["dram_read_bytes"]
+    assert part > 1.5 * qkv                              # K/V re-read: above the cliff
+    assert part == pytest.approx(shared, rel=0.01)
+
+
+def test_partitions_option_validated():
+    with pytest.raises(IosimError, match="partitions"):
+        GpuL2(kv_weight="sides-and-more")
