@@ -4,15 +4,16 @@
 
 Replays every traced launch of up to 2^19 query rows x heads (gpu_traced*.npz: each block's
 start, end and SM, from the same ncu run as its DRAM counters) through a cache of two
-partitions: the SM ids of the trace give each block's L2 side by the measured latency map
-(iosim.gpu.partitions), half of every K/V tile, Q tile and O tile lives in each partition, a
+partitions: the SM ids of the trace give each block's L2 side by a measured latency map
+(iosim.gpu.partitions.split of gpu_l2_latency.npz, machine 1, and gpu_l2_latency_2.npz,
+machine 2: the map differs between machines; round 6 was traced on machine 2), half of every K/V tile, Q tile and O tile lives in each partition, a
 block's touch refreshes both halves where they live and a copy of the far half on its own side,
 and a half is read from DRAM with the measured shared-scan miss fraction of its distance in
 its own partition (experiments/csrc/partition_replay.c: exact LRU distances per key block, one
 touch per key block, placed evenly between a block's start and end; no chunks, no fetches in
-flight). Against the counters, next to the readers-rule replay (iosim.l2replay, the recorded
-gpu_replay*.csv) and the same partitions with every SM put on one side (the control: what the
-side map adds). Nothing here is fitted.
+flight). Against the counters, next to the readers-rule replay (iosim.l2replay: the recorded
+gpu_replay*.csv, computed here for round 6) and the same partitions with every SM put on one
+side (the control: what the side map adds). Nothing here is fitted.
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from iosim.gpu.partitions import side_of  # noqa: E402
+from iosim.gpu.partitions import side_of, split  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2model import MIB, SCAN_SHARED, Workload, _blocks  # noqa: E402
+from iosim.l2replay import replay_dram  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
 SRC = os.path.join(ROOT, "experiments", "csrc", "partition_replay.c")
@@ -76,40 +78,58 @@ def replay(exe: str, w: Workload, tr: np.ndarray, side: np.ndarray) -> float:
     return float(out[0]) + w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes
 
 
+def side_maps() -> dict:
+    """Side A of each latency map (the first launch of each file)."""
+    out = {}
+    for name, f in (("map1", "gpu_l2_latency.npz"), ("map2", "gpu_l2_latency_2.npz")):
+        sp = split(np.load(os.path.join(DATA, f))["chain_0"])
+        out[name] = tuple(int(x) for x in np.flatnonzero(sp.sm_side == 0))
+    return out
+
+
 def one(job) -> dict:
-    exe, traced, r, readers = job
+    exe, traced, r, readers, maps = job
     w = Workload(int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["seq"]),
                  int(r["head_dim"]), causal=r["causal"] == "True", grid_order=r["grid_order"])
     tr = np.load(os.path.join(DATA, f"{traced}.npz"))[r["trace_key"]]
     meas = float(r["dram_read_bytes"])
+    if readers is None:
+        readers = replay_dram(w, tr)["dram_read_bytes"]
     sm = tr[:, 2].astype(np.int64)
-    part = replay(exe, w, tr, side_of(sm))
-    one_side = replay(exe, w, tr, np.zeros(len(sm), dtype=np.int64))
-    return {"launch": r["trace_key"], "traced": traced, "meas_dram_read_bytes": meas,
-            "qkv_bytes": 3 * w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes,
-            "partitions": round(part), "partitions_one_side": round(one_side),
-            "readers_replay": readers, "err_partitions": part / meas - 1,
-            "err_partitions_one_side": one_side / meas - 1, "err_readers_replay": readers / meas - 1}
+    out = {"launch": r["trace_key"], "traced": traced, "meas_dram_read_bytes": meas,
+           "qkv_bytes": 3 * w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes,
+           "readers_replay": round(readers)}
+    for name, side_a in maps.items():
+        out[f"partitions_{name}"] = round(replay(exe, w, tr, side_of(sm, side_a)))
+    out["partitions_one_side"] = round(replay(exe, w, tr, np.zeros(len(sm), dtype=np.int64)))
+    for k in [k for k in out if k.startswith(("partitions", "readers"))]:
+        out[f"err_{k}"] = out[k] / meas - 1
+    return out
 
 
 def main() -> None:
     from tqdm import tqdm
+    maps = side_maps()
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(tmp)
         jobs = []
-        for traced, rec in (("gpu_traced", "gpu_replay"), ("gpu_traced_rounds", "gpu_replay_rounds")):
+        for traced, rec in (("gpu_traced", "gpu_replay"), ("gpu_traced_rounds", "gpu_replay_rounds"),
+                            ("gpu_traced_round6", None)):
             readers = {r["launch"]: float(r["replay_meas"])
-                       for r in csv.DictReader(open(os.path.join(DATA, f"{rec}.csv")))}
+                       for r in csv.DictReader(open(os.path.join(DATA, f"{rec}.csv")))} if rec else {}
             for r in csv.DictReader(open(os.path.join(DATA, f"{traced}.csv"))):
                 if int(r["batch"]) * int(r["heads"]) * int(r["seq"]) <= 2 ** 19:
-                    jobs.append((exe, traced, r, readers[r["trace_key"]]))
+                    jobs.append((exe, traced, r, readers.get(r["trace_key"]), maps))
         with ProcessPoolExecutor(2) as ex:
             rows = list(tqdm(ex.map(one, jobs), total=len(jobs), desc="replay"))
     write_csv(rows, os.path.join(DATA, "gpu_partition_replay.csv"))
-    for c in ("partitions", "partitions_one_side", "readers_replay"):
-        e = np.array([r[f"err_{c}"] for r in rows])
-        print(f"{c:20s} within 15%: {int((abs(e) <= 0.15).sum())} of {len(e)}, within 5%: "
-              f"{int((abs(e) <= 0.05).sum())}, mean |error| {abs(e).mean():.1%}")
+    for sel, label in ((lambda r: r["traced"] != "gpu_traced_round6", "earlier traces"),
+                       (lambda r: r["traced"] == "gpu_traced_round6", "round 6 (machine 2)")):
+        part = [r for r in rows if sel(r)]
+        for c in ("partitions_map1", "partitions_map2", "partitions_one_side", "readers_replay"):
+            e = np.array([r[f"err_{c}"] for r in part])
+            print(f"{label:20s} {c:20s} within 15%: {int((abs(e) <= 0.15).sum())} of {len(e)}, "
+                  f"within 5%: {int((abs(e) <= 0.05).sum())}, mean |error| {abs(e).mean():.1%}")
 
 
 if __name__ == "__main__":

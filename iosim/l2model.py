@@ -100,7 +100,8 @@ MISS_SLOWDOWN = {
 #: SM ids on one side ("A") of the H100's two L2 partitions, the other 66 on side "B": the
 #: latency map (experiments/device/l2_latency_map.py, experiments/data/gpu_l2_latency.npz:
 #: each SM reaches half of the lines ~31 cycles sooner than the other half, and which half
-#: alternates every 256 bytes; iosim.gpu.partitions.split)
+#: alternates every 256 bytes; iosim.gpu.partitions.split). Measured on one machine: another
+#: H100 splits differently (gpu_l2_latency_2.npz), with the same one-sided dispatch rows
 L2_SIDE_A = (0, 1, 2, 3, 4, 5, 12, 13, 16, 17, 18, 19, 20, 21, 28, 29, 32, 33, 34, 35, 36, 37,
              44, 45, 48, 49, 50, 51, 52, 53, 60, 61, 64, 65, 66, 67, 74, 75, 78, 79, 80, 81, 88,
              89, 92, 93, 94, 95, 102, 103, 106, 107, 108, 109, 116, 117, 120, 121, 124, 125,

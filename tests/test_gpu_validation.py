@@ -310,6 +310,28 @@ def test_round5_unseen_shapes_measured_on_the_h100():
     assert {r["model_commit"][:7] for r in pre} == {"e704655"}
 
 
+def test_round6_two_models_registered_and_measured():
+    """Round 6 (docs/validation.md): the default model and the model with the two L2 partitions
+    (GpuL2(kv_weight="partitions")), both registered (commit 1823a64) before the device run, on
+    launches where they differ most; measured on an H100 (another machine than the latency
+    map's): L2->SM bytes exact on all 8; DRAM within 15% on 2 of 8 (default) and 3 of 8
+    (partitions). They miss 1x16x10Kx64 causal head-major in opposite directions (+33% / -57%),
+    and both controls alike: 1x20x12Kx128 causal head-major +22% / +23% (the schedule, as at the
+    validated 16Kx128) and 1x4x64Kx128 causal query-major -29% / -30% (the query-major cliff
+    of the validated 1x8x64Kx128, with 4 heads instead of 8)."""
+    pre, err = _measured_round("gpu_unseen6.csv")
+    part = {r["shape"]: float(r["pred_dram_read_bytes_partitions"])
+            / float(r["meas_dram_read_bytes"]) - 1 for r in pre}
+    assert {r["model_commit"][:7] for r in pre} == {"1823a64"}
+    assert sum(abs(e) <= 0.15 for e in err.values()) == 2
+    assert sum(abs(e) <= 0.15 for e in part.values()) == 3
+    assert err["1x16x10240x64-causal"] > 0.3 and part["1x16x10240x64-causal"] < -0.5
+    for e in (err, part):
+        assert 0.2 < e["1x20x12288x128-causal"] < 0.25
+        assert -0.32 < e["1x4x65536x128-causal"] < -0.27
+    assert sum(abs(e) for e in part.values()) < sum(abs(e) for e in err.values())
+
+
 def test_validated_launches_measured_five_times_in_one_session():
     """The 34 validated launches, five interleaved ncu rounds in a later session
     (experiments/data/gpu_ncu_rounds.csv): L2->SM bytes identical in every round; DRAM bytes

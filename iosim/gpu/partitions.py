@@ -5,9 +5,12 @@ dependent ``.cg`` loads). The (SM, line) latency matrix is two blocks: 66 SMs an
 the lines ~31 cycles faster than the other half, the other 66 SMs the reverse; which half a line
 belongs to alternates every 256 bytes. :func:`split` recovers the two groups from such a matrix
 (the sign of its first principal component); :data:`H100_SIDE_A` is the split measured on the
-lent H100 (three launches, identical), and :func:`side_of` gives the side of each SM id.
+first lent H100 (three launches, identical), and :func:`side_of` gives the side of each SM id.
+The map belongs to one GPU: a second H100 (gpu_l2_latency_2.npz) splits 64/68 SMs, 23% of them
+on the same side as on the first; on both, every GPC has SMs on both sides (8 and 8 in the
+16-SM GPCs, 6 and 8 in the 14-SM ones).
 
-What it explains (``tests/test_gpu_validation.py`` checks both against the recorded data):
+What it explains (``tests/test_partitions.py`` checks both against the recorded data):
 the sides microbenchmark (``gpu_l2sides.csv``), where a 30 MiB buffer re-read only by the SMs
 of a group missed fully for every GPC but half (0.50) for SMs 124-127 and 128-131 -- those two
 groups lie on one side, every GPC straddles both; and the readers rule's shape (a line read by
