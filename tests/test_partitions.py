@@ -153,3 +153,37 @@ def test_partition_replay_table():
         return sum(abs(float(r[f"err_{c}"])) <= 0.15 for r in early)
     assert within("partitions_map1") == within("partitions_map2") == 65
     assert within("readers_replay") == 64 and within("partitions_one_side") == 53
+
+
+def test_validate_cli_kv_cost(tmp_path):
+    """`iosim validate --kv-cost partitions` compares the recorded counters with the partitions
+    model (the same prediction as GpuL2(kv_weight="partitions")); a non-dynamic model with it is
+    a one-line error."""
+    import json
+
+    from click.testing import CliRunner
+
+    from iosim.cli import main
+    from iosim.l2model import predict_dram
+    rows = list(csv.DictReader(open(os.path.join(DATA, "gpu_ncu.csv"))))
+    sel = [r for r in rows if r["impl"] == "generated" and r["cascade"] == "attention-1pass"
+           and (r["batch"], r["seq"], r["head_dim"], r["causal"]) == ("8", "1024", "64", "False")]
+    assert len(sel) == 2
+    path = tmp_path / "sub.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(sel)
+    got = {}
+    for kv in ("readers", "partitions"):
+        res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--kv-cost", kv, "--json"])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.output)
+        got[kv] = {r["grid_order"]: r["pred_dram_read_bytes"] for r in out["rows"]}
+    wl = Workload(8, 16, 1024, 1024, 64, causal=False, grid_order="head-major")
+    assert got["partitions"]["head-major"] == pytest.approx(
+        predict_dram(wl, GpuL2(kv_weight="partitions"))["dram_read_bytes"], rel=1e-12)
+    assert got["partitions"]["head-major"] > 1.1 * got["readers"]["head-major"]
+    res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--kv-cost", "partitions",
+                                    "--model", "lockstep"])
+    assert res.exit_code != 0 and "needs the dynamic L2 model" in res.output

@@ -51,16 +51,25 @@ def _table(rows: list[dict]) -> str:
               help="directory for gpu_ncu.csv and gpu_validation.csv (default: .iosim-gpu)")
 @click.option("--model", type=click.Choice(["dynamic", "lockstep", "lru"]), default="dynamic",
               show_default=True, help="L2 model for the DRAM prediction (iosim.l2model)")
+@click.option("--kv-cost", type=click.Choice(["readers", "partitions", "shared", "sides"]),
+              default="readers", show_default=True,
+              help="what a K/V line costs in L2 (GpuL2.kv_weight): the readers rule, the two "
+                   "L2 partitions with the measured side map, always a shared line, or the "
+                   "earlier sides rule (dynamic model only)")
 @click.option("--json", "as_json", is_flag=True, help="print rows and summary as JSON")
-def command(gpu, shapes, csv_path, out_dir, model, as_json):
+def command(gpu, shapes, csv_path, out_dir, model, kv_cost, as_json):
     """Compare predicted L2 and DRAM bytes with Nsight Compute counters.
 
     \b
     Examples:
       iosim validate                      # recorded H100 measurements vs the model
+      iosim validate --kv-cost partitions # the same with the two L2 partitions modelled
       iosim validate --gpu --shapes 4x16x4096x128,4x16x4096x128-causal
     """
     from iosim.gpu.compare import compare, read_csv, summary
+    from iosim.l2model import GpuL2
+    if kv_cost != "readers" and model != "dynamic":
+        raise IosimError(f"--kv-cost {kv_cost} needs the dynamic L2 model (--model dynamic)")
     from iosim.gpu.validate import measure, require_gpu, write_csv
     if gpu:
         require_gpu()
@@ -76,7 +85,7 @@ def command(gpu, shapes, csv_path, out_dir, model, as_json):
             raise IosimError(f"no recorded measurements at {path}")
         rows = read_csv(path)
         out = Path(out_dir) if out_dir else None
-    rows = compare(rows, model=model, baseline=model != "lockstep")
+    rows = compare(rows, GpuL2(kv_weight=kv_cost), model=model, baseline=model != "lockstep")
     if out is not None:
         write_csv(rows, os.path.join(out, "gpu_validation.csv"))
     s = summary(rows)
@@ -87,4 +96,5 @@ def command(gpu, shapes, csv_path, out_dir, model, as_json):
     dev = next((r.get("device") for r in rows if r.get("device")), "unknown device")
     click.echo(f"device: {dev}; {s['shapes']} launches; L2 reads within 5% on "
                f"{s['l2_read_within_5pct']}/{s['shapes']}; DRAM reads within 15% on "
-               f"{s['dram_read_within_15pct']}/{s['shapes']} ({model} L2 model)")
+               f"{s['dram_read_within_15pct']}/{s['shapes']} ({model} L2 model"
+               f"{', K/V cost: ' + kv_cost if model == 'dynamic' else ''})")
