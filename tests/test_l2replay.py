@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from iosim.errors import IosimError
-from iosim.l2model import GpuL2, Workload, _predict_dynamic
+from iosim.l2model import GpuL2, Workload, _predict_dynamic, predict_dram
 from iosim.l2replay import key_times, replay_dram
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
@@ -354,3 +354,26 @@ def test_marked_traces_trajectories_and_followers():
             assert after_follow < after_far + 0.05, (n, runs)
         else:
             assert after_follow > 3 * after_far, (n, runs)
+
+
+def test_query_major_cliff_one_head():
+    """experiments/device/query_cliff.py (H100, traced under ncu): causal query-major launches of
+    one head at d=128. The GPU reads Q+K+V once up to 48K keys (24 MiB of K/V), then a little
+    more, rising gently (1.2x at 64K, 1.9x at 80K): no thrash. The model stays at Q+K+V through
+    64K (the validated 64Kx128 miss, here with one head) and then thrashes: at 72K it predicts
+    more than twice what the GPU reads; the cache response on the measured schedule too."""
+    rows = {r["trace_key"]: r for r in _csv("gpu_query_cliff.csv")}
+    assert len(rows) == 8 and all(r["device"].startswith("NVIDIA H100") for r in rows.values())
+    ratio = {}
+    for k, r in rows.items():
+        qkv = 3 * int(r["heads"]) * int(r["seq"]) * int(r["head_dim"]) * 2
+        ratio[k] = float(r["dram_read_bytes"]) / qkv
+    one = [ratio[f"1x1x{n}x128-causal_query-major"]
+           for n in (32768, 40960, 49152, 57344, 65536, 73728, 81920)]
+    assert all(b >= a - 0.005 for a, b in zip(one, one[1:]))          # rises with N
+    assert max(one[:3]) < 1.01 and 1.1 < one[4] < 1.3 and one[6] < 2.0
+    w = Workload(1, 1, 73728, 73728, 128, causal=True, grid_order="query-major")
+    qkv = 3 * 73728 * 128 * 2
+    assert predict_dram(w)["dram_read_bytes"] / qkv > 2 * one[5]
+    tr = np.load(os.path.join(DATA, "gpu_query_cliff.npz"))["1x1x73728x128-causal_query-major"]
+    assert replay_dram(w, tr)["dram_read_bytes"] / qkv > 1.4 * one[5]

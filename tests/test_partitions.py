@@ -72,6 +72,9 @@ def test_latency_map_differs_between_machines():
     for s in (one, two):
         for g in range(4):
             assert s[16 * g:16 * g + 16].sum() == 8
+    # a third machine (the query-cliff call) splits as the first
+    z3 = np.load(os.path.join(DATA, "gpu_l2_latency_3.npz"))
+    assert tuple(np.flatnonzero(split(z3["chain_0"]).sm_side == 0)) == tuple(H100_SIDE_A)
 
 
 def _groups(sms: str):

@@ -1,0 +1,34 @@
+"""Device (run on the GPU machine from the repository root:
+python experiments/device/query_cliff.py): the causal query-major cliff, one head at a time.
+
+The validated 1x8x64Kx128 causal query-major launch reads 1.46x Q+K+V where the model (and the
+cache response on its measured schedule) says 1.05x; round 6's 1x4x64Kx128 misses alike. Here
+the traced kernel under ncu (``iosim.gpu.microbench.traced``: per-block schedule and counters of
+one launch) runs causal query-major launches of ONE head (and two at 64K) at d=128 for K/V of
+16 to 40 MiB (N = 32K ... 80K): where the excess starts and how it grows, for one head's
+staggered sweep alone. Writes $OUT/gpu_query_cliff.csv and $OUT/gpu_query_cliff.npz."""
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.getcwd())
+from iosim.gpu.microbench import _device_name, traced  # noqa: E402
+from iosim.gpu.validate import write_csv  # noqa: E402
+
+LAUNCHES = [(1, 1, n, 128, True, "query-major") for n in (32768, 40960, 49152, 57344, 65536,
+                                                          73728, 81920)]
+LAUNCHES += [(1, 2, 65536, 128, True, "query-major")]
+
+
+def main():
+    out = os.environ["OUT"]
+    rows = [{**r, "device": _device_name()} for r in traced(os.path.join(out, "work"), LAUNCHES)]
+    write_csv(rows, os.path.join(out, "gpu_query_cliff.csv"))
+    shutil.copy(os.path.join(out, "work", "traced.npz"), os.path.join(out, "gpu_query_cliff.npz"))
+    shutil.rmtree(os.path.join(out, "work"), ignore_errors=True)
+    for r in rows:
+        print(r["trace_key"], r["dram_read_bytes"], r["l2_to_sm_read_bytes"], r["time_ns"])
+
+
+if __name__ == "__main__":
+    main()
