@@ -6,7 +6,13 @@ cache response on its measured schedule) says 1.05x; round 6's 1x4x64Kx128 misse
 the traced kernel under ncu (``iosim.gpu.microbench.traced``: per-block schedule and counters of
 one launch) runs causal query-major launches of ONE head (and two at 64K) at d=128 for K/V of
 16 to 40 MiB (N = 32K ... 80K): where the excess starts and how it grows, for one head's
-staggered sweep alone. Writes $OUT/gpu_query_cliff.csv and $OUT/gpu_query_cliff.npz."""
+staggered sweep alone. Writes $OUT/gpu_query_cliff.csv and $OUT/gpu_query_cliff.npz.
+
+    python experiments/device/query_cliff.py marks
+
+traces 64K-80K (one head) and 64K (two heads) with a mark every 8 key blocks
+(``trace_every=8``: when each block reached them), so the replay can place each read on the
+block's measured trajectory: $OUT/gpu_query_cliff_marks.csv/.npz."""
 import os
 import shutil
 import sys
@@ -20,11 +26,17 @@ LAUNCHES = [(1, 1, n, 128, True, "query-major") for n in (32768, 40960, 49152, 5
 LAUNCHES += [(1, 2, 65536, 128, True, "query-major")]
 
 
+MARKED = [lw for lw in LAUNCHES if lw[2] >= 65536]
+
+
 def main():
     out = os.environ["OUT"]
-    rows = [{**r, "device": _device_name()} for r in traced(os.path.join(out, "work"), LAUNCHES)]
-    write_csv(rows, os.path.join(out, "gpu_query_cliff.csv"))
-    shutil.copy(os.path.join(out, "work", "traced.npz"), os.path.join(out, "gpu_query_cliff.npz"))
+    marks = sys.argv[1:] == ["marks"]
+    name = "gpu_query_cliff_marks" if marks else "gpu_query_cliff"
+    rows = [{**r, "device": _device_name()} for r in traced(
+        os.path.join(out, "work"), MARKED if marks else LAUNCHES, trace_every=8 if marks else 0)]
+    write_csv(rows, os.path.join(out, f"{name}.csv"))
+    shutil.copy(os.path.join(out, "work", "traced.npz"), os.path.join(out, f"{name}.npz"))
     shutil.rmtree(os.path.join(out, "work"), ignore_errors=True)
     for r in rows:
         print(r["trace_key"], r["dram_read_bytes"], r["l2_to_sm_read_bytes"], r["time_ns"])
