@@ -60,6 +60,8 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
     ``every``: the trace carries marks every ``every`` key blocks (:func:`key_times`): reads
     are placed on the measured trajectory instead of evenly between start and end."""
     trace = np.asarray(trace)
+    if not np.issubdtype(trace.dtype, np.integer):
+        trace = trace.astype(np.float64)        # integer traces stay exact until shifted
     if trace.ndim != 2 or trace.shape[1] < 2:
         raise IosimError("a trace needs one row (start, end, ...) per thread block")
     H, QB, NK = _blocks(w)
