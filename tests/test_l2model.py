@@ -415,3 +415,24 @@ def test_miss_slowdown_from_the_follow_microbenchmark():
         assert (both["max"] - both["min"] < 0.002).all()
     # the rows the table rests on: within-launch ratios, repeats agree to 0.5%
     assert ok.groupby(["head_dim", "keys", "missers"]).miss_over_hit.std().max() < 0.005
+
+
+def test_sweep_microbenchmark_lockstep_vs_spread():
+    """gpu_l2sweep.csv (`python -m iosim.gpu.microbench sweep`, H100): 132 blocks re-read a
+    buffer in lock step or one after another. In lock step the re-reads match the shared scan
+    (gpu_l2scan.csv: a cliff between 24 and 30 MiB, then one fetch per line and pass, shared by
+    its 132 readers: miss fraction 1). One after another the misses exceed one fetch per line
+    once past the cliff but stay far below what an LRU would do with the readers spread evenly
+    (every reader fetching: 132 per pass): the GPU keeps most of a staggered sweep."""
+    rows = _data("gpu_l2sweep.csv")
+    assert all(r["device"].startswith("NVIDIA H100") and int(r["distinct_sms"]) == 132
+               for r in rows)
+    lock = {int(r["mib"]): float(r["miss_fraction"]) for r in rows if r["stagger"] == "0"}
+    spread = {int(r["mib"]): float(r["miss_fraction"]) for r in rows if r["stagger"] == "1"}
+    scan = {int(float(r["mib"])): float(r["miss_fraction"]) for r in _data("gpu_l2scan.csv")
+            if r["mode"] == "shared"}
+    assert lock[24] < 0.01 and abs(lock[28] - scan[28]) < 0.1
+    assert all(abs(lock[m] - 1.0) < 0.01 for m in (32, 36, 40, 48))
+    assert spread[24] < 0.02
+    assert all(1.0 < spread[m] < 132 / 10 for m in (32, 36, 40, 48))
+    assert spread[32] < spread[36] < spread[40] < spread[48]

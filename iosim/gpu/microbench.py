@@ -424,6 +424,35 @@ def rotate(out_dir: str) -> list[dict]:
         rows.append({**c, "passes": row.pop("passes"), "distinct_sms": d["distinct_sms"], **row})
     return rows
 
+# ------------------------------------------------------------- every SM, together or spread
+#: the sweep test: every one of 132 blocks (one per SM) reads the whole buffer each pass, in
+#: lock step (stagger 0: the shared scan) or each starting 1/132 of the buffer further on
+#: (stagger 1: a line's 132 readers come one after another, as in a causal query-major sweep).
+#: An LRU sees the same reuse distance (the buffer) in both; the GPU need not
+SWEEP_MIB = (24, 28, 32, 36, 40, 48)
+
+
+def sweep_configs() -> list[dict]:
+    return [{"stagger": st, "mib": m} for st in (0, 1) for m in SWEEP_MIB]
+
+
+def _sweep_profile(plan_path: str) -> None:
+    _per_sm_profile(plan_path, _rotate_kernel(), max(SWEEP_MIB), ROTATE_PASSES, "sweep",
+                    lambda c: (0, 132, c["stagger"]))
+
+
+def sweep(out_dir: str) -> list[dict]:
+    """The re-read miss fraction of a buffer read by all 132 SMs each pass, in lock step or
+    spread over the pass, vs its size (passes 2..ROTATE_PASSES)."""
+    from iosim.gpu import ncu
+    configs = sweep_configs()
+    groups, done = _under_ncu(out_dir, "sweep test", "sweep", configs, REREAD_METRICS)
+    rows = []
+    for c, g, d in zip(configs, groups, done):
+        row = _reread_row(ncu.summarize(g), c["mib"] * MIB, ROTATE_PASSES)
+        rows.append({**c, "passes": row.pop("passes"), "distinct_sms": d["distinct_sms"], **row})
+    return rows
+
 # ------------------------------------------------------------------ mixed re-read distances
 #: the mix test: a hot buffer re-read every round and a cold one read a slice per round
 MIX_CONFIGS = tuple({"hot": a, "cold": c, "rounds": 8}
@@ -1008,7 +1037,7 @@ def _print_follow(rows):
 PROFILE_SCRIPTS = {"scan-profile": _scan_profile, "sides-profile": _sides_profile,
                    "readers-profile": _readers_profile, "mix-profile": _mix_profile,
                    "traced-profile": _traced_profile, "hot-profile": _hotstream_profile,
-                   "rotate-profile": _rotate_profile}
+                   "rotate-profile": _rotate_profile, "sweep-profile": _sweep_profile}
 #: test -> (rows from the output folder, CSV written there, whether rows get the device name,
 #: what is printed)
 TESTS = {
@@ -1035,6 +1064,9 @@ TESTS = {
         lambda r: f"shift {r['shift']:3d} readers {r['readers']:3d} stagger {r['stagger']} "
                   f"{r['mib']:3d} MiB ({r['distinct_sms']} SMs): miss fraction of the re-reads "
                   f"{r['miss_fraction']:.3f}")),
+    "sweep": (sweep, "gpu_l2sweep.csv", True, _print_rows(
+        lambda r: f"stagger {r['stagger']} {r['mib']:3d} MiB ({r['distinct_sms']} SMs): miss "
+                  f"fraction of the re-reads {r['miss_fraction']:.3f}")),
 }
 
 
