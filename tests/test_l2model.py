@@ -436,3 +436,59 @@ def test_sweep_microbenchmark_lockstep_vs_spread():
     assert spread[24] < 0.02
     assert all(1.0 < spread[m] < 132 / 10 for m in (32, 36, 40, 48))
     assert spread[32] < spread[36] < spread[40] < spread[48]
+
+
+def test_sweep_traced_order():
+    """gpu_l2sweep_traced.npz (experiments/device/sweep_traced.py 4: the spread sweep with the
+    time every 4 tiles of each block): the readers bunch up (the median reuse distance between
+    consecutive reads of a tile is 0), and an LRU with the shared scan's response, run on that
+    measured order (brute force here), still fetches several times more per line and pass than
+    the GPU did for the same pattern (gpu_l2sweep.csv) at 32 MiB: the L2 keeps more than an
+    LRU of the scan's capacity even on the real order."""
+    import numpy as np
+    from pathlib import Path
+    z = np.load(Path(__file__).resolve().parent.parent / "experiments" / "data"
+                / "gpu_l2sweep_traced.npz")
+    mark, passes, tb = int(z["mark_tiles"]), int(z["passes"]), int(z["tile_bytes"])
+    assert mark == 4 and "H100" in str(z["device"])
+    t = z["marks_32"].astype(np.float64)
+    nb = t.shape[0]
+    n_tiles = 32 * 2**20 // tb
+    k = np.arange(n_tiles * passes)
+    nxt = np.concatenate([t[:, 1:], (2 * t[:, -1] - t[:, -2])[:, None]], axis=1)
+    when = t[:, k // mark] + (nxt[:, k // mark] - t[:, k // mark]) * (k % mark) / mark
+    tile = ((k % n_tiles)[None, :] + (np.arange(nb) * n_tiles // nb)[:, None]) % n_tiles
+    seq = tile.ravel()[np.argsort(when.ravel(), kind="stable")].tolist()
+    n = len(seq)
+    tree = [0] * (n + 1)
+    last = [-1] * n_tiles
+    dist = []
+    total = 0
+    for i, line in enumerate(seq):           # LRU stack distance (tiles) with a Fenwick tree
+        p = last[line]
+        if p >= 0:
+            j, s = p + 1, 0
+            while j > 0:
+                s += tree[j]
+                j -= j & -j
+            dist.append(total - s)
+            j = p + 1
+            while j <= n:
+                tree[j] -= 1
+                j += j & -j
+            total -= 1
+        j = i + 1
+        while j <= n:
+            tree[j] += 1
+            j += j & -j
+        total += 1
+        last[line] = i
+    d_mib = np.array(dist) * tb / 2**20
+    assert np.median(d_mib) == 0.0
+    g = GpuL2()
+    xs, ys = zip(*g.scan_shared)
+    fetched = np.interp(d_mib / 50, xs, ys).sum() + n_tiles          # + the first pass's
+    lru = (fetched - n_tiles) / (3 * n_tiles)
+    meas = next(float(r["miss_fraction"]) for r in _data("gpu_l2sweep.csv")
+                if r["stagger"] == "1" and r["mib"] == "32")
+    assert lru > 3 * meas
