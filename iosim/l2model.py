@@ -107,8 +107,8 @@ L2_SIDE_A = (0, 1, 2, 3, 4, 5, 12, 13, 16, 17, 18, 19, 20, 21, 28, 29, 32, 33, 3
              89, 92, 93, 94, 95, 102, 103, 106, 107, 108, 109, 116, 117, 120, 121, 124, 125,
              126, 127, 128, 129, 130, 131)
 #: the SMs that the first wave's block ids 0, 1, 2, ... land on (the block traces: SMs 124-131,
-#: then pairs of SMs dealt round-robin over the eight GPCs; which pair of a GPC comes first
-#: varies from launch to launch, this is the most frequent)
+#: then pairs of SMs dealt round-robin over the eight GPCs; where that cycle is entered varies
+#: from launch to launch -- this one enters it at each GPC's first pair)
 DISPATCH_ORDER = (124, 125, 126, 127, 128, 129, 130, 131, 0, 1, 16, 17, 32, 33, 48, 49, 2, 3, 18,
                   19, 34, 35, 50, 51, 64, 65, 78, 79, 92, 93, 106, 107, 4, 5, 20, 21, 36, 37,
                   52, 53, 66, 67, 80, 81, 94, 95, 108, 109, 6, 7, 22, 23, 38, 39, 54, 55, 68,
@@ -438,6 +438,13 @@ def _predict_lockstep(w: Workload, gpu: GpuL2, *, max_chunks: int = 64) -> dict:
 
 
 # --------------------------------------------------------------------------- dynamic model
+def _held_fraction(chunks, held, g: int, keys_in_chunk: np.ndarray, w: "Workload"):
+    """What ``held`` key blocks of chunks ``chunks`` (g key blocks each; a head's last chunk may
+    be partial, ``keys_in_chunk``) weigh in units of a full chunk's bytes."""
+    return held * keys_in_chunk[chunks] / (
+        np.minimum(g, w.n_kv_blocks - chunks * g) * g * w.block_n)
+
+
 def _blocks(w: Workload):
     """(head, query block, key blocks) of every thread block in dispatch order."""
     hq = w.batch * w.heads
@@ -715,9 +722,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         if part:
             # the halves where they live (both partitions), copies on the readers' sides; a
             # chunk costs the key blocks of it that are held
-            cu = uk % n_ch
-            frac = extent[uk] * keys_in_chunk[cu] / (
-                np.minimum(g, w.n_kv_blocks - cu * g) * g * w.block_n)
+            frac = _held_fraction(uk % n_ch, extent[uk], g, keys_in_chunk, w)
             for side, (lg, ks) in enumerate(((log, kside[0]), (log_b, kside[1]))):
                 o = ks[uk, 0]
                 lg.drop(o[o >= 0])
@@ -726,9 +731,8 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
                 if len(kc):
                     o = ks[kc, 1]
                     lg.drop(o[o >= 0])
-                    cc = kc % n_ch
-                    ks[kc, 1] = lg.add(0.5 * extent[kc] * keys_in_chunk[cc] / (
-                        np.minimum(g, w.n_kv_blocks - cc * g) * g * w.block_n))
+                    ks[kc, 1] = lg.add(
+                        0.5 * _held_fraction(kc % n_ch, extent[kc], g, keys_in_chunk, w))
             return
         log.drop(old[first][old[first] >= 0])
         if gpu.kv_weight == "readers":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.l2model import GpuL2, Workload, _blocks, _Touches, smem_level_reads
+from iosim.l2model import GpuL2, Workload, _blocks, _held_fraction, _Touches, smem_level_reads
 
 
 def key_times(trace: np.ndarray, NK: np.ndarray, x: np.ndarray, b: np.ndarray,
@@ -120,8 +120,7 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
 
     def held_frac(chunks, held):
         # a chunk costs the key blocks of it that are held (a head's last chunk is partial)
-        c = chunks % n_ch
-        return held * chunk_keys[c] / (np.minimum(g, w.n_kv_blocks - c * g) * g * w.block_n)
+        return _held_fraction(chunks % n_ch, held, g, chunk_keys, w)
 
     for lo in range(0, len(t_all), batch):
         hi = min(lo + batch, len(t_all))

@@ -105,9 +105,22 @@ def test_sides_microbenchmark_explained_by_the_map():
 
 
 def test_dispatch_order_pairs_and_sides():
-    """The first wave's dispatch order covers every SM once; consecutive block ids land on
-    runs of SMs of one side (why the readers rule's small groups cost like one-side lines)."""
+    """The first wave's dispatch order covers every SM once, and every recorded first wave of
+    a d=128 launch (one block per SM) is it: SMs 124-131, then the same cycle of SM pairs
+    entered at another point; consecutive block ids land on runs of SMs of one side (why the
+    readers rule's small groups cost like one-side lines)."""
     assert sorted(DISPATCH_ORDER) == list(range(132))
+    tail = list(DISPATCH_ORDER[8:])
+    cycle = {tuple(tail[i:] + tail[:i]) for i in range(len(tail))}
+    waves = []
+    for name in ("gpu_traced", "gpu_traced_rounds"):
+        z = np.load(os.path.join(DATA, f"{name}.npz"))
+        for r in csv.DictReader(open(os.path.join(DATA, f"{name}.csv"))):
+            if r["head_dim"] == "128":
+                waves.append(tuple(int(x) for x in z[r["trace_key"]][:132, 2]))
+    assert len(waves) >= 30
+    assert all(w[:8] == DISPATCH_ORDER[:8] and w[8:] in cycle for w in waves)
+    assert tuple(DISPATCH_ORDER) in waves
     s = side_of(DISPATCH_ORDER)
     runs = np.diff(np.flatnonzero(np.r_[1, np.diff(s) != 0, 1]))
     assert runs.min() >= 4 and runs.mean() > 10

@@ -14,12 +14,10 @@ traces 64K-80K (one head) and 64K (two heads) with a mark every 8 key blocks
 (``trace_every=8``: when each block reached them), so the replay can place each read on the
 block's measured trajectory: $OUT/gpu_query_cliff_marks.csv/.npz."""
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.getcwd())
-from iosim.gpu.microbench import _device_name, traced  # noqa: E402
-from iosim.gpu.validate import write_csv  # noqa: E402
+from iosim.gpu.microbench import traced_to  # noqa: E402
 
 LAUNCHES = [(1, 1, n, 128, True, "query-major") for n in (32768, 40960, 49152, 57344, 65536,
                                                           73728, 81920)]
@@ -33,11 +31,7 @@ def main():
     out = os.environ["OUT"]
     marks = sys.argv[1:] == ["marks"]
     name = "gpu_query_cliff_marks" if marks else "gpu_query_cliff"
-    rows = [{**r, "device": _device_name()} for r in traced(
-        os.path.join(out, "work"), MARKED if marks else LAUNCHES, trace_every=8 if marks else 0)]
-    write_csv(rows, os.path.join(out, f"{name}.csv"))
-    shutil.copy(os.path.join(out, "work", "traced.npz"), os.path.join(out, f"{name}.npz"))
-    shutil.rmtree(os.path.join(out, "work"), ignore_errors=True)
+    rows = traced_to(out, name, MARKED if marks else LAUNCHES, trace_every=8 if marks else 0)
     for r in rows:
         print(r["trace_key"], r["dram_read_bytes"], r["l2_to_sm_read_bytes"], r["time_ns"])
 

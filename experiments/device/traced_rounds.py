@@ -5,12 +5,10 @@ same launch) for the launches of the given out-of-sample rounds; writes
 $OUT/gpu_traced_rounds.csv and $OUT/gpu_traced_rounds.npz, for experiments/replay_traced.py."""
 import csv
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.getcwd())
-from iosim.gpu.microbench import _device_name, traced  # noqa: E402
-from iosim.gpu.validate import write_csv  # noqa: E402
+from iosim.gpu.microbench import traced_to  # noqa: E402
 
 
 def main():
@@ -20,10 +18,7 @@ def main():
         for r in csv.DictReader(open(os.path.join("experiments", "data", name))):
             launches.append((int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["head_dim"]),
                              r["causal"] == "True", r["grid_order"]))
-    rows = [{**r, "device": _device_name()} for r in traced(os.path.join(out, "work"), launches)]
-    write_csv(rows, os.path.join(out, "gpu_traced_rounds.csv"))
-    shutil.copy(os.path.join(out, "work", "traced.npz"), os.path.join(out, "gpu_traced_rounds.npz"))
-    shutil.rmtree(os.path.join(out, "work"), ignore_errors=True)
+    rows = traced_to(out, "gpu_traced_rounds", launches)
     for r in rows:
         print(r["trace_key"], r["dram_read_bytes"], r["l2_to_sm_read_bytes"], r["time_ns"])
 

@@ -348,14 +348,19 @@ def _readers_profile(plan_path: str) -> None:
 def readers(out_dir: str) -> list[dict]:
     """The cyclic scan with each line read by k of 132 blocks (one per SM): the re-read's miss
     fraction vs the buffer size, for k = 1 (the 'private' scan) up to 132 (every SM)."""
+    return _per_sm_rows(out_dir, "readers test", "readers", readers_configs(), SCAN_PASSES)
+
+
+def _per_sm_rows(out_dir: str, name: str, what: str, configs: list[dict],
+                 passes: int) -> list[dict]:
+    """Run a per-SM re-read test under ncu: per configuration its fields, the passes, how many
+    SMs the blocks ran on, and the DRAM bytes and re-read miss fraction (``_reread_row``)."""
     from iosim.gpu import ncu
-    configs = readers_configs()
-    groups, done = _under_ncu(out_dir, "readers test", "readers", configs, REREAD_METRICS)
+    groups, done = _under_ncu(out_dir, name, what, configs, REREAD_METRICS)
     rows = []
     for c, g, d in zip(configs, groups, done):
-        row = _reread_row(ncu.summarize(g), c["mib"] * MIB)
-        rows.append({"readers": c["readers"], "mib": c["mib"], "passes": row.pop("passes"),
-                     "distinct_sms": d["distinct_sms"], **row})
+        row = _reread_row(ncu.summarize(g), c["mib"] * MIB, passes)
+        rows.append({**c, "passes": row.pop("passes"), "distinct_sms": d["distinct_sms"], **row})
     return rows
 
 # ------------------------------------------------------------ readers that take turns
@@ -415,14 +420,7 @@ def rotate(out_dir: str) -> list[dict]:
     pass, the same SM every pass (shift 0) or another SM each pass (shift 1, 66); or by k
     blocks per pass, in lock step or one after another (stagger). The miss fraction of the
     re-reads (passes 2..ROTATE_PASSES) vs the buffer size."""
-    from iosim.gpu import ncu
-    configs = rotate_configs()
-    groups, done = _under_ncu(out_dir, "rotate test", "rotate", configs, REREAD_METRICS)
-    rows = []
-    for c, g, d in zip(configs, groups, done):
-        row = _reread_row(ncu.summarize(g), c["mib"] * MIB, ROTATE_PASSES)
-        rows.append({**c, "passes": row.pop("passes"), "distinct_sms": d["distinct_sms"], **row})
-    return rows
+    return _per_sm_rows(out_dir, "rotate test", "rotate", rotate_configs(), ROTATE_PASSES)
 
 # ------------------------------------------------------------- every SM, together or spread
 #: the sweep test: every one of 132 blocks (one per SM) reads the whole buffer each pass, in
@@ -437,21 +435,16 @@ def sweep_configs() -> list[dict]:
 
 
 def _sweep_profile(plan_path: str) -> None:
+    import torch
+    sms = torch.cuda.get_device_properties(0).multi_processor_count    # every block reads it all
     _per_sm_profile(plan_path, _rotate_kernel(), max(SWEEP_MIB), ROTATE_PASSES, "sweep",
-                    lambda c: (0, 132, c["stagger"]))
+                    lambda c: (0, sms, c["stagger"]))
 
 
 def sweep(out_dir: str) -> list[dict]:
     """The re-read miss fraction of a buffer read by all 132 SMs each pass, in lock step or
     spread over the pass, vs its size (passes 2..ROTATE_PASSES)."""
-    from iosim.gpu import ncu
-    configs = sweep_configs()
-    groups, done = _under_ncu(out_dir, "sweep test", "sweep", configs, REREAD_METRICS)
-    rows = []
-    for c, g, d in zip(configs, groups, done):
-        row = _reread_row(ncu.summarize(g), c["mib"] * MIB, ROTATE_PASSES)
-        rows.append({**c, "passes": row.pop("passes"), "distinct_sms": d["distinct_sms"], **row})
-    return rows
+    return _per_sm_rows(out_dir, "sweep test", "sweep", sweep_configs(), ROTATE_PASSES)
 
 # ------------------------------------------------------------------ mixed re-read distances
 #: the mix test: a hot buffer re-read every round and a cold one read a slice per round
@@ -613,6 +606,20 @@ def traced(out_dir: str, launches, *, trace_every: int = 0) -> list[dict]:
                      "l2_to_sm_read_bytes": s.get("l1_from_l2_read_bytes"),
                      "time_ns": s.get("time_ns")})
     return rows
+
+def traced_to(out_dir: str, name: str, launches, *, trace_every: int = 0) -> list[dict]:
+    """:func:`traced`, kept as ``out_dir/NAME.csv`` (rows with the device) and
+    ``out_dir/NAME.npz`` (the schedules); the ncu work folder is removed."""
+    import shutil
+    from iosim.gpu.validate import write_csv
+    work = os.path.join(out_dir, "work")
+    rows = [{**r, "device": _device_name()}
+            for r in traced(work, launches, trace_every=trace_every)]
+    write_csv(rows, os.path.join(out_dir, f"{name}.csv"))
+    shutil.copy(os.path.join(work, "traced.npz"), os.path.join(out_dir, f"{name}.npz"))
+    shutil.rmtree(work, ignore_errors=True)
+    return rows
+
 
 # ------------------------------------------------------------------------------ traces
 TRACE_SHAPES = (  # (B, H, N, d, causal): none of them is a validated shape

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: SM ids on one side ("A") of the L2 on the lent H100 (132 SMs; the rest are side "B"):
-#: experiments/data/gpu_l2_latency.npz, three launches with the same split
-H100_SIDE_A = (0, 1, 2, 3, 4, 5, 12, 13, 16, 17, 18, 19, 20, 21, 28, 29, 32, 33, 34, 35, 36,
-               37, 44, 45, 48, 49, 50, 51, 52, 53, 60, 61, 64, 65, 66, 67, 74, 75, 78, 79, 80,
-               81, 88, 89, 92, 93, 94, 95, 102, 103, 106, 107, 108, 109, 116, 117, 120, 121,
-               124, 125, 126, 127, 128, 129, 130, 131)
+from iosim.l2model import L2_SIDE_A
+
+#: SM ids on one side ("A") of the L2 on the first lent H100 (the rest are side "B"; the
+#: model's iosim.l2model.L2_SIDE_A): experiments/data/gpu_l2_latency.npz
+H100_SIDE_A = L2_SIDE_A
 
 
 def side_of(sm_ids, side_a=H100_SIDE_A) -> np.ndarray:
