@@ -2,6 +2,8 @@
 
     python experiments/gpu_validation.py              # from the recorded CSVs (no GPU)
     python experiments/gpu_validation.py --ablation   # also the model ablation table (slow)
+    python experiments/gpu_validation.py --ablation-rounds   # three variants on the 48 launches
+                                                             # of the pre-registered rounds
     python experiments/gpu_validation.py --measure    # re-measure first (needs a CUDA GPU)
 
 Reads experiments/data/gpu_ncu.csv (the counters of the generated kernel, SDPA flash and
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+import numpy as np
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
@@ -205,49 +209,102 @@ def _microbench_figure(plt) -> str:
     return p
 
 
-def ablation(rows: list[dict]) -> list[dict]:
-    """DRAM predictions of each variant of the model, per validated launch."""
+def _variants():
+    """The model variants of the ablation (name -> GpuL2 and model), built in each process."""
     import iosim.l2model as L
     from dataclasses import replace
-    from iosim.gpu.compare import workload
     gpu = L.GpuL2()
     even = replace(gpu, sm_rates={d: (a, b, 0.5) for d, (a, b, _) in gpu.sm_rates.items()},
                    sm_share_causal={d: 0.5 for d in gpu.sm_share_causal})
-    steady = replace(gpu, block_jitter=0.0, block_jitter_pair=0.0)
     # the model before the two-block pace noise and the causal share (round 3's)
     pooled = replace(gpu, block_jitter_pair=gpu.block_jitter, sm_share_causal={},
                      sm_rates={**gpu.sm_rates, 64: (*gpu.sm_rates[64][:2], 0.56)})
-    sides = replace(gpu, kv_weight="sides")
-    one_copy = replace(gpu, kv_weight="shared")
-    sm_pace = replace(gpu, sm_pace_spread=L.SM_PACE_SPREAD_MEASURED)
-    out = []
-    for r in rows:
-        if r["impl"] != "generated" or r["cascade"] != "attention-1pass":
-            continue
-        w = workload(r)
-        meas = float(r["dram_read_bytes"])
-        row = {k: r[k] for k in ("batch", "heads", "seq", "head_dim", "causal", "grid_order")}
-        row["measured"] = meas
-        for name, fn in (("lockstep", lambda: L.predict_dram(w, gpu, model="lockstep")),
-                         ("dynamic_lru", lambda: L.predict_dram(w, gpu, model="lru")),
-                         ("dynamic_even_share", lambda: L.predict_dram(w, even)),
-                         ("dynamic_no_pace_noise", lambda: L.predict_dram(w, steady)),
-                         ("dynamic_kv_shared", lambda: L.predict_dram(w, one_copy)),
-                         ("dynamic_kv_sides", lambda: L.predict_dram(w, sides)),
-                         ("dynamic_sm_pace", lambda: L.predict_dram(w, sm_pace)),
-                         ("dynamic_one_pace_noise", lambda: L.predict_dram(w, pooled)),
-                         ("dynamic", lambda: L.predict_dram(w, gpu))):
-            v = fn()["dram_read_bytes"]
-            row[name] = v
-            row[f"err_{name}"] = v / meas - 1
-        for div in (80, 320):
-            L.CHUNK_DIV, old = div, L.CHUNK_DIV
-            try:
-                v = L.predict_dram(w, gpu)["dram_read_bytes"]
-            finally:
-                L.CHUNK_DIV = old
-            row[f"err_dynamic_res{div}"] = v / meas - 1
-        out.append(row)
+    return {"lockstep": (gpu, "lockstep"), "dynamic_lru": (gpu, "lru"),
+            "dynamic_even_share": (even, "dynamic"),
+            "dynamic_no_pace_noise": (replace(gpu, block_jitter=0.0, block_jitter_pair=0.0),
+                                      "dynamic"),
+            "dynamic_kv_shared": (replace(gpu, kv_weight="shared"), "dynamic"),
+            "dynamic_kv_sides": (replace(gpu, kv_weight="sides"), "dynamic"),
+            "dynamic_kv_partitions": (replace(gpu, kv_weight="partitions"), "dynamic"),
+            "dynamic_sm_pace": (replace(gpu, sm_pace_spread=L.SM_PACE_SPREAD_MEASURED),
+                                "dynamic"),
+            "dynamic_one_pace_noise": (pooled, "dynamic"),
+            "dynamic": (gpu, "dynamic")}
+
+
+def _ablate_one(r: dict) -> dict:
+    """Every variant's DRAM prediction for one validated launch (and the default model at
+    two other resolutions)."""
+    import iosim.l2model as L
+    from iosim.gpu.compare import workload
+    w = workload(r)
+    meas = float(r["dram_read_bytes"])
+    row = {k: r[k] for k in ("batch", "heads", "seq", "head_dim", "causal", "grid_order")}
+    row["measured"] = meas
+    for name, (gpu, model) in _variants().items():
+        v = L.predict_dram(w, gpu, model=model)["dram_read_bytes"]
+        row[name] = v
+        row[f"err_{name}"] = v / meas - 1
+    for div in (80, 320):
+        L.CHUNK_DIV, old = div, L.CHUNK_DIV   # this worker process's copy only
+        try:
+            v = L.predict_dram(w, L.GpuL2())["dram_read_bytes"]
+        finally:
+            L.CHUNK_DIV = old
+        row[f"err_dynamic_res{div}"] = v / meas - 1
+    return row
+
+
+ROUND_VARIANTS = ("dynamic", "dynamic_lru", "dynamic_kv_partitions")
+
+
+def _ablate_round_row(r: dict) -> dict:
+    """The default model and two variants, post hoc, on one launch of a pre-registered round."""
+    import iosim.l2model as L
+    from iosim.gpu.compare import workload
+    w = workload(r)
+    meas = float(r["meas_dram_read_bytes"])
+    row = {k: r[k] for k in ("round", "shape", "grid_order")}
+    row.update(measured=meas, registered=float(r["pred_dram_read_bytes"]),
+               err_registered=float(r["pred_dram_read_bytes"]) / meas - 1)
+    variants = _variants()
+    for name in ROUND_VARIANTS:
+        gpu, model = variants[name]
+        v = L.predict_dram(w, gpu, model=model)["dram_read_bytes"]
+        row[name] = v
+        row[f"err_{name}"] = v / meas - 1
+    return row
+
+
+def ablation_rounds(workers: int = 2) -> list[dict]:
+    """ROUND_VARIANTS on every measured launch of the pre-registered rounds (gpu_unseen*.csv)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from tqdm import tqdm
+    todo = []
+    for p in sorted(os.listdir(DATA)):
+        if p.startswith("gpu_unseen") and p.endswith(".csv"):
+            for r in read_csv(os.path.join(DATA, p)):
+                if r.get("meas_dram_read_bytes"):
+                    todo.append({**r, "round": p[len("gpu_unseen"):-4] or "1"})
+    todo.sort(key=lambda r: int(r["round"]))
+    with ProcessPoolExecutor(workers) as ex:
+        out = list(tqdm(ex.map(_ablate_round_row, todo), total=len(todo), desc="rounds"))
+    for name in ("registered",) + ROUND_VARIANTS:
+        e = np.array([r[f"err_{name}"] for r in out])
+        print(f"{name:24s} within 15%: {int((abs(e) <= 0.15).sum())} of {len(e)}, "
+              f"mean |error| {abs(e).mean():.1%}")
+    return out
+
+
+def ablation(rows: list[dict], workers: int = 2) -> list[dict]:
+    """DRAM predictions of each variant of the model, per validated launch (one launch per
+    worker process at a time)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from tqdm import tqdm
+    todo = [r for r in rows if r["impl"] == "generated" and r["cascade"] == "attention-1pass"]
+    with ProcessPoolExecutor(workers) as ex:
+        out = list(tqdm(ex.map(_ablate_one, todo), total=len(todo), desc="ablation"))
+    for row in out:
         print(row["batch"], row["heads"], row["seq"], row["head_dim"], row["causal"],
               row["grid_order"], " ".join(f"{k[4:]}={row[k]:+.2f}" for k in row
                                           if k.startswith("err_")), flush=True)
@@ -260,7 +317,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-figures", action="store_true")
     ap.add_argument("--ablation", action="store_true",
                     help="also write gpu_model_ablation.csv (each model variant; slow)")
+    ap.add_argument("--ablation-rounds", action="store_true",
+                    help="only write gpu_model_ablation_rounds.csv (three variants on the "
+                         "pre-registered rounds' launches)")
     a = ap.parse_args(argv)
+    if a.ablation_rounds:
+        write_csv(ablation_rounds(), os.path.join(DATA, "gpu_model_ablation_rounds.csv"))
+        return 0
     if a.measure:
         from iosim.gpu.validate import measure
         measure(None, DATA)
