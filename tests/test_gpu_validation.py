@@ -369,6 +369,26 @@ def test_round6_two_models_registered_and_measured():
     assert sum(abs(e) for e in part.values()) < sum(abs(e) for e in err.values())
 
 
+def test_round7_partitions_model_ahead():
+    """Round 7 (docs/validation.md): both models registered again (commit b9437f3, unchanged
+    since round 6) before the device run, on launches across the regimes earlier rounds
+    missed: L2->SM bytes exact on all 8; DRAM within 15% on 4 of 8 with the default (readers
+    rule) and 7 of 8 with the partitions model. Both miss 2x20x8Kx128 head-major by -19% (as
+    round 1's 2x32x8Kx128, -28%); the default also misses three d=64 head-major launches that
+    the partitions model has within 6% (3x16x3Kx64 -23%, 1x40x4Kx64 -18%, 1x24x10Kx64 causal
+    +18%)."""
+    pre, err = _measured_round("gpu_unseen7.csv")
+    part = {r["shape"]: float(r["pred_dram_read_bytes_partitions"])
+            / float(r["meas_dram_read_bytes"]) - 1 for r in pre}
+    assert {r["model_commit"][:7] for r in pre} == {"b9437f3"}
+    assert sum(abs(e) <= 0.15 for e in err.values()) == 4
+    assert sum(abs(e) <= 0.15 for e in part.values()) == 7
+    for e in (err, part):
+        assert -0.2 < e["2x20x8192x128"] < -0.18
+    for s in ("3x16x3072x64", "1x40x4096x64", "1x24x10240x64-causal"):
+        assert abs(err[s]) > 0.15 and abs(part[s]) < 0.06, s
+
+
 def test_validated_launches_measured_five_times_in_one_session():
     """The 34 validated launches, five interleaved ncu rounds in a later session
     (experiments/data/gpu_ncu_rounds.csv): L2->SM bytes identical in every round; DRAM bytes
