@@ -4,7 +4,7 @@
 
 For every traced causal head-major launch (experiments/data/gpu_traced*.csv/.npz) with enough
 long blocks, :func:`iosim.l2replay.hit_pace` on three schedules: the measured one, the dynamic
-model's (default GpuL2) and the model's with a DRAM-miss pace penalty
+model's (the readers rule, the default GpuL2 when this was recorded) and the model's with a DRAM-miss pace penalty
 (``GpuL2(miss_penalty=0.005)``, the fetch microbenchmark's one-block value; not the default),
 and the model's with the slowdown measured by the follow microbenchmark
 (``GpuL2(miss_slowdown=MISS_SLOWDOWN)``). Also each model's DRAM prediction against the
@@ -47,8 +47,9 @@ def one(job) -> dict:
         return None
     meas = float(r["dram_read_bytes"])
     out = {"launch": r["trace_key"], "meas_dram_read_bytes": meas}
-    for name, gpu in (("model", GpuL2()), ("penalty", replace(GpuL2(), miss_penalty=PENALTY)),
-                      ("slowdown", replace(GpuL2(), miss_slowdown=MISS_SLOWDOWN))):
+    base = GpuL2(kv_weight="readers")
+    for name, gpu in (("model", base), ("penalty", replace(base, miss_penalty=PENALTY)),
+                      ("slowdown", replace(base, miss_slowdown=MISS_SLOWDOWN))):
         p = _predict_dynamic(w, gpu, record=True)
         out[f"err_{name}"] = p["dram_read_bytes"] / meas - 1
         b = p["blocks"]

@@ -225,7 +225,7 @@ def _variants():
                                       "dynamic"),
             "dynamic_kv_shared": (replace(gpu, kv_weight="shared"), "dynamic"),
             "dynamic_kv_sides": (replace(gpu, kv_weight="sides"), "dynamic"),
-            "dynamic_kv_partitions": (replace(gpu, kv_weight="partitions"), "dynamic"),
+            "dynamic_kv_readers": (replace(gpu, kv_weight="readers"), "dynamic"),
             "dynamic_sm_pace": (replace(gpu, sm_pace_spread=L.SM_PACE_SPREAD_MEASURED),
                                 "dynamic"),
             "dynamic_one_pace_noise": (pooled, "dynamic"),
@@ -255,7 +255,7 @@ def _ablate_one(r: dict) -> dict:
     return row
 
 
-ROUND_VARIANTS = ("dynamic", "dynamic_lru", "dynamic_kv_partitions")
+ROUND_VARIANTS = ("dynamic", "dynamic_lru", "dynamic_kv_readers")
 
 
 def _ablate_round_row(r: dict) -> dict:

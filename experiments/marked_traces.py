@@ -12,7 +12,8 @@ Compute, so trajectories and DRAM counters come from one launch) and writes
   end (``lin``) and on its measured trajectory (``marks``), against that run's counters;
 * ``experiments/data/gpu_marks_schedule.csv`` -- for the causal head-major launches, how the
   query blocks of one head follow each other, on the GPU (each run) and in the dynamic model's
-  schedule (default, ``prefetch_across_chunks``, ``miss_slowdown``; seed 0): the fraction of
+  schedule (the readers-rule model, the default when this was recorded, and it with
+  ``prefetch_across_chunks``, ``miss_slowdown``; seed 0): the fraction of
   blocks that start within ``WINDOW_US`` of the previous query block of their head (in the
   last two thirds of the launch), that fraction after a close start and after a far one (is a
   close pair inherited by the next generation?), and how the lag of a close pair changes over
@@ -37,6 +38,8 @@ import pandas as pd  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2model import MISS_SLOWDOWN, GpuL2, _predict_dynamic  # noqa: E402
 from iosim.l2replay import replay_dram  # noqa: E402
+
+READERS = {"kv_weight": "readers"}
 from replay_traced import workload  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
@@ -123,7 +126,7 @@ def schedule_rows(r: dict) -> list[dict]:
              **follow_stats(tr[:, 0] / 1e3, tr[:, 1] / 1e3, heads, marks)}]
     if int(r["round"]) == 1:
         for name, kw in VARIANTS.items():
-            p = _predict_dynamic(w, GpuL2(**kw), record=True, seed=0)
+            p = _predict_dynamic(w, GpuL2(**READERS, **kw), record=True, seed=0)
             rows.append({**base, "schedule": f"model {name}",
                          "pred_dram_read_bytes": p["dram_read_bytes"],
                          **follow_stats(p["blocks"]["start_us"], p["blocks"]["end_us"],
@@ -163,7 +166,7 @@ def figure(path: str) -> None:
     r = meta[(meta.trace_key == "1x16x16384x128-causal_head-major_every8")
              & (meta["round"] == 1)].iloc[0].to_dict()
     w, tr = workload(r), _trace(r)
-    p = _predict_dynamic(w, GpuL2(), record=True, seed=0)
+    p = _predict_dynamic(w, GpuL2(**READERS), record=True, seed=0)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     levels = range(64, 80)
     for ax, name in zip(axes, ("GPU (marks every 8 key blocks)", "model (default; start to end)")):

@@ -116,7 +116,7 @@ def seen_launches() -> set:
     return out
 
 
-def predict(shapes, commit: str, partitions: bool = False) -> list[dict]:
+def predict(shapes, commit: str, partitions: bool = False, readers: bool = False) -> list[dict]:
     rows = []
     for b, h, n, d, c, o in shapes:
         row = dict(impl="generated", cascade="attention-1pass", grid_order=o, dtype="bf16",
@@ -132,9 +132,12 @@ def predict(shapes, commit: str, partitions: bool = False) -> list[dict]:
                      "pred_l2_read_bytes": round(p["pred_l2_read_bytes"]),
                      "model_makespan_us": round(p["model_makespan_us"], 1),
                      "model_commit": commit})
-        if partitions:
+        if partitions:   # rounds 6-7: the default was the readers rule
             q = compare_row(row, GpuL2(kv_weight="partitions"), baseline=False)
             rows[-1]["pred_dram_read_bytes_partitions"] = round(q["pred_dram_read_bytes"])
+        if readers:      # round 8 on: the default is the partitions model
+            q = compare_row(row, GpuL2(kv_weight="readers"), baseline=False)
+            rows[-1]["pred_dram_read_bytes_readers"] = round(q["pred_dram_read_bytes"])
         r = rows[-1]
         print(f"{r['shape']:24s} {o:12s} pred DRAM {r['pred_dram_read_bytes'] / 1e9:7.3f} G "
               f"= {r['pred_dram_read_bytes'] / r['qkv_bytes']:5.1f} x Q+K+V "
@@ -196,7 +199,7 @@ def main(argv=None) -> None:
     if clash:
         raise SystemExit(f"error: already seen launches in round {a.round}: {clash}")
     commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    rows = predict(shapes, commit, partitions=a.round >= 6)
+    rows = predict(shapes, commit, partitions=a.round in (6, 7), readers=a.round >= 8)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -10,6 +10,8 @@ per-block schedule from the same run), and for every launch computes
   * ``replay_meas``: the cache response (:mod:`iosim.l2replay`) on the measured schedule,
   * ``replay_model``: the same on the dynamic model's own schedule,
   * ``model``: the dynamic model's prediction (its schedule and its DRAM waits together),
+the model with the readers rule (``READERS``, the default when this was recorded; the
+two-partition model is replayed by experiments/partition_replay.py),
 each against the launch's counters. Writes experiments/data/gpu_replay.csv and
 figures/gpu_replay.png.
 """
@@ -26,8 +28,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import GpuL2, Workload, _predict_dynamic  # noqa: E402
-from iosim.l2replay import replay_dram  # noqa: E402
+from iosim.l2model import Workload, _predict_dynamic  # noqa: E402
+from iosim.l2replay import READERS, replay_dram  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
 FIG = os.path.join(ROOT, "figures")
@@ -43,7 +45,7 @@ def one(r: dict, traced: str = "gpu_traced") -> dict:
     w = workload(r)
     tr = np.load(os.path.join(DATA, f"{traced}.npz"))[r["trace_key"]]
     meas = float(r["dram_read_bytes"])
-    p = _predict_dynamic(w, GpuL2(), record=True)
+    p = _predict_dynamic(w, READERS, record=True)
     blk = p["blocks"]
     model_sched = np.c_[blk["start_us"] * 1e3, blk["end_us"] * 1e3, blk["sm"]]
     out = {"launch": r["trace_key"], "meas_dram_read_bytes": meas,

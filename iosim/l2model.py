@@ -30,20 +30,31 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
   fit in traced launches without DRAM waits, ``microbench.pair_jitter``).
   This makes blocks of one head that start together in an early wave start apart in later
   ones, as the traces show;
-* **lines read by few blocks cost less** — a cyclic re-read whose lines are each read by k
-  of 132 blocks (one per SM) keeps more of the buffer the fewer readers a line has: half-miss
-  at 36.6 MiB for k = 1, 33.4 for 11, 27.9 for 33, 26.4 for 132 (``microbench readers``).
-  A K/V chunk costs ``reader_weight(blocks that read it since it was fetched)`` of a line read
-  by every SM (0.72 for one reader to 1.0). The earlier rule (``kv_weight="sides"``: a line
-  read from one L2 side costs 0.73) is contradicted by ``microbench sides``: lines read only
-  by the 16 SMs of one GPC miss as fully at 30 MiB as lines read by all SMs;
+* **the two L2 partitions** (``kv_weight="partitions"``, the default) — the H100's L2 is two
+  partitions; a latency map (``experiments/device/l2_latency_map.py``) gives which SMs sit on
+  which side (``L2_SIDE_A``) and shows lines alternating between the partitions every 256 B.
+  Each partition is an LRU of its own with the measured response below: half of every chunk
+  lives in each, a read touches both halves where they live and a copy of the far half on the
+  reader's side, and DRAM is read when a half's own partition lost it. The first wave's
+  blocks land on the SMs in the measured order ``DISPATCH_ORDER``. Registered next to the
+  readers rule before measuring (rounds 6 and 7 of docs/validation.md), it was within 15% on
+  10 of 16 launches, the readers rule on 6;
+* **(the earlier default) lines read by few blocks cost less** (``kv_weight="readers"``) — a
+  cyclic re-read whose lines are each read by k of 132 blocks (one per SM) keeps more of the
+  buffer the fewer readers a line has: half-miss at 36.6 MiB for k = 1, 33.4 for 11, 27.9 for
+  33, 26.4 for 132 (``microbench readers``). A K/V chunk costs ``reader_weight(blocks that
+  read it since it was fetched)`` of a line read by every SM (0.72 for one reader to 1.0).
+  The rule before it (``kv_weight="sides"``: a line read from one L2 side costs 0.73) is kept
+  for comparison; the latency map explains why ``microbench sides`` seemed to contradict it;
 * **causal imbalance** — a causal query block reads key blocks up to its diagonal only;
 * **capacity** — the L2 answers a re-read according to its reuse distance D (bytes of
   other data touched since): the miss probability m(D) was measured by a cyclic-scan
   microbenchmark (``microbench scan``): for data that SMs on both sides of the two L2
   partitions read (K and V), m = 0 up to 24 MiB, 0.36 at 26, 0.82 at 28 and 1 from 30 MiB
-  (each such line is held in both partitions: about half the 50 MiB); data read by one SM
-  (Q) or written by one (O) costs 0.73 of that (the ratio of the two measured cliffs).
+  (each such line is held in both partitions: about half the 50 MiB). Data read by one SM
+  (Q) or written by one (O): with the partitions, half in each and a copy of the far half on
+  the block's side; with the readers rule, 0.73 of a shared line (the ratio of the two
+  measured cliffs).
 
 Predicted DRAM reads = compulsory Q reads + the expected K/V misses. Writes: O once.
 
@@ -191,12 +202,12 @@ class GpuL2:
     #: microbenchmark) interpolated at the DRAM load u that the blocks' paces demand; ``{}``
     #: off. A restoring force for convoys of blocks that share K/V
     miss_slowdown: dict = field(default_factory=dict, hash=False, compare=False)
-    #: what a K/V line costs in L2 capacity: "readers" (by how many thread blocks read it since
-    #: it was fetched: the readers microbenchmark, READER_WEIGHTS), "sides" (the earlier rule:
-    #: private_weight until SMs on both L2 sides read it, sides drawn at random), "shared"
-    #: (always a shared line) or "partitions" (the two L2 partitions modelled: see
-    #: _predict_dynamic; sides of the SMs from the latency map, ``side_a``)
-    kv_weight: str = "readers"
+    #: what a K/V line costs in L2 capacity: "partitions" (the default since round 7: the two
+    #: L2 partitions modelled, see _predict_dynamic; sides of the SMs from the latency map,
+    #: ``side_a``), "readers" (the default before: by how many thread blocks read it since it
+    #: was fetched, the readers microbenchmark, READER_WEIGHTS), "sides" (private_weight until
+    #: SMs on both L2 sides read it, sides drawn at random) or "shared" (always a shared line)
+    kv_weight: str = "partitions"
     #: SM ids on L2 side A (the rest: side B) and the SMs the first wave's blocks land on, in
     #: block-id order (kv_weight="partitions"; measured on the H100)
     side_a: tuple = L2_SIDE_A

@@ -10,6 +10,10 @@ schedule as given — a block reads its key blocks evenly between its start and 
 its start, O at its end — and runs only the cache half on it. If the replay matches the
 counters where the model does not, the schedule is what the model gets wrong there; if the
 replay misses too, the cache response is.
+
+The replay implements the per-line responses (``GpuL2.kv_weight`` "readers", the default
+here, "shared" and "sides"); the two-partition response is replayed by
+``experiments/partition_replay.py``.
 """
 from __future__ import annotations
 
@@ -17,6 +21,10 @@ import numpy as np
 
 from iosim.errors import IosimError
 from iosim.l2model import GpuL2, Workload, _blocks, _held_fraction, _Touches, smem_level_reads
+
+#: the replay's default response: the readers rule (GpuL2's default is the two partitions,
+#: which this per-line replay does not implement)
+READERS = GpuL2(kv_weight="readers")
 
 
 def key_times(trace: np.ndarray, NK: np.ndarray, x: np.ndarray, b: np.ndarray,
@@ -47,7 +55,7 @@ def key_times(trace: np.ndarray, NK: np.ndarray, x: np.ndarray, b: np.ndarray,
     return t0 + (t1 - t0) * (x - x0) / np.maximum(x1 - x0, 1e-9)
 
 
-def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: int = 32,
+def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *, batch: int = 32,
                 chunk: int | None = None, per_block: bool = False, every: int = 0) -> dict:
     """Expected DRAM read bytes of ``w`` when its blocks run as ``trace`` says.
 
@@ -59,6 +67,9 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
     ``per_block``: also return each block's expected K/V miss bytes (``"block_miss_bytes"``).
     ``every``: the trace carries marks every ``every`` key blocks (:func:`key_times`): reads
     are placed on the measured trajectory instead of evenly between start and end."""
+    if gpu.kv_weight == "partitions":
+        raise IosimError("replay_dram replays per-line responses (kv_weight readers, shared or "
+                         "sides); the partitions replay is experiments/partition_replay.py")
     trace = np.asarray(trace)
     if not np.issubdtype(trace.dtype, np.integer):
         trace = trace.astype(np.float64)        # integer traces stay exact until shifted
@@ -184,7 +195,7 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, batch: 
     return out
 
 
-def hit_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = GpuL2(), *, long_frac: float = 0.3,
+def hit_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *, long_frac: float = 0.3,
              window: int = 65, hit_below: float = 0.3, miss_above: float = 0.9) -> dict:
     """Which blocks of a schedule hit and how fast they go: the state of a DRAM-bound launch.
 

@@ -196,15 +196,18 @@ def test_newest_preregistered_predictions_unchanged():
                    seq=r["seq"], head_dim=r["head_dim"], causal=r["causal"],
                    block_m=r["block_m"], block_n=r["block_n"], num_warps=r["num_warps"],
                    num_stages=r["num_stages"])
-        p = compare_row(row, baseline=False)
-        assert abs(p["pred_dram_read_bytes"] - float(r["pred_dram_read_bytes"])) <= 1, r["shape"]
+        # rounds 6-7 registered the default of their time (the readers rule) and the partitions
+        # model; from round 8 the default is the partitions model, the readers rule next to it
+        from iosim.l2model import GpuL2
+        cols = ({"pred_dram_read_bytes": GpuL2(kv_weight="readers"),
+                 "pred_dram_read_bytes_partitions": GpuL2(kv_weight="partitions")}
+                if r.get("pred_dram_read_bytes_partitions") else
+                {"pred_dram_read_bytes": GpuL2(),
+                 "pred_dram_read_bytes_readers": GpuL2(kv_weight="readers")})
+        for col, gpu in cols.items():
+            p = compare_row(row, gpu, baseline=False)
+            assert abs(p["pred_dram_read_bytes"] - float(r[col])) <= 1, (r["shape"], col)
         assert abs(p["pred_l2_read_bytes"] - float(r["pred_l2_read_bytes"])) <= 1, r["shape"]
-        if r.get("pred_dram_read_bytes_partitions"):
-            # round 6 on: also the model with the L2 partitions modelled
-            from iosim.l2model import GpuL2
-            q = compare_row(row, GpuL2(kv_weight="partitions"), baseline=False)
-            assert abs(q["pred_dram_read_bytes"]
-                       - float(r["pred_dram_read_bytes_partitions"])) <= 1, r["shape"]
 
 
 def _measured_round(name):
@@ -395,8 +398,9 @@ def test_validated_launches_measured_five_times_in_one_session():
     repeat within 1% for launches whose K/V stay in L2 (DRAM < 1.1x Q+K+V) but not at the
     cliff: 1x8x64Kx128 head-major reads 8.7-10.0 G in four rounds and 26.6 G in the fifth,
     and the recorded run-1 counter of 1x8x64Kx64 head-major (4.34 G) lies 17% below the
-    lowest of this session's five. Against this session's medians the model is within 15% on
-    29 of 34 (30 against the recorded counters)."""
+    lowest of this session's five. Against this session's medians the model (the partitions
+    default) is within 15% on 30 of 34, as against the recorded counters (the readers rule:
+    29 and 30)."""
     rounds = read_csv(os.path.join(DATA, "gpu_ncu_rounds.csv"))
     assert len(rounds) == 170 and all("H100" in r["device"] for r in rounds)
     by = {}
@@ -422,4 +426,4 @@ def test_validated_launches_measured_five_times_in_one_session():
     assert big[3] < 10.1e9 and big[4] > 2.5 * big[3]
     low = min(float(x["dram_read_bytes"]) for x in by[("1x8x65536x64", "head-major")])
     assert float(rec[("1x8x65536x64", "head-major")]["dram_read_bytes"]) < 0.85 * low
-    assert within == 29
+    assert within == 30

@@ -172,9 +172,10 @@ def test_partition_replay_table():
 
 
 def test_validate_cli_kv_cost(tmp_path):
-    """`iosim validate --kv-cost partitions` compares the recorded counters with the partitions
-    model (the same prediction as GpuL2(kv_weight="partitions")); a non-dynamic model with it is
-    a one-line error."""
+    """`iosim validate --kv-cost partitions` (the default) compares the recorded counters with
+    the partitions model (the same prediction as GpuL2(kv_weight="partitions")), `--kv-cost
+    readers` with the readers rule; another K/V cost with a non-dynamic model is a one-line
+    error."""
     import json
 
     from click.testing import CliRunner
@@ -200,6 +201,10 @@ def test_validate_cli_kv_cost(tmp_path):
     assert got["partitions"]["head-major"] == pytest.approx(
         predict_dram(wl, GpuL2(kv_weight="partitions"))["dram_read_bytes"], rel=1e-12)
     assert got["partitions"]["head-major"] > 1.1 * got["readers"]["head-major"]
-    res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--kv-cost", "partitions",
+    # the default is the partitions model
+    res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--json"])
+    assert {r["grid_order"]: r["pred_dram_read_bytes"]
+            for r in json.loads(res.output)["rows"]} == got["partitions"]
+    res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--kv-cost", "readers",
                                     "--model", "lockstep"])
     assert res.exit_code != 0 and "needs the dynamic L2 model" in res.output

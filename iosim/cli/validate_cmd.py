@@ -51,11 +51,12 @@ def _table(rows: list[dict]) -> str:
               help="directory for gpu_ncu.csv and gpu_validation.csv (default: .iosim-gpu)")
 @click.option("--model", type=click.Choice(["dynamic", "lockstep", "lru"]), default="dynamic",
               show_default=True, help="L2 model for the DRAM prediction (iosim.l2model)")
-@click.option("--kv-cost", type=click.Choice(["readers", "partitions", "shared", "sides"]),
-              default="readers", show_default=True,
-              help="what a K/V line costs in L2 (GpuL2.kv_weight): the readers rule, the two "
-                   "L2 partitions with the measured side map, always a shared line, or the "
-                   "earlier sides rule (dynamic model only)")
+@click.option("--kv-cost", type=click.Choice(["partitions", "readers", "shared", "sides"]),
+              default="partitions", show_default=True,
+              help="what a K/V line costs in L2 (GpuL2.kv_weight): the two L2 partitions with "
+                   "the measured side map (the default), the readers rule (the default before "
+                   "round 7), always a shared line, or the earlier sides rule (dynamic model "
+                   "only)")
 @click.option("--json", "as_json", is_flag=True, help="print rows and summary as JSON")
 def command(gpu, shapes, csv_path, out_dir, model, kv_cost, as_json):
     """Compare predicted L2 and DRAM bytes with Nsight Compute counters.
@@ -63,12 +64,12 @@ def command(gpu, shapes, csv_path, out_dir, model, kv_cost, as_json):
     \b
     Examples:
       iosim validate                      # recorded H100 measurements vs the model
-      iosim validate --kv-cost partitions # the same with the two L2 partitions modelled
+      iosim validate --kv-cost readers    # the same with the readers rule for K/V lines
       iosim validate --gpu --shapes 4x16x4096x128,4x16x4096x128-causal
     """
     from iosim.gpu.compare import compare, read_csv, summary
     from iosim.l2model import GpuL2
-    if kv_cost != "readers" and model != "dynamic":
+    if kv_cost != "partitions" and model != "dynamic":
         raise IosimError(f"--kv-cost {kv_cost} needs the dynamic L2 model (--model dynamic)")
     from iosim.gpu.validate import measure, require_gpu, write_csv
     if gpu:
