@@ -19,6 +19,8 @@ Round 7 registers the same two models again (unchanged since round 6; the partit
 within 15% on 33 of the 48 earlier launches post hoc, the default on 30) on launches across the
 regimes the earlier rounds missed: non-causal d=128 head-major with many heads, causal
 head-major at d=128 and d=64, non-causal d=64 head-major at small N, query-major at the cliff.
+From round 8 the default is the partitions model (after round 7); rounds from 8 register it
+(``pred_dram_read_bytes``) and the readers rule next to it (``pred_dram_read_bytes_readers``).
 """
 from __future__ import annotations
 
@@ -99,6 +101,16 @@ ROUNDS = {
         (1, 12, 61440, 128, True, "query-major"),
         (4, 12, 2048, 64, True, "head-major"),
         (1, 40, 4096, 64, False, "head-major"),
+    ],
+    8: [
+        (2, 24, 8192, 128, False, "head-major"),
+        (1, 14, 16384, 64, True, "head-major"),
+        (1, 12, 24576, 128, True, "head-major"),
+        (5, 16, 2048, 64, False, "head-major"),
+        (1, 3, 98304, 128, False, "query-major"),
+        (1, 10, 49152, 128, True, "query-major"),
+        (2, 16, 8192, 64, True, "head-major"),
+        (1, 32, 4096, 128, False, "head-major"),
     ],
 }
 
