@@ -114,7 +114,7 @@ def main() -> None:
         exe = build(tmp)
         jobs = []
         for traced, rec in (("gpu_traced", "gpu_replay"), ("gpu_traced_rounds", "gpu_replay_rounds"),
-                            ("gpu_traced_round6", None)):
+                            ("gpu_traced_round6", None), ("gpu_traced_rounds78", None)):
             readers = {r["launch"]: float(r["replay_meas"])
                        for r in csv.DictReader(open(os.path.join(DATA, f"{rec}.csv")))} if rec else {}
             for r in csv.DictReader(open(os.path.join(DATA, f"{traced}.csv"))):
@@ -123,8 +123,10 @@ def main() -> None:
         with ProcessPoolExecutor(2) as ex:
             rows = list(tqdm(ex.map(one, jobs), total=len(jobs), desc="replay"))
     write_csv(rows, os.path.join(DATA, "gpu_partition_replay.csv"))
-    for sel, label in ((lambda r: r["traced"] != "gpu_traced_round6", "earlier traces"),
-                       (lambda r: r["traced"] == "gpu_traced_round6", "round 6 (machine 2)")):
+    for sel, label in ((lambda r: r["traced"] not in ("gpu_traced_round6", "gpu_traced_rounds78"),
+                        "earlier traces"),
+                       (lambda r: r["traced"] == "gpu_traced_round6", "round 6 (machine 2)"),
+                       (lambda r: r["traced"] == "gpu_traced_rounds78", "rounds 7-8")):
         part = [r for r in rows if sel(r)]
         for c in ("partitions_map1", "partitions_map2", "partitions_one_side", "readers_replay"):
             e = np.array([r[f"err_{c}"] for r in part])
