@@ -25,8 +25,8 @@ import pandas as pd  # noqa: E402
 
 from iosim.errors import IosimError  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import MISS_SLOWDOWN, GpuL2, _predict_dynamic  # noqa: E402
-from iosim.l2replay import hit_pace  # noqa: E402
+from iosim.l2model import MISS_SLOWDOWN, _predict_dynamic  # noqa: E402
+from iosim.l2replay import READERS, hit_pace  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from replay_traced import workload  # noqa: E402
@@ -47,9 +47,8 @@ def one(job) -> dict:
         return None
     meas = float(r["dram_read_bytes"])
     out = {"launch": r["trace_key"], "meas_dram_read_bytes": meas}
-    base = GpuL2(kv_weight="readers")
-    for name, gpu in (("model", base), ("penalty", replace(base, miss_penalty=PENALTY)),
-                      ("slowdown", replace(base, miss_slowdown=MISS_SLOWDOWN))):
+    for name, gpu in (("model", READERS), ("penalty", replace(READERS, miss_penalty=PENALTY)),
+                      ("slowdown", replace(READERS, miss_slowdown=MISS_SLOWDOWN))):
         p = _predict_dynamic(w, gpu, record=True)
         out[f"err_{name}"] = p["dram_read_bytes"] / meas - 1
         b = p["blocks"]

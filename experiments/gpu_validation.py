@@ -232,6 +232,17 @@ def _variants():
             "dynamic": (gpu, "dynamic")}
 
 
+def _predict_variants(row: dict, w, meas: float, names) -> None:
+    """Add each named variant's DRAM prediction for ``w`` and its error to ``row``."""
+    import iosim.l2model as L
+    variants = _variants()
+    for name in names:
+        gpu, model = variants[name]
+        v = L.predict_dram(w, gpu, model=model)["dram_read_bytes"]
+        row[name] = v
+        row[f"err_{name}"] = v / meas - 1
+
+
 def _ablate_one(r: dict) -> dict:
     """Every variant's DRAM prediction for one validated launch (and the default model at
     two other resolutions)."""
@@ -241,10 +252,7 @@ def _ablate_one(r: dict) -> dict:
     meas = float(r["dram_read_bytes"])
     row = {k: r[k] for k in ("batch", "heads", "seq", "head_dim", "causal", "grid_order")}
     row["measured"] = meas
-    for name, (gpu, model) in _variants().items():
-        v = L.predict_dram(w, gpu, model=model)["dram_read_bytes"]
-        row[name] = v
-        row[f"err_{name}"] = v / meas - 1
+    _predict_variants(row, w, meas, _variants())
     for div in (80, 320):
         L.CHUNK_DIV, old = div, L.CHUNK_DIV   # this worker process's copy only
         try:
@@ -260,26 +268,26 @@ ROUND_VARIANTS = ("dynamic", "dynamic_lru", "dynamic_kv_readers")
 
 def _ablate_round_row(r: dict) -> dict:
     """The default model and two variants, post hoc, on one launch of a pre-registered round."""
-    import iosim.l2model as L
     from iosim.gpu.compare import workload
     w = workload(r)
     meas = float(r["meas_dram_read_bytes"])
     row = {k: r[k] for k in ("round", "shape", "grid_order")}
     row.update(measured=meas, registered=float(r["pred_dram_read_bytes"]),
                err_registered=float(r["pred_dram_read_bytes"]) / meas - 1)
-    variants = _variants()
-    for name in ROUND_VARIANTS:
-        gpu, model = variants[name]
-        v = L.predict_dram(w, gpu, model=model)["dram_read_bytes"]
-        row[name] = v
-        row[f"err_{name}"] = v / meas - 1
+    _predict_variants(row, w, meas, ROUND_VARIANTS)
     return row
+
+
+def _in_parallel(fn, todo: list, desc: str, workers: int) -> list:
+    """fn on every item of todo, one item per worker process at a time, with a progress bar."""
+    from concurrent.futures import ProcessPoolExecutor
+    from tqdm import tqdm
+    with ProcessPoolExecutor(workers) as ex:
+        return list(tqdm(ex.map(fn, todo), total=len(todo), desc=desc))
 
 
 def ablation_rounds(workers: int = 2) -> list[dict]:
     """ROUND_VARIANTS on every measured launch of the pre-registered rounds (gpu_unseen*.csv)."""
-    from concurrent.futures import ProcessPoolExecutor
-    from tqdm import tqdm
     todo = []
     for p in sorted(os.listdir(DATA)):
         if p.startswith("gpu_unseen") and p.endswith(".csv"):
@@ -287,8 +295,7 @@ def ablation_rounds(workers: int = 2) -> list[dict]:
                 if r.get("meas_dram_read_bytes"):
                     todo.append({**r, "round": p[len("gpu_unseen"):-4] or "1"})
     todo.sort(key=lambda r: int(r["round"]))
-    with ProcessPoolExecutor(workers) as ex:
-        out = list(tqdm(ex.map(_ablate_round_row, todo), total=len(todo), desc="rounds"))
+    out = _in_parallel(_ablate_round_row, todo, "rounds", workers)
     for name in ("registered",) + ROUND_VARIANTS:
         e = np.array([r[f"err_{name}"] for r in out])
         print(f"{name:24s} within 15%: {int((abs(e) <= 0.15).sum())} of {len(e)}, "
@@ -299,11 +306,8 @@ def ablation_rounds(workers: int = 2) -> list[dict]:
 def ablation(rows: list[dict], workers: int = 2) -> list[dict]:
     """DRAM predictions of each variant of the model, per validated launch (one launch per
     worker process at a time)."""
-    from concurrent.futures import ProcessPoolExecutor
-    from tqdm import tqdm
     todo = [r for r in rows if r["impl"] == "generated" and r["cascade"] == "attention-1pass"]
-    with ProcessPoolExecutor(workers) as ex:
-        out = list(tqdm(ex.map(_ablate_one, todo), total=len(todo), desc="ablation"))
+    out = _in_parallel(_ablate_one, todo, "ablation", workers)
     for row in out:
         print(row["batch"], row["heads"], row["seq"], row["head_dim"], row["causal"],
               row["grid_order"], " ".join(f"{k[4:]}={row[k]:+.2f}" for k in row

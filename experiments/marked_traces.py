@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
@@ -36,10 +37,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import MISS_SLOWDOWN, GpuL2, _predict_dynamic  # noqa: E402
-from iosim.l2replay import replay_dram  # noqa: E402
-
-READERS = {"kv_weight": "readers"}
+from iosim.l2model import MISS_SLOWDOWN, _predict_dynamic  # noqa: E402
+from iosim.l2replay import READERS, replay_dram  # noqa: E402
 from replay_traced import workload  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
@@ -126,7 +125,7 @@ def schedule_rows(r: dict) -> list[dict]:
              **follow_stats(tr[:, 0] / 1e3, tr[:, 1] / 1e3, heads, marks)}]
     if int(r["round"]) == 1:
         for name, kw in VARIANTS.items():
-            p = _predict_dynamic(w, GpuL2(**READERS, **kw), record=True, seed=0)
+            p = _predict_dynamic(w, replace(READERS, **kw), record=True, seed=0)
             rows.append({**base, "schedule": f"model {name}",
                          "pred_dram_read_bytes": p["dram_read_bytes"],
                          **follow_stats(p["blocks"]["start_us"], p["blocks"]["end_us"],
@@ -166,7 +165,7 @@ def figure(path: str) -> None:
     r = meta[(meta.trace_key == "1x16x16384x128-causal_head-major_every8")
              & (meta["round"] == 1)].iloc[0].to_dict()
     w, tr = workload(r), _trace(r)
-    p = _predict_dynamic(w, GpuL2(**READERS), record=True, seed=0)
+    p = _predict_dynamic(w, READERS, record=True, seed=0)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     levels = range(64, 80)
     for ax, name in zip(axes, ("GPU (marks every 8 key blocks)", "model (default; start to end)")):

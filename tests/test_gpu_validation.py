@@ -1,6 +1,5 @@
 """The simulator against the RECORDED H100 measurements (experiments/data/gpu_*.csv), and the
 GPU entry points' behaviour on a machine without a GPU. Live GPU tests are marked ``gpu``."""
-import csv
 import os
 import subprocess
 import sys
@@ -217,8 +216,12 @@ def _measured_round(name):
     assert len(pre) == 8 and all("H100" in r["device"] for r in pre)
     for r in pre:
         assert float(r["pred_l2_read_bytes"]) == float(r["meas_l2_to_sm_read_bytes"]), r["shape"]
-    return pre, {r["shape"]: float(r["pred_dram_read_bytes"]) / float(r["meas_dram_read_bytes"])
-                 - 1 for r in pre}
+    return pre, _dram_errors(pre)
+
+
+def _dram_errors(pre, column: str = "pred_dram_read_bytes") -> dict:
+    """A round's DRAM errors by shape, of the prediction registered in ``column``."""
+    return {r["shape"]: float(r[column]) / float(r["meas_dram_read_bytes"]) - 1 for r in pre}
 
 
 def test_unseen_shapes_measured_on_the_h100():
@@ -360,8 +363,7 @@ def test_round6_two_models_registered_and_measured():
     validated 16Kx128) and 1x4x64Kx128 causal query-major -29% / -30% (the query-major cliff
     of the validated 1x8x64Kx128, with 4 heads instead of 8)."""
     pre, err = _measured_round("gpu_unseen6.csv")
-    part = {r["shape"]: float(r["pred_dram_read_bytes_partitions"])
-            / float(r["meas_dram_read_bytes"]) - 1 for r in pre}
+    part = _dram_errors(pre, "pred_dram_read_bytes_partitions")
     assert {r["model_commit"][:7] for r in pre} == {"1823a64"}
     assert sum(abs(e) <= 0.15 for e in err.values()) == 2
     assert sum(abs(e) <= 0.15 for e in part.values()) == 3
@@ -381,8 +383,7 @@ def test_round7_partitions_model_ahead():
     the partitions model has within 6% (3x16x3Kx64 -23%, 1x40x4Kx64 -18%, 1x24x10Kx64 causal
     +18%)."""
     pre, err = _measured_round("gpu_unseen7.csv")
-    part = {r["shape"]: float(r["pred_dram_read_bytes_partitions"])
-            / float(r["meas_dram_read_bytes"]) - 1 for r in pre}
+    part = _dram_errors(pre, "pred_dram_read_bytes_partitions")
     assert {r["model_commit"][:7] for r in pre} == {"b9437f3"}
     assert sum(abs(e) <= 0.15 for e in err.values()) == 4
     assert sum(abs(e) <= 0.15 for e in part.values()) == 7
@@ -399,8 +400,7 @@ def test_round8_partitions_default_registered_and_measured():
     regimes every model variant misses: many heads at d=128 non-causal head-major
     (2x24x8Kx128 -35%) and d=128 causal head-major (1x12x24Kx128 +23%)."""
     pre, err = _measured_round("gpu_unseen8.csv")
-    readers = {r["shape"]: float(r["pred_dram_read_bytes_readers"])
-               / float(r["meas_dram_read_bytes"]) - 1 for r in pre}
+    readers = _dram_errors(pre, "pred_dram_read_bytes_readers")
     assert {r["model_commit"][:7] for r in pre} == {"6026e9d"}
     assert sum(abs(e) <= 0.15 for e in err.values()) == 6
     assert sum(abs(e) <= 0.15 for e in readers.values()) == 5

@@ -4,7 +4,6 @@ forward loses to SDPA flash when N is not a multiple of the tile (1x16x6000x128 
 1.29x flash, gpu_speed_unseen.csv). Neighbouring N that are multiples of 128 next to partial
 ones, every tiling and knob the generator has at d=128 (bf16), flash before and after.
 Writes $OUT/NAME.csv (default gpu_speed_partial)."""
-import csv
 import os
 import sys
 
@@ -19,6 +18,7 @@ KNOBS = ({}, {"tma": True}, {"warp_specialize": True})
 def main():
     from iosim.gpu.runner import Config, bench_configs, env_info, precompile
     from iosim.gpu.shapes import parse_shapes
+    from iosim.gpu.validate import write_csv
     shapes = parse_shapes(sys.argv[1] if len(sys.argv) > 1 else SHAPES)
     cf = []
     for s in shapes:
@@ -36,11 +36,7 @@ def main():
     for r in rows:
         r["device"] = env["device"]
     name = sys.argv[2] if len(sys.argv) > 2 else "gpu_speed_partial"
-    with open(os.path.join(os.environ.get("OUT", "."), f"{name}.csv"), "w",
-              newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, os.path.join(os.environ.get("OUT", "."), f"{name}.csv"))
 
 
 if __name__ == "__main__":     # precompile() uses a spawn pool

@@ -5,7 +5,6 @@ waves), N that is not a multiple of the block (partial tiles), and one head at l
 bf16, the default tiling (cascades.triton.fast_tiling), SDPA flash and cuDNN, ROUNDS
 interleaved rounds. Each generated output is also compared with SDPA flash's on the same
 inputs (max |difference| / max |flash|). Writes $OUT/NAME.csv (default gpu_speed_unseen)."""
-import csv
 import os
 import sys
 
@@ -21,7 +20,8 @@ def main():
     import torch
     from cascades.triton import fast_tiling
     from iosim.gpu.runner import Config, bench_configs, env_info, make_inputs, precompile, runner_for
-    from iosim.gpu.shapes import parse_shapes
+    from iosim.gpu.shapes import Shape, parse_shapes
+    from iosim.gpu.validate import write_csv
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     shapes = parse_shapes(sys.argv[2] if len(sys.argv) > 2 else SHAPES)
     one, gen = [], {}
@@ -50,17 +50,10 @@ def main():
             rows.append(row)
     for row in rows:
         if row["impl"] == "generated":
-            key = next(s for s in shapes if all(row.get(k) == v for k, v in s.to_dict().items()))
-            row["rel_diff_vs_flash"] = agree[key]
-    keys = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
+            row["rel_diff_vs_flash"] = agree[Shape(row["batch"], row["heads"], row["seq"],
+                                                   row["head_dim"], row["causal"])]
     name = sys.argv[3] if len(sys.argv) > 3 else "gpu_speed_unseen"
-    with open(os.path.join(os.environ.get("OUT", "."), f"{name}.csv"), "w",
-              newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, os.path.join(os.environ.get("OUT", "."), f"{name}.csv"))
 
 
 if __name__ == "__main__":     # precompile() uses a spawn pool
