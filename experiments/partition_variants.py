@@ -1,0 +1,231 @@
+"""How does a far-side read treat the copy on its side? Four variants of the two-partition cache
+response, against the L2 microbenchmarks and the measured attention schedules (no GPU; a C
+compiler, ~3 min on 2 cores).
+
+    python experiments/partition_variants.py    # -> experiments/data/gpu_partition_variants.csv
+
+The variants (experiments/csrc/partition_variants.c): ``refresh`` (the model since round 7:
+every read touches both halves where they live and a copy of the far half on the reader's
+side), ``copy-serves`` (a far-side read served by its side's copy does not touch the home
+half), ``copy-on-fill`` (copies are left only when a far-side read fills the home half from
+DRAM or merges into such a fill; hits never refresh them), ``half-refresh`` (as copy-on-fill,
+and a far-side hit refreshes the copy with probability 0.5). All use the measured shared-scan
+response per partition; nothing is fitted.
+
+Microbenchmarks are replayed as synthetic event streams (132 blocks, one per SM, L2 sides by
+the model's dispatch order and side map, even pace: every block reads its next 64 KiB tile in
+turn), against the recorded re-read miss fractions: private scan (gpu_l2scan.csv, 2 passes),
+rotate, readers in lock step and one after another (gpu_l2rotate.csv, 4 passes), mix
+(gpu_l2mix.csv), and the shared scan (32 blocks, sides alternating: the calibration; and on the
+first 32 SMs of the model's dispatch order, which are all on side A). Attention:
+every traced launch of up to 2^19 query rows x heads and the one-head query-major cliff
+(gpu_query_cliff), replayed on its measured schedule as experiments/partition_replay.py does.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from iosim.gpu.partitions import side_of  # noqa: E402
+from iosim.gpu.validate import write_csv  # noqa: E402
+from iosim.l2model import DISPATCH_ORDER, L2_SIDE_A, MIB, SCAN_SHARED, Workload  # noqa: E402
+from partition_replay import DATA, events, side_maps  # noqa: E402
+
+SRC = os.path.join(ROOT, "experiments", "csrc", "partition_variants.c")
+VARIANTS = ("refresh", "copy-serves", "copy-on-fill", "half-refresh")
+TILE = 64 * 1024
+SMS = 132
+#: L2 side of block i of a one-block-per-SM launch (the model's dispatch order and side map)
+DISPATCH_SIDE = np.array([0 if DISPATCH_ORDER[i] in L2_SIDE_A else 1 for i in range(SMS)])
+
+
+def build(tmp: str) -> str:
+    exe = os.path.join(tmp, "partition_variants")
+    subprocess.run(["cc", "-O2", "-o", exe, SRC], check=True)
+    return exe
+
+
+def run(exe: str, ev: np.ndarray, n_tiles: int, variant: int) -> float:
+    curve = [f"{v:.6g}" for x, y in SCAN_SHARED for v in (x * 50 * MIB, y)]
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        np.asarray(ev, dtype=np.int64).tofile(f.name)
+        out = subprocess.run([exe, f.name, str(n_tiles), str(variant)] + curve, check=True,
+                             capture_output=True, text=True).stdout.split()
+    return float(out[0])
+
+
+def stream(lists, side) -> list:
+    """Events of blocks that read their lists of tiles in step (one tile each in turn)."""
+    ev = []
+    for i in range(max(len(x) for x in lists)):
+        for b, x in enumerate(lists):
+            if i < len(x):
+                ev.append((int(x[i]), int(side[b]), TILE, 1))
+    return ev
+
+
+def passes(mib: int, n_pass: int, tiles_of, side=DISPATCH_SIDE):
+    n = int(mib * MIB // TILE)
+    ev = []
+    for p in range(n_pass):
+        ev += stream([tiles_of(b, p, n) for b in range(SMS)], side)
+    return np.array(ev), n
+
+
+def private(b, p, n):
+    return np.arange(b, n, SMS)
+
+
+def rotate(shift):
+    return lambda b, p, n: np.arange((b + p * shift) % SMS, n, SMS)
+
+
+def readers(k, stagger):
+    groups = SMS // k
+
+    def tiles(b, p, n):
+        if b >= groups * k:
+            return np.zeros(0, dtype=np.int64)
+        t = np.arange(b // k, n, groups)
+        off = ((b % k) * len(t) // k) * stagger
+        return t[(np.arange(len(t)) + off) % len(t)]
+    return tiles
+
+
+def shared(b, p, n):
+    return np.arange(n) if b < 32 else np.zeros(0, dtype=np.int64)
+
+
+def mix(hot: int, cold: int, rounds: int = 8, epochs: int = 2):
+    na, nc = int(hot * MIB // TILE), int(cold * MIB // TILE)
+    ev = []
+    for _ in range(epochs):
+        for r in range(rounds):
+            ev += stream([np.arange(b, na, SMS) for b in range(SMS)], DISPATCH_SIDE)
+            ev += stream([na + np.arange(b, nc, SMS)[r::rounds] for b in range(SMS)],
+                         DISPATCH_SIDE)
+    return np.array(ev), na + nc
+
+
+def micro_cases():
+    """(family, case, measured miss fraction, events, tiles, normalise(dram) -> fraction)."""
+    meas = {}
+    for r in csv.DictReader(open(os.path.join(DATA, "gpu_l2scan.csv"))):
+        meas[("scan", r["mode"], int(r["mib"]))] = float(r["miss_fraction"])
+    for r in csv.DictReader(open(os.path.join(DATA, "gpu_l2rotate.csv"))):
+        meas[("rotate", int(r["shift"]), int(r["readers"]), int(r["stagger"]), int(r["mib"]))] = \
+            float(r["miss_fraction"])
+    for r in csv.DictReader(open(os.path.join(DATA, "gpu_l2mix.csv"))):
+        meas[("mix", int(r["hot_mib"]), int(r["cold_mib"]))] = float(r["cold_miss_fraction"])
+
+    def rereads(mib, n_pass):
+        return lambda d: (d - mib * MIB) / (mib * MIB * (n_pass - 1))
+    alternate = np.arange(SMS) % 2
+    for mib in (24, 26, 28, 30):
+        ev, n = passes(mib, 2, shared, alternate)
+        yield "shared scan (calibration)", f"{mib} MiB", meas[("scan", "shared", mib)], ev, n, \
+            rereads(mib, 2)
+        # the same 32 blocks on the SMs of the model's first-wave dispatch order: all side A
+        ev, n = passes(mib, 2, shared)
+        yield "shared scan, 32 blocks by DISPATCH_ORDER", f"{mib} MiB", \
+            meas[("scan", "shared", mib)], ev, n, rereads(mib, 2)
+    for mib in (32, 36, 40):
+        ev, n = passes(mib, 2, private)
+        yield "one reader", f"private scan {mib} MiB", meas[("scan", "private", mib)], ev, n, \
+            rereads(mib, 2)
+        for shift in (0, 1, 66):
+            ev, n = passes(mib, 4, rotate(shift))
+            yield "one reader", f"rotate shift {shift} {mib} MiB", \
+                meas[("rotate", shift, 1, 0, mib)], ev, n, rereads(mib, 4)
+        for k in (4, 12, 33):
+            for stagger, fam in ((0, "k readers in lock step"), (1, "k readers one after another")):
+                ev, n = passes(mib, 4, readers(k, stagger))
+                yield fam, f"k={k} {mib} MiB", meas[("rotate", 0, k, stagger, mib)], ev, n, \
+                    rereads(mib, 4)
+    for hot, cold in ((8, 24), (8, 28), (8, 32), (16, 20), (16, 24), (16, 28)):
+        ev, n = mix(hot, cold)
+        yield "mix (hot + cold)", f"{hot}+{cold} MiB", meas[("mix", hot, cold)], ev, n, \
+            (lambda d, a=hot, c=cold: (d - (a + c) * MIB) / (c * MIB))
+
+
+def one_micro(job) -> dict:
+    exe, fam, case, m, ev, n, norm = job
+    row = {"kind": "microbenchmark", "family": fam, "case": case, "measured": m}
+    for i, v in enumerate(VARIANTS):
+        row[v] = round(norm(run(exe, ev, n, i)), 4)
+    return row
+
+
+def one_replay(job) -> dict:
+    exe, traced, r, side_a = job
+    w = Workload(int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["seq"]),
+                 int(r["head_dim"]), causal=r["causal"] == "True", grid_order=r["grid_order"])
+    tr = np.load(os.path.join(DATA, f"{traced}.npz"))[r["trace_key"]]
+    meas = float(r["dram_read_bytes"])
+    ev, n = events(w, tr, side_of(tr[:, 2].astype(np.int64), side_a))
+    q = w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes
+    fam = "query-major cliff, one or two heads" if traced == "gpu_query_cliff" else \
+        f"{'causal ' if w.causal else ''}{w.grid_order} d={w.head_dim}"
+    row = {"kind": "attention replay", "family": fam, "case": f"{traced}:{r['trace_key']}",
+           "measured": meas}
+    for i, v in enumerate(VARIANTS):
+        row[v] = round((run(exe, ev, n, i) + q) / meas - 1, 4)
+    return row
+
+
+def replay_jobs(exe: str):
+    maps = side_maps()
+    for traced in ("gpu_traced", "gpu_traced_rounds", "gpu_traced_round6",
+                   "gpu_traced_rounds78", "gpu_query_cliff"):
+        for r in csv.DictReader(open(os.path.join(DATA, f"{traced}.csv"))):
+            if traced == "gpu_query_cliff" or \
+                    int(r["batch"]) * int(r["heads"]) * int(r["seq"]) <= 2 ** 19:
+                yield exe, traced, r, maps["map2" if traced == "gpu_traced_round6" else "map1"]
+
+
+def summary(rows) -> list[str]:
+    out = []
+    for kind in ("microbenchmark", "attention replay"):
+        sel = [r for r in rows if r["kind"] == kind]
+        for fam in dict.fromkeys(r["family"] for r in sel):
+            part = [r for r in sel if r["family"] == fam]
+            if kind == "microbenchmark":
+                cells = [f"{np.mean([abs(r[v] - r['measured']) for r in part]):.3f}"
+                         for v in VARIANTS]
+                out.append(f"{fam:38s} mean |miss - measured|  " + "  ".join(cells))
+            else:
+                cells = [f"{sum(abs(r[v]) <= 0.15 for r in part):3d}/{len(part):<3d}"
+                         for v in VARIANTS]
+                out.append(f"{fam:38s} within 15%  " + "  ".join(cells))
+        if kind == "attention replay":
+            cells = [f"{sum(abs(r[v]) <= 0.15 for r in sel):3d}/{len(sel):<3d}" for v in VARIANTS]
+            out.append(f"{'all attention replays':38s} within 15%  " + "  ".join(cells))
+    return out
+
+
+def main() -> None:
+    from tqdm import tqdm
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build(tmp)
+        micro = [(exe, *c) for c in micro_cases()]
+        rows = [one_micro(j) for j in tqdm(micro, desc="microbenchmarks")]
+        jobs = list(replay_jobs(exe))
+        with ProcessPoolExecutor(2) as ex:
+            rows += list(tqdm(ex.map(one_replay, jobs), total=len(jobs), desc="replays"))
+    write_csv(rows, os.path.join(DATA, "gpu_partition_variants.csv"))
+    print(f"{'':38s} {'':22s}" + "  ".join(f"{v:>12s}" for v in VARIANTS))
+    print("\n".join(summary(rows)))
+
+
+if __name__ == "__main__":
+    main()
