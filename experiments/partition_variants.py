@@ -18,8 +18,9 @@ turn), against the recorded re-read miss fractions: private scan (gpu_l2scan.csv
 rotate, readers in lock step and one after another (gpu_l2rotate.csv, 4 passes), mix
 (gpu_l2mix.csv), and the shared scan (32 blocks, sides alternating: the calibration; and on the
 first 32 SMs of the model's dispatch order, which are all on side A). Attention:
-every traced launch of up to 2^19 query rows x heads and the one-head query-major cliff
-(gpu_query_cliff), replayed on its measured schedule as experiments/partition_replay.py does.
+every traced launch of up to 2^19 query rows x heads, the one-head query-major cliff
+(gpu_query_cliff) and the causal query-major launches of 1-8 heads traced on one machine
+(gpu_query_heads: its latency map, gpu_l2_latency_4.npz, is the first machine's), replayed on its measured schedule as experiments/partition_replay.py does.
 """
 from __future__ import annotations
 
@@ -174,8 +175,9 @@ def one_replay(job) -> dict:
     meas = float(r["dram_read_bytes"])
     ev, n = events(w, tr, side_of(tr[:, 2].astype(np.int64), side_a))
     q = w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes
-    fam = "query-major cliff, one or two heads" if traced == "gpu_query_cliff" else \
-        f"{'causal ' if w.causal else ''}{w.grid_order} d={w.head_dim}"
+    fam = {"gpu_query_cliff": "query-major cliff, one or two heads",
+           "gpu_query_heads": "query-major, 1-8 heads at 56K/64K (one machine)"}.get(
+        traced, f"{'causal ' if w.causal else ''}{w.grid_order} d={w.head_dim}")
     row = {"kind": "attention replay", "family": fam, "case": f"{traced}:{r['trace_key']}",
            "measured": meas}
     for i, v in enumerate(VARIANTS):
@@ -186,9 +188,9 @@ def one_replay(job) -> dict:
 def replay_jobs(exe: str):
     maps = side_maps()
     for traced in ("gpu_traced", "gpu_traced_rounds", "gpu_traced_round6",
-                   "gpu_traced_rounds78", "gpu_query_cliff"):
+                   "gpu_traced_rounds78", "gpu_query_cliff", "gpu_query_heads"):
         for r in csv.DictReader(open(os.path.join(DATA, f"{traced}.csv"))):
-            if traced == "gpu_query_cliff" or \
+            if traced in ("gpu_query_cliff", "gpu_query_heads") or \
                     int(r["batch"]) * int(r["heads"]) * int(r["seq"]) <= 2 ** 19:
                 yield exe, traced, r, maps["map2" if traced == "gpu_traced_round6" else "map1"]
 

@@ -12,7 +12,13 @@ staggered sweep alone. Writes $OUT/gpu_query_cliff.csv and $OUT/gpu_query_cliff.
 
 traces 64K-80K (one head) and 64K (two heads) with a mark every 8 key blocks
 (``trace_every=8``: when each block reached them), so the replay can place each read on the
-block's measured trajectory: $OUT/gpu_query_cliff_marks.csv/.npz."""
+block's measured trajectory: $OUT/gpu_query_cliff_marks.csv/.npz.
+
+    python experiments/device/query_cliff.py heads
+
+the same kernel with 1, 2, 3, 4, 6 and 8 heads at 64K and 1, 4 and 8 heads at 56K on one
+machine, so that what each change of head adds is not mixed with machine-to-machine
+differences: $OUT/gpu_query_heads.csv/.npz."""
 import os
 import sys
 
@@ -25,13 +31,19 @@ LAUNCHES += [(1, 2, 65536, 128, True, "query-major")]
 
 
 MARKED = [lw for lw in LAUNCHES if lw[2] >= 65536]
+HEADS = [(1, h, 65536, 128, True, "query-major") for h in (1, 2, 3, 4, 6, 8)]
+HEADS += [(1, h, 57344, 128, True, "query-major") for h in (1, 4, 8)]
 
 
 def main():
     out = os.environ["OUT"]
     marks = sys.argv[1:] == ["marks"]
-    name = "gpu_query_cliff_marks" if marks else "gpu_query_cliff"
-    rows = traced_to(out, name, MARKED if marks else LAUNCHES, trace_every=8 if marks else 0)
+    if sys.argv[1:] == ["heads"]:
+        rows = traced_to(out, "gpu_query_heads", HEADS)
+    else:
+        name = "gpu_query_cliff_marks" if marks else "gpu_query_cliff"
+        rows = traced_to(out, name, MARKED if marks else LAUNCHES,
+                         trace_every=8 if marks else 0)
     for r in rows:
         print(r["trace_key"], r["dram_read_bytes"], r["l2_to_sm_read_bytes"], r["time_ns"])
 
