@@ -214,6 +214,10 @@ def test_validate_cli_kv_cost(tmp_path):
     assert res.exit_code != 0 and "needs the dynamic L2 model" in res.output
 
 
+#: the variants of experiments/partition_variants.py, as its CSV's columns
+VARIANTS_RECORDED = ("refresh", "copy-serves", "copy-on-fill", "half-refresh")
+
+
 def test_partition_variants_table():
     """experiments/partition_variants.py's recorded table (gpu_partition_variants.csv): its
     'refresh' replays are the model's (gpu_partition_replay.csv, computed by the other C
@@ -272,9 +276,6 @@ def test_partition_variants_table():
     for v in VARIANTS_RECORDED:
         assert float(heads["1x8x65536x128-causal_query-major"][v]) < -0.25 < \
             float(heads["1x1x65536x128-causal_query-major"][v])
-
-
-VARIANTS_RECORDED = ("refresh", "copy-serves", "copy-on-fill", "half-refresh")
 
 
 def test_query_heads_runs():
