@@ -38,9 +38,10 @@ DATA = os.path.join(ROOT, "experiments", "data")
 SRC = os.path.join(ROOT, "experiments", "csrc", "partition_replay.c")
 
 
-def build(tmp: str) -> str:
-    exe = os.path.join(tmp, "partition_replay")
-    subprocess.run(["cc", "-O2", "-o", exe, SRC], check=True)
+def build(tmp: str, src: str = SRC) -> str:
+    """Compile the C helper ``src`` into ``tmp``; its path."""
+    exe = os.path.join(tmp, os.path.splitext(os.path.basename(src))[0])
+    subprocess.run(["cc", "-O2", "-o", exe, src], check=True)
     return exe
 
 
@@ -68,14 +69,23 @@ def events(w: Workload, tr: np.ndarray, side: np.ndarray):
     return ev, n_kv_tiles + 2 * nb
 
 
-def replay(exe: str, w: Workload, tr: np.ndarray, side: np.ndarray) -> float:
-    ev, n_tiles = events(w, tr, side)
+def run_events(exe: str, ev: np.ndarray, n_tiles: int, extra=()) -> float:
+    """The K/V DRAM bytes a C helper counts for events ``ev`` (its arguments: the events file,
+    ``n_tiles``, ``extra``, then the shared-scan response as byte / miss-fraction pairs)."""
     curve = [f"{v:.6g}" for x, y in SCAN_SHARED for v in (x * 50 * MIB, y)]
     with tempfile.NamedTemporaryFile(suffix=".bin") as f:
-        ev.tofile(f.name)
-        out = subprocess.run([exe, f.name, str(n_tiles)] + curve, check=True,
+        np.asarray(ev, dtype=np.int64).tofile(f.name)
+        out = subprocess.run([exe, f.name, str(n_tiles), *map(str, extra)] + curve, check=True,
                              capture_output=True, text=True).stdout.split()
-    return float(out[0]) + w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes
+    return float(out[0])
+
+
+def replay(exe: str, w: Workload, tr: np.ndarray, side: np.ndarray) -> float:
+    """Predicted DRAM read bytes of launch ``w`` on its measured schedule ``tr``: Q once plus
+    the K/V misses the helper counts."""
+    ev, n_tiles = events(w, tr, side)
+    return run_events(exe, ev, n_tiles) + \
+        w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes
 
 
 def side_maps() -> dict:

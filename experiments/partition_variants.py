@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -39,8 +38,8 @@ import numpy as np  # noqa: E402
 
 from iosim.gpu.partitions import side_of  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import DISPATCH_ORDER, L2_SIDE_A, MIB, SCAN_SHARED, Workload  # noqa: E402
-from partition_replay import DATA, events, side_maps  # noqa: E402
+from iosim.l2model import DISPATCH_ORDER, L2_SIDE_A, MIB, Workload  # noqa: E402
+from partition_replay import DATA, build, events, run_events, side_maps  # noqa: E402
 
 SRC = os.path.join(ROOT, "experiments", "csrc", "partition_variants.c")
 VARIANTS = ("refresh", "copy-serves", "copy-on-fill", "half-refresh")
@@ -50,19 +49,8 @@ SMS = 132
 DISPATCH_SIDE = np.array([0 if DISPATCH_ORDER[i] in L2_SIDE_A else 1 for i in range(SMS)])
 
 
-def build(tmp: str) -> str:
-    exe = os.path.join(tmp, "partition_variants")
-    subprocess.run(["cc", "-O2", "-o", exe, SRC], check=True)
-    return exe
-
-
 def run(exe: str, ev: np.ndarray, n_tiles: int, variant: int) -> float:
-    curve = [f"{v:.6g}" for x, y in SCAN_SHARED for v in (x * 50 * MIB, y)]
-    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
-        np.asarray(ev, dtype=np.int64).tofile(f.name)
-        out = subprocess.run([exe, f.name, str(n_tiles), str(variant)] + curve, check=True,
-                             capture_output=True, text=True).stdout.split()
-    return float(out[0])
+    return run_events(exe, ev, n_tiles, (variant,))
 
 
 def stream(lists, side) -> list:
@@ -174,7 +162,7 @@ def one_replay(job) -> dict:
     tr = np.load(os.path.join(DATA, f"{traced}.npz"))[r["trace_key"]]
     meas = float(r["dram_read_bytes"])
     ev, n = events(w, tr, side_of(tr[:, 2].astype(np.int64), side_a))
-    q = w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes
+    q = w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes     # Q, read once (as replay)
     fam = {"gpu_query_cliff": "query-major cliff, one or two heads",
            "gpu_query_heads": "query-major, 1-8 heads at 56K/64K (one machine)"}.get(
         traced, f"{'causal ' if w.causal else ''}{w.grid_order} d={w.head_dim}")
@@ -218,7 +206,7 @@ def summary(rows) -> list[str]:
 def main() -> None:
     from tqdm import tqdm
     with tempfile.TemporaryDirectory() as tmp:
-        exe = build(tmp)
+        exe = build(tmp, SRC)
         micro = [(exe, *c) for c in micro_cases()]
         rows = [one_micro(j) for j in tqdm(micro, desc="microbenchmarks")]
         jobs = list(replay_jobs(exe))
