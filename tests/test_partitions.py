@@ -304,3 +304,125 @@ def test_query_heads_runs():
     assert {r["trace_key"]: float(r["dram_read_bytes"]) for r in rows if r["run"] == "0"} == traced
     sp = split(np.load(os.path.join(DATA, "gpu_l2_latency_4.npz"))["chain_0"])
     assert tuple(np.flatnonzero(sp.sm_side == 0).tolist()) == L2_SIDE_A
+
+
+def _policy_reference(ev, cap_bytes, ways, policy):
+    """Brute-force LRU / NRU of experiments/csrc/l2_policy.c's layout (4 KiB units, unit u of
+    a tile homed in partition u % 2, a far-side copy in the reader's partition), one list of
+    ways per set."""
+    unit = 4096
+    nset = max(int(cap_bytes / unit / ways), 1)
+    parts = [[[] for _ in range(nset)] for _ in range(2)]     # per set: [key, used bit, stamp]
+    clock = [0, 0]
+
+    def access(p, key):
+        clock[p] += 1
+        ws = parts[p][(key >> 2) % nset]
+        for w in ws:
+            if w[0] == key:
+                w[1], w[2] = 1, clock[p]
+                return 0
+        line = [key, 1, clock[p]]
+        if len(ws) < ways:
+            ws.append(line)
+        elif policy == "lru":
+            ws[min(range(ways), key=lambda i: ws[i][2])] = line
+        else:
+            free = [i for i in range(ways) if not ws[i][1]]
+            if not free:
+                for w in ws:
+                    w[1] = 0
+                free = [0]
+            ws[free[0]] = line
+        return 1
+    dram = 0.0
+    for tile, side, nb, kv in ev:
+        nu = max(-(-nb // unit), 2)
+        for u in range(nu):
+            key = (tile * nu + u) * 2
+            miss = access(u & 1, key)
+            if (u & 1) != side:
+                access(side, key + 1)
+            if kv and miss:
+                dram += nb / nu
+    return dram
+
+
+def test_l2_policy_helper_against_brute_force(tmp_path):
+    """experiments/csrc/l2_policy.c (LRU and NRU caches of two partitions) against an
+    independent brute-force implementation on random event streams small enough to thrash."""
+    import shutil
+    import subprocess
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    src = os.path.join(DATA, "..", "csrc", "l2_policy.c")
+    exe = str(tmp_path / "l2_policy")
+    subprocess.run(["cc", "-O2", "-o", exe, src], check=True)
+    rng = np.random.default_rng(3)
+    for trial in range(4):
+        n_tiles = int(rng.integers(20, 60))
+        ev = np.c_[rng.integers(0, n_tiles, 400), rng.integers(0, 2, 400),
+                   rng.choice([8192, 16384, 32768], 400), rng.integers(0, 2, 400)]
+        f = tmp_path / f"ev{trial}.bin"
+        ev.astype(np.int64).tofile(f)
+        for num, policy in ((0, "lru"), (2, "nru")):
+            out = subprocess.run([exe, str(f), str(n_tiles), str(num), "0.25", "4", "3", "0"],
+                                 check=True, capture_output=True, text=True).stdout
+            ref = _policy_reference(ev.tolist(), 0.25 * 2 ** 20, 4, policy)
+            assert 0 < ref < sum(e[2] for e in ev.tolist() if e[3])
+            assert float(out) == pytest.approx(ref, abs=0.5), (trial, policy)
+
+
+def test_l2_policy_table():
+    """experiments/l2_policy.py's recorded table (gpu_l2_policy.csv): its measured values are
+    the recorded counters, and the headline of docs/validation.md holds: on the measured
+    schedules an NRU cache state (26 MiB per partition, 16 ways, nothing fitted) is within 15%
+    on all nine 1-8-head causal query-major launches, where the same cache under LRU is on 3;
+    it moves the validated 1x8x64Kx128 causal query-major replay from about -30% to within 10%."""
+    rows = list(csv.DictReader(open(os.path.join(DATA, "gpu_l2_policy.csv"))))
+    rep = [r for r in rows if r["kind"] == "attention replay"]
+    assert len(rep) == 110
+    heads = {x["trace_key"]: float(x["dram_read_bytes"]) for x in
+             csv.DictReader(open(os.path.join(DATA, "gpu_query_heads.csv")))}
+    sel = [r for r in rep if r["case"].startswith("gpu_query_heads")]
+    assert len(sel) == 9
+    for r in sel:
+        assert float(r["measured"]) == heads[r["case"].split(":")[1]]
+    assert sum(abs(float(r["nru"])) <= 0.15 for r in sel) == 9
+    assert sum(abs(float(r["lru"])) <= 0.15 for r in sel) == 3
+    val = {r["case"]: r for r in rep}["gpu_traced:1x8x65536x128-causal_query-major"]
+    assert float(val["lru"]) < -0.25 and abs(float(val["nru"])) < 0.1
+
+
+def test_l2_hints_recorded():
+    """gpu_l2_hints.csv and gpu_l2_hints_1.csv (experiments/device/l2_hints.py, two H100
+    machines, two rounds each) and gpu_l2hotwrite.csv: with Q and O marked evict_first the
+    non-causal 1x16x16Kx128 query-major launch reads Q+K+V and no more (the model's 1.00x),
+    unhinted 1.07-1.16x; either hint alone removes part of the excess; the one-head 64K causal
+    query-major excess (1.2x) does not move with any hint; a written stream pushes a hot set
+    out about as a read one does."""
+    def qkv(shape):
+        b, h, n, d = (int(x) for x in shape.split("-")[0].split("x"))
+        return 3 * b * h * n * d * 2
+    for name in ("gpu_l2_hints.csv", "gpu_l2_hints_1.csv"):
+        rows = list(csv.DictReader(open(os.path.join(DATA, name))))
+        by = {}
+        for r in rows:
+            key = (r["shape"], r["grid_order"], r["kv_eviction"], r["q_eviction"],
+                   r["o_eviction"])
+            by.setdefault(key, []).append(float(r["dram_read_bytes"]) / qkv(r["shape"]))
+        assert all(len(v) == 2 for v in by.values())
+        q16 = ("1x16x16384x128", "query-major")
+        assert all(1.06 < x < 1.17 for x in by[(*q16, "none", "none", "none")])
+        assert all(0.999 < x < 1.015 for x in by[(*q16, "none", "evict_first", "evict_first")])
+        one = ("1x1x65536x128-causal", "query-major")
+        for hint in [k[2:] for k in by if k[:2] == one]:
+            assert all(1.14 < x < 1.26 for x in by[(*one, *hint)])
+        if name == "gpu_l2_hints.csv":
+            assert all(1.02 < x < 1.05 for x in by[(*q16, "none", "evict_first", "none")])
+            assert all(1.08 < x < 1.10 for x in by[(*q16, "none", "none", "evict_first")])
+    hw = {(r["mode"], int(r["stream_mib"])): float(r["hot_reread_miss_fraction"])
+          for r in csv.DictReader(open(os.path.join(DATA, "gpu_l2hotwrite.csv")))}
+    for mode in ("read", "write"):
+        assert hw[(mode, 4)] < 0.01 and hw[(mode, 24)] > 0.99
+    assert abs(hw[("read", 16)] - hw[("write", 16)]) < 0.1

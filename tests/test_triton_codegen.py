@@ -205,6 +205,9 @@ KNOB_CASES = [  # (cascade, causal, dtype, knobs): the optional code paths of th
     ("attention-1pass", False, "fp16", dict(pipeline=True, lazy_rescale=True)),
     ("flash1", True, "fp16", dict(fast_exp=True)),
     ("decode-splitk", False, "fp32", dict(lazy_rescale=True)),
+    ("attention-1pass", True, "fp32", dict(kv_eviction="evict_last", q_eviction="evict_first",
+                                           o_eviction="evict_first")),
+    ("attention-gqa", False, "fp16", dict(kv_eviction="evict_first", pipeline=True)),
 ]
 
 
@@ -228,6 +231,27 @@ def test_interpreter_knobs_match_executor(interpret, name, causal, dtype, knobs)
     v = torch.randn(1, 2, M, 16, generator=g).to(tdt)
     out = torch.full((1, HQ, P, 16), float("nan"), dtype=tdt)
     _check(mod, gen, c, t, q, k, v, causal, dtype, out, M)
+
+
+def test_eviction_hints():
+    """L2 eviction hints land on the loads and stores they name, and nowhere else."""
+    plain = generate("attention-1pass", Tiling()).source
+    assert "eviction_policy" not in plain
+    src = generate("attention-1pass", Tiling(kv_eviction="evict_last")).source
+    hinted = [ln.strip() for ln in src.splitlines() if "eviction_policy" in ln]
+    assert hinted and all(ln.split("=", 1)[1].lstrip().startswith(("tl.load(k_ptrs",
+                                                                     "tl.load(v_ptrs"))
+                          for ln in hinted)
+    assert {ln.split("tl.load(")[1][0] for ln in hinted} == {"k", "v"}
+    src = generate("attention-1pass", Tiling(q_eviction="evict_first")).source
+    assert 'q = tl.load(q_ptrs, eviction_policy="evict_first")' in src
+    assert src.count("eviction_policy") == 1
+    src = generate("sigmoid", Tiling(o_eviction="evict_first")).source
+    assert src.count('eviction_policy="evict_first"') == 2      # the even and the masked store
+    with pytest.raises(CodegenError, match="kv_eviction must be one of"):
+        Tiling(kv_eviction="evict_never")
+    with pytest.raises(CodegenError, match="cannot be\n?.*combined with tma"):
+        Tiling(q_eviction="evict_first", tma=True)
 
 
 def test_knob_validation():

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from cascades.triton.analyze import CodegenError
 
 GRID_ORDERS = ("query-major", "head-major")
+#: L2 eviction hints a load or store may carry ('' = none)
+EVICTION_POLICIES = ("", "evict_first", "evict_last")
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 _DTYPE_ALIASES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32",
@@ -55,6 +57,13 @@ class Tiling:
     #: warp-specialise the unmasked key-block loop (tl.range(..., warp_specialize=True));
     #: implies tma
     warp_specialize: bool = False
+    #: L2 eviction hint on the K and V loads ('' = none, 'evict_first', 'evict_last'; Triton's
+    #: ``eviction_policy``, PTX ``L2::evict_*``); single-pass kernels without tma
+    kv_eviction: str = ""
+    #: the same on the Q load
+    q_eviction: str = ""
+    #: the same on the O store
+    o_eviction: str = ""
 
     def __post_init__(self) -> None:
         dt = _DTYPE_ALIASES.get(self.dtype, self.dtype)
@@ -92,6 +101,14 @@ class Tiling:
         if self.warp_specialize and self.num_warps < 8:
             raise CodegenError("warp_specialize needs num_warps=8 or more (with 4, Triton 3.6's "
                                "warp-specialisation pass fails on Hopper)")
+        for k in ("kv_eviction", "q_eviction", "o_eviction"):
+            if getattr(self, k) not in EVICTION_POLICIES:
+                raise CodegenError(f"{k} must be one of {', '.join(repr(x) for x in EVICTION_POLICIES)}"
+                                   f", got {getattr(self, k)!r}")
+        if (self.kv_eviction or self.q_eviction or self.o_eviction) and (self.tma or
+                                                                   self.warp_specialize):
+            raise CodegenError("kv_eviction, q_eviction and o_eviction hint tl.load and tl.store: they cannot be "
+                               "combined with tma or warp_specialize (tensor-descriptor loads)")
         if not isinstance(self.split_kv, int) or self.split_kv < 1:
             raise CodegenError(f"split_kv must be a positive integer, got {self.split_kv!r}")
         need = self.smem_bytes()

@@ -30,24 +30,35 @@ from iosim.cli.common import atomic_write, echo_json
 @click.option("--fast-exp", is_flag=True, help="exp2 in the 16-bit input type (bf16/fp16)")
 @click.option("--pipeline", is_flag=True,
               help="issue the next key block's score product before the softmax")
+@click.option("--kv-eviction", type=click.Choice(["none", "evict_first", "evict_last"]),
+              default="none", show_default=True, help="L2 eviction hint on the K and V loads")
+@click.option("--q-eviction", type=click.Choice(["none", "evict_first", "evict_last"]),
+              default="none", show_default=True, help="L2 eviction hint on the Q load")
+@click.option("--o-eviction", type=click.Choice(["none", "evict_first", "evict_last"]),
+              default="none", show_default=True, help="L2 eviction hint on the O store")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="write the source to this file instead of printing it")
 @click.option("--json", "as_json", is_flag=True, help="print the plan read from the cascade")
 def command(name, block_m, block_n, num_warps, num_stages, grid_order, head_dim, dtype,
-            split_kv, tma, warp_specialize, lazy_rescale, fast_exp, pipeline, out, as_json):
+            split_kv, tma, warp_specialize, lazy_rescale, fast_exp, pipeline, kv_eviction,
+            q_eviction, o_eviction, out, as_json):
     """Generate Triton kernels and a launcher for cascade NAME (library name or .casc path).
 
     \b
     Examples:
       iosim codegen attention-1pass --head-dim 64 --dtype fp16
       iosim codegen decode-splitk --block-m 16 --split-kv 8 --out decode.py
+      iosim codegen attention-1pass --q-eviction evict_first --o-eviction evict_first
     """
     from cascades.triton import Tiling, generate
 
     tiling = Tiling(block_m=block_m, block_n=block_n, num_warps=num_warps,
                     num_stages=num_stages, grid_order=grid_order, head_dim=head_dim,
                     dtype=dtype, split_kv=split_kv, tma=tma, warp_specialize=warp_specialize,
-                    lazy_rescale=lazy_rescale, fast_exp=fast_exp, pipeline=pipeline)
+                    lazy_rescale=lazy_rescale, fast_exp=fast_exp, pipeline=pipeline,
+                    **{k: ("" if v == "none" else v) for k, v in
+                       (("kv_eviction", kv_eviction), ("q_eviction", q_eviction),
+                        ("o_eviction", o_eviction))})
     gen = generate(name, tiling)
     if as_json:
         echo_json(gen.to_dict())

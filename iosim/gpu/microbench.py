@@ -89,6 +89,35 @@ HOT_MIB = 16
 STREAM_MIB = (0, 4, 8, 12, 16, 20, 24, 32, 48)
 
 
+def _hotwrite_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def iosim_hotwrite(X, Y, OUT, hot_tiles, stream_tiles, NPROG, TILE: tl.constexpr,
+                       WRITE: tl.constexpr):
+        """Read the hot set (every block), then the block's share of the stream: read from X
+        (WRITE=False) or written to Y (WRITE=True), then the hot set again."""
+        pid = tl.program_id(0)
+        offs = tl.arange(0, TILE)
+        acc = tl.zeros([TILE], dtype=tl.float32)
+        for t in range(0, hot_tiles):
+            acc += tl.load(X + t * TILE + offs).to(tl.float32)
+        for t in range(pid, stream_tiles, NPROG):
+            if WRITE:
+                tl.store(Y + t * TILE + offs, (acc + t).to(tl.bfloat16))
+            else:
+                acc += tl.load(X + (hot_tiles + t) * TILE + offs).to(tl.float32)
+        for t in range(0, hot_tiles):
+            acc += tl.load(X + t * TILE + offs).to(tl.float32)
+        tl.store(OUT + pid * TILE + offs, acc)
+    return iosim_hotwrite
+
+
+#: the write test: the hot/stream test with the stream read or written, on one machine
+HOTWRITE_STREAM_MIB = (0, 4, 8, 12, 16, 20, 24, 32)
+
+
 # ------------------------------------------------------- running a test under Nsight Compute
 def _profile_session(plan_path: str):
     """For the scripts ncu runs: the plan's configurations, and ``launch(kern, grid, *args,
@@ -180,6 +209,45 @@ def _hotstream_profile(plan_path: str) -> None:
                c["stream"] * MIB // 2 // SCAN_TILE, SCAN_SHARED_BLOCKS, TILE=SCAN_TILE,
                num_warps=8)
     _end_session(plan_path, list(range(len(configs))))
+
+
+def _hotwrite_profile(plan_path: str) -> None:
+    import torch
+    configs, launch = _profile_session(plan_path)
+    kern = _hotwrite_kernel()
+    big = torch.randn((HOT_MIB + max(HOTWRITE_STREAM_MIB)) * MIB // 2, device="cuda",
+                      dtype=torch.bfloat16)
+    dst = torch.empty(max(HOTWRITE_STREAM_MIB) * MIB // 2 + SCAN_TILE, device="cuda",
+                      dtype=torch.bfloat16)
+    out = torch.empty(SCAN_SHARED_BLOCKS * SCAN_TILE, device="cuda", dtype=torch.float32)
+    for c in configs:
+        launch(kern, (SCAN_SHARED_BLOCKS,), big, dst, out, c["hot"] * MIB // 2 // SCAN_TILE,
+               c["stream"] * MIB // 2 // SCAN_TILE, SCAN_SHARED_BLOCKS, TILE=SCAN_TILE,
+               WRITE=c["mode"] == "write", num_warps=8)
+    _end_session(plan_path, list(range(len(configs))))
+
+
+def hotwrite(out_dir: str) -> list[dict]:
+    """The hot/stream test with the stream read (each line by one block) or written (each
+    line by one block, never read): how much of the hot set does a written byte push out,
+    against a read one? The miss fraction counts the hot re-read's DRAM reads only (written
+    lines are not read from DRAM)."""
+    from iosim.gpu import ncu
+    configs = [{"hot": HOT_MIB, "stream": s, "mode": m} for m in ("read", "write")
+               for s in HOTWRITE_STREAM_MIB]
+    groups, _ = _under_ncu(out_dir, "hot/write test", "hotwrite", configs,
+                           ["dram__bytes_read.sum", "dram__bytes_write.sum",
+                            "gpu__time_duration.sum"])
+    rows = []
+    for c, g in zip(configs, groups):
+        sm = ncu.summarize(g)
+        dram = sm.get("dram_read_bytes") or 0.0
+        hot, stream = c["hot"] * MIB, c["stream"] * MIB
+        read_once = hot + (stream if c["mode"] == "read" else 0)
+        rows.append({"mode": c["mode"], "hot_mib": c["hot"], "stream_mib": c["stream"],
+                     "dram_read_bytes": dram, "dram_write_bytes": sm.get("dram_write_bytes"),
+                     "hot_reread_miss_fraction": (dram - read_once) / hot})
+    return rows
 
 
 def hotstream(out_dir: str) -> list[dict]:
@@ -1044,6 +1112,7 @@ def _print_follow(rows):
 PROFILE_SCRIPTS = {"scan-profile": _scan_profile, "sides-profile": _sides_profile,
                    "readers-profile": _readers_profile, "mix-profile": _mix_profile,
                    "traced-profile": _traced_profile, "hot-profile": _hotstream_profile,
+                   "hotwrite-profile": _hotwrite_profile,
                    "rotate-profile": _rotate_profile, "sweep-profile": _sweep_profile}
 #: test -> (rows from the output folder, CSV written there, whether rows get the device name,
 #: what is printed)
@@ -1062,6 +1131,9 @@ TESTS = {
     "hot": (hotstream, "gpu_l2hot.csv", False, _print_rows(
         lambda r: f"hot {r['hot_mib']} MiB, stream {r['stream_mib']:3d} MiB: miss fraction of "
                   f"the hot re-read {r['hot_reread_miss_fraction']:.3f}")),
+    "hotwrite": (hotwrite, "gpu_l2hotwrite.csv", True, _print_rows(
+        lambda r: f"hot {r['hot_mib']} MiB, stream {r['stream_mib']:3d} MiB {r['mode']:5s}: miss "
+                  f"fraction of the hot re-read {r['hot_reread_miss_fraction']:.3f}")),
     "scan": (scan, "gpu_l2scan.csv", False, _print_rows(
         lambda r: f"{r['mode']:>8} {r['mib']:4d} MiB  DRAM {r['dram_read_bytes'] / MIB:9.1f} MiB"
                   f"  miss fraction of a re-read {r['miss_fraction']:.3f}")),

@@ -42,6 +42,9 @@ class Config:
     lazy_rescale: bool = False
     tma: bool = False
     warp_specialize: bool = False
+    kv_eviction: str = ""
+    q_eviction: str = ""
+    o_eviction: str = ""
 
     def knobs(self) -> str:
         """The code-generation knobs as a short label ('plain' when none is on)."""
@@ -80,14 +83,16 @@ def _module(cfg: Config):
     from cascades.triton import Tiling, generate
     key = (cfg.cascade, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
            cfg.grid_order, cfg.shape.head_dim, cfg.dtype, cfg.split_kv, cfg.fast_exp,
-           cfg.pipeline, cfg.lazy_rescale, cfg.tma, cfg.warp_specialize)
+           cfg.pipeline, cfg.lazy_rescale, cfg.tma, cfg.warp_specialize, cfg.kv_eviction,
+           cfg.q_eviction, cfg.o_eviction)
     if key not in _MODS:
         t = Tiling(block_m=cfg.block_m, block_n=cfg.block_n, num_warps=cfg.num_warps,
                    num_stages=cfg.num_stages, grid_order=cfg.grid_order,
                    head_dim=cfg.shape.head_dim, dtype=cfg.dtype, split_kv=cfg.split_kv,
                    fast_exp=cfg.fast_exp, pipeline=cfg.pipeline,
                    lazy_rescale=cfg.lazy_rescale, tma=cfg.tma,
-                   warp_specialize=cfg.warp_specialize)
+                   warp_specialize=cfg.warp_specialize, kv_eviction=cfg.kv_eviction,
+                   q_eviction=cfg.q_eviction, o_eviction=cfg.o_eviction)
         _MODS[key] = generate(cfg.cascade, t).load()
     return _MODS[key]
 
@@ -250,7 +255,8 @@ def precompile(configs: list[Config], workers: int = 12, *, shrink: bool = True)
         if c.impl == "generated":
             key = (c.cascade, c.block_m, c.block_n, c.num_warps, c.num_stages, c.grid_order,
                    c.shape.heads % 16 == 0, c.shape.head_dim, c.shape.causal, c.dtype,
-                   c.fast_exp, c.pipeline, c.lazy_rescale, c.tma, c.warp_specialize)
+                   c.fast_exp, c.pipeline, c.lazy_rescale, c.tma, c.warp_specialize,
+                   c.kv_eviction, c.q_eviction, c.o_eviction)
             gen.setdefault(key, c.to_dict())
     items = list(gen.values())
     if not items:
