@@ -147,15 +147,19 @@ def micro_cases():
             (lambda d, a=hot, c=cold: (d - (a + c) * MIB) / (c * MIB))
 
 
-def one_micro(job) -> dict:
+def micro_row(job, columns, dram) -> dict:
+    """A microbenchmark case's row: the re-read miss fraction of each column c, from
+    ``dram(exe, events, n_tiles, c)`` (DRAM bytes)."""
     exe, fam, case, m, ev, n, norm = job
     row = {"kind": "microbenchmark", "family": fam, "case": case, "measured": m}
-    for i, v in enumerate(VARIANTS):
-        row[v] = round(norm(run(exe, ev, n, i)), 4)
+    for c in columns:
+        row[c] = round(norm(dram(exe, ev, n, c)), 4)
     return row
 
 
-def one_replay(job) -> dict:
+def replay_row(job, columns, dram) -> dict:
+    """A measured launch's row: the error of each column c against its counters, Q read once
+    plus ``dram(exe, events, n_tiles, c)``."""
     exe, traced, r, side_a = job
     w = Workload(int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["seq"]),
                  int(r["head_dim"]), causal=r["causal"] == "True", grid_order=r["grid_order"])
@@ -168,9 +172,21 @@ def one_replay(job) -> dict:
         traced, f"{'causal ' if w.causal else ''}{w.grid_order} d={w.head_dim}")
     row = {"kind": "attention replay", "family": fam, "case": f"{traced}:{r['trace_key']}",
            "measured": meas}
-    for i, v in enumerate(VARIANTS):
-        row[v] = round((run(exe, ev, n, i) + q) / meas - 1, 4)
+    for c in columns:
+        row[c] = round((dram(exe, ev, n, c) + q) / meas - 1, 4)
     return row
+
+
+def _variant_dram(exe, ev, n, v) -> float:
+    return run(exe, ev, n, VARIANTS.index(v))
+
+
+def one_micro(job) -> dict:
+    return micro_row(job, VARIANTS, _variant_dram)
+
+
+def one_replay(job) -> dict:
+    return replay_row(job, VARIANTS, _variant_dram)
 
 
 def replay_jobs(exe: str):
@@ -183,7 +199,9 @@ def replay_jobs(exe: str):
                 yield exe, traced, r, maps["map2" if traced == "gpu_traced_round6" else "map1"]
 
 
-def summary(rows) -> list[str]:
+def summary(rows, columns=VARIANTS) -> list[str]:
+    """Per family: mean |miss - measured| (microbenchmarks) or launches within 15% (replays)
+    of each column."""
     out = []
     for kind in ("microbenchmark", "attention replay"):
         sel = [r for r in rows if r["kind"] == kind]
@@ -191,14 +209,14 @@ def summary(rows) -> list[str]:
             part = [r for r in sel if r["family"] == fam]
             if kind == "microbenchmark":
                 cells = [f"{np.mean([abs(r[v] - r['measured']) for r in part]):.3f}"
-                         for v in VARIANTS]
+                         for v in columns]
                 out.append(f"{fam:38s} mean |miss - measured|  " + "  ".join(cells))
             else:
                 cells = [f"{sum(abs(r[v]) <= 0.15 for r in part):3d}/{len(part):<3d}"
-                         for v in VARIANTS]
+                         for v in columns]
                 out.append(f"{fam:38s} within 15%  " + "  ".join(cells))
         if kind == "attention replay":
-            cells = [f"{sum(abs(r[v]) <= 0.15 for r in sel):3d}/{len(sel):<3d}" for v in VARIANTS]
+            cells = [f"{sum(abs(r[v]) <= 0.15 for r in sel):3d}/{len(sel):<3d}" for v in columns]
             out.append(f"{'all attention replays':38s} within 15%  " + "  ".join(cells))
     return out
 

@@ -101,14 +101,15 @@ class Tiling:
         if self.warp_specialize and self.num_warps < 8:
             raise CodegenError("warp_specialize needs num_warps=8 or more (with 4, Triton 3.6's "
                                "warp-specialisation pass fails on Hopper)")
-        for k in ("kv_eviction", "q_eviction", "o_eviction"):
-            if getattr(self, k) not in EVICTION_POLICIES:
-                raise CodegenError(f"{k} must be one of {', '.join(repr(x) for x in EVICTION_POLICIES)}"
-                                   f", got {getattr(self, k)!r}")
-        if (self.kv_eviction or self.q_eviction or self.o_eviction) and (self.tma or
-                                                                   self.warp_specialize):
-            raise CodegenError("kv_eviction, q_eviction and o_eviction hint tl.load and tl.store: they cannot be "
-                               "combined with tma or warp_specialize (tensor-descriptor loads)")
+        hints = {k: getattr(self, k) for k in ("kv_eviction", "q_eviction", "o_eviction")}
+        for k, v in hints.items():
+            if v not in EVICTION_POLICIES:
+                raise CodegenError(f"{k} must be one of "
+                                   f"{', '.join(repr(x) for x in EVICTION_POLICIES)}, got {v!r}")
+        if any(hints.values()) and (self.tma or self.warp_specialize):
+            raise CodegenError("kv_eviction, q_eviction and o_eviction hint tl.load and tl.store: "
+                               "they cannot be combined with tma or warp_specialize "
+                               "(tensor-descriptor loads)")
         if not isinstance(self.split_kv, int) or self.split_kv < 1:
             raise CodegenError(f"split_kv must be a positive integer, got {self.split_kv!r}")
         need = self.smem_bytes()

@@ -31,16 +31,23 @@ def validated_configs():
     return out
 
 
+def profile_rounds(cfgs, rounds: int, out: str, metrics=METRICS) -> list[dict]:
+    """``cfgs`` profiled ``rounds`` times under ncu, interleaved (row i is ``cfgs[i %
+    len(cfgs)]`` in round ``i // len(cfgs)``); stops if ncu returned fewer launches."""
+    t0 = time.time()
+    got = ncu.profile([c for _ in range(rounds) for c in cfgs], os.path.join(out, "work"),
+                      metrics=metrics)
+    print(f"ncu {time.time() - t0:.1f} s", flush=True)
+    if len(got) != rounds * len(cfgs):
+        raise SystemExit(f"error: {len(got)} of {rounds * len(cfgs)} launches profiled")
+    return got
+
+
 def main():
     out = os.environ["OUT"]
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     cfgs = validated_configs()
-    t0 = time.time()
-    got = ncu.profile([c for _ in range(rounds) for c in cfgs], os.path.join(out, "work"),
-                      metrics=METRICS)
-    print(f"ncu {time.time() - t0:.1f} s", flush=True)
-    if len(got) != rounds * len(cfgs):
-        raise SystemExit(f"error: {len(got)} of {rounds * len(cfgs)} launches profiled")
+    got = profile_rounds(cfgs, rounds, out)
     rows = [{"shape": Shape(x["batch"], x["heads"], x["seq"], x["head_dim"], x["causal"]).label(),
              "grid_order": x["grid_order"], "round": i // len(cfgs),
              "dram_read_bytes": x["dram_read_bytes"],

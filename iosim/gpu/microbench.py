@@ -65,37 +65,17 @@ def _scan_kernel():
     return iosim_l2scan
 
 
+HOT_MIB = 16
+STREAM_MIB = (0, 4, 8, 12, 16, 20, 24, 32, 48)
+
+
 def _hotstream_kernel():
     import triton
     import triton.language as tl
 
     @triton.jit
-    def iosim_hotstream(X, OUT, hot_tiles, stream_tiles, NPROG, TILE: tl.constexpr):
-        """Read the hot set (every block), the block's share of the stream, the hot set."""
-        pid = tl.program_id(0)
-        offs = tl.arange(0, TILE)
-        acc = tl.zeros([TILE], dtype=tl.float32)
-        for t in range(0, hot_tiles):
-            acc += tl.load(X + t * TILE + offs).to(tl.float32)
-        for t in range(pid, stream_tiles, NPROG):
-            acc += tl.load(X + (hot_tiles + t) * TILE + offs).to(tl.float32)
-        for t in range(0, hot_tiles):
-            acc += tl.load(X + t * TILE + offs).to(tl.float32)
-        tl.store(OUT + pid * TILE + offs, acc)
-    return iosim_hotstream
-
-
-HOT_MIB = 16
-STREAM_MIB = (0, 4, 8, 12, 16, 20, 24, 32, 48)
-
-
-def _hotwrite_kernel():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def iosim_hotwrite(X, Y, OUT, hot_tiles, stream_tiles, NPROG, TILE: tl.constexpr,
-                       WRITE: tl.constexpr):
+    def iosim_hotstream(X, Y, OUT, hot_tiles, stream_tiles, NPROG, TILE: tl.constexpr,
+                        WRITE: tl.constexpr):
         """Read the hot set (every block), then the block's share of the stream: read from X
         (WRITE=False) or written to Y (WRITE=True), then the hot set again."""
         pid = tl.program_id(0)
@@ -111,7 +91,7 @@ def _hotwrite_kernel():
         for t in range(0, hot_tiles):
             acc += tl.load(X + t * TILE + offs).to(tl.float32)
         tl.store(OUT + pid * TILE + offs, acc)
-    return iosim_hotwrite
+    return iosim_hotstream
 
 
 #: the write test: the hot/stream test with the stream read or written, on one machine
@@ -205,16 +185,16 @@ def _hotstream_profile(plan_path: str) -> None:
                       dtype=torch.bfloat16)
     out = torch.empty(SCAN_SHARED_BLOCKS * SCAN_TILE, device="cuda", dtype=torch.float32)
     for c in configs:
-        launch(kern, (SCAN_SHARED_BLOCKS,), big, out, c["hot"] * MIB // 2 // SCAN_TILE,
+        launch(kern, (SCAN_SHARED_BLOCKS,), big, big, out, c["hot"] * MIB // 2 // SCAN_TILE,
                c["stream"] * MIB // 2 // SCAN_TILE, SCAN_SHARED_BLOCKS, TILE=SCAN_TILE,
-               num_warps=8)
+               WRITE=False, num_warps=8)
     _end_session(plan_path, list(range(len(configs))))
 
 
 def _hotwrite_profile(plan_path: str) -> None:
     import torch
     configs, launch = _profile_session(plan_path)
-    kern = _hotwrite_kernel()
+    kern = _hotstream_kernel()
     big = torch.randn((HOT_MIB + max(HOTWRITE_STREAM_MIB)) * MIB // 2, device="cuda",
                       dtype=torch.bfloat16)
     dst = torch.empty(max(HOTWRITE_STREAM_MIB) * MIB // 2 + SCAN_TILE, device="cuda",
