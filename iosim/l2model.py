@@ -70,6 +70,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from iosim.errors import IosimError
+from iosim.l2state import NruSets
 
 MIB = 1024 * 1024
 #: resolution of the dynamic model: a chunk of key blocks is at most 1/CHUNK_DIV of the reuse
@@ -208,6 +209,16 @@ class GpuL2:
     #: was fetched, the readers microbenchmark, READER_WEIGHTS), "sides" (private_weight until
     #: SMs on both L2 sides read it, sides drawn at random) or "shared" (always a shared line)
     kv_weight: str = "partitions"
+    #: how a partition answers a re-read (kv_weight="partitions"): "response" (the default: a
+    #: miss fraction by the line's reuse distance in its partition, the measured shared scan;
+    #: exact for LRU) or "nru" (a cache state with NRU replacement, iosim.l2state: lines read
+    #: once can push out lines still being read, as the eviction-hint measurements show)
+    l2_policy: str = "response"
+    #: the NRU state: each partition the shared scan's half-miss point (26 of 50 MiB), in sets
+    #: of ``nru_ways`` units of ``nru_unit_bytes``
+    nru_partition_bytes: float = 26 * MIB
+    nru_unit_bytes: int = 4096
+    nru_ways: int = 16
     #: SM ids on L2 side A (the rest: side B) and the SMs the first wave's blocks land on, in
     #: block-id order (kv_weight="partitions"; measured on the H100)
     side_a: tuple = L2_SIDE_A
@@ -223,6 +234,15 @@ class GpuL2:
         if self.kv_weight not in ("readers", "sides", "shared", "partitions"):
             raise IosimError(f"kv_weight '{self.kv_weight}' is not readers, sides, shared or "
                              "partitions")
+        if self.l2_policy not in ("response", "nru"):
+            raise IosimError(f"l2_policy '{self.l2_policy}' is not response or nru")
+        if self.l2_policy == "nru" and self.kv_weight != "partitions":
+            raise IosimError("l2_policy 'nru' needs kv_weight 'partitions'")
+        if self.l2_policy == "nru" and not (
+                0 < self.nru_unit_bytes and 0 < self.nru_ways
+                and self.nru_unit_bytes * self.nru_ways <= self.nru_partition_bytes):
+            raise IosimError(f"an NRU partition of {self.nru_partition_bytes:g} bytes cannot "
+                             f"hold one set of {self.nru_ways} units of {self.nru_unit_bytes}")
 
     @property
     def capacity(self) -> float:
@@ -551,6 +571,69 @@ class _Touches:
             self._cum = None
 
 
+class _UnitMap:
+    """Where the units of a launch's tiles live (l2_policy="nru"), as experiments/csrc/
+    l2_policy.c places them: tile t (K and V of one key block of one K/V head, or one block's Q
+    or O tile) is cut into ``nu >= 2`` units of about ``unit_bytes``; unit u of it is homed in
+    partition ``u % 2``; its set is ``(unit id // 2) % sets`` (consecutive units, consecutive
+    sets); a reader on the other side also reads a copy of it in its own partition."""
+
+    def __init__(self, w: "Workload", unit_bytes: int, n_blocks: int):
+        self.n_kv = w.n_kv_blocks
+        self.nu_kv = max(2, -(-2 * w.block_n * w.head_dim * w.elem_bytes // unit_bytes))
+        self.nu_q = max(2, -(-w.block_m * w.head_dim * w.elem_bytes // unit_bytes))
+        n_kv_tiles = w.batch * (w.kv_heads or w.heads) * self.n_kv
+        self.q_base = n_kv_tiles * self.nu_kv          # unit ids of Q and O tiles from here
+
+    @staticmethod
+    def _read(nrus, unit, home, copy_side):
+        """Per unit (in this order): its home half in partition ``home``, then, where
+        ``copy_side`` is the other partition, a copy in that one. Whether each home read
+        missed."""
+        has_copy = (copy_side >= 0) & (copy_side != home)
+        n = len(unit)
+        part = np.concatenate([home, copy_side[has_copy]])
+        key = np.concatenate([2 * unit, 2 * unit[has_copy] + 1])
+        pos = np.concatenate([2 * np.arange(n), 2 * np.flatnonzero(has_copy) + 1])
+        miss = np.zeros(len(key), dtype=bool)
+        for p, state in enumerate(nrus):
+            idx = np.flatnonzero(part == p)
+            idx = idx[np.argsort(pos[idx], kind="stable")]
+            miss[idx] = state.access((key[idx] >> 2) % state.n_sets, key[idx])
+        return miss[:n]
+
+    def read_kv(self, nrus, head, chunk, g: int, tmax, per_tile, inv, tiles, side):
+        """Chunks (``head``, ``chunk``) of ``g`` key blocks, ``tmax`` of them read, by readers
+        (index ``inv`` into the chunks, ``tiles`` key blocks each, on L2 side ``side``): each
+        chunk's home units once (its first reader fetches them), the copies of the far units
+        by the key blocks the chunk's readers on that side read. DRAM bytes of each chunk."""
+        nu = self.nu_kv
+        n = tmax.astype(np.int64)
+        which = np.repeat(np.arange(len(n)), n)
+        kb = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        unit = ((head[which] * self.n_kv + chunk[which] * g + kb)[:, None] * nu
+                + np.arange(nu)).ravel()
+        owner = np.repeat(which, nu)
+        home = np.tile(np.arange(nu) & 1, len(kb))
+        reach = np.zeros((len(n), 2))
+        np.maximum.at(reach, (inv, side), tiles)
+        kb_u = np.repeat(kb, nu)
+        # the copy of a unit on the far side: read where a reader there reaches its key block
+        far = 1 - home
+        copy_side = np.where(kb_u < reach[owner, far], far, -1)
+        miss = self._read(nrus, unit, home, copy_side)
+        ub = np.repeat(per_tile[which] / nu, nu)
+        return np.bincount(owner[miss], weights=ub[miss], minlength=len(n))
+
+    def read_private(self, nrus, tiles, side) -> None:
+        """Q tiles (``tiles`` = block ids) or O tiles (block ids + blocks) of blocks on
+        ``side``: capacity only (never re-read)."""
+        nu = self.nu_q
+        unit = (self.q_base + np.asarray(tiles, dtype=np.int64)[:, None] * nu
+                + np.arange(nu)).ravel()
+        self._read(nrus, unit, np.tile(np.arange(nu) & 1, len(tiles)), np.repeat(side, nu))
+
+
 def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
                      chunk: int | None = None, record: bool = False, lru: bool = False,
                      jitter: float | None = None, seed: int = 0) -> dict:
@@ -618,6 +701,13 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     # lives on the side, kside[:, 1]: of the copy of the other half (log for A, log_b for B)
     kside = [np.full((n_keys, 2), -1), np.full((n_keys, 2), -1)] if part else None
     log_b = _Touches(total_touch, gpu.horizon_bytes) if part else None
+    # l2_policy="nru": each partition a cache state (iosim.l2state) instead of the touch logs;
+    # entries 0..n_keys-1: the half of a chunk homed there, n_keys..: the copy of the far half
+    nru = part and gpu.l2_policy == "nru"
+    if nru:
+        nrus = [NruSets(int(gpu.nru_partition_bytes // (gpu.nru_unit_bytes * gpu.nru_ways)),
+                        gpu.nru_ways) for _ in range(2)]
+        umap = _UnitMap(w, gpu.nru_unit_bytes, nb)
     start = np.zeros(S)
     ch = np.zeros(S, dtype=np.int64)
     glen = np.zeros(S)
@@ -637,12 +727,15 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     b_end = np.zeros(nb)
     b_slot = np.zeros(nb, dtype=np.int64)
 
-    def add_private(sl: np.ndarray, nbytes: float) -> None:
+    def add_private(sl: np.ndarray, nbytes: float, out: bool = False) -> None:
         """Lines one block reads or writes (its Q tile, its O tile): a shared line's cost times
         private_weight; with partitions, half in each and a copy of the far half on the
         block's side."""
         if not part:
             log.add(np.full(len(sl), wp * nbytes / (g * tile_bytes)))
+            return
+        if nru:
+            umap.read_private(nrus, blk[sl] + (nb if out else 0), side_slot[sl])
             return
         h = 0.5 * nbytes / (g * tile_bytes)
         log.add(h * (1.0 + (side_slot[sl] == 0)))
@@ -671,7 +764,15 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             tmax = np.zeros(len(uk))
             np.maximum.at(tmax, inv, tiles)
         tk = tmax[inv]
-        if part:
+        if nru:
+            dram = umap.read_kv(nrus, uk // n_ch, uk % n_ch, g, tmax, per_tile[first], inv,
+                                tiles, side_slot[sl])
+            nd = np.where(is_first, dram[inv], 0.0)
+            fin = extent[k] > 0
+            cold = np.where(is_first, per_tile * np.maximum(0.0, tk - extent[k]), 0.0)
+            cold = np.minimum(cold, nd)
+            dist = np.where(fin, 0.0, np.inf)
+        elif part:
             # each half of the chunk by the partition it lives in
             nd = np.zeros(len(k))
             cold = np.zeros(len(k))
@@ -730,6 +831,8 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         sides[k[gone]] = 0
         nread[k[gone]] = 0
         extent[uk] = np.maximum(extent[uk], tmax)
+        if nru:
+            return
         if part:
             # the halves where they live (both partitions), copies on the readers' sides; a
             # chunk costs the key blocks of it that are held
@@ -891,13 +994,15 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             if len(done):
                 b_end[blk[done]] = t
                 finished += len(done)
-                add_private(done, q_tile)
+                add_private(done, q_tile, out=True)
                 blk[done] = -1
                 key[done] = -1
                 need[done] = 0.0
                 dep[done] = -1
                 begin(done, t)
                 resident_changed = True
+            if nru:
+                continue
             log.evict()
             log.compact(kside[0] if part else kseq)
             if part:
@@ -916,4 +1021,5 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             "q_bytes": sm["q_bytes"], "kv_compulsory_bytes": sm["kv_compulsory_bytes"],
             "l2_read_bytes": sm["read_bytes"], "blocks_per_sm": bps, "concurrent_blocks": S,
             "chunk_key_blocks": g, "makespan_us": t, "model": "dynamic",
+            "l2_policy": gpu.l2_policy if part else "response",
             "dram_over_compulsory": dram_read / (sm["q_bytes"] + sm["kv_compulsory_bytes"])}

@@ -1,0 +1,109 @@
+"""The NRU cache state (iosim.l2state) and the dynamic L2 model with it (l2_policy="nru")."""
+import numpy as np
+import pytest
+
+from iosim.errors import IosimError
+from iosim.l2model import GpuL2, Workload, predict_dram
+from iosim.l2state import NruSets
+
+
+def _brute_nru(stream, n_sets, ways):
+    """Sequential NRU, one list of [key, used] per set: fill an empty way first, else the
+    first way whose bit is clear, clearing the set's bits when none is. Misses per access."""
+    sets = [[] for _ in range(n_sets)]
+    out = []
+    for s, key in stream:
+        ws = sets[s]
+        for w in ws:
+            if w[0] == key:
+                w[1] = 1
+                out.append(False)
+                break
+        else:
+            if len(ws) < ways:
+                ws.append([key, 1])
+            else:
+                if all(w[1] for w in ws):
+                    for w in ws:
+                        w[1] = 0
+                i = next(i for i, w in enumerate(ws) if not w[1])
+                ws[i] = [key, 1]
+            out.append(True)
+    return out
+
+
+def test_nru_sets_match_brute_force_one_access_at_a_time():
+    rng = np.random.default_rng(7)
+    for trial in range(5):
+        n_sets, ways = int(rng.integers(1, 6)), int(rng.integers(1, 9))
+        keys = rng.integers(0, n_sets * ways * 2, 600)
+        stream = [(int(k) % n_sets, int(k)) for k in keys]
+        state = NruSets(n_sets, ways)
+        got = [bool(state.access(np.array([s]), np.array([k]))[0]) for s, k in stream]
+        assert got == _brute_nru(stream, n_sets, ways), trial
+        assert 0 < sum(got) < len(got)
+
+
+def test_nru_sets_batches_in_distinct_sets_equal_one_at_a_time():
+    """Accesses to different sets do not interact: a call with one key per set misses where
+    the same keys one by one miss; a set's several misses in one call are filled in order."""
+    rng = np.random.default_rng(11)
+    n_sets, ways = 8, 4
+    seq, bat = NruSets(n_sets, ways), NruSets(n_sets, ways)
+    for step in range(300):
+        sets = rng.permutation(n_sets)[: int(rng.integers(1, n_sets + 1))]
+        keys = sets + n_sets * rng.integers(0, 2 * ways, len(sets))
+        one = [bool(seq.access(np.array([s]), np.array([k]))[0]) for s, k in zip(sets, keys)]
+        assert bat.access(sets, keys).tolist() == one, step
+    # misses of one set in one call: filled in order, as one by one
+    a, b = NruSets(1, 3), NruSets(1, 3)
+    keys = np.arange(10)
+    assert a.access(np.zeros(10, dtype=np.int64), keys).all()
+    for k in keys:
+        b.access(np.array([0]), np.array([k]))
+    assert sorted(a.tag[0].tolist()) == sorted(b.tag[0].tolist()) == [7, 8, 9]
+
+
+def test_nru_cyclic_scans():
+    """By hand: a set re-reading at most `ways` keys misses only on the first pass; a cyclic
+    scan of ways + 1 keys misses on every access (after a clear the victims go in way order,
+    which is the scan's order), as LRU does."""
+    ways = 4
+    st = NruSets(1, ways)
+    first = [bool(st.access(np.array([0]), np.array([k]))[0]) for k in range(ways)]
+    again = [bool(st.access(np.array([0]), np.array([k]))[0]) for k in list(range(ways)) * 3]
+    assert all(first) and not any(again)
+    st = NruSets(1, ways)
+    scan = [bool(st.access(np.array([0]), np.array([k % (ways + 1)]))[0])
+            for k in range(10 * (ways + 1))]
+    assert all(scan)
+
+
+def test_nru_model_reads_qkv_once_when_it_fits():
+    """A launch whose K/V is a small fraction of one partition reads Q, K and V exactly once
+    from DRAM (by hand: 3 x B x H x N x d x 2 bytes), under NRU as under the response."""
+    w = Workload(1, 2, 2048, 2048, 64, block_m=128, block_n=64, num_warps=8, num_stages=3)
+    qkv = 3 * 2 * 2048 * 64 * 2
+    p = predict_dram(w, GpuL2(l2_policy="nru"))
+    assert p["dram_read_bytes"] == pytest.approx(qkv, rel=1e-9)
+    assert p["l2_policy"] == "nru"
+
+
+def test_nru_model_rereads_when_kv_exceeds_l2():
+    """Query-major, one head whose K/V (2 x 64K x 128 x 2 B = 32 MiB) is larger than a
+    partition: blocks that start later find lines gone, so DRAM reads exceed Q+K+V, and by
+    less than every block reading all of K/V from DRAM."""
+    n = 65536
+    w = Workload(1, 1, n, n, 128, block_m=128, block_n=64, num_warps=8, num_stages=3)
+    p = predict_dram(w, GpuL2(l2_policy="nru"))
+    qkv = 3 * n * 128 * 2
+    assert qkv < p["dram_read_bytes"] < n // 128 * 2 * n * 128 * 2
+
+
+def test_nru_policy_checks():
+    with pytest.raises(IosimError, match="l2_policy 'lfu'"):
+        GpuL2(l2_policy="lfu")
+    with pytest.raises(IosimError, match="needs kv_weight 'partitions'"):
+        GpuL2(l2_policy="nru", kv_weight="readers")
+    with pytest.raises(IosimError, match="cannot hold one set"):
+        GpuL2(l2_policy="nru", nru_ways=0)
