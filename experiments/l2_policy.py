@@ -11,7 +11,9 @@ shared scan's half-miss point) of 16-way sets, 4 KiB units, unit u of a tile hom
 u % 2, a far-side read touching a copy on the reader's side (the partitions model's
 accounting), DRAM = home units that miss. Policies: LRU, and NRU (one used bit per way, set on
 a fill or hit; the victim is the first way whose bit is clear; all bits of the set cleared when
-none is). Nothing is fitted: 26 MiB and 16 ways are the same for every case.
+none is). Nothing is fitted: 26 MiB and 16 ways are the same for every case. Next to them, NRU
+with 8, 32 and 128 ways and with a random set hash: how much of what NRU does depends on the
+associativity and on the linear set map.
 
 Replayed: the microbenchmarks as synthetic streams (experiments/partition_variants.py's cases)
 and the measured schedules of 110 launches (the same set as partition_variants.py).
@@ -35,17 +37,20 @@ from partition_replay import DATA, build  # noqa: E402
 from partition_variants import micro_cases, micro_row, replay_jobs, replay_row, summary  # noqa: E402,E501
 
 SRC = os.path.join(ROOT, "experiments", "csrc", "l2_policy.c")
-#: name -> (policy number, MiB per partition, ways)
-POLICIES = {"lru": (0, 26, 16), "nru": (2, 26, 16)}
+#: name -> (policy number, MiB per partition, ways, set hash): LRU and NRU as above, and NRU with
+#: other associativities and with a random set hash instead of the linear set map
+POLICIES = {"lru": (0, 26, 16, 0), "nru": (2, 26, 16, 0), "nru_8way": (2, 26, 8, 0),
+            "nru_32way": (2, 26, 32, 0), "nru_128way": (2, 26, 128, 0),
+            "nru_hashed": (2, 26, 16, 1)}
 
 
 def run(exe: str, ev: np.ndarray, n_tiles: int, policy: str) -> float:
     """DRAM bytes of the counted reads of events ``ev`` under ``policy``."""
-    num, mib, ways = POLICIES[policy]
+    num, mib, ways, hashed = POLICIES[policy]
     with tempfile.NamedTemporaryFile(suffix=".bin") as f:
         np.asarray(ev, dtype=np.int64).tofile(f.name)
         out = subprocess.run([exe, f.name, str(n_tiles), str(num), str(mib), str(ways), "3",
-                              "0"], check=True, capture_output=True, text=True).stdout
+                              "0", str(hashed)], check=True, capture_output=True, text=True).stdout
     return float(out.split()[0])
 
 

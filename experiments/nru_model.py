@@ -79,11 +79,11 @@ def summary(rows) -> list[str]:
 
 def main() -> None:
     todo = launches()
-    # the longest first, so that the two workers finish together
-    todo.sort(key=lambda r: -int(r["batch"]) * int(r["heads"]) * int(r["seq"]) ** 2)
-    rows = _in_parallel(one, todo, "launches", 2)
-    order = {s: i for i, s in enumerate(dict.fromkeys(r["set"] for r in launches()))}
-    rows.sort(key=lambda r: order[r["set"]])
+    # the longest first, so that the two workers finish together; rows in the input's order
+    big = sorted(range(len(todo)), key=lambda i: -int(todo[i]["batch"]) * int(
+        todo[i]["heads"]) * int(todo[i]["seq"]) ** 2)
+    out = _in_parallel(one, [todo[i] for i in big], "launches", 2)
+    rows = [row for _, row in sorted(zip(big, out), key=lambda x: x[0])]
     write_csv(rows, os.path.join(DATA, "gpu_nru_model.csv"))
     print("\n".join(summary(rows)))
 

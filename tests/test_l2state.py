@@ -107,3 +107,41 @@ def test_nru_policy_checks():
         GpuL2(l2_policy="nru", kv_weight="readers")
     with pytest.raises(IosimError, match="cannot hold one set"):
         GpuL2(l2_policy="nru", nru_ways=0)
+
+
+def test_nru_model_table():
+    """experiments/nru_model.py's recorded table (gpu_nru_model.csv): its measured values are
+    the recorded counters, its default column equals the validation table's predictions and
+    round 9's registered ones, its NRU column round 9's registered NRU predictions; the counts
+    of docs/validation.md hold (validated 31 vs 30 of 34, rounds 1-8 48 vs 46 of 64)."""
+    import csv
+    import os
+    data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
+    rows = list(csv.DictReader(open(os.path.join(data, "gpu_nru_model.csv"))))
+    assert len(rows) == 106
+    val = [r for r in rows if r["set"] == "validated"]
+    rec = [r for r in csv.DictReader(open(os.path.join(data, "gpu_validation.csv")))
+           if r["impl"] == "generated" and r["cascade"] == "attention-1pass"]
+    assert len(val) == len(rec) == 34
+    by = {(r["set"], r["shape"], r["grid_order"]): r for r in rows}
+    assert len(by) == 106
+    for v in rec:
+        shape = f"{v['batch']}x{v['heads']}x{v['seq']}x{v['head_dim']}" + \
+            ("-causal" if v["causal"] == "True" else "")
+        r = by["validated", shape, v["grid_order"]]
+        assert float(r["measured"]) == float(v["dram_read_bytes"])
+        assert float(r["response"]) == pytest.approx(float(v["pred_dram_read_bytes"]), abs=1)
+    reg = list(csv.DictReader(open(os.path.join(data, "gpu_unseen9.csv"))))
+    assert len(reg) == 8
+    for g in reg:
+        r = by["round 9", g["shape"], g["grid_order"]]
+        assert float(r["measured"]) == float(g["meas_dram_read_bytes"])
+        assert float(r["response"]) == pytest.approx(float(g["pred_dram_read_bytes"]), abs=1)
+        assert float(r["nru"]) == pytest.approx(float(g["pred_dram_read_bytes_nru"]), abs=1)
+
+    def within(sel, col):
+        return sum(abs(float(r[col]) / float(r["measured"]) - 1) <= 0.15 for r in sel)
+    post = [r for r in rows if r["set"] not in ("validated", "round 9")]
+    assert len(post) == 64
+    assert (within(val, "response"), within(val, "nru")) == (30, 31)
+    assert (within(post, "response"), within(post, "nru")) == (46, 48)
