@@ -578,7 +578,7 @@ class _UnitMap:
     partition ``u % 2``; its set is ``(unit id // 2) % sets`` (consecutive units, consecutive
     sets); a reader on the other side also reads a copy of it in its own partition."""
 
-    def __init__(self, w: "Workload", unit_bytes: int, n_blocks: int):
+    def __init__(self, w: "Workload", unit_bytes: int):
         self.n_kv = w.n_kv_blocks
         self.nu_kv = max(2, -(-2 * w.block_n * w.head_dim * w.elem_bytes // unit_bytes))
         self.nu_q = max(2, -(-w.block_m * w.head_dim * w.elem_bytes // unit_bytes))
@@ -701,13 +701,13 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     # lives on the side, kside[:, 1]: of the copy of the other half (log for A, log_b for B)
     kside = [np.full((n_keys, 2), -1), np.full((n_keys, 2), -1)] if part else None
     log_b = _Touches(total_touch, gpu.horizon_bytes) if part else None
-    # l2_policy="nru": each partition a cache state (iosim.l2state) instead of the touch logs;
-    # entries 0..n_keys-1: the half of a chunk homed there, n_keys..: the copy of the far half
+    # l2_policy="nru": each partition a cache state (iosim.l2state) instead of the touch logs,
+    # the units of every tile placed by _UnitMap
     nru = part and gpu.l2_policy == "nru"
     if nru:
         nrus = [NruSets(int(gpu.nru_partition_bytes // (gpu.nru_unit_bytes * gpu.nru_ways)),
                         gpu.nru_ways) for _ in range(2)]
-        umap = _UnitMap(w, gpu.nru_unit_bytes, nb)
+        umap = _UnitMap(w, gpu.nru_unit_bytes)
     start = np.zeros(S)
     ch = np.zeros(S, dtype=np.int64)
     glen = np.zeros(S)
