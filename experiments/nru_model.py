@@ -9,7 +9,8 @@ replacement, the partitions model's copy accounting (iosim.l2state; the layout o
 experiments/csrc/l2_policy.c, which replays the measured schedules). Both models predict DRAM
 read bytes for the 34 validated launches (gpu_ncu.csv's counters, as gpu_validation.csv) and
 every launch of the pre-registered rounds (gpu_unseen*.csv; post hoc for rounds 1-8, registered
-for round 9). Nothing is fitted.
+for round 9). A third column gives the sets unequal numbers of ways, distributed as the measured
+shared-scan response (``nru_capacity="scan"``). Nothing is fitted.
 """
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ from iosim.gpu.compare import read_csv, workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
-POLICIES = ("response", "nru")
+#: column -> GpuL2 arguments: the default, the NRU state, and the NRU state whose sets have
+#: unequal ways distributed as the measured shared-scan response (a soft capacity)
+POLICIES = {"response": {}, "nru": {"l2_policy": "nru"},
+            "nru_scan": {"l2_policy": "nru", "nru_capacity": "scan"}}
 
 
 def launches() -> list[dict]:
@@ -53,8 +57,8 @@ def one(r: dict) -> dict:
            f"{'-causal' if w.causal else ''}", "grid_order": w.grid_order,
            "measured": r["measured"],
            "qkv_bytes": 3 * w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes}
-    for pol in POLICIES:
-        v = predict_dram(w, GpuL2(l2_policy=pol))["dram_read_bytes"]
+    for pol, kw in POLICIES.items():
+        v = predict_dram(w, GpuL2(**kw))["dram_read_bytes"]
         row[pol] = round(v)
         row[f"err_{pol}"] = v / r["measured"] - 1
     return row

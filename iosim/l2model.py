@@ -70,7 +70,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.l2state import NruSets
+from iosim.l2state import NruSets, scan_ways
 
 MIB = 1024 * 1024
 #: resolution of the dynamic model: a chunk of key blocks is at most 1/CHUNK_DIV of the reuse
@@ -219,6 +219,9 @@ class GpuL2:
     nru_partition_bytes: float = 26 * MIB
     nru_unit_bytes: int = 4096
     nru_ways: int = 16
+    #: "sharp": every set ``nru_ways`` ways; "scan": sets of unequal ways, distributed as the
+    #: measured shared-scan response (iosim.l2state.scan_ways; the sets stay as many)
+    nru_capacity: str = "sharp"
     #: SM ids on L2 side A (the rest: side B) and the SMs the first wave's blocks land on, in
     #: block-id order (kv_weight="partitions"; measured on the H100)
     side_a: tuple = L2_SIDE_A
@@ -234,6 +237,8 @@ class GpuL2:
         if self.kv_weight not in ("readers", "sides", "shared", "partitions"):
             raise IosimError(f"kv_weight '{self.kv_weight}' is not readers, sides, shared or "
                              "partitions")
+        if self.nru_capacity not in ("sharp", "scan"):
+            raise IosimError(f"nru_capacity '{self.nru_capacity}' is not sharp or scan")
         if self.l2_policy not in ("response", "nru"):
             raise IosimError(f"l2_policy '{self.l2_policy}' is not response or nru")
         if self.l2_policy == "nru" and self.kv_weight != "partitions":
@@ -621,7 +626,12 @@ class _UnitMap:
         # the copy of a unit on the far side: read where a reader there reaches its key block
         far = 1 - home
         copy_side = np.where(kb_u < reach[owner, far], far, -1)
-        miss = self._read(nrus, unit, home, copy_side)
+        # the chunks' key blocks interleaved (first key block of every chunk, then the
+        # second, ...): the blocks of a time step read their chunks side by side, as the
+        # replays of measured schedules spread each block's key blocks over its lifetime
+        o = np.lexsort((np.arange(len(unit)), owner, kb_u))
+        miss = np.zeros(len(unit), dtype=bool)
+        miss[o] = self._read(nrus, unit[o], home[o], copy_side[o])
         ub = np.repeat(per_tile[which] / nu, nu)
         return np.bincount(owner[miss], weights=ub[miss], minlength=len(n))
 
@@ -705,8 +715,10 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     # the units of every tile placed by _UnitMap
     nru = part and gpu.l2_policy == "nru"
     if nru:
-        nrus = [NruSets(int(gpu.nru_partition_bytes // (gpu.nru_unit_bytes * gpu.nru_ways)),
-                        gpu.nru_ways) for _ in range(2)]
+        n_sets = int(gpu.nru_partition_bytes // (gpu.nru_unit_bytes * gpu.nru_ways))
+        ways = gpu.nru_ways if gpu.nru_capacity == "sharp" else scan_ways(
+            gpu.scan_shared, gpu.l2_bytes, n_sets, gpu.nru_unit_bytes)
+        nrus = [NruSets(n_sets, ways) for _ in range(2)]
         umap = _UnitMap(w, gpu.nru_unit_bytes)
     start = np.zeros(S)
     ch = np.zeros(S, dtype=np.int64)

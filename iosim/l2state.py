@@ -8,6 +8,10 @@ first way of its set whose bit is clear, clearing every bit of the set first whe
 (NRU). Units map to sets linearly by address (consecutive units, consecutive sets), as
 ``experiments/csrc/l2_policy.c`` does on the measured schedules.
 
+:func:`scan_ways` gives the sets unequal numbers of ways, distributed as the measured shared-scan
+response says a partition's capacity is (a cyclic scan of S MiB thrashes in the sets that hold
+less than S): the state's capacity is then as soft as the response's.
+
 The associativity and the address map matter: on the measured schedules NRU with 16 (or 32)
 ways and the linear map reproduces the head changes of causal query-major launches, NRU with
 128 ways behaves like LRU, and a random set hash does worse than LRU (docs/validation.md).
@@ -17,15 +21,22 @@ from __future__ import annotations
 import numpy as np
 
 
-class NruSets:
-    """One L2 partition: ``n_sets`` sets of ``ways`` units, NRU replacement. Units are named
-    by non-negative integer keys; the caller gives each unit's set."""
+#: tag of an empty way, and of a way a set does not have (sets with fewer ways)
+EMPTY, ABSENT = -1, -2
 
-    def __init__(self, n_sets: int, ways: int):
-        if n_sets < 1 or ways < 1:
+
+class NruSets:
+    """One L2 partition: ``n_sets`` sets of ``ways`` units (one number, or one per set), NRU
+    replacement. Units are named by non-negative integer keys; the caller gives each unit's
+    set."""
+
+    def __init__(self, n_sets: int, ways):
+        per_set = np.broadcast_to(np.asarray(ways, dtype=np.int64), (max(n_sets, 0),))
+        if n_sets < 1 or per_set.min() < 1:
             raise ValueError(f"an NRU partition needs sets and ways (got {n_sets} x {ways})")
-        self.tag = np.full((n_sets, ways), -1, dtype=np.int64)
-        self.used = np.zeros((n_sets, ways), dtype=bool)
+        self.absent = np.arange(per_set.max())[None, :] >= per_set[:, None]
+        self.tag = np.where(self.absent, ABSENT, EMPTY).astype(np.int64)
+        self.used = self.absent.copy()          # a way the set lacks is never a victim
         self.clears = 0
 
     @property
@@ -33,40 +44,52 @@ class NruSets:
         return self.tag.shape[0]
 
     def access(self, sets: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """Read units ``keys`` (in sets ``sets``), in order; True where a unit missed (was
-        filled). A key that appears twice misses at most once."""
+        """Read units ``keys`` (in sets ``sets``) in order, exactly as one at a time; True
+        where a unit missed (was filled). Sets are independent, so the r-th access of every
+        set is made in round r."""
         sets = np.asarray(sets, dtype=np.int64)
         keys = np.asarray(keys, dtype=np.int64)
         miss = np.zeros(len(keys), dtype=bool)
         if not len(keys):
             return miss
-        found = self.tag[sets] == keys[:, None]
-        hit = found.any(axis=1)
-        self.used[sets[hit], found[hit].argmax(axis=1)] = True
-        todo = np.flatnonzero(~hit)
-        if not len(todo):
-            return miss
-        # a key missed twice in one call is filled once (the first time)
-        _, firsts = np.unique(keys[todo], return_index=True)
-        todo = todo[np.sort(firsts)]
-        miss[todo] = True
-        s = sets[todo]
-        # the r-th miss of a set in this call is filled in round r
-        order = np.argsort(s, kind="stable")
-        starts = np.r_[0, np.flatnonzero(np.diff(s[order])) + 1]
-        rank = np.empty(len(s), dtype=np.int64)
-        rank[order] = np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
-        for r in range(int(rank.max()) + 1):
-            sel = rank == r
-            ss = s[sel]
+        order = np.argsort(sets, kind="stable")
+        starts = np.r_[0, np.flatnonzero(np.diff(sets[order])) + 1]
+        rank = np.empty(len(sets), dtype=np.int64)
+        rank[order] = np.arange(len(sets)) - np.repeat(starts, np.diff(np.r_[starts, len(sets)]))
+        by_round = np.argsort(rank, kind="stable")
+        bounds = np.searchsorted(rank[by_round], np.arange(int(rank.max()) + 2))
+        for r in range(len(bounds) - 1):
+            idx = by_round[bounds[r]:bounds[r + 1]]
+            ss, kk = sets[idx], keys[idx]
+            found = self.tag[ss] == kk[:, None]
+            hit = found.any(axis=1)
+            self.used[ss[hit], found[hit].argmax(axis=1)] = True
+            m = ~hit
+            if not m.any():
+                continue
+            miss[idx[m]] = True
+            ss, kk = ss[m], kk[m]
             full = self.used[ss].all(axis=1)
             if full.any():
-                self.used[ss[full]] = False
+                self.used[ss[full]] = self.absent[ss[full]]
                 self.clears += int(full.sum())
             # an empty way first, else the first way whose bit is clear
-            empty = self.tag[ss] < 0
+            empty = self.tag[ss] == EMPTY
             way = np.where(empty.any(axis=1), empty.argmax(axis=1),
                            (~self.used[ss]).argmax(axis=1))
-            self.tag[ss, way] = keys[todo[sel]]
+            self.tag[ss, way] = kk
             self.used[ss, way] = True
         return miss
+
+
+def scan_ways(curve, l2_bytes: float, n_sets: int, unit_bytes: int, seed: int = 0) -> np.ndarray:
+    """Ways of each of ``n_sets`` sets such that the fraction of sets holding less than S bytes
+    of a partition's evenly spread load is the measured miss fraction m(S) of a cyclic scan of
+    S bytes (``curve``: (S / l2_bytes, m) points, m increasing). Set s gets the m-quantile
+    (rank + 1/2) / n_sets of a fixed random order; its capacity C = m^-1(quantile) holds
+    floor(C / (unit_bytes x n_sets)) ways -- exact where the load is a whole number of units
+    per set."""
+    xs, ms = (np.asarray(v, dtype=float) for v in zip(*curve))
+    q = (np.random.default_rng(seed).permutation(n_sets) + 0.5) / n_sets
+    cap = np.interp(q, ms, xs) * l2_bytes
+    return np.maximum(1, np.floor(cap / (unit_bytes * n_sets))).astype(np.int64)

@@ -4,16 +4,20 @@ import pytest
 
 from iosim.errors import IosimError
 from iosim.l2model import GpuL2, Workload, predict_dram
-from iosim.l2state import NruSets
+from iosim.l2model import MIB, SCAN_SHARED
+from iosim.l2state import NruSets, scan_ways
 
 
 def _brute_nru(stream, n_sets, ways):
     """Sequential NRU, one list of [key, used] per set: fill an empty way first, else the
-    first way whose bit is clear, clearing the set's bits when none is. Misses per access."""
+    first way whose bit is clear, clearing the set's bits when none is. Misses per access.
+    ``ways``: one number or one per set."""
     sets = [[] for _ in range(n_sets)]
+    per_set = [ways] * n_sets if isinstance(ways, int) else list(ways)
     out = []
     for s, key in stream:
         ws = sets[s]
+        ways = per_set[s]
         for w in ws:
             if w[0] == key:
                 w[1] = 1
@@ -44,14 +48,49 @@ def test_nru_sets_match_brute_force_one_access_at_a_time():
         assert 0 < sum(got) < len(got)
 
 
-def test_nru_sets_batches_in_distinct_sets_equal_one_at_a_time():
-    """Accesses to different sets do not interact: a call with one key per set misses where
-    the same keys one by one miss; a set's several misses in one call are filled in order."""
+def test_nru_sets_with_unequal_ways_match_brute_force():
+    rng = np.random.default_rng(5)
+    for trial in range(4):
+        n_sets = int(rng.integers(2, 6))
+        ways = rng.integers(1, 7, n_sets).tolist()
+        keys = rng.integers(0, 8 * n_sets, 500)
+        stream = [(int(k) % n_sets, int(k)) for k in keys]
+        state = NruSets(n_sets, ways)
+        got = [bool(state.access(np.array([s]), np.array([k]))[0]) for s, k in stream]
+        assert got == _brute_nru(stream, n_sets, ways), trial
+
+
+def test_scan_ways_reproduce_the_measured_scan():
+    """Sets of unequal ways (scan_ways) under NRU: a cyclic scan of S bytes spread evenly over
+    the sets, S a whole number L of units per set, thrashes exactly the sets with fewer than L
+    ways (by hand: NRU under a cyclic scan longer than the set misses every time), so from its
+    third pass on it misses the measured shared-scan fraction m(S) (SCAN_SHARED, from
+    gpu_l2scan.csv, interpolated) to within one set."""
+    n_sets, unit = 416, 4096
+    ways = scan_ways(SCAN_SHARED, 50 * MIB, n_sets, unit)
+    xs, ms = zip(*SCAN_SHARED)
+    for per_set in range(14, 20):
+        s_bytes = per_set * n_sets * unit
+        expected = np.interp(s_bytes / (50 * MIB), xs, ms)
+        assert abs((ways < per_set).mean() - expected) <= 1 / n_sets
+        st = NruSets(n_sets, ways)
+        keys = np.arange(per_set * n_sets)
+        for _ in range(2):
+            st.access(keys % n_sets, keys)
+        assert st.access(keys % n_sets, keys).mean() == pytest.approx(expected, abs=1 / n_sets)
+    # the lattice points cover the measured cliff: 0.07 at 24.4 MiB ... 0.98 at 29.25 MiB
+    assert (ways < 15).mean() < 0.1 and (ways < 18).mean() > 0.9
+
+
+def test_nru_sets_batches_equal_one_at_a_time():
+    """One call reads its keys exactly as one call per key would: sets do not interact, and
+    a set's accesses in one call are made in order (a key filled, another evicted and read
+    again later in the same call misses again)."""
     rng = np.random.default_rng(11)
     n_sets, ways = 8, 4
     seq, bat = NruSets(n_sets, ways), NruSets(n_sets, ways)
     for step in range(300):
-        sets = rng.permutation(n_sets)[: int(rng.integers(1, n_sets + 1))]
+        sets = rng.integers(0, n_sets, int(rng.integers(1, 3 * n_sets)))
         keys = sets + n_sets * rng.integers(0, 2 * ways, len(sets))
         one = [bool(seq.access(np.array([s]), np.array([k]))[0]) for s, k in zip(sets, keys)]
         assert bat.access(sets, keys).tolist() == one, step
@@ -107,13 +146,16 @@ def test_nru_policy_checks():
         GpuL2(l2_policy="nru", kv_weight="readers")
     with pytest.raises(IosimError, match="cannot hold one set"):
         GpuL2(l2_policy="nru", nru_ways=0)
+    with pytest.raises(IosimError, match="nru_capacity 'soft'"):
+        GpuL2(l2_policy="nru", nru_capacity="soft")
 
 
 def test_nru_model_table():
     """experiments/nru_model.py's recorded table (gpu_nru_model.csv): its measured values are
     the recorded counters, its default column equals the validation table's predictions and
-    round 9's registered ones, its NRU column round 9's registered NRU predictions; the counts
-    of docs/validation.md hold (validated 31 vs 30 of 34, rounds 1-8 48 vs 46 of 64)."""
+    round 9's registered ones; the counts of docs/validation.md hold (validated: default 30 of
+    34, NRU 28; rounds 1-8: 46 and 45 of 64), and NRU brings every causal query-major launch
+    that the default misses at the cliff (-29% ... -32%) within 15%."""
     import csv
     import os
     data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
@@ -137,11 +179,14 @@ def test_nru_model_table():
         r = by["round 9", g["shape"], g["grid_order"]]
         assert float(r["measured"]) == float(g["meas_dram_read_bytes"])
         assert float(r["response"]) == pytest.approx(float(g["pred_dram_read_bytes"]), abs=1)
-        assert float(r["nru"]) == pytest.approx(float(g["pred_dram_read_bytes_nru"]), abs=1)
 
     def within(sel, col):
         return sum(abs(float(r[col]) / float(r["measured"]) - 1) <= 0.15 for r in sel)
     post = [r for r in rows if r["set"] not in ("validated", "round 9")]
     assert len(post) == 64
-    assert (within(val, "response"), within(val, "nru")) == (30, 31)
-    assert (within(post, "response"), within(post, "nru")) == (46, 48)
+    assert (within(val, "response"), within(val, "nru")) == (30, 28)
+    assert (within(post, "response"), within(post, "nru")) == (46, 45)
+    cliff = [r for r in rows if r["grid_order"] == "query-major" and
+             float(r["err_response"]) < -0.25]
+    assert len(cliff) == 3
+    assert all(abs(float(r["err_nru"])) <= 0.15 for r in cliff)
