@@ -23,8 +23,9 @@ From round 8 the default is the partitions model (after round 7); rounds from 8 
 (``pred_dram_read_bytes``) and the readers rule next to it (``pred_dram_read_bytes_readers``).
 Round 9 registers, next to them, the same model with each L2 partition an NRU cache state
 instead of the reuse-distance response (``GpuL2(l2_policy="nru")``,
-``pred_dram_read_bytes_nru``; post hoc within 15% on 31 of the 34 validated launches and 48 of
-the 64 of rounds 1-8, the default on 30 and 46), on launches where the two differ: causal d=128
+``pred_dram_read_bytes_nru``, the NRU state of commit 57efadf, corrected after the measurement:
+post hoc within 15% on 31 of the 34 validated launches and 48 of the 64 of rounds 1-8, the
+default on 30 and 46), on launches where the two differ: causal d=128
 at the cliff (query-major and head-major), d=64 head-major at small N (where NRU predicts
 fewer misses), and controls.
 """
