@@ -190,3 +190,23 @@ def test_nru_model_table():
              float(r["err_response"]) < -0.25]
     assert len(cliff) == 3
     assert all(abs(float(r["err_nru"])) <= 0.15 for r in cliff)
+
+
+def test_l2_sets_probe_recorded():
+    """gpu_l2_sets.csv (experiments/device/l2_sets.py, H100): K lines 128 B wide at a stride,
+    chased by one warp. The fill pass comes from DRAM (over 550 cycles a load) and every
+    re-read pass hits L2 (under 350: the latency map's 273-304) at every stride measured --
+    powers of two up to 64 MiB, the state's 416 sets x 4 KiB -- with up to 256 lines: no
+    stride puts more lines in a set than it holds, so the L2's set index is not the linear
+    map that iosim.l2state's NRU state (and experiments/csrc/l2_policy.c) assumes."""
+    import csv
+    import os
+    data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
+    rows = list(csv.DictReader(open(os.path.join(data, "gpu_l2_sets.csv"))))
+    assert all("H100" in r["device"] for r in rows)
+    strides = {int(r["stride_bytes"]) for r in rows}
+    assert {1 << e for e in range(12, 27)} | {416 * 4096} <= strides
+    for r in rows:
+        assert float(r["fill_cycles_per_load"]) > 550, r
+        assert float(r["cycles_per_load"]) < 350, r
+    assert sum(int(r["lines"]) == 256 for r in rows) >= 15

@@ -3,7 +3,8 @@ python experiments/device/l2_sets.py): does the H100's L2 map addresses to sets 
 
 One warp chases pointers through K lines (128 B each) placed ``stride`` bytes apart in a 4 GiB
 buffer, with ``.cg`` loads (past L1, to L2): one pass to fill, then PASSES timed passes; the
-result is the mean clock cycles per load (``%clock64``). K lines always fit in a 50 MiB L2; they
+result is the mean clock cycles per load (``%clock64``), and of the fill pass (the DRAM
+reference: 128 MiB of other traffic pushed the lines out before it). K lines always fit in a 50 MiB L2; they
 miss only if they fall into too few sets. Under a linear set map (set = line address modulo the
 number of sets, as experiments/csrc/l2_policy.c and iosim.l2state assume), some power-of-two
 strides put every line in one set, and once K exceeds the associativity each load goes to DRAM
@@ -27,7 +28,10 @@ def kernel():
     @triton.jit
     def iosim_l2sets(P, START, OUT, SINK, n_lines, PASSES: tl.constexpr):
         p = tl.load(START)
-        for i in range(n_lines):                      # fill
+        tl.store(SINK, p)
+        cf = tl.inline_asm_elementwise("{.reg .u64 t; mov.u64 t, %clock64; add.u64 $0, t, $1;}",
+                                       "=l,l", [p], dtype=tl.int64, is_pure=False, pack=1) - p
+        for i in range(n_lines):                      # fill (from DRAM: timed too)
             p = tl.load(P + p, cache_modifier=".cg")
         tl.store(SINK, p)
         c0 = tl.inline_asm_elementwise("{.reg .u64 t; mov.u64 t, %clock64; add.u64 $0, t, $1;}",
@@ -38,6 +42,7 @@ def kernel():
         c1 = tl.inline_asm_elementwise("{.reg .u64 t; mov.u64 t, %clock64; add.u64 $0, t, $1;}",
                                        "=l,l", [p], dtype=tl.int64, is_pure=False, pack=1) - p
         tl.store(OUT, c1 - c0)
+        tl.store(OUT + 1, c0 - cf)
     return iosim_l2sets
 
 
@@ -47,7 +52,7 @@ def main():
     k = kernel()
     buf = torch.zeros(BUFFER // 8, dtype=torch.int64, device="cuda")
     start = torch.zeros(1, dtype=torch.int64, device="cuda")
-    res = torch.zeros(1, dtype=torch.int64, device="cuda")
+    res = torch.zeros(2, dtype=torch.int64, device="cuda")
     sink = torch.zeros(1, dtype=torch.int64, device="cuda")
     flush = torch.zeros((128 << 20) // 8, dtype=torch.int64, device="cuda")
     strides = [128, 4096] + [1 << e for e in range(13, 27)] + [1703936, 3 * 128 * 1024 + 128,
@@ -64,10 +69,12 @@ def main():
             flush.add_(1)          # 128 MiB elsewhere: the fill pass starts from DRAM
             k[(1,)](buf, start, res, sink, n, PASSES=PASSES, num_warps=1)
             torch.cuda.synchronize()
-            cyc = res.item() / (PASSES * n)
+            cyc = res[0].item() / (PASSES * n)
+            fill = res[1].item() / n
             rows.append({"stride_bytes": stride, "lines": n, "cycles_per_load": round(cyc, 1),
+                         "fill_cycles_per_load": round(fill, 1),
                          "device": torch.cuda.get_device_name()})
-            print(stride, n, round(cyc, 1), flush=True)
+            print(stride, n, round(cyc, 1), round(fill, 1), flush=True)
             buf[idx] = 0
     with open(os.path.join(out_dir, "gpu_l2_sets.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
