@@ -211,8 +211,9 @@ class GpuL2:
     kv_weight: str = "partitions"
     #: how a partition answers a re-read (kv_weight="partitions"): "response" (the default: a
     #: miss fraction by the line's reuse distance in its partition, the measured shared scan;
-    #: exact for LRU) or "nru" (a cache state with NRU replacement, iosim.l2state: lines read
-    #: once can push out lines still being read, as the eviction-hint measurements show)
+    #: exact for LRU) or "nru" (a cache state with NRU replacement and a linear set map,
+    #: iosim.l2state: lines read once can push out lines still being read, as the eviction-hint
+    #: measurements show; for comparison -- the H100's set index is hashed)
     l2_policy: str = "response"
     #: the NRU state: each partition the shared scan's half-miss point (26 of 50 MiB), in sets
     #: of ``nru_ways`` units of ``nru_unit_bytes``

@@ -15,6 +15,8 @@ less than S): the state's capacity is then as soft as the response's.
 The associativity and the address map matter: on the measured schedules NRU with 16 (or 32)
 ways and the linear map reproduces the head changes of causal query-major launches, NRU with
 128 ways behaves like LRU, and a random set hash does worse than LRU (docs/validation.md).
+The H100's L2 does hash its set index (experiments/device/l2_sets.py: no stride puts lines in
+too few sets), so this state is kept for comparison, not as the GPU's mechanism.
 """
 from __future__ import annotations
 
