@@ -584,7 +584,7 @@ class _UnitMap:
     partition ``u % 2``; its set is ``(unit id // 2) % sets`` (consecutive units, consecutive
     sets); a reader on the other side also reads a copy of it in its own partition."""
 
-    def __init__(self, w: "Workload", unit_bytes: int):
+    def __init__(self, w: Workload, unit_bytes: int):
         self.n_kv = w.n_kv_blocks
         self.nu_kv = max(2, -(-2 * w.block_n * w.head_dim * w.elem_bytes // unit_bytes))
         self.nu_q = max(2, -(-w.block_m * w.head_dim * w.elem_bytes // unit_bytes))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 #: tag of an empty way, and of a way a set does not have (sets with fewer ways)
 EMPTY, ABSENT = -1, -2
 

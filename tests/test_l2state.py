@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 from iosim.errors import IosimError
-from iosim.l2model import GpuL2, Workload, predict_dram
-from iosim.l2model import MIB, SCAN_SHARED
+from iosim.l2model import MIB, SCAN_SHARED, GpuL2, Workload, predict_dram
 from iosim.l2state import NruSets, scan_ways
 
 
