@@ -6,10 +6,10 @@
 ``GpuL2(l2_policy="nru")`` replaces each L2 partition's reuse-distance response (the measured
 shared-scan curve) by a cache state: 16-way sets of 4 KiB units, 26 MiB per partition, NRU
 replacement, the partitions model's copy accounting (iosim.l2state; the layout of
-experiments/csrc/l2_policy.c, which replays the measured schedules). Both models predict DRAM
+experiments/csrc/l2_policy.c, which replays the measured schedules). Each column predicts DRAM
 read bytes for the 34 validated launches (gpu_ncu.csv's counters, as gpu_validation.csv) and
-every launch of the pre-registered rounds (gpu_unseen*.csv; post hoc for rounds 1-8, registered
-for round 9). A third column gives the sets unequal numbers of ways, distributed as the measured
+every launch of the pre-registered rounds (gpu_unseen*.csv; post hoc, except the default's
+registered predictions for round 9). A third column gives the sets unequal numbers of ways, distributed as the measured
 shared-scan response (``nru_capacity="scan"``). Nothing is fitted.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def summary(rows) -> list[str]:
     out = []
     groups = [("validated", lambda r: r["set"] == "validated"),
               ("rounds 1-8 (post hoc)", lambda r: r["set"] not in ("validated", "round 9")),
-              ("round 9 (registered)", lambda r: r["set"] == "round 9"),
+              ("round 9", lambda r: r["set"] == "round 9"),
               ("all", lambda r: True)]
     for name, sel in groups:
         part = [r for r in rows if sel(r)]
