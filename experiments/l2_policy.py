@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
@@ -32,9 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from iosim.gpu.validate import write_csv  # noqa: E402
-from partition_replay import DATA, build  # noqa: E402
-from partition_variants import micro_cases, micro_row, replay_jobs, replay_row, summary  # noqa: E402,E501
+from partition_variants import micro_row, replay_row, run_table  # noqa: E402
 
 SRC = os.path.join(ROOT, "experiments", "csrc", "l2_policy.c")
 #: name -> (policy number, MiB per partition, ways, set hash): LRU and NRU as above, and NRU with
@@ -63,17 +60,7 @@ def one_replay(job) -> dict:
 
 
 def main() -> None:
-    from tqdm import tqdm
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = build(tmp, SRC)
-        micro = [(exe, *c) for c in micro_cases()]
-        rows = [one_micro(j) for j in tqdm(micro, desc="microbenchmarks")]
-        jobs = list(replay_jobs(exe))
-        with ProcessPoolExecutor(2) as ex:
-            rows += list(tqdm(ex.map(one_replay, jobs), total=len(jobs), desc="replays"))
-    write_csv(rows, os.path.join(DATA, "gpu_l2_policy.csv"))
-    print(f"{'':38s} {'':22s}" + "  ".join(f"{p:>12s}" for p in POLICIES))
-    print("\n".join(summary(rows, tuple(POLICIES))))
+    run_table(SRC, "gpu_l2_policy.csv", tuple(POLICIES), one_micro, one_replay)
 
 
 if __name__ == "__main__":

@@ -221,18 +221,26 @@ def summary(rows, columns=VARIANTS) -> list[str]:
     return out
 
 
-def main() -> None:
+def run_table(src: str, name: str, columns, micro_fn, replay_fn) -> list[dict]:
+    """Compile the C helper ``src``, make every microbenchmark row (``micro_fn``) and every
+    replay row (``replay_fn``, two processes), write experiments/data/``name`` and print the
+    summary of ``columns``."""
     from tqdm import tqdm
     with tempfile.TemporaryDirectory() as tmp:
-        exe = build(tmp, SRC)
+        exe = build(tmp, src)
         micro = [(exe, *c) for c in micro_cases()]
-        rows = [one_micro(j) for j in tqdm(micro, desc="microbenchmarks")]
+        rows = [micro_fn(j) for j in tqdm(micro, desc="microbenchmarks")]
         jobs = list(replay_jobs(exe))
         with ProcessPoolExecutor(2) as ex:
-            rows += list(tqdm(ex.map(one_replay, jobs), total=len(jobs), desc="replays"))
-    write_csv(rows, os.path.join(DATA, "gpu_partition_variants.csv"))
-    print(f"{'':38s} {'':22s}" + "  ".join(f"{v:>12s}" for v in VARIANTS))
-    print("\n".join(summary(rows)))
+            rows += list(tqdm(ex.map(replay_fn, jobs), total=len(jobs), desc="replays"))
+    write_csv(rows, os.path.join(DATA, name))
+    print(f"{'':38s} {'':22s}" + "  ".join(f"{v:>12s}" for v in columns))
+    print("\n".join(summary(rows, tuple(columns))))
+    return rows
+
+
+def main() -> None:
+    run_table(SRC, "gpu_partition_variants.csv", VARIANTS, one_micro, one_replay)
 
 
 if __name__ == "__main__":

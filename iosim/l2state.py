@@ -38,7 +38,6 @@ class NruSets:
         self.absent = np.arange(per_set.max())[None, :] >= per_set[:, None]
         self.tag = np.where(self.absent, ABSENT, EMPTY).astype(np.int64)
         self.used = self.absent.copy()          # a way the set lacks is never a victim
-        self.clears = 0
 
     @property
     def n_sets(self) -> int:
@@ -73,7 +72,6 @@ class NruSets:
             full = self.used[ss].all(axis=1)
             if full.any():
                 self.used[ss[full]] = self.absent[ss[full]]
-                self.clears += int(full.sum())
             # an empty way first, else the first way whose bit is clear
             empty = self.tag[ss] == EMPTY
             way = np.where(empty.any(axis=1), empty.argmax(axis=1),

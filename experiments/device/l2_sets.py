@@ -11,11 +11,12 @@ strides put every line in one set, and once K exceeds the associativity each loa
 (hit ~270-300 cycles, DRAM ~600+); under a hashed map no stride does. Strides: 128 B (the
 control: consecutive lines), powers of two from 4 KiB to 64 MiB, the model's 1.625 MiB (416
 sets x 4 KiB) and odd multiples of 128 B; K = 4 ... 256. Writes $OUT/gpu_l2_sets.csv."""
-import csv
 import os
 import sys
 
 sys.path.insert(0, os.getcwd())
+
+from iosim.gpu.validate import write_csv  # noqa: E402
 
 PASSES = 16
 BUFFER = 4 << 30
@@ -76,10 +77,7 @@ def main():
                          "device": torch.cuda.get_device_name()})
             print(stride, n, round(cyc, 1), round(fill, 1), flush=True)
             buf[idx] = 0
-    with open(os.path.join(out_dir, "gpu_l2_sets.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, os.path.join(out_dir, "gpu_l2_sets.csv"))
 
 
 if __name__ == "__main__":
