@@ -13,7 +13,12 @@ accounting), DRAM = home units that miss. Policies: LRU, and NRU (one used bit p
 a fill or hit; the victim is the first way whose bit is clear; all bits of the set cleared when
 none is). Nothing is fitted: 26 MiB and 16 ways are the same for every case. Next to them, NRU
 with 8, 32 and 128 ways and with a random set hash: how much of what NRU does depends on the
-associativity and on the linear set map.
+associativity and on the set map; and NRU and LRU with a balanced hash (each aligned run of as
+many unit pairs as sets a permutation of the sets, like an XOR set index): the set-conflict
+probe (experiments/device/l2_sets.py) rules out the linear map, not a balanced hash. Last,
+DRRIP with the balanced hash (set dueling between SRRIP and bimodal RRIP, as in many CPU
+last-level caches): a scan-resistant policy, for the microbenchmarks where the L2 keeps more
+than LRU does.
 
 Replayed: the microbenchmarks as synthetic streams (experiments/partition_variants.py's cases)
 and the measured schedules of 110 launches (the same set as partition_variants.py).
@@ -34,11 +39,14 @@ import numpy as np  # noqa: E402
 from partition_variants import micro_row, replay_row, run_table  # noqa: E402
 
 SRC = os.path.join(ROOT, "experiments", "csrc", "l2_policy.c")
-#: name -> (policy number, MiB per partition, ways, set hash): LRU and NRU as above, and NRU with
-#: other associativities and with a random set hash instead of the linear set map
+#: name -> (policy number, MiB per partition, ways, set map): LRU and NRU as above (0: the
+#: linear set map), NRU with other associativities, with a random set hash (1: uneven) and with a
+#: balanced hash (2: like an XOR set index, what the set-conflict probe allows), LRU with it, and
+#: DRRIP (set dueling of SRRIP and bimodal RRIP; policy 3 of the helper) with it
 POLICIES = {"lru": (0, 26, 16, 0), "nru": (2, 26, 16, 0), "nru_8way": (2, 26, 8, 0),
             "nru_32way": (2, 26, 32, 0), "nru_128way": (2, 26, 128, 0),
-            "nru_hashed": (2, 26, 16, 1)}
+            "nru_hashed": (2, 26, 16, 1), "nru_balanced": (2, 26, 16, 2),
+            "lru_balanced": (0, 26, 16, 2), "drrip_balanced": (3, 26, 16, 2)}
 
 
 def run(exe: str, ev: np.ndarray, n_tiles: int, policy: str) -> float:

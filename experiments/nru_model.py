@@ -1,12 +1,14 @@
 """The dynamic L2 model with an NRU cache state against the default, on every measured launch
-(no GPU; ~12 min on 2 cores).
+(no GPU; ~19 min on 2 cores).
 
     python experiments/nru_model.py      # -> experiments/data/gpu_nru_model.csv
 
 ``GpuL2(l2_policy="nru")`` replaces each L2 partition's reuse-distance response (the measured
 shared-scan curve) by a cache state: 16-way sets of 4 KiB units, 26 MiB per partition, NRU
 replacement, the partitions model's copy accounting (iosim.l2state; the layout of
-experiments/csrc/l2_policy.c, which replays the measured schedules). Each column predicts DRAM
+experiments/csrc/l2_policy.c, which replays the measured schedules), sets hashed (balanced:
+``nru_set_map="hashed"``) or, in the column nru_linear, the linear set map the set-conflict
+probe rules out. Each column predicts DRAM
 read bytes for the 34 validated launches (gpu_ncu.csv's counters, as gpu_validation.csv) and
 every launch of the pre-registered rounds (gpu_unseen*.csv; post hoc, except the default's
 registered predictions for round 9). A third column gives the sets unequal numbers of ways, distributed as the measured
@@ -28,9 +30,11 @@ from iosim.gpu.compare import read_csv, workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
-#: column -> GpuL2 arguments: the default, the NRU state, and the NRU state whose sets have
-#: unequal ways distributed as the measured shared-scan response (a soft capacity)
+#: column -> GpuL2 arguments: the default, the NRU state (hashed sets), the same with the linear
+#: set map, and the NRU state whose sets have unequal ways distributed as the measured
+#: shared-scan response (a soft capacity)
 POLICIES = {"response": {}, "nru": {"l2_policy": "nru"},
+            "nru_linear": {"l2_policy": "nru", "nru_set_map": "linear"},
             "nru_scan": {"l2_policy": "nru", "nru_capacity": "scan"}}
 
 

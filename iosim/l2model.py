@@ -211,10 +211,15 @@ class GpuL2:
     kv_weight: str = "partitions"
     #: how a partition answers a re-read (kv_weight="partitions"): "response" (the default: a
     #: miss fraction by the line's reuse distance in its partition, the measured shared scan;
-    #: exact for LRU) or "nru" (a cache state with NRU replacement and a linear set map,
-    #: iosim.l2state: lines read once can push out lines still being read, as the eviction-hint
-    #: measurements show; for comparison -- the H100's set index is hashed)
+    #: exact for LRU) or "nru" (a cache state with NRU replacement, iosim.l2state: lines read
+    #: once can push out lines still being read, as the eviction-hint measurements show)
     l2_policy: str = "response"
+    #: where a unit's set is (l2_policy="nru"): "hashed" (every aligned run of as many units
+    #: as sets covers each set once, in an order that depends on the run -- what an XOR set
+    #: index does: a buffer spreads evenly and strides do not collide, as the set-conflict
+    #: probe measured) or "linear" (unit pair i in set i % sets: strides of the set count
+    #: collide, which the probe rules out for the H100)
+    nru_set_map: str = "hashed"
     #: the NRU state: each partition the shared scan's half-miss point (26 of 50 MiB), in sets
     #: of ``nru_ways`` units of ``nru_unit_bytes``
     nru_partition_bytes: float = 26 * MIB
@@ -240,6 +245,8 @@ class GpuL2:
                              "partitions")
         if self.nru_capacity not in ("sharp", "scan"):
             raise IosimError(f"nru_capacity '{self.nru_capacity}' is not sharp or scan")
+        if self.nru_set_map not in ("hashed", "linear"):
+            raise IosimError(f"nru_set_map '{self.nru_set_map}' is not hashed or linear")
         if self.l2_policy not in ("response", "nru"):
             raise IosimError(f"l2_policy '{self.l2_policy}' is not response or nru")
         if self.l2_policy == "nru" and self.kv_weight != "partitions":
@@ -577,22 +584,44 @@ class _Touches:
             self._cum = None
 
 
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """A 64-bit finaliser (MurmurHash3's fmix64; the same as experiments/csrc/l2_policy.c's)."""
+    x = np.asarray(x, dtype=np.uint64)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
+
+
+def set_index(pair: np.ndarray, n_sets: int, set_map: str = "hashed") -> np.ndarray:
+    """The set of unit pair ``pair`` among ``n_sets``: "linear" ``pair % n_sets``; "hashed"
+    ``pair % n_sets`` rotated by a hash of ``pair // n_sets``, so that every aligned run of
+    ``n_sets`` pairs is a permutation of the sets (balanced like an XOR set index)."""
+    pair = np.asarray(pair, dtype=np.int64)
+    if set_map == "linear":
+        return pair % n_sets
+    n = np.uint64(n_sets)
+    u = pair.astype(np.uint64)
+    return ((u % n + _mix64(u // n)) % n).astype(np.int64)
+
+
 class _UnitMap:
     """Where the units of a launch's tiles live (l2_policy="nru"), as experiments/csrc/
     l2_policy.c places them: tile t (K and V of one key block of one K/V head, or one block's Q
     or O tile) is cut into ``nu >= 2`` units of about ``unit_bytes``; unit u of it is homed in
-    partition ``u % 2``; its set is ``(unit id // 2) % sets`` (consecutive units, consecutive
-    sets); a reader on the other side also reads a copy of it in its own partition."""
+    partition ``u % 2``; its set is ``set_index(unit id // 2)`` (``set_map``); a reader on the
+    other side also reads a copy of it in its own partition."""
 
-    def __init__(self, w: Workload, unit_bytes: int):
+    def __init__(self, w: Workload, unit_bytes: int, set_map: str = "hashed"):
+        self.set_map = set_map
         self.n_kv = w.n_kv_blocks
         self.nu_kv = max(2, -(-2 * w.block_n * w.head_dim * w.elem_bytes // unit_bytes))
         self.nu_q = max(2, -(-w.block_m * w.head_dim * w.elem_bytes // unit_bytes))
         n_kv_tiles = w.batch * (w.kv_heads or w.heads) * self.n_kv
         self.q_base = n_kv_tiles * self.nu_kv          # unit ids of Q and O tiles from here
 
-    @staticmethod
-    def _read(nrus, unit, home, copy_side):
+    def _read(self, nrus, unit, home, copy_side):
         """Per unit (in this order): its home half in partition ``home``, then, where
         ``copy_side`` is the other partition, a copy in that one. Whether each home read
         missed."""
@@ -605,7 +634,8 @@ class _UnitMap:
         for p, state in enumerate(nrus):
             idx = np.flatnonzero(part == p)
             idx = idx[np.argsort(pos[idx], kind="stable")]
-            miss[idx] = state.access((key[idx] >> 2) % state.n_sets, key[idx])
+            miss[idx] = state.access(set_index(key[idx] >> 2, state.n_sets, self.set_map),
+                                     key[idx])
         return miss[:n]
 
     def read_kv(self, nrus, head, chunk, g: int, tmax, per_tile, inv, tiles, side):
@@ -720,7 +750,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         ways = gpu.nru_ways if gpu.nru_capacity == "sharp" else scan_ways(
             gpu.scan_shared, gpu.l2_bytes, n_sets, gpu.nru_unit_bytes)
         nrus = [NruSets(n_sets, ways) for _ in range(2)]
-        umap = _UnitMap(w, gpu.nru_unit_bytes)
+        umap = _UnitMap(w, gpu.nru_unit_bytes, gpu.nru_set_map)
     start = np.zeros(S)
     ch = np.zeros(S, dtype=np.int64)
     glen = np.zeros(S)

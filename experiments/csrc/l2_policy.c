@@ -5,8 +5,11 @@
 // touches every unit where it lives, and the units homed on the far side are also touched as
 // copies in the reader's partition (the partitions model's accounting). DRAM = the counted bytes
 // of home units that miss. Each partition: CAP_MIB of WAYS-way sets; a unit's set is its index
-// (unit pairs of consecutive tiles spread evenly, as an L2 address hash spreads a buffer), or
-// with HASH = 1 a random hash of it.
+// (unit pairs of consecutive tiles spread evenly, as an L2 address hash spreads a buffer), with
+// HASH = 1 a random hash of it (uneven: some sets get more of a buffer than others), or with
+// HASH = 2 the index rotated by a random hash of index / sets (balanced, like an XOR set index:
+// every aligned run of as many unit pairs as sets covers each set once; strides of the set
+// count do not collide; iosim.l2model.set_index).
 // Policies (argument POLICY):
 //   0 LRU
 //   2 NRU: one used bit per way, set on a fill or hit; the victim is the first way whose bit is
@@ -15,20 +18,25 @@
 //     1/32 at 2 when INS = 3: bimodal); a hit sets the value to 0 unless it comes within MERGE
 //     bytes of the partition's traffic after the unit's fill (a merge into the fill: no promotion);
 //     the victim is the first way at 3, ageing all ways of the set until one is.
+//   3 DRRIP (set dueling): RRIP as above, a miss inserting at 2 (SRRIP) in sets 0 mod 32, at 3
+//     with 1/32 at 2 (BRRIP) in sets 1 mod 32, and in the other sets as the leaders that missed
+//     less lately (a 10-bit counter: a miss in an SRRIP leader counts up, in a BRRIP one down)
 // Usage: l2_policy EVENTS N_TILES POLICY CAP_MIB WAYS INS MERGE_BYTES [HASH]
 // prints: DRAM bytes of the counted reads
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
 #define UNIT 4096
-typedef struct { int64_t *tag; double *stamp; double *fill; uint8_t *rr; int64_t nset; int ways; double clock; } Part;
+typedef struct { int psel; int64_t *tag; double *stamp; double *fill; uint8_t *rr; int64_t nset; int ways; double clock; } Part;
 static uint64_t rs = 88172645463325252ULL;
 static double urand(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (rs >> 11) * (1.0 / 9007199254740992.0); }
 static uint64_t mix(uint64_t x) { x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33; return x; }
 static int policy, ins, HASH; static double merge;
 // access key in partition p; returns 1 on a miss
 static int access_unit(Part *p, int64_t key) {
-    int64_t s = (int64_t)((HASH ? mix((uint64_t)(key >> 2)) : (uint64_t)(key >> 2)) % (uint64_t)p->nset), b = s * p->ways;
+    uint64_t ix = (uint64_t)(key >> 2), ns = (uint64_t)p->nset;
+    int64_t s = (int64_t)(HASH == 2 ? (ix % ns + mix(ix / ns)) % ns : (HASH ? mix(ix) : ix) % ns);
+    int64_t b = s * p->ways;
     p->clock += UNIT;
     for (int w = 0; w < p->ways; w++) if (p->tag[b + w] == key) {
         if (policy == 0) p->stamp[b + w] = p->clock;
@@ -51,7 +59,14 @@ static int access_unit(Part *p, int64_t key) {
         }
     }
     p->tag[b + v] = key; p->stamp[b + v] = p->clock; p->fill[b + v] = p->clock;
-    p->rr[b + v] = policy == 2 ? 1 : (ins == 3 && urand() < 1.0 / 32) ? 2 : ins;
+    if (policy == 3) {  // DRRIP: sets 0 mod 32 lead for SRRIP, 1 mod 32 for BRRIP, the rest follow
+        int lead = (int)(s % 32), brrip;
+        if (lead == 0) { brrip = 0; if (p->psel < 1023) p->psel++; }
+        else if (lead == 1) { brrip = 1; if (p->psel > 0) p->psel--; }
+        else brrip = p->psel >= 512;
+        p->rr[b + v] = brrip ? (urand() < 1.0 / 32 ? 2 : 3) : 2;
+    } else
+        p->rr[b + v] = policy == 2 ? 1 : (ins == 3 && urand() < 1.0 / 32) ? 2 : ins;
     return 1;
 }
 int main(int argc, char **argv) {
@@ -67,7 +82,7 @@ int main(int argc, char **argv) {
         P[q].ways = ways; P[q].nset = (int64_t)(cap / UNIT / ways); if (P[q].nset < 1) P[q].nset = 1;
         int64_t n = P[q].nset * ways;
         P[q].tag = malloc(n * sizeof(int64_t)); P[q].stamp = calloc(n, sizeof(double));
-        P[q].fill = calloc(n, sizeof(double)); P[q].rr = calloc(n, 1); P[q].clock = 0;
+        P[q].fill = calloc(n, sizeof(double)); P[q].rr = calloc(n, 1); P[q].clock = 0; P[q].psel = 512;
         for (int64_t i = 0; i < n; i++) P[q].tag[i] = -1;
     }
     double dram = 0;
