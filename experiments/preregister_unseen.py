@@ -139,7 +139,7 @@ ROUNDS = {
         (1, 3, 69632, 128, True, "query-major"),
         (1, 10, 24576, 128, True, "head-major"),
         (7, 16, 1024, 64, False, "head-major"),
-        (3, 16, 2048, 64, True, "head-major"),
+        (5, 16, 2048, 64, True, "head-major"),
         (1, 9, 65536, 64, False, "query-major"),
         (2, 12, 12288, 128, False, "head-major"),
         (1, 20, 10240, 64, True, "head-major"),
