@@ -1,5 +1,5 @@
 """Replacement policy, not a reuse-distance response: LRU and NRU caches of two partitions on the
-L2 microbenchmarks and the measured attention schedules (no GPU; a C compiler, ~1 min on 2 cores).
+L2 microbenchmarks and the measured attention schedules (no GPU; a C compiler, ~2 min on 2 cores).
 
     python experiments/l2_policy.py      # -> experiments/data/gpu_l2_policy.csv
 

@@ -11,7 +11,7 @@ experiments/csrc/l2_policy.c, which replays the measured schedules), sets hashed
 probe rules out. Each column predicts DRAM
 read bytes for the 34 validated launches (gpu_ncu.csv's counters, as gpu_validation.csv) and
 every launch of the pre-registered rounds (gpu_unseen*.csv; post hoc, except the default's
-registered predictions for round 9). A third column gives the sets unequal numbers of ways, distributed as the measured
+registered predictions for rounds 9 and 10 and the NRU state's for round 10). A third column gives the sets unequal numbers of ways, distributed as the measured
 shared-scan response (``nru_capacity="scan"``). Nothing is fitted.
 """
 from __future__ import annotations
@@ -70,9 +70,11 @@ def one(r: dict) -> dict:
 
 def summary(rows) -> list[str]:
     out = []
+    late = ("validated", "round 9", "round 10")
     groups = [("validated", lambda r: r["set"] == "validated"),
-              ("rounds 1-8 (post hoc)", lambda r: r["set"] not in ("validated", "round 9")),
+              ("rounds 1-8 (post hoc)", lambda r: r["set"] not in late),
               ("round 9", lambda r: r["set"] == "round 9"),
+              ("round 10", lambda r: r["set"] == "round 10"),
               ("all", lambda r: True)]
     for name, sel in groups:
         part = [r for r in rows if sel(r)]

@@ -16,7 +16,8 @@ Microbenchmarks are replayed as synthetic event streams (132 blocks, one per SM,
 the model's dispatch order and side map, even pace: every block reads its next 64 KiB tile in
 turn), against the recorded re-read miss fractions: private scan (gpu_l2scan.csv, 2 passes),
 rotate, readers in lock step and one after another (gpu_l2rotate.csv, 4 passes), mix
-(gpu_l2mix.csv), and the shared scan (32 blocks, sides alternating: the calibration; and on the
+(gpu_l2mix.csv), the hot set + stream test (gpu_l2hot.csv: 32 blocks on alternating sides,
+streams of 8 MiB and more), and the shared scan (32 blocks, sides alternating: the calibration; and on the
 first 32 SMs of the model's dispatch order, which are all on side A). Attention:
 every traced launch of up to 2^19 query rows x heads, the one-head query-major cliff
 (gpu_query_cliff) and the causal query-major launches of 1-8 heads traced on one machine
@@ -106,6 +107,18 @@ def mix(hot: int, cold: int, rounds: int = 8, epochs: int = 2):
     return np.array(ev), na + nc
 
 
+def hot_stream(hot: int, st: int, blocks: int = 32):
+    """The hot/stream microbenchmark (iosim.gpu.microbench.hotstream, gpu_l2hot.csv): 32 blocks
+    on alternating sides read the hot set in step, then a stream read once (each tile by one
+    block), then the hot set again."""
+    nh, ns = int(hot * MIB // TILE), int(st * MIB // TILE)
+    side = np.arange(blocks) % 2
+    ev = stream([np.arange(nh)] * blocks, side)
+    ev += stream([nh + np.arange(b, ns, blocks) for b in range(blocks)], side)
+    ev += stream([np.arange(nh)] * blocks, side)
+    return np.array(ev), nh + ns
+
+
 def micro_cases():
     """(family, case, measured miss fraction, events, tiles, normalise(dram) -> fraction)."""
     meas = {}
@@ -116,6 +129,8 @@ def micro_cases():
             float(r["miss_fraction"])
     for r in csv.DictReader(open(os.path.join(DATA, "gpu_l2mix.csv"))):
         meas[("mix", int(r["hot_mib"]), int(r["cold_mib"]))] = float(r["cold_miss_fraction"])
+    hot_rows = [r for r in csv.DictReader(open(os.path.join(DATA, "gpu_l2hot.csv")))
+                if int(r["stream_mib"]) >= 8]
 
     def rereads(mib, n_pass):
         return lambda d: (d - mib * MIB) / (mib * MIB * (n_pass - 1))
@@ -141,6 +156,10 @@ def micro_cases():
                 ev, n = passes(mib, 4, readers(k, stagger))
                 yield fam, f"k={k} {mib} MiB", meas[("rotate", 0, k, stagger, mib)], ev, n, \
                     rereads(mib, 4)
+    for r in hot_rows:
+        hot, st = int(r["hot_mib"]), int(r["stream_mib"])
+        yield "hot set + stream", f"{hot}+{st} MiB", float(r["hot_reread_miss_fraction"]), \
+            *hot_stream(hot, st), (lambda d, a=hot, c=st: (d - (a + c) * MIB) / (a * MIB))
     for hot, cold in ((8, 24), (8, 28), (8, 32), (16, 20), (16, 24), (16, 28)):
         ev, n = mix(hot, cold)
         yield "mix (hot + cold)", f"{hot}+{cold} MiB", meas[("mix", hot, cold)], ev, n, \

@@ -200,7 +200,7 @@ def figure(path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8.8, 4.6))
-    markers = "os^Dv*P"
+    markers = "os^Dv*PXhp<>"
     n = ok = 0
     files = sorted(DATA.glob("gpu_unseen*.csv"), key=lambda p: int(p.stem[10:] or 1))
     ax.axhspan(-15, 15, color="0.88", zorder=0, label="within 15%")
