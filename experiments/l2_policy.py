@@ -1,5 +1,5 @@
 """Replacement policy, not a reuse-distance response: LRU and NRU caches of two partitions on the
-L2 microbenchmarks and the measured attention schedules (no GPU; a C compiler, ~2 min on 2 cores).
+L2 microbenchmarks and the measured attention schedules (no GPU; a C compiler, ~3 min on 2 cores).
 
     python experiments/l2_policy.py      # -> experiments/data/gpu_l2_policy.csv
 
@@ -42,11 +42,13 @@ SRC = os.path.join(ROOT, "experiments", "csrc", "l2_policy.c")
 #: name -> (policy number, MiB per partition, ways, set map): LRU and NRU as above (0: the
 #: linear set map), NRU with other associativities, with a random set hash (1: uneven) and with a
 #: balanced hash (2: like an XOR set index, what the set-conflict probe allows), LRU with it, and
-#: DRRIP (set dueling of SRRIP and bimodal RRIP; policy 3 of the helper) with it
+#: DRRIP (set dueling of SRRIP and bimodal RRIP; policy 3 of the helper) with it; NRU with it at
+#: 8 and 32 ways
 POLICIES = {"lru": (0, 26, 16, 0), "nru": (2, 26, 16, 0), "nru_8way": (2, 26, 8, 0),
             "nru_32way": (2, 26, 32, 0), "nru_128way": (2, 26, 128, 0),
             "nru_hashed": (2, 26, 16, 1), "nru_balanced": (2, 26, 16, 2),
-            "lru_balanced": (0, 26, 16, 2), "drrip_balanced": (3, 26, 16, 2)}
+            "lru_balanced": (0, 26, 16, 2), "drrip_balanced": (3, 26, 16, 2),
+            "nru_balanced_8way": (2, 26, 8, 2), "nru_balanced_32way": (2, 26, 32, 2)}
 
 
 def run(exe: str, ev: np.ndarray, n_tiles: int, policy: str) -> float:

@@ -419,6 +419,8 @@ def test_l2_policy_table():
     def within(col):
         return sum(abs(float(r[col])) <= 0.15 for r in rep)
     assert within("nru_balanced") > within("nru") > within("lru")
+    assert within("nru_balanced") > max(within("nru_balanced_8way"),
+                                        within("nru_balanced_32way"))
     # DRRIP fits the staggered readers and the mix but keeps the hot set of the hot/stream
     # test whole, where the GPU loses most of it past 16+16 MiB; NRU with the balanced hash
     # is the closest there
