@@ -179,8 +179,8 @@ def test_partition_replay_table():
 def test_validate_cli_kv_cost(tmp_path):
     """`iosim validate --kv-cost partitions` (the default) compares the recorded counters with
     the partitions model (the same prediction as GpuL2(kv_weight="partitions")), `--kv-cost
-    readers` with the readers rule; another K/V cost with a non-dynamic model is a one-line
-    error."""
+    readers` with the readers rule, `--l2-policy nru` with the NRU cache state; another K/V
+    cost or NRU with a non-dynamic model is a one-line error."""
     import json
 
     from click.testing import CliRunner
@@ -213,6 +213,19 @@ def test_validate_cli_kv_cost(tmp_path):
     res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--kv-cost", "readers",
                                     "--model", "lockstep"])
     assert res.exit_code != 0 and "needs the dynamic L2 model" in res.output
+    # --l2-policy nru: the NRU cache state (hashed sets), as GpuL2(l2_policy="nru") predicts
+    res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--l2-policy", "nru",
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    nru = {r["grid_order"]: r["pred_dram_read_bytes"] for r in json.loads(res.output)["rows"]}
+    assert nru["head-major"] == pytest.approx(
+        predict_dram(wl, GpuL2(l2_policy="nru"))["dram_read_bytes"], rel=1e-12)
+    assert nru["head-major"] != got["partitions"]["head-major"]
+    for bad in (["--kv-cost", "readers"], ["--model", "lru"]):
+        res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--l2-policy", "nru",
+                                        *bad])
+        assert res.exit_code != 0 and "--l2-policy nru needs" in res.output
+        assert "Traceback" not in res.output
 
 
 #: the variants of experiments/partition_variants.py, as its CSV's columns
