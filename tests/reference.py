@@ -57,3 +57,19 @@ def decayed_causal_linear(Q, K, V, decay):
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+def fmix64(x: int) -> int:
+    """MurmurHash3's 64-bit finaliser, in Python integers."""
+    m = (1 << 64) - 1
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & m
+    x ^= x >> 33
+    x = (x * 0xC4CEB9FE1A85EC53) & m
+    return x ^ (x >> 33)
+
+
+def balanced_set(pair: int, nset: int) -> int:
+    """Unit pair ``pair``'s set under a balanced hash: its index within its aligned run of
+    ``nset`` pairs, rotated by fmix64 of the run."""
+    return (pair % nset + fmix64(pair // nset)) % nset

@@ -1,6 +1,7 @@
 """The NRU cache state (iosim.l2state) and the dynamic L2 model with it (l2_policy="nru")."""
 import numpy as np
 import pytest
+from reference import balanced_set
 
 from iosim.errors import IosimError
 from iosim.l2model import MIB, SCAN_SHARED, GpuL2, Workload, predict_dram, set_index
@@ -138,15 +139,6 @@ def test_nru_model_rereads_when_kv_exceeds_l2():
     assert qkv < p["dram_read_bytes"] < n // 128 * 2 * n * 128 * 2
 
 
-def _fmix64(x: int) -> int:
-    m = (1 << 64) - 1
-    x ^= x >> 33
-    x = (x * 0xFF51AFD7ED558CCD) & m
-    x ^= x >> 33
-    x = (x * 0xC4CEB9FE1A85EC53) & m
-    return x ^ (x >> 33)
-
-
 def test_set_index_balanced_and_stride_free():
     """The hashed set map: every aligned run of n_sets unit pairs covers each set once (a
     buffer spreads evenly, as under the linear map), the index equals an independent
@@ -160,8 +152,7 @@ def test_set_index_balanced_and_stride_free():
         assert sorted(set_index(pairs, n).tolist()) == list(range(n))
         assert (set_index(pairs, n, "linear") == np.arange(n)).all()
     pairs = rng.integers(0, 2 ** 50, 200)
-    assert set_index(pairs, n).tolist() == [(int(p) % n + _fmix64(int(p) // n)) % n
-                                             for p in pairs]
+    assert set_index(pairs, n).tolist() == [balanced_set(int(p), n) for p in pairs]
     strided = np.arange(256) * n + 3
     assert len(set(set_index(strided, n, "linear").tolist())) == 1
     counts = np.bincount(set_index(strided, n), minlength=n)

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from reference import balanced_set
 
 from iosim.errors import IosimError
 from iosim.gpu.partitions import H100_SIDE_A, side_of, split
@@ -320,26 +321,10 @@ def test_query_heads_runs():
     assert tuple(np.flatnonzero(sp.sm_side == 0).tolist()) == L2_SIDE_A
 
 
-def _fmix64(x: int) -> int:
-    """MurmurHash3's 64-bit finaliser, in Python integers."""
-    m = (1 << 64) - 1
-    x ^= x >> 33
-    x = (x * 0xFF51AFD7ED558CCD) & m
-    x ^= x >> 33
-    x = (x * 0xC4CEB9FE1A85EC53) & m
-    return x ^ (x >> 33)
-
-
-def _balanced_set(pair: int, nset: int) -> int:
-    """Unit pair ``pair``'s set under a balanced hash: its index within its aligned run of
-    ``nset`` pairs, rotated by a hash of the run."""
-    return (pair % nset + _fmix64(pair // nset)) % nset
-
-
 def _policy_reference(ev, cap_bytes, ways, policy, balanced=False):
     """Brute-force LRU / NRU of experiments/csrc/l2_policy.c's layout (4 KiB units, unit u of
     a tile homed in partition u % 2, a far-side copy in the reader's partition), one list of
-    ways per set; the set of a unit pair is linear or (``balanced``) _balanced_set."""
+    ways per set; the set of a unit pair is linear or (``balanced``) reference.balanced_set."""
     unit = 4096
     nset = max(int(cap_bytes / unit / ways), 1)
     parts = [[[] for _ in range(nset)] for _ in range(2)]     # per set: [key, used bit, stamp]
@@ -348,7 +333,7 @@ def _policy_reference(ev, cap_bytes, ways, policy, balanced=False):
     def access(p, key):
         clock[p] += 1
         pair = key >> 2
-        ws = parts[p][_balanced_set(pair, nset) if balanced else pair % nset]
+        ws = parts[p][balanced_set(pair, nset) if balanced else pair % nset]
         for w in ws:
             if w[0] == key:
                 w[1], w[2] = 1, clock[p]
