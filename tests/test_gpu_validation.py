@@ -210,6 +210,10 @@ def test_newest_preregistered_predictions_unchanged():
         # column is the state of commit 57efadf, corrected later: docs/validation.md)
         if r.get("pred_dram_read_bytes_nru"):
             cols["pred_dram_read_bytes_nru"] = GpuL2(l2_policy="nru")
+        # round 11 added the NRU state with fetches across chunk ends
+        if r.get("pred_dram_read_bytes_nru_prefetch"):
+            cols["pred_dram_read_bytes_nru_prefetch"] = GpuL2(l2_policy="nru",
+                                                              prefetch_across_chunks=True)
         for col, gpu in cols.items():
             p = compare_row(row, gpu, baseline=False)
             assert abs(p["pred_dram_read_bytes"] - float(r[col])) <= 1, (r["shape"], col)
