@@ -210,10 +210,12 @@ def _microbench_figure(plt) -> str:
 
 
 def _variants():
-    """The model variants of the ablation (name -> GpuL2 and model), built in each process."""
+    """The model variants of the ablation (name -> GpuL2 and model), built in each process:
+    around the model before round 11 (the response, fetches stopping at chunk ends), on which
+    the recorded ablation tables were made (experiments/nru_model.py has the NRU state)."""
     import iosim.l2model as L
     from dataclasses import replace
-    gpu = L.GpuL2()
+    gpu = L.GpuL2(l2_policy="response", prefetch_across_chunks=False)
     even = replace(gpu, sm_rates={d: (a, b, 0.5) for d, (a, b, _) in gpu.sm_rates.items()},
                    sm_share_causal={d: 0.5 for d in gpu.sm_share_causal})
     # the model before the two-block pace noise and the causal share (round 3's)
@@ -256,7 +258,7 @@ def _ablate_one(r: dict) -> dict:
     for div in (80, 320):
         L.CHUNK_DIV, old = div, L.CHUNK_DIV   # this worker process's copy only
         try:
-            v = L.predict_dram(w, L.GpuL2())["dram_read_bytes"]
+            v = L.predict_dram(w, _variants()["dynamic"][0])["dram_read_bytes"]
         finally:
             L.CHUNK_DIV = old
         row[f"err_dynamic_res{div}"] = v / meas - 1
@@ -331,7 +333,7 @@ def main(argv=None) -> int:
     if a.measure:
         from iosim.gpu.validate import measure
         measure(None, DATA)
-    rows = compare(read_csv(os.path.join(DATA, "gpu_ncu.csv")))
+    rows = compare(read_csv(os.path.join(DATA, "gpu_ncu.csv")), workers=2)
     write_csv(rows, os.path.join(DATA, "gpu_validation.csv"))
     bench_path = os.path.join(DATA, "gpu_bench.csv")
     bench = read_csv(bench_path) if os.path.exists(bench_path) else None

@@ -1,5 +1,5 @@
-"""The dynamic L2 model with an NRU cache state against the default, on every measured launch
-(no GPU; ~19 min on 2 cores).
+"""The dynamic L2 model's cache answers against each other, on every measured launch (no GPU;
+~45 min on 2 cores).
 
     python experiments/nru_model.py      # -> experiments/data/gpu_nru_model.csv
 
@@ -8,11 +8,14 @@ shared-scan curve) by a cache state: 16-way sets of 4 KiB units, 26 MiB per part
 replacement, the partitions model's copy accounting (iosim.l2state; the layout of
 experiments/csrc/l2_policy.c, which replays the measured schedules), sets hashed (balanced:
 ``nru_set_map="hashed"``) or, in the column nru_linear, the linear set map the set-conflict
-probe rules out. Each column predicts DRAM
-read bytes for the 34 validated launches (gpu_ncu.csv's counters, as gpu_validation.csv) and
-every launch of the pre-registered rounds (gpu_unseen*.csv; post hoc, except the default's
-registered predictions for rounds 9 and 10 and the NRU state's for round 10). A third column gives the sets unequal numbers of ways, distributed as the measured
-shared-scan response (``nru_capacity="scan"``). Nothing is fitted.
+probe rules out; nru_scan gives the sets unequal numbers of ways, distributed as the measured
+shared-scan response (``nru_capacity="scan"``). These four with fetches stopping at the
+model's chunk ends (the model before round 11; ``response`` is its default); the columns
+``*_prefetch`` with the fetches running on across chunk ends (``nru_prefetch`` is the default
+since round 11). Each column predicts DRAM read bytes for the 34 validated launches
+(gpu_ncu.csv's counters, as gpu_validation.csv) and every launch of the pre-registered rounds
+(gpu_unseen*.csv; post hoc, except the registered predictions: response for rounds 9-11, nru
+for rounds 10-11, nru_prefetch for round 11). Nothing is fitted.
 """
 from __future__ import annotations
 
@@ -33,9 +36,14 @@ DATA = os.path.join(ROOT, "experiments", "data")
 #: column -> GpuL2 arguments: the default, the NRU state (hashed sets), the same with the linear
 #: set map, and the NRU state whose sets have unequal ways distributed as the measured
 #: shared-scan response (a soft capacity)
-POLICIES = {"response": {}, "nru": {"l2_policy": "nru"},
-            "nru_linear": {"l2_policy": "nru", "nru_set_map": "linear"},
-            "nru_scan": {"l2_policy": "nru", "nru_capacity": "scan"}}
+POLICIES = {"response": {"l2_policy": "response", "prefetch_across_chunks": False},
+            "nru": {"l2_policy": "nru", "prefetch_across_chunks": False},
+            "nru_linear": {"l2_policy": "nru", "nru_set_map": "linear",
+                           "prefetch_across_chunks": False},
+            "nru_scan": {"l2_policy": "nru", "nru_capacity": "scan",
+                         "prefetch_across_chunks": False},
+            "response_prefetch": {"l2_policy": "response", "prefetch_across_chunks": True},
+            "nru_prefetch": {}}
 
 
 def launches() -> list[dict]:
@@ -70,11 +78,12 @@ def one(r: dict) -> dict:
 
 def summary(rows) -> list[str]:
     out = []
-    late = ("validated", "round 9", "round 10")
+    late = ("validated", "round 9", "round 10", "round 11")
     groups = [("validated", lambda r: r["set"] == "validated"),
               ("rounds 1-8 (post hoc)", lambda r: r["set"] not in late),
               ("round 9", lambda r: r["set"] == "round 9"),
               ("round 10", lambda r: r["set"] == "round 10"),
+              ("round 11", lambda r: r["set"] == "round 11"),
               ("all", lambda r: True)]
     for name, sel in groups:
         part = [r for r in rows if sel(r)]

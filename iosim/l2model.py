@@ -19,7 +19,10 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
   of every SM drift to half
   a block's lifetime apart — two cohorts that read each head's K/V at different times;
 * **DRAM** — a miss must be fetched before the block can use it; misses share the DRAM
-  bandwidth (3.0 TB/s), so blocks that miss slow down, and blocks that hit run ahead.
+  bandwidth (3.0 TB/s), so blocks that miss slow down, and blocks that hit run ahead. A
+  block's fetches run ``num_stages - 1`` key blocks ahead of its compute, across the ends of
+  the model's chunks, as the kernel's pipeline does (``prefetch_across_chunks``, the default
+  since round 11 of docs/validation.md).
   A block that asks for a tile another block is still fetching waits for that fetch
   (no second DRAM read) and then moves at the fetcher's pace: blocks of a head form
   convoys that share misses;
@@ -33,9 +36,13 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
 * **the two L2 partitions** (``kv_weight="partitions"``, the default) — the H100's L2 is two
   partitions; a latency map (``experiments/device/l2_latency_map.py``) gives which SMs sit on
   which side (``L2_SIDE_A``) and shows lines alternating between the partitions every 256 B.
-  Each partition is an LRU of its own with the measured response below: half of every chunk
-  lives in each, a read touches both halves where they live and a copy of the far half on the
-  reader's side, and DRAM is read when a half's own partition lost it. The first wave's
+  Half of every chunk lives in each partition, a read touches both halves where they live and
+  a copy of the far half on the reader's side, and DRAM is read when a half's own partition
+  lost it. Each partition is a cache state (``l2_policy="nru"``, the default since round 11):
+  26 of the 50 MiB (the shared scan's half-miss point) in 16-way sets of 4 KiB units, NRU
+  replacement, the set index hashed so that a buffer spreads evenly (:mod:`iosim.l2state`);
+  or (``l2_policy="response"``, the default before) an LRU answering by the measured
+  reuse-distance response below. The first wave's
   blocks land on the SMs in the measured order ``DISPATCH_ORDER``. Registered next to the
   readers rule before measuring (rounds 6 and 7 of docs/validation.md), it was within 15% on
   10 of 16 launches, the readers rule on 6;
@@ -130,6 +137,10 @@ DISPATCH_ORDER = (124, 125, 126, 127, 128, 129, 130, 131, 0, 1, 16, 17, 32, 33, 
                   120, 121, 14, 15, 30, 31, 46, 47, 62, 63, 76, 77, 90, 91, 104, 105, 118, 119,
                   122, 123)
 
+#: the NRU state's partition as a fraction (numerator, denominator) of the L2: the shared
+#: scan's half-miss point, 26 of the H100's 50 MiB (GpuL2.nru_partition_bytes)
+NRU_PARTITION_OF_L2 = (26, 50)
+
 #: see GpuL2.block_jitter
 BLOCK_JITTER = 0.034
 #: persistent pace differences between SMs measured in the same traces (relative sd, mean of
@@ -184,11 +195,12 @@ class GpuL2:
     #: value -- two blocks sharing an SM vary more; microbench.pair_jitter)
     block_jitter_pair: float = BLOCK_JITTER_PAIR
     sm_pace_spread: float = 0.0
-    #: (measured effect, not used) let a block's DRAM fetches run `num_stages - 1` key blocks
-    #: ahead across the end of the model's chunk, as the kernel's pipeline does; off, a
-    #: DRAM-bound block stops fetching at each chunk's end, which wastes bandwidth and
-    #: synchronises DRAM-bound blocks at chunk boundaries (docs/validation.md)
-    prefetch_across_chunks: bool = False
+    #: a block's DRAM fetches run `num_stages - 1` key blocks ahead across the end of the
+    #: model's chunk, as the kernel's pipeline does (the default since round 11); off (the
+    #: default before), a DRAM-bound block stops fetching at each chunk's end, which wastes
+    #: bandwidth, synchronises DRAM-bound blocks at chunk boundaries and, with chunks of one
+    #: key block, leaves the pipeline no lead at all (docs/validation.md)
+    prefetch_across_chunks: bool = True
     #: (measured effect, not used) a block is slower through key blocks that come from DRAM
     #: than through hits, by ``miss_penalty / (1 - u)`` of its time per key block (times the
     #: part of its chunk that misses; u: the DRAM utilisation that the blocks' paces demand):
@@ -209,20 +221,23 @@ class GpuL2:
     #: was fetched, the readers microbenchmark, READER_WEIGHTS), "sides" (private_weight until
     #: SMs on both L2 sides read it, sides drawn at random) or "shared" (always a shared line)
     kv_weight: str = "partitions"
-    #: how a partition answers a re-read (kv_weight="partitions"): "response" (the default: a
-    #: miss fraction by the line's reuse distance in its partition, the measured shared scan;
-    #: exact for LRU) or "nru" (a cache state with NRU replacement, iosim.l2state: lines read
-    #: once can push out lines still being read, as the eviction-hint measurements show)
-    l2_policy: str = "response"
+    #: how a partition answers a re-read (kv_weight="partitions"): "nru" (the default since
+    #: round 11: a cache state with NRU replacement, iosim.l2state: lines read once can push
+    #: out lines still being read, as the eviction-hint measurements show) or "response" (the
+    #: default before: a miss fraction by the line's reuse distance in its partition, the
+    #: measured shared scan; exact for LRU). None: "nru" with kv_weight="partitions", else
+    #: "response" (the other K/V costs are responses)
+    l2_policy: str | None = None
     #: where a unit's set is (l2_policy="nru"): "hashed" (every aligned run of as many units
     #: as sets covers each set once, in an order that depends on the run -- what an XOR set
     #: index does: a buffer spreads evenly and strides do not collide, as the set-conflict
     #: probe measured) or "linear" (unit pair i in set i % sets: strides of the set count
     #: collide, which the probe rules out for the H100)
     nru_set_map: str = "hashed"
-    #: the NRU state: each partition the shared scan's half-miss point (26 of 50 MiB), in sets
-    #: of ``nru_ways`` units of ``nru_unit_bytes``
-    nru_partition_bytes: float = 26 * MIB
+    #: the NRU state: each partition the shared scan's half-miss point (None: 26/50 of
+    #: ``l2_bytes``, 26 MiB of the H100's 50), in sets of ``nru_ways`` units of
+    #: ``nru_unit_bytes``
+    nru_partition_bytes: float | None = None
     nru_unit_bytes: int = 4096
     nru_ways: int = 16
     #: "sharp": every set ``nru_ways`` ways; "scan": sets of unequal ways, distributed as the
@@ -240,6 +255,9 @@ class GpuL2:
                                   compare=False)
 
     def __post_init__(self):
+        if self.l2_policy is None:
+            object.__setattr__(self, "l2_policy",
+                               "nru" if self.kv_weight == "partitions" else "response")
         if self.kv_weight not in ("readers", "sides", "shared", "partitions"):
             raise IosimError(f"kv_weight '{self.kv_weight}' is not readers, sides, shared or "
                              "partitions")
@@ -253,9 +271,16 @@ class GpuL2:
             raise IosimError("l2_policy 'nru' needs kv_weight 'partitions'")
         if self.l2_policy == "nru" and not (
                 0 < self.nru_unit_bytes and 0 < self.nru_ways
-                and self.nru_unit_bytes * self.nru_ways <= self.nru_partition_bytes):
-            raise IosimError(f"an NRU partition of {self.nru_partition_bytes:g} bytes cannot "
+                and self.nru_unit_bytes * self.nru_ways <= self.nru_bytes):
+            raise IosimError(f"an NRU partition of {self.nru_bytes:g} bytes cannot "
                              f"hold one set of {self.nru_ways} units of {self.nru_unit_bytes}")
+
+    @property
+    def nru_bytes(self) -> float:
+        """Bytes of one partition's NRU state (``nru_partition_bytes`` or 26/50 of the L2)."""
+        if self.nru_partition_bytes is not None:
+            return self.nru_partition_bytes
+        return self.l2_bytes * NRU_PARTITION_OF_L2[0] / NRU_PARTITION_OF_L2[1]
 
     @property
     def capacity(self) -> float:
@@ -746,7 +771,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     # the units of every tile placed by _UnitMap
     nru = part and gpu.l2_policy == "nru"
     if nru:
-        n_sets = int(gpu.nru_partition_bytes // (gpu.nru_unit_bytes * gpu.nru_ways))
+        n_sets = int(gpu.nru_bytes // (gpu.nru_unit_bytes * gpu.nru_ways))
         ways = gpu.nru_ways if gpu.nru_capacity == "sharp" else scan_ways(
             gpu.scan_shared, gpu.l2_bytes, n_sets, gpu.nru_unit_bytes)
         nrus = [NruSets(n_sets, ways) for _ in range(2)]

@@ -18,7 +18,7 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
 
 @pytest.fixture(scope="module")
 def rows():
-    return compare(read_csv(os.path.join(DATA, "gpu_ncu.csv")))
+    return compare(read_csv(os.path.join(DATA, "gpu_ncu.csv")), workers=2)
 
 
 def _gen(rows):
@@ -49,24 +49,25 @@ def test_head_major_l2_tag_lookups_match(rows):
 
 def test_dram_reads(rows):
     """DRAM reads: the recorded state of the dynamic L2 model (docs/validation.md lists the
-    misses: 30 of 34 within 15% with the measured readers rule and the two-block pace noise
-    and causal share -- 29 before them; 31 with the earlier L2-sides rule, which the sides
-    microbenchmark contradicts; the lock-step model 23); fails if it gets worse."""
+    misses: 32 of 34 within 15% with the NRU state and fetches across chunk ends, the default
+    since round 11 -- 30 with the response before it and with the readers rule before that;
+    31 with the earlier L2-sides rule, which the sides microbenchmark contradicts; the
+    lock-step model 23); fails if it gets worse."""
     s = summary(rows)
-    assert s["dram_read_within_15pct"] >= 30
-    assert s["dram_read_max_abs_err"] <= 0.31
+    assert s["dram_read_within_15pct"] >= 32
+    assert s["dram_read_max_abs_err"] <= 0.28
     assert s["dram_read_within_15pct_lockstep"] == 23
     # the regime the lock-step model missed most (-36% to -49%): non-causal head-major, two
-    # blocks per SM (8x16x1Kx64 is at -18%, the rest within 13%)
+    # blocks per SM (8x16x1Kx64 is at -22%, the rest within 15%)
     for r in _gen(rows):
         if r["grid_order"] == "head-major" and r["causal"] == "False" and r["head_dim"] == "64":
-            assert abs(r["err_dram_read"]) <= 0.19, r
+            assert abs(r["err_dram_read"]) <= (0.23 if r["seq"] == "1024" else 0.15), r
     # the thrashing regime: measured DRAM far above Q+K+V is predicted as such
     for r in _gen(rows):
         if r["dram_over_qkv"] > 10:
             assert r["pred_dram_read_bytes"] > 5 * r["qkv_bytes"], r
-        if r["dram_over_qkv"] < 1.05:
-            assert abs(r["err_dram_read"]) < 0.02, r
+        if r["dram_over_qkv"] < 1.05:   # K/V read once (the NRU state: up to +2.8%)
+            assert abs(r["err_dram_read"]) < 0.03, r
 
 
 def test_three_pass_reads_more_than_one_pass(rows):
@@ -190,8 +191,11 @@ def test_newest_preregistered_predictions_unchanged():
     change of the model shows up here, and a new round must then be registered before new
     measurements. Older rounds keep the predictions of the model of their time (round 1:
     commit c5901b4; docs/validation.md gives the present model's numbers for it, post hoc)."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from iosim.gpu.compare import compare_row
     pre = read_csv(_unseen_rounds()[-1])
+    jobs = []
     for r in pre:
         row = dict(impl="generated", cascade="attention-1pass", dtype=r["dtype"],
                    grid_order=r["grid_order"], batch=r["batch"], heads=r["heads"],
@@ -199,25 +203,37 @@ def test_newest_preregistered_predictions_unchanged():
                    block_m=r["block_m"], block_n=r["block_n"], num_warps=r["num_warps"],
                    num_stages=r["num_stages"])
         # rounds 6-7 registered the default of their time (the readers rule) and the partitions
-        # model; from round 8 the default is the partitions model, the readers rule next to it
+        # model; from round 8 the default is the partitions model, the readers rule next to it;
+        # all with fetches stopping at chunk ends (the default until round 11)
+        from functools import partial
+
         from iosim.l2model import GpuL2
-        cols = ({"pred_dram_read_bytes": GpuL2(kv_weight="readers"),
-                 "pred_dram_read_bytes_partitions": GpuL2(kv_weight="partitions")}
+        before = partial(GpuL2, prefetch_across_chunks=False)
+        cols = ({"pred_dram_read_bytes": before(kv_weight="readers"),
+                 "pred_dram_read_bytes_partitions": before(kv_weight="partitions",
+                                                           l2_policy="response")}
                 if r.get("pred_dram_read_bytes_partitions") else
-                {"pred_dram_read_bytes": GpuL2(l2_policy="response"),
-                 "pred_dram_read_bytes_readers": GpuL2(kv_weight="readers")})
+                {"pred_dram_read_bytes": before(l2_policy="response"),
+                 "pred_dram_read_bytes_readers": before(kv_weight="readers")})
         # round 10 registered the present NRU state (hashed sets) next to them (round 9's NRU
         # column is the state of commit 57efadf, corrected later: docs/validation.md)
         if r.get("pred_dram_read_bytes_nru"):
-            cols["pred_dram_read_bytes_nru"] = GpuL2(l2_policy="nru")
-        # round 11 added the NRU state with fetches across chunk ends
+            cols["pred_dram_read_bytes_nru"] = before(l2_policy="nru")
+        # round 11 added the NRU state with fetches across chunk ends (the default since)
         if r.get("pred_dram_read_bytes_nru_prefetch"):
-            cols["pred_dram_read_bytes_nru_prefetch"] = GpuL2(l2_policy="nru",
-                                                              prefetch_across_chunks=True)
-        for col, gpu in cols.items():
-            p = compare_row(row, gpu, baseline=False)
-            assert abs(p["pred_dram_read_bytes"] - float(r[col])) <= 1, (r["shape"], col)
+            cols["pred_dram_read_bytes_nru_prefetch"] = GpuL2()
+        jobs += [(r, col, row, gpu) for col, gpu in cols.items()]
+    with ProcessPoolExecutor(2) as ex:     # two cores, as CI has
+        got = list(ex.map(_registered, [(row, gpu) for _, _, row, gpu in jobs]))
+    for (r, col, _, _), p in zip(jobs, got):
+        assert abs(p["pred_dram_read_bytes"] - float(r[col])) <= 1, (r["shape"], col)
         assert abs(p["pred_l2_read_bytes"] - float(r["pred_l2_read_bytes"])) <= 1, r["shape"]
+
+
+def _registered(job):
+    from iosim.gpu.compare import compare_row
+    row, gpu = job
+    return compare_row(row, gpu, baseline=False)
 
 
 def _measured_round(name):
@@ -516,13 +532,17 @@ def test_partial_tiles_measured_l2_exact():
     both masks, 2x8x1000x64, 2x12x10000x128 causal; both grid orders; gpu_ncu_partial.csv,
     measured after the unmasked query load): the SMEM-level model's L2->SM bytes, recomputed
     here, equal the counters within 0.01% on all 8 -- rows past the last query row are read
-    again but add no L2 traffic. DRAM within 15% on 6 of 8 (1x16x6000x128 causal head-major
-    -27%, 2x12x10000x128 causal head-major +16%)."""
-    rows = [r for r in compare(read_csv(os.path.join(DATA, "gpu_ncu_partial.csv")))
-            if r["impl"] == "generated"]
+    again but add no L2 traffic. DRAM within 15% on 8 of 8 (the model before round 11: 6 of
+    8, 1x16x6000x128 causal head-major -27%, 2x12x10000x128 causal head-major +16%)."""
+    from iosim.l2model import GpuL2
+    measured = read_csv(os.path.join(DATA, "gpu_ncu_partial.csv"))
+    rows = [r for r in compare(measured, workers=2) if r["impl"] == "generated"]
     assert len(rows) == 8 and all("H100" in r["device"] for r in rows)
     assert any(int(r["seq"]) % 128 for r in rows)
     assert all(abs(r["err_l2_read"]) < 1e-4 for r in rows)
+    assert sum(abs(r["err_dram_read"]) <= 0.15 for r in rows) == 8
+    before = GpuL2(l2_policy="response", prefetch_across_chunks=False)
+    rows = [r for r in compare(measured, before, workers=2) if r["impl"] == "generated"]
     assert sum(abs(r["err_dram_read"]) <= 0.15 for r in rows) == 6
 
 
@@ -532,9 +552,9 @@ def test_validated_launches_measured_five_times_in_one_session():
     repeat within 1% for launches whose K/V stay in L2 (DRAM < 1.1x Q+K+V) but not at the
     cliff: 1x8x64Kx128 head-major reads 8.7-10.0 G in four rounds and 26.6 G in the fifth,
     and the recorded run-1 counter of 1x8x64Kx64 head-major (4.34 G) lies 17% below the
-    lowest of this session's five. Against this session's medians the model (the partitions
-    default) is within 15% on 30 of 34, as against the recorded counters (the readers rule:
-    29 and 30)."""
+    lowest of this session's five. Against this session's medians the model (the default
+    since round 11) is within 15% on 30 of 34 (32 against the recorded counters; the model of
+    rounds 7-10 30 and 30, the readers rule 29 and 30)."""
     rounds = read_csv(os.path.join(DATA, "gpu_ncu_rounds.csv"))
     assert len(rounds) == 170 and all("H100" in r["device"] for r in rounds)
     by = {}
@@ -556,6 +576,7 @@ def test_validated_launches_measured_five_times_in_one_session():
             assert dram[-1] / dram[0] - 1 < 0.01, key
         med = dram[2]
         within += abs(float(rec[key]["pred_dram_read_bytes"]) / med - 1) <= 0.15
+    assert within == 30
     big = sorted(float(x["dram_read_bytes"]) for x in by[("1x8x65536x128", "head-major")])
     assert big[3] < 10.1e9 and big[4] > 2.5 * big[3]
     low = min(float(x["dram_read_bytes"]) for x in by[("1x8x65536x64", "head-major")])

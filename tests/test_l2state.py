@@ -173,46 +173,51 @@ def test_nru_policy_checks():
 
 
 def test_nru_model_table():
-    """experiments/nru_model.py's recorded table (gpu_nru_model.csv): its measured values are
-    the recorded counters, its default column equals the validation table's predictions and
-    rounds 9 and 10's registered ones (and its NRU column round 10's); the counts of docs/validation.md hold (validated: default 30 of
-    34, NRU with hashed sets 30, with the linear set map 28; rounds 1-8: 46, 46 and 45 of 64),
-    and NRU (either set map) brings every causal query-major launch that the default misses at
-    the cliff (-29% ... -32%) within 15%."""
+    """experiments/nru_model.py's recorded table (gpu_nru_model.csv, 122 launches): its measured
+    values are the recorded counters; its nru_prefetch column (the default since round 11)
+    equals the validation table's predictions; the registered predictions of rounds 9-11 are
+    its columns (response: rounds 9-11; nru: 10-11; nru_prefetch: 11); the counts of
+    docs/validation.md hold (validated: response 30 of 34, NRU with hashed sets 30, with the
+    linear set map 28, the response with the prefetch 31, the NRU state with it 32; rounds 1-8:
+    46, 46, 45, 44, 50 of 64), and NRU (either set map) brings every causal query-major launch
+    that the response misses at the cliff (-29% ... -32%) within 15%."""
     import csv
     import os
     data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
     rows = list(csv.DictReader(open(os.path.join(data, "gpu_nru_model.csv"))))
-    assert len(rows) == 114
+    assert len(rows) == 122
     val = [r for r in rows if r["set"] == "validated"]
     rec = [r for r in csv.DictReader(open(os.path.join(data, "gpu_validation.csv")))
            if r["impl"] == "generated" and r["cascade"] == "attention-1pass"]
     assert len(val) == len(rec) == 34
     by = {(r["set"], r["shape"], r["grid_order"]): r for r in rows}
-    assert len(by) == 114
+    assert len(by) == 122
     for v in rec:
         shape = f"{v['batch']}x{v['heads']}x{v['seq']}x{v['head_dim']}" + \
             ("-causal" if v["causal"] == "True" else "")
         r = by["validated", shape, v["grid_order"]]
         assert float(r["measured"]) == float(v["dram_read_bytes"])
-        assert float(r["response"]) == pytest.approx(float(v["pred_dram_read_bytes"]), abs=1)
-    for rnd in (9, 10):
+        assert float(r["nru_prefetch"]) == pytest.approx(float(v["pred_dram_read_bytes"]),
+                                                         abs=1)
+    registered = {"response": "pred_dram_read_bytes", "nru": "pred_dram_read_bytes_nru",
+                  "nru_prefetch": "pred_dram_read_bytes_nru_prefetch"}
+    for rnd, cols in ((9, ["response"]), (10, ["response", "nru"]),
+                      (11, ["response", "nru", "nru_prefetch"])):
         reg = list(csv.DictReader(open(os.path.join(data, f"gpu_unseen{rnd}.csv"))))
         assert len(reg) == 8
         for g in reg:
             r = by[f"round {rnd}", g["shape"], g["grid_order"]]
             assert float(r["measured"]) == float(g["meas_dram_read_bytes"])
-            assert float(r["response"]) == pytest.approx(float(g["pred_dram_read_bytes"]), abs=1)
-            if rnd == 10:   # registered with the present NRU state (hashed sets)
-                assert float(r["nru"]) == pytest.approx(float(g["pred_dram_read_bytes_nru"]),
-                                                        abs=1)
+            for c in cols:
+                assert float(r[c]) == pytest.approx(float(g[registered[c]]), abs=1), (rnd, c)
 
     def within(sel, col):
         return sum(abs(float(r[col]) / float(r["measured"]) - 1) <= 0.15 for r in sel)
-    post = [r for r in rows if r["set"] not in ("validated", "round 9", "round 10")]
+    cols = ("response", "nru", "nru_linear", "response_prefetch", "nru_prefetch")
+    post = [r for r in rows if r["set"] not in ("validated", "round 9", "round 10", "round 11")]
     assert len(post) == 64
-    assert [within(val, c) for c in ("response", "nru", "nru_linear")] == [30, 30, 28]
-    assert [within(post, c) for c in ("response", "nru", "nru_linear")] == [46, 46, 45]
+    assert [within(val, c) for c in cols] == [30, 30, 28, 31, 32]
+    assert [within(post, c) for c in cols] == [46, 46, 45, 44, 50]
     cliff = [r for r in rows if r["grid_order"] == "query-major" and
              -0.35 < float(r["err_response"]) < -0.25]
     assert len(cliff) == 3

@@ -97,10 +97,25 @@ def compare_row(row: dict, gpu: GpuL2 | None = None, *, baseline: bool = True,
 
 
 def compare(rows: list[dict], gpu: GpuL2 | None = None, *, baseline: bool = True,
-            model: str = "dynamic") -> list[dict]:
-    """Compare every generated-kernel row; reference rows (SDPA) pass through unchanged."""
-    return [compare_row(r, gpu, baseline=baseline, model=model) if r["impl"] == "generated"
-            else dict(r) for r in rows]
+            model: str = "dynamic", workers: int = 1) -> list[dict]:
+    """Compare every generated-kernel row; reference rows (SDPA) pass through unchanged.
+    ``workers > 1``: the rows in that many processes, the costliest first (same results)."""
+    gen = [i for i, r in enumerate(rows) if r["impl"] == "generated"]
+    out = [dict(r) for r in rows]
+    if workers <= 1 or len(gen) < 2:
+        for i in gen:
+            out[i] = compare_row(rows[i], gpu, baseline=baseline, model=model)
+        return out
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+    cost = {i: int(rows[i]["batch"]) * int(rows[i]["heads"]) * int(rows[i]["seq"]) ** 2
+            for i in gen}
+    todo = sorted(gen, key=lambda i: -cost[i])
+    fn = partial(compare_row, gpu=gpu, baseline=baseline, model=model)
+    with ProcessPoolExecutor(workers) as ex:
+        for i, r in zip(todo, ex.map(fn, [rows[i] for i in todo])):
+            out[i] = r
+    return out
 
 
 def summary(rows: list[dict]) -> dict:
