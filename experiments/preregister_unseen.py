@@ -39,7 +39,14 @@ post hoc within 15% on 32 of the 34 validated launches, 50 of the 64 of rounds 1
 rounds 9 and 10 each, against the default's 30, 46, 5 and 4), on launches where it differs
 from the default: causal d=128 head-major at 16K-32K (fewer misses) and 24K (more), causal
 query-major at and past the cliff, causal d=64 head-major at 4K, d=64 head-major at 1K, and
-a 64K causal d=128 head-major control where the two agree.
+a 64K causal d=128 head-major control where the two agree. From round 12 the default is that
+NRU state with fetches across chunk ends (after round 11); rounds from 12 register it
+(``pred_dram_read_bytes``) and the model of rounds 7-10 next to it
+(``GpuL2(l2_policy="response", prefetch_across_chunks=False)``,
+``pred_dram_read_bytes_response``). Round 12's launches were chosen across the regimes before
+either model was run on them: causal head-major at d=64 (24K) and d=128 (2K x 48 heads, 8K x
+20, 40K x 10), non-causal head-major at d=128 (8K x 20) and d=64 (4K x 60), query-major at
+d=64 (48K non-causal, 32K causal).
 """
 from __future__ import annotations
 
@@ -151,6 +158,16 @@ ROUNDS = {
         (2, 12, 12288, 128, False, "head-major"),
         (1, 20, 10240, 64, True, "head-major"),
     ],
+    12: [
+        (1, 12, 24576, 64, True, "head-major"),
+        (3, 16, 2048, 128, True, "head-major"),
+        (1, 6, 49152, 64, False, "query-major"),
+        (1, 10, 40960, 128, True, "head-major"),
+        (2, 10, 8192, 128, True, "head-major"),
+        (1, 20, 8192, 128, False, "head-major"),
+        (5, 12, 4096, 64, False, "head-major"),
+        (1, 12, 32768, 64, True, "query-major"),
+    ],
     11: [
         (1, 4, 73728, 128, True, "query-major"),
         (1, 5, 57344, 128, True, "query-major"),
@@ -178,7 +195,8 @@ def seen_launches() -> set:
 
 
 def predict(shapes, commit: str, partitions: bool = False, readers: bool = False,
-            nru: bool = False, nru_prefetch: bool = False) -> list[dict]:
+            nru: bool = False, nru_prefetch: bool = False,
+            response: bool = False) -> list[dict]:
     rows = []
     for b, h, n, d, c, o in shapes:
         row = dict(impl="generated", cascade="attention-1pass", grid_order=o, dtype="bf16",
@@ -207,6 +225,10 @@ def predict(shapes, commit: str, partitions: bool = False, readers: bool = False
             q = compare_row(row, GpuL2(l2_policy="nru", prefetch_across_chunks=True),
                             baseline=False)
             rows[-1]["pred_dram_read_bytes_nru_prefetch"] = round(q["pred_dram_read_bytes"])
+        if response:     # round 12 on: the model of rounds 7-10 next to the default
+            q = compare_row(row, GpuL2(l2_policy="response", prefetch_across_chunks=False),
+                            baseline=False)
+            rows[-1]["pred_dram_read_bytes_response"] = round(q["pred_dram_read_bytes"])
         r = rows[-1]
         print(f"{r['shape']:24s} {o:12s} pred DRAM {r['pred_dram_read_bytes'] / 1e9:7.3f} G "
               f"= {r['pred_dram_read_bytes'] / r['qkv_bytes']:5.1f} x Q+K+V "
@@ -268,8 +290,8 @@ def main(argv=None) -> None:
     if clash:
         raise SystemExit(f"error: already seen launches in round {a.round}: {clash}")
     commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    rows = predict(shapes, commit, partitions=a.round in (6, 7), readers=a.round >= 8,
-                   nru=a.round >= 9, nru_prefetch=a.round >= 11)
+    rows = predict(shapes, commit, partitions=a.round in (6, 7), readers=8 <= a.round <= 11,
+                   nru=9 <= a.round <= 11, nru_prefetch=a.round == 11, response=a.round >= 12)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -215,6 +215,11 @@ def test_newest_preregistered_predictions_unchanged():
                 if r.get("pred_dram_read_bytes_partitions") else
                 {"pred_dram_read_bytes": before(l2_policy="response"),
                  "pred_dram_read_bytes_readers": before(kv_weight="readers")})
+        # from round 12 the default is the NRU state with fetches across chunk ends, the
+        # model of rounds 7-10 next to it
+        if r.get("pred_dram_read_bytes_response"):
+            cols = {"pred_dram_read_bytes": GpuL2(),
+                    "pred_dram_read_bytes_response": before(l2_policy="response")}
         # round 10 registered the present NRU state (hashed sets) next to them (round 9's NRU
         # column is the state of commit 57efadf, corrected later: docs/validation.md)
         if r.get("pred_dram_read_bytes_nru"):
