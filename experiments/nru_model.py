@@ -14,8 +14,8 @@ model's chunk ends (the model before round 11; ``response`` is its default); the
 ``*_prefetch`` with the fetches running on across chunk ends (``nru_prefetch`` is the default
 since round 11). Each column predicts DRAM read bytes for the 34 validated launches
 (gpu_ncu.csv's counters, as gpu_validation.csv) and every launch of the pre-registered rounds
-(gpu_unseen*.csv; post hoc, except the registered predictions: response for rounds 9-11, nru
-for rounds 10-11, nru_prefetch for round 11). Nothing is fitted.
+(gpu_unseen*.csv; post hoc, except the registered predictions: response for rounds 9-12, nru
+for rounds 10-11, nru_prefetch for rounds 11-12). Nothing is fitted.
 """
 from __future__ import annotations
 
@@ -78,12 +78,13 @@ def one(r: dict) -> dict:
 
 def summary(rows) -> list[str]:
     out = []
-    late = ("validated", "round 9", "round 10", "round 11")
+    late = ("validated", "round 9", "round 10", "round 11", "round 12")
     groups = [("validated", lambda r: r["set"] == "validated"),
               ("rounds 1-8 (post hoc)", lambda r: r["set"] not in late),
               ("round 9", lambda r: r["set"] == "round 9"),
               ("round 10", lambda r: r["set"] == "round 10"),
               ("round 11", lambda r: r["set"] == "round 11"),
+              ("round 12", lambda r: r["set"] == "round 12"),
               ("all", lambda r: True)]
     for name, sel in groups:
         part = [r for r in rows if sel(r)]

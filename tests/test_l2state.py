@@ -173,10 +173,10 @@ def test_nru_policy_checks():
 
 
 def test_nru_model_table():
-    """experiments/nru_model.py's recorded table (gpu_nru_model.csv, 122 launches): its measured
+    """experiments/nru_model.py's recorded table (gpu_nru_model.csv, 130 launches): its measured
     values are the recorded counters; its nru_prefetch column (the default since round 11)
-    equals the validation table's predictions; the registered predictions of rounds 9-11 are
-    its columns (response: rounds 9-11; nru: 10-11; nru_prefetch: 11); the counts of
+    equals the validation table's predictions; the registered predictions of rounds 9-12 are
+    its columns (response: rounds 9-12; nru: 10-11; nru_prefetch: 11-12); the counts of
     docs/validation.md hold (validated: response 30 of 34, NRU with hashed sets 30, with the
     linear set map 28, the response with the prefetch 31, the NRU state with it 32; rounds 1-8:
     46, 46, 45, 44, 50 of 64), and NRU (either set map) brings every causal query-major launch
@@ -185,13 +185,13 @@ def test_nru_model_table():
     import os
     data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
     rows = list(csv.DictReader(open(os.path.join(data, "gpu_nru_model.csv"))))
-    assert len(rows) == 122
+    assert len(rows) == 130
     val = [r for r in rows if r["set"] == "validated"]
     rec = [r for r in csv.DictReader(open(os.path.join(data, "gpu_validation.csv")))
            if r["impl"] == "generated" and r["cascade"] == "attention-1pass"]
     assert len(val) == len(rec) == 34
     by = {(r["set"], r["shape"], r["grid_order"]): r for r in rows}
-    assert len(by) == 122
+    assert len(by) == 130
     for v in rec:
         shape = f"{v['batch']}x{v['heads']}x{v['seq']}x{v['head_dim']}" + \
             ("-causal" if v["causal"] == "True" else "")
@@ -199,22 +199,27 @@ def test_nru_model_table():
         assert float(r["measured"]) == float(v["dram_read_bytes"])
         assert float(r["nru_prefetch"]) == pytest.approx(float(v["pred_dram_read_bytes"]),
                                                          abs=1)
-    registered = {"response": "pred_dram_read_bytes", "nru": "pred_dram_read_bytes_nru",
-                  "nru_prefetch": "pred_dram_read_bytes_nru_prefetch"}
-    for rnd, cols in ((9, ["response"]), (10, ["response", "nru"]),
-                      (11, ["response", "nru", "nru_prefetch"])):
+    # table column -> registered column, by round (from round 12 the default is nru_prefetch)
+    before = {"response": "pred_dram_read_bytes", "nru": "pred_dram_read_bytes_nru",
+              "nru_prefetch": "pred_dram_read_bytes_nru_prefetch"}
+    for rnd, cols in ((9, {"response": before["response"]}),
+                      (10, {c: before[c] for c in ("response", "nru")}),
+                      (11, before),
+                      (12, {"response": "pred_dram_read_bytes_response",
+                            "nru_prefetch": "pred_dram_read_bytes"})):
         reg = list(csv.DictReader(open(os.path.join(data, f"gpu_unseen{rnd}.csv"))))
         assert len(reg) == 8
         for g in reg:
             r = by[f"round {rnd}", g["shape"], g["grid_order"]]
             assert float(r["measured"]) == float(g["meas_dram_read_bytes"])
-            for c in cols:
-                assert float(r[c]) == pytest.approx(float(g[registered[c]]), abs=1), (rnd, c)
+            for c, col in cols.items():
+                assert float(r[c]) == pytest.approx(float(g[col]), abs=1), (rnd, c)
 
     def within(sel, col):
         return sum(abs(float(r[col]) / float(r["measured"]) - 1) <= 0.15 for r in sel)
     cols = ("response", "nru", "nru_linear", "response_prefetch", "nru_prefetch")
-    post = [r for r in rows if r["set"] not in ("validated", "round 9", "round 10", "round 11")]
+    post = [r for r in rows
+            if r["set"] not in ("validated", "round 9", "round 10", "round 11", "round 12")]
     assert len(post) == 64
     assert [within(val, c) for c in cols] == [30, 30, 28, 31, 32]
     assert [within(post, c) for c in cols] == [46, 46, 45, 44, 50]
