@@ -202,7 +202,7 @@ def predict(shapes, commit: str, partitions: bool = False, readers: bool = False
         row = dict(impl="generated", cascade="attention-1pass", grid_order=o, dtype="bf16",
                    batch=b, heads=h, seq=n, head_dim=d, causal=c, **VALIDATION_TILING)
         t = time.time()
-        p = compare_row(row)
+        p = compare_row(row)     # the present default (each round registered its own)
         rows.append({"shape": f"{b}x{h}x{n}x{d}{'-causal' if c else ''}", "batch": b,
                      "heads": h, "seq": n, "head_dim": d, "causal": c, "grid_order": o,
                      "dtype": "bf16", **VALIDATION_TILING,
@@ -213,13 +213,16 @@ def predict(shapes, commit: str, partitions: bool = False, readers: bool = False
                      "model_makespan_us": round(p["model_makespan_us"], 1),
                      "model_commit": commit})
         if partitions:   # rounds 6-7: the default was the readers rule
-            q = compare_row(row, GpuL2(kv_weight="partitions"), baseline=False)
+            q = compare_row(row, GpuL2(kv_weight="partitions", l2_policy="response",
+                                       prefetch_across_chunks=False), baseline=False)
             rows[-1]["pred_dram_read_bytes_partitions"] = round(q["pred_dram_read_bytes"])
         if readers:      # round 8 on: the default is the partitions model
-            q = compare_row(row, GpuL2(kv_weight="readers"), baseline=False)
+            q = compare_row(row, GpuL2(kv_weight="readers", prefetch_across_chunks=False),
+                            baseline=False)
             rows[-1]["pred_dram_read_bytes_readers"] = round(q["pred_dram_read_bytes"])
         if nru:          # round 9 on: the NRU cache state next to the response
-            q = compare_row(row, GpuL2(l2_policy="nru"), baseline=False)
+            q = compare_row(row, GpuL2(l2_policy="nru", prefetch_across_chunks=False),
+                            baseline=False)
             rows[-1]["pred_dram_read_bytes_nru"] = round(q["pred_dram_read_bytes"])
         if nru_prefetch:  # round 11 on: the NRU state with fetches across chunk ends
             q = compare_row(row, GpuL2(l2_policy="nru", prefetch_across_chunks=True),
