@@ -769,7 +769,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     log_b = _Touches(total_touch, gpu.horizon_bytes) if part else None
     # l2_policy="nru": each partition a cache state (iosim.l2state) instead of the touch logs,
     # the units of every tile placed by _UnitMap
-    nru = part and gpu.l2_policy == "nru"
+    nru = part and gpu.l2_policy == "nru" and not lru   # model="lru": the sharp cliff instead
     if nru:
         n_sets = int(gpu.nru_bytes // (gpu.nru_unit_bytes * gpu.nru_ways))
         ways = gpu.nru_ways if gpu.nru_capacity == "sharp" else scan_ways(

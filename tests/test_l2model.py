@@ -56,6 +56,15 @@ def test_regimes(model):
     assert big["dram_over_compulsory"] == pytest.approx(1.0, abs=0.01)  # infinite cache
 
 
+def test_lru_model_is_the_sharp_cliff_whatever_the_cache_answer():
+    """model="lru" replaces each partition's answer by the all-or-nothing LRU: the same with
+    the NRU state (the default) as with the response, and not the default's prediction."""
+    w = Workload(1, 16, 16384, 16384, 64, causal=True, grid_order="head-major")
+    lru = predict_dram(w, GpuL2(), model="lru")["dram_read_bytes"]
+    assert lru == predict_dram(w, GpuL2(l2_policy="response"), model="lru")["dram_read_bytes"]
+    assert lru != predict_dram(w, GpuL2())["dram_read_bytes"]
+
+
 def test_never_below_compulsory():
     """Every key block some block reads is fetched at least once (causal partial chunks)."""
     for causal in (False, True):
