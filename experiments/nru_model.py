@@ -33,9 +33,11 @@ from iosim.gpu.compare import read_csv, workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
-#: column -> GpuL2 arguments: the default, the NRU state (hashed sets), the same with the linear
-#: set map, and the NRU state whose sets have unequal ways distributed as the measured
-#: shared-scan response (a soft capacity)
+#: column -> GpuL2 arguments: the response (the default of rounds 7-10), the NRU state (hashed
+#: sets), the same with the linear set map, the NRU state whose sets have unequal ways
+#: distributed as the measured shared-scan response (a soft capacity) -- these four with fetches
+#: stopping at chunk ends -- and the response and the NRU state with fetches across chunk ends
+#: (the latter the default since round 11)
 POLICIES = {"response": {"l2_policy": "response", "prefetch_across_chunks": False},
             "nru": {"l2_policy": "nru", "prefetch_across_chunks": False},
             "nru_linear": {"l2_policy": "nru", "nru_set_map": "linear",

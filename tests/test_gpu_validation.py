@@ -192,8 +192,10 @@ def test_newest_preregistered_predictions_unchanged():
     measurements. Older rounds keep the predictions of the model of their time (round 1:
     commit c5901b4; docs/validation.md gives the present model's numbers for it, post hoc)."""
     from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
-    from iosim.gpu.compare import compare_row
+    from iosim.l2model import GpuL2
+    before = partial(GpuL2, prefetch_across_chunks=False)   # the default until round 11
     pre = read_csv(_unseen_rounds()[-1])
     jobs = []
     for r in pre:
@@ -204,11 +206,7 @@ def test_newest_preregistered_predictions_unchanged():
                    num_stages=r["num_stages"])
         # rounds 6-7 registered the default of their time (the readers rule) and the partitions
         # model; from round 8 the default is the partitions model, the readers rule next to it;
-        # all with fetches stopping at chunk ends (the default until round 11)
-        from functools import partial
-
-        from iosim.l2model import GpuL2
-        before = partial(GpuL2, prefetch_across_chunks=False)
+        # all with fetches stopping at chunk ends
         cols = ({"pred_dram_read_bytes": before(kv_weight="readers"),
                  "pred_dram_read_bytes_partitions": before(kv_weight="partitions",
                                                            l2_policy="response")}
