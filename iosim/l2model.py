@@ -168,6 +168,19 @@ SM_SHARE_CAUSAL = {64: 0.534}
 #: sqrt(key blocks), in the two-blocks-per-SM query-major launches without DRAM waits outside
 #: the validation set (gpu_traced.npz: 1x24x32Kx64 8.1%, 1x6x64Kx64 7.6%; first wave left out)
 BLOCK_JITTER_PAIR = 0.079
+#: (measured, not the default) a block's startup: from its start to its first key block it
+#: loads and waits (2.5-3.9 us in the marked traces); the median intercept of duration on key
+#: blocks over the traced causal query-major d=128 launches outside the validation set
+#: (experiments/block_time.py, experiments/data/gpu_block_time.csv). SM_RATES spread it over
+#: the key blocks of 8K-32K launches; with it, the rates are those of the key blocks alone:
+#: d=128 non-causal and causal (SM_RATES_CAUSAL_STARTUP) apart, d=64 from the sharing fit of
+#: the blocks' computing time (the same file, quiet non-causal launches)
+BLOCK_STARTUP_US = 3.479
+SM_RATES_STARTUP = {128: (4.0000, 4.0000, 0.5), 64: (2.6755, 3.5295, 0.571)}
+SM_RATES_CAUSAL_STARTUP = {128: (3.9365, 3.9365)}
+#: GpuL2(**BLOCK_STARTUP): the dynamic model with the startup and those rates
+BLOCK_STARTUP = {"block_startup_us": BLOCK_STARTUP_US, "sm_rates": SM_RATES_STARTUP,
+                 "sm_rates_causal": SM_RATES_CAUSAL_STARTUP}
 
 
 def _nearest_head_dim(table: dict, head_dim: int) -> int:
@@ -201,6 +214,11 @@ class GpuL2:
     #: bandwidth, synchronises DRAM-bound blocks at chunk boundaries and, with chunks of one
     #: key block, leaves the pipeline no lead at all (docs/validation.md)
     prefetch_across_chunks: bool = True
+    #: time from a block's start to the start of its first key block (us): its loads issued,
+    #: waited for; the block fetches its first key blocks meanwhile but computes nothing, and
+    #: a block sharing its SM computes alone meanwhile (0: none, the default, whose rates
+    #: include it; BLOCK_STARTUP gives the measured startup with the matching rates)
+    block_startup_us: float = 0.0
     #: (measured effect, not used) a block is slower through key blocks that come from DRAM
     #: than through hits, by ``miss_penalty / (1 - u)`` of its time per key block (times the
     #: part of its chunk that misses; u: the DRAM utilisation that the blocks' paces demand):
@@ -253,6 +271,9 @@ class GpuL2:
     sm_rates: dict = field(default_factory=lambda: dict(SM_RATES), hash=False, compare=False)
     sm_share_causal: dict = field(default_factory=lambda: dict(SM_SHARE_CAUSAL), hash=False,
                                   compare=False)
+    #: head dim -> (one block alone, two together) in causal launches where they differ from
+    #: sm_rates (none by default; SM_RATES_CAUSAL_STARTUP with the startup)
+    sm_rates_causal: dict = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self):
         if self.l2_policy is None:
@@ -313,6 +334,8 @@ class GpuL2:
         """(one block alone, two together, the older one's share) for ``head_dim``."""
         near = _nearest_head_dim(self.sm_rates, head_dim)
         solo, pair, share = self.sm_rates[near]
+        if causal and near in self.sm_rates_causal:
+            solo, pair = self.sm_rates_causal[near]
         if causal and near in self.sm_share_causal:
             share = self.sm_share_causal[near]
         return solo, pair, share
@@ -777,6 +800,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         nrus = [NruSets(n_sets, ways) for _ in range(2)]
         umap = _UnitMap(w, gpu.nru_unit_bytes, gpu.nru_set_map)
     start = np.zeros(S)
+    ready = np.zeros(S)                     # when a block's first key block can begin
     ch = np.zeros(S, dtype=np.int64)
     glen = np.zeros(S)
     prog = np.zeros(S)
@@ -946,6 +970,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             # the block's own pace: key-block times vary by sig, independently; times its SM's
             jit[sl] = sm_pace[sm_of[sl]] / np.clip(
                 1.0 + rng.standard_normal(n) * sig / np.sqrt(np.maximum(NK[b], 1.0)), 0.5, 2.0)
+        ready[sl] = now + gpu.block_startup_us
         add_private(sl, q_tile)
         empty = NK[b] == 0
         glen[sl[empty]] = 0.0
@@ -973,16 +998,25 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     finished = 0
     ar = np.arange(S)
     resident_changed = True
+    n_wait_before = 0
     rate = np.zeros(S)
     penalty = gpu.miss_penalty
     slow_u, slow_s = gpu.slowdown_table(w.head_dim)
     eff = rate
     while finished < nb:
         occ = blk >= 0
+        # blocks in their startup wait for loads: their SM computes for the others
+        waiting = occ & (ready > t + 1e-12)
+        n_wait = int(waiting.sum())
+        if n_wait != n_wait_before:
+            resident_changed = True
+            n_wait_before = n_wait
         if resident_changed:
-            # compute rates by seniority within each SM (they change only at dispatches)
-            cnt = np.bincount(sm_of[occ], minlength=sms)
-            o = np.lexsort((ar, start, ~occ, sm_of))
+            # compute rates by seniority within each SM (they change only at dispatches and
+            # where a startup ends)
+            comp = occ & ~waiting
+            cnt = np.bincount(sm_of[comp], minlength=sms)
+            o = np.lexsort((ar, start, ~comp, sm_of))
             srt = sm_of[o]
             first = np.r_[0, np.flatnonzero(np.diff(srt)) + 1]
             rank = np.empty(S, dtype=np.int64)
@@ -1015,9 +1049,14 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             eff = rate / (1.0 + extra * miss)
         else:
             eff = rate
+        if n_wait:
+            eff = np.where(waiting, 0.0, eff)
         if not fetch.any() and not fol.any():
             # nothing waits on DRAM: every block runs at its compute rate up to the next chunk
-            left = np.where(occ, (glen - prog) / np.maximum(eff, 1e-12), np.inf)
+            # (or until the next block's startup ends)
+            left = np.where(occ & ~waiting, (glen - prog) / np.maximum(eff, 1e-12), np.inf)
+            if n_wait:
+                left = np.minimum(left, ready[waiting].min() - t)
             step = max(dt, float(left.min()))
             prog = np.where(occ, prog + eff * step, prog)
             t += step

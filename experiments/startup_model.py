@@ -1,0 +1,113 @@
+"""The dynamic L2 model with each block's measured startup, against the default, on every
+measured launch (no GPU; ~35 min on 2 cores).
+
+    python experiments/startup_model.py      # -> experiments/data/gpu_startup_model.csv,
+                                             #    experiments/data/gpu_startup_seeds.csv
+
+``GpuL2(**BLOCK_STARTUP)`` (iosim.l2model): a block spends its first 3.48 us loading and
+waiting (the median intercept of the traced causal launches outside the validation set,
+experiments/block_time.py) and then runs through its key blocks at the rates measured without
+that startup (d=128 non-causal 1.049, causal 1.066 us per key block; d=64 from the sharing fit
+of the computing time); a block in its startup leaves its SM to the other block. Everything
+else is the default (NRU state, fetches across chunk ends). Nothing is fitted to DRAM counts.
+
+* gpu_startup_model.csv -- the 130 launches of gpu_nru_model.csv (34 validated, rounds 1-12):
+  measured DRAM reads and kernel time (ncu), each model's DRAM prediction and makespan (seed 0);
+* gpu_startup_seeds.csv -- the d=128 causal head-major launches with at least 24K keys (the
+  regime whose convoy or spread state turns on the blocks' pace noise): both models at seeds 1
+  and 2 (seed 0 is the first file's), DRAM prediction and makespan.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from gpu_validation import _in_parallel  # noqa: E402
+from iosim.gpu.compare import workload  # noqa: E402
+from iosim.gpu.validate import write_csv  # noqa: E402
+from nru_model import launches  # noqa: E402
+
+DATA = os.path.join(ROOT, "experiments", "data")
+SEEDS = (1, 2)
+
+
+def _models():
+    from iosim.l2model import BLOCK_STARTUP, GpuL2
+    return {"default": GpuL2(), "startup": GpuL2(**BLOCK_STARTUP)}
+
+
+def _shape(w) -> str:
+    return f"{w.batch}x{w.heads}x{w.seq_q}x{w.head_dim}{'-causal' if w.causal else ''}"
+
+
+def one(r: dict) -> dict:
+    from iosim.l2model import _predict_dynamic
+    w = workload(r)
+    t = r.get("time_ns") or r.get("meas_time_ns")
+    row = {"set": r["set"], "shape": _shape(w), "grid_order": w.grid_order,
+           "measured": r["measured"], "measured_time_us": float(t) / 1e3 if t else ""}
+    for name, gpu in _models().items():
+        p = _predict_dynamic(w, gpu)
+        row[name] = round(p["dram_read_bytes"])
+        row[f"err_{name}"] = p["dram_read_bytes"] / r["measured"] - 1
+        row[f"span_{name}_us"] = round(p["makespan_us"], 1)
+    return row
+
+
+def one_seed(job) -> dict:
+    from iosim.l2model import _predict_dynamic
+    r, name, seed = job
+    w = workload(r)
+    p = _predict_dynamic(w, _models()[name], seed=seed)
+    return {"set": r["set"], "shape": _shape(w), "grid_order": w.grid_order, "model": name,
+            "seed": seed, "measured": r["measured"],
+            "err": p["dram_read_bytes"] / r["measured"] - 1,
+            "span_us": round(p["makespan_us"], 1)}
+
+
+def thrash(r: dict) -> bool:
+    w = workload(r)
+    return w.head_dim == 128 and w.causal and w.grid_order == "head-major" and w.seq_k >= 24576
+
+
+def summary(rows, seeds) -> list[str]:
+    out = []
+    for name in ("default", "startup"):
+        e = np.array([r[f"err_{name}"] for r in rows])
+        v = np.array([r["set"] == "validated" for r in rows])
+        t = np.array([float(r["measured_time_us"] or "nan") for r in rows])
+        s = np.array([r[f"span_{name}_us"] for r in rows]) / t - 1
+        out.append(f"{name:8s} DRAM within 15%: validated {int((abs(e[v]) <= .15).sum())}/"
+                   f"{v.sum()}, all {int((abs(e) <= .15).sum())}/{len(e)} (mean |error| "
+                   f"{abs(e).mean():.1%}); makespan within 10% of the ncu time: "
+                   f"{int((abs(s) <= .1).sum())}/{np.isfinite(s).sum()} (median {np.nanmedian(s):+.1%})")
+        th = [r for r in rows if thrash(r)]
+        errs = [r[f"err_{name}"] for r in th] + [x["err"] for x in seeds if x["model"] == name]
+        out.append(f"{'':8s} d=128 causal head-major >= 24K keys, seeds 0-2: "
+                   f"{sum(abs(x) <= .15 for x in errs)}/{len(errs)} within 15%")
+    return out
+
+
+def main() -> None:
+    todo = launches()
+    big = sorted(range(len(todo)), key=lambda i: -int(todo[i]["batch"]) * int(
+        todo[i]["heads"]) * int(todo[i]["seq"]) ** 2)
+    out = _in_parallel(one, [todo[i] for i in big], "launches", 2)
+    rows = [row for _, row in sorted(zip(big, out), key=lambda x: x[0])]
+    write_csv(rows, os.path.join(DATA, "gpu_startup_model.csv"))
+    jobs = [(r, name, s) for r in todo if thrash(r) for name in ("default", "startup")
+            for s in SEEDS]
+    jobs.sort(key=lambda j: -int(j[0]["heads"]) * int(j[0]["seq"]) ** 2)
+    seeds = _in_parallel(one_seed, jobs, "seeds", 2)
+    write_csv(seeds, os.path.join(DATA, "gpu_startup_seeds.csv"))
+    print("\n".join(summary(rows, seeds)))
+
+
+if __name__ == "__main__":
+    main()
