@@ -3,6 +3,7 @@ measured launch (no GPU; ~35 min on 2 cores).
 
     python experiments/startup_model.py      # -> experiments/data/gpu_startup_model.csv,
                                              #    experiments/data/gpu_startup_seeds.csv
+    python experiments/startup_model.py --summary   # the summary of the recorded CSVs
 
 ``GpuL2(**BLOCK_STARTUP)`` (iosim.l2model): a block spends its first 3.48 us loading and
 waiting (the median intercept of the traced causal launches outside the validation set,
@@ -72,29 +73,39 @@ def one_seed(job) -> dict:
 
 
 def thrash(r: dict) -> bool:
-    w = workload(r)
-    return w.head_dim == 128 and w.causal and w.grid_order == "head-major" and w.seq_k >= 24576
+    """A d=128 causal head-major launch with at least 24K keys (``r``: a launch or a row)."""
+    b, h, n, d = (int(x) for x in r["shape"].split("-")[0].split("x")) if "shape" in r and \
+        "head_dim" not in r else (r["batch"], r["heads"], r["seq"], r["head_dim"])
+    causal = r["shape"].endswith("-causal") if "head_dim" not in r else \
+        str(r["causal"]) == "True"
+    return int(d) == 128 and causal and r["grid_order"] == "head-major" and int(n) >= 24576
 
 
 def summary(rows, seeds) -> list[str]:
     out = []
     for name in ("default", "startup"):
-        e = np.array([r[f"err_{name}"] for r in rows])
+        e = np.array([float(r[f"err_{name}"]) for r in rows])
         v = np.array([r["set"] == "validated" for r in rows])
         t = np.array([float(r["measured_time_us"] or "nan") for r in rows])
-        s = np.array([r[f"span_{name}_us"] for r in rows]) / t - 1
+        s = np.array([float(r[f"span_{name}_us"]) for r in rows]) / t - 1
         out.append(f"{name:8s} DRAM within 15%: validated {int((abs(e[v]) <= .15).sum())}/"
                    f"{v.sum()}, all {int((abs(e) <= .15).sum())}/{len(e)} (mean |error| "
                    f"{abs(e).mean():.1%}); makespan within 10% of the ncu time: "
                    f"{int((abs(s) <= .1).sum())}/{np.isfinite(s).sum()} (median {np.nanmedian(s):+.1%})")
         th = [r for r in rows if thrash(r)]
-        errs = [r[f"err_{name}"] for r in th] + [x["err"] for x in seeds if x["model"] == name]
+        errs = [float(r[f"err_{name}"]) for r in th] + [float(x["err"]) for x in seeds
+                                                        if x["model"] == name]
         out.append(f"{'':8s} d=128 causal head-major >= 24K keys, seeds 0-2: "
                    f"{sum(abs(x) <= .15 for x in errs)}/{len(errs)} within 15%")
     return out
 
 
 def main() -> None:
+    if "--summary" in sys.argv[1:]:       # from the recorded CSVs
+        from iosim.gpu.compare import read_csv
+        print("\n".join(summary(read_csv(os.path.join(DATA, "gpu_startup_model.csv")),
+                                 read_csv(os.path.join(DATA, "gpu_startup_seeds.csv")))))
+        return
     todo = launches()
     big = sorted(range(len(todo)), key=lambda i: -int(todo[i]["batch"]) * int(
         todo[i]["heads"]) * int(todo[i]["seq"]) ** 2)
