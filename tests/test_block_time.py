@@ -113,3 +113,34 @@ def test_a_block_in_its_startup_leaves_its_sm_to_the_other():
         b = _predict_dynamic(w, gpu, record=True)["blocks"]
         assert np.median(b["end_us"][:132]) == pytest.approx(t1, rel=5e-3)
         assert np.median(b["end_us"][132:264]) == pytest.approx(end, rel=5e-3)
+
+
+def test_startup_model_table_recorded():
+    """experiments/startup_model.py's table: its default column is the recorded default of
+    gpu_nru_model.csv, its startup column is what GpuL2(**BLOCK_STARTUP) gives (recomputed on
+    the small launches), and the counts docs/validation.md gives follow from the measured
+    columns."""
+    import pandas as pd
+    from iosim.l2model import predict_dram
+    data = os.path.join(ROOT, "experiments", "data")
+    t = pd.read_csv(os.path.join(data, "gpu_startup_model.csv"))
+    nru = pd.read_csv(os.path.join(data, "gpu_nru_model.csv"))
+    assert len(t) == len(nru) == 130 and (t["shape"] == nru["shape"]).all()
+    assert (abs(t["default"] - nru["nru_prefetch"]) <= 1).all()
+    assert (abs(t["measured"] - nru["measured"]) <= 1).all()
+    small = t[t["shape"].str.startswith(("8x16x1024x", "6x16x1024x", "4x16x2048x"))]
+    assert len(small) >= 6
+    for _, r in small.iterrows():
+        b, h, n, d = (int(x) for x in r["shape"].split("-")[0].split("x"))
+        w = Workload(b, h, n, n, d, causal=r["shape"].endswith("-causal"),
+                     grid_order=r["grid_order"])
+        p = predict_dram(w, GpuL2(**BLOCK_STARTUP))
+        assert abs(p["dram_read_bytes"] - r["startup"]) <= 1, r["shape"]
+        assert p["makespan_us"] == pytest.approx(r["span_startup_us"], abs=0.06)
+    ok = {m: abs(t[m] / t["measured"] - 1) <= 0.15 for m in ("default", "startup")}
+    val = t["set"] == "validated"
+    assert [int(ok["default"][val].sum()), int(ok["startup"][val].sum())] == [32, 31]
+    assert [int(ok["default"].sum()), int(ok["startup"].sum())] == [108, 109]
+    span = {m: abs(t[f"span_{m}_us"] / t["measured_time_us"] - 1) <= 0.10
+            for m in ("default", "startup")}
+    assert [int(span["default"].sum()), int(span["startup"].sum())] == [100, 111]
