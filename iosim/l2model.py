@@ -261,6 +261,10 @@ class GpuL2:
     #: "sharp": every set ``nru_ways`` ways; "scan": sets of unequal ways, distributed as the
     #: measured shared-scan response (iosim.l2state.scan_ways; the sets stay as many)
     nru_capacity: str = "sharp"
+    #: which way a miss takes when none is empty: "first" (the first way whose bit is clear,
+    #: all bits cleared when none is) or "clock" (CLOCK: a hand per set walks from where it
+    #: stopped, clearing the bits it passes, to the first clear way; iosim.l2state)
+    nru_victim: str = "first"
     #: SM ids on L2 side A (the rest: side B) and the SMs the first wave's blocks land on, in
     #: block-id order (kv_weight="partitions"; measured on the H100)
     side_a: tuple = L2_SIDE_A
@@ -284,6 +288,8 @@ class GpuL2:
                              "partitions")
         if self.nru_capacity not in ("sharp", "scan"):
             raise IosimError(f"nru_capacity '{self.nru_capacity}' is not sharp or scan")
+        if self.nru_victim not in ("first", "clock"):
+            raise IosimError(f"nru_victim '{self.nru_victim}' is not first or clock")
         if self.nru_set_map not in ("hashed", "linear"):
             raise IosimError(f"nru_set_map '{self.nru_set_map}' is not hashed or linear")
         if self.l2_policy not in ("response", "nru"):
@@ -797,7 +803,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         n_sets = int(gpu.nru_bytes // (gpu.nru_unit_bytes * gpu.nru_ways))
         ways = gpu.nru_ways if gpu.nru_capacity == "sharp" else scan_ways(
             gpu.scan_shared, gpu.l2_bytes, n_sets, gpu.nru_unit_bytes)
-        nrus = [NruSets(n_sets, ways) for _ in range(2)]
+        nrus = [NruSets(n_sets, ways, victim=gpu.nru_victim) for _ in range(2)]
         umap = _UnitMap(w, gpu.nru_unit_bytes, gpu.nru_set_map)
     start = np.zeros(S)
     ready = np.zeros(S)                     # when a block's first key block can begin

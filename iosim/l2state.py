@@ -32,13 +32,17 @@ class NruSets:
     replacement. Units are named by non-negative integer keys; the caller gives each unit's
     set."""
 
-    def __init__(self, n_sets: int, ways):
+    def __init__(self, n_sets: int, ways, victim: str = "first"):
         per_set = np.broadcast_to(np.asarray(ways, dtype=np.int64), (max(n_sets, 0),))
         if n_sets < 1 or per_set.min() < 1:
             raise ValueError(f"an NRU partition needs sets and ways (got {n_sets} x {ways})")
+        if victim not in ("first", "clock"):
+            raise ValueError(f"unknown NRU victim rule {victim!r} (expected first or clock)")
+        self.victim = victim
         self.absent = np.arange(per_set.max())[None, :] >= per_set[:, None]
         self.tag = np.where(self.absent, ABSENT, EMPTY).astype(np.int64)
         self.used = self.absent.copy()          # a way the set lacks is never a victim
+        self.hand = np.zeros(n_sets, dtype=np.int64)   # victim="clock": where each set's hand is
 
     @property
     def n_sets(self) -> int:
@@ -70,6 +74,9 @@ class NruSets:
                 continue
             miss[idx[m]] = True
             ss, kk = ss[m], kk[m]
+            if self.victim == "clock":
+                self._clock_fill(ss, kk)
+                continue
             full = self.used[ss].all(axis=1)
             if full.any():
                 self.used[ss[full]] = self.absent[ss[full]]
@@ -80,6 +87,32 @@ class NruSets:
             self.tag[ss, way] = kk
             self.used[ss, way] = True
         return miss
+
+    def _clock_fill(self, ss: np.ndarray, kk: np.ndarray) -> None:
+        """Fill keys ``kk`` into sets ``ss`` (distinct sets): an empty way first (the hand
+        stays), else CLOCK -- from the set's hand, the first way whose bit is clear, clearing
+        the bits it passes (all of them and back to the hand when every bit is set); the hand
+        then points past the victim."""
+        nw = self.tag.shape[1]
+        empty = self.tag[ss] == EMPTY
+        has_empty = empty.any(axis=1)
+        order = (self.hand[ss][:, None] + np.arange(nw)[None, :]) % nw   # ways from the hand
+        used = np.take_along_axis(self.used[ss], order, axis=1)
+        clear = ~used
+        none = ~clear.any(axis=1)
+        # every bit set: the hand clears them all and comes back to itself (absent ways are
+        # set for good, so the first present way from the hand)
+        absent = np.take_along_axis(self.absent[ss], order, axis=1)
+        clear[none] = ~absent[none]
+        k = clear.argmax(axis=1)                      # steps from the hand to the victim
+        way = np.where(has_empty, empty.argmax(axis=1), order[np.arange(len(ss)), k])
+        passed = (np.arange(nw)[None, :] < k[:, None]) | none[:, None]
+        passed &= ~absent & ~has_empty[:, None]
+        rows = np.repeat(ss, nw).reshape(len(ss), nw)
+        self.used[rows[passed], order[passed]] = False
+        self.tag[ss, way] = kk
+        self.used[ss, way] = True
+        self.hand[ss[~has_empty]] = (way[~has_empty] + 1) % nw
 
 
 def scan_ways(curve, l2_bytes: float, n_sets: int, unit_bytes: int, seed: int = 0) -> np.ndarray:

@@ -36,6 +36,63 @@ def _brute_nru(stream, n_sets, ways):
     return out
 
 
+def _brute_clock(stream, n_sets, ways):
+    """Sequential CLOCK, per set a list of ways [key, used] (None: empty) and a hand: a hit
+    sets the way's bit; a miss fills the first empty way (the hand stays), else walks from the
+    hand clearing set bits until a clear one, takes it and leaves the hand past it. Misses per
+    access. ``ways``: one number or one per set."""
+    per_set = [ways] * n_sets if isinstance(ways, int) else list(ways)
+    sets = [[None] * per_set[s] for s in range(n_sets)]
+    hand = [0] * n_sets
+    out = []
+    for s, key in stream:
+        ws = sets[s]
+        hit = next((w for w in ws if w is not None and w[0] == key), None)
+        if hit is not None:
+            hit[1] = 1
+            out.append(False)
+            continue
+        out.append(True)
+        if None in ws:
+            ws[ws.index(None)] = [key, 1]
+            continue
+        h = hand[s]
+        while ws[h][1]:
+            ws[h][1] = 0
+            h = (h + 1) % len(ws)
+        ws[h] = [key, 1]
+        hand[s] = (h + 1) % len(ws)
+    return out
+
+
+@pytest.mark.parametrize("unequal", [False, True])
+def test_clock_sets_match_brute_force(unequal):
+    """victim="clock": exactly sequential CLOCK, one key per call and in batches (equal ways,
+    and unequal ways per set as nru_capacity="scan" makes)."""
+    rng = np.random.default_rng(19)
+    for trial in range(5):
+        n_sets = int(rng.integers(1, 6))
+        ways = rng.integers(1, 7, n_sets).tolist() if unequal else int(rng.integers(1, 9))
+        top = 8 * n_sets if unequal else n_sets * ways * 2
+        keys = rng.integers(0, top, 600)
+        stream = [(int(k) % n_sets, int(k)) for k in keys]
+        want = _brute_clock(stream, n_sets, ways)
+        one = NruSets(n_sets, ways, victim="clock")
+        got = [bool(one.access(np.array([s]), np.array([k]))[0]) for s, k in stream]
+        assert got == want, trial
+        assert 0 < sum(got) < len(got)
+        bat, got = NruSets(n_sets, ways, victim="clock"), []
+        for lo in range(0, len(stream), 37):
+            part = stream[lo:lo + 37]
+            got += bat.access(np.array([s for s, _ in part]),
+                              np.array([k for _, k in part])).tolist()
+        assert got == want, trial
+    # it is not the first-clear-way NRU
+    assert want != _brute_nru(stream, n_sets, ways)
+    with pytest.raises(ValueError, match="victim"):
+        NruSets(2, 2, victim="lru")
+
+
 def test_nru_sets_match_brute_force_one_access_at_a_time():
     rng = np.random.default_rng(7)
     for trial in range(5):
