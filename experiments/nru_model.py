@@ -12,8 +12,10 @@ probe rules out; nru_scan gives the sets unequal numbers of ways, distributed as
 shared-scan response (``nru_capacity="scan"``). These four with fetches stopping at the
 model's chunk ends (the model before round 11; ``response`` is its default); the columns
 ``*_prefetch`` with the fetches running on across chunk ends (``nru_prefetch`` is the default
-since round 11). Each column predicts DRAM read bytes for the 34 validated launches
-(gpu_ncu.csv's counters, as gpu_validation.csv) and every launch of the pre-registered rounds
+since round 11); ``clock_prefetch`` is the default with CLOCK's victim rule (a hand per set
+walks on from where it stopped: ``nru_victim="clock"``). Each column predicts DRAM read bytes
+for the 34 validated launches (gpu_ncu.csv's counters, as gpu_validation.csv) and every launch
+of the pre-registered rounds
 (gpu_unseen*.csv; post hoc, except the registered predictions: response for rounds 9-12, nru
 for rounds 10-11, nru_prefetch for rounds 11-12). Nothing is fitted.
 """
@@ -37,7 +39,8 @@ DATA = os.path.join(ROOT, "experiments", "data")
 #: sets), the same with the linear set map, the NRU state whose sets have unequal ways
 #: distributed as the measured shared-scan response (a soft capacity) -- these four with fetches
 #: stopping at chunk ends -- and the response and the NRU state with fetches across chunk ends
-#: (the latter the default since round 11)
+#: (the latter the default since round 11), and that with CLOCK's victim rule (a hand per set,
+#: ``nru_victim="clock"``; the sixteenth session)
 POLICIES = {"response": {"l2_policy": "response", "prefetch_across_chunks": False},
             "nru": {"l2_policy": "nru", "prefetch_across_chunks": False},
             "nru_linear": {"l2_policy": "nru", "nru_set_map": "linear",
@@ -45,7 +48,8 @@ POLICIES = {"response": {"l2_policy": "response", "prefetch_across_chunks": Fals
             "nru_scan": {"l2_policy": "nru", "nru_capacity": "scan",
                          "prefetch_across_chunks": False},
             "response_prefetch": {"l2_policy": "response", "prefetch_across_chunks": True},
-            "nru_prefetch": {}}
+            "nru_prefetch": {},
+            "clock_prefetch": {"nru_victim": "clock"}}
 
 
 def launches() -> list[dict]:
