@@ -18,7 +18,9 @@ many unit pairs as sets a permutation of the sets, like an XOR set index): the s
 probe (experiments/device/l2_sets.py) rules out the linear map, not a balanced hash. Last,
 DRRIP with the balanced hash (set dueling between SRRIP and bimodal RRIP, as in many CPU
 last-level caches): a scan-resistant policy, for the microbenchmarks where the L2 keeps more
-than LRU does.
+than LRU does. Then three more textbook policies with the balanced hash: CLOCK (the same used
+bits, the victim found by a hand per set that walks on from where it stopped, clearing the bits
+it passes, instead of from way 0 with all bits cleared at once), tree pseudo-LRU and FIFO.
 
 Replayed: the microbenchmarks as synthetic streams (experiments/partition_variants.py's cases)
 and the measured schedules of 110 launches (the same set as partition_variants.py).
@@ -43,12 +45,15 @@ SRC = os.path.join(ROOT, "experiments", "csrc", "l2_policy.c")
 #: linear set map), NRU with other associativities, with a random set hash (1: uneven) and with a
 #: balanced hash (2: like an XOR set index, what the set-conflict probe allows), LRU with it, and
 #: DRRIP (set dueling of SRRIP and bimodal RRIP; policy 3 of the helper) with it; NRU with it at
-#: 8 and 32 ways
+#: 8 and 32 ways; and three more standard policies with it (the sixteenth session): CLOCK (NRU's
+#: bits with a hand per set), tree pseudo-LRU and FIFO
 POLICIES = {"lru": (0, 26, 16, 0), "nru": (2, 26, 16, 0), "nru_8way": (2, 26, 8, 0),
             "nru_32way": (2, 26, 32, 0), "nru_128way": (2, 26, 128, 0),
             "nru_hashed": (2, 26, 16, 1), "nru_balanced": (2, 26, 16, 2),
             "lru_balanced": (0, 26, 16, 2), "drrip_balanced": (3, 26, 16, 2),
-            "nru_balanced_8way": (2, 26, 8, 2), "nru_balanced_32way": (2, 26, 32, 2)}
+            "nru_balanced_8way": (2, 26, 8, 2), "nru_balanced_32way": (2, 26, 32, 2),
+            "clock_balanced": (8, 26, 16, 2), "plru_balanced": (4, 26, 16, 2),
+            "fifo_balanced": (7, 26, 16, 2)}
 
 
 def run(exe: str, ev: np.ndarray, n_tiles: int, policy: str) -> float:

@@ -21,17 +21,37 @@
 //   3 DRRIP (set dueling): RRIP as above, a miss inserting at 2 (SRRIP) in sets 0 mod 32, at 3
 //     with 1/32 at 2 (BRRIP) in sets 1 mod 32, and in the other sets as the leaders that missed
 //     less lately (a 10-bit counter: a miss in an SRRIP leader counts up, in a BRRIP one down)
+//   4 tree pseudo-LRU (WAYS a power of two): a binary tree of bits per set points at the victim
+//   5 NRU with the victim drawn at random among the ways whose bit is clear
+//   6 random replacement
+//   7 FIFO: LRU by fill time, hits change nothing
+//   8 CLOCK: NRU's bits with a hand per set: from where it stopped, the hand clears the bits it
+//     passes and takes the first clear way; it then points past it
+// (an empty way is always taken first, the hand staying where it is)
 // Usage: l2_policy EVENTS N_TILES POLICY CAP_MIB WAYS INS MERGE_BYTES [HASH]
 // prints: DRAM bytes of the counted reads
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
 #define UNIT 4096
-typedef struct { int psel; int64_t *tag; double *stamp; double *fill; uint8_t *rr; int64_t nset; int ways; double clock; } Part;
+typedef struct { int *hand; uint32_t *plru; int psel; int64_t *tag; double *stamp; double *fill; uint8_t *rr; int64_t nset; int ways; double clock; } Part;
 static uint64_t rs = 88172645463325252ULL;
 static double urand(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (rs >> 11) * (1.0 / 9007199254740992.0); }
 static uint64_t mix(uint64_t x) { x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33; return x; }
 static int policy, ins, HASH; static double merge;
+// tree PLRU: node bits (heap order, node 1 the root); bit = 1 means the victim is on the right
+static void plru_touch(Part *p, int64_t s, int w) {
+    uint32_t t = p->plru[s]; int node = 1, lo = 0, hi = p->ways;
+    while (hi - lo > 1) { int mid = (lo + hi) / 2;
+        if (w < mid) { t |= 1u << node; node = 2 * node; hi = mid; } else { t &= ~(1u << node); node = 2 * node + 1; lo = mid; } }
+    p->plru[s] = t;
+}
+static int plru_victim(Part *p, int64_t s) {
+    uint32_t t = p->plru[s]; int node = 1, lo = 0, hi = p->ways;
+    while (hi - lo > 1) { int mid = (lo + hi) / 2;
+        if (t >> node & 1) { node = 2 * node + 1; lo = mid; } else { node = 2 * node; hi = mid; } }
+    return lo;
+}
 // access key in partition p; returns 1 on a miss
 static int access_unit(Part *p, int64_t key) {
     uint64_t ix = (uint64_t)(key >> 2), ns = (uint64_t)p->nset;
@@ -40,18 +60,32 @@ static int access_unit(Part *p, int64_t key) {
     p->clock += UNIT;
     for (int w = 0; w < p->ways; w++) if (p->tag[b + w] == key) {
         if (policy == 0) p->stamp[b + w] = p->clock;
-        else if (policy == 2) p->rr[b + w] = 1;
+        else if (policy == 7) {}
+        else if (policy == 2 || policy == 5 || policy == 8) p->rr[b + w] = 1;
+        else if (policy == 4) plru_touch(p, s, w);
         else if (p->clock - p->fill[b + w] > merge) p->rr[b + w] = 0;
         return 0;
     }
     int v = -1;
     for (int w = 0; w < p->ways; w++) if (p->tag[b + w] < 0) { v = w; break; }
     if (v < 0) {
-        if (policy == 0) { v = 0; for (int w = 1; w < p->ways; w++) if (p->stamp[b + w] < p->stamp[b + v]) v = w; }
+        if (policy == 0 || policy == 7) { v = 0; for (int w = 1; w < p->ways; w++) if (p->stamp[b + w] < p->stamp[b + v]) v = w; }
+        else if (policy == 8) {  // CLOCK: from the set's hand, clear used bits until a clear way
+            int h = p->hand[s];
+            for (;;) { if (!p->rr[b + h]) { v = h; break; } p->rr[b + h] = 0; h = (h + 1) % p->ways; }
+            p->hand[s] = (v + 1) % p->ways;
+        }
         else if (policy == 2) {
             for (int w = 0; w < p->ways; w++) if (!p->rr[b + w]) { v = w; break; }
             if (v < 0) { for (int w = 0; w < p->ways; w++) p->rr[b + w] = 0; v = 0; }
         }
+        else if (policy == 5) {  // NRU, a random way among those whose bit is clear
+            int c = 0; for (int w = 0; w < p->ways; w++) c += !p->rr[b + w];
+            if (!c) { for (int w = 0; w < p->ways; w++) p->rr[b + w] = 0; c = p->ways; }
+            int k = (int)(urand() * c); for (int w = 0; w < p->ways; w++) if (!p->rr[b + w] && k-- == 0) { v = w; break; }
+        }
+        else if (policy == 4) v = plru_victim(p, s);
+        else if (policy == 6) v = (int)(urand() * p->ways);
         else for (;;) {
             for (int w = 0; w < p->ways; w++) if (p->rr[b + w] >= 3) { v = w; break; }
             if (v >= 0) break;
@@ -59,6 +93,7 @@ static int access_unit(Part *p, int64_t key) {
         }
     }
     p->tag[b + v] = key; p->stamp[b + v] = p->clock; p->fill[b + v] = p->clock;
+    if (policy == 4) plru_touch(p, s, v);
     if (policy == 3) {  // DRRIP: sets 0 mod 32 lead for SRRIP, 1 mod 32 for BRRIP, the rest follow
         int lead = (int)(s % 32), brrip;
         if (lead == 0) { brrip = 0; if (p->psel < 1023) p->psel++; }
@@ -66,7 +101,7 @@ static int access_unit(Part *p, int64_t key) {
         else brrip = p->psel >= 512;
         p->rr[b + v] = brrip ? (urand() < 1.0 / 32 ? 2 : 3) : 2;
     } else
-        p->rr[b + v] = policy == 2 ? 1 : (ins == 3 && urand() < 1.0 / 32) ? 2 : ins;
+        p->rr[b + v] = (policy == 2 || policy == 5 || policy == 8) ? 1 : (ins == 3 && urand() < 1.0 / 32) ? 2 : ins;
     return 1;
 }
 int main(int argc, char **argv) {
@@ -82,7 +117,7 @@ int main(int argc, char **argv) {
         P[q].ways = ways; P[q].nset = (int64_t)(cap / UNIT / ways); if (P[q].nset < 1) P[q].nset = 1;
         int64_t n = P[q].nset * ways;
         P[q].tag = malloc(n * sizeof(int64_t)); P[q].stamp = calloc(n, sizeof(double));
-        P[q].fill = calloc(n, sizeof(double)); P[q].rr = calloc(n, 1); P[q].clock = 0; P[q].psel = 512;
+        P[q].fill = calloc(n, sizeof(double)); P[q].rr = calloc(n, 1); P[q].plru = calloc(P[q].nset, 4); P[q].hand = calloc(P[q].nset, sizeof(int)); P[q].clock = 0; P[q].psel = 512;
         for (int64_t i = 0; i < n; i++) P[q].tag[i] = -1;
     }
     double dram = 0;
