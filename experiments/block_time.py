@@ -37,6 +37,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from iosim.gpu.microbench import _shares  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
@@ -92,21 +93,8 @@ def pair_rates(trace: np.ndarray, startup: float) -> tuple[float, float, float]:
     s = (trace[:, 0] - trace[:, 0].min()) / 1e3
     e = (trace[:, 1] - trace[:, 0].min()) / 1e3
     c = np.minimum(s + startup, e)                  # when it begins computing
-    sm = trace[:, 2]
     tiles = np.ceil(trace[:, 3] / BLOCK_N)
-    older, younger, alone = np.zeros(len(s)), np.zeros(len(s)), np.zeros(len(s))
-    for m in np.unique(sm):
-        idx = np.flatnonzero(sm == m)
-        pts = np.unique(np.r_[c[idx], e[idx]])
-        for lo, hi in zip(pts[:-1], pts[1:]):
-            mid = 0.5 * (lo + hi)
-            on = idx[(c[idx] <= mid) & (mid < e[idx])]
-            if len(on) == 1:
-                alone[on[0]] += hi - lo
-            elif len(on) == 2:
-                i, j = sorted(on, key=lambda k: (s[k], k))
-                older[i] += hi - lo
-                younger[j] += hi - lo
+    older, younger, alone = _shares(s, e, trace[:, 2], begin=c)
     a = np.c_[older, younger, alone]
     coef, *_ = np.linalg.lstsq(a, tiles, rcond=None)
     return float(coef[0]), float(coef[1]), float(coef[2])

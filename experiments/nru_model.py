@@ -103,13 +103,17 @@ def summary(rows) -> list[str]:
     return out
 
 
-def main() -> None:
-    todo = launches()
-    # the longest first, so that the two workers finish together; rows in the input's order
+def over_launches(fn, todo: list) -> list:
+    """``fn`` on every launch of ``todo`` in two processes, the longest first so that the two
+    finish together; the results in ``todo``'s order."""
     big = sorted(range(len(todo)), key=lambda i: -int(todo[i]["batch"]) * int(
         todo[i]["heads"]) * int(todo[i]["seq"]) ** 2)
-    out = _in_parallel(one, [todo[i] for i in big], "launches", 2)
-    rows = [row for _, row in sorted(zip(big, out), key=lambda x: x[0])]
+    out = _in_parallel(fn, [todo[i] for i in big], "launches", 2)
+    return [row for _, row in sorted(zip(big, out), key=lambda x: x[0])]
+
+
+def main() -> None:
+    rows = over_launches(one, launches())
     write_csv(rows, os.path.join(DATA, "gpu_nru_model.csv"))
     print("\n".join(summary(rows)))
 

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from gpu_validation import _in_parallel  # noqa: E402
 from iosim.gpu.compare import workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from nru_model import launches  # noqa: E402
+from nru_model import launches, over_launches  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
 SEEDS = (1, 2)
@@ -72,13 +72,10 @@ def one_seed(job) -> dict:
             "span_us": round(p["makespan_us"], 1)}
 
 
-def thrash(r: dict) -> bool:
-    """A d=128 causal head-major launch with at least 24K keys (``r``: a launch or a row)."""
-    b, h, n, d = (int(x) for x in r["shape"].split("-")[0].split("x")) if "shape" in r and \
-        "head_dim" not in r else (r["batch"], r["heads"], r["seq"], r["head_dim"])
-    causal = r["shape"].endswith("-causal") if "head_dim" not in r else \
-        str(r["causal"]) == "True"
-    return int(d) == 128 and causal and r["grid_order"] == "head-major" and int(n) >= 24576
+def thrash(shape: str, grid_order: str) -> bool:
+    """A d=128 causal head-major launch with at least 24K keys (``shape`` as _shape writes)."""
+    b, h, n, d = (int(x) for x in shape.split("-")[0].split("x"))
+    return d == 128 and shape.endswith("-causal") and grid_order == "head-major" and n >= 24576
 
 
 def summary(rows, seeds) -> list[str]:
@@ -92,7 +89,7 @@ def summary(rows, seeds) -> list[str]:
                    f"{v.sum()}, all {int((abs(e) <= .15).sum())}/{len(e)} (mean |error| "
                    f"{abs(e).mean():.1%}); makespan within 10% of the ncu time: "
                    f"{int((abs(s) <= .1).sum())}/{np.isfinite(s).sum()} (median {np.nanmedian(s):+.1%})")
-        th = [r for r in rows if thrash(r)]
+        th = [r for r in rows if thrash(r["shape"], r["grid_order"])]
         errs = [float(r[f"err_{name}"]) for r in th] + [float(x["err"]) for x in seeds
                                                         if x["model"] == name]
         out.append(f"{'':8s} d=128 causal head-major >= 24K keys, seeds 0-2: "
@@ -107,13 +104,10 @@ def main() -> None:
                                  read_csv(os.path.join(DATA, "gpu_startup_seeds.csv")))))
         return
     todo = launches()
-    big = sorted(range(len(todo)), key=lambda i: -int(todo[i]["batch"]) * int(
-        todo[i]["heads"]) * int(todo[i]["seq"]) ** 2)
-    out = _in_parallel(one, [todo[i] for i in big], "launches", 2)
-    rows = [row for _, row in sorted(zip(big, out), key=lambda x: x[0])]
+    rows = over_launches(one, todo)
     write_csv(rows, os.path.join(DATA, "gpu_startup_model.csv"))
-    jobs = [(r, name, s) for r in todo if thrash(r) for name in ("default", "startup")
-            for s in SEEDS]
+    jobs = [(r, name, s) for r in todo if thrash(_shape(workload(r)), r["grid_order"])
+            for name in ("default", "startup") for s in SEEDS]
     jobs.sort(key=lambda j: -int(j[0]["heads"]) * int(j[0]["seq"]) ** 2)
     seeds = _in_parallel(one_seed, jobs, "seeds", 2)
     write_csv(seeds, os.path.join(DATA, "gpu_startup_seeds.csv"))

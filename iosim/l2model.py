@@ -1004,7 +1004,9 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     finished = 0
     ar = np.arange(S)
     resident_changed = True
-    n_wait_before = 0
+    timed = gpu.block_startup_us > 0        # else no block ever waits (the default)
+    waiting = np.zeros(S, dtype=bool)
+    n_wait = n_wait_before = 0
     rate = np.zeros(S)
     penalty = gpu.miss_penalty
     slow_u, slow_s = gpu.slowdown_table(w.head_dim)
@@ -1012,8 +1014,9 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     while finished < nb:
         occ = blk >= 0
         # blocks in their startup wait for loads: their SM computes for the others
-        waiting = occ & (ready > t + 1e-12)
-        n_wait = int(waiting.sum())
+        if timed:
+            waiting = occ & (ready > t + 1e-12)
+            n_wait = int(waiting.sum())
         if n_wait != n_wait_before:
             resident_changed = True
             n_wait_before = n_wait

@@ -111,8 +111,8 @@ class NruSets:
         way = np.where(has_empty, empty.argmax(axis=1), order[np.arange(len(ss)), k])
         passed = (np.arange(nw)[None, :] < k[:, None]) | none[:, None]
         passed &= ~absent & ~has_empty[:, None]
-        rows = np.repeat(ss, nw).reshape(len(ss), nw)
-        self.used[rows[passed], order[passed]] = False
+        r, c = np.nonzero(passed)
+        self.used[ss[r], order[r, c]] = False
         self.tag[ss, way] = kk
         self.used[ss, way] = True
         self.hand[ss[~has_empty]] = (way[~has_empty] + 1) % nw

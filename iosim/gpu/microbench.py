@@ -716,17 +716,20 @@ def trace(out_dir: str, shapes=TRACE_SHAPES, *, reps: int = 3) -> dict:
     return {"launches": len(meta)}
 
 
-def _shares(s, e, sm):
-    """Per block: time spent as the older / younger of two blocks on its SM, and alone."""
+def _shares(s, e, sm, begin=None):
+    """Per block: time spent as the older / younger of two blocks on its SM, and alone --
+    counting a block from ``begin`` (when it starts computing; default its start ``s``) to its
+    end; seniority is by start."""
     import numpy as np
     n = len(s)
+    c = s if begin is None else begin
     senior, junior, solo = np.zeros(n), np.zeros(n), np.zeros(n)
     for m in np.unique(sm):
         idx = np.flatnonzero(sm == m)
-        pts = np.unique(np.concatenate([s[idx], e[idx]]))
+        pts = np.unique(np.concatenate([c[idx], e[idx]]))
         for a, b in zip(pts[:-1], pts[1:]):
             mid = (a + b) / 2
-            res = [i for i in idx if s[i] <= mid < e[i]]
+            res = [i for i in idx if c[i] <= mid < e[i]]
             if len(res) == 1:
                 solo[res[0]] += b - a
             elif len(res) == 2:
