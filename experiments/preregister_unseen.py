@@ -46,7 +46,16 @@ NRU state with fetches across chunk ends (after round 11); rounds from 12 regist
 ``pred_dram_read_bytes_response``). Round 12's launches were chosen across the regimes before
 either model was run on them: causal head-major at d=64 (24K) and d=128 (2K x 48 heads, 8K x
 20, 40K x 10), non-causal head-major at d=128 (8K x 20) and d=64 (4K x 60), query-major at
-d=64 (48K non-causal, 32K causal).
+d=64 (48K non-causal, 32K causal). Round 13 registers, next to the default (unchanged since
+round 12), the two options of the sixteenth session and the two together: CLOCK's victim rule
+(``GpuL2(nru_victim="clock")``, ``pred_dram_read_bytes_clock``; post hoc within 15% on 32 of
+the 34 validated launches, 109 of the 110 measured schedules replayed), each block's measured
+startup (``GpuL2(**BLOCK_STARTUP)``, ``pred_dram_read_bytes_startup``; 31 of 34) and both
+(``pred_dram_read_bytes_clock_startup``; 33 of 34), each with its makespan; the launches were
+chosen before any of the four was run on them: d=64 head-major at 1K (CLOCK's gain) and causal
+at 48K (both options over-count the validated 64K one), causal query-major d=128 at and past the cliff, causal
+head-major d=64 at 8K and d=128 at 28K, non-causal head-major d=128 at 4K, non-causal
+query-major d=64 at 56K.
 """
 from __future__ import annotations
 
@@ -168,6 +177,16 @@ ROUNDS = {
         (5, 12, 4096, 64, False, "head-major"),
         (1, 12, 32768, 64, True, "query-major"),
     ],
+    13: [
+        (9, 16, 1024, 64, False, "head-major"),
+        (1, 6, 49152, 64, True, "head-major"),
+        (1, 2, 73728, 128, True, "query-major"),
+        (1, 3, 61440, 128, True, "query-major"),
+        (1, 18, 8192, 64, True, "head-major"),
+        (1, 12, 28672, 128, True, "head-major"),
+        (3, 12, 4096, 128, False, "head-major"),
+        (1, 7, 57344, 64, False, "query-major"),
+    ],
     11: [
         (1, 4, 73728, 128, True, "query-major"),
         (1, 5, 57344, 128, True, "query-major"),
@@ -194,9 +213,16 @@ def seen_launches() -> set:
     return out
 
 
+def _options() -> dict:
+    """Round 13's registered options: column suffix -> model."""
+    from iosim.l2model import BLOCK_STARTUP
+    return {"clock": GpuL2(nru_victim="clock"), "startup": GpuL2(**BLOCK_STARTUP),
+            "clock_startup": GpuL2(nru_victim="clock", **BLOCK_STARTUP)}
+
+
 def predict(shapes, commit: str, partitions: bool = False, readers: bool = False,
             nru: bool = False, nru_prefetch: bool = False,
-            response: bool = False) -> list[dict]:
+            response: bool = False, options: bool = False) -> list[dict]:
     rows = []
     for b, h, n, d, c, o in shapes:
         row = dict(impl="generated", cascade="attention-1pass", grid_order=o, dtype="bf16",
@@ -232,6 +258,11 @@ def predict(shapes, commit: str, partitions: bool = False, readers: bool = False
             q = compare_row(row, GpuL2(l2_policy="response", prefetch_across_chunks=False),
                             baseline=False)
             rows[-1]["pred_dram_read_bytes_response"] = round(q["pred_dram_read_bytes"])
+        if options:      # round 13 on: CLOCK, the startup, both (GpuL2 options, not default)
+            for col, gpu in _options().items():
+                q = compare_row(row, gpu, baseline=False)
+                rows[-1][f"pred_dram_read_bytes_{col}"] = round(q["pred_dram_read_bytes"])
+                rows[-1][f"model_makespan_us_{col}"] = round(q["model_makespan_us"], 1)
         r = rows[-1]
         print(f"{r['shape']:24s} {o:12s} pred DRAM {r['pred_dram_read_bytes'] / 1e9:7.3f} G "
               f"= {r['pred_dram_read_bytes'] / r['qkv_bytes']:5.1f} x Q+K+V "
@@ -294,7 +325,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: already seen launches in round {a.round}: {clash}")
     commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
     rows = predict(shapes, commit, partitions=a.round in (6, 7), readers=8 <= a.round <= 11,
-                   nru=9 <= a.round <= 11, nru_prefetch=a.round == 11, response=a.round >= 12)
+                   nru=9 <= a.round <= 11, nru_prefetch=a.round == 11, response=a.round == 12,
+                   options=a.round >= 13)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
