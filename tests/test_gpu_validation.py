@@ -166,7 +166,7 @@ def test_unseen_shapes_are_not_validated_launches():
     """Every pre-registered launch (experiments/data/gpu_unseen*.csv, one file per round) differs
     from every validated launch and from the launches of earlier rounds in (B*H, N, d, mask,
     grid order), the kernel's grid flattening B and H; each round covers both grid orders and
-    both masks, and both regimes (DRAM = Q+K+V and far above it)."""
+    both masks, and both regimes (DRAM = Q+K+V and far above it; round 13's nearest is 1.2x)."""
     seen = {(int(r["batch"]) * int(r["heads"]), r["seq"], r["head_dim"], r["causal"],
              r["grid_order"]) for r in read_csv(os.path.join(DATA, "gpu_validation.csv"))
             if r["impl"] == "generated"}
@@ -182,7 +182,9 @@ def test_unseen_shapes_are_not_validated_launches():
         assert len(keys) == 8 and not keys & seen, path
         seen |= keys
         ratios = [float(r["pred_dram_read_bytes"]) / float(r["qkv_bytes"]) for r in pre]
-        assert min(ratios) < 1.05 and max(ratios) > 10
+        # round 13 was chosen where its options differ: its nearest to Q+K+V is 1.2x
+        assert min(ratios) < (1.25 if path.endswith("gpu_unseen13.csv") else 1.05), path
+        assert max(ratios) > 10
 
 
 def test_newest_preregistered_predictions_unchanged():
@@ -218,6 +220,16 @@ def test_newest_preregistered_predictions_unchanged():
         if r.get("pred_dram_read_bytes_response"):
             cols = {"pred_dram_read_bytes": GpuL2(),
                     "pred_dram_read_bytes_response": before(l2_policy="response")}
+        # round 13 registered the default next to CLOCK, the startup and both (options); the
+        # options are recomputed where they are quick (CI's time), the default everywhere
+        if r.get("pred_dram_read_bytes_clock"):
+            from iosim.l2model import BLOCK_STARTUP
+            cols = {"pred_dram_read_bytes": GpuL2()}
+            if int(r["heads"]) * int(r["batch"]) * int(r["seq"]) ** 2 <= 2 ** 33:
+                cols.update({"pred_dram_read_bytes_clock": GpuL2(nru_victim="clock"),
+                             "pred_dram_read_bytes_startup": GpuL2(**BLOCK_STARTUP),
+                             "pred_dram_read_bytes_clock_startup": GpuL2(
+                                 nru_victim="clock", **BLOCK_STARTUP)})
         # round 10 registered the present NRU state (hashed sets) next to them (round 9's NRU
         # column is the state of commit 57efadf, corrected later: docs/validation.md)
         if r.get("pred_dram_read_bytes_nru"):
@@ -421,6 +433,32 @@ def test_round7_partitions_model_ahead():
         assert -0.2 < e["2x20x8192x128"] < -0.18
     for s in ("3x16x3072x64", "1x40x4096x64", "1x24x10240x64-causal"):
         assert abs(err[s]) > 0.15 and abs(part[s]) < 0.06, s
+
+
+def test_round13_options_registered_and_measured():
+    """Round 13 (docs/validation.md): the default (unchanged since round 12) registered next to
+    CLOCK's victim rule, each block's measured startup and both (model commit 3014a12) on
+    launches chosen before any of the four ran on them, measured twice on one H100: L2->SM bytes
+    exact on all 8; DRAM within 15% on 5 of 8 with the default (mean |error| 13.9%), 4 with
+    CLOCK, 5 with the startup, 6 with both (11.6%). CLOCK with or without the startup gets the
+    1K d=64 head-major launch within 6% (the default and the startup alone -10%); all four
+    over-count the 48K causal d=64 head-major thrash (+24% to +34%) and under-count the
+    causal query-major launch past the cliff (-30% to -38%). The two runs agree within 4%."""
+    pre, err = _measured_round("gpu_unseen13.csv")
+    clock, startup, both = (_dram_errors(pre, f"pred_dram_read_bytes_{c}")
+                            for c in ("clock", "startup", "clock_startup"))
+    assert {r["model_commit"][:7] for r in pre} == {"3014a12"}
+    assert [sum(abs(e) <= 0.15 for e in x.values()) for x in (err, clock, startup, both)] == \
+        [5, 4, 5, 6]
+    assert sum(map(abs, both.values())) < sum(map(abs, err.values()))
+    assert abs(clock["9x16x1024x64"]) < 0.06 and abs(both["9x16x1024x64"]) < 0.06
+    assert err["9x16x1024x64"] < -0.09 and startup["9x16x1024x64"] < -0.09
+    for e in (err, clock, startup, both):
+        assert 0.2 < e["1x6x49152x64-causal"] < 0.35
+        assert -0.4 < e["1x2x73728x128-causal"] < -0.25
+    for r in pre:
+        runs = [float(r[c]) for c in ("meas_dram_read_bytes", "meas_dram_read_bytes_repeat1")]
+        assert max(runs) / min(runs) < 1.04, r["shape"]
 
 
 def test_round12_new_default_registered_and_measured():
