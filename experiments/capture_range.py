@@ -117,10 +117,11 @@ def _lags(w, starts):
 
 
 def _chunk(job):
-    from iosim.l2model import GpuL2, _predict_dynamic
+    from iosim.l2model import DEFAULT_ROUNDS_11_13, GpuL2, _predict_dynamic
     variant, g = job
     w, measured = _validated(TRACED)
-    o = _predict_dynamic(w, GpuL2(**VARIANTS[variant]), chunk=g, record=True)
+    o = _predict_dynamic(w, GpuL2(**DEFAULT_ROUNDS_11_13, **VARIANTS[variant]), chunk=g,
+                         record=True)
     p5, sd = _lags(w, o["blocks"]["start_us"])
     return {"table": "model_chunk", "launch": TRACED, "run": 0, "variant": variant,
             "chunk_key_blocks": o["chunk_key_blocks"],

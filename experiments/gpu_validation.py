@@ -215,7 +215,7 @@ def _variants():
     the recorded ablation tables were made (experiments/nru_model.py has the NRU state)."""
     import iosim.l2model as L
     from dataclasses import replace
-    gpu = L.GpuL2(l2_policy="response", prefetch_across_chunks=False)
+    gpu = L.GpuL2(l2_policy="response", prefetch_across_chunks=False, **L.DEFAULT_ROUNDS_11_13)
     even = replace(gpu, sm_rates={d: (a, b, 0.5) for d, (a, b, _) in gpu.sm_rates.items()},
                    sm_share_causal={d: 0.5 for d in gpu.sm_share_causal})
     # the model before the two-block pace noise and the causal share (round 3's)

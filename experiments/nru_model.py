@@ -3,6 +3,7 @@
 
     python experiments/nru_model.py      # -> experiments/data/gpu_nru_model.csv
 
+All columns but the last with the rates of rounds 11-13 (no startup: ``DEFAULT_ROUNDS_11_13``).
 ``GpuL2(l2_policy="nru")`` replaces each L2 partition's reuse-distance response (the measured
 shared-scan curve) by a cache state: 16-way sets of 4 KiB units, 26 MiB per partition, NRU
 replacement, the partitions model's copy accounting (iosim.l2state; the layout of
@@ -13,11 +14,15 @@ shared-scan response (``nru_capacity="scan"``). These four with fetches stopping
 model's chunk ends (the model before round 11; ``response`` is its default); the columns
 ``*_prefetch`` with the fetches running on across chunk ends (``nru_prefetch`` is the default
 since round 11); ``clock_prefetch`` is the default with CLOCK's victim rule (a hand per set
-walks on from where it stopped: ``nru_victim="clock"``). Each column predicts DRAM read bytes
+walks on from where it stopped: ``nru_victim="clock"``); ``clock_startup`` is that with each
+block's measured startup and the matching rates (``BLOCK_STARTUP``): the default since round
+13. Each column predicts DRAM read bytes
 for the 34 validated launches (gpu_ncu.csv's counters, as gpu_validation.csv) and every launch
 of the pre-registered rounds
 (gpu_unseen*.csv; post hoc, except the registered predictions: response for rounds 9-12, nru
-for rounds 10-11, nru_prefetch for rounds 11-12). Nothing is fitted.
+for rounds 10-11, nru_prefetch for rounds 11-13, clock_prefetch and clock_startup for round
+13). Nothing is fitted. A rerun computes only the cells the CSV lacks (new launches, new
+columns); ``--all`` recomputes every cell.
 """
 from __future__ import annotations
 
@@ -33,23 +38,27 @@ import numpy as np  # noqa: E402
 from gpu_validation import _in_parallel  # noqa: E402
 from iosim.gpu.compare import read_csv, workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
+from iosim.l2model import DEFAULT_ROUNDS_11_13  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
 #: column -> GpuL2 arguments: the response (the default of rounds 7-10), the NRU state (hashed
 #: sets), the same with the linear set map, the NRU state whose sets have unequal ways
 #: distributed as the measured shared-scan response (a soft capacity) -- these four with fetches
 #: stopping at chunk ends -- and the response and the NRU state with fetches across chunk ends
-#: (the latter the default since round 11), and that with CLOCK's victim rule (a hand per set,
-#: ``nru_victim="clock"``; the sixteenth session)
-POLICIES = {"response": {"l2_policy": "response", "prefetch_across_chunks": False},
-            "nru": {"l2_policy": "nru", "prefetch_across_chunks": False},
-            "nru_linear": {"l2_policy": "nru", "nru_set_map": "linear",
+#: (the latter the default of rounds 11-13), and that with CLOCK's victim rule (a hand per set,
+#: ``nru_victim="clock"``; the sixteenth session) -- all with the rates of rounds 11-13, no
+#: startup -- and the present default: CLOCK with each block's startup (after round 13)
+_R = DEFAULT_ROUNDS_11_13
+POLICIES = {"response": {**_R, "l2_policy": "response", "prefetch_across_chunks": False},
+            "nru": {**_R, "l2_policy": "nru", "prefetch_across_chunks": False},
+            "nru_linear": {**_R, "l2_policy": "nru", "nru_set_map": "linear",
                            "prefetch_across_chunks": False},
-            "nru_scan": {"l2_policy": "nru", "nru_capacity": "scan",
+            "nru_scan": {**_R, "l2_policy": "nru", "nru_capacity": "scan",
                          "prefetch_across_chunks": False},
-            "response_prefetch": {"l2_policy": "response", "prefetch_across_chunks": True},
-            "nru_prefetch": {},
-            "clock_prefetch": {"nru_victim": "clock"}}
+            "response_prefetch": {**_R, "l2_policy": "response", "prefetch_across_chunks": True},
+            "nru_prefetch": {**_R},
+            "clock_prefetch": {**_R, "nru_victim": "clock"},
+            "clock_startup": {}}
 
 
 def launches() -> list[dict]:
@@ -68,14 +77,24 @@ def launches() -> list[dict]:
     return out
 
 
-def one(r: dict) -> dict:
+def _label(w) -> str:
+    return f"{w.batch}x{w.heads}x{w.seq_q}x{w.head_dim}{'-causal' if w.causal else ''}"
+
+
+def one(r: dict, done: dict | None = None) -> dict:
+    """Every column's prediction for launch ``r``; the cells of ``done`` (a recorded row of
+    the same launch) are kept, not recomputed."""
     from iosim.l2model import GpuL2, predict_dram
     w = workload(r)
-    row = {"set": r["set"], "shape": f"{w.batch}x{w.heads}x{w.seq_q}x{w.head_dim}"
-           f"{'-causal' if w.causal else ''}", "grid_order": w.grid_order,
+    row = {"set": r["set"], "shape": _label(w), "grid_order": w.grid_order,
            "measured": r["measured"],
            "qkv_bytes": 3 * w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes}
+    done = done or {}
     for pol, kw in POLICIES.items():
+        if done.get(pol) not in (None, ""):
+            row[pol] = float(done[pol])
+            row[f"err_{pol}"] = float(done[pol]) / r["measured"] - 1
+            continue
         v = predict_dram(w, GpuL2(**kw))["dram_read_bytes"]
         row[pol] = round(v)
         row[f"err_{pol}"] = v / r["measured"] - 1
@@ -84,37 +103,49 @@ def one(r: dict) -> dict:
 
 def summary(rows) -> list[str]:
     out = []
-    late = ("validated", "round 9", "round 10", "round 11", "round 12")
+    late = ("validated", "round 9", "round 10", "round 11", "round 12", "round 13")
     groups = [("validated", lambda r: r["set"] == "validated"),
               ("rounds 1-8 (post hoc)", lambda r: r["set"] not in late),
               ("round 9", lambda r: r["set"] == "round 9"),
               ("round 10", lambda r: r["set"] == "round 10"),
               ("round 11", lambda r: r["set"] == "round 11"),
               ("round 12", lambda r: r["set"] == "round 12"),
+              ("round 13", lambda r: r["set"] == "round 13"),
               ("all", lambda r: True)]
     for name, sel in groups:
         part = [r for r in rows if sel(r)]
         cells = []
         for pol in POLICIES:
-            e = np.array([r[f"err_{pol}"] for r in part])
+            e = np.array([float(r[f"err_{pol}"]) for r in part])
             cells.append(f"{pol} {int((abs(e) <= 0.15).sum()):3d}/{len(e)} "
                          f"(mean |error| {abs(e).mean():.1%})")
         out.append(f"{name:24s} within 15%: " + "   ".join(cells))
     return out
 
 
-def over_launches(fn, todo: list) -> list:
-    """``fn`` on every launch of ``todo`` in two processes, the longest first so that the two
-    finish together; the results in ``todo``'s order."""
+def over_launches(fn, todo: list, extra: list | None = None) -> list:
+    """``fn`` on every launch of ``todo`` (``fn((launch, extra[i]))`` where ``extra`` is given)
+    in two processes, the longest first so that the two finish together; the results in
+    ``todo``'s order."""
     big = sorted(range(len(todo)), key=lambda i: -int(todo[i]["batch"]) * int(
         todo[i]["heads"]) * int(todo[i]["seq"]) ** 2)
-    out = _in_parallel(fn, [todo[i] for i in big], "launches", 2)
+    jobs = [todo[i] if extra is None else (todo[i], extra[i]) for i in big]
+    out = _in_parallel(fn, jobs, "launches", 2)
     return [row for _, row in sorted(zip(big, out), key=lambda x: x[0])]
 
 
+def _one_kept(job):
+    return one(*job)
+
+
 def main() -> None:
-    rows = over_launches(one, launches())
-    write_csv(rows, os.path.join(DATA, "gpu_nru_model.csv"))
+    path = os.path.join(DATA, "gpu_nru_model.csv")
+    todo = launches()
+    kept = {} if "--all" in sys.argv[1:] or not os.path.exists(path) else {
+        (r["set"], r["shape"], r["grid_order"]): r for r in read_csv(path)}
+    done = [kept.get((r["set"], _label(workload(r)), r["grid_order"])) for r in todo]
+    rows = over_launches(_one_kept, todo, done)
+    write_csv(rows, path)
     print("\n".join(summary(rows)))
 
 

@@ -55,7 +55,10 @@ startup (``GpuL2(**BLOCK_STARTUP)``, ``pred_dram_read_bytes_startup``; 31 of 34)
 chosen before any of the four was run on them: d=64 head-major at 1K (CLOCK's gain) and causal
 at 48K (both options over-count the validated 64K one), causal query-major d=128 at and past the cliff, causal
 head-major d=64 at 8K and d=128 at 28K, non-causal head-major d=128 at 4K, non-causal
-query-major d=64 at 56K.
+query-major d=64 at 56K. From round 14 the default is CLOCK with each block's startup (both
+together, after round 13: 6 of its 8, the default 5); rounds from 14 register it and the
+default of rounds 11-13 next to it (``GpuL2(**DEFAULT_ROUNDS_11_13)``,
+``pred_dram_read_bytes_rounds_11_13``).
 """
 from __future__ import annotations
 
@@ -70,7 +73,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from iosim.gpu.compare import compare_row, read_csv  # noqa: E402
 from iosim.gpu.validate import VALIDATION_TILING  # noqa: E402
-from iosim.l2model import GpuL2  # noqa: E402
+from iosim.l2model import BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, GpuL2  # noqa: E402
+
+#: the models registered next to each round's default, as they were then: the rates without
+#: each block's startup and NRU's first-clear victim (the default of rounds 11-13)
+_R = DEFAULT_ROUNDS_11_13
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -214,15 +221,17 @@ def seen_launches() -> set:
 
 
 def _options() -> dict:
-    """Round 13's registered options: column suffix -> model."""
-    from iosim.l2model import BLOCK_STARTUP
-    return {"clock": GpuL2(nru_victim="clock"), "startup": GpuL2(**BLOCK_STARTUP),
+    """Round 13's registered options: column suffix -> model (the last one is the default
+    since)."""
+    return {"clock": GpuL2(**{**_R, "nru_victim": "clock"}),
+            "startup": GpuL2(nru_victim="first", **BLOCK_STARTUP),
             "clock_startup": GpuL2(nru_victim="clock", **BLOCK_STARTUP)}
 
 
 def predict(shapes, commit: str, partitions: bool = False, readers: bool = False,
             nru: bool = False, nru_prefetch: bool = False,
-            response: bool = False, options: bool = False) -> list[dict]:
+            response: bool = False, options: bool = False,
+            rounds_11_13: bool = False) -> list[dict]:
     rows = []
     for b, h, n, d, c, o in shapes:
         row = dict(impl="generated", cascade="attention-1pass", grid_order=o, dtype="bf16",
@@ -240,24 +249,27 @@ def predict(shapes, commit: str, partitions: bool = False, readers: bool = False
                      "model_commit": commit})
         if partitions:   # rounds 6-7: the default was the readers rule
             q = compare_row(row, GpuL2(kv_weight="partitions", l2_policy="response",
-                                       prefetch_across_chunks=False), baseline=False)
+                                       prefetch_across_chunks=False, **_R), baseline=False)
             rows[-1]["pred_dram_read_bytes_partitions"] = round(q["pred_dram_read_bytes"])
         if readers:      # round 8 on: the default is the partitions model
-            q = compare_row(row, GpuL2(kv_weight="readers", prefetch_across_chunks=False),
+            q = compare_row(row, GpuL2(kv_weight="readers", prefetch_across_chunks=False, **_R),
                             baseline=False)
             rows[-1]["pred_dram_read_bytes_readers"] = round(q["pred_dram_read_bytes"])
         if nru:          # round 9 on: the NRU cache state next to the response
-            q = compare_row(row, GpuL2(l2_policy="nru", prefetch_across_chunks=False),
+            q = compare_row(row, GpuL2(l2_policy="nru", prefetch_across_chunks=False, **_R),
                             baseline=False)
             rows[-1]["pred_dram_read_bytes_nru"] = round(q["pred_dram_read_bytes"])
         if nru_prefetch:  # round 11 on: the NRU state with fetches across chunk ends
-            q = compare_row(row, GpuL2(l2_policy="nru", prefetch_across_chunks=True),
+            q = compare_row(row, GpuL2(l2_policy="nru", prefetch_across_chunks=True, **_R),
                             baseline=False)
             rows[-1]["pred_dram_read_bytes_nru_prefetch"] = round(q["pred_dram_read_bytes"])
         if response:     # round 12 on: the model of rounds 7-10 next to the default
-            q = compare_row(row, GpuL2(l2_policy="response", prefetch_across_chunks=False),
+            q = compare_row(row, GpuL2(l2_policy="response", prefetch_across_chunks=False, **_R),
                             baseline=False)
             rows[-1]["pred_dram_read_bytes_response"] = round(q["pred_dram_read_bytes"])
+        if rounds_11_13:  # round 14 on: the default of rounds 11-13 next to the present one
+            q = compare_row(row, GpuL2(**_R), baseline=False)
+            rows[-1]["pred_dram_read_bytes_rounds_11_13"] = round(q["pred_dram_read_bytes"])
         if options:      # round 13 on: CLOCK, the startup, both (GpuL2 options, not default)
             for col, gpu in _options().items():
                 q = compare_row(row, gpu, baseline=False)
@@ -276,8 +288,8 @@ def figure(path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8.8, 4.6))
-    markers = "os^Dv*PXhp<>"
+    fig, ax = plt.subplots(figsize=(9.4, 5.6))
+    markers = "os^Dv*PXhp<>d8H"
     n = ok = 0
     files = sorted(DATA.glob("gpu_unseen*.csv"), key=lambda p: int(p.stem[10:] or 1))
     ax.axhspan(-15, 15, color="0.88", zorder=0, label="within 15%")
@@ -296,7 +308,7 @@ def figure(path: Path) -> Path:
     ax.set(xscale="log", xlabel="measured DRAM read / (Q + K + V)",
            ylabel="registered prediction - measured (%)",
            title=f"DRAM reads of pre-registered launches (H100): {ok} of {n} within 15%")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -326,7 +338,7 @@ def main(argv=None) -> None:
     commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
     rows = predict(shapes, commit, partitions=a.round in (6, 7), readers=8 <= a.round <= 11,
                    nru=9 <= a.round <= 11, nru_prefetch=a.round == 11, response=a.round == 12,
-                   options=a.round >= 13)
+                   options=a.round == 13, rounds_11_13=a.round >= 14)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

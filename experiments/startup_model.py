@@ -10,7 +10,10 @@ waiting (the median intercept of the traced causal launches outside the validati
 experiments/block_time.py) and then runs through its key blocks at the rates measured without
 that startup (d=128 non-causal 1.049, causal 1.066 us per key block; d=64 from the sharing fit
 of the computing time); a block in its startup leaves its SM to the other block. Everything
-else is the default (NRU state, fetches across chunk ends). Nothing is fitted to DRAM counts.
+else is the default of rounds 11-13 (NRU state with the first clear way as the victim, fetches
+across chunk ends; ``DEFAULT_ROUNDS_11_13``, the column ``default``); the present default adds
+CLOCK to the startup (experiments/nru_model.py, column ``clock_startup``). Nothing is fitted
+to DRAM counts.
 
 * gpu_startup_model.csv -- the 130 launches of gpu_nru_model.csv (34 validated, rounds 1-12):
   measured DRAM reads and kernel time (ncu), each model's DRAM prediction and makespan (seed 0);
@@ -39,8 +42,10 @@ SEEDS = (1, 2)
 
 
 def _models():
-    from iosim.l2model import BLOCK_STARTUP, GpuL2
-    return {"default": GpuL2(), "startup": GpuL2(**BLOCK_STARTUP)}
+    from iosim.l2model import BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, GpuL2
+    # the default of rounds 11-13 and that with the startup (NRU's first-clear victim)
+    return {"default": GpuL2(**DEFAULT_ROUNDS_11_13),
+            "startup": GpuL2(nru_victim="first", **BLOCK_STARTUP)}
 
 
 def _shape(w) -> str:

@@ -15,7 +15,10 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
 * **progress rates** — a block goes through its key/value tiles at the SM's compute rate
   (measured per tile from ``%globaltimer`` traces of the kernel). Blocks that share an SM
   do *not* share it evenly: the older block runs about 1.3x faster than the younger one
-  (measured share 0.57; 0.53 in causal launches). So, with two blocks per SM, the two slots
+  (measured share 0.57; 0.53 in causal launches). Before its first key block a block spends
+  its measured startup (3.48 us: loads issued and waited for) computing nothing, its SM left
+  to the other block (``block_startup_us``, the default since round 13; the rates are those
+  of the key blocks alone). So, with two blocks per SM, the two slots
   of every SM drift to half
   a block's lifetime apart — two cohorts that read each head's K/V at different times;
 * **DRAM** — a miss must be fetched before the block can use it; misses share the DRAM
@@ -40,7 +43,8 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
   a copy of the far half on the reader's side, and DRAM is read when a half's own partition
   lost it. Each partition is a cache state (``l2_policy="nru"``, the default since round 11):
   26 of the 50 MiB (the shared scan's half-miss point) in 16-way sets of 4 KiB units, NRU
-  replacement, the set index hashed so that a buffer spreads evenly (:mod:`iosim.l2state`);
+  bits with CLOCK's victim rule (a hand per set; since round 13, ``nru_victim``), the set
+  index hashed so that a buffer spreads evenly (:mod:`iosim.l2state`);
   or (``l2_policy="response"``, the default before) an LRU answering by the measured
   reuse-distance response below. The first wave's
   blocks land on the SMs in the measured order ``DISPATCH_ORDER``. Registered next to the
@@ -168,7 +172,7 @@ SM_SHARE_CAUSAL = {64: 0.534}
 #: sqrt(key blocks), in the two-blocks-per-SM query-major launches without DRAM waits outside
 #: the validation set (gpu_traced.npz: 1x24x32Kx64 8.1%, 1x6x64Kx64 7.6%; first wave left out)
 BLOCK_JITTER_PAIR = 0.079
-#: (measured, not the default) a block's startup: from its start to its first key block it
+#: (measured; part of the default since round 13) a block's startup: from its start to its first key block it
 #: loads and waits (2.5-3.9 us in the marked traces); the median intercept of duration on key
 #: blocks over the traced causal query-major d=128 launches outside the validation set
 #: (experiments/block_time.py, experiments/data/gpu_block_time.csv). SM_RATES spread it over
@@ -178,9 +182,15 @@ BLOCK_JITTER_PAIR = 0.079
 BLOCK_STARTUP_US = 3.479
 SM_RATES_STARTUP = {128: (4.0000, 4.0000, 0.5), 64: (2.6755, 3.5295, 0.571)}
 SM_RATES_CAUSAL_STARTUP = {128: (3.9365, 3.9365)}
-#: GpuL2(**BLOCK_STARTUP): the dynamic model with the startup and those rates
+#: GpuL2(**BLOCK_STARTUP): the dynamic model with the startup and those rates (the default
+#: since round 13; spelled out for the options that predate it)
 BLOCK_STARTUP = {"block_startup_us": BLOCK_STARTUP_US, "sm_rates": SM_RATES_STARTUP,
                  "sm_rates_causal": SM_RATES_CAUSAL_STARTUP}
+#: GpuL2(**DEFAULT_ROUNDS_11_13): the default of rounds 11-13 (NRU's first-clear victim, no
+#: startup, SM_RATES); round 13 registered CLOCK and the startup next to it, both together
+#: became the default after it (docs/validation.md)
+DEFAULT_ROUNDS_11_13 = {"nru_victim": "first", "block_startup_us": 0.0, "sm_rates": SM_RATES,
+                        "sm_rates_causal": {}}
 
 
 def _nearest_head_dim(table: dict, head_dim: int) -> int:
@@ -216,9 +226,10 @@ class GpuL2:
     prefetch_across_chunks: bool = True
     #: time from a block's start to the start of its first key block (us): its loads issued,
     #: waited for; the block fetches its first key blocks meanwhile but computes nothing, and
-    #: a block sharing its SM computes alone meanwhile (0: none, the default, whose rates
-    #: include it; BLOCK_STARTUP gives the measured startup with the matching rates)
-    block_startup_us: float = 0.0
+    #: a block sharing its SM computes alone meanwhile (the measured 3.48 us, the default since
+    #: round 13, with the rates of the key blocks alone, SM_RATES_STARTUP; 0: none, the
+    #: default before, whose rates SM_RATES include it: DEFAULT_ROUNDS_11_13)
+    block_startup_us: float = BLOCK_STARTUP_US
     #: (measured effect, not used) a block is slower through key blocks that come from DRAM
     #: than through hits, by ``miss_penalty / (1 - u)`` of its time per key block (times the
     #: part of its chunk that misses; u: the DRAM utilisation that the blocks' paces demand):
@@ -263,8 +274,9 @@ class GpuL2:
     nru_capacity: str = "sharp"
     #: which way a miss takes when none is empty: "first" (the first way whose bit is clear,
     #: all bits cleared when none is) or "clock" (CLOCK: a hand per set walks from where it
-    #: stopped, clearing the bits it passes, to the first clear way; iosim.l2state)
-    nru_victim: str = "first"
+    #: stopped, clearing the bits it passes, to the first clear way; iosim.l2state; the
+    #: default since round 13: 109 of the 110 measured schedules replayed within 15%)
+    nru_victim: str = "clock"
     #: SM ids on L2 side A (the rest: side B) and the SMs the first wave's blocks land on, in
     #: block-id order (kv_weight="partitions"; measured on the H100)
     side_a: tuple = L2_SIDE_A
@@ -272,12 +284,14 @@ class GpuL2:
     reader_weights: tuple = READER_WEIGHTS
     scan_shared: tuple = SCAN_SHARED
     scan_private: tuple = SCAN_PRIVATE
-    sm_rates: dict = field(default_factory=lambda: dict(SM_RATES), hash=False, compare=False)
+    sm_rates: dict = field(default_factory=lambda: dict(SM_RATES_STARTUP), hash=False,
+                           compare=False)
     sm_share_causal: dict = field(default_factory=lambda: dict(SM_SHARE_CAUSAL), hash=False,
                                   compare=False)
     #: head dim -> (one block alone, two together) in causal launches where they differ from
-    #: sm_rates (none by default; SM_RATES_CAUSAL_STARTUP with the startup)
-    sm_rates_causal: dict = field(default_factory=dict, hash=False, compare=False)
+    #: sm_rates (SM_RATES_CAUSAL_STARTUP, with the startup; none before round 13)
+    sm_rates_causal: dict = field(default_factory=lambda: dict(SM_RATES_CAUSAL_STARTUP),
+                                  hash=False, compare=False)
 
     def __post_init__(self):
         if self.l2_policy is None:
@@ -678,18 +692,19 @@ class _UnitMap:
     def _read(self, nrus, unit, home, copy_side):
         """Per unit (in this order): its home half in partition ``home``, then, where
         ``copy_side`` is the other partition, a copy in that one. Whether each home read
-        missed."""
+        missed. ``nrus`` holds both partitions: partition p's set s is its set
+        ``p * sets per partition + s`` (the sets are independent, so one state for the two
+        is the two states, in one call)."""
         has_copy = (copy_side >= 0) & (copy_side != home)
         n = len(unit)
         part = np.concatenate([home, copy_side[has_copy]])
         key = np.concatenate([2 * unit, 2 * unit[has_copy] + 1])
         pos = np.concatenate([2 * np.arange(n), 2 * np.flatnonzero(has_copy) + 1])
         miss = np.zeros(len(key), dtype=bool)
-        for p, state in enumerate(nrus):
-            idx = np.flatnonzero(part == p)
-            idx = idx[np.argsort(pos[idx], kind="stable")]
-            miss[idx] = state.access(set_index(key[idx] >> 2, state.n_sets, self.set_map),
-                                     key[idx])
+        o = np.argsort(pos, kind="stable")
+        per = nrus.n_sets // 2
+        k = key[o]
+        miss[o] = nrus.access(part[o] * per + set_index(k >> 2, per, self.set_map), k)
         return miss[:n]
 
     def read_kv(self, nrus, head, chunk, g: int, tmax, per_tile, inv, tiles, side):
@@ -803,7 +818,9 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         n_sets = int(gpu.nru_bytes // (gpu.nru_unit_bytes * gpu.nru_ways))
         ways = gpu.nru_ways if gpu.nru_capacity == "sharp" else scan_ways(
             gpu.scan_shared, gpu.l2_bytes, n_sets, gpu.nru_unit_bytes)
-        nrus = [NruSets(n_sets, ways, victim=gpu.nru_victim) for _ in range(2)]
+        # the two partitions in one state: partition p's set s is set p * n_sets + s
+        nrus = NruSets(2 * n_sets, np.tile(np.broadcast_to(ways, (n_sets,)), 2),
+                       victim=gpu.nru_victim)
         umap = _UnitMap(w, gpu.nru_unit_bytes, gpu.nru_set_map)
     start = np.zeros(S)
     ready = np.zeros(S)                     # when a block's first key block can begin
@@ -1004,7 +1021,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     finished = 0
     ar = np.arange(S)
     resident_changed = True
-    timed = gpu.block_startup_us > 0        # else no block ever waits (the default)
+    timed = gpu.block_startup_us > 0        # else no block ever waits (before round 13)
     waiting = np.zeros(S, dtype=bool)
     n_wait = n_wait_before = 0
     rate = np.zeros(S)

@@ -46,6 +46,11 @@ class NruSets:
         self.tag = np.where(self.absent, ABSENT, EMPTY).astype(np.int64)
         self.used = self.absent.copy()          # a way the set lacks is never a victim
         self.hand = np.zeros(n_sets, dtype=np.int64)   # victim="clock": where each set's hand is
+        nw = self.tag.shape[1]
+        self._ways = np.arange(nw)
+        self._rot = (self._ways[:, None] + self._ways[None, :]) % nw   # ways from a hand
+        self._has_absent = bool(self.absent.any())
+        self._n_empty = int((self.tag == EMPTY).sum())                # victim="clock" only
 
     @property
     def n_sets(self) -> int:
@@ -61,9 +66,11 @@ class NruSets:
         if not len(keys):
             return miss
         order = np.argsort(sets, kind="stable")
-        starts = np.r_[0, np.flatnonzero(np.diff(sets[order])) + 1]
+        s_o = sets[order]
+        starts = np.flatnonzero(np.concatenate(([True], s_o[1:] != s_o[:-1])))
         rank = np.empty(len(sets), dtype=np.int64)
-        rank[order] = np.arange(len(sets)) - np.repeat(starts, np.diff(np.r_[starts, len(sets)]))
+        rank[order] = np.arange(len(sets)) - np.repeat(starts, np.diff(
+            np.append(starts, len(sets))))
         by_round = np.argsort(rank, kind="stable")
         bounds = np.searchsorted(rank[by_round], np.arange(int(rank.max()) + 2))
         for r in range(len(bounds) - 1):
@@ -96,26 +103,37 @@ class NruSets:
         stays), else CLOCK -- from the set's hand, the first way whose bit is clear, clearing
         the bits it passes (all of them and back to the hand when every bit is set); the hand
         then points past the victim."""
-        nw = self.tag.shape[1]
-        empty = self.tag[ss] == EMPTY
-        has_empty = empty.any(axis=1)
-        order = (self.hand[ss][:, None] + np.arange(nw)[None, :]) % nw   # ways from the hand
-        used = np.take_along_axis(self.used[ss], order, axis=1)
-        clear = ~used
-        none = ~clear.any(axis=1)
-        # every bit set: the hand clears them all and comes back to itself (absent ways are
-        # set for good, so the first present way from the hand)
-        absent = np.take_along_axis(self.absent[ss], order, axis=1)
-        clear[none] = ~absent[none]
-        k = clear.argmax(axis=1)                      # steps from the hand to the victim
-        way = np.where(has_empty, empty.argmax(axis=1), order[np.arange(len(ss)), k])
-        passed = (np.arange(nw)[None, :] < k[:, None]) | none[:, None]
-        passed &= ~absent & ~has_empty[:, None]
+        n = len(ss)
+        order = self._rot[self.hand[ss]]              # the ways of each set from its hand
+        used = self.used[ss[:, None], order]
+        none = used.all(axis=1)
+        if self._has_absent:
+            # every bit set: the hand clears them all and comes back to itself (absent ways
+            # are set for good, so the first present way from the hand)
+            absent = self.absent[ss[:, None], order]
+            clear = ~used
+            clear[none] = ~absent[none]
+            k = clear.argmax(axis=1)                  # steps from the hand to the victim
+        else:
+            k = np.where(none, 0, (~used).argmax(axis=1))
+        way = order[np.arange(n), k]
+        passed = (self._ways[None, :] < k[:, None]) | none[:, None]
+        if self._has_absent:
+            passed &= ~absent
+        moves = slice(None)
+        if self._n_empty:
+            empty = self.tag[ss] == EMPTY
+            has_empty = empty.any(axis=1)
+            if has_empty.any():
+                way = np.where(has_empty, empty.argmax(axis=1), way)
+                passed &= ~has_empty[:, None]
+                moves = ~has_empty
+                self._n_empty -= int(has_empty.sum())
         r, c = np.nonzero(passed)
         self.used[ss[r], order[r, c]] = False
         self.tag[ss, way] = kk
         self.used[ss, way] = True
-        self.hand[ss[~has_empty]] = (way[~has_empty] + 1) % nw
+        self.hand[ss[moves]] = (way[moves] + 1) % self.tag.shape[1]
 
 
 def scan_ways(curve, l2_bytes: float, n_sets: int, unit_bytes: int, seed: int = 0) -> np.ndarray:

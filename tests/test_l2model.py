@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from iosim.errors import IosimError
-from iosim.l2model import (SM_RATES, SM_SHARE_CAUSAL, GpuL2, Workload, _predict_dynamic,
+from iosim.l2model import (DEFAULT_ROUNDS_11_13, SM_RATES, SM_RATES_STARTUP,  # noqa: E402
+                           SM_SHARE_CAUSAL, GpuL2, Workload, _predict_dynamic,
                            occupancy, predict_dram, smem_level_reads)
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
@@ -115,7 +116,10 @@ def test_rates_come_from_the_traces():
     causal = np.mean([float(r["older_share"]) for r in two if "causal" in r["launch"]])
     assert SM_RATES[64] == pytest.approx((alone, pair, share), rel=0.02)
     assert SM_SHARE_CAUSAL[64] == pytest.approx(causal, abs=0.002)
-    assert GpuL2().rates(64, causal=True) == (*SM_RATES[64][:2], SM_SHARE_CAUSAL[64])
+    assert GpuL2(**DEFAULT_ROUNDS_11_13).rates(64, causal=True) == (*SM_RATES[64][:2],
+                                                                   SM_SHARE_CAUSAL[64])
+    # the default since round 13: the key blocks' rates without the startup, the same share
+    assert GpuL2().rates(64, causal=True) == (*SM_RATES_STARTUP[64][:2], SM_SHARE_CAUSAL[64])
 
 
 def test_pair_jitter_from_traced_launches_outside_the_validation_set():
@@ -323,12 +327,13 @@ def test_prefetch_across_chunks_keeps_dram_busy(seq_k):
     never idles, takes exactly bytes / bandwidth. With the pipeline running across the model's
     chunk boundaries (the default since round 11) it does (within 0.5%); without (the default
     before) every block stops fetching at each chunk's end, the blocks fall into step and the
-    DRAM idles there (>= 2% longer). Both with the response (the NRU state gives the same)."""
+    DRAM idles there (>= 2% longer). Both with the response (the NRU state gives the same) and
+    without the blocks' startup (the mechanism alone: the default of rounds 11-13)."""
     from dataclasses import replace
     w = Workload(1, 132, 128, seq_k, 128, causal=False, grid_order="query-major")
     kv = 132 * seq_k * 128 * 2 * 2
     floor = kv / GpuL2().dram_bytes_per_us
-    base = GpuL2(l2_policy="response", block_jitter=0.0)
+    base = GpuL2(l2_policy="response", block_jitter=0.0, **DEFAULT_ROUNDS_11_13)
     on = _predict_dynamic(w, base)
     off = _predict_dynamic(w, replace(base, prefetch_across_chunks=False))
     assert on["kv_miss_bytes"] == off["kv_miss_bytes"] == kv
@@ -369,13 +374,14 @@ def test_miss_penalty_slows_blocks_that_fetch(heads, penalty):
     launch), below the DRAM bandwidth. With GpuL2.miss_penalty = p a block fetching is
     slowed by x = 1 + p / (1 - u), where u, the DRAM utilisation, falls with the pace:
     u = u0 / x, u0 = heads x 32 KiB per key block time / 3.0 TB/s. The fixed point is solved
-    here by iteration; the makespan grows by x (within 0.5%); p = 0 changes nothing."""
+    here by iteration; the makespan grows by x (within 0.5%); p = 0 changes nothing. Without
+    the blocks' startup (the mechanism alone: the default of rounds 11-13)."""
     from dataclasses import replace
     w = Workload(1, heads, 128, 8192, 128, causal=False, grid_order="query-major")
-    base = replace(GpuL2(), block_jitter=0.0)
+    base = GpuL2(block_jitter=0.0, **DEFAULT_ROUNDS_11_13)
     off = _predict_dynamic(w, base)
     on = _predict_dynamic(w, replace(base, miss_penalty=penalty))
-    tile_us = 4 * 128 * 64 * 128 / 1e6 / GpuL2().rates(128)[0]
+    tile_us = 4 * 128 * 64 * 128 / 1e6 / base.rates(128)[0]
     u0 = heads * 2 * 64 * 128 * 2 / tile_us / GpuL2().dram_bytes_per_us
     assert u0 < 0.7
     x = 1.0

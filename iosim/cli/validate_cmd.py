@@ -58,12 +58,13 @@ def _table(rows: list[dict]) -> str:
                    "round 7), always a shared line, or the earlier sides rule (dynamic model "
                    "only)")
 @click.option("--l2-policy", type=click.Choice(["response", "nru"]), default=None,
-              help="how each L2 partition answers a re-read (GpuL2.l2_policy): an NRU cache "
-                   "state with hashed sets and fetches running on across the model's chunk "
-                   "ends (the default since round 11; needs --kv-cost partitions and the "
-                   "dynamic model) or the measured reuse-distance response with fetches "
-                   "stopping at chunk ends (the default before; 1-7x faster). Default: nru "
-                   "where it applies, else response")
+              help="how each L2 partition answers a re-read (GpuL2.l2_policy): a cache state "
+                   "of NRU bits with hashed sets (CLOCK victims and each block's measured "
+                   "startup since round 13), fetches running on across the model's chunk ends "
+                   "(the default since round 11; needs --kv-cost partitions and the dynamic "
+                   "model) or the measured reuse-distance response with fetches stopping at "
+                   "chunk ends (the default before; 1-7x faster). Default: nru where it "
+                   "applies, else response")
 @click.option("--json", "as_json", is_flag=True, help="print rows and summary as JSON")
 def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, as_json):
     """Compare predicted L2 and DRAM bytes with Nsight Compute counters.
@@ -76,7 +77,7 @@ def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, as_json):
       iosim validate --gpu --shapes 4x16x4096x128,4x16x4096x128-causal
     """
     from iosim.gpu.compare import compare, read_csv, summary
-    from iosim.l2model import GpuL2
+    from iosim.l2model import DEFAULT_ROUNDS_11_13, GpuL2
     if kv_cost != "partitions" and model != "dynamic":
         raise IosimError(f"--kv-cost {kv_cost} needs the dynamic L2 model (--model dynamic)")
     if l2_policy == "nru" and (model != "dynamic" or kv_cost != "partitions"):
@@ -98,9 +99,11 @@ def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, as_json):
             raise IosimError(f"no recorded measurements at {path}")
         rows = read_csv(path)
         out = Path(out_dir) if out_dir else None
-    # the response goes with the fetches that stop at chunk ends (the model before round 11)
+    # the response goes with the fetches that stop at chunk ends and the rates without the
+    # startup (the model before round 11)
+    older = {} if l2_policy == "nru" else DEFAULT_ROUNDS_11_13
     rows = compare(rows, GpuL2(kv_weight=kv_cost, l2_policy=l2_policy,
-                               prefetch_across_chunks=l2_policy == "nru"),
+                               prefetch_across_chunks=l2_policy == "nru", **older),
                    model=model, baseline=model != "lockstep", workers=os.cpu_count() or 1)
     if out is not None:
         write_csv(rows, os.path.join(out, "gpu_validation.csv"))
