@@ -52,10 +52,10 @@ round 12), the two options of the sixteenth session and the two together: CLOCK'
 the 34 validated launches, 109 of the 110 measured schedules replayed), each block's measured
 startup (``GpuL2(**BLOCK_STARTUP)``, ``pred_dram_read_bytes_startup``; 31 of 34) and both
 (``pred_dram_read_bytes_clock_startup``; 33 of 34), each with its makespan; the launches were
-chosen before any of the four was run on them: d=64 head-major at 1K (CLOCK's gain) and causal
-at 48K (both options over-count the validated 64K one), causal query-major d=128 at and past the cliff, causal
-head-major d=64 at 8K and d=128 at 28K, non-causal head-major d=128 at 4K, non-causal
-query-major d=64 at 56K. From round 14 the default is CLOCK with each block's startup (both
+chosen before any of the four was run on them: d=64 head-major at 1K (CLOCK's gain) and
+causal at 48K (both options over-count the validated 64K one), causal query-major d=128 at
+and past the cliff, causal head-major d=64 at 8K and d=128 at 28K, non-causal head-major
+d=128 at 4K, non-causal query-major d=64 at 56K. From round 14 the default is CLOCK with each block's startup (both
 together, after round 13: 6 of its 8, the default 5); rounds from 14 register it and the
 default of rounds 11-13 next to it (``GpuL2(**DEFAULT_ROUNDS_11_13)``,
 ``pred_dram_read_bytes_rounds_11_13``).

@@ -172,9 +172,10 @@ SM_SHARE_CAUSAL = {64: 0.534}
 #: sqrt(key blocks), in the two-blocks-per-SM query-major launches without DRAM waits outside
 #: the validation set (gpu_traced.npz: 1x24x32Kx64 8.1%, 1x6x64Kx64 7.6%; first wave left out)
 BLOCK_JITTER_PAIR = 0.079
-#: (measured; part of the default since round 13) a block's startup: from its start to its first key block it
-#: loads and waits (2.5-3.9 us in the marked traces); the median intercept of duration on key
-#: blocks over the traced causal query-major d=128 launches outside the validation set
+#: (measured; part of the default since round 13) a block's startup: from its start to its
+#: first key block it loads and waits (2.5-3.9 us in the marked traces); the median intercept
+#: of duration on key blocks over the traced causal query-major d=128 launches outside the
+#: validation set
 #: (experiments/block_time.py, experiments/data/gpu_block_time.csv). SM_RATES spread it over
 #: the key blocks of 8K-32K launches; with it, the rates are those of the key blocks alone:
 #: d=128 non-causal and causal (SM_RATES_CAUSAL_STARTUP) apart, d=64 from the sharing fit of

@@ -20,7 +20,9 @@ The associativity and the address map matter: on the measured schedules NRU with
 and the balanced hash is within 15% on 103 of 110 traced launches (LRU 85, the linear map 94,
 an uneven random hash 82; 128 ways behave like LRU; docs/validation.md). The H100's L2 hashes
 its set index (experiments/device/l2_sets.py: no stride puts lines in too few sets). With the
-balanced hash this state is each L2 partition of the default model since round 11.
+balanced hash this state is each L2 partition of the default model since round 11 (with the
+CLOCK victim since round 13; the model keeps both partitions in one state, partition p's set s
+being its set p x sets + s).
 """
 from __future__ import annotations
 
