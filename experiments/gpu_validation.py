@@ -42,6 +42,12 @@ def _parity(ax, lo: float, hi: float, tol: float) -> None:
     ax.set_yscale("log")
 
 
+def launch_label(w) -> str:
+    """A Workload's shape as the data files write it: BxHxNxD[-causal] (Shape.label)."""
+    from iosim.gpu.shapes import Shape
+    return Shape(w.batch, w.heads, w.seq_q, w.head_dim, w.causal).label()
+
+
 def _label(r) -> str:
     c = " c" if str(r["causal"]) == "True" else ""
     return f"{r['batch']}x{r['heads']}x{int(r['seq']) // 1024}Kx{r['head_dim']}{c}"
@@ -334,8 +340,8 @@ def seeds(seed_list, workers: int = 2) -> list[dict]:
     jobs = sorted(((r, s) for s in seed_list for r in rows),
                   key=lambda j: -int(j[0]["batch"]) * int(j[0]["heads"]) * int(j[0]["seq"]) ** 2)
     errs = _in_parallel(_seed_error, jobs, "seeds", workers)
-    out = [{"seed": s, "shape": f"{r['batch']}x{r['heads']}x{r['seq']}x{r['head_dim']}"
-            f"{'-causal' if str(r['causal']) == 'True' else ''}", "grid_order": r["grid_order"],
+    from iosim.gpu.compare import workload
+    out = [{"seed": s, "shape": launch_label(workload(r)), "grid_order": r["grid_order"],
             "err_dram_read": e} for (r, s), e in zip(jobs, errs)]
     for s in seed_list:
         e = [x for x in out if x["seed"] == s]

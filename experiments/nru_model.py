@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from gpu_validation import _in_parallel  # noqa: E402
+from gpu_validation import _in_parallel, launch_label  # noqa: E402
 from iosim.gpu.compare import read_csv, workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2model import DEFAULT_ROUNDS_11_13  # noqa: E402
@@ -77,16 +77,12 @@ def launches() -> list[dict]:
     return out
 
 
-def _label(w) -> str:
-    return f"{w.batch}x{w.heads}x{w.seq_q}x{w.head_dim}{'-causal' if w.causal else ''}"
-
-
 def one(r: dict, done: dict | None = None) -> dict:
     """Every column's prediction for launch ``r``; the cells of ``done`` (a recorded row of
     the same launch) are kept, not recomputed."""
     from iosim.l2model import GpuL2, predict_dram
     w = workload(r)
-    row = {"set": r["set"], "shape": _label(w), "grid_order": w.grid_order,
+    row = {"set": r["set"], "shape": launch_label(w), "grid_order": w.grid_order,
            "measured": r["measured"],
            "qkv_bytes": 3 * w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes}
     done = done or {}
@@ -143,7 +139,7 @@ def main() -> None:
     todo = launches()
     kept = {} if "--all" in sys.argv[1:] or not os.path.exists(path) else {
         (r["set"], r["shape"], r["grid_order"]): r for r in read_csv(path)}
-    done = [kept.get((r["set"], _label(workload(r)), r["grid_order"])) for r in todo]
+    done = [kept.get((r["set"], launch_label(workload(r)), r["grid_order"])) for r in todo]
     rows = over_launches(_one_kept, todo, done)
     write_csv(rows, path)
     print("\n".join(summary(rows)))

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from gpu_validation import _in_parallel  # noqa: E402
+from gpu_validation import _in_parallel, launch_label  # noqa: E402
 from iosim.gpu.compare import workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from nru_model import launches, over_launches  # noqa: E402
@@ -48,15 +48,11 @@ def _models():
             "startup": GpuL2(nru_victim="first", **BLOCK_STARTUP)}
 
 
-def _shape(w) -> str:
-    return f"{w.batch}x{w.heads}x{w.seq_q}x{w.head_dim}{'-causal' if w.causal else ''}"
-
-
 def one(r: dict) -> dict:
     from iosim.l2model import _predict_dynamic
     w = workload(r)
     t = r.get("time_ns") or r.get("meas_time_ns")
-    row = {"set": r["set"], "shape": _shape(w), "grid_order": w.grid_order,
+    row = {"set": r["set"], "shape": launch_label(w), "grid_order": w.grid_order,
            "measured": r["measured"], "measured_time_us": float(t) / 1e3 if t else ""}
     for name, gpu in _models().items():
         p = _predict_dynamic(w, gpu)
@@ -71,14 +67,14 @@ def one_seed(job) -> dict:
     r, name, seed = job
     w = workload(r)
     p = _predict_dynamic(w, _models()[name], seed=seed)
-    return {"set": r["set"], "shape": _shape(w), "grid_order": w.grid_order, "model": name,
+    return {"set": r["set"], "shape": launch_label(w), "grid_order": w.grid_order, "model": name,
             "seed": seed, "measured": r["measured"],
             "err": p["dram_read_bytes"] / r["measured"] - 1,
             "span_us": round(p["makespan_us"], 1)}
 
 
 def thrash(shape: str, grid_order: str) -> bool:
-    """A d=128 causal head-major launch with at least 24K keys (``shape`` as _shape writes)."""
+    """A d=128 causal head-major launch with at least 24K keys (``shape``: launch_label's)."""
     b, h, n, d = (int(x) for x in shape.split("-")[0].split("x"))
     return d == 128 and shape.endswith("-causal") and grid_order == "head-major" and n >= 24576
 
@@ -111,7 +107,7 @@ def main() -> None:
     todo = launches()
     rows = over_launches(one, todo)
     write_csv(rows, os.path.join(DATA, "gpu_startup_model.csv"))
-    jobs = [(r, name, s) for r in todo if thrash(_shape(workload(r)), r["grid_order"])
+    jobs = [(r, name, s) for r in todo if thrash(launch_label(workload(r)), r["grid_order"])
             for name in ("default", "startup") for s in SEEDS]
     jobs.sort(key=lambda j: -int(j[0]["heads"]) * int(j[0]["seq"]) ** 2)
     seeds = _in_parallel(one_seed, jobs, "seeds", 2)

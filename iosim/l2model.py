@@ -175,11 +175,10 @@ BLOCK_JITTER_PAIR = 0.079
 #: (measured; part of the default since round 13) a block's startup: from its start to its
 #: first key block it loads and waits (2.5-3.9 us in the marked traces); the median intercept
 #: of duration on key blocks over the traced causal query-major d=128 launches outside the
-#: validation set
-#: (experiments/block_time.py, experiments/data/gpu_block_time.csv). SM_RATES spread it over
-#: the key blocks of 8K-32K launches; with it, the rates are those of the key blocks alone:
-#: d=128 non-causal and causal (SM_RATES_CAUSAL_STARTUP) apart, d=64 from the sharing fit of
-#: the blocks' computing time (the same file, quiet non-causal launches)
+#: validation set (experiments/block_time.py, experiments/data/gpu_block_time.csv). SM_RATES
+#: spread it over the key blocks of 8K-32K launches; with it, the rates are those of the key
+#: blocks alone: d=128 non-causal and causal (SM_RATES_CAUSAL_STARTUP) apart, d=64 from the
+#: sharing fit of the blocks' computing time (the same file, quiet non-causal launches)
 BLOCK_STARTUP_US = 3.479
 SM_RATES_STARTUP = {128: (4.0000, 4.0000, 0.5), 64: (2.6755, 3.5295, 0.571)}
 SM_RATES_CAUSAL_STARTUP = {128: (3.9365, 3.9365)}
@@ -690,10 +689,10 @@ class _UnitMap:
         n_kv_tiles = w.batch * (w.kv_heads or w.heads) * self.n_kv
         self.q_base = n_kv_tiles * self.nu_kv          # unit ids of Q and O tiles from here
 
-    def _read(self, nrus, unit, home, copy_side):
+    def _read(self, l2sets, unit, home, copy_side):
         """Per unit (in this order): its home half in partition ``home``, then, where
         ``copy_side`` is the other partition, a copy in that one. Whether each home read
-        missed. ``nrus`` holds both partitions: partition p's set s is its set
+        missed. ``l2sets`` holds both partitions: partition p's set s is its set
         ``p * sets per partition + s`` (the sets are independent, so one state for the two
         is the two states, in one call)."""
         has_copy = (copy_side >= 0) & (copy_side != home)
@@ -703,12 +702,12 @@ class _UnitMap:
         pos = np.concatenate([2 * np.arange(n), 2 * np.flatnonzero(has_copy) + 1])
         miss = np.zeros(len(key), dtype=bool)
         o = np.argsort(pos, kind="stable")
-        per = nrus.n_sets // 2
+        per = l2sets.n_sets // 2
         k = key[o]
-        miss[o] = nrus.access(part[o] * per + set_index(k >> 2, per, self.set_map), k)
+        miss[o] = l2sets.access(part[o] * per + set_index(k >> 2, per, self.set_map), k)
         return miss[:n]
 
-    def read_kv(self, nrus, head, chunk, g: int, tmax, per_tile, inv, tiles, side):
+    def read_kv(self, l2sets, head, chunk, g: int, tmax, per_tile, inv, tiles, side):
         """Chunks (``head``, ``chunk``) of ``g`` key blocks, ``tmax`` of them read, by readers
         (index ``inv`` into the chunks, ``tiles`` key blocks each, on L2 side ``side``): each
         chunk's home units once (its first reader fetches them), the copies of the far units
@@ -732,17 +731,17 @@ class _UnitMap:
         # replays of measured schedules spread each block's key blocks over its lifetime
         o = np.lexsort((np.arange(len(unit)), owner, kb_u))
         miss = np.zeros(len(unit), dtype=bool)
-        miss[o] = self._read(nrus, unit[o], home[o], copy_side[o])
+        miss[o] = self._read(l2sets, unit[o], home[o], copy_side[o])
         ub = np.repeat(per_tile[which] / nu, nu)
         return np.bincount(owner[miss], weights=ub[miss], minlength=len(n))
 
-    def read_private(self, nrus, tiles, side) -> None:
+    def read_private(self, l2sets, tiles, side) -> None:
         """Q tiles (``tiles`` = block ids) or O tiles (block ids + blocks) of blocks on
         ``side``: capacity only (never re-read)."""
         nu = self.nu_q
         unit = (self.q_base + np.asarray(tiles, dtype=np.int64)[:, None] * nu
                 + np.arange(nu)).ravel()
-        self._read(nrus, unit, np.tile(np.arange(nu) & 1, len(tiles)), np.repeat(side, nu))
+        self._read(l2sets, unit, np.tile(np.arange(nu) & 1, len(tiles)), np.repeat(side, nu))
 
 
 def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
@@ -820,7 +819,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
         ways = gpu.nru_ways if gpu.nru_capacity == "sharp" else scan_ways(
             gpu.scan_shared, gpu.l2_bytes, n_sets, gpu.nru_unit_bytes)
         # the two partitions in one state: partition p's set s is set p * n_sets + s
-        nrus = NruSets(2 * n_sets, np.tile(np.broadcast_to(ways, (n_sets,)), 2),
+        l2sets = NruSets(2 * n_sets, np.tile(np.broadcast_to(ways, (n_sets,)), 2),
                        victim=gpu.nru_victim)
         umap = _UnitMap(w, gpu.nru_unit_bytes, gpu.nru_set_map)
     start = np.zeros(S)
@@ -851,7 +850,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             log.add(np.full(len(sl), wp * nbytes / (g * tile_bytes)))
             return
         if nru:
-            umap.read_private(nrus, blk[sl] + (nb if out else 0), side_slot[sl])
+            umap.read_private(l2sets, blk[sl] + (nb if out else 0), side_slot[sl])
             return
         h = 0.5 * nbytes / (g * tile_bytes)
         log.add(h * (1.0 + (side_slot[sl] == 0)))
@@ -881,7 +880,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             np.maximum.at(tmax, inv, tiles)
         tk = tmax[inv]
         if nru:
-            dram = umap.read_kv(nrus, uk // n_ch, uk % n_ch, g, tmax, per_tile[first], inv,
+            dram = umap.read_kv(l2sets, uk // n_ch, uk % n_ch, g, tmax, per_tile[first], inv,
                                 tiles, side_slot[sl])
             nd = np.where(is_first, dram[inv], 0.0)
             fin = extent[k] > 0

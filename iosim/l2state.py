@@ -117,7 +117,7 @@ class NruSets:
             clear[none] = ~absent[none]
             k = clear.argmax(axis=1)                  # steps from the hand to the victim
         else:
-            k = np.where(none, 0, (~used).argmax(axis=1))
+            k = (~used).argmax(axis=1)                # 0 (the hand) where every bit is set
         way = order[np.arange(n), k]
         passed = (self._ways[None, :] < k[:, None]) | none[:, None]
         if self._has_absent:
