@@ -230,6 +230,13 @@ class GpuL2:
     #: round 13, with the rates of the key blocks alone, SM_RATES_STARTUP; 0: none, the
     #: default before, whose rates SM_RATES include it: DEFAULT_ROUNDS_11_13)
     block_startup_us: float = BLOCK_STARTUP_US
+    #: how blocks that share an SM split it: "seniority" (the default: each its share by age,
+    #: whatever the other does) or "work-conserving" (an option, not adopted: the same shares,
+    #: but the time a block cannot use -- waiting on DRAM, on another block's fetch -- goes to
+    #: the blocks beside it, each up to a lone block's rate, as an SM issues from whichever
+    #: warps are ready; it matches the traced causal d=64 schedules' pace of a block beside a
+    #: missing one better, not their DRAM bytes: experiments/partner_pace.py)
+    sm_sharing: str = "seniority"
     #: (measured effect, not used) a block is slower through key blocks that come from DRAM
     #: than through hits, by ``miss_penalty / (1 - u)`` of its time per key block (times the
     #: part of its chunk that misses; u: the DRAM utilisation that the blocks' paces demand):
@@ -302,6 +309,9 @@ class GpuL2:
                              "partitions")
         if self.nru_capacity not in ("sharp", "scan"):
             raise IosimError(f"nru_capacity '{self.nru_capacity}' is not sharp or scan")
+        if self.sm_sharing not in ("seniority", "work-conserving"):
+            raise IosimError(f"sm_sharing '{self.sm_sharing}' is not seniority or "
+                             "work-conserving")
         if self.nru_victim not in ("first", "clock"):
             raise IosimError(f"nru_victim '{self.nru_victim}' is not first or clock")
         if self.nru_set_map not in ("hashed", "linear"):
@@ -1026,6 +1036,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     n_wait = n_wait_before = 0
     rate = np.zeros(S)
     penalty = gpu.miss_penalty
+    conserve = gpu.sm_sharing == "work-conserving" and bps > 1
     slow_u, slow_s = gpu.slowdown_table(w.head_dim)
     eff = rate
     while finished < nb:
@@ -1102,9 +1113,26 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
             if fol.any():
                 ds = dep[fol]
                 same = (key[ds] == key[fol]) & (blk[ds] >= 0)
-                newp[fol] = np.minimum(newp[fol], np.where(same, newp[ds], np.inf))
+                lim = np.where(same, newp[ds], np.inf)
+                newp[fol] = np.minimum(newp[fol], lim)
                 # a follower whose fetcher moved on has all of its chunk
                 dep[np.flatnonzero(fol)[~same]] = -1
+            if conserve:
+                # the rate a computing block could not use (DRAM, another block's fetch) goes
+                # to the unhindered blocks of its SM, in proportion to their rates, each up to
+                # a lone block's rate
+                comp = occ & ~waiting
+                lost = np.where(comp, np.maximum(0.0, eff - (newp - prog) / dt), 0.0)
+                free = comp & (lost <= 1e-12 * np.maximum(eff, 1e-30))
+                pool = np.bincount(sm_of, weights=lost, minlength=sms)
+                wsum = np.bincount(sm_of, weights=np.where(free, eff, 0.0), minlength=sms)
+                bonus = np.where(free & (wsum[sm_of] > 0),
+                                 pool[sm_of] * eff / np.maximum(wsum[sm_of], 1e-30), 0.0)
+                bonus = np.minimum(bonus, np.maximum(0.0, r_solo * jit - eff))
+                if bonus.any():
+                    newp = np.minimum(newp + bonus * dt, cap)
+                    if fol.any():
+                        newp[fol] = np.minimum(newp[fol], lim)
             prog = np.where(occ, newp, prog)
             t += dt
         cross = np.flatnonzero(occ & (prog >= glen - 1e-9))

@@ -228,3 +228,59 @@ def hit_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *, long_frac:
             "hitter_pace": float(rel[hit].mean()) if hit.any() else float("nan"),
             "misser_pace": float(rel[miss].mean()) if miss.any() else float("nan"),
             "us_per_key_block": float(np.median(p)), "dram_read_bytes": r["dram_read_bytes"]}
+
+
+def partner_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *,
+                 long_frac: float = 0.3, window: int = 65, min_cover: float = 0.9) -> dict:
+    """How a block's pace depends on its own misses and on those of the block beside it on its
+    SM: the sharing of an SM that holds two blocks (d=64) under DRAM load.
+
+    Each block's K/V miss fraction from the replay of ``trace`` (as :func:`hit_pace`); its
+    *partner's* miss fraction: the other blocks on its SM (column 2), weighted by how long
+    each ran beside it. Blocks with at least ``long_frac`` of the longest block's key blocks
+    that had a partner for at least ``min_cover`` of their life; pace (time per key block)
+    relative to a running mean over ``window`` of them in start order. Returns the least-squares
+    fit ``pace = a + own * miss + partner * partner miss`` (``own``, ``partner``: relative pace
+    per unit miss fraction; positive = slower), and the mean relative pace of four classes
+    (hit: miss fraction below 0.3, miss: above 0.9): ``hit_hit`` (a hitter beside a hitter),
+    ``hit_miss`` (a hitter beside a misser), ``miss_hit``, ``miss_miss``, with their counts.
+    Seniority shares alone (a block's share set by its age, not by what the other does) give a
+    partner coefficient near 0; an SM that gives a waiting block's time to the other gives
+    ``partner`` about ``-own``."""
+    trace = np.asarray(trace)
+    NK = _blocks(w)[2]
+    r = replay_dram(w, trace, gpu, per_block=True)
+    tile = 2 * w.block_n * w.head_dim * w.elem_bytes
+    frac = r["block_miss_bytes"] / np.maximum(NK * tile, 1.0)
+    t0 = trace[:, 0].min()                 # ns stamps stay exact as int64 until shifted
+    s = (trace[:, 0] - t0).astype(np.float64)
+    e = (trace[:, 1] - t0).astype(np.float64)
+    sm = trace[:, 2].astype(np.int64)
+    nb = len(s)
+    pfrac = np.full(nb, np.nan)
+    cover = np.zeros(nb)
+    for m in np.unique(sm):
+        idx = np.flatnonzero(sm == m)
+        ov = np.clip(np.minimum(e[idx, None], e[None, idx]) - np.maximum(s[idx, None],
+                                                                         s[None, idx]), 0, None)
+        np.fill_diagonal(ov, 0.0)
+        tot = ov.sum(axis=1)
+        cover[idx] = tot / np.maximum(e[idx] - s[idx], 1e-30)
+        pfrac[idx] = np.where(tot > 0, ov @ frac[idx] / np.maximum(tot, 1e-30), np.nan)
+    pace = (e - s) / np.maximum(NK, 1)
+    sel = (NK >= long_frac * NK.max()) & (cover >= min_cover)
+    order = np.argsort(s[sel], kind="stable")
+    p, f, q = pace[sel][order], frac[sel][order], pfrac[sel][order]
+    if len(p) < 3 * window:
+        raise IosimError(f"partner_pace needs at least {3 * window} long blocks that share an "
+                         f"SM, the launch has {len(p)}")
+    trend = np.convolve(p, np.ones(window) / window, mode="same")
+    cut = window // 2 + 1
+    rel, f, q = (p / trend - 1.0)[cut:-cut], f[cut:-cut], q[cut:-cut]
+    coef = np.linalg.lstsq(np.c_[np.ones(len(f)), f, q], rel, rcond=None)[0]
+    out = {"n": int(len(rel)), "own": float(coef[1]), "partner": float(coef[2])}
+    for name, mask in (("hit_hit", (f < 0.3) & (q < 0.3)), ("hit_miss", (f < 0.3) & (q > 0.9)),
+                       ("miss_hit", (f > 0.9) & (q < 0.3)), ("miss_miss", (f > 0.9) & (q > 0.9))):
+        out[name] = float(rel[mask].mean()) if mask.any() else float("nan")
+        out[f"n_{name}"] = int(mask.sum())
+    return out
