@@ -58,7 +58,15 @@ and past the cliff, causal head-major d=64 at 8K and d=128 at 28K, non-causal he
 d=128 at 4K, non-causal query-major d=64 at 56K. From round 14 the default is CLOCK with each block's startup (both
 together, after round 13: 6 of its 8, the default 5); rounds from 14 register it and the
 default of rounds 11-13 next to it (``GpuL2(**DEFAULT_ROUNDS_11_13)``,
-``pred_dram_read_bytes_rounds_11_13``).
+``pred_dram_read_bytes_rounds_11_13``). Round 14 also registers the default with
+work-conserving SM sharing (``GpuL2(sm_sharing="work-conserving")``,
+``pred_dram_read_bytes_conserving``, with its makespan: the time a block of a two-block SM
+cannot use goes to the other, as the traced d=64 schedules show, experiments/partner_pace.py;
+it changes d=64 launches only); the launches were chosen before any model was run on them:
+causal head-major d=64 at 40K (the thrash regime of the one validated miss), 14K x 18 heads and
+6K x 24, non-causal head-major d=64 at 4K x 42, causal head-major d=128 at 20K x 12, causal
+query-major d=128 at 60K x 4 (the cliff), non-causal query-major d=64 at 4K x 48 (K/V read
+once) and 48K x 10.
 """
 from __future__ import annotations
 
@@ -184,6 +192,16 @@ ROUNDS = {
         (5, 12, 4096, 64, False, "head-major"),
         (1, 12, 32768, 64, True, "query-major"),
     ],
+    14: [
+        (1, 10, 40960, 64, True, "head-major"),
+        (1, 18, 14336, 64, True, "head-major"),
+        (3, 8, 6144, 64, True, "head-major"),
+        (3, 14, 4096, 64, False, "head-major"),
+        (1, 12, 20480, 128, True, "head-major"),
+        (1, 4, 61440, 128, True, "query-major"),
+        (3, 16, 4096, 64, False, "query-major"),
+        (1, 10, 49152, 64, False, "query-major"),
+    ],
     13: [
         (9, 16, 1024, 64, False, "head-major"),
         (1, 6, 49152, 64, True, "head-major"),
@@ -231,7 +249,7 @@ def _options() -> dict:
 def predict(shapes, commit: str, partitions: bool = False, readers: bool = False,
             nru: bool = False, nru_prefetch: bool = False,
             response: bool = False, options: bool = False,
-            rounds_11_13: bool = False) -> list[dict]:
+            rounds_11_13: bool = False, conserving: bool = False) -> list[dict]:
     rows = []
     for b, h, n, d, c, o in shapes:
         row = dict(impl="generated", cascade="attention-1pass", grid_order=o, dtype="bf16",
@@ -270,6 +288,10 @@ def predict(shapes, commit: str, partitions: bool = False, readers: bool = False
         if rounds_11_13:  # round 14 on: the default of rounds 11-13 next to the present one
             q = compare_row(row, GpuL2(**_R), baseline=False)
             rows[-1]["pred_dram_read_bytes_rounds_11_13"] = round(q["pred_dram_read_bytes"])
+        if conserving:   # round 14: the SM's time to the block that can use it (an option)
+            q = compare_row(row, GpuL2(sm_sharing="work-conserving"), baseline=False)
+            rows[-1]["pred_dram_read_bytes_conserving"] = round(q["pred_dram_read_bytes"])
+            rows[-1]["model_makespan_us_conserving"] = round(q["model_makespan_us"], 1)
         if options:      # round 13 on: CLOCK, the startup, both (GpuL2 options, not default)
             for col, gpu in _options().items():
                 q = compare_row(row, gpu, baseline=False)
@@ -338,7 +360,8 @@ def main(argv=None) -> None:
     commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
     rows = predict(shapes, commit, partitions=a.round in (6, 7), readers=8 <= a.round <= 11,
                    nru=9 <= a.round <= 11, nru_prefetch=a.round == 11, response=a.round == 12,
-                   options=a.round == 13, rounds_11_13=a.round >= 14)
+                   options=a.round == 13, rounds_11_13=a.round >= 14,
+                   conserving=a.round == 14)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
