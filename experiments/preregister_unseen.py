@@ -311,7 +311,7 @@ def figure(path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9.4, 5.6))
-    markers = "os^Dv*PXhp<>d8H"
+    markers = "os^Dv*PXhp<>dHP"
     n = ok = 0
     files = sorted(DATA.glob("gpu_unseen*.csv"), key=lambda p: int(p.stem[10:] or 1))
     ax.axhspan(-15, 15, color="0.88", zorder=0, label="within 15%")
@@ -323,7 +323,9 @@ def figure(path: Path) -> Path:
             x = [float(r["meas_dram_read_bytes"]) / float(r["qkv_bytes"]) for r in sel]
             y = [100 * (float(r["pred_dram_read_bytes"]) / float(r["meas_dram_read_bytes"]) - 1)
                  for r in sel]
+            newest = i == len(files) - 1           # the newest round edged in black
             ax.scatter(x, y, c=col, marker=markers[i % len(markers)], s=40, alpha=0.85, zorder=3,
+                       edgecolors="k" if newest else "none", linewidths=1.0,
                        label=f"round {p.stem[10:] or 1} ({order})" if sel else None)
             n += len(sel)
             ok += sum(abs(v) <= 15 for v in y)
