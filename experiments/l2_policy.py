@@ -2,6 +2,7 @@
 L2 microbenchmarks and the measured attention schedules (no GPU; a C compiler, ~3 min on 2 cores).
 
     python experiments/l2_policy.py      # -> experiments/data/gpu_l2_policy.csv
+    python experiments/l2_policy.py --traced gpu_traced_round14   # one traced file's launches
 
 The model and the replays so far apply a miss fraction that depends on a line's reuse distance
 (the measured shared-scan response): exact for an LRU cache, and blind to what a policy like
@@ -27,10 +28,12 @@ and the measured schedules of 110 launches (the same set as partition_variants.p
 """
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
@@ -38,6 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
+from iosim.gpu.validate import write_csv  # noqa: E402
+from partition_replay import DATA, build  # noqa: E402
 from partition_variants import micro_row, replay_row, run_table  # noqa: E402
 
 SRC = os.path.join(ROOT, "experiments", "csrc", "l2_policy.c")
@@ -74,7 +79,27 @@ def one_replay(job) -> dict:
     return replay_row(job, POLICIES, run)
 
 
+def traced_table(name: str) -> list[dict]:
+    """Every policy on the launches of one traced file (``--traced NAME``: experiments/data/
+    NAME.csv/.npz, side map 1), against each traced run's counters; writes
+    gpu_l2_policy_NAME.csv (the 110-launch table stays as recorded)."""
+    from partition_replay import side_maps
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build(tmp, SRC)
+        jobs = [(exe, name, r, side_maps()["map1"])
+                for r in csv.DictReader(open(os.path.join(DATA, f"{name}.csv")))]
+        with ProcessPoolExecutor(2) as ex:
+            rows = list(ex.map(one_replay, jobs))
+    write_csv(rows, os.path.join(DATA, f"gpu_l2_policy_{name}.csv"))
+    for r in rows:
+        print(f"{r['case']:52s} " + " ".join(f"{p} {r[p]:+.3f}" for p in POLICIES))
+    return rows
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--traced"]:
+        traced_table(sys.argv[2])
+        return
     run_table(SRC, "gpu_l2_policy.csv", tuple(POLICIES), one_micro, one_replay)
 
 
