@@ -521,3 +521,23 @@ def test_sweep_traced_order():
     meas = next(float(r["miss_fraction"]) for r in _data("gpu_l2sweep.csv")
                 if r["stagger"] == "1" and r["mib"] == "32")
     assert lru > 3 * meas
+
+
+def test_pace_draws_pick_the_fastest_draw():
+    """GpuL2(pace_draws=n) runs the dynamic model at pace-noise seeds 0..n-1 and predicts with
+    the draw whose makespan is shortest; n = 1 is seed 0 alone (the default). Checked against
+    the seeds run one by one on a causal head-major launch whose draws differ."""
+    w = Workload(1, 12, 8192, 8192, 64, causal=True, grid_order="head-major")
+    seeds = [_predict_dynamic(w, GpuL2(), seed=k) for k in range(3)]
+    assert len({s["makespan_us"] for s in seeds}) == 3
+    one = predict_dram(w, GpuL2(pace_draws=1))
+    assert one["dram_read_bytes"] == seeds[0]["dram_read_bytes"]
+    three = predict_dram(w, GpuL2(pace_draws=3))
+    best = min(range(3), key=lambda k: seeds[k]["makespan_us"])
+    assert three["draw"] == best
+    assert three["dram_read_bytes"] == seeds[best]["dram_read_bytes"]
+    assert three["makespan_us"] == min(s["makespan_us"] for s in seeds)
+    assert three["draw_dram_read_bytes"] == [s["dram_read_bytes"] for s in seeds]
+    for bad in (0, 2.5):
+        with pytest.raises(IosimError, match="pace_draws"):
+            GpuL2(pace_draws=bad)
