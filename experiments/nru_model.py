@@ -16,12 +16,15 @@ model's chunk ends (the model before round 11; ``response`` is its default); the
 since round 11); ``clock_prefetch`` is the default with CLOCK's victim rule (a hand per set
 walks on from where it stopped: ``nru_victim="clock"``); ``clock_startup`` is that with each
 block's measured startup and the matching rates (``BLOCK_STARTUP``): the default since round
-13. Each column predicts DRAM read bytes
+13; ``conserving`` is that with the SM's time given to the block that can use it
+(``sm_sharing="work-conserving"``, the eighteenth session's option; at one block per SM the
+default's bytes exactly, copied). Each column predicts DRAM read bytes
 for the 34 validated launches (gpu_ncu.csv's counters, as gpu_validation.csv) and every launch
 of the pre-registered rounds
 (gpu_unseen*.csv; post hoc, except the registered predictions: response for rounds 9-12, nru
-for rounds 10-11, nru_prefetch for rounds 11-13, clock_prefetch and clock_startup for round
-13). Nothing is fitted. A rerun computes only the cells the CSV lacks (new launches, new
+for rounds 10-11, nru_prefetch for rounds 11-14 (the default of rounds 11-13), clock_prefetch
+and clock_startup for round 13, clock_startup and conserving for round 14). Nothing is
+fitted. A rerun computes only the cells the CSV lacks (new launches, new
 columns); ``--all`` recomputes every cell.
 """
 from __future__ import annotations
@@ -58,7 +61,8 @@ POLICIES = {"response": {**_R, "l2_policy": "response", "prefetch_across_chunks"
             "response_prefetch": {**_R, "l2_policy": "response", "prefetch_across_chunks": True},
             "nru_prefetch": {**_R},
             "clock_prefetch": {**_R, "nru_victim": "clock"},
-            "clock_startup": {}}
+            "clock_startup": {},
+            "conserving": {"sm_sharing": "work-conserving"}}
 
 
 def launches() -> list[dict]:
@@ -80,7 +84,7 @@ def launches() -> list[dict]:
 def one(r: dict, done: dict | None = None) -> dict:
     """Every column's prediction for launch ``r``; the cells of ``done`` (a recorded row of
     the same launch) are kept, not recomputed."""
-    from iosim.l2model import GpuL2, predict_dram
+    from iosim.l2model import GpuL2, occupancy, predict_dram
     w = workload(r)
     row = {"set": r["set"], "shape": launch_label(w), "grid_order": w.grid_order,
            "measured": r["measured"],
@@ -91,7 +95,12 @@ def one(r: dict, done: dict | None = None) -> dict:
             row[pol] = float(done[pol])
             row[f"err_{pol}"] = float(done[pol]) / r["measured"] - 1
             continue
-        v = predict_dram(w, GpuL2(**kw))["dram_read_bytes"]
+        if pol == "conserving" and occupancy(w) == 1:
+            # one block per SM: no other block to give time to, the default's bytes exactly
+            # (tests/test_partner_pace.py)
+            v = float(row["clock_startup"])
+        else:
+            v = predict_dram(w, GpuL2(**kw))["dram_read_bytes"]
         row[pol] = round(v)
         row[f"err_{pol}"] = v / r["measured"] - 1
     return row
@@ -99,7 +108,7 @@ def one(r: dict, done: dict | None = None) -> dict:
 
 def summary(rows) -> list[str]:
     out = []
-    late = ("validated", "round 9", "round 10", "round 11", "round 12", "round 13")
+    late = ("validated", "round 9", "round 10", "round 11", "round 12", "round 13", "round 14")
     groups = [("validated", lambda r: r["set"] == "validated"),
               ("rounds 1-8 (post hoc)", lambda r: r["set"] not in late),
               ("round 9", lambda r: r["set"] == "round 9"),
@@ -107,6 +116,7 @@ def summary(rows) -> list[str]:
               ("round 11", lambda r: r["set"] == "round 11"),
               ("round 12", lambda r: r["set"] == "round 12"),
               ("round 13", lambda r: r["set"] == "round 13"),
+              ("round 14", lambda r: r["set"] == "round 14"),
               ("all", lambda r: True)]
     for name, sel in groups:
         part = [r for r in rows if sel(r)]
