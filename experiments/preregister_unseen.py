@@ -332,7 +332,7 @@ def figure(path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9.4, 5.6))
-    markers = "os^Dv*PXhp<>dHP"
+    markers = "os^Dv*PXhp<>dH8"
     n = ok = 0
     files = sorted(DATA.glob("gpu_unseen*.csv"), key=lambda p: int(p.stem[10:] or 1))
     ax.axhspan(-15, 15, color="0.88", zorder=0, label="within 15%")
