@@ -56,8 +56,8 @@ chosen before any of the four was run on them: d=64 head-major at 1K (CLOCK's ga
 causal at 48K (both options over-count the validated 64K one), causal query-major d=128 at
 and past the cliff, causal head-major d=64 at 8K and d=128 at 28K, non-causal head-major
 d=128 at 4K, non-causal query-major d=64 at 56K. From round 14 the default is CLOCK with each block's startup (both
-together, after round 13: 6 of its 8, the default 5); rounds from 14 register it and the
-default of rounds 11-13 next to it (``GpuL2(**DEFAULT_ROUNDS_11_13)``,
+together, after round 13: 6 of its 8, the default 5); rounds from 14 register it, round 14
+the default of rounds 11-13 next to it (``GpuL2(**DEFAULT_ROUNDS_11_13)``,
 ``pred_dram_read_bytes_rounds_11_13``). Round 14 also registers the default with
 work-conserving SM sharing (``GpuL2(sm_sharing="work-conserving")``,
 ``pred_dram_read_bytes_conserving``, with its makespan: the time a block of a two-block SM
@@ -302,7 +302,7 @@ def predict(shapes, commit: str, partitions: bool = False, readers: bool = False
             q = compare_row(row, GpuL2(l2_policy="response", prefetch_across_chunks=False, **_R),
                             baseline=False)
             rows[-1]["pred_dram_read_bytes_response"] = round(q["pred_dram_read_bytes"])
-        if rounds_11_13:  # round 14 on: the default of rounds 11-13 next to the present one
+        if rounds_11_13:  # round 14: the default of rounds 11-13 next to the present one
             q = compare_row(row, GpuL2(**_R), baseline=False)
             rows[-1]["pred_dram_read_bytes_rounds_11_13"] = round(q["pred_dram_read_bytes"])
         if draws:        # round 15: the fastest of three pace-noise draws (an option)
