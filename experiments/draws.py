@@ -2,6 +2,7 @@
 
     python experiments/draws.py              # the 34 validated launches (no GPU, ~10 min on 2 cores)
     python experiments/draws.py --all        # and every pre-registered round's (~1.5 h)
+    python experiments/draws.py --thrash     # the rounds' launches reading >= 10x Q+K+V (~35 min)
 
 Where the dynamic model is bistable (DRAM-bound causal head-major launches: a convoy state in
 which a head's blocks follow each other closely enough to hit, and a state in which nearly every
@@ -69,12 +70,21 @@ def summary(rows) -> list[str]:
     return out
 
 
+def _thrash(r: dict) -> bool:
+    """A pre-registered launch whose measured DRAM reads are at least 10x Q+K+V."""
+    w = workload(r)
+    qkv = 3 * w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes
+    return r["set"] != "validated" and r["measured"] >= 10 * qkv
+
+
 def main() -> None:
     every = "--all" in sys.argv[1:]
-    todo = [r for r in launches() if every or r["set"] == "validated"]
+    thrash = "--thrash" in sys.argv[1:]
+    todo = [r for r in launches()
+            if every or (_thrash(r) if thrash else r["set"] == "validated")]
     rows = over_launches(one, todo)
-    path = os.path.join(ROOT, "experiments", "data",
-                        "gpu_draws_all.csv" if every else "gpu_draws.csv")
+    name = "gpu_draws_all.csv" if every else "gpu_draws_thrash.csv" if thrash else "gpu_draws.csv"
+    path = os.path.join(ROOT, "experiments", "data", name)
     write_csv(rows, path)
     print("\n".join(summary(rows)))
     print("wrote", path)
