@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 from iosim.gpu.validate import write_csv  # noqa: E402
-from partition_replay import DATA, build  # noqa: E402
+from partition_replay import DATA, build, side_maps  # noqa: E402
 from partition_variants import micro_row, replay_row, run_table  # noqa: E402
 
 SRC = os.path.join(ROOT, "experiments", "csrc", "l2_policy.c")
@@ -83,10 +83,10 @@ def traced_table(name: str) -> list[dict]:
     """Every policy on the launches of one traced file (``--traced NAME``: experiments/data/
     NAME.csv/.npz, side map 1), against each traced run's counters; writes
     gpu_l2_policy_NAME.csv (the 110-launch table stays as recorded)."""
-    from partition_replay import side_maps
+    side_a = side_maps()["map1"]
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(tmp, SRC)
-        jobs = [(exe, name, r, side_maps()["map1"])
+        jobs = [(exe, name, r, side_a)
                 for r in csv.DictReader(open(os.path.join(DATA, f"{name}.csv")))]
         with ProcessPoolExecutor(2) as ex:
             rows = list(ex.map(one_replay, jobs))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
@@ -27,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from gpu_validation import _in_parallel  # noqa: E402
 from iosim.errors import IosimError  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2model import GpuL2, _predict_dynamic  # noqa: E402
@@ -82,11 +82,7 @@ def summary(rows) -> list[str]:
 
 
 def main() -> None:
-    from tqdm import tqdm
-    js = list(jobs())
-    with ProcessPoolExecutor(2) as ex:
-        rows = [r for r in tqdm(ex.map(one, js), total=len(js), desc="launches")
-                if r is not None]
+    rows = [r for r in _in_parallel(one, list(jobs()), "launches", 2) if r is not None]
     rows.sort(key=lambda r: r["meas_dram_read_bytes"])
     path = os.path.join(DATA, "gpu_partner_pace.csv")
     write_csv(rows, path)

@@ -254,19 +254,27 @@ def seen_launches() -> set:
     return out
 
 
-def _options() -> dict:
-    """Round 13's registered options: column suffix -> model (the last one is the default
-    since)."""
-    return {"clock": GpuL2(**{**_R, "nru_victim": "clock"}),
-            "startup": GpuL2(nru_victim="first", **BLOCK_STARTUP),
-            "clock_startup": GpuL2(nru_victim="clock", **BLOCK_STARTUP)}
+def _options(rnd: int) -> dict:
+    """The GpuL2 options a round registers next to its default: column suffix -> model
+    (round 13: CLOCK, the startup and both, the last the default since; 14: work-conserving
+    SM sharing; 15 on: the fastest of three pace-noise draws)."""
+    if rnd == 13:
+        return {"clock": GpuL2(**{**_R, "nru_victim": "clock"}),
+                "startup": GpuL2(nru_victim="first", **BLOCK_STARTUP),
+                "clock_startup": GpuL2(nru_victim="clock", **BLOCK_STARTUP)}
+    if rnd == 14:
+        return {"conserving": GpuL2(sm_sharing="work-conserving")}
+    return {"draws3": GpuL2(pace_draws=3)} if rnd >= 15 else {}
 
 
 def predict(shapes, commit: str, partitions: bool = False, readers: bool = False,
             nru: bool = False, nru_prefetch: bool = False,
-            response: bool = False, options: bool = False,
-            rounds_11_13: bool = False, conserving: bool = False,
-            draws: bool = False) -> list[dict]:
+            response: bool = False, options: dict | None = None,
+            rounds_11_13: bool = False) -> list[dict]:
+    """Each launch of ``shapes``: the present default's prediction and, by the flags, the
+    models registered next to it; ``options``: column suffix -> model, each registered with
+    its makespan (round 13: CLOCK, the startup, both; 14: work-conserving SM sharing; 15 on:
+    the fastest of three pace-noise draws)."""
     rows = []
     for b, h, n, d, c, o in shapes:
         row = dict(impl="generated", cascade="attention-1pass", grid_order=o, dtype="bf16",
@@ -305,19 +313,10 @@ def predict(shapes, commit: str, partitions: bool = False, readers: bool = False
         if rounds_11_13:  # round 14: the default of rounds 11-13 next to the present one
             q = compare_row(row, GpuL2(**_R), baseline=False)
             rows[-1]["pred_dram_read_bytes_rounds_11_13"] = round(q["pred_dram_read_bytes"])
-        if draws:        # round 15: the fastest of three pace-noise draws (an option)
-            q = compare_row(row, GpuL2(pace_draws=3), baseline=False)
-            rows[-1]["pred_dram_read_bytes_draws3"] = round(q["pred_dram_read_bytes"])
-            rows[-1]["model_makespan_us_draws3"] = round(q["model_makespan_us"], 1)
-        if conserving:   # round 14: the SM's time to the block that can use it (an option)
-            q = compare_row(row, GpuL2(sm_sharing="work-conserving"), baseline=False)
-            rows[-1]["pred_dram_read_bytes_conserving"] = round(q["pred_dram_read_bytes"])
-            rows[-1]["model_makespan_us_conserving"] = round(q["model_makespan_us"], 1)
-        if options:      # round 13 on: CLOCK, the startup, both (GpuL2 options, not default)
-            for col, gpu in _options().items():
-                q = compare_row(row, gpu, baseline=False)
-                rows[-1][f"pred_dram_read_bytes_{col}"] = round(q["pred_dram_read_bytes"])
-                rows[-1][f"model_makespan_us_{col}"] = round(q["model_makespan_us"], 1)
+        for col, gpu in (options or {}).items():     # GpuL2 options, not the default
+            q = compare_row(row, gpu, baseline=False)
+            rows[-1][f"pred_dram_read_bytes_{col}"] = round(q["pred_dram_read_bytes"])
+            rows[-1][f"model_makespan_us_{col}"] = round(q["model_makespan_us"], 1)
         r = rows[-1]
         print(f"{r['shape']:24s} {o:12s} pred DRAM {r['pred_dram_read_bytes'] / 1e9:7.3f} G "
               f"= {r['pred_dram_read_bytes'] / r['qkv_bytes']:5.1f} x Q+K+V "
@@ -383,8 +382,7 @@ def main(argv=None) -> None:
     commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
     kw = dict(partitions=a.round in (6, 7), readers=8 <= a.round <= 11,
               nru=9 <= a.round <= 11, nru_prefetch=a.round == 11, response=a.round == 12,
-              options=a.round == 13, rounds_11_13=a.round == 14, conserving=a.round == 14,
-              draws=a.round >= 15)
+              options=_options(a.round), rounds_11_13=a.round == 14)
     # one launch per process, two at a time (rounds up to 14 ran one process)
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial

@@ -507,17 +507,15 @@ def predict_dram(w: Workload, gpu: GpuL2 = GpuL2(), *, model: str = "dynamic",
     ``effective_fraction x L2`` instead of the measured reuse-distance curve). Key/value
     tiles are grouped into chunks of ``g`` consecutive key blocks so that a query block makes
     at most ``max_chunks`` steps (exact for ``g = 1``; coarser chunks keep it fast)."""
-    if model == "dynamic":
+    if model in ("dynamic", "lru"):
+        kw = {"max_chunks": max_chunks or 48, "lru": model == "lru"}
         if gpu.pace_draws == 1:
-            return _predict_dynamic(w, gpu, max_chunks=max_chunks or 48)
-        draws = [_predict_dynamic(w, gpu, max_chunks=max_chunks or 48, seed=k)
-                 for k in range(gpu.pace_draws)]
+            return _predict_dynamic(w, gpu, **kw)
+        draws = [_predict_dynamic(w, gpu, seed=k, **kw) for k in range(gpu.pace_draws)]
         best = min(range(len(draws)), key=lambda k: (draws[k]["makespan_us"], k))
         return {**draws[best], "draw": best,
                 "draw_makespans_us": [d["makespan_us"] for d in draws],
                 "draw_dram_read_bytes": [d["dram_read_bytes"] for d in draws]}
-    if model == "lru":
-        return _predict_dynamic(w, gpu, max_chunks=max_chunks or 48, lru=True)
     if model != "lockstep":
         raise IosimError(f"unknown L2 model '{model}' (expected dynamic, lockstep or lru)")
     return _predict_lockstep(w, gpu, max_chunks=max_chunks or 64)

@@ -197,6 +197,25 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *, batch: 
     return out
 
 
+def _block_miss_fractions(w: Workload, trace: np.ndarray, gpu: GpuL2):
+    """Each block's key blocks, its K/V miss fraction in the replay of ``trace``, the replay."""
+    NK = _blocks(w)[2]
+    r = replay_dram(w, trace, gpu, per_block=True)
+    tile = 2 * w.block_n * w.head_dim * w.elem_bytes
+    return NK, r["block_miss_bytes"] / np.maximum(NK * tile, 1.0), r
+
+
+def _detrended(p: np.ndarray, window: int, name: str, which: str):
+    """Paces ``p`` (in start order) relative to their running mean over ``window``, minus 1,
+    without the ends the mean does not cover; and the slice of ``p`` kept."""
+    if len(p) < 3 * window:
+        raise IosimError(f"{name} needs at least {3 * window} long blocks{which}, the launch "
+                         f"has {len(p)}")
+    trend = np.convolve(p, np.ones(window) / window, mode="same")
+    kept = slice(window // 2 + 1, -(window // 2 + 1))
+    return (p / trend - 1.0)[kept], kept
+
+
 def hit_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *, long_frac: float = 0.3,
              window: int = 65, hit_below: float = 0.3, miss_above: float = 0.9) -> dict:
     """Which blocks of a schedule hit and how fast they go: the state of a DRAM-bound launch.
@@ -209,20 +228,13 @@ def hit_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *, long_frac:
     fractions, each class's mean relative pace, and the median time per key block (in the
     trace's time unit)."""
     trace = np.asarray(trace)                 # int64 traces stay exact (see replay_dram)
-    NK = _blocks(w)[2]
-    r = replay_dram(w, trace, gpu, per_block=True)
-    tile = 2 * w.block_n * w.head_dim * w.elem_bytes
-    frac = r["block_miss_bytes"] / np.maximum(NK * tile, 1.0)
+    NK, frac, r = _block_miss_fractions(w, trace, gpu)
     pace = (trace[:, 1] - trace[:, 0]).astype(np.float64) / np.maximum(NK, 1)
     sel = NK >= long_frac * NK.max()
     order = np.argsort(trace[sel, 0], kind="stable")
     p, f = pace[sel][order], frac[sel][order]
-    if len(p) < 3 * window:
-        raise IosimError(f"hit_pace needs at least {3 * window} long blocks, the launch has "
-                         f"{len(p)}")
-    trend = np.convolve(p, np.ones(window) / window, mode="same")
-    cut = window // 2 + 1
-    rel, f = (p / trend - 1.0)[cut:-cut], f[cut:-cut]
+    rel, kept = _detrended(p, window, "hit_pace", "")
+    f = f[kept]
     hit, miss = f < hit_below, f > miss_above
     return {"hitters": float(hit.mean()), "missers": float(miss.mean()),
             "hitter_pace": float(rel[hit].mean()) if hit.any() else float("nan"),
@@ -244,14 +256,11 @@ def partner_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *,
     per unit miss fraction; positive = slower), and the mean relative pace of four classes
     (hit: miss fraction below 0.3, miss: above 0.9): ``hit_hit`` (a hitter beside a hitter),
     ``hit_miss`` (a hitter beside a misser), ``miss_hit``, ``miss_miss``, with their counts.
-    Seniority shares alone (a block's share set by its age, not by what the other does) give a
-    partner coefficient near 0; an SM that gives a waiting block's time to the other gives
-    ``partner`` about ``-own``."""
+    An SM that gives a waiting block's time to the other pushes ``partner`` towards ``-own``;
+    with shares set by age alone the fit still picks up whatever correlates a block's age with
+    its neighbour's misses (experiments/partner_pace.py compares the two on traced launches)."""
     trace = np.asarray(trace)
-    NK = _blocks(w)[2]
-    r = replay_dram(w, trace, gpu, per_block=True)
-    tile = 2 * w.block_n * w.head_dim * w.elem_bytes
-    frac = r["block_miss_bytes"] / np.maximum(NK * tile, 1.0)
+    NK, frac, _ = _block_miss_fractions(w, trace, gpu)
     t0 = trace[:, 0].min()                 # ns stamps stay exact as int64 until shifted
     s = (trace[:, 0] - t0).astype(np.float64)
     e = (trace[:, 1] - t0).astype(np.float64)
@@ -271,12 +280,8 @@ def partner_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *,
     sel = (NK >= long_frac * NK.max()) & (cover >= min_cover)
     order = np.argsort(s[sel], kind="stable")
     p, f, q = pace[sel][order], frac[sel][order], pfrac[sel][order]
-    if len(p) < 3 * window:
-        raise IosimError(f"partner_pace needs at least {3 * window} long blocks that share an "
-                         f"SM, the launch has {len(p)}")
-    trend = np.convolve(p, np.ones(window) / window, mode="same")
-    cut = window // 2 + 1
-    rel, f, q = (p / trend - 1.0)[cut:-cut], f[cut:-cut], q[cut:-cut]
+    rel, kept = _detrended(p, window, "partner_pace", " that share an SM")
+    f, q = f[kept], q[kept]
     coef = np.linalg.lstsq(np.c_[np.ones(len(f)), f, q], rel, rcond=None)[0]
     out = {"n": int(len(rel)), "own": float(coef[1]), "partner": float(coef[2])}
     for name, mask in (("hit_hit", (f < 0.3) & (q < 0.3)), ("hit_miss", (f < 0.3) & (q > 0.9)),

@@ -232,7 +232,7 @@ def test_newest_preregistered_predictions_unchanged():
         # default's other launches are checked by test_dram_reads on the validated ones)
         if r.get("pred_dram_read_bytes_clock"):
             cols = {}
-            if int(r["heads"]) * int(r["batch"]) * int(r["seq"]) ** 2 <= 2 ** 33:
+            if _work(r) <= 2 ** 33:
                 cols = {"pred_dram_read_bytes": GpuL2(**DEFAULT_ROUNDS_11_13),
                         "pred_dram_read_bytes_clock_startup": GpuL2(),
                         "pred_dram_read_bytes_clock": GpuL2(
@@ -243,14 +243,14 @@ def test_newest_preregistered_predictions_unchanged():
         # default of rounds 11-13 and the work-conserving SM option; the quick launches
         if r.get("pred_dram_read_bytes_rounds_11_13"):
             cols = {}
-            if int(r["heads"]) * int(r["batch"]) * int(r["seq"]) ** 2 <= 2 ** 32:
+            if _work(r) <= 2 ** 32:
                 cols = {"pred_dram_read_bytes": GpuL2(),
                         "pred_dram_read_bytes_rounds_11_13": GpuL2(**DEFAULT_ROUNDS_11_13),
                         "pred_dram_read_bytes_conserving": GpuL2(sm_sharing="work-conserving")}
         # round 15 registered the default next to the fastest of three pace-noise draws
         if r.get("pred_dram_read_bytes_draws3"):
             cols = {}
-            if int(r["heads"]) * int(r["batch"]) * int(r["seq"]) ** 2 <= 2 ** 32:
+            if _work(r) <= 2 ** 32:
                 cols = {"pred_dram_read_bytes": GpuL2(),
                         "pred_dram_read_bytes_draws3": GpuL2(pace_draws=3)}
         # round 10 registered the present NRU state (hashed sets) next to them (round 9's NRU
@@ -267,6 +267,11 @@ def test_newest_preregistered_predictions_unchanged():
     for (r, col, _, _), p in zip(jobs, got):
         assert abs(p["pred_dram_read_bytes"] - float(r[col])) <= 1, (r["shape"], col)
         assert abs(p["pred_l2_read_bytes"] - float(r["pred_l2_read_bytes"])) <= 1, r["shape"]
+
+
+def _work(r) -> int:
+    """B * H * N^2 of a registered launch: what its model run costs, roughly."""
+    return int(r["heads"]) * int(r["batch"]) * int(r["seq"]) ** 2
 
 
 def _registered(job):
