@@ -81,7 +81,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.l2state import NruSets, scan_ways
+from iosim.l2state import NruSets, access_one, scan_ways
+
+try:   # the NRU state's reads compiled (the same results; numpy without numba)
+    from numba import njit
+except ImportError:   # pragma: no cover - numba is a dependency
+    njit = None
 
 MIB = 1024 * 1024
 #: resolution of the dynamic model: a chunk of key blocks is at most 1/CHUNK_DIV of the reuse
@@ -685,6 +690,38 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(33))
 
 
+def _read_units_py(tag, used, absent, hand, clock, unit, home, copy_side, per, hashed, miss):
+    """:meth:`_UnitMap._read` one unit at a time (compiled with numba): each unit's home half,
+    then its copy where ``copy_side`` is the other partition, in the state's arrays; the set
+    of unit pair ``unit >> 1`` as :func:`set_index` gives it. Fills ``miss`` (home reads);
+    returns how many empty ways were filled."""
+    n_per = np.uint64(per)
+    filled = 0
+    for i in range(len(unit)):
+        u = unit[i]
+        pair = np.uint64(u >> 1)
+        s = pair % n_per
+        if hashed:
+            x = pair // n_per
+            x = x ^ (x >> np.uint64(33))
+            x = x * np.uint64(0xFF51AFD7ED558CCD)
+            x = x ^ (x >> np.uint64(33))
+            x = x * np.uint64(0xC4CEB9FE1A85EC53)
+            x = x ^ (x >> np.uint64(33))
+            s = (s + x) % n_per
+        r = access_one(tag, used, absent, hand, home[i] * per + np.int64(s), 2 * u, clock)
+        miss[i] = r > 0
+        filled += r == 2
+        c = copy_side[i]
+        if c >= 0 and c != home[i]:
+            r = access_one(tag, used, absent, hand, c * per + np.int64(s), 2 * u + 1, clock)
+            filled += r == 2
+    return filled
+
+
+_read_units = njit(cache=True, nogil=True)(_read_units_py) if njit is not None else None
+
+
 def set_index(pair: np.ndarray, n_sets: int, set_map: str = "hashed") -> np.ndarray:
     """The set of unit pair ``pair`` among ``n_sets``: "linear" ``pair % n_sets``; "hashed"
     ``pair % n_sets`` rotated by a hash of ``pair // n_sets``, so that every aligned run of
@@ -718,6 +755,14 @@ class _UnitMap:
         missed. ``l2sets`` holds both partitions: partition p's set s is its set
         ``p * sets per partition + s`` (the sets are independent, so one state for the two
         is the two states, in one call)."""
+        per = l2sets.n_sets // 2
+        if l2sets.compiled and _read_units is not None:
+            miss = np.zeros(len(unit), dtype=bool)
+            l2sets.note_empty_filled(_read_units(
+                l2sets.tag, l2sets.used, l2sets.absent, l2sets.hand, l2sets.victim == "clock",
+                np.asarray(unit, dtype=np.int64), np.asarray(home, dtype=np.int64),
+                np.asarray(copy_side, dtype=np.int64), per, self.set_map == "hashed", miss))
+            return miss
         has_copy = (copy_side >= 0) & (copy_side != home)
         n = len(unit)
         part = np.concatenate([home, copy_side[has_copy]])
@@ -725,7 +770,6 @@ class _UnitMap:
         pos = np.concatenate([2 * np.arange(n), 2 * np.flatnonzero(has_copy) + 1])
         miss = np.zeros(len(key), dtype=bool)
         o = np.argsort(pos, kind="stable")
-        per = l2sets.n_sets // 2
         k = key[o]
         miss[o] = l2sets.access(part[o] * per + set_index(k >> 2, per, self.set_map), k)
         return miss[:n]

@@ -28,6 +28,11 @@ from __future__ import annotations
 
 import numpy as np
 
+try:   # the sequential access loop compiled (the same results; numpy's rounds without numba)
+    from numba import njit
+except ImportError:   # pragma: no cover - numba is a dependency; the rounds are the fallback
+    njit = None
+
 #: tag of an empty way, and of a way a set does not have (sets with fewer ways)
 EMPTY, ABSENT = -1, -2
 
@@ -37,13 +42,16 @@ class NruSets:
     replacement. Units are named by non-negative integer keys; the caller gives each unit's
     set."""
 
-    def __init__(self, n_sets: int, ways, victim: str = "first"):
+    def __init__(self, n_sets: int, ways, victim: str = "first", compiled: bool = True):
         per_set = np.broadcast_to(np.asarray(ways, dtype=np.int64), (max(n_sets, 0),))
         if n_sets < 1 or per_set.min() < 1:
             raise ValueError(f"an NRU partition needs sets and ways (got {n_sets} x {ways})")
         if victim not in ("first", "clock"):
             raise ValueError(f"unknown NRU victim rule {victim!r} (expected first or clock)")
         self.victim = victim
+        #: access one unit at a time in compiled code (_access_loop) rather than numpy's
+        #: rounds: the same state and misses (tests/test_l2state.py), about 30x faster
+        self.compiled = compiled and _access_loop is not None
         self.absent = np.arange(per_set.max())[None, :] >= per_set[:, None]
         self.tag = np.where(self.absent, ABSENT, EMPTY).astype(np.int64)
         self.used = self.absent.copy()          # a way the set lacks is never a victim
@@ -53,6 +61,11 @@ class NruSets:
         self._rot = (self._ways[:, None] + self._ways[None, :]) % nw   # ways from a hand
         self._has_absent = bool(self.absent.any())
         self._n_empty = int((self.tag == EMPTY).sum())                # victim="clock" only
+
+    def note_empty_filled(self, n: int) -> None:
+        """``n`` empty ways were filled by a caller's compiled loop over :func:`access_one`."""
+        if self.victim == "clock":
+            self._n_empty -= int(n)
 
     @property
     def n_sets(self) -> int:
@@ -66,6 +79,10 @@ class NruSets:
         keys = np.asarray(keys, dtype=np.int64)
         miss = np.zeros(len(keys), dtype=bool)
         if not len(keys):
+            return miss
+        if self.compiled:
+            self.note_empty_filled(_access_loop(self.tag, self.used, self.absent, self.hand,
+                                                sets, keys, self.victim == "clock", miss))
             return miss
         order = np.argsort(sets, kind="stable")
         s_o = sets[order]
@@ -136,6 +153,82 @@ class NruSets:
         self.tag[ss, way] = kk
         self.used[ss, way] = True
         self.hand[ss[moves]] = (way[moves] + 1) % self.tag.shape[1]
+
+
+def _access_one_py(tag, used, absent, hand, s, k, clock):
+    """One unit ``k`` read in set ``s`` under :meth:`NruSets.access`'s rules, in loops
+    (compiled with numba): 0 a hit, 1 a miss into a way in use, 2 a miss into an empty way."""
+    nw = tag.shape[1]
+    for j in range(nw):
+        if tag[s, j] == k:
+            used[s, j] = True
+            return 0
+    empty = -1
+    for j in range(nw):
+        if tag[s, j] == EMPTY:
+            empty = j
+            break
+    if clock:
+        if empty >= 0:                          # an empty way first; the hand stays
+            tag[s, empty] = k
+            used[s, empty] = True
+            return 2
+        h = hand[s]
+        way = -1
+        for step in range(nw):                  # from the hand to the first clear bit
+            j = (h + step) % nw
+            if not used[s, j]:
+                way = j
+                break
+            if not absent[s, j]:
+                used[s, j] = False              # the hand clears the bits it passes
+        if way < 0:                             # every bit was set: all cleared; the first
+            for step in range(nw):              # present way from the hand
+                j = (h + step) % nw
+                if not absent[s, j]:
+                    way = j
+                    break
+        tag[s, way] = k
+        used[s, way] = True
+        hand[s] = (way + 1) % nw
+        return 1
+    full = True
+    for j in range(nw):
+        if not used[s, j]:
+            full = False
+            break
+    if full:                                    # every bit set: cleared first
+        for j in range(nw):
+            used[s, j] = absent[s, j]
+    way = empty
+    if way < 0:
+        for j in range(nw):
+            if not used[s, j]:
+                way = j
+                break
+    tag[s, way] = k
+    used[s, way] = True
+    return 2 if empty >= 0 else 1
+
+
+def _access_loop_py(tag, used, absent, hand, sets, keys, clock, miss):
+    """:meth:`NruSets.access` one unit at a time: fills ``miss``, returns how many empty ways
+    were filled."""
+    filled_empty = 0
+    for i in range(len(keys)):
+        r = access_one(tag, used, absent, hand, sets[i], keys[i], clock)
+        miss[i] = r > 0
+        filled_empty += r == 2
+    return filled_empty
+
+
+if njit is not None:
+    #: compiled: one read of a state's arrays (NruSets.tag, used, absent, hand), for callers
+    #: that loop over units in compiled code themselves (iosim.l2model's unit map)
+    access_one = njit(cache=True, nogil=True)(_access_one_py)
+    _access_loop = njit(cache=True, nogil=True)(_access_loop_py)
+else:   # pragma: no cover
+    access_one, _access_loop = _access_one_py, None
 
 
 def scan_ways(curve, l2_bytes: float, n_sets: int, unit_bytes: int, seed: int = 0) -> np.ndarray:

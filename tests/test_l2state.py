@@ -4,7 +4,8 @@ import pytest
 from reference import balanced_set
 
 from iosim.errors import IosimError
-from iosim.l2model import MIB, SCAN_SHARED, GpuL2, Workload, predict_dram, set_index
+from iosim.l2model import (MIB, SCAN_SHARED, GpuL2, Workload, _UnitMap, predict_dram,
+                           set_index)
 from iosim.l2state import NruSets, scan_ways
 
 
@@ -65,8 +66,9 @@ def _brute_clock(stream, n_sets, ways):
     return out
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("unequal", [False, True])
-def test_clock_sets_match_brute_force(unequal):
+def test_clock_sets_match_brute_force(unequal, compiled):
     """victim="clock": exactly sequential CLOCK, one key per call and in batches (equal ways,
     and unequal ways per set as nru_capacity="scan" makes)."""
     rng = np.random.default_rng(19)
@@ -77,11 +79,12 @@ def test_clock_sets_match_brute_force(unequal):
         keys = rng.integers(0, top, 600)
         stream = [(int(k) % n_sets, int(k)) for k in keys]
         want = _brute_clock(stream, n_sets, ways)
-        one = NruSets(n_sets, ways, victim="clock")
+        one = NruSets(n_sets, ways, victim="clock", compiled=compiled)
+        assert one.compiled == compiled
         got = [bool(one.access(np.array([s]), np.array([k]))[0]) for s, k in stream]
         assert got == want, trial
         assert 0 < sum(got) < len(got)
-        bat, got = NruSets(n_sets, ways, victim="clock"), []
+        bat, got = NruSets(n_sets, ways, victim="clock", compiled=compiled), []
         for lo in range(0, len(stream), 37):
             part = stream[lo:lo + 37]
             got += bat.access(np.array([s for s, _ in part]),
@@ -93,28 +96,66 @@ def test_clock_sets_match_brute_force(unequal):
         NruSets(2, 2, victim="lru")
 
 
-def test_nru_sets_match_brute_force_one_access_at_a_time():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_nru_sets_match_brute_force_one_access_at_a_time(compiled):
     rng = np.random.default_rng(7)
     for trial in range(5):
         n_sets, ways = int(rng.integers(1, 6)), int(rng.integers(1, 9))
         keys = rng.integers(0, n_sets * ways * 2, 600)
         stream = [(int(k) % n_sets, int(k)) for k in keys]
-        state = NruSets(n_sets, ways)
+        state = NruSets(n_sets, ways, compiled=compiled)
         got = [bool(state.access(np.array([s]), np.array([k]))[0]) for s, k in stream]
         assert got == _brute_nru(stream, n_sets, ways), trial
         assert 0 < sum(got) < len(got)
 
 
-def test_nru_sets_with_unequal_ways_match_brute_force():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_nru_sets_with_unequal_ways_match_brute_force(compiled):
     rng = np.random.default_rng(5)
     for trial in range(4):
         n_sets = int(rng.integers(2, 6))
         ways = rng.integers(1, 7, n_sets).tolist()
         keys = rng.integers(0, 8 * n_sets, 500)
         stream = [(int(k) % n_sets, int(k)) for k in keys]
-        state = NruSets(n_sets, ways)
+        state = NruSets(n_sets, ways, compiled=compiled)
         got = [bool(state.access(np.array([s]), np.array([k]))[0]) for s, k in stream]
         assert got == _brute_nru(stream, n_sets, ways), trial
+
+
+@pytest.mark.parametrize("victim", ["clock", "first"])
+def test_compiled_reads_equal_numpy_rounds(victim):
+    """The compiled one-unit-at-a-time loops (NruSets.access, the unit map's reads with their
+    set hash) leave the same state and misses as numpy's rounds and set_index: batches of
+    repeated sets, unequal ways, both set maps."""
+    rng = np.random.default_rng(23)
+    for trial in range(12):
+        n_sets = int(rng.integers(1, 9))
+        ways = rng.integers(1, 9, n_sets) if trial % 2 else int(rng.integers(1, 17))
+        a = NruSets(n_sets, ways, victim=victim)
+        b = NruSets(n_sets, ways, victim=victim, compiled=False)
+        assert a.compiled and not b.compiled
+        for _ in range(40):
+            s = rng.integers(0, n_sets, int(rng.integers(1, 60)))
+            k = s + n_sets * rng.integers(0, 20, len(s))
+            assert a.access(s, k).tolist() == b.access(s, k).tolist()
+        for x, y in ((a.tag, b.tag), (a.used, b.used), (a.hand, b.hand)):
+            assert np.array_equal(x, y)
+        assert a._n_empty == b._n_empty
+    w = Workload(batch=1, heads=2, seq_q=4096, seq_k=4096, head_dim=64, causal=False,
+                 block_m=128, block_n=64)
+    for set_map in ("hashed", "linear"):
+        units = _UnitMap(w, 4096, set_map)
+        a = NruSets(2 * 16, 4, victim=victim)
+        b = NruSets(2 * 16, 4, victim=victim, compiled=False)
+        misses = 0
+        for _ in range(200):
+            unit = rng.integers(0, 3000, int(rng.integers(1, 40)))
+            copy = rng.integers(-1, 2, len(unit))
+            got = units._read(a, unit, unit & 1, copy)
+            assert got.tolist() == units._read(b, unit, unit & 1, copy).tolist()
+            misses += got.sum()
+        assert np.array_equal(a.tag, b.tag) and np.array_equal(a.used, b.used)
+        assert 0 < misses
 
 
 def test_scan_ways_reproduce_the_measured_scan():
