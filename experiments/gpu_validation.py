@@ -363,8 +363,9 @@ def main(argv=None) -> int:
                     help="only write gpu_model_ablation_rounds.csv (three variants on the "
                          "pre-registered rounds' launches)")
     ap.add_argument("--seeds", default=None,
-                    help="only print the default's DRAM counts at these pace-noise seeds, "
-                         "e.g. 1,2 (the recorded table is seed 0; ~7 min for two on 2 cores)")
+                    help="only print the model's DRAM counts at these pace-noise seeds, "
+                         "e.g. 1,2 (the recorded table is the fastest of seeds 0-2, the "
+                         "default since round 15; experiments/draws.py tabulates all three)")
     a = ap.parse_args(argv)
     if a.seeds:
         seeds([int(x) for x in a.seeds.split(",")])

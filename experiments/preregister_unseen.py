@@ -73,6 +73,13 @@ nearly every block misses, the GPU's kernel time matches the fast draws; the lau
 chosen before either ran on them, mostly in that regime: causal head-major d=64 at 56K x 8,
 64K x 7 and 36K x 12, d=128 at 60K x 6 and 48K x 9, non-causal head-major d=128 at 32K x 12,
 causal query-major d=128 at 40K x 6, non-causal query-major d=64 at 8K x 16 (K/V read once).
+Round 16 registers the default since round 15, the fastest of three draws, next to seed 0
+alone (the default of rounds 13-15, ``GpuL2(**DEFAULT_ROUNDS_13_15)``,
+``pred_dram_read_bytes_seed0``, with its makespan); the launches were chosen before either
+ran on them, across the regimes: causal head-major d=64 at 56K x 6 and 32K x 10, d=128 at
+52K x 7, non-causal head-major d=64 at 12K x 2 x 10 and d=128 at 10K x 20, causal head-major
+d=64 at 7K x 2 x 12, causal query-major d=128 at 48K x 5, non-causal query-major d=128 at
+8K x 4 x 8.
 """
 from __future__ import annotations
 
@@ -87,7 +94,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from iosim.gpu.compare import compare_row, read_csv  # noqa: E402
 from iosim.gpu.validate import VALIDATION_TILING  # noqa: E402
-from iosim.l2model import BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, GpuL2  # noqa: E402
+from iosim.l2model import (BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15,  # noqa: E402
+                           GpuL2)
 
 #: the models registered next to each round's default, as they were then: the rates without
 #: each block's startup and NRU's first-clear victim (the default of rounds 11-13)
@@ -98,6 +106,16 @@ DATA = Path(__file__).resolve().parent / "data"
 #: (B, H, N, d, causal, grid order); no (B*H, N, d, mask, order) of a validated launch or of an
 #: earlier round (the kernel's grid flattens B and H)
 ROUNDS = {
+    16: [
+        (1, 6, 57344, 64, True, "head-major"),
+        (1, 10, 32768, 64, True, "head-major"),
+        (1, 7, 53248, 128, True, "head-major"),
+        (2, 10, 12288, 64, False, "head-major"),
+        (1, 20, 10240, 128, False, "head-major"),
+        (2, 12, 7168, 64, True, "head-major"),
+        (1, 5, 49152, 128, True, "query-major"),
+        (4, 8, 8192, 128, False, "query-major"),
+    ],
     2: [
         (1, 32, 8192, 64, False, "head-major"),
         (2, 8, 32768, 128, True, "head-major"),
@@ -260,11 +278,15 @@ def _options(rnd: int) -> dict:
     SM sharing; 15 on: the fastest of three pace-noise draws)."""
     if rnd == 13:
         return {"clock": GpuL2(**{**_R, "nru_victim": "clock"}),
-                "startup": GpuL2(nru_victim="first", **BLOCK_STARTUP),
-                "clock_startup": GpuL2(nru_victim="clock", **BLOCK_STARTUP)}
+                "startup": GpuL2(nru_victim="first", pace_draws=1, **BLOCK_STARTUP),
+                "clock_startup": GpuL2(nru_victim="clock", pace_draws=1, **BLOCK_STARTUP)}
     if rnd == 14:
-        return {"conserving": GpuL2(sm_sharing="work-conserving")}
-    return {"draws3": GpuL2(pace_draws=3)} if rnd >= 15 else {}
+        return {"conserving": GpuL2(sm_sharing="work-conserving", pace_draws=1)}
+    if rnd == 15:
+        return {"draws3": GpuL2(pace_draws=3)}
+    # round 16 on: the default is the fastest of three draws; seed 0 alone (the default of
+    # rounds 13-15) next to it
+    return {"seed0": GpuL2(**DEFAULT_ROUNDS_13_15)} if rnd >= 16 else {}
 
 
 def predict(shapes, commit: str, partitions: bool = False, readers: bool = False,

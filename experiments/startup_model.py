@@ -45,7 +45,7 @@ def _models():
     from iosim.l2model import BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, GpuL2
     # the default of rounds 11-13 and that with the startup (NRU's first-clear victim)
     return {"default": GpuL2(**DEFAULT_ROUNDS_11_13),
-            "startup": GpuL2(nru_victim="first", **BLOCK_STARTUP)}
+            "startup": GpuL2(nru_victim="first", pace_draws=1, **BLOCK_STARTUP)}
 
 
 def one(r: dict) -> dict:

@@ -195,7 +195,11 @@ BLOCK_STARTUP = {"block_startup_us": BLOCK_STARTUP_US, "sm_rates": SM_RATES_STAR
 #: startup, SM_RATES); round 13 registered CLOCK and the startup next to it, both together
 #: became the default after it (docs/validation.md)
 DEFAULT_ROUNDS_11_13 = {"nru_victim": "first", "block_startup_us": 0.0, "sm_rates": SM_RATES,
-                        "sm_rates_causal": {}}
+                        "sm_rates_causal": {}, "pace_draws": 1}
+#: GpuL2(**DEFAULT_ROUNDS_13_15): the default of rounds 13-15 (CLOCK with the startup, seed 0
+#: of the pace noise alone); round 15 registered the fastest of three draws next to it, the
+#: default after it
+DEFAULT_ROUNDS_13_15 = {"pace_draws": 1}
 
 
 def _nearest_head_dim(table: dict, head_dim: int) -> int:
@@ -243,11 +247,12 @@ class GpuL2:
     #: missing one better, not their DRAM bytes: experiments/partner_pace.py)
     sm_sharing: str = "seniority"
     #: how many draws of the blocks' pace noise (seeds 0, 1, ...) the dynamic model runs; the
-    #: prediction is the draw with the shortest makespan. 1: seed 0 alone (the default). An
-    #: option (not adopted): where the model's draws split between the convoy state and the
-    #: slower state in which nearly every block misses, the GPU's kernel time matches the fast
-    #: draws (docs/validation.md, "Draws")
-    pace_draws: int = 1
+    #: prediction is the draw with the shortest makespan (3: the default since round 15, which
+    #: registered it next to seed 0 alone, the default before, DEFAULT_ROUNDS_13_15): where
+    #: the model's draws split between the convoy state and the slower state in which nearly
+    #: every block misses, the GPU's kernel time matches the fast draws (docs/validation.md,
+    #: "Draws")
+    pace_draws: int = 3
     #: (measured effect, not used) a block is slower through key blocks that come from DRAM
     #: than through hits, by ``miss_penalty / (1 - u)`` of its time per key block (times the
     #: part of its chunk that misses; u: the DRAM utilisation that the blocks' paces demand):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from iosim.errors import IosimError
-from iosim.l2model import (DEFAULT_ROUNDS_11_13, SM_RATES, SM_RATES_STARTUP,  # noqa: E402
-                           SM_SHARE_CAUSAL, GpuL2, Workload, _predict_dynamic,
+from iosim.l2model import (DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15,  # noqa: E402
+                           SM_RATES, SM_RATES_STARTUP, SM_SHARE_CAUSAL, GpuL2, Workload, _predict_dynamic,
                            occupancy, predict_dram, smem_level_reads)
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
@@ -525,8 +525,9 @@ def test_sweep_traced_order():
 
 def test_pace_draws_pick_the_fastest_draw():
     """GpuL2(pace_draws=n) runs the dynamic model at pace-noise seeds 0..n-1 and predicts with
-    the draw whose makespan is shortest; n = 1 is seed 0 alone (the default). Checked against
-    the seeds run one by one on a causal head-major launch whose draws differ."""
+    the draw whose makespan is shortest (n = 3 the default since round 15); n = 1 is seed 0
+    alone (the default of rounds 13-15). Checked against the seeds run one by one on a causal
+    head-major launch whose draws differ."""
     w = Workload(1, 12, 8192, 8192, 64, causal=True, grid_order="head-major")
     seeds = [_predict_dynamic(w, GpuL2(), seed=k) for k in range(3)]
     assert len({s["makespan_us"] for s in seeds}) == 3
@@ -538,6 +539,9 @@ def test_pace_draws_pick_the_fastest_draw():
     assert three["dram_read_bytes"] == seeds[best]["dram_read_bytes"]
     assert three["makespan_us"] == min(s["makespan_us"] for s in seeds)
     assert three["draw_dram_read_bytes"] == [s["dram_read_bytes"] for s in seeds]
+    assert GpuL2().pace_draws == 3
+    assert predict_dram(w)["dram_read_bytes"] == three["dram_read_bytes"]
+    assert GpuL2(**DEFAULT_ROUNDS_13_15).pace_draws == GpuL2(**DEFAULT_ROUNDS_11_13).pace_draws == 1
     for bad in (0, 2.5):
         with pytest.raises(IosimError, match="pace_draws"):
             GpuL2(pace_draws=bad)

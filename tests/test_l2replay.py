@@ -383,7 +383,7 @@ def test_query_major_cliff_one_head():
     assert max(one[:3]) < 1.01 and 1.1 < one[4] < 1.3 and one[6] < 2.0
     w = Workload(1, 1, 73728, 73728, 128, causal=True, grid_order="query-major")
     qkv = 3 * 73728 * 128 * 2
-    before = partial(GpuL2, prefetch_across_chunks=False)
+    before = partial(GpuL2, prefetch_across_chunks=False, pace_draws=1)
     assert predict_dram(w, before(kv_weight="readers"))["dram_read_bytes"] / qkv > 2 * one[5]
     assert predict_dram(w, before(l2_policy="response"))["dram_read_bytes"] / qkv < 1.1 < one[5]
     assert 1.1 < predict_dram(w)["dram_read_bytes"] / qkv < 1.3 < one[5]

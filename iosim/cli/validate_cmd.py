@@ -65,10 +65,11 @@ def _table(rows: list[dict]) -> str:
                    "model) or the measured reuse-distance response with fetches stopping at "
                    "chunk ends (the default before; 1-7x faster). Default: nru where it "
                    "applies, else response")
-@click.option("--draws", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--draws", type=click.IntRange(min=1), default=None,
               help="pace-noise draws of the dynamic model; each launch is predicted by the draw "
-                   "with the shortest makespan (GpuL2.pace_draws; an option: 3 gets all 34 "
-                   "recorded launches within 15%, in three times the time)")
+                   "with the shortest makespan (GpuL2.pace_draws; default 3 since round 15: "
+                   "all 34 recorded launches within 15%; 1: seed 0 alone, the default of rounds "
+                   "13-15, 33 of 34, a third of the time)")
 @click.option("--json", "as_json", is_flag=True, help="print rows and summary as JSON")
 def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, draws, as_json):
     """Compare predicted L2 and DRAM bytes with Nsight Compute counters.
@@ -78,7 +79,7 @@ def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, draws, as
       iosim validate                      # recorded H100 measurements vs the model
       iosim validate --kv-cost readers    # the same with the readers rule for K/V lines
       iosim validate --l2-policy response # the model before round 11 (faster)
-      iosim validate --draws 3            # the fastest of three pace-noise draws
+      iosim validate --draws 1            # seed 0 of the pace noise alone (rounds 13-15)
       iosim validate --gpu --shapes 4x16x4096x128,4x16x4096x128-causal
     """
     from iosim.gpu.compare import compare, read_csv, summary
@@ -87,7 +88,7 @@ def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, draws, as
         raise IosimError(f"--kv-cost {kv_cost} needs the dynamic L2 model (--model dynamic)")
     if l2_policy == "nru" and (model != "dynamic" or kv_cost != "partitions"):
         raise IosimError("--l2-policy nru needs the dynamic L2 model and --kv-cost partitions")
-    if draws > 1 and model == "lockstep":
+    if draws is not None and model == "lockstep":
         raise IosimError("--draws needs a dynamic L2 model (--model dynamic or lru)")
     if l2_policy is None:
         l2_policy = "nru" if model == "dynamic" and kv_cost == "partitions" else "response"
@@ -109,8 +110,11 @@ def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, draws, as
     # the response goes with the fetches that stop at chunk ends and the rates without the
     # startup (the model before round 11)
     older = {} if l2_policy == "nru" else DEFAULT_ROUNDS_11_13
+    if draws is None:        # the default's draws (one with the model before round 11)
+        draws = older.get("pace_draws", GpuL2.pace_draws)
+    older = {**older, "pace_draws": draws}
     rows = compare(rows, GpuL2(kv_weight=kv_cost, l2_policy=l2_policy,
-                               prefetch_across_chunks=l2_policy == "nru", pace_draws=draws,
+                               prefetch_across_chunks=l2_policy == "nru",
                                **older),
                    model=model, baseline=model != "lockstep", workers=os.cpu_count() or 1)
     if out is not None:
@@ -126,4 +130,4 @@ def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, draws, as
                f"{s['dram_read_within_15pct']}/{s['shapes']} ({model} L2 model"
                f"{', K/V cost: ' + kv_cost if model == 'dynamic' else ''}"
                f"{', NRU cache state, fetches across chunks' if l2_policy == 'nru' else ''}"
-               f"{f', fastest of {draws} draws' if draws > 1 else ''})")
+               f"{f', fastest of {draws} draws' if draws > 1 and model != 'lockstep' else ''})")
