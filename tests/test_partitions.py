@@ -536,3 +536,16 @@ def test_l2_policy_round15_traced():
     rows = list(csv.DictReader(open(os.path.join(DATA, "gpu_l2_policy_gpu_traced_round15.csv"))))
     assert len(rows) == 8
     assert all(abs(float(r["clock_balanced"])) < 0.025 for r in rows)
+
+
+def test_l2_policy_round16_traced():
+    """`l2_policy.py --traced gpu_traced_round16`: round 16's eight launches traced in the same
+    call that measured them; CLOCK on the measured schedules is within 15% of each traced run's
+    counters on all 8 (132 of the 134 traced launches), within 3.5% on the two d=64 causal
+    head-major thrash launches the default over-counts by 20-32% on its own schedule."""
+    rows = {r["case"].split(":")[1]: r for r in csv.DictReader(
+        open(os.path.join(DATA, "gpu_l2_policy_gpu_traced_round16.csv")))}
+    assert len(rows) == 8
+    assert all(abs(float(r["clock_balanced"])) <= 0.15 for r in rows.values())
+    for s in ("1x6x57344x64-causal_head-major", "1x10x32768x64-causal_head-major"):
+        assert abs(float(rows[s]["clock_balanced"])) < 0.035
