@@ -1,0 +1,136 @@
+"""Which part of a schedule sets the L2 hits: the timeline or the structure inside a wave.
+
+    python experiments/start_structure.py     # no GPU; a C compiler; ~6 min on 2 cores
+
+For every traced causal head-major launch reading at least 20 x Q+K+V (the thrash regime,
+experiments/data/gpu_traced*.csv/.npz), the default model's schedule at seed 0 (one draw) and
+the measured one are replayed by the same cache (CLOCK with the balanced set hash,
+experiments/l2_policy.py's ``clock_balanced``, within 15% of the counters on 132 of the 134
+traced launches), and so are two hybrids that split each schedule's start times into a
+timeline (the running mean over one wave: as many blocks as slots, SMs x blocks per SM) and
+the deviations from it:
+
+- ``replay_model_timeline_trace_fine``: the model's timeline plus the trace's deviations;
+- ``replay_trace_timeline_model_fine``: the trace's timeline plus the model's deviations;
+
+both with the trace's durations and SMs. Whichever hybrid keeps the trace's replay says which
+part of the model's schedule is wrong. Next to them, three statistics of the start-time
+deviations (the last two thirds of the launch, each schedule): their standard deviation, their
+correlation with the blocks' duration deviations (the same running mean), and their
+autocorrelation two generations apart (2 x heads blocks: the same head's query block two
+steps on). Writes experiments/data/gpu_start_structure.csv.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+from scipy.ndimage import uniform_filter1d  # noqa: E402
+
+from iosim.gpu.partitions import side_of  # noqa: E402
+from iosim.gpu.validate import write_csv  # noqa: E402
+from iosim.l2model import GpuL2, _predict_dynamic, occupancy  # noqa: E402
+from l2_policy import SRC, run  # noqa: E402
+from partition_replay import DATA, build, events, side_maps  # noqa: E402
+from replay_traced import workload  # noqa: E402
+
+#: the thrash regime: measured DRAM reads at least this many times Q+K+V
+MIN_RATIO = 20.0
+POLICY = "clock_balanced"
+
+
+def launches() -> list[tuple[str, dict]]:
+    """(traced file, row) of every traced causal head-major launch in the thrash regime."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(DATA, "gpu_traced*.csv"))):
+        name = os.path.basename(path)[:-4]
+        if not os.path.exists(os.path.join(DATA, f"{name}.npz")):
+            continue
+        for r in csv.DictReader(open(path)):
+            if r["causal"] != "True" or r["grid_order"] != "head-major":
+                continue
+            w = workload(r)
+            qkv = 3 * w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes
+            if float(r["dram_read_bytes"]) >= MIN_RATIO * qkv:
+                out.append((name, r))
+    return out
+
+
+def deviation_stats(sched: np.ndarray, wave: int, heads: int) -> dict:
+    """sd of the start deviations (us), their correlation with the duration deviations and
+    their autocorrelation 2 x heads blocks apart, over the last two thirds of the blocks."""
+    st = sched[:, 0] - sched[:, 0].min()
+    dur = sched[:, 1] - sched[:, 0]
+    dev = (st - uniform_filter1d(st, wave, mode="nearest"))[len(st) // 3:]
+    ddev = (dur - uniform_filter1d(dur, wave, mode="nearest"))[len(st) // 3:]
+    lag = 2 * heads
+    return {"start_dev_sd_us": round(float(dev.std()) / 1e3, 3),
+            "corr_start_duration": round(float(np.corrcoef(dev, ddev)[0, 1]), 3),
+            "acf_two_generations": round(float(np.corrcoef(dev[:-lag], dev[lag:])[0, 1]), 3)}
+
+
+def one(job) -> dict:
+    exe, traced, r, side_a = job
+    w = workload(r)
+    tr = np.load(os.path.join(DATA, f"{traced}.npz"))[r["trace_key"]].astype(np.float64)
+    tr[:, :2] -= tr[:, 0].min()
+    meas = float(r["dram_read_bytes"])
+    gpu = GpuL2(pace_draws=1)
+    p = _predict_dynamic(w, gpu, record=True)
+    b = p["blocks"]
+    ms = np.c_[b["start_us"] * 1e3, b["end_us"] * 1e3, b["sm"]]     # ns, as the trace
+    ms[:, :2] -= ms[:, 0].min()
+    q = w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes      # Q, read once
+
+    def replay(s: np.ndarray) -> float:
+        ev, n = events(w, s, side_of(s[:, 2].astype(np.int64), side_a))
+        return round((run(exe, ev, n, POLICY) + q) / meas - 1, 4)
+
+    wave = gpu.sms * (w.blocks_per_sm or occupancy(w, gpu))
+    dur = tr[:, 1] - tr[:, 0]
+    line_t = uniform_filter1d(tr[:, 0], wave, mode="nearest")
+    line_m = uniform_filter1d(ms[:, 0], wave, mode="nearest")
+    mix_a = line_m + (tr[:, 0] - line_t)
+    mix_b = line_t + (ms[:, 0] - line_m)
+    row = {"traced": traced, "launch": r["trace_key"], "head_dim": w.head_dim, "wave": wave,
+           "meas_dram_read_bytes": meas,
+           "meas_over_qkv": round(meas / (3 * q), 1),
+           "err_model": round(p["dram_read_bytes"] / meas - 1, 4),
+           "makespan_model_over_trace": round(float(ms[:, 1].max() / tr[:, 1].max()), 4),
+           "replay_trace": replay(tr), "replay_model": replay(ms),
+           "replay_model_timeline_trace_fine": replay(np.c_[mix_a, mix_a + dur, tr[:, 2]]),
+           "replay_trace_timeline_model_fine": replay(np.c_[mix_b, mix_b + dur, tr[:, 2]])}
+    for name, s in (("trace", tr), ("model", ms)):
+        row.update({f"{k}_{name}": v for k, v in deviation_stats(s, wave, w.heads).items()})
+    return row
+
+
+def main() -> None:
+    maps = side_maps()      # the second latency map's sides for round 6 (partition_variants)
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build(tmp, SRC)
+        jobs = [(exe, t, r, maps["map2" if t == "gpu_traced_round6" else "map1"])
+                for t, r in launches()]
+        with ProcessPoolExecutor(2) as ex:
+            rows = list(ex.map(one, jobs))
+    write_csv(rows, os.path.join(DATA, "gpu_start_structure.csv"))
+    cols = ("err_model", "replay_trace", "replay_model", "replay_model_timeline_trace_fine",
+            "replay_trace_timeline_model_fine")
+    print(f"{'launch':36s} " + " ".join(f"{c[:24]:>24s}" for c in cols))
+    for r in rows:
+        print(f"{r['launch']:36s} " + " ".join(f"{r[c]:+24.3f}" for c in cols))
+    for c in cols:
+        print(f"{c}: within 15% on {sum(abs(r[c]) <= 0.15 for r in rows)} of {len(rows)}")
+
+
+if __name__ == "__main__":
+    main()
