@@ -1,6 +1,7 @@
 """Which part of a schedule sets the L2 hits: the timeline or the structure inside a wave.
 
-    python experiments/start_structure.py     # no GPU; a C compiler; ~6 min on 2 cores
+    python experiments/start_structure.py              # no GPU; a C compiler; ~2 min on 2 cores
+    python experiments/start_structure.py --variants   # the d=64 launches, four models; ~2 min
 
 For every traced causal head-major launch reading at least 20 x Q+K+V (the thrash regime,
 experiments/data/gpu_traced*.csv/.npz), the default model's schedule at seed 0 (one draw) and
@@ -19,6 +20,13 @@ deviations (the last two thirds of the launch, each schedule): their standard de
 correlation with the blocks' duration deviations (the same running mean), and their
 autocorrelation two generations apart (2 x heads blocks: the same head's query block two
 steps on). Writes experiments/data/gpu_start_structure.csv.
+
+``--variants``: the d=64 launches among them under the default (seed 0) and three variants
+of how blocks share an SM (options of GpuL2, none the default): twice the pair pace noise,
+no seniority in causal launches (the older block's share 0.5 instead of the measured 0.534)
+and work-conserving sharing -- each run's DRAM error against the traced counters next to its
+schedule's persistence (autocorrelation two generations on): does the persistence track the
+error across models, not only across launches? Writes gpu_start_structure_variants.csv.
 """
 from __future__ import annotations
 
@@ -38,7 +46,7 @@ from scipy.ndimage import uniform_filter1d  # noqa: E402
 
 from iosim.gpu.partitions import side_of  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import GpuL2, _predict_dynamic, occupancy  # noqa: E402
+from iosim.l2model import BLOCK_JITTER_PAIR, GpuL2, _predict_dynamic, occupancy  # noqa: E402
 from l2_policy import SRC, run  # noqa: E402
 from partition_replay import DATA, build, events, side_maps  # noqa: E402
 from replay_traced import workload  # noqa: E402
@@ -114,7 +122,42 @@ def one(job) -> dict:
     return row
 
 
+#: --variants: GpuL2 options (with pace_draws=1), none the default
+VARIANTS = {"default": {}, "pair_jitter_x2": {"block_jitter_pair": 2 * BLOCK_JITTER_PAIR},
+            "no_seniority_causal": {"sm_share_causal": {64: 0.5}},
+            "work_conserving": {"sm_sharing": "work-conserving"}}
+
+
+def one_variant(job) -> dict:
+    traced, r, name = job
+    w = workload(r)
+    p = _predict_dynamic(w, GpuL2(pace_draws=1, **VARIANTS[name]), record=True)
+    b = p["blocks"]
+    ms = np.c_[b["start_us"] * 1e3, b["end_us"] * 1e3, b["sm"]]
+    wave = GpuL2().sms * (w.blocks_per_sm or occupancy(w, GpuL2()))
+    return {"traced": traced, "launch": r["trace_key"], "variant": name,
+            "err_model": round(p["dram_read_bytes"] / float(r["dram_read_bytes"]) - 1, 4),
+            **deviation_stats(ms, wave, w.heads)}
+
+
+def variants() -> None:
+    jobs = [(t, r, v) for t, r in launches() if r["head_dim"] == "64" for v in VARIANTS]
+    with ProcessPoolExecutor(2) as ex:
+        rows = list(ex.map(one_variant, jobs))
+    write_csv(rows, os.path.join(DATA, "gpu_start_structure_variants.csv"))
+    for r in rows:
+        print(f"{r['launch']:36s} {r['variant']:20s} err {r['err_model']:+.3f} "
+              f"persistence {r['acf_two_generations']:+.2f}")
+    err = np.array([r["err_model"] for r in rows])
+    acf = np.array([r["acf_two_generations"] for r in rows])
+    print(f"correlation of persistence and error over {len(rows)} runs: "
+          f"{np.corrcoef(acf, err)[0, 1]:.2f}")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--variants"]:
+        variants()
+        return
     maps = side_maps()      # the second latency map's sides for round 6 (partition_variants)
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(tmp, SRC)
