@@ -24,7 +24,8 @@ steps on). Writes experiments/data/gpu_start_structure.csv.
 ``--variants``: the d=64 launches among them under the default (seed 0) and three variants
 of how blocks share an SM (options of GpuL2, none the default): twice the pair pace noise,
 no seniority in causal launches (the older block's share 0.5 instead of the measured 0.534)
-and work-conserving sharing -- each run's DRAM error against the traced counters next to its
+and work-conserving sharing; and the measured miss slowdown (the follow microbenchmark's
+restoring force) -- each run's DRAM error against the traced counters next to its
 schedule's persistence (autocorrelation two generations on): does the persistence track the
 error across models, not only across launches? Writes gpu_start_structure_variants.csv.
 """
@@ -46,7 +47,8 @@ from scipy.ndimage import uniform_filter1d  # noqa: E402
 
 from iosim.gpu.partitions import side_of  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import BLOCK_JITTER_PAIR, GpuL2, _predict_dynamic, occupancy  # noqa: E402
+from iosim.l2model import (BLOCK_JITTER_PAIR, MISS_SLOWDOWN, GpuL2, _predict_dynamic,  # noqa: E402
+                           occupancy)
 from l2_policy import SRC, run  # noqa: E402
 from partition_replay import DATA, build, events, side_maps  # noqa: E402
 from replay_traced import workload  # noqa: E402
@@ -125,7 +127,8 @@ def one(job) -> dict:
 #: --variants: GpuL2 options (with pace_draws=1), none the default
 VARIANTS = {"default": {}, "pair_jitter_x2": {"block_jitter_pair": 2 * BLOCK_JITTER_PAIR},
             "no_seniority_causal": {"sm_share_causal": {64: 0.5}},
-            "work_conserving": {"sm_sharing": "work-conserving"}}
+            "work_conserving": {"sm_sharing": "work-conserving"},
+            "miss_slowdown": {"miss_slowdown": MISS_SLOWDOWN}}
 
 
 def one_variant(job) -> dict:
@@ -142,16 +145,19 @@ def one_variant(job) -> dict:
 
 def variants() -> None:
     jobs = [(t, r, v) for t, r in launches() if r["head_dim"] == "64" for v in VARIANTS]
+    share = [v for v in VARIANTS if v != "miss_slowdown"]
     with ProcessPoolExecutor(2) as ex:
         rows = list(ex.map(one_variant, jobs))
     write_csv(rows, os.path.join(DATA, "gpu_start_structure_variants.csv"))
     for r in rows:
         print(f"{r['launch']:36s} {r['variant']:20s} err {r['err_model']:+.3f} "
               f"persistence {r['acf_two_generations']:+.2f}")
-    err = np.array([r["err_model"] for r in rows])
-    acf = np.array([r["acf_two_generations"] for r in rows])
-    print(f"correlation of persistence and error over {len(rows)} runs: "
-          f"{np.corrcoef(acf, err)[0, 1]:.2f}")
+    for name, sel in (("the default and the SM-sharing options", share), ("all", list(VARIANTS))):
+        part = [r for r in rows if r["variant"] in sel]
+        err = np.array([r["err_model"] for r in part])
+        acf = np.array([r["acf_two_generations"] for r in part])
+        print(f"correlation of persistence and error, {name} ({len(part)} runs): "
+              f"{np.corrcoef(acf, err)[0, 1]:.2f}")
 
 
 def main() -> None:
