@@ -45,7 +45,7 @@ def test_occupancy_from_resources():
 
 @pytest.mark.parametrize("model", ["dynamic", "lockstep", "lru"])
 def test_regimes(model):
-    gpu = GpuL2()
+    gpu = GpuL2(pace_draws=1)     # the regimes, not the draws: seed 0 alone
     qm = predict_dram(Workload(4, 16, 4096, 4096, 128, blocks_per_sm=1), gpu, model=model)
     hm = predict_dram(Workload(4, 16, 4096, 4096, 128, grid_order="head-major",
                                blocks_per_sm=1), gpu, model=model)
@@ -53,17 +53,21 @@ def test_regimes(model):
     assert hm["dram_over_compulsory"] > 5                                # heads interleave
     # 8 GiB: 32x the 256 MiB of K/V (the NRU state's sets grow with the L2)
     big = predict_dram(Workload(4, 16, 4096, 4096, 128, grid_order="head-major",
-                                blocks_per_sm=1), GpuL2(l2_bytes=8 * 1024 ** 3), model=model)
+                                blocks_per_sm=1), GpuL2(l2_bytes=8 * 1024 ** 3, pace_draws=1),
+                      model=model)
     assert big["dram_over_compulsory"] == pytest.approx(1.0, abs=0.01)  # infinite cache
 
 
 def test_lru_model_is_the_sharp_cliff_whatever_the_cache_answer():
     """model="lru" replaces each partition's answer by the all-or-nothing LRU: the same with
-    the NRU state (the default) as with the response, and not the default's prediction."""
+    the NRU state (the default) as with the response, and not the default's prediction (seed 0
+    of the pace noise alone throughout: the cache answer is the point, not the draws)."""
     w = Workload(1, 16, 16384, 16384, 64, causal=True, grid_order="head-major")
-    lru = predict_dram(w, GpuL2(), model="lru")["dram_read_bytes"]
-    assert lru == predict_dram(w, GpuL2(l2_policy="response"), model="lru")["dram_read_bytes"]
-    assert lru != predict_dram(w, GpuL2())["dram_read_bytes"]
+    one = GpuL2(pace_draws=1)
+    lru = predict_dram(w, one, model="lru")["dram_read_bytes"]
+    assert lru == predict_dram(w, GpuL2(l2_policy="response", pace_draws=1),
+                               model="lru")["dram_read_bytes"]
+    assert lru != predict_dram(w, one)["dram_read_bytes"]
 
 
 def test_never_below_compulsory():
@@ -72,7 +76,7 @@ def test_never_below_compulsory():
         for order in ("query-major", "head-major"):
             w = Workload(1, 4, 8192, 8192, 128, causal=causal, grid_order=order,
                          blocks_per_sm=1)
-            p = predict_dram(w, GpuL2())
+            p = predict_dram(w, GpuL2(pace_draws=1))      # each draw: seed 0 here
             assert p["dram_read_bytes"] >= 0.999 * (p["q_bytes"] + p["kv_compulsory_bytes"])
 
 
@@ -255,8 +259,8 @@ def test_lines_read_by_fewer_blocks_cost_less():
     """With the readers rule, a K/V line read by a few blocks weighs less than a line read by
     all SMs: a head-major launch whose K/V re-reads sit near the capacity cliff misses less
     than when every K/V line costs a shared line; a launch whose K/V fit in L2 is unaffected."""
-    readers = GpuL2(kv_weight="readers")
-    off = GpuL2(kv_weight="shared")
+    readers = GpuL2(kv_weight="readers", pace_draws=1)     # seed 0: the rule, not the draws
+    off = GpuL2(kv_weight="shared", pace_draws=1)
     near = Workload(4, 16, 4096, 4096, 64, causal=True, grid_order="head-major",
                     blocks_per_sm=2)
     assert predict_dram(near, readers)["dram_read_bytes"] < 0.97 * predict_dram(near, off)[
