@@ -75,10 +75,36 @@ def launches() -> list[tuple[str, dict]]:
     return out
 
 
+def trace_schedule(traced: str, key: str) -> np.ndarray:
+    """(start, end, SM) of a traced launch's blocks, ns from its first start: shifted in int64
+    before the float conversion (the %globaltimer stamps, ~1.8e18 ns, would lose their 32 ns
+    ticks in float64)."""
+    raw = np.load(os.path.join(DATA, f"{traced}.npz"))[key][:, :3]
+    out = raw.copy()
+    out[:, :2] -= raw[:, 0].min()
+    return out.astype(np.float64)
+
+
+def model_schedule(w, gpu: GpuL2) -> tuple[dict, np.ndarray]:
+    """The dynamic model's prediction (one draw) and its schedule as (start, end, SM), ns from
+    its first start, like :func:`trace_schedule`."""
+    p = _predict_dynamic(w, gpu, record=True)
+    b = p["blocks"]
+    ms = np.c_[b["start_us"] * 1e3, b["end_us"] * 1e3, b["sm"]]
+    ms[:, :2] -= ms[:, 0].min()
+    return p, ms
+
+
+def wave_size(w) -> int:
+    """Blocks in flight at once: SMs x blocks per SM."""
+    gpu = GpuL2()
+    return gpu.sms * (w.blocks_per_sm or occupancy(w, gpu))
+
+
 def deviation_stats(sched: np.ndarray, wave: int, heads: int) -> dict:
     """sd of the start deviations (us), their correlation with the duration deviations and
     their autocorrelation 2 x heads blocks apart, over the last two thirds of the blocks."""
-    st = sched[:, 0] - sched[:, 0].min()
+    st = sched[:, 0]
     dur = sched[:, 1] - sched[:, 0]
     dev = (st - uniform_filter1d(st, wave, mode="nearest"))[len(st) // 3:]
     ddev = (dur - uniform_filter1d(dur, wave, mode="nearest"))[len(st) // 3:]
@@ -91,21 +117,16 @@ def deviation_stats(sched: np.ndarray, wave: int, heads: int) -> dict:
 def one(job) -> dict:
     exe, traced, r, side_a = job
     w = workload(r)
-    tr = np.load(os.path.join(DATA, f"{traced}.npz"))[r["trace_key"]].astype(np.float64)
-    tr[:, :2] -= tr[:, 0].min()
+    tr = trace_schedule(traced, r["trace_key"])
     meas = float(r["dram_read_bytes"])
-    gpu = GpuL2(pace_draws=1)
-    p = _predict_dynamic(w, gpu, record=True)
-    b = p["blocks"]
-    ms = np.c_[b["start_us"] * 1e3, b["end_us"] * 1e3, b["sm"]]     # ns, as the trace
-    ms[:, :2] -= ms[:, 0].min()
+    p, ms = model_schedule(w, GpuL2(pace_draws=1))
     q = w.batch * w.heads * w.seq_q * w.head_dim * w.elem_bytes      # Q, read once
 
     def replay(s: np.ndarray) -> float:
         ev, n = events(w, s, side_of(s[:, 2].astype(np.int64), side_a))
         return round((run(exe, ev, n, POLICY) + q) / meas - 1, 4)
 
-    wave = gpu.sms * (w.blocks_per_sm or occupancy(w, gpu))
+    wave = wave_size(w)
     dur = tr[:, 1] - tr[:, 0]
     line_t = uniform_filter1d(tr[:, 0], wave, mode="nearest")
     line_m = uniform_filter1d(ms[:, 0], wave, mode="nearest")
@@ -134,13 +155,10 @@ VARIANTS = {"default": {}, "pair_jitter_x2": {"block_jitter_pair": 2 * BLOCK_JIT
 def one_variant(job) -> dict:
     traced, r, name = job
     w = workload(r)
-    p = _predict_dynamic(w, GpuL2(pace_draws=1, **VARIANTS[name]), record=True)
-    b = p["blocks"]
-    ms = np.c_[b["start_us"] * 1e3, b["end_us"] * 1e3, b["sm"]]
-    wave = GpuL2().sms * (w.blocks_per_sm or occupancy(w, GpuL2()))
+    p, ms = model_schedule(w, GpuL2(pace_draws=1, **VARIANTS[name]))
     return {"traced": traced, "launch": r["trace_key"], "variant": name,
             "err_model": round(p["dram_read_bytes"] / float(r["dram_read_bytes"]) - 1, 4),
-            **deviation_stats(ms, wave, w.heads)}
+            **deviation_stats(ms, wave_size(w), w.heads)}
 
 
 def variants() -> None:

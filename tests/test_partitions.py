@@ -539,8 +539,8 @@ def test_l2_policy_round15_traced():
 
 
 def test_l2_policy_round16_traced():
-    """`l2_policy.py --traced gpu_traced_round16`: round 16's eight launches traced in the same
-    call that measured them; CLOCK on the measured schedules is within 15% of each traced run's
+    """`l2_policy.py --traced gpu_traced_round16`: round 16's eight launches traced on the same
+    machine right after they were measured (a second call); CLOCK on the measured schedules is within 15% of each traced run's
     counters on all 8 (132 of the 134 traced launches), within 3.5% on the two d=64 causal
     head-major thrash launches the default over-counts by 20-32% on its own schedule."""
     rows = {r["case"].split(":")[1]: r for r in csv.DictReader(

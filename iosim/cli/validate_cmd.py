@@ -130,4 +130,4 @@ def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, draws, as
                f"{s['dram_read_within_15pct']}/{s['shapes']} ({model} L2 model"
                f"{', K/V cost: ' + kv_cost if model == 'dynamic' else ''}"
                f"{', NRU cache state, fetches across chunks' if l2_policy == 'nru' else ''}"
-               f"{f', fastest of {draws} draws' if draws > 1 and model != 'lockstep' else ''})")
+               f"{f', fastest of {draws} draws' if draws > 1 else ''})")
