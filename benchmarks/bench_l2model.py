@@ -1,4 +1,4 @@
-"""Speed of the dynamic L2 model (iosim.l2model.predict_dram) on validated launches.
+"""Speed of the dynamic L2 model (iosim.l2.simulate.predict_dram) on validated launches.
 
     python benchmarks/bench_l2model.py [--quick]
 
@@ -38,8 +38,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the first two launches only")
     a = ap.parse_args()
-    from iosim import l2state
-    from iosim.l2model import GpuL2, Workload, predict_dram
+    from iosim.l2 import state as l2state
+    from iosim.l2.simulate import GpuL2, Workload, predict_dram
     launches = LAUNCHES[:2] if a.quick else LAUNCHES
     predict_dram(Workload(1, 2, 1024, 1024, 64), GpuL2(pace_draws=1))   # compile (cached)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -53,7 +53,7 @@ def main() -> None:
 
         def rounds(*args, **kw):
             return real(*args, **{**kw, "compiled": False})
-        with mock.patch("iosim.l2model.NruSets", rounds):
+        with mock.patch("iosim.l2.simulate.NruSets", rounds):
             t_np, p_np = _timed(lambda: predict_dram(w, one))
         t_nb, p_nb = _timed(lambda: predict_dram(w, one))
         t_3, _ = _timed(lambda: predict_dram(w, GpuL2(pace_draws=3)))

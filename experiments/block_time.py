@@ -3,7 +3,7 @@ traces (no GPU; seconds).
 
     python experiments/block_time.py      # -> experiments/data/gpu_block_time.csv
 
-The dynamic L2 model (iosim.l2model) used to run a block through its key blocks at one rate per
+The dynamic L2 model (iosim.l2.simulate) used to run a block through its key blocks at one rate per
 head dim, fitted to whole-block durations of 8K-32K-key launches, so the time a block spends
 before its first key block (launch, its Q tile and first K/V tiles loaded and waited for) was
 spread over its key blocks. The marked traces (gpu_marks_*.npz) show that time directly: 2.5-3.9
@@ -22,7 +22,7 @@ never looked at here):
   waits);
 * d=64, non-causal, the same launches (two blocks per SM): key blocks per us of the older and
   the younger of two computing blocks and of one computing alone (a block computes from its
-  startup's end), least squares over the blocks as iosim.gpu.microbench.fit_traces does
+  startup's end), least squares over the blocks as iosim.l2.microbench.fit_traces does
   without the startup.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from iosim.gpu.microbench import _shares  # noqa: E402
+from iosim.l2.microbench import _shares  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")

@@ -9,7 +9,7 @@ Three tables in one CSV (column ``table``):
   8th key block): for every pair of consecutive query blocks of one head (block ids ``heads``
   apart) in the last two thirds of the launch, the lag at the first key mark both reached
   and how it changed by the last one, by the initial lag (median per bin);
-* ``replay_miss`` -- the cache response (readers rule, :func:`iosim.l2replay.replay_dram`) on
+* ``replay_miss`` -- the cache response (readers rule, :func:`iosim.l2.replay.replay_dram`) on
   the measured schedule of 1x16x16Kx128 causal head-major (gpu_traced.npz), each block's K/V
   miss fraction by its start lag behind the previous query block of its head (query blocks
   >= 48, where the K/V of the running blocks no longer fits);
@@ -73,8 +73,8 @@ def gpu_lag() -> list[dict]:
 
 
 def replay_miss() -> list[dict]:
-    from iosim.l2model import _blocks
-    from iosim.l2replay import READERS, replay_dram
+    from iosim.l2.simulate import _blocks
+    from iosim.l2.replay import READERS, replay_dram
     w, _ = _validated(TRACED)
     tr = np.load(os.path.join(DATA, "gpu_traced.npz"))[TRACED]
     _, q, nk = _blocks(w)
@@ -108,7 +108,7 @@ VARIANTS = {"default": {}, "nru_prefetch": {"l2_policy": "nru", "prefetch_across
 def _lags(w, starts):
     """5th percentile and sd of the start lag behind the previous query block of the head
     (query blocks >= 80)."""
-    from iosim.l2model import _blocks
+    from iosim.l2.simulate import _blocks
     _, q, _ = _blocks(w)
     hq = w.batch * w.heads
     late = np.flatnonzero(q >= 80)
@@ -117,7 +117,7 @@ def _lags(w, starts):
 
 
 def _chunk(job):
-    from iosim.l2model import DEFAULT_ROUNDS_11_13, GpuL2, _predict_dynamic
+    from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, GpuL2, _predict_dynamic
     variant, g = job
     w, measured = _validated(TRACED)
     o = _predict_dynamic(w, GpuL2(**DEFAULT_ROUNDS_11_13, **VARIANTS[variant]), chunk=g,

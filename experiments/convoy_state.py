@@ -3,7 +3,7 @@
     python experiments/convoy_state.py        # no GPU; ~3 min on 2 cores
 
 For every traced causal head-major launch (experiments/data/gpu_traced*.csv/.npz) with enough
-long blocks, :func:`iosim.l2replay.hit_pace` on three schedules: the measured one, the dynamic
+long blocks, :func:`iosim.l2.replay.hit_pace` on three schedules: the measured one, the dynamic
 model's (the readers rule, the default GpuL2 when this was recorded) and the model's with a DRAM-miss pace penalty
 (``GpuL2(miss_penalty=0.005)``, the fetch microbenchmark's one-block value; not the default),
 and the model's with the slowdown measured by the follow microbenchmark
@@ -25,8 +25,8 @@ import pandas as pd  # noqa: E402
 
 from iosim.errors import IosimError  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import MISS_SLOWDOWN, _predict_dynamic  # noqa: E402
-from iosim.l2replay import READERS, hit_pace  # noqa: E402
+from iosim.l2.simulate import MISS_SLOWDOWN, _predict_dynamic  # noqa: E402
+from iosim.l2.replay import READERS, hit_pace  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from replay_traced import workload  # noqa: E402

@@ -33,7 +33,7 @@ SEEDS = (0, 1, 2)
 
 
 def one(r: dict) -> dict:
-    from iosim.l2model import GpuL2, _predict_dynamic
+    from iosim.l2.simulate import GpuL2, _predict_dynamic
     w = workload(r)
     t = r.get("time_ns") or r.get("meas_time_ns")
     row = {"set": r["set"], "shape": launch_label(w), "grid_order": w.grid_order,

@@ -101,7 +101,7 @@ def figures(rows: list[dict], bench: list[dict] | None) -> list[str]:
                                 fontsize=6, xytext=(3, -3), textcoords="offset points")
     _parity(ax, 3e7, 1e11, 0.15)
     ax.set_xlabel("measured DRAM read bytes (dram__bytes_read.sum)")
-    ax.set_ylabel("predicted (iosim.l2model, dynamic model)")
+    ax.set_ylabel("predicted (iosim.l2.simulate, dynamic model)")
     ax.set_title("DRAM reads, H100: filled = dynamic model, hollow = earlier lock-step model\n"
                  "(grey band: ±15%; labels: misses of the dynamic model)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
@@ -157,7 +157,7 @@ def figures(rows: list[dict], bench: list[dict] | None) -> list[str]:
 def _microbench_figure(plt) -> str:
     """The microbenchmarks behind the model's parameters, with what the model makes of them."""
     import numpy as np
-    from iosim.l2model import GpuL2
+    from iosim.l2.simulate import GpuL2
     gpu = GpuL2()
     fig, axs = plt.subplots(1, 3, figsize=(13, 4))
     scan = read_csv(os.path.join(DATA, "gpu_l2scan.csv"))
@@ -220,7 +220,7 @@ def _variants():
     """The model variants of the ablation (name -> GpuL2 and model), built in each process:
     around the model before round 11 (the response, fetches stopping at chunk ends), on which
     the recorded ablation tables were made (experiments/nru_model.py has the NRU state)."""
-    import iosim.l2model as L
+    import iosim.l2.simulate as L
     from dataclasses import replace
     gpu = L.GpuL2(l2_policy="response", prefetch_across_chunks=False, **L.DEFAULT_ROUNDS_11_13)
     even = replace(gpu, sm_rates={d: (a, b, 0.5) for d, (a, b, _) in gpu.sm_rates.items()},
@@ -243,7 +243,7 @@ def _variants():
 
 def _predict_variants(row: dict, w, meas: float, names) -> None:
     """Add each named variant's DRAM prediction for ``w`` and its error to ``row``."""
-    import iosim.l2model as L
+    import iosim.l2.simulate as L
     variants = _variants()
     for name in names:
         gpu, model = variants[name]
@@ -255,7 +255,7 @@ def _predict_variants(row: dict, w, meas: float, names) -> None:
 def _ablate_one(r: dict) -> dict:
     """Every variant's DRAM prediction for one validated launch (and the default model at
     two other resolutions)."""
-    import iosim.l2model as L
+    import iosim.l2.simulate as L
     from iosim.gpu.compare import workload
     w = workload(r)
     meas = float(r["dram_read_bytes"])
@@ -326,7 +326,7 @@ def ablation(rows: list[dict], workers: int = 2) -> list[dict]:
 
 def _seed_error(job) -> float:
     from iosim.gpu.compare import workload
-    from iosim.l2model import GpuL2, _predict_dynamic
+    from iosim.l2.simulate import GpuL2, _predict_dynamic
     r, seed = job
     return _predict_dynamic(workload(r), GpuL2(), seed=seed)["dram_read_bytes"] / float(
         r["dram_read_bytes"]) - 1

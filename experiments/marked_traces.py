@@ -7,7 +7,7 @@ Reads experiments/data/gpu_marks.csv and gpu_marks_{1,2,plain}.npz
 ``Tiling(trace_every=8)`` -- the time each block began every 8th key block -- under Nsight
 Compute, so trajectories and DRAM counters come from one launch) and writes
 
-* ``experiments/data/gpu_marks_replay.csv`` -- the cache response (:mod:`iosim.l2replay`)
+* ``experiments/data/gpu_marks_replay.csv`` -- the cache response (:mod:`iosim.l2.replay`)
   on each launch's measured schedule, with the reads placed evenly between a block's start and
   end (``lin``) and on its measured trajectory (``marks``), against that run's counters;
 * ``experiments/data/gpu_marks_schedule.csv`` -- for the causal head-major launches, how the
@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import MISS_SLOWDOWN, _predict_dynamic  # noqa: E402
-from iosim.l2replay import READERS, replay_dram  # noqa: E402
+from iosim.l2.simulate import MISS_SLOWDOWN, _predict_dynamic  # noqa: E402
+from iosim.l2.replay import READERS, replay_dram  # noqa: E402
 from replay_traced import workload  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")

@@ -6,7 +6,7 @@
 All columns but the last with the rates of rounds 11-13 (no startup: ``DEFAULT_ROUNDS_11_13``).
 ``GpuL2(l2_policy="nru")`` replaces each L2 partition's reuse-distance response (the measured
 shared-scan curve) by a cache state: 16-way sets of 4 KiB units, 26 MiB per partition, NRU
-replacement, the partitions model's copy accounting (iosim.l2state; the layout of
+replacement, the partitions model's copy accounting (iosim.l2.state; the layout of
 experiments/csrc/l2_policy.c, which replays the measured schedules), sets hashed (balanced:
 ``nru_set_map="hashed"``) or, in the column nru_linear, the linear set map the set-conflict
 probe rules out; nru_scan gives the sets unequal numbers of ways, distributed as the measured
@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from gpu_validation import _in_parallel, launch_label  # noqa: E402
 from iosim.gpu.compare import read_csv, workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15  # noqa: E402
+from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
 #: column -> GpuL2 arguments: the response (the default of rounds 7-10), the NRU state (hashed
@@ -86,7 +86,7 @@ def launches() -> list[dict]:
 def one(r: dict, done: dict | None = None) -> dict:
     """Every column's prediction for launch ``r``; the cells of ``done`` (a recorded row of
     the same launch) are kept, not recomputed."""
-    from iosim.l2model import GpuL2, occupancy, predict_dram
+    from iosim.l2.simulate import GpuL2, occupancy, predict_dram
     w = workload(r)
     row = {"set": r["set"], "shape": launch_label(w), "grid_order": w.grid_order,
            "measured": r["measured"],

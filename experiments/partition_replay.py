@@ -5,13 +5,13 @@
 Replays every traced launch of up to 2^19 query rows x heads (gpu_traced*.npz: each block's
 start, end and SM, from the same ncu run as its DRAM counters) through a cache of two
 partitions: the SM ids of the trace give each block's L2 side by a measured latency map
-(iosim.gpu.partitions.split of gpu_l2_latency.npz, machine 1, and gpu_l2_latency_2.npz,
+(iosim.l2.partitions.split of gpu_l2_latency.npz, machine 1, and gpu_l2_latency_2.npz,
 machine 2: the map differs between machines; round 6 was traced on machine 2), half of every K/V tile, Q tile and O tile lives in each partition, a
 block's touch refreshes both halves where they live and a copy of the far half on its own side,
 and a half is read from DRAM with the measured shared-scan miss fraction of its distance in
 its own partition (experiments/csrc/partition_replay.c: exact LRU distances per key block, one
 touch per key block, placed evenly between a block's start and end; no chunks, no fetches in
-flight). Against the counters, next to the readers-rule replay (iosim.l2replay: the recorded
+flight). Against the counters, next to the readers-rule replay (iosim.l2.replay: the recorded
 gpu_replay*.csv, computed here for round 6) and the same partitions with every SM put on one
 side (the control: what the side map adds). Nothing here is fitted.
 """
@@ -29,10 +29,10 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from iosim.gpu.partitions import side_of, split  # noqa: E402
+from iosim.l2.partitions import side_of, split  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import MIB, SCAN_SHARED, Workload, _blocks  # noqa: E402
-from iosim.l2replay import replay_dram  # noqa: E402
+from iosim.l2.simulate import MIB, SCAN_SHARED, Workload, _blocks  # noqa: E402
+from iosim.l2.replay import replay_dram  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
 SRC = os.path.join(ROOT, "experiments", "csrc", "partition_replay.c")

@@ -37,9 +37,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from iosim.gpu.partitions import side_of  # noqa: E402
+from iosim.l2.partitions import side_of  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import DISPATCH_ORDER, L2_SIDE_A, MIB, Workload  # noqa: E402
+from iosim.l2.simulate import DISPATCH_ORDER, L2_SIDE_A, MIB, Workload  # noqa: E402
 from partition_replay import DATA, build, events, run_events, side_maps  # noqa: E402
 
 SRC = os.path.join(ROOT, "experiments", "csrc", "partition_variants.c")
@@ -108,7 +108,7 @@ def mix(hot: int, cold: int, rounds: int = 8, epochs: int = 2):
 
 
 def hot_stream(hot: int, st: int, blocks: int = 32):
-    """The hot/stream microbenchmark (iosim.gpu.microbench.hotstream, gpu_l2hot.csv): 32 blocks
+    """The hot/stream microbenchmark (iosim.l2.microbench.hotstream, gpu_l2hot.csv): 32 blocks
     on alternating sides read the hot set in step, then a stream read once (each tile by one
     block), then the hot set again."""
     nh, ns = int(hot * MIB // TILE), int(st * MIB // TILE)

@@ -5,7 +5,7 @@
 At d=64 the validation tiling fits two blocks per SM. The dynamic model splits an SM between
 them by age (the older 0.571, ``SM_RATES_STARTUP``), whatever each is doing; a block that waits
 for DRAM leaves its share unused. On a GPU the SM issues from whichever warps are ready, so the
-time one block waits could go to the other. :func:`iosim.l2replay.partner_pace` measures that
+time one block waits could go to the other. :func:`iosim.l2.replay.partner_pace` measures that
 in a traced schedule: each block's pace (relative to its neighbours in start order) against its
 own K/V miss fraction and that of the block beside it on its SM (from the replay). This runs it
 on every traced d=64 launch with enough long blocks that share an SM -- the measured schedule,
@@ -29,8 +29,8 @@ import pandas as pd  # noqa: E402
 from gpu_validation import _in_parallel  # noqa: E402
 from iosim.errors import IosimError  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import GpuL2, _predict_dynamic  # noqa: E402
-from iosim.l2replay import partner_pace  # noqa: E402
+from iosim.l2.simulate import GpuL2, _predict_dynamic  # noqa: E402
+from iosim.l2.replay import partner_pace  # noqa: E402
 from replay_traced import workload  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")

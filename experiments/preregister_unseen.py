@@ -3,7 +3,7 @@
     python experiments/preregister_unseen.py --round 2     # writes experiments/data/gpu_unseen2.csv
     python experiments/preregister_unseen.py --figure      # figures/gpu_unseen.png, measured rounds
 
-The predictions (DRAM read bytes from iosim.l2model, L2->SM bytes from iosim.traffic) and the
+The predictions (DRAM read bytes from iosim.l2.simulate, L2->SM bytes from iosim.traffic) and the
 model's commit are written, and committed, before the device measures the launches
 (experiments/device/measure_unseen.py). Round 1 (gpu_unseen.csv) was registered with the model
 of commit c5901b4; round 2 with the model that adds block pace noise and L2-partition copies;
@@ -94,7 +94,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from iosim.gpu.compare import compare_row, read_csv  # noqa: E402
 from iosim.gpu.validate import VALIDATION_TILING  # noqa: E402
-from iosim.l2model import (BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15,  # noqa: E402
+from iosim.l2.simulate import (BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15,  # noqa: E402
                            GpuL2)
 
 #: the models registered next to each round's default, as they were then: the rates without

@@ -4,10 +4,10 @@
     python experiments/replay_traced.py --traced gpu_traced_rounds
                                                  # rounds 4-5 -> gpu_replay_rounds.csv (~2 min)
 
-Reads experiments/data/gpu_traced.csv and gpu_traced.npz (``python -m iosim.gpu.microbench
+Reads experiments/data/gpu_traced.csv and gpu_traced.npz (``python -m iosim.l2.microbench
 traced``: the generated kernel, traced, under Nsight Compute; each launch's DRAM bytes and its
 per-block schedule from the same run), and for every launch computes
-  * ``replay_meas``: the cache response (:mod:`iosim.l2replay`) on the measured schedule,
+  * ``replay_meas``: the cache response (:mod:`iosim.l2.replay`) on the measured schedule,
   * ``replay_model``: the same on the dynamic model's own schedule,
   * ``model``: the dynamic model's prediction (its schedule and its DRAM waits together),
 the model with the readers rule (``READERS``, the default when this was recorded; the
@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import Workload, _predict_dynamic  # noqa: E402
-from iosim.l2replay import READERS, replay_dram  # noqa: E402
+from iosim.l2.simulate import Workload, _predict_dynamic  # noqa: E402
+from iosim.l2.replay import READERS, replay_dram  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data")
 FIG = os.path.join(ROOT, "figures")

@@ -45,9 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from scipy.ndimage import uniform_filter1d  # noqa: E402
 
-from iosim.gpu.partitions import side_of  # noqa: E402
+from iosim.l2.partitions import side_of  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2model import (BLOCK_JITTER_PAIR, MISS_SLOWDOWN, GpuL2, _predict_dynamic,  # noqa: E402
+from iosim.l2.simulate import (BLOCK_JITTER_PAIR, MISS_SLOWDOWN, GpuL2, _predict_dynamic,  # noqa: E402
                            occupancy)
 from l2_policy import SRC, run  # noqa: E402
 from partition_replay import DATA, build, events, side_maps  # noqa: E402

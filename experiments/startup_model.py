@@ -5,7 +5,7 @@ measured launch (no GPU; ~35 min on 2 cores).
                                              #    experiments/data/gpu_startup_seeds.csv
     python experiments/startup_model.py --summary   # the summary of the recorded CSVs
 
-``GpuL2(**BLOCK_STARTUP)`` (iosim.l2model): a block spends its first 3.48 us loading and
+``GpuL2(**BLOCK_STARTUP)`` (iosim.l2.simulate): a block spends its first 3.48 us loading and
 waiting (the median intercept of the traced causal launches outside the validation set,
 experiments/block_time.py) and then runs through its key blocks at the rates measured without
 that startup (d=128 non-causal 1.049, causal 1.066 us per key block; d=64 from the sharing fit
@@ -42,14 +42,14 @@ SEEDS = (1, 2)
 
 
 def _models():
-    from iosim.l2model import BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, GpuL2
+    from iosim.l2.simulate import BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, GpuL2
     # the default of rounds 11-13 and that with the startup (NRU's first-clear victim)
     return {"default": GpuL2(**DEFAULT_ROUNDS_11_13),
             "startup": GpuL2(nru_victim="first", pace_draws=1, **BLOCK_STARTUP)}
 
 
 def one(r: dict) -> dict:
-    from iosim.l2model import _predict_dynamic
+    from iosim.l2.simulate import _predict_dynamic
     w = workload(r)
     t = r.get("time_ns") or r.get("meas_time_ns")
     row = {"set": r["set"], "shape": launch_label(w), "grid_order": w.grid_order,
@@ -63,7 +63,7 @@ def one(r: dict) -> dict:
 
 
 def one_seed(job) -> dict:
-    from iosim.l2model import _predict_dynamic
+    from iosim.l2.simulate import _predict_dynamic
     r, name, seed = job
     w = workload(r)
     p = _predict_dynamic(w, _models()[name], seed=seed)

@@ -10,7 +10,7 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
-from iosim.l2model import (BLOCK_STARTUP, BLOCK_STARTUP_US, DEFAULT_ROUNDS_11_13,  # noqa: E402
+from iosim.l2.simulate import (BLOCK_STARTUP, BLOCK_STARTUP_US, DEFAULT_ROUNDS_11_13,  # noqa: E402
                            SM_RATES, SM_RATES_CAUSAL_STARTUP, SM_RATES_STARTUP, GpuL2, Workload,
                            _predict_dynamic)
 
@@ -123,7 +123,7 @@ def test_startup_model_table_recorded():
     (NRU's first-clear victim; recomputed on the small launches), and the counts
     docs/validation.md gives follow from the measured columns."""
     import pandas as pd
-    from iosim.l2model import predict_dram
+    from iosim.l2.simulate import predict_dram
     data = os.path.join(ROOT, "experiments", "data")
     t = pd.read_csv(os.path.join(data, "gpu_startup_model.csv"))
     nru = pd.read_csv(os.path.join(data, "gpu_nru_model.csv"))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from iosim.l2model import GpuL2, Workload, _predict_dynamic
+from iosim.l2.simulate import GpuL2, Workload, _predict_dynamic
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
 
@@ -70,7 +70,7 @@ def test_validate_cli_draws(tmp_path):
     from click.testing import CliRunner
 
     from iosim.cli import main
-    from iosim.l2model import predict_dram
+    from iosim.l2.simulate import predict_dram
     rows = list(csv.DictReader(open(os.path.join(DATA, "gpu_ncu.csv"))))
     sel = [r for r in rows if r["impl"] == "generated" and r["cascade"] == "attention-1pass"
            and (r["batch"], r["seq"], r["head_dim"], r["causal"], r["grid_order"]) ==

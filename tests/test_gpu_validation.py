@@ -198,7 +198,7 @@ def test_newest_preregistered_predictions_unchanged():
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
-    from iosim.l2model import BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15, GpuL2
+    from iosim.l2.simulate import BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15, GpuL2
     # the default until round 11 (and the rates without the startup, as until round 13)
     before = partial(GpuL2, prefetch_across_chunks=False, **DEFAULT_ROUNDS_11_13)
     # the newest round, and the one before where the newest has fewer than three quick
@@ -706,7 +706,7 @@ def test_partial_tiles_measured_l2_exact():
     here, equal the counters within 0.01% on all 8 -- rows past the last query row are read
     again but add no L2 traffic. DRAM within 15% on 8 of 8 (the model before round 11: 6 of
     8, 1x16x6000x128 causal head-major -27%, 2x12x10000x128 causal head-major +16%)."""
-    from iosim.l2model import GpuL2
+    from iosim.l2.simulate import GpuL2
     measured = read_csv(os.path.join(DATA, "gpu_ncu_partial.csv"))
     rows = [r for r in compare(measured, workers=2) if r["impl"] == "generated"]
     assert len(rows) == 8 and all("H100" in r["device"] for r in rows)

@@ -1,4 +1,4 @@
-"""`iosim evaluate` on a GPU preset: HBM behind the L2 (iosim.l2backing)."""
+"""`iosim evaluate` on a GPU preset: HBM behind the L2 (iosim.l2.backing)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""The GPU L2 model (iosim.l2model): tile model, occupancy, the measured L2 response, the
+"""The GPU L2 model (iosim.l2.simulate): tile model, occupancy, the measured L2 response, the
 dynamic schedule (rates, seniority, DRAM sharing) and the regimes of DRAM traffic."""
 import csv
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from iosim.errors import IosimError
-from iosim.l2model import (DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15,  # noqa: E402
+from iosim.l2.simulate import (DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15,  # noqa: E402
                            SM_RATES, SM_RATES_STARTUP, SM_SHARE_CAUSAL, GpuL2, Workload, _predict_dynamic,
                            occupancy, predict_dram, smem_level_reads)
 
@@ -130,9 +130,9 @@ def test_pair_jitter_from_traced_launches_outside_the_validation_set():
     """Two blocks sharing an SM vary more than one alone: the residual of the sharing fit in
     the traced non-causal query-major launches without DRAM waits that are not validated
     shapes (two of them) is 7.6-8.1% per key block; the model takes their mean."""
-    from iosim.gpu.microbench import pair_jitter
+    from iosim.l2.microbench import pair_jitter
     from iosim.gpu.shapes import default_shapes
-    from iosim.l2model import BLOCK_JITTER, BLOCK_JITTER_PAIR
+    from iosim.l2.simulate import BLOCK_JITTER, BLOCK_JITTER_PAIR
     val = {f"{s.label()}_{o}" for s in default_shapes() for o in ("query-major", "head-major")}
     rows = pair_jitter(os.path.join(DATA, "gpu_traced.npz"), os.path.join(DATA, "gpu_traced.csv"),
                        exclude=val)
@@ -200,13 +200,13 @@ def test_pace_noise_comes_from_the_traces():
     assert len(rows) == 12
     assert GpuL2().block_jitter == pytest.approx(
         np.mean([float(r["block_jitter"]) for r in rows]), rel=0.02)
-    from iosim.l2model import SM_PACE_SPREAD_MEASURED
+    from iosim.l2.simulate import SM_PACE_SPREAD_MEASURED
     assert SM_PACE_SPREAD_MEASURED == pytest.approx(
         np.mean([float(r["sm_pace_spread"]) for r in rows]), rel=0.05)
 
 
 def _head_gaps(w, gpu, waves=15):
-    from iosim.gpu.microbench import head_start_gaps
+    from iosim.l2.microbench import head_start_gaps
     s = _predict_dynamic(w, gpu, record=True)["blocks"]["start_us"]
     return head_start_gaps(s, w.batch * w.heads, waves)
 
@@ -218,7 +218,7 @@ def test_pace_noise_spreads_one_heads_blocks_as_traced():
     measured noise alone the gap grows to roughly half of the traced one; with the measured
     per-SM pace differences too, to about the traced one."""
     from dataclasses import replace
-    from iosim.l2model import SM_PACE_SPREAD_MEASURED
+    from iosim.l2.simulate import SM_PACE_SPREAD_MEASURED
     rows = [r for r in _csv("gpu_trace_pace.csv")
             if r["launch"] == "2x16x8192x128" and r["grid_order"] == "head-major"]
     traced = np.mean([[float(r[f"gap_wave{k}_us"]) for k in range(15)] for r in rows], axis=0)
@@ -238,7 +238,7 @@ def test_reader_weights_from_the_readers_microbenchmark():
     equals the earlier private/shared scan ratio within 2%."""
     import csv
     from pathlib import Path
-    from iosim.l2model import READER_WEIGHTS
+    from iosim.l2.simulate import READER_WEIGHTS
     rows = list(csv.DictReader(open(Path(__file__).resolve().parent.parent / "experiments"
                                     / "data" / "gpu_l2readers.csv")))
     half = {}
@@ -346,7 +346,7 @@ def test_prefetch_across_chunks_keeps_dram_busy(seq_k):
 
 
 def test_rotate_microbenchmark_when_readers_come():
-    """gpu_l2rotate.csv (`python -m iosim.gpu.microbench rotate`, H100): 132 blocks, one per SM,
+    """gpu_l2rotate.csv (`python -m iosim.l2.microbench rotate`, H100): 132 blocks, one per SM,
     re-read a buffer four times. A line read by one block per pass behaves like a line of one
     SM (the 'private' scan) whether that block sits on the same SM every pass or on another
     one; k blocks reading a line in lock step reproduce the readers rule (within 0.1 of
@@ -430,7 +430,7 @@ def test_miss_slowdown_from_the_follow_microbenchmark():
     u = 0.5)."""
     import pandas as pd
     from pathlib import Path
-    from iosim.l2model import MISS_SLOWDOWN
+    from iosim.l2.simulate import MISS_SLOWDOWN
     data = Path(__file__).resolve().parent.parent / "experiments" / "data"
     d = pd.concat([pd.read_csv(data / "gpu_follow.csv"), pd.read_csv(data / "gpu_follow_8k.csv")])
     ok = d[(d.gap_us_median >= 2.5) & (d.gap_us_median <= 8.0) & (d.end_gap_us_median >= 1.0)]
@@ -451,7 +451,7 @@ def test_miss_slowdown_from_the_follow_microbenchmark():
 
 
 def test_sweep_microbenchmark_lockstep_vs_spread():
-    """gpu_l2sweep.csv (`python -m iosim.gpu.microbench sweep`, H100): 132 blocks re-read a
+    """gpu_l2sweep.csv (`python -m iosim.l2.microbench sweep`, H100): 132 blocks re-read a
     buffer in lock step or one after another. In lock step the re-reads match the shared scan
     (gpu_l2scan.csv: a cliff between 24 and 30 MiB, then one fetch per line and pass, shared by
     its 132 readers: miss fraction 1). One after another the misses exceed one fetch per line

@@ -1,5 +1,5 @@
 """Replaying measured thread-block schedules through the L2 cache response
-(iosim.l2replay), the traced-and-counted launches and the mixed re-read microbenchmark."""
+(iosim.l2.replay), the traced-and-counted launches and the mixed re-read microbenchmark."""
 import csv
 import os
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from iosim.errors import IosimError
-from iosim.l2model import GpuL2, Workload, _predict_dynamic, predict_dram
-from iosim.l2replay import key_times, replay_dram
+from iosim.l2.simulate import GpuL2, Workload, _predict_dynamic, predict_dram
+from iosim.l2.replay import key_times, replay_dram
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
 MIB = 2 ** 20
@@ -128,7 +128,7 @@ def test_traced_launches_cover_validation_and_unseen_rounds():
 
 
 def test_traced_l2_to_sm_bytes_match_the_tile_model():
-    from iosim.l2model import smem_level_reads
+    from iosim.l2.simulate import smem_level_reads
     for r, w, _ in _traced():
         assert float(r["l2_to_sm_read_bytes"]) == pytest.approx(
             smem_level_reads(w)["read_bytes"], rel=0.05)
@@ -195,7 +195,7 @@ def test_rounds_4_and_5_traced_schedule_or_response():
     that the GPU loses)."""
     traced = list(_traced("gpu_traced_rounds"))
     assert len(traced) == 16 and all(r["device"].startswith("NVIDIA H100") for r, _, _ in traced)
-    from iosim.l2model import smem_level_reads
+    from iosim.l2.simulate import smem_level_reads
     for r, w, tr in traced:
         assert tr.shape == (w.batch * w.heads * w.n_q_blocks, 4)
         assert float(r["l2_to_sm_read_bytes"]) == pytest.approx(
@@ -293,7 +293,7 @@ def test_hit_pace_classes_followers_and_leaders():
     reads its head's K/V cold (all misses), the second right behind it (all hits): half
     hitters, half missers, and relative to the running mean the hitters are ~0.5% faster,
     the missers ~0.5% slower."""
-    from iosim.l2replay import hit_pace
+    from iosim.l2.replay import hit_pace
     w = Workload(1, 200, 256, 8192, 128, causal=False, grid_order="query-major")
     start = np.repeat(np.arange(200) * 200.0, 2) + np.tile([0.0, 2.0], 200)
     dur = np.tile([100.0, 99.0], 200)
@@ -311,7 +311,7 @@ def test_recorded_64k_causal_head_major_state():
     """The traced 1x8x64Kx128 causal head-major launch (gpu_traced.npz) on its measured
     schedule: about 28% of the long blocks hit all their K/V, 70% miss all, and the hitters
     run ~0.8% faster than the missers (docs/validation.md, 'The convoy state')."""
-    from iosim.l2replay import hit_pace
+    from iosim.l2.replay import hit_pace
     w = Workload(1, 8, 65536, 65536, 128, causal=True, grid_order="head-major")
     tr = np.load(os.path.join(DATA, "gpu_traced.npz"))["1x8x65536x128-causal_head-major"]
     tr = tr.astype(np.float64)

@@ -1,12 +1,12 @@
-"""The NRU cache state (iosim.l2state) and the dynamic L2 model with it (l2_policy="nru")."""
+"""The NRU cache state (iosim.l2.state) and the dynamic L2 model with it (l2_policy="nru")."""
 import numpy as np
 import pytest
 from reference import balanced_set
 
 from iosim.errors import IosimError
-from iosim.l2model import (MIB, SCAN_SHARED, GpuL2, Workload, _UnitMap, predict_dram,
+from iosim.l2.simulate import (MIB, SCAN_SHARED, GpuL2, Workload, _UnitMap, predict_dram,
                            set_index)
-from iosim.l2state import NruSets, scan_ways
+from iosim.l2.state import NruSets, scan_ways
 
 
 def _brute_nru(stream, n_sets, ways):
@@ -355,7 +355,7 @@ def test_l2_sets_probe_recorded():
     re-read pass hits L2 (under 350: the latency map's 273-304) at every stride measured --
     powers of two up to 64 MiB, the state's 416 sets x 4 KiB -- with up to 256 lines: no
     stride puts more lines in a set than it holds, so the L2's set index is not the linear
-    map that iosim.l2state's NRU state (and experiments/csrc/l2_policy.c) assumes."""
+    map that iosim.l2.state's NRU state (and experiments/csrc/l2_policy.c) assumes."""
     import csv
     import os
     data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
@@ -380,7 +380,7 @@ def test_nru_model_clock_column():
     111 and 114 against 113."""
     import csv
     import os
-    from iosim.l2model import DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15
+    from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15
     data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
     rows = [r for r in csv.DictReader(open(os.path.join(data, "gpu_nru_model.csv")))
             if r["set"] != "round 14"]              # the 138 launches measured before round 14

@@ -9,8 +9,8 @@ import pytest
 from reference import balanced_set
 
 from iosim.errors import IosimError
-from iosim.gpu.partitions import H100_SIDE_A, side_of, split
-from iosim.l2model import DISPATCH_ORDER, L2_SIDE_A, GpuL2, Workload, _predict_dynamic
+from iosim.l2.partitions import H100_SIDE_A, side_of, split
+from iosim.l2.simulate import DISPATCH_ORDER, L2_SIDE_A, GpuL2, Workload, _predict_dynamic
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
 
@@ -189,7 +189,7 @@ def test_validate_cli_kv_cost(tmp_path):
     from click.testing import CliRunner
 
     from iosim.cli import main
-    from iosim.l2model import predict_dram
+    from iosim.l2.simulate import predict_dram
     rows = list(csv.DictReader(open(os.path.join(DATA, "gpu_ncu.csv"))))
     sel = [r for r in rows if r["impl"] == "generated" and r["cascade"] == "attention-1pass"
            and (r["batch"], r["seq"], r["head_dim"], r["causal"]) == ("8", "1024", "64", "False")]
@@ -208,7 +208,7 @@ def test_validate_cli_kv_cost(tmp_path):
         got[kv] = {r["grid_order"]: r["pred_dram_read_bytes"] for r in out["rows"]}
     # --l2-policy response: the model before round 11 (fetches stop at chunk ends, the rates
     # without the blocks' startup)
-    from iosim.l2model import DEFAULT_ROUNDS_11_13
+    from iosim.l2.simulate import DEFAULT_ROUNDS_11_13
     before = GpuL2(l2_policy="response", prefetch_across_chunks=False, **DEFAULT_ROUNDS_11_13)
     wl = Workload(8, 16, 1024, 1024, 64, causal=False, grid_order="head-major")
     assert got["partitions"]["head-major"] == pytest.approx(
@@ -309,8 +309,8 @@ def test_query_heads_runs():
     head 1.22x Q+K+V in every run, eight 1.47-1.58x), at 56K one head ~1.0x, four and eight
     1.1x; run 0 is the traced gpu_query_heads.csv; the machine's L2 side map is the first
     machine's (gpu_l2_latency_4.npz)."""
-    from iosim.gpu.partitions import split
-    from iosim.l2model import L2_SIDE_A
+    from iosim.l2.partitions import split
+    from iosim.l2.simulate import L2_SIDE_A
     rows = list(csv.DictReader(open(os.path.join(DATA, "gpu_query_heads_runs.csv"))))
     assert len(rows) == 27
     ratio = {}

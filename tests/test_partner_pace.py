@@ -1,5 +1,5 @@
 """Two blocks on one SM (d=64): a block's pace against its own misses and its neighbour's
-(iosim.l2replay.partner_pace), on the traced schedules and the model's, and the option that
+(iosim.l2.replay.partner_pace), on the traced schedules and the model's, and the option that
 gives a waiting block's SM time to the other (GpuL2(sm_sharing="work-conserving"))."""
 import csv
 import os
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from iosim.errors import IosimError
-from iosim.l2model import GpuL2, Workload, _predict_dynamic
-from iosim.l2replay import partner_pace
+from iosim.l2.simulate import GpuL2, Workload, _predict_dynamic
+from iosim.l2.replay import partner_pace
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
 

@@ -10,7 +10,7 @@ lines into two groups each; if a line read once is copied to the reader's side, 
 everywhere and only the first load shows the split. Lines: 64 consecutive (128 B apart), 64 at
 4 KiB and 64 at 64 KiB spacing, so the granularity of the address-to-partition map shows too.
 Writes $OUT/gpu_l2_latency.npz (per launch: SM x line matrices of mean chain cycles per load
-and median first-load cycles; three launches) and prints the split (iosim.gpu.partitions)."""
+and median first-load cycles; three launches) and prints the split (iosim.l2.partitions)."""
 import os
 import sys
 
@@ -66,7 +66,7 @@ def per_sm(first, chain, sms, n_sm=132):
 def main():
     import numpy as np
     import torch
-    from iosim.gpu.partitions import split
+    from iosim.l2.partitions import split
     out = os.environ.get("OUT", ".")
     kern = kernel()
     n_elem = 8 * 1024 * 1024                   # 64 MiB of int64

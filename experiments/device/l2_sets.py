@@ -6,7 +6,7 @@ buffer, with ``.cg`` loads (past L1, to L2): one pass to fill, then PASSES timed
 result is the mean clock cycles per load (``%clock64``), and of the fill pass (the DRAM
 reference: 128 MiB of other traffic pushed the lines out before it). K lines always fit in a 50 MiB L2; they
 miss only if they fall into too few sets. Under a linear set map (set = line address modulo the
-number of sets, as experiments/csrc/l2_policy.c and iosim.l2state assume), some power-of-two
+number of sets, as experiments/csrc/l2_policy.c and iosim.l2.state assume), some power-of-two
 strides put every line in one set, and once K exceeds the associativity each load goes to DRAM
 (hit ~270-300 cycles, DRAM ~600+); under a hashed map no stride does. Strides: 128 B (the
 control: consecutive lines), powers of two from 4 KiB to 64 MiB, the model's 1.625 MiB (416

@@ -11,7 +11,7 @@ import shutil
 import sys
 
 sys.path.insert(0, os.getcwd())
-from iosim.gpu.microbench import _device_name, traced  # noqa: E402
+from iosim.l2.microbench import _device_name, traced  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 
 #: (batch, heads, N, d, causal, grid order); long launches get a mark every 8 key blocks, the

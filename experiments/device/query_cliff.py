@@ -3,7 +3,7 @@ python experiments/device/query_cliff.py): the causal query-major cliff, one hea
 
 The validated 1x8x64Kx128 causal query-major launch reads 1.46x Q+K+V where the model (and the
 cache response on its measured schedule) says 1.05x; round 6's 1x4x64Kx128 misses alike. Here
-the traced kernel under ncu (``iosim.gpu.microbench.traced``: per-block schedule and counters of
+the traced kernel under ncu (``iosim.l2.microbench.traced``: per-block schedule and counters of
 one launch) runs causal query-major launches of ONE head (and two at 64K) at d=128 for K/V of
 16 to 40 MiB (N = 32K ... 80K): where the excess starts and how it grows, for one head's
 staggered sweep alone. Writes $OUT/gpu_query_cliff.csv and $OUT/gpu_query_cliff.npz.
@@ -23,7 +23,7 @@ import os
 import sys
 
 sys.path.insert(0, os.getcwd())
-from iosim.gpu.microbench import traced_to  # noqa: E402
+from iosim.l2.microbench import traced_to  # noqa: E402
 
 LAUNCHES = [(1, 1, n, 128, True, "query-major") for n in (32768, 40960, 49152, 57344, 65536,
                                                           73728, 81920)]

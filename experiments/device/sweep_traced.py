@@ -1,7 +1,7 @@
 """Device (run on the GPU machine from the repository root:
 python experiments/device/sweep_traced.py [MARK]): the sweep microbenchmark's staggered re-read with a
 clock. 132 blocks (one per SM) each read a buffer four times, starting 1/132 of it apart
-(``iosim.gpu.microbench.sweep``, stagger 1), and store ``%globaltimer`` every MARK tiles, so the
+(``iosim.l2.microbench.sweep``, stagger 1), and store ``%globaltimer`` every MARK tiles, so the
 order in which the lines were really read is known (did readers bunch up?). No profiler: the
 DRAM counters of the same pattern are in gpu_l2sweep.csv. Writes $OUT/gpu_l2sweep_traced.npz:
 per buffer size, the (blocks x marks) times in ns from the first mark, the SM of each block."""

@@ -12,7 +12,7 @@ import time
 
 sys.path.insert(0, os.getcwd())
 from iosim.gpu import ncu  # noqa: E402
-from iosim.gpu.microbench import traced  # noqa: E402
+from iosim.l2.microbench import traced  # noqa: E402
 from iosim.gpu.runner import Config  # noqa: E402
 from iosim.gpu.shapes import Shape  # noqa: E402
 from iosim.gpu.validate import VALIDATION_TILING  # noqa: E402

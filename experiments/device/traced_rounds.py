@@ -1,6 +1,6 @@
 """Device (run on the GPU machine from the repository root:
 python experiments/device/traced_rounds.py [--name NAME] gpu_unseen4.csv gpu_unseen5.csv): the traced kernel
-under ncu (``iosim.gpu.microbench.traced``: per-block schedule and DRAM/L2->SM counters of the
+under ncu (``iosim.l2.microbench.traced``: per-block schedule and DRAM/L2->SM counters of the
 same launch) for the launches of the given out-of-sample rounds; writes
 $OUT/NAME.csv and $OUT/NAME.npz (default gpu_traced_rounds), for experiments/replay_traced.py
 and experiments/partition_replay.py."""
@@ -9,7 +9,7 @@ import os
 import sys
 
 sys.path.insert(0, os.getcwd())
-from iosim.gpu.microbench import traced_to  # noqa: E402
+from iosim.l2.microbench import traced_to  # noqa: E402
 
 
 def main():

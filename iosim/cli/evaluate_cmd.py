@@ -75,7 +75,7 @@ def load_problem(name, hw, dtype, sram):
 @click.option("--l2", "l2_mode", type=click.Choice(["auto", "off"]), default="auto",
               show_default=True,
               help="HBM behind a GPU's L2: 'auto' simulates L2 hits for the FlashAttention-2 "
-                   "kernel (iosim.l2model); 'off' counts every L2 read as an HBM read.")
+                   "kernel (iosim.l2.simulate); 'off' counts every L2 read as an HBM read.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--symbolic", is_flag=True,
               help="Also print the count as closed forms in N, d, Br, Bc (and M).")
@@ -117,7 +117,7 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, causal, dtype, ma
         raise IosimError(f"--block-n {block_kv} is larger than the {kv} keys")
     shapes = Shapes(n=seq_len, e=head_dim, kv_len=kv_len, batch=batch, heads=heads,
                     dtype=dtype, causal=causal)
-    from iosim.l2backing import backing_for
+    from iosim.l2.backing import backing_for
     rep = evaluate(c, m, h, shapes, sram_bytes=sram_b,
                    backing_model=backing_for(c.name, m, h, shapes, l2_mode))
     sym = None

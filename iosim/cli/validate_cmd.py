@@ -50,7 +50,7 @@ def _table(rows: list[dict]) -> str:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="directory for gpu_ncu.csv and gpu_validation.csv (default: .iosim-gpu)")
 @click.option("--model", type=click.Choice(["dynamic", "lockstep", "lru"]), default="dynamic",
-              show_default=True, help="L2 model for the DRAM prediction (iosim.l2model)")
+              show_default=True, help="L2 model for the DRAM prediction (iosim.l2.simulate)")
 @click.option("--kv-cost", type=click.Choice(["partitions", "readers", "shared", "sides"]),
               default="partitions", show_default=True,
               help="what a K/V line costs in L2 (GpuL2.kv_weight): the two L2 partitions with "
@@ -83,7 +83,7 @@ def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, draws, as
       iosim validate --gpu --shapes 4x16x4096x128,4x16x4096x128-causal
     """
     from iosim.gpu.compare import compare, read_csv, summary
-    from iosim.l2model import DEFAULT_ROUNDS_11_13, GpuL2
+    from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, GpuL2
     if kv_cost != "partitions" and model != "dynamic":
         raise IosimError(f"--kv-cost {kv_cost} needs the dynamic L2 model (--model dynamic)")
     if l2_policy == "nru" and (model != "dynamic" or kv_cost != "partitions"):

@@ -2,7 +2,7 @@
 
 For every measured row of a generated kernel: the SMEM-level model of :mod:`iosim.traffic`
 (the bytes thread blocks read from beyond shared memory, which is what L2 serves) and the L2
-model of :mod:`iosim.l2model` (which of them reach DRAM: the dynamic model, plus the earlier
+model of :mod:`iosim.l2.simulate` (which of them reach DRAM: the dynamic model, plus the earlier
 lock-step model as ``*_lockstep`` columns), both for the Mapping the kernel was compiled with,
 on the ``h100`` preset. Works on recorded CSVs: no GPU needed.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from iosim.l2model import GpuL2, Workload, predict_dram, smem_level_reads
+from iosim.l2.simulate import GpuL2, Workload, predict_dram, smem_level_reads
 
 #: blocks per SM of the validated tiling (128/64, 8 warps, 3 stages), from Nsight Compute's
 #: launch statistics on the H100 (run 1): d=128: 214 registers, 128 KiB shared -> 1;

@@ -1,4 +1,4 @@
-"""An L2 partition as a cache *state* with NRU replacement (for :mod:`iosim.l2model`).
+"""An L2 partition as a cache *state* with NRU replacement (for :mod:`iosim.l2.simulate`).
 
 The response-based model charges a re-read by its reuse distance (the measured cyclic-scan
 miss curve): exact for LRU, blind to a policy under which lines read once can push out lines
@@ -8,7 +8,7 @@ first way of its set whose bit is clear, clearing every bit of the set first whe
 (NRU); with ``victim="clock"`` a hand per set walks on from where it last stopped, clearing the
 bits it passes, to the first clear way (CLOCK: within 15% on 109 of the 110 measured schedules
 where the first-clear-way rule is on 103, experiments/l2_policy.py). The caller gives each
-unit's set (:func:`iosim.l2model.set_index`: linear by address,
+unit's set (:func:`iosim.l2.simulate.set_index`: linear by address,
 or hashed so that every aligned run of as many unit pairs as sets covers each set once), as
 ``experiments/csrc/l2_policy.c`` does on the measured schedules.
 
@@ -224,7 +224,7 @@ def _access_loop_py(tag, used, absent, hand, sets, keys, clock, miss):
 
 if njit is not None:
     #: compiled: one read of a state's arrays (NruSets.tag, used, absent, hand), for callers
-    #: that loop over units in compiled code themselves (iosim.l2model's unit map)
+    #: that loop over units in compiled code themselves (iosim.l2.simulate's unit map)
     access_one = njit(cache=True, nogil=True)(_access_one_py)
     _access_loop = njit(cache=True, nogil=True)(_access_loop_py)
 else:   # pragma: no cover

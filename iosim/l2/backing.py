@@ -2,7 +2,7 @@
 
 The analytical model counts what each program (thread block) reads from beyond its shared
 memory; on a GPU those reads go to the L2, and only the misses reach HBM. For the
-FlashAttention-2 tiling of a 1-pass softmax cascade, :mod:`iosim.l2model` simulates which
+FlashAttention-2 tiling of a 1-pass softmax cascade, :mod:`iosim.l2.simulate` simulates which
 K/V tile reads miss (L2 capacity and response measured on the H100, concurrent blocks from
 occupancy, grid order, causal imbalance, block rates); this module turns that prediction
 into the per-tensor, per-head elements that the report's HBM row shows. Validated against
@@ -30,7 +30,7 @@ def applies(cascade_name: str, mapping, hardware, shapes) -> bool:
 def gpu_l2_backing(mapping, shapes, hardware) -> Callable:
     """A backing model ``(reads, writes, context) -> (reads, writes)`` for one configuration:
     Q and O as counted, K and V scaled to the simulated L2 misses."""
-    from iosim.l2model import GpuL2, Workload, predict_dram
+    from iosim.l2.simulate import GpuL2, Workload, predict_dram
     elem = dtype_bytes(shapes.dtype)
     w = Workload(batch=shapes.batch, heads=shapes.heads, seq_q=shapes.n,
                  seq_k=shapes.kv_len or shapes.n, head_dim=shapes.e, causal=shapes.causal,
@@ -53,7 +53,7 @@ def gpu_l2_backing(mapping, shapes, hardware) -> Callable:
         lv.total_capacity_bytes for lv in hardware.levels[1:]
         if lv.name.upper() in ("L2", "SMEM"))
     backing.description = (  # type: ignore[attr-defined]
-        f"HBM sees the L2 misses that iosim.l2model simulates for this launch "
+        f"HBM sees the L2 misses that iosim.l2.simulate simulates for this launch "
         f"({w.batch * w.heads} (batch, head) pairs, {mapping.grid_order} grid order, "
         f"{pred['concurrent_blocks']} concurrent blocks; L2 hit rate of K/V reads "
         f"{1 - pred['kv_miss_bytes'] / pred['kv_access_bytes']:.1%}); "

@@ -1,14 +1,14 @@
-"""Microbenchmarks that measure the facts the L2 model (:mod:`iosim.l2model`) needs, on shapes
+"""Microbenchmarks that measure the facts the L2 model (:mod:`iosim.l2.simulate`) needs, on shapes
 and access patterns that are NOT the validated attention launches.
 
-    python -m iosim.gpu.microbench scan  --out DIR    # L2 survival curve (under ncu)
-    python -m iosim.gpu.microbench trace --out DIR    # thread-block schedules (globaltimer)
-    python -m iosim.gpu.microbench readers --out DIR  # L2 cost of a line by its readers (ncu)
-    python -m iosim.gpu.microbench sides --out DIR    # the same, read by one GPC's SMs (ncu)
-    python -m iosim.gpu.microbench fetch --out DIR    # key-block time from DRAM vs L2
-    python -m iosim.gpu.microbench follow --out DIR   # the same, leader vs follower, one moment
-    python -m iosim.gpu.microbench mix --out DIR      # two re-read distances at once (ncu)
-    python -m iosim.gpu.microbench traced --out DIR   # block schedule + counters, same run
+    python -m iosim.l2.microbench scan  --out DIR    # L2 survival curve (under ncu)
+    python -m iosim.l2.microbench trace --out DIR    # thread-block schedules (globaltimer)
+    python -m iosim.l2.microbench readers --out DIR  # L2 cost of a line by its readers (ncu)
+    python -m iosim.l2.microbench sides --out DIR    # the same, read by one GPC's SMs (ncu)
+    python -m iosim.l2.microbench fetch --out DIR    # key-block time from DRAM vs L2
+    python -m iosim.l2.microbench follow --out DIR   # the same, leader vs follower, one moment
+    python -m iosim.l2.microbench mix --out DIR      # two re-read distances at once (ncu)
+    python -m iosim.l2.microbench traced --out DIR   # block schedule + counters, same run
 
 **scan** — how much of a cyclically re-read buffer of W bytes survives in L2. Thread blocks
 read a bf16 buffer ``passes`` times in the same order; ``shared``: 32 blocks each read every
@@ -124,7 +124,7 @@ def _end_session(plan_path: str, done: list) -> None:
 
 
 def _under_ncu(out_dir: str, name: str, what: str, configs: list[dict], metrics: list[str]):
-    """Run ``python -m iosim.gpu.microbench WHAT-profile`` on ``configs`` under ncu (caches
+    """Run ``python -m iosim.l2.microbench WHAT-profile`` on ``configs`` under ncu (caches
     flushed before each profiled launch); per configuration the kernels after its marker,
     and what the profile script recorded as done."""
     from iosim.gpu import ncu
@@ -136,7 +136,7 @@ def _under_ncu(out_dir: str, name: str, what: str, configs: list[dict], metrics:
     log = work / "ncu.csv"
     cmd = [ncu.find_ncu(), "--profile-from-start", "off", "--metrics", ",".join(metrics),
            "--csv", "--print-units", "base", "--clock-control", "none", "--cache-control", "all",
-           "--log-file", str(log), sys.executable, "-m", "iosim.gpu.microbench",
+           "--log-file", str(log), sys.executable, "-m", "iosim.l2.microbench",
            f"{what}-profile", "--plan", str(plan)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     (work / "stdout.txt").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
@@ -625,7 +625,7 @@ def traced(out_dir: str, launches, *, trace_every: int = 0) -> list[dict]:
     """The generated kernel (validation tiling, traced) under ncu: for each (batch, heads, N, d,
     causal, grid order) the DRAM and L2->SM bytes, the time, and the per-block schedule of the
     same launch (``traced.npz``: start ns, end ns, SM, key extent per block, in block-id
-    order). What :mod:`iosim.l2replay` replays. With ``trace_every`` the rows go on with the
+    order). What :mod:`iosim.l2.replay` replays. With ``trace_every`` the rows go on with the
     time each block reached every ``trace_every``-th key block (``Tiling.trace_every``; times
     from the launch's first start, -1 where not reached); a launch listed more than once gets
     ``_2``, ``_3``, ... on its key."""
@@ -745,7 +745,7 @@ def fit_traces(npz_path: str, block_m: int = 128, block_n: int = 64) -> list[dic
     us of the older and the younger block and of a block alone. Also the dynamic L2 model's
     schedule for the same launch (makespan, mean |start time difference|)."""
     import numpy as np
-    from iosim.l2model import GpuL2, Workload, _predict_dynamic
+    from iosim.l2.simulate import GpuL2, Workload, _predict_dynamic
     z = np.load(npz_path)
     rows = []
     for key in sorted(z.files):
@@ -1133,7 +1133,7 @@ TESTS = {
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m iosim.gpu.microbench")
+    ap = argparse.ArgumentParser(prog="python -m iosim.l2.microbench")
     ap.add_argument("what", choices=[*TESTS, "trace", *PROFILE_SCRIPTS])
     ap.add_argument("--out", default=".")
     ap.add_argument("--plan", default=None)

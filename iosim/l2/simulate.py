@@ -5,7 +5,7 @@ K and V once per query block, O once) is what the L2 *sees*. Which of those read
 depends on the cache and on which thread blocks run at the same time. :func:`predict_dram`
 simulates that (``model="dynamic"``, the default), from mechanisms whose parameters are
 hardware facts or were measured by microbenchmarks on other shapes and access patterns
-(:mod:`iosim.gpu.microbench`), never fitted to the validated launches:
+(:mod:`iosim.l2.microbench`), never fitted to the validated launches:
 
 * **concurrency and dispatch** — ``SMs x blocks per SM`` slots (occupancy from the kernel's
   registers and shared memory); thread blocks start in linear block-id order as slots free
@@ -44,7 +44,7 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
   lost it. Each partition is a cache state (``l2_policy="nru"``, the default since round 11):
   26 of the 50 MiB (the shared scan's half-miss point) in 16-way sets of 4 KiB units, NRU
   bits with CLOCK's victim rule (a hand per set; since round 13, ``nru_victim``), the set
-  index hashed so that a buffer spreads evenly (:mod:`iosim.l2state`);
+  index hashed so that a buffer spreads evenly (:mod:`iosim.l2.state`);
   or (``l2_policy="response"``, the default before) an LRU answering by the measured
   reuse-distance response below. The first wave's
   blocks land on the SMs in the measured order ``DISPATCH_ORDER``. Registered next to the
@@ -81,7 +81,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.l2state import NruSets, access_one, scan_ways
+from iosim.l2.state import NruSets, access_one, scan_ways
 
 try:   # the NRU state's reads compiled (the same results; numpy without numba)
     from numba import njit
@@ -128,7 +128,7 @@ MISS_SLOWDOWN = {
 #: SM ids on one side ("A") of the H100's two L2 partitions, the other 66 on side "B": the
 #: latency map (experiments/device/l2_latency_map.py, experiments/data/gpu_l2_latency.npz:
 #: each SM reaches half of the lines ~31 cycles sooner than the other half, and which half
-#: alternates every 256 bytes; iosim.gpu.partitions.split). Measured on one machine: another
+#: alternates every 256 bytes; iosim.l2.partitions.split). Measured on one machine: another
 #: H100 splits differently (gpu_l2_latency_2.npz), with the same one-sided dispatch rows
 L2_SIDE_A = (0, 1, 2, 3, 4, 5, 12, 13, 16, 17, 18, 19, 20, 21, 28, 29, 32, 33, 34, 35, 36, 37,
              44, 45, 48, 49, 50, 51, 52, 53, 60, 61, 64, 65, 66, 67, 74, 75, 78, 79, 80, 81, 88,
@@ -220,7 +220,7 @@ class GpuL2:
     max_blocks_per_sm: int = 32
     dram_bytes_per_us: float = 3.0e6         # 3.0 TB/s (device-to-device copy, h100.md)
     #: relative spread of one key block's time (blocks' paces differ by block_jitter/sqrt(key
-    #: blocks)), from the %globaltimer traces (iosim.gpu.microbench.pace_stats,
+    #: blocks)), from the %globaltimer traces (iosim.l2.microbench.pace_stats,
     #: experiments/data/gpu_trace_pace.csv: within-SM spread of block durations)
     block_jitter: float = BLOCK_JITTER
     #: the same for blocks on SMs that hold two (measured separately: 7.9%, twice the one-block
@@ -274,7 +274,7 @@ class GpuL2:
     #: SMs on both L2 sides read it, sides drawn at random) or "shared" (always a shared line)
     kv_weight: str = "partitions"
     #: how a partition answers a re-read (kv_weight="partitions"): "nru" (the default since
-    #: round 11: a cache state with NRU replacement, iosim.l2state: lines read once can push
+    #: round 11: a cache state with NRU replacement, iosim.l2.state: lines read once can push
     #: out lines still being read, as the eviction-hint measurements show) or "response" (the
     #: default before: a miss fraction by the line's reuse distance in its partition, the
     #: measured shared scan; exact for LRU). None: "nru" with kv_weight="partitions", else
@@ -293,11 +293,11 @@ class GpuL2:
     nru_unit_bytes: int = 4096
     nru_ways: int = 16
     #: "sharp": every set ``nru_ways`` ways; "scan": sets of unequal ways, distributed as the
-    #: measured shared-scan response (iosim.l2state.scan_ways; the sets stay as many)
+    #: measured shared-scan response (iosim.l2.state.scan_ways; the sets stay as many)
     nru_capacity: str = "sharp"
     #: which way a miss takes when none is empty: "first" (the first way whose bit is clear,
     #: all bits cleared when none is) or "clock" (CLOCK: a hand per set walks from where it
-    #: stopped, clearing the bits it passes, to the first clear way; iosim.l2state; the
+    #: stopped, clearing the bits it passes, to the first clear way; iosim.l2.state; the
     #: default since round 13: 109 of the 110 measured schedules replayed within 15%)
     nru_victim: str = "clock"
     #: SM ids on L2 side A (the rest: side B) and the SMs the first wave's blocks land on, in
@@ -883,7 +883,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     # lives on the side, kside[:, 1]: of the copy of the other half (log for A, log_b for B)
     kside = [np.full((n_keys, 2), -1), np.full((n_keys, 2), -1)] if part else None
     log_b = _Touches(total_touch, gpu.horizon_bytes) if part else None
-    # l2_policy="nru": each partition a cache state (iosim.l2state) instead of the touch logs,
+    # l2_policy="nru": each partition a cache state (iosim.l2.state) instead of the touch logs,
     # the units of every tile placed by _UnitMap
     nru = part and gpu.l2_policy == "nru" and not lru   # model="lru": the sharp cliff instead
     if nru:

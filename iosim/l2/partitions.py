@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iosim.l2model import L2_SIDE_A
+from iosim.l2.simulate import L2_SIDE_A
 
 #: SM ids on one side ("A") of the L2 on the first lent H100 (the rest are side "B"; the
-#: model's iosim.l2model.L2_SIDE_A): experiments/data/gpu_l2_latency.npz
+#: model's iosim.l2.simulate.L2_SIDE_A): experiments/data/gpu_l2_latency.npz
 H100_SIDE_A = L2_SIDE_A
 
 

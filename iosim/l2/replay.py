@@ -1,10 +1,10 @@
 """Replay a measured thread-block schedule through the L2 model's cache response.
 
-:func:`iosim.l2model.predict_dram` simulates two things at once: *when* each thread block
+:func:`iosim.l2.simulate.predict_dram` simulates two things at once: *when* each thread block
 reads each key/value tile (dispatch, SM sharing, DRAM waits, convoys) and *whether* the L2
 still holds the tile then (reuse distance -> miss probability, measured by microbenchmarks).
 When it misses a launch, the question is which half is wrong. A traced launch
-(``python -m iosim.gpu.microbench traced``) records every block's start and end time and SM
+(``python -m iosim.l2.microbench traced``) records every block's start and end time and SM
 in the same Nsight Compute run that counts its DRAM bytes; :func:`replay_dram` takes that
 schedule as given — a block reads its key blocks evenly between its start and its end, Q at
 its start, O at its end — and runs only the cache half on it. If the replay matches the
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.l2model import (DEFAULT_ROUNDS_11_13, GpuL2, Workload, _blocks, _held_fraction,
+from iosim.l2.simulate import (DEFAULT_ROUNDS_11_13, GpuL2, Workload, _blocks, _held_fraction,
                            _Touches, smem_level_reads)
 
 #: the replay's default response: the readers rule (GpuL2's default is the two partitions,
@@ -62,7 +62,7 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *, batch: 
     """Expected DRAM read bytes of ``w`` when its blocks run as ``trace`` says.
 
     ``trace``: one row per thread block in block-id order (the order of
-    :func:`iosim.l2model._blocks`): start and end time (any unit), SM id, ... (the layout of
+    :func:`iosim.l2.simulate._blocks`): start and end time (any unit), SM id, ... (the layout of
     ``Tiling(trace=True)``). Reads are processed in time order, ``batch`` at a time (a chunk
     read twice within a batch is fetched once; the others' reuse distances count the batch's
     earlier touches, so the batch only groups work, it does not blur the order).
