@@ -1,4 +1,5 @@
-"""A block's startup and its time per key block: the trace fits (experiments/block_time.py)
+"""A block's startup and its time per key block: the trace fits
+(experiments/l2_research/block_time.py)
 against hand-built traces, the model's constants against the fits, and the model's blocks
 against hand-computed durations."""
 import os
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
+sys.path.insert(0, os.path.join(ROOT, "experiments", "l2_research"))
 
 from iosim.l2.simulate import (BLOCK_STARTUP, BLOCK_STARTUP_US, DEFAULT_ROUNDS_11_13,  # noqa: E402
                            SM_RATES, SM_RATES_CAUSAL_STARTUP, SM_RATES_STARTUP, GpuL2, Workload,
@@ -52,7 +53,8 @@ def test_pair_rates_recover_the_sharing_of_a_built_trace():
 
 
 def test_model_constants_are_the_trace_medians():
-    """The startup and the key-block rates of the model are what experiments/block_time.py
+    """The startup and the key-block rates of the model are what
+    experiments/l2_research/block_time.py
     gets from the traced launches outside the validation set."""
     from block_time import table, validated_shapes
     rows, c = table()
@@ -118,7 +120,8 @@ def test_a_block_in_its_startup_leaves_its_sm_to_the_other():
 
 
 def test_startup_model_table_recorded():
-    """experiments/startup_model.py's table: its default column is the recorded default of
+    """experiments/l2_research/startup_model.py's table: its default column is the recorded default
+    of
     rounds 11-13 in gpu_nru_model.csv, its startup column is what that with the startup gives
     (NRU's first-clear victim; recomputed on the small launches), and the counts
     docs/validation.md gives follow from the measured columns."""

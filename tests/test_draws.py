@@ -1,4 +1,4 @@
-"""The fastest of several pace-noise draws (GpuL2(pace_draws=n), experiments/draws.py,
+"""The fastest of several pace-noise draws (GpuL2(pace_draws=n), experiments/l2_research/draws.py,
 `iosim validate --draws`)."""
 import csv
 import json
@@ -20,7 +20,7 @@ def _fastest(r):
 
 
 def test_recorded_draws_on_the_validated_launches():
-    """experiments/draws.py's table (gpu_draws.csv): seeds 0-2 of the model on the 34
+    """experiments/l2_research/draws.py's table (gpu_draws.csv): seeds 0-2 of the model on the 34
     validated launches. The draw with the shortest makespan is the default's recorded
     prediction since round 15 (gpu_validation.csv), within 15% on all 34 (mean |error| 3.0%);
     seed 0 alone (the default of rounds 13-15) on 33 (1x8x64Kx64 causal head-major +27%). Where the draws split (the two 64K causal

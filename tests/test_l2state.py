@@ -271,7 +271,8 @@ def test_nru_policy_checks():
 
 
 def test_nru_model_table():
-    """experiments/nru_model.py's recorded table (gpu_nru_model.csv, 146 launches): its measured
+    """experiments/l2_research/nru_model.py's recorded table (gpu_nru_model.csv, 146 launches): its
+    measured
     values are the recorded counters; its clock_startup column (the default since round 13)
     equals the validation table's predictions; the registered predictions of rounds 9-14 are
     its columns (response: rounds 9-12; nru: 10-11; nru_prefetch: 11-14; clock_prefetch: 13;
@@ -291,7 +292,8 @@ def test_nru_model_table():
     assert len(val) == len(rec) == 34
     by = {(r["set"], r["shape"], r["grid_order"]): r for r in rows}
     assert len(by) == 146
-    # clock_startup is the default of rounds 13-15 (seed 0 alone): experiments/draws.py's seed 0
+    # clock_startup is the default of rounds 13-15 (seed 0 alone):
+    # experiments/l2_research/draws.py's seed 0
     seed0 = {(r["shape"], r["grid_order"]): float(r["dram_seed0"])
              for r in csv.DictReader(open(os.path.join(data, "gpu_draws.csv")))}
     for v in rec:
@@ -355,7 +357,7 @@ def test_l2_sets_probe_recorded():
     re-read pass hits L2 (under 350: the latency map's 273-304) at every stride measured --
     powers of two up to 64 MiB, the state's 416 sets x 4 KiB -- with up to 256 lines: no
     stride puts more lines in a set than it holds, so the L2's set index is not the linear
-    map that iosim.l2.state's NRU state (and experiments/csrc/l2_policy.c) assumes."""
+    map that iosim.l2.state's NRU state (and experiments/l2_research/csrc/l2_policy.c) assumes."""
     import csv
     import os
     data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")

@@ -152,7 +152,7 @@ def test_partitions_option_validated():
 
 
 def test_partition_replay_table():
-    """experiments/partition_replay.py's recorded table (gpu_partition_replay.csv): its
+    """experiments/l2_research/partition_replay.py's recorded table (gpu_partition_replay.csv): its
     counters are the traced runs' own, its errors follow from its columns, and the headline of
     docs/validation.md holds: on the 70 earlier traces two partitions (either machine's map)
     are within 15% on 65, the readers-rule replay on 64, the one-side control on 53; on the
@@ -239,12 +239,13 @@ def test_validate_cli_kv_cost(tmp_path):
         assert "Traceback" not in res.output
 
 
-#: the variants of experiments/partition_variants.py, as its CSV's columns
+#: the variants of experiments/l2_research/partition_variants.py, as its CSV's columns
 VARIANTS_RECORDED = ("refresh", "copy-serves", "copy-on-fill", "half-refresh")
 
 
 def test_partition_variants_table():
-    """experiments/partition_variants.py's recorded table (gpu_partition_variants.csv): its
+    """experiments/l2_research/partition_variants.py's recorded table (gpu_partition_variants.csv):
+    its
     'refresh' replays are the model's (gpu_partition_replay.csv, computed by the other C
     helper), its measured values are the recorded counters and microbenchmarks, and the
     headline of docs/validation.md holds: no copy variant fits both the lock-step and the
@@ -332,7 +333,8 @@ def test_query_heads_runs():
 
 
 def _policy_reference(ev, cap_bytes, ways, policy, balanced=False):
-    """Brute-force LRU / NRU of experiments/csrc/l2_policy.c's layout (4 KiB units, unit u of
+    """Brute-force LRU / NRU of experiments/l2_research/csrc/l2_policy.c's layout (4 KiB units,
+    unit u of
     a tile homed in partition u % 2, a far-side copy in the reader's partition), one list of
     ways per set; the set of a unit pair is linear or (``balanced``) reference.balanced_set."""
     unit = 4096
@@ -386,14 +388,15 @@ def _policy_reference(ev, cap_bytes, ways, policy, balanced=False):
 
 
 def test_l2_policy_helper_against_brute_force(tmp_path):
-    """experiments/csrc/l2_policy.c (LRU, NRU, FIFO and CLOCK caches of two partitions) against
+    """experiments/l2_research/csrc/l2_policy.c (LRU, NRU, FIFO and CLOCK caches of two partitions)
+    against
     an independent brute-force implementation on random event streams small enough to
     thrash."""
     import shutil
     import subprocess
     if shutil.which("cc") is None:
         pytest.skip("no C compiler")
-    src = os.path.join(DATA, "..", "csrc", "l2_policy.c")
+    src = os.path.join(DATA, "..", "l2_research", "csrc", "l2_policy.c")
     exe = str(tmp_path / "l2_policy")
     subprocess.run(["cc", "-O2", "-o", exe, src], check=True)
     rng = np.random.default_rng(3)
@@ -413,7 +416,8 @@ def test_l2_policy_helper_against_brute_force(tmp_path):
 
 
 def test_l2_policy_table():
-    """experiments/l2_policy.py's recorded table (gpu_l2_policy.csv): its measured values are
+    """experiments/l2_research/l2_policy.py's recorded table (gpu_l2_policy.csv): its measured
+    values are
     the recorded counters, and the headline of docs/validation.md holds: on the measured
     schedules an NRU cache state (26 MiB per partition, 16 ways, nothing fitted) is within 15%
     on all nine 1-8-head causal query-major launches, where the same cache under LRU is on 3;

@@ -54,7 +54,8 @@ def test_bad_sm_sharing():
 
 
 def test_recorded_partner_pace_table():
-    """experiments/partner_pace.py over the 37 traced d=64 head-major launches: on the 20 causal
+    """experiments/l2_research/partner_pace.py over the 37 traced d=64 head-major launches: on the
+    20 causal
     ones a block that misses goes slower (own > 0 on all 20) and one beside a block that misses
     goes faster (partner < 0 on 19); on the 17 non-causal ones both signs are reversed on all
     17, so the fit is not a clean measure of sharing (there the older of two blocks is the one

@@ -1,4 +1,4 @@
-"""Timeline or structure inside a wave (experiments/start_structure.py): the deviation
+"""Timeline or structure inside a wave (experiments/l2_research/start_structure.py): the deviation
 statistics against a hand-built schedule, and the recorded table of the 25 traced causal
 head-major thrash launches."""
 import csv
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
+sys.path.insert(0, os.path.join(ROOT, "experiments", "l2_research"))
 DATA = os.path.join(ROOT, "experiments", "data")
 
 

@@ -1,18 +1,20 @@
 """The two L2 partitions on the measured schedules (no GPU; a C compiler, ~4 min on 2 cores).
 
-    python experiments/partition_replay.py      # -> experiments/data/gpu_partition_replay.csv
+    python experiments/l2_research/partition_replay.py --out DIR
+                                                # -> DIR/gpu_partition_replay.csv
 
 Replays every traced launch of up to 2^19 query rows x heads (gpu_traced*.npz: each block's
 start, end and SM, from the same ncu run as its DRAM counters) through a cache of two
 partitions: the SM ids of the trace give each block's L2 side by a measured latency map
 (iosim.l2.partitions.split of gpu_l2_latency.npz, machine 1, and gpu_l2_latency_2.npz,
-machine 2: the map differs between machines; round 6 was traced on machine 2), half of every K/V tile, Q tile and O tile lives in each partition, a
+machine 2: the map differs between machines; gpu_traced_round6 was traced on machine 2), half
+of every K/V tile, Q tile and O tile lives in each partition, a
 block's touch refreshes both halves where they live and a copy of the far half on its own side,
 and a half is read from DRAM with the measured shared-scan miss fraction of its distance in
-its own partition (experiments/csrc/partition_replay.c: exact LRU distances per key block, one
+its own partition (experiments/l2_research/csrc/partition_replay.c: exact LRU distances per key block, one
 touch per key block, placed evenly between a block's start and end; no chunks, no fetches in
 flight). Against the counters, next to the readers-rule replay (iosim.l2.replay: the recorded
-gpu_replay*.csv, computed here for round 6) and the same partitions with every SM put on one
+gpu_replay*.csv, computed here for gpu_traced_round6) and the same partitions with every SM put on one
 side (the control: what the side map adds). Nothing here is fitted.
 """
 from __future__ import annotations
@@ -20,22 +22,17 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from iosim.l2.partitions import side_of, split  # noqa: E402
+from _util import CSRC, DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2.simulate import MIB, SCAN_SHARED, Workload, _blocks  # noqa: E402
+from iosim.l2.partitions import side_of, split  # noqa: E402
 from iosim.l2.replay import replay_dram  # noqa: E402
+from iosim.l2.simulate import MIB, SCAN_SHARED, Workload, _blocks  # noqa: E402
 
-DATA = os.path.join(ROOT, "experiments", "data")
-SRC = os.path.join(ROOT, "experiments", "csrc", "partition_replay.c")
+SRC = os.path.join(CSRC, "partition_replay.c")
 
 
 def build(tmp: str, src: str = SRC) -> str:
@@ -117,8 +114,8 @@ def one(job) -> dict:
     return out
 
 
-def main() -> None:
-    from tqdm import tqdm
+def main(argv=None) -> int:
+    a = parser(__doc__).parse_args(argv)
     maps = side_maps()
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(tmp)
@@ -130,9 +127,9 @@ def main() -> None:
             for r in csv.DictReader(open(os.path.join(DATA, f"{traced}.csv"))):
                 if int(r["batch"]) * int(r["heads"]) * int(r["seq"]) <= 2 ** 19:
                     jobs.append((exe, traced, r, readers.get(r["trace_key"]), maps))
-        with ProcessPoolExecutor(2) as ex:
-            rows = list(tqdm(ex.map(one, jobs), total=len(jobs), desc="replay"))
-    write_csv(rows, os.path.join(DATA, "gpu_partition_replay.csv"))
+        rows = pmap(one, jobs, "replay", a.workers)
+    path = out_path(a.out, "gpu_partition_replay.csv")
+    write_csv(rows, path)
     for sel, label in ((lambda r: r["traced"] not in ("gpu_traced_round6", "gpu_traced_rounds78"),
                         "earlier traces"),
                        (lambda r: r["traced"] == "gpu_traced_round6", "round 6 (machine 2)"),
@@ -142,7 +139,9 @@ def main() -> None:
             e = np.array([r[f"err_{c}"] for r in part])
             print(f"{label:20s} {c:20s} within 15%: {int((abs(e) <= 0.15).sum())} of {len(e)}, "
                   f"within 5%: {int((abs(e) <= 0.05).sum())}, mean |error| {abs(e).mean():.1%}")
+    print("wrote", path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

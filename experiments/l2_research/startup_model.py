@@ -1,18 +1,18 @@
 """The dynamic L2 model with each block's measured startup, against the default, on every
 measured launch (no GPU; ~35 min on 2 cores).
 
-    python experiments/startup_model.py      # -> experiments/data/gpu_startup_model.csv,
-                                             #    experiments/data/gpu_startup_seeds.csv
-    python experiments/startup_model.py --summary   # the summary of the recorded CSVs
+    python experiments/l2_research/startup_model.py --out DIR  # -> DIR/gpu_startup_model.csv,
+                                                               #    DIR/gpu_startup_seeds.csv
+    python experiments/l2_research/startup_model.py --summary  # the committed CSVs' summary
 
 ``GpuL2(**BLOCK_STARTUP)`` (iosim.l2.simulate): a block spends its first 3.48 us loading and
 waiting (the median intercept of the traced causal launches outside the validation set,
-experiments/block_time.py) and then runs through its key blocks at the rates measured without
+experiments/l2_research/block_time.py) and then runs through its key blocks at the rates measured without
 that startup (d=128 non-causal 1.049, causal 1.066 us per key block; d=64 from the sharing fit
 of the computing time); a block in its startup leaves its SM to the other block. Everything
 else is the default of rounds 11-13 (NRU state with the first clear way as the victim, fetches
 across chunk ends; ``DEFAULT_ROUNDS_11_13``, the column ``default``); the present default adds
-CLOCK to the startup (experiments/nru_model.py, column ``clock_startup``). Nothing is fitted
+CLOCK to the startup (experiments/l2_research/nru_model.py, column ``clock_startup``). Nothing is fitted
 to DRAM counts.
 
 * gpu_startup_model.csv -- the 130 launches of gpu_nru_model.csv (34 validated, rounds 1-12):
@@ -24,20 +24,14 @@ to DRAM counts.
 from __future__ import annotations
 
 import os
-import sys
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from gpu_validation import _in_parallel, launch_label  # noqa: E402
+from _util import DATA, launch_label, out_path, parser, pmap  # noqa: E402  (the root on sys.path)
 from iosim.gpu.compare import workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from nru_model import launches, over_launches  # noqa: E402
 
-DATA = os.path.join(ROOT, "experiments", "data")
 SEEDS = (1, 2)
 
 
@@ -98,22 +92,28 @@ def summary(rows, seeds) -> list[str]:
     return out
 
 
-def main() -> None:
-    if "--summary" in sys.argv[1:]:       # from the recorded CSVs
+def main(argv=None) -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--summary", action="store_true",
+                    help="only print the summary of the committed CSVs (experiments/data)")
+    a = ap.parse_args(argv)
+    if a.summary:       # from the committed CSVs
         from iosim.gpu.compare import read_csv
         print("\n".join(summary(read_csv(os.path.join(DATA, "gpu_startup_model.csv")),
                                  read_csv(os.path.join(DATA, "gpu_startup_seeds.csv")))))
-        return
+        return 0
     todo = launches()
-    rows = over_launches(one, todo)
-    write_csv(rows, os.path.join(DATA, "gpu_startup_model.csv"))
+    rows = over_launches(one, todo, workers=a.workers)
+    write_csv(rows, out_path(a.out, "gpu_startup_model.csv"))
     jobs = [(r, name, s) for r in todo if thrash(launch_label(workload(r)), r["grid_order"])
             for name in ("default", "startup") for s in SEEDS]
     jobs.sort(key=lambda j: -int(j[0]["heads"]) * int(j[0]["seq"]) ** 2)
-    seeds = _in_parallel(one_seed, jobs, "seeds", 2)
-    write_csv(seeds, os.path.join(DATA, "gpu_startup_seeds.csv"))
+    seeds = pmap(one_seed, jobs, "seeds", a.workers)
+    write_csv(seeds, out_path(a.out, "gpu_startup_seeds.csv"))
     print("\n".join(summary(rows, seeds)))
+    print("wrote", out_path(a.out, "gpu_startup_model.csv"), out_path(a.out, "gpu_startup_seeds.csv"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """The dynamic L2 model's cache answers against each other, on every measured launch (no GPU;
 ~45 min on 2 cores).
 
-    python experiments/nru_model.py      # -> experiments/data/gpu_nru_model.csv
+    python experiments/l2_research/nru_model.py --out DIR     # -> DIR/gpu_nru_model.csv
 
 All columns but the last with the rates of rounds 11-13 (no startup: ``DEFAULT_ROUNDS_11_13``).
 ``GpuL2(l2_policy="nru")`` replaces each L2 partition's reuse-distance response (the measured
@@ -25,26 +25,20 @@ of the pre-registered rounds
 (gpu_unseen*.csv; post hoc, except the registered predictions: response for rounds 9-12, nru
 for rounds 10-11, nru_prefetch for rounds 11-14 (the default of rounds 11-13), clock_prefetch
 and clock_startup for round 13, clock_startup and conserving for round 14). Nothing is
-fitted. A rerun computes only the cells the CSV lacks (new launches, new
+fitted. A rerun computes only the cells DIR/gpu_nru_model.csv lacks (new launches, new
 columns); ``--all`` recomputes every cell.
 """
 from __future__ import annotations
 
 import os
-import sys
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from gpu_validation import _in_parallel, launch_label  # noqa: E402
+from _util import DATA, launch_label, out_path, parser, pmap  # noqa: E402  (the root on sys.path)
 from iosim.gpu.compare import read_csv, workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15  # noqa: E402
 
-DATA = os.path.join(ROOT, "experiments", "data")
 #: column -> GpuL2 arguments: the response (the default of rounds 7-10), the NRU state (hashed
 #: sets), the same with the linear set map, the NRU state whose sets have unequal ways
 #: distributed as the measured shared-scan response (a soft capacity) -- these four with fetches
@@ -131,14 +125,14 @@ def summary(rows) -> list[str]:
     return out
 
 
-def over_launches(fn, todo: list, extra: list | None = None) -> list:
+def over_launches(fn, todo: list, extra: list | None = None, workers: int = 2) -> list:
     """``fn`` on every launch of ``todo`` (``fn((launch, extra[i]))`` where ``extra`` is given)
-    in two processes, the longest first so that the two finish together; the results in
+    in ``workers`` processes, the longest first so that they finish together; the results in
     ``todo``'s order."""
     big = sorted(range(len(todo)), key=lambda i: -int(todo[i]["batch"]) * int(
         todo[i]["heads"]) * int(todo[i]["seq"]) ** 2)
     jobs = [todo[i] if extra is None else (todo[i], extra[i]) for i in big]
-    out = _in_parallel(fn, jobs, "launches", 2)
+    out = pmap(fn, jobs, "launches", workers)
     return [row for _, row in sorted(zip(big, out), key=lambda x: x[0])]
 
 
@@ -146,16 +140,22 @@ def _one_kept(job):
     return one(*job)
 
 
-def main() -> None:
-    path = os.path.join(DATA, "gpu_nru_model.csv")
+def main(argv=None) -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--all", action="store_true",
+                    help="recompute every cell (default: only those DIR/gpu_nru_model.csv lacks)")
+    a = ap.parse_args(argv)
+    path = out_path(a.out, "gpu_nru_model.csv")
     todo = launches()
-    kept = {} if "--all" in sys.argv[1:] or not os.path.exists(path) else {
+    kept = {} if a.all or not os.path.exists(path) else {
         (r["set"], r["shape"], r["grid_order"]): r for r in read_csv(path)}
     done = [kept.get((r["set"], launch_label(workload(r)), r["grid_order"])) for r in todo]
-    rows = over_launches(_one_kept, todo, done)
+    rows = over_launches(_one_kept, todo, done, workers=a.workers)
     write_csv(rows, path)
     print("\n".join(summary(rows)))
+    print("wrote", path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

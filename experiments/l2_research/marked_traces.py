@@ -1,16 +1,16 @@
 """Whole block trajectories, measured: what the mid-life marks say about the schedule.
 
-    python experiments/marked_traces.py        # no GPU, ~3 min on 2 cores
+    python experiments/l2_research/marked_traces.py --out DIR   # no GPU, ~3 min on 2 cores
 
 Reads experiments/data/gpu_marks.csv and gpu_marks_{1,2,plain}.npz
 (``python experiments/device/marked_traces.py`` on the GPU: the traced kernel with
 ``Tiling(trace_every=8)`` -- the time each block began every 8th key block -- under Nsight
 Compute, so trajectories and DRAM counters come from one launch) and writes
 
-* ``experiments/data/gpu_marks_replay.csv`` -- the cache response (:mod:`iosim.l2.replay`)
+* ``DIR/gpu_marks_replay.csv`` -- the cache response (:mod:`iosim.l2.replay`)
   on each launch's measured schedule, with the reads placed evenly between a block's start and
   end (``lin``) and on its measured trajectory (``marks``), against that run's counters;
-* ``experiments/data/gpu_marks_schedule.csv`` -- for the causal head-major launches, how the
+* ``DIR/gpu_marks_schedule.csv`` -- for the causal head-major launches, how the
   query blocks of one head follow each other, on the GPU (each run) and in the dynamic model's
   schedule (the readers-rule model, the default when this was recorded, and it with
   ``prefetch_across_chunks``, ``miss_slowdown``; seed 0): the fraction of
@@ -18,31 +18,25 @@ Compute, so trajectories and DRAM counters come from one launch) and writes
   last two thirds of the launch), that fraction after a close start and after a far one (is a
   close pair inherited by the next generation?), and how the lag of a close pair changes over
   its life (from the marks);
-* ``experiments/data/gpu_marks_noise.csv`` -- pace noise per 8-key-block segment (relative to
+* ``DIR/gpu_marks_noise.csv`` -- pace noise per 8-key-block segment (relative to
   the median of the segments running at the same time), its lag-1 autocorrelation, and the
   spread of the blocks' mean paces;
-* ``figures/gpu_marks.png`` -- one head's trajectories (key block vs time), GPU and model.
+* ``DIR/gpu_marks.png`` -- one head's trajectories (key block vs time), GPU and model.
 """
 from __future__ import annotations
 
 import os
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
+from _util import DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2.simulate import MISS_SLOWDOWN, _predict_dynamic  # noqa: E402
 from iosim.l2.replay import READERS, replay_dram  # noqa: E402
+from iosim.l2.simulate import MISS_SLOWDOWN, _predict_dynamic  # noqa: E402
 from replay_traced import workload  # noqa: E402
 
-DATA = os.path.join(ROOT, "experiments", "data")
-FIG = os.path.join(ROOT, "figures")
 #: a query block "follows" the previous one of its head when it starts within this time of it:
 #: at ~3 TB/s of DRAM traffic the L2 keeps shared lines for ~24 MiB of other traffic, ~8 us
 WINDOW_US = 8.0
@@ -191,22 +185,28 @@ def figure(path: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--no-figure", action="store_true", help="only the CSVs")
+    a = ap.parse_args(argv)
     meta = pd.read_csv(os.path.join(DATA, "gpu_marks.csv")).to_dict("records")
-    with ProcessPoolExecutor(2) as ex:
-        rep = list(ex.map(replay_row, meta))
-        heads = [r for r in meta if r["grid_order"] == "head-major" and str(r["causal"]) == "True"]
-        sched = [x for rows in ex.map(schedule_rows, heads) for x in rows]
-    write_csv(rep, os.path.join(DATA, "gpu_marks_replay.csv"))
-    write_csv(sched, os.path.join(DATA, "gpu_marks_schedule.csv"))
+    rep = pmap(replay_row, meta, "replays", a.workers)
+    heads = [r for r in meta if r["grid_order"] == "head-major" and str(r["causal"]) == "True"]
+    sched = [x for rows in pmap(schedule_rows, heads, "schedules", a.workers) for x in rows]
+    write_csv(rep, out_path(a.out, "gpu_marks_replay.csv"))
+    write_csv(sched, out_path(a.out, "gpu_marks_schedule.csv"))
     noise = [x for x in (noise_row(r) for r in meta if int(r["trace_every"]) == 8) if x]
-    write_csv(noise, os.path.join(DATA, "gpu_marks_noise.csv"))
-    figure(os.path.join(FIG, "gpu_marks.png"))
+    write_csv(noise, out_path(a.out, "gpu_marks_noise.csv"))
+    if not a.no_figure:
+        figure(out_path(a.out, "gpu_marks.png"))
     pd.set_option("display.width", 200)
     print(pd.DataFrame(rep).round(3).to_string())
     print(pd.DataFrame(sched).round(3).to_string())
     print(pd.DataFrame(noise).round(4).to_string())
+    print("wrote", ", ".join(out_path(a.out, f"gpu_marks_{n}.csv")
+                             for n in ("replay", "schedule", "noise")))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

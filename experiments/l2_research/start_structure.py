@@ -1,12 +1,14 @@
 """Which part of a schedule sets the L2 hits: the timeline or the structure inside a wave.
 
-    python experiments/start_structure.py              # no GPU; a C compiler; ~2 min on 2 cores
-    python experiments/start_structure.py --variants   # the d=64 launches, four models; ~2 min
+    python experiments/l2_research/start_structure.py --out DIR   # no GPU; a C compiler;
+                                                                  # ~2 min on 2 cores
+    python experiments/l2_research/start_structure.py --variants --out DIR
+                                                # the d=64 launches, five models; ~2 min
 
 For every traced causal head-major launch reading at least 20 x Q+K+V (the thrash regime,
 experiments/data/gpu_traced*.csv/.npz), the default model's schedule at seed 0 (one draw) and
 the measured one are replayed by the same cache (CLOCK with the balanced set hash,
-experiments/l2_policy.py's ``clock_balanced``, within 15% of the counters on 132 of the 134
+l2_policy.py's ``clock_balanced``, within 15% of the counters on 132 of the 134
 traced launches), and so are two hybrids that split each schedule's start times into a
 timeline (the running mean over one wave: as many blocks as slots, SMs x blocks per SM) and
 the deviations from it:
@@ -19,7 +21,7 @@ part of the model's schedule is wrong. Next to them, three statistics of the sta
 deviations (the last two thirds of the launch, each schedule): their standard deviation, their
 correlation with the blocks' duration deviations (the same running mean), and their
 autocorrelation two generations apart (2 x heads blocks: the same head's query block two
-steps on). Writes experiments/data/gpu_start_structure.csv.
+steps on). Writes DIR/gpu_start_structure.csv.
 
 ``--variants``: the d=64 launches among them under the default (seed 0) and three variants
 of how blocks share an SM (options of GpuL2, none the default): twice the pair pace noise,
@@ -27,30 +29,25 @@ no seniority in causal launches (the older block's share 0.5 instead of the meas
 and work-conserving sharing; and the measured miss slowdown (the follow microbenchmark's
 restoring force) -- each run's DRAM error against the traced counters next to its
 schedule's persistence (autocorrelation two generations on): does the persistence track the
-error across models, not only across launches? Writes gpu_start_structure_variants.csv.
+error across models, not only across launches? Writes DIR/gpu_start_structure_variants.csv.
 """
 from __future__ import annotations
 
 import csv
 import glob
 import os
-import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+from scipy.ndimage import uniform_filter1d
 
-import numpy as np  # noqa: E402
-from scipy.ndimage import uniform_filter1d  # noqa: E402
-
-from iosim.l2.partitions import side_of  # noqa: E402
+from _util import DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2.simulate import (BLOCK_JITTER_PAIR, MISS_SLOWDOWN, GpuL2, _predict_dynamic,  # noqa: E402
-                           occupancy)
+from iosim.l2.partitions import side_of  # noqa: E402
+from iosim.l2.simulate import (BLOCK_JITTER_PAIR, MISS_SLOWDOWN, GpuL2,  # noqa: E402
+                               _predict_dynamic, occupancy)
 from l2_policy import SRC, run  # noqa: E402
-from partition_replay import DATA, build, events, side_maps  # noqa: E402
+from partition_replay import build, events, side_maps  # noqa: E402
 from replay_traced import workload  # noqa: E402
 
 #: the thrash regime: measured DRAM reads at least this many times Q+K+V
@@ -161,12 +158,11 @@ def one_variant(job) -> dict:
             **deviation_stats(ms, wave_size(w), w.heads)}
 
 
-def variants() -> None:
+def variants(path: str, workers: int = 2) -> None:
     jobs = [(t, r, v) for t, r in launches() if r["head_dim"] == "64" for v in VARIANTS]
     share = [v for v in VARIANTS if v != "miss_slowdown"]
-    with ProcessPoolExecutor(2) as ex:
-        rows = list(ex.map(one_variant, jobs))
-    write_csv(rows, os.path.join(DATA, "gpu_start_structure_variants.csv"))
+    rows = pmap(one_variant, jobs, "model runs", workers)
+    write_csv(rows, path)
     for r in rows:
         print(f"{r['launch']:36s} {r['variant']:20s} err {r['err_model']:+.3f} "
               f"persistence {r['acf_two_generations']:+.2f}")
@@ -176,20 +172,25 @@ def variants() -> None:
         acf = np.array([r["acf_two_generations"] for r in part])
         print(f"correlation of persistence and error, {name} ({len(part)} runs): "
               f"{np.corrcoef(acf, err)[0, 1]:.2f}")
+    print("wrote", path)
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["--variants"]:
-        variants()
-        return
+def main(argv=None) -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--variants", action="store_true",
+                    help="the d=64 launches under five models (-> gpu_start_structure_variants.csv)")
+    a = ap.parse_args(argv)
+    if a.variants:
+        variants(out_path(a.out, "gpu_start_structure_variants.csv"), a.workers)
+        return 0
     maps = side_maps()      # the second latency map's sides for round 6 (partition_variants)
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(tmp, SRC)
         jobs = [(exe, t, r, maps["map2" if t == "gpu_traced_round6" else "map1"])
                 for t, r in launches()]
-        with ProcessPoolExecutor(2) as ex:
-            rows = list(ex.map(one, jobs))
-    write_csv(rows, os.path.join(DATA, "gpu_start_structure.csv"))
+        rows = pmap(one, jobs, "replays", a.workers)
+    path = out_path(a.out, "gpu_start_structure.csv")
+    write_csv(rows, path)
     cols = ("err_model", "replay_trace", "replay_model", "replay_model_timeline_trace_fine",
             "replay_trace_timeline_model_fine")
     print(f"{'launch':36s} " + " ".join(f"{c[:24]:>24s}" for c in cols))
@@ -197,7 +198,9 @@ def main() -> None:
         print(f"{r['launch']:36s} " + " ".join(f"{r[c]:+24.3f}" for c in cols))
     for c in cols:
         print(f"{c}: within 15% on {sum(abs(r[c]) <= 0.15 for r in rows)} of {len(rows)}")
+    print("wrote", path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

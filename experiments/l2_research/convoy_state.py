@@ -1,6 +1,6 @@
 """The state of DRAM-bound causal head-major launches: which blocks hit, and how fast they go.
 
-    python experiments/convoy_state.py        # no GPU; ~3 min on 2 cores
+    python experiments/l2_research/convoy_state.py --out DIR    # no GPU; ~3 min on 2 cores
 
 For every traced causal head-major launch (experiments/data/gpu_traced*.csv/.npz) with enough
 long blocks, :func:`iosim.l2.replay.hit_pace` on three schedules: the measured one, the dynamic
@@ -8,30 +8,23 @@ model's (the readers rule, the default GpuL2 when this was recorded) and the mod
 (``GpuL2(miss_penalty=0.005)``, the fetch microbenchmark's one-block value; not the default),
 and the model's with the slowdown measured by the follow microbenchmark
 (``GpuL2(miss_slowdown=MISS_SLOWDOWN)``). Also each model's DRAM prediction against the
-counters. Writes experiments/data/gpu_convoy_state.csv.
+counters. Writes DIR/gpu_convoy_state.csv.
 """
 from __future__ import annotations
 
 import os
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
+from _util import DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
 from iosim.errors import IosimError  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2.simulate import MISS_SLOWDOWN, _predict_dynamic  # noqa: E402
 from iosim.l2.replay import READERS, hit_pace  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from iosim.l2.simulate import MISS_SLOWDOWN, _predict_dynamic  # noqa: E402
 from replay_traced import workload  # noqa: E402
 
-DATA = os.path.join(ROOT, "experiments", "data")
 #: the fetch microbenchmark's slow-down of a block missing alone (d=128: 1.087 vs 1.081 us)
 PENALTY = 0.005
 
@@ -59,16 +52,16 @@ def one(job) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    a = parser(__doc__).parse_args(argv)
     jobs = []
     for traced in ("gpu_traced", "gpu_traced_rounds"):
         df = pd.read_csv(os.path.join(DATA, f"{traced}.csv"))
         sel = df[(df["causal"].astype(str) == "True") & (df["grid_order"] == "head-major")]
         jobs += [(traced, r.to_dict()) for _, r in sel.iterrows()]
-    with ProcessPoolExecutor(2) as ex:
-        rows = [r for r in ex.map(one, jobs) if r is not None]
+    rows = [r for r in pmap(one, jobs, "launches", a.workers) if r is not None]
     rows.sort(key=lambda r: r["meas_dram_read_bytes"])
-    path = os.path.join(DATA, "gpu_convoy_state.csv")
+    path = out_path(a.out, "gpu_convoy_state.csv")
     write_csv(rows, path)
     for r in rows:
         print(f"{r['launch']:36s} hitters trace {r['trace_hitters']:.2f} model "
@@ -79,7 +72,8 @@ def main() -> None:
               f"{r['err_model']:+.1%} penalty {r['err_penalty']:+.1%} slowdown "
               f"{r['err_slowdown']:+.1%}")
     print("wrote", path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,30 +1,25 @@
 """The default model at three draws of the blocks' pace noise, and the fastest of them.
 
-    python experiments/draws.py              # the 34 validated launches (no GPU, ~10 min on 2 cores)
-    python experiments/draws.py --all        # and every pre-registered round's (~1.5 h)
-    python experiments/draws.py --thrash     # the rounds' launches reading >= 10x Q+K+V (~35 min)
+    python experiments/l2_research/draws.py --out DIR   # the 34 validated launches (no GPU,
+                                                        # ~10 min on 2 cores)
+    python experiments/l2_research/draws.py --all       # and every pre-registered launch (~1.5 h)
+    python experiments/l2_research/draws.py --thrash    # the pre-registered launches reading
+                                                        # >= 10x Q+K+V (~35 min)
 
 Where the dynamic model is bistable (DRAM-bound causal head-major launches: a convoy state in
 which a head's blocks follow each other closely enough to hit, and a state in which nearly every
 block misses and all wait on DRAM), which state a prediction lands in depends on the seed of the
 blocks' pace noise. ``GpuL2(pace_draws=3)`` predicts with the draw whose makespan is shortest:
-the GPU's kernel time matches the fast draws there (docs/validation.md, "Draws"). This runs
-seeds 0, 1 and 2 on each launch and records each draw's DRAM read bytes and makespan next to
-the launch's measured bytes and kernel time: experiments/data/gpu_draws.csv (``--all``:
-gpu_draws_all.csv).
+the GPU's kernel time matches the fast draws there (docs/notes/l2_research_history.md,
+"Draws"). This runs seeds 0, 1 and 2 on each launch and records each draw's DRAM read bytes
+and makespan next to the launch's measured bytes and kernel time: DIR/gpu_draws.csv
+(``--all``: gpu_draws_all.csv; ``--thrash``: gpu_draws_thrash.csv).
 """
 from __future__ import annotations
 
-import os
-import sys
+import numpy as np
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import numpy as np  # noqa: E402
-
-from gpu_validation import launch_label  # noqa: E402
+from _util import launch_label, out_path, parser  # noqa: E402  (puts the root on sys.path)
 from iosim.gpu.compare import workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from nru_model import launches, over_launches  # noqa: E402
@@ -77,18 +72,24 @@ def _thrash(r: dict) -> bool:
     return r["set"] != "validated" and r["measured"] >= 10 * qkv
 
 
-def main() -> None:
-    every = "--all" in sys.argv[1:]
-    thrash = "--thrash" in sys.argv[1:]
+def main(argv=None) -> int:
+    ap = parser(__doc__)
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every measured launch")
+    which.add_argument("--thrash", action="store_true",
+                       help="the pre-registered launches reading >= 10x Q+K+V")
+    a = ap.parse_args(argv)
     todo = [r for r in launches()
-            if every or (_thrash(r) if thrash else r["set"] == "validated")]
-    rows = over_launches(one, todo)
-    name = "gpu_draws_all.csv" if every else "gpu_draws_thrash.csv" if thrash else "gpu_draws.csv"
-    path = os.path.join(ROOT, "experiments", "data", name)
+            if a.all or (_thrash(r) if a.thrash else r["set"] == "validated")]
+    rows = over_launches(one, todo, workers=a.workers)
+    name = "gpu_draws_all.csv" if a.all else "gpu_draws_thrash.csv" if a.thrash else \
+        "gpu_draws.csv"
+    path = out_path(a.out, name)
     write_csv(rows, path)
     print("\n".join(summary(rows)))
     print("wrote", path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Two blocks on one SM: does the one that hits go faster when the other waits on DRAM?
 
-    python experiments/partner_pace.py        # no GPU; ~8 min on 2 cores
+    python experiments/l2_research/partner_pace.py --out DIR    # no GPU; ~8 min on 2 cores
 
 At d=64 the validation tiling fits two blocks per SM. The dynamic model splits an SM between
 them by age (the older 0.571, ``SM_RATES_STARTUP``), whatever each is doing; a block that waits
@@ -12,28 +12,22 @@ on every traced d=64 launch with enough long blocks that share an SM -- the meas
 the default model's (``sm_sharing="seniority"``) and the model's with the SM's time given to
 the block that can use it (``GpuL2(sm_sharing="work-conserving")``, up to a lone block's rate)
 -- and each model's DRAM reads against the traced run's counters. Writes
-experiments/data/gpu_partner_pace.csv.
+DIR/gpu_partner_pace.csv.
 """
 from __future__ import annotations
 
 import os
-import sys
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from gpu_validation import _in_parallel  # noqa: E402
+from _util import DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
 from iosim.errors import IosimError  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2.simulate import GpuL2, _predict_dynamic  # noqa: E402
 from iosim.l2.replay import partner_pace  # noqa: E402
+from iosim.l2.simulate import GpuL2, _predict_dynamic  # noqa: E402
 from replay_traced import workload  # noqa: E402
 
-DATA = os.path.join(ROOT, "experiments", "data")
 TRACED = ("gpu_traced", "gpu_traced_rounds", "gpu_traced_round6", "gpu_traced_rounds78")
 MODELS = {"seniority": GpuL2(), "conserving": GpuL2(sm_sharing="work-conserving")}
 KEYS = ("n", "own", "partner", "hit_hit", "hit_miss", "miss_hit", "miss_miss")
@@ -81,10 +75,11 @@ def summary(rows) -> list[str]:
     return out
 
 
-def main() -> None:
-    rows = [r for r in _in_parallel(one, list(jobs()), "launches", 2) if r is not None]
+def main(argv=None) -> int:
+    a = parser(__doc__).parse_args(argv)
+    rows = [r for r in pmap(one, list(jobs()), "launches", a.workers) if r is not None]
     rows.sort(key=lambda r: r["meas_dram_read_bytes"])
-    path = os.path.join(DATA, "gpu_partner_pace.csv")
+    path = out_path(a.out, "gpu_partner_pace.csv")
     write_csv(rows, path)
     for r in rows:
         print(f"{r['launch']:34s} own/partner trace {r['trace_own']:+.4f} "
@@ -94,7 +89,8 @@ def main() -> None:
               f"{r['err_conserving']:+.1%}")
     print("\n".join(summary(rows)))
     print("wrote", path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

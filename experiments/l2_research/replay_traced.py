@@ -1,8 +1,8 @@
 """Which half of the L2 model misses: the schedule or the cache response?
 
-    python experiments/replay_traced.py          # from the recorded traces (no GPU; ~3 min)
-    python experiments/replay_traced.py --traced gpu_traced_rounds
-                                                 # rounds 4-5 -> gpu_replay_rounds.csv (~2 min)
+    python experiments/l2_research/replay_traced.py --out DIR    # no GPU; ~3 min on 2 cores
+    python experiments/l2_research/replay_traced.py --traced gpu_traced_rounds --out DIR
+                                            # the launches of gpu_traced_rounds (~2 min)
 
 Reads experiments/data/gpu_traced.csv and gpu_traced.npz (``python -m iosim.l2.microbench
 traced``: the generated kernel, traced, under Nsight Compute; each launch's DRAM bytes and its
@@ -12,27 +12,22 @@ per-block schedule from the same run), and for every launch computes
   * ``model``: the dynamic model's prediction (its schedule and its DRAM waits together),
 the model with the readers rule (``READERS``, the default when this was recorded; the
 two-partition model is replayed by experiments/partition_replay.py),
-each against the launch's counters. Writes experiments/data/gpu_replay.csv and
-figures/gpu_replay.png.
+each against the launch's counters. Writes DIR/gpu_replay.csv and DIR/gpu_replay.png
+(``--traced gpu_traced_X``: DIR/gpu_replay_X.csv; the committed copies are in experiments/data
+and figures/).
 """
 from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
+from _util import DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2.simulate import Workload, _predict_dynamic  # noqa: E402
 from iosim.l2.replay import READERS, replay_dram  # noqa: E402
-
-DATA = os.path.join(ROOT, "experiments", "data")
-FIG = os.path.join(ROOT, "figures")
 
 
 def workload(r) -> Workload:
@@ -86,32 +81,26 @@ def figure(df: pd.DataFrame, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    import argparse
     from functools import partial
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, workers=max(1, min(4, os.cpu_count() or 1)))
     ap.add_argument("--traced", default="gpu_traced",
                     help="experiments/data/NAME.csv and NAME.npz (default gpu_traced)")
+    ap.add_argument("--no-figure", action="store_true", help="only the CSV")
     a = ap.parse_args(argv)
     suffix = a.traced[len("gpu_traced"):] if a.traced.startswith("gpu_traced") else "_" + a.traced
     rows = pd.read_csv(os.path.join(DATA, f"{a.traced}.csv")).to_dict("records")
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        def tqdm(x, **_):
-            return x
-    with ProcessPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as ex:
-        res = list(tqdm(ex.map(partial(one, traced=a.traced), rows), total=len(rows),
-                        desc="replay"))
+    res = pmap(partial(one, traced=a.traced), rows, "replay", a.workers)
     df = pd.DataFrame(res)
-    write_csv(res, os.path.join(DATA, f"gpu_replay{suffix}.csv"))
-    if not suffix:
-        figure(df, os.path.join(FIG, "gpu_replay.png"))
+    write_csv(res, out_path(a.out, f"gpu_replay{suffix}.csv"))
+    if not suffix and not a.no_figure:
+        figure(df, out_path(a.out, "gpu_replay.png"))
     for _, r in df.iterrows():
         print(f"{r['launch']:42s} DRAM/(Q+K+V) {r['meas_dram_read_bytes'] / r['qkv_bytes']:7.1f}"
               f"  replay {100 * r['err_replay_meas']:+6.1f}%  model-schedule replay "
               f"{100 * r['err_replay_model']:+6.1f}%  model {100 * r['err_model']:+6.1f}%")
     for k in ("replay_meas", "replay_model", "model"):
         print(f"{k}: within 15% on {int((df[f'err_{k}'].abs() <= 0.15).sum())} of {len(df)}")
+    print("wrote", out_path(a.out, f"gpu_replay{suffix}.csv"))
     return 0
 
 

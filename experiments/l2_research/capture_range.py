@@ -1,7 +1,7 @@
 """How close a follower must start to run onto its leader: the capture range of causal
 head-major d=128 launches, measured and in the model (no GPU; ~3 min on 2 cores).
 
-    python experiments/capture_range.py     # -> experiments/data/gpu_capture_range.csv
+    python experiments/l2_research/capture_range.py --out DIR   # -> DIR/gpu_capture_range.csv
 
 Three tables in one CSV (column ``table``):
 
@@ -21,17 +21,13 @@ Three tables in one CSV (column ``table``):
 from __future__ import annotations
 
 import os
-import sys
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
+from _util import DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
 from iosim.gpu.compare import read_csv, workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 
-DATA = os.path.join(ROOT, "experiments", "data")
 LAG_BINS = (0, 4, 8, 12, 16, 20, 25, 30, 40, 60, np.inf)
 MARKED = ("1x16x16384x128-causal_head-major_every8", "1x16x20480x128-causal_head-major_every8",
           "1x6x49152x128-causal_head-major_every8", "1x8x65536x128-causal_head-major_every8")
@@ -101,7 +97,7 @@ def _validated(label: str):
 
 
 #: the model variants of the chunk sweep: the default and the NRU state with fetches running
-#: on across chunk ends (round 11's candidate)
+#: on across chunk ends
 VARIANTS = {"default": {}, "nru_prefetch": {"l2_policy": "nru", "prefetch_across_chunks": True}}
 
 
@@ -139,18 +135,20 @@ def gpu_schedule() -> dict:
             "lag_sd_us": sd, "what": "measured schedule: start lags of query blocks >= 80"}
 
 
-def main() -> None:
-    from concurrent.futures import ProcessPoolExecutor
+def main(argv=None) -> int:
+    a = parser(__doc__).parse_args(argv)
     rows = gpu_lag() + replay_miss()
-    with ProcessPoolExecutor(2) as ex:
-        rows += list(ex.map(_chunk, [(v, g) for v in VARIANTS
-                                     for g in (1, 2, 4, 6, 8, 10, 12, 16)]))
+    rows += pmap(_chunk, [(v, g) for v in VARIANTS for g in (1, 2, 4, 6, 8, 10, 12, 16)],
+                 "model chunks", a.workers)
     rows.append(gpu_schedule())
-    write_csv(rows, os.path.join(DATA, "gpu_capture_range.csv"))
+    path = out_path(a.out, "gpu_capture_range.csv")
+    write_csv(rows, path)
     for r in rows:
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
                if k != "what"})
+    print("wrote", path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,9 +2,10 @@
 response, against the L2 microbenchmarks and the measured attention schedules (no GPU; a C
 compiler, ~3 min on 2 cores).
 
-    python experiments/partition_variants.py    # -> experiments/data/gpu_partition_variants.csv
+    python experiments/l2_research/partition_variants.py --out DIR
+                                                # -> DIR/gpu_partition_variants.csv
 
-The variants (experiments/csrc/partition_variants.c): ``refresh`` (the model since round 7:
+The variants (experiments/l2_research/csrc/partition_variants.c): ``refresh`` (the model's:
 every read touches both halves where they live and a copy of the far half on the reader's
 side), ``copy-serves`` (a far-side read served by its side's copy does not touch the home
 half), ``copy-on-fill`` (copies are left only when a far-side read fills the home half from
@@ -21,7 +22,8 @@ streams of 8 MiB and more), and the shared scan (32 blocks, sides alternating: t
 first 32 SMs of the model's dispatch order, which are all on side A). Attention:
 every traced launch of up to 2^19 query rows x heads, the one-head query-major cliff
 (gpu_query_cliff) and the causal query-major launches of 1-8 heads traced on one machine
-(gpu_query_heads: its latency map, gpu_l2_latency_4.npz, is the first machine's), replayed on its measured schedule as experiments/partition_replay.py does.
+(gpu_query_heads: its latency map, gpu_l2_latency_4.npz, is the first machine's), replayed on its measured schedule as
+experiments/l2_research/partition_replay.py does.
 """
 from __future__ import annotations
 
@@ -29,20 +31,16 @@ import csv
 import os
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from iosim.l2.partitions import side_of  # noqa: E402
+from _util import CSRC, DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
 from iosim.gpu.validate import write_csv  # noqa: E402
+from iosim.l2.partitions import side_of  # noqa: E402
 from iosim.l2.simulate import DISPATCH_ORDER, L2_SIDE_A, MIB, Workload  # noqa: E402
-from partition_replay import DATA, build, events, run_events, side_maps  # noqa: E402
+from partition_replay import build, events, run_events, side_maps  # noqa: E402
 
-SRC = os.path.join(ROOT, "experiments", "csrc", "partition_variants.c")
+SRC = os.path.join(CSRC, "partition_variants.c")
 VARIANTS = ("refresh", "copy-serves", "copy-on-fill", "half-refresh")
 TILE = 64 * 1024
 SMS = 132
@@ -240,27 +238,30 @@ def summary(rows, columns=VARIANTS) -> list[str]:
     return out
 
 
-def run_table(src: str, name: str, columns, micro_fn, replay_fn) -> list[dict]:
+def run_table(src: str, path: str, columns, micro_fn, replay_fn,
+              workers: int = 2) -> list[dict]:
     """Compile the C helper ``src``, make every microbenchmark row (``micro_fn``) and every
-    replay row (``replay_fn``, two processes), write experiments/data/``name`` and print the
+    replay row (``replay_fn``, ``workers`` processes), write the CSV ``path`` and print the
     summary of ``columns``."""
     from tqdm import tqdm
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(tmp, src)
         micro = [(exe, *c) for c in micro_cases()]
-        rows = [micro_fn(j) for j in tqdm(micro, desc="microbenchmarks")]
-        jobs = list(replay_jobs(exe))
-        with ProcessPoolExecutor(2) as ex:
-            rows += list(tqdm(ex.map(replay_fn, jobs), total=len(jobs), desc="replays"))
-    write_csv(rows, os.path.join(DATA, name))
+        rows = [micro_fn(j) for j in tqdm(micro, desc="microbenchmarks", file=sys.stderr)]
+        rows += pmap(replay_fn, list(replay_jobs(exe)), "replays", workers)
+    write_csv(rows, path)
     print(f"{'':38s} {'':22s}" + "  ".join(f"{v:>12s}" for v in columns))
     print("\n".join(summary(rows, tuple(columns))))
+    print("wrote", path)
     return rows
 
 
-def main() -> None:
-    run_table(SRC, "gpu_partition_variants.csv", VARIANTS, one_micro, one_replay)
+def main(argv=None) -> int:
+    a = parser(__doc__).parse_args(argv)
+    run_table(SRC, out_path(a.out, "gpu_partition_variants.csv"), VARIANTS, one_micro,
+              one_replay, a.workers)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

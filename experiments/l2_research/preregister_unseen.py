@@ -1,11 +1,13 @@
 """Pre-register the L2 model's predictions for launches that are not validated shapes (no GPU).
 
-    python experiments/preregister_unseen.py --round 2     # writes experiments/data/gpu_unseen2.csv
-    python experiments/preregister_unseen.py --figure      # figures/gpu_unseen.png, measured rounds
+    python experiments/l2_research/preregister_unseen.py --round N --out DIR
+                                        # batch N of ROUNDS (a new one) -> DIR/gpu_unseenN.csv
+    python experiments/l2_research/preregister_unseen.py --figure --out DIR
+                                        # DIR/gpu_unseen.png from the measured batches
 
 The predictions (DRAM read bytes from iosim.l2.simulate, L2->SM bytes from iosim.traffic) and the
-model's commit are written, and committed, before the device measures the launches
-(experiments/device/measure_unseen.py). Round 1 (gpu_unseen.csv) was registered with the model
+model's commit are written, and committed (copied to experiments/data/gpu_unseenN.csv), before
+the device measures the launches (experiments/device/measure_unseen.py). Round 1 (gpu_unseen.csv) was registered with the model
 of commit c5901b4; round 2 with the model that adds block pace noise and L2-partition copies;
 round 3 with the model whose K/V line cost depends on how many blocks read it (commit a1395ca);
 round 4 with the model that adds the two-block pace noise and the causal share (d=64 only:
@@ -90,7 +92,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from iosim.gpu.compare import compare_row, read_csv  # noqa: E402
 from iosim.gpu.validate import VALIDATION_TILING  # noqa: E402
@@ -101,7 +103,7 @@ from iosim.l2.simulate import (BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, DEFAULT_ROUN
 #: each block's startup and NRU's first-clear victim (the default of rounds 11-13)
 _R = DEFAULT_ROUNDS_11_13
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 #: (B, H, N, d, causal, grid order); no (B*H, N, d, mask, order) of a validated launch or of an
 #: earlier round (the kernel's grid flattens B and H)
@@ -382,20 +384,24 @@ def figure(path: Path) -> Path:
     return path
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--round", type=int, default=max(ROUNDS), choices=sorted(ROUNDS))
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--round", type=int, default=max(ROUNDS), choices=sorted(ROUNDS),
+                    help="which batch of launches to register (default: the newest)")
+    ap.add_argument("--out", default="out",
+                    help="output directory, created if missing (default: ./out)")
     ap.add_argument("--figure", action="store_true",
-                    help="only draw figures/gpu_unseen.png from the measured rounds")
+                    help="only draw DIR/gpu_unseen.png from the measured batches")
     a = ap.parse_args(argv)
     if a.figure:
-        print("wrote", figure(DATA.parent.parent / "figures" / "gpu_unseen.png"))
-        return
-    out = Path(a.out) if a.out else DATA / f"gpu_unseen{a.round}.csv"
-    if out.exists():
-        raise SystemExit(f"error: {out} exists: round {a.round} is registered (and may hold "
-                         "measurements); register a new round instead")
+        print("wrote", figure(Path(a.out) / "gpu_unseen.png"))
+        return 0
+    out = Path(a.out) / f"gpu_unseen{a.round}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for there in (out, DATA / out.name):
+        if there.exists():
+            raise SystemExit(f"error: {there} exists: round {a.round} is registered (and may "
+                             "hold measurements); register a new round instead")
     shapes = ROUNDS[a.round]
     seen = seen_launches()
     clash = [s for s in shapes if _key(*s) in seen]
@@ -408,15 +414,18 @@ def main(argv=None) -> None:
     # one launch per process, two at a time (rounds up to 14 ran one process)
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
+    from tqdm import tqdm
     with ProcessPoolExecutor(2) as ex:
-        rows = [r for part in ex.map(partial(predict, commit=commit, **kw),
-                                     [[s] for s in shapes]) for r in part]
+        parts = list(tqdm(ex.map(partial(predict, commit=commit, **kw), [[s] for s in shapes]),
+                          total=len(shapes), desc="launches", file=sys.stderr))
+    rows = [r for part in parts for r in part]
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """A thread block's time: a fixed startup plus a time per key block, from the measured block
 traces (no GPU; seconds).
 
-    python experiments/block_time.py      # -> experiments/data/gpu_block_time.csv
+    python experiments/l2_research/block_time.py --out DIR      # -> DIR/gpu_block_time.csv
 
 The dynamic L2 model (iosim.l2.simulate) used to run a block through its key blocks at one rate per
 head dim, fitted to whole-block durations of 8K-32K-key launches, so the time a block spends
@@ -30,17 +30,13 @@ from __future__ import annotations
 import csv
 import os
 import re
-import sys
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from iosim.l2.microbench import _shares  # noqa: E402
+from _util import DATA, out_path, parser  # noqa: E402  (puts the root on sys.path)
 from iosim.gpu.validate import write_csv  # noqa: E402
+from iosim.l2.microbench import _shares  # noqa: E402
 
-DATA = os.path.join(ROOT, "experiments", "data")
 #: the traced launch sets (npz of block traces, csv of the same launches' counters)
 TRACED = ("gpu_traced", "gpu_traced_rounds", "gpu_traced_round6", "gpu_traced_rounds78",
           "gpu_query_cliff", "gpu_query_heads")
@@ -143,9 +139,11 @@ def table() -> tuple[list[dict], dict]:
     return rows, consts
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    a = parser(__doc__, workers=None).parse_args(argv)
     rows, consts = table()
-    write_csv(rows, os.path.join(DATA, "gpu_block_time.csv"))
+    path = out_path(a.out, "gpu_block_time.csv")
+    write_csv(rows, path)
     for r in rows:
         rate = (f"{r['us_per_key_block']:.4f} us/key block" if "us_per_key_block" in r else
                 f"key blocks/us older {r['older_key_blocks_per_us']:.4f} younger "
@@ -153,7 +151,9 @@ def main() -> None:
         print(f"{r['case']:16s} {r['launch']:42s} DRAM {r['dram_utilisation']:5.1%}  "
               f"startup {r['startup_us']:6.3f} us  {rate}")
     print("medians:", {k: round(v, 4) for k, v in consts.items()})
+    print("wrote", path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
