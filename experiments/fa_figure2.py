@@ -12,16 +12,19 @@ dimension d = 64, 16 heads, batch 64 (1024 (batch, head) pairs), fp16, A100.
 
 Counts come from :mod:`iosim.backward` (both passes); the forward counts are cross-checked
 against the analytical model :mod:`iosim.traffic` (mapping ``fa1``), which must agree exactly.
-Writes ``figures/fa_figure2.png``, ``figures/fa_figure2.csv`` (left panel) and
-``figures/fa_figure2_blocksize.csv`` (middle panel).
+Writes ``fa_figure2.png``, ``fa_figure2.csv`` (left panel) and ``fa_figure2_blocksize.csv``
+(middle panel) into ``--out`` (default ``./out``; the committed copies are in ``figures/``):
+
+    python experiments/fa_figure2.py --out DIR      # or: iosim experiment fa_figure2 --out DIR
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from iosim.plots import figures_dir, save_csv
+from iosim.plots import save_csv
 
 N, D, HEADS, BATCH = 1024, 64, 16, 64
 BH = HEADS * BATCH
@@ -211,9 +214,12 @@ def plot(left, middle, path: Path):
 
 
 def main(out_dir: Path | None = None, quick: bool = False) -> dict:
-    out = Path(out_dir) if out_dir is not None else figures_dir(__file__)
+    out = Path(out_dir) if out_dir is not None else Path("out")
+    bar = _bar(3, "fa_figure2")
     left = left_panel()
+    bar.update()
     middle = middle_panel()
+    bar.update()
     if not np.allclose(middle.hbm_gb, middle.model_hbm_gb, rtol=0, atol=1e-12):
         raise RuntimeError("iosim.backward and iosim.traffic disagree on the FA1 forward count")
     written = []
@@ -221,6 +227,8 @@ def main(out_dir: Path | None = None, quick: bool = False) -> dict:
         save_csv(df, out / name)
         written.append(str(out / name))
     written.append(str(plot(left, middle, out / "fa_figure2.png")))
+    bar.update()
+    bar.close()
     lines = ["FlashAttention Figure 2 (left): fwd + bwd, N=1024, d=64, 16 heads x batch 64, fp16",
              f"{'algorithm':<9} {'variant':<34} {'HBM GB':>7} {'GFLOPs':>7} {'roofline ms':>11}"]
     for _, r in left.iterrows():
@@ -234,6 +242,25 @@ def main(out_dir: Path | None = None, quick: bool = False) -> dict:
             "left": left.to_dict(orient="records"), "middle": middle.to_dict(orient="records")}
 
 
-if __name__ == "__main__":
-    for line in main()["lines"]:
+def _cli(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="out", help="output directory (default: ./out)")
+    ap.add_argument("--quick", action="store_true", help="a smaller grid (for smoke tests)")
+    a = ap.parse_args(argv)
+    res = main(out_dir=Path(a.out), quick=a.quick)
+    for line in res["lines"]:
         print(line)
+    for p in res["written"]:
+        print("wrote", p)
+    return 0
+
+
+def _bar(total: int, desc: str):
+    """A progress bar on stderr (shown on a terminal only)."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())

@@ -15,22 +15,26 @@ For N = 16384 and d = 64, 128 this script draws, against M (elements) from d²/6
 * the bounds: the two branches with constant 1 and the compulsory 4Nd;
 
 and, in a second panel, the local log-log slope of each minimum against M (expected: −1/2
-below d², −1 above). Writes ``figures/saha_ye_regimes.png`` and ``figures/saha_ye_regimes.csv``.
+below d², −1 above). Writes ``saha_ye_regimes.png`` and ``saha_ye_regimes.csv`` into ``--out``
+(default ``./out``; the committed copies are in ``figures/``):
+
+    python experiments/saha_ye_regimes.py --out DIR   # or: iosim experiment saha_ye_regimes
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from iosim.plots import figures_dir, save_csv
+from iosim.plots import save_csv
 
 N = 16384
 HEAD_DIMS = (64, 128)
 DTYPE = "bf16"
 
 
-def compute(n: int = N, head_dims=HEAD_DIMS, per_octave: int = 2):
+def compute(n: int = N, head_dims=HEAD_DIMS, per_octave: int = 2, bar=None):
     import pandas as pd
 
     from iosim.bounds import get_bound
@@ -51,6 +55,8 @@ def compute(n: int = N, head_dims=HEAD_DIMS, per_octave: int = 2):
         allm = search("attention-1pass", "two-level", n=n, d=d, sram_bytes=Ms * eb,
                       dtype=DTYPE).frame
         sy_b = get_bound("saha_ye_standard_matmul")
+        if bar is not None:
+            bar.update()
         for i, M in enumerate(Ms):
             def val(fr):
                 return float(fr["traffic_elements"].iloc[i]) if bool(fr["fits"].iloc[i]) else np.nan
@@ -157,10 +163,13 @@ def plot(df, path: Path):
 
 
 def main(out_dir: Path | None = None, quick: bool = False) -> dict:
-    out = Path(out_dir) if out_dir is not None else figures_dir(__file__)
-    df = compute(per_octave=1 if quick else 2)
+    out = Path(out_dir) if out_dir is not None else Path("out")
+    bar = _bar(len(HEAD_DIMS) + 1, "saha_ye_regimes")
+    df = compute(per_octave=1 if quick else 2, bar=bar)
     save_csv(df, out / "saha_ye_regimes.csv")
     png = plot(df, out / "saha_ye_regimes.png")
+    bar.update()
+    bar.close()
     lines = ["Saha & Ye regimes (N = 16384): crossover of FA-style and square-tiling minima"]
     summary = {}
     for d in sorted(df["d"].unique()):
@@ -176,6 +185,25 @@ def main(out_dir: Path | None = None, quick: bool = False) -> dict:
             "summary": summary}
 
 
-if __name__ == "__main__":
-    for line in main()["lines"]:
+def _cli(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="out", help="output directory (default: ./out)")
+    ap.add_argument("--quick", action="store_true", help="a smaller grid (for smoke tests)")
+    a = ap.parse_args(argv)
+    res = main(out_dir=Path(a.out), quick=a.quick)
+    for line in res["lines"]:
         print(line)
+    for p in res["written"]:
+        print("wrote", p)
+    return 0
+
+
+def _bar(total: int, desc: str):
+    """A progress bar on stderr (shown on a terminal only)."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())

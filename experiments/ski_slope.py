@@ -12,16 +12,20 @@ counted in the footprint) at SRAM sizes from 512 B to 4 MiB (bf16), one head:
 * decode (split-K) with one query row against a KV cache of 4096 rows.
 
 Cascades the search rejects are listed in the CSV with ``supported = False`` and the error.
-Writes ``figures/ski_slope.png`` and ``figures/ski_slope.csv``.
+Writes ``ski_slope.png`` and ``ski_slope.csv`` into ``--out`` (default ``./out``; the
+committed copies are in ``figures/``):
+
+    python experiments/ski_slope.py --out DIR       # or: iosim experiment ski_slope --out DIR
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from iosim.plots import figures_dir, save_csv
+from iosim.plots import save_csv
 
 N, D = 4096, 64
 DECODE_KV = 4096
@@ -41,7 +45,7 @@ def shapes_for(cascade: str) -> dict:
     return {"n": N, "d": D}
 
 
-def compute(srams_bytes=None):
+def compute(srams_bytes=None, bar=None):
     import pandas as pd
 
     import cascades.library as lib
@@ -52,6 +56,8 @@ def compute(srams_bytes=None):
     names = lib.names()
     frames, unsupported = [], []
     for c in names:
+        if bar is not None:
+            bar.update()
         kw = shapes_for(c)
         t0 = time.perf_counter()
         try:
@@ -132,11 +138,16 @@ def plot(df, path: Path):
 
 
 def main(out_dir: Path | None = None, quick: bool = False) -> dict:
-    out = Path(out_dir) if out_dir is not None else figures_dir(__file__)
+    import cascades.library as lib
+
+    out = Path(out_dir) if out_dir is not None else Path("out")
     srams = 2.0 ** np.arange(9, 23, 2 if quick else 1)
-    df = compute(srams)
+    bar = _bar(len(lib.names()) + 1, "ski_slope")
+    df = compute(srams, bar=bar)
     save_csv(df, out / "ski_slope.csv")
     png = plot(df, out / "ski_slope.png")
+    bar.update()
+    bar.close()
     lines = [f"ski-slope curves over {len(srams)} SRAM sizes (512 B ... 4 MiB, {DTYPE}), one head"]
     for c, s in df.groupby("cascade", sort=False):
         if not bool(s["supported"].iloc[0]):
@@ -150,6 +161,25 @@ def main(out_dir: Path | None = None, quick: bool = False) -> dict:
     return {"written": [str(out / "ski_slope.csv"), str(png)], "lines": lines}
 
 
-if __name__ == "__main__":
-    for line in main()["lines"]:
+def _cli(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="out", help="output directory (default: ./out)")
+    ap.add_argument("--quick", action="store_true", help="a smaller grid (for smoke tests)")
+    a = ap.parse_args(argv)
+    res = main(out_dir=Path(a.out), quick=a.quick)
+    for line in res["lines"]:
         print(line)
+    for p in res["written"]:
+        print("wrote", p)
+    return 0
+
+
+def _bar(total: int, desc: str):
+    """A progress bar on stderr (shown on a terminal only)."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())

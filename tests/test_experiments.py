@@ -27,8 +27,11 @@ def _run(name, tmp_path, *extra):
 def test_list_and_unknown():
     r = CliRunner().invoke(cli, ["experiment"])
     assert r.exit_code == 0
-    for name in ("fa_figure2", "saha_ye_regimes", "ski_slope"):
+    for name in ("fa_figure2", "saha_ye_regimes", "ski_slope", "fusemax", "gpu_validation"):
         assert name in r.output
+    # the L2 research scripts (experiments/l2_research/) are not claim reproductions
+    for name in ("replay_traced", "nru_model", "block_time", "preregister_unseen"):
+        assert name not in r.output
     r = CliRunner().invoke(cli, ["experiment", "fa_figure3"])
     assert r.exit_code == 2 and "did you mean 'fa_figure2'" in r.output and r.output.count("\n") == 1
 
