@@ -708,7 +708,8 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
         target = reads if t.direction == "read" else writes
         v = F.product(t.factors)
         target[t.tensor] = target[t.tensor] + v if t.tensor in target else v
-    ctx = {"sizes": S, "hardware": hw, "nest": nest, "dtype": dtype}
+    ctx = {"sizes": S, "hardware": hw, "nest": nest, "dtype": dtype,
+           "heads_total": (sz["batch"] * sz["heads"]).astype(float)}
     b_reads, b_writes = (backing_model or passthrough_backing)(reads, writes, ctx)
     heads_total = (sz["batch"] * sz["heads"]).astype(float)
     rb = lambda t: roles[nest.dtype_role(t)]  # noqa: E731

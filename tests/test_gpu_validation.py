@@ -18,6 +18,8 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
 
 @pytest.fixture(scope="module")
 def rows():
+    """The dynamic L2 simulation on the 34 validated launches (minutes: the tests that use it
+    are marked slow; the default analytical model's counterpart is test_l2analytic.py)."""
     return compare(read_csv(os.path.join(DATA, "gpu_ncu.csv")), workers=2)
 
 
@@ -25,18 +27,21 @@ def _gen(rows):
     return [r for r in rows if r["impl"] == "generated" and r["cascade"] == "attention-1pass"]
 
 
+@pytest.mark.slow
 def test_recorded_on_h100(rows):
     assert {r["device"] for r in rows} == {"NVIDIA H100 80GB HBM3"}
     assert len(_gen(rows)) == 34
     assert {r["grid_order"] for r in _gen(rows)} == {"query-major", "head-major"}
 
 
+@pytest.mark.slow
 def test_l2_reads_within_5pct_everywhere(rows):
     """SMEM-level model vs bytes the SMs read from L2 (l1tex__m_xbar2l1tex_read_bytes)."""
     for r in _gen(rows):
         assert abs(r["err_l2_read"]) <= 0.05, r
 
 
+@pytest.mark.slow
 def test_head_major_l2_tag_lookups_match(rows):
     """Tag lookups from the SMs (lts__t_sectors_srcunit_tex) equal the tile model when
     concurrent blocks belong to different heads; query-major lands below (merged requests)."""
@@ -47,6 +52,7 @@ def test_head_major_l2_tag_lookups_match(rows):
             assert r["err_l2_tex_read"] >= -0.01, r
 
 
+@pytest.mark.slow
 def test_dram_reads(rows):
     """DRAM reads: the recorded state of the dynamic L2 model (docs/validation.md lists the
     misses: all 34 within 15% with the fastest of three pace-noise draws, the default since
@@ -72,6 +78,7 @@ def test_dram_reads(rows):
             assert abs(r["err_dram_read"]) < 0.03, r
 
 
+@pytest.mark.slow
 def test_three_pass_reads_more_than_one_pass(rows):
     ext = {(r["cascade"], r["causal"]): float(r["l1_from_l2_read_bytes"]) for r in rows
            if r["impl"] == "generated" and r["seq"] == "4096" and r["batch"] == "1"}
@@ -189,6 +196,7 @@ def test_unseen_shapes_are_not_validated_launches():
         assert max(ratios) > 10
 
 
+@pytest.mark.slow
 def test_newest_preregistered_predictions_unchanged():
     """The newest round's predictions were fixed (and committed, with the model's commit)
     before its launches were measured. The model must still give exactly those numbers: a

@@ -21,13 +21,13 @@ def test_kv_that_fit_in_l2_are_read_from_hbm_once():
     rep = _hbm(["--seq-len", str(n), "--head-dim", str(d)])
     per_tensor = rep["levels"]["HBM"]["per_tensor"]
     # one head's K and V (2 x 1 MiB in bf16) fit easily in a 50 MiB L2: compulsory reads only
-    # (to 1e-5: the measured response's first segment, 0.06% misses at 22 MiB, is interpolated
+    # (to 1e-4: the measured response's first segment, 0.06% misses at 22 MiB, is interpolated
     # from zero, so re-reads after a few MiB cost a few bytes)
-    assert per_tensor["K"]["read_bytes"] == pytest.approx(n * d * 2, rel=1e-5)
-    assert per_tensor["V"]["read_bytes"] == pytest.approx(n * d * 2, rel=1e-5)
+    assert per_tensor["K"]["read_bytes"] == pytest.approx(n * d * 2, rel=1e-4)
+    assert per_tensor["V"]["read_bytes"] == pytest.approx(n * d * 2, rel=1e-4)
     # the L2 still serves K and V once per query block (32 blocks of 128 rows)
     assert rep["levels"]["L2"]["per_tensor"]["K"]["read_bytes"] == n * d * 2 * (n // 128)
-    assert "l2model" in rep["hbm_model"]
+    assert "analytical L2 model" in rep["hbm_model"]
 
 
 def test_l2_off_counts_every_l2_read_as_hbm():

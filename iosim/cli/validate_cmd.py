@@ -39,60 +39,79 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _side_table(rows: list[dict]) -> str:
+    lines = [f"{'launch':>26} {'grid':>11} {'set':>10} {'L2 err':>7} {'DRAM meas':>10} "
+             f"{'analytic':>9} {'err':>7} {'simulated':>9} {'err':>7}"]
+    for r in rows:
+        if r.get("err_dram_read") is None:
+            continue
+        shape = (f"{r['batch']}x{r['heads']}x{r['seq']}x{r['head_dim']}"
+                 f"{' causal' if str(r['causal']) == 'True' else ''}")
+        if r["cascade"] != "attention-1pass":
+            shape = f"{r['cascade']} {shape}"
+        sim = r.get("pred_dram_read_bytes_simulated")
+        es = r.get("err_dram_read_simulated")
+        lines.append(
+            f"{shape:>26} {r['grid_order']:>11} {r.get('set', ''):>10} "
+            f"{(r.get('err_l2_read') or 0.0):+7.1%} {float(r['dram_read_bytes']) / 1e9:9.3f}G "
+            f"{r['pred_dram_read_bytes'] / 1e9:8.3f}G {r['err_dram_read']:+7.1%} "
+            + (f"{float(sim) / 1e9:8.3f}G {es:+7.1%}" if sim and es is not None
+               else f"{'-':>9} {'-':>7}"))
+    return "\n".join(lines)
+
+
 @click.command("validate")
 @click.option("--gpu", is_flag=True, help="measure on this machine's GPU (needs CUDA, torch, "
                                           "triton and Nsight Compute)")
 @click.option("--shapes", default=None,
               help="BxHxNxD[-causal] list, e.g. '4x16x4096x128,1x8x65536x64-causal' "
-                   "(default: the 16 shapes of the issue)")
+                   "(default: the validation shapes, iosim.gpu.shapes)")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="compare these recorded measurements instead of the committed ones")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="directory for gpu_ncu.csv and gpu_validation.csv (default: .iosim-gpu)")
+@click.option("--l2", "l2_mode", type=click.Choice(["auto", "simulate"]), default="auto",
+              show_default=True,
+              help="auto: the analytical L2 model (iosim.l2.analytic, seconds), beside the "
+                   "dynamic simulation's recorded predictions; simulate: re-run the dynamic "
+                   "simulation (iosim.l2.simulate) on every launch (minutes)")
 @click.option("--model", type=click.Choice(["dynamic", "lockstep", "lru"]), default="dynamic",
-              show_default=True, help="L2 model for the DRAM prediction (iosim.l2.simulate)")
+              show_default=True, help="--l2 simulate: which simulation (dynamic; lockstep: "
+                                      "blocks in lock step with an LRU; lru: the dynamic "
+                                      "schedule with an all-or-nothing LRU)")
 @click.option("--kv-cost", type=click.Choice(["partitions", "readers", "shared", "sides"]),
               default="partitions", show_default=True,
-              help="what a K/V line costs in L2 (GpuL2.kv_weight): the two L2 partitions with "
-                   "the measured side map (the default), the readers rule (the default before "
-                   "round 7), always a shared line, or the earlier sides rule (dynamic model "
-                   "only)")
+              help="--l2 simulate: what a K/V line costs in L2 -- the two L2 partitions with "
+                   "the measured side map, the readers rule, always a shared line, or the "
+                   "sides rule")
 @click.option("--l2-policy", type=click.Choice(["response", "nru"]), default=None,
-              help="how each L2 partition answers a re-read (GpuL2.l2_policy): a cache state "
-                   "of NRU bits with hashed sets (CLOCK victims and each block's measured "
-                   "startup since round 13), fetches running on across the model's chunk ends "
-                   "(the default since round 11; needs --kv-cost partitions and the dynamic "
-                   "model) or the measured reuse-distance response with fetches stopping at "
-                   "chunk ends (the default before; 1-7x faster). Default: nru where it "
-                   "applies, else response")
+              help="--l2 simulate: how each L2 partition answers a re-read -- a cache state of "
+                   "NRU bits with CLOCK victims (the default where it applies) or the measured "
+                   "reuse-distance response (faster)")
 @click.option("--draws", type=click.IntRange(min=1), default=None,
-              help="pace-noise draws of the dynamic model; each launch is predicted by the draw "
-                   "with the shortest makespan (GpuL2.pace_draws; default 3 since round 15: "
-                   "all 34 recorded launches within 15%; 1: seed 0 alone, the default of rounds "
-                   "13-15, 33 of 34, a third of the time)")
+              help="--l2 simulate: pace-noise draws; each launch is predicted by the draw with "
+                   "the shortest makespan (default 3)")
 @click.option("--json", "as_json", is_flag=True, help="print rows and summary as JSON")
-def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, draws, as_json):
+def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, draws,
+            as_json):
     """Compare predicted L2 and DRAM bytes with Nsight Compute counters.
+
+    Without --gpu: the recorded H100 measurements -- the validated launches and the
+    launches registered before they were measured -- against the default analytical L2
+    model, beside the dynamic simulation's recorded predictions.
 
     \b
     Examples:
-      iosim validate                      # recorded H100 measurements vs the model
-      iosim validate --kv-cost readers    # the same with the readers rule for K/V lines
-      iosim validate --l2-policy response # the model before round 11 (faster)
-      iosim validate --draws 1            # seed 0 of the pace noise alone (rounds 13-15)
+      iosim validate                      # recorded launches, both L2 models side by side
+      iosim validate --l2 simulate        # re-run the dynamic simulation (minutes)
+      iosim validate --l2 simulate --kv-cost readers
       iosim validate --gpu --shapes 4x16x4096x128,4x16x4096x128-causal
     """
-    from iosim.gpu.compare import compare, read_csv, summary
-    from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, GpuL2
-    if kv_cost != "partitions" and model != "dynamic":
-        raise IosimError(f"--kv-cost {kv_cost} needs the dynamic L2 model (--model dynamic)")
-    if l2_policy == "nru" and (model != "dynamic" or kv_cost != "partitions"):
-        raise IosimError("--l2-policy nru needs the dynamic L2 model and --kv-cost partitions")
-    if draws is not None and model == "lockstep":
-        raise IosimError("--draws needs a dynamic L2 model (--model dynamic or lru)")
-    if l2_policy is None:
-        l2_policy = "nru" if model == "dynamic" and kv_cost == "partitions" else "response"
     from iosim.gpu.validate import measure, require_gpu, write_csv
+    if l2_mode == "auto" and (model != "dynamic" or kv_cost != "partitions"
+                              or l2_policy is not None or draws is not None):
+        raise IosimError("--model, --kv-cost, --l2-policy and --draws choose the dynamic "
+                         "simulation: use them with --l2 simulate")
     if gpu:
         require_gpu()
         from iosim.gpu.shapes import parse_shapes
@@ -105,17 +124,65 @@ def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, draws, as
         path = Path(csv_path) if csv_path else _RECORDED
         if not path.exists():
             raise IosimError(f"no recorded measurements at {path}")
+        from iosim.gpu.compare import read_csv
         rows = read_csv(path)
         out = Path(out_dir) if out_dir else None
-    # the response goes with the fetches that stop at chunk ends and the rates without the
-    # startup (the model before round 11)
+    if l2_mode == "simulate":
+        return _simulate(rows, out, model, kv_cost, l2_policy, draws, as_json)
+    from tqdm import tqdm
+
+    from iosim.gpu.compare import (_key, analytic_row, recorded_simulation, registered_rows,
+                                   side_by_side_summary)
+    sim = recorded_simulation() if not gpu and csv_path is None else {}
+    gen = []
+    for r in rows:
+        if r["impl"] == "generated":
+            r = dict(r, set="validated")
+            r["pred_dram_read_bytes_simulated"] = sim.get(_key(r))
+            gen.append(r)
+    if not gpu and csv_path is None:
+        gen += registered_rows()
+    res = [analytic_row(r) for r in tqdm(gen, desc="launches", unit="launch",
+                                         disable=None, leave=False)]
+    if out is not None:
+        write_csv(res, os.path.join(out, "gpu_validation.csv"))
+    s = side_by_side_summary(res)
+    if as_json:
+        echo_json({"summary": s, "rows": res})
+        return
+    click.echo(_side_table(res))
+    dev = next((r.get("device") for r in res if r.get("device")), "unknown device")
+    click.echo(f"device: {dev}")
+    for name, v in s.items():
+        sim_txt = (f", the dynamic simulation {v['simulated_within_15pct']}/{v['simulated_launches']}"
+                   if v["simulated_within_15pct"] is not None else "")
+        click.echo(f"{name} launches: L2->SM reads exact on {v['l2_exact']}/{v['launches']}; "
+                   f"DRAM reads within 15%: the analytical model {v['analytical_within_15pct']}"
+                   f"/{v['launches']} (median |error| {v['analytical_median_abs_err']:.1%})"
+                   f"{sim_txt}")
+
+
+def _simulate(rows, out, model, kv_cost, l2_policy, draws, as_json):
+    """The dynamic simulation on every recorded launch (slow)."""
+    from iosim.gpu.compare import compare, summary
+    from iosim.gpu.validate import write_csv
+    from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, GpuL2
+    if kv_cost != "partitions" and model != "dynamic":
+        raise IosimError(f"--kv-cost {kv_cost} needs the dynamic L2 model (--model dynamic)")
+    if l2_policy == "nru" and (model != "dynamic" or kv_cost != "partitions"):
+        raise IosimError("--l2-policy nru needs the dynamic L2 model and --kv-cost partitions")
+    if draws is not None and model == "lockstep":
+        raise IosimError("--draws needs a dynamic L2 model (--model dynamic or lru)")
+    if l2_policy is None:
+        l2_policy = "nru" if model == "dynamic" and kv_cost == "partitions" else "response"
+    # the response goes with fetches that stop at chunk ends and rates without the startup
     older = {} if l2_policy == "nru" else DEFAULT_ROUNDS_11_13
-    if draws is None:        # the default's draws (one with the model before round 11)
+    if draws is None:
         draws = older.get("pace_draws", GpuL2.pace_draws)
     older = {**older, "pace_draws": draws}
+    click.echo("running the dynamic L2 simulation on every launch (minutes)...", err=True)
     rows = compare(rows, GpuL2(kv_weight=kv_cost, l2_policy=l2_policy,
-                               prefetch_across_chunks=l2_policy == "nru",
-                               **older),
+                               prefetch_across_chunks=l2_policy == "nru", **older),
                    model=model, baseline=model != "lockstep", workers=os.cpu_count() or 1)
     if out is not None:
         write_csv(rows, os.path.join(out, "gpu_validation.csv"))
@@ -127,7 +194,7 @@ def command(gpu, shapes, csv_path, out_dir, model, kv_cost, l2_policy, draws, as
     dev = next((r.get("device") for r in rows if r.get("device")), "unknown device")
     click.echo(f"device: {dev}; {s['shapes']} launches; L2 reads within 5% on "
                f"{s['l2_read_within_5pct']}/{s['shapes']}; DRAM reads within 15% on "
-               f"{s['dram_read_within_15pct']}/{s['shapes']} ({model} L2 model"
+               f"{s['dram_read_within_15pct']}/{s['shapes']} ({model} L2 simulation"
                f"{', K/V cost: ' + kv_cost if model == 'dynamic' else ''}"
-               f"{', NRU cache state, fetches across chunks' if l2_policy == 'nru' else ''}"
+               f"{', NRU cache state' if l2_policy == 'nru' else ''}"
                f"{f', fastest of {draws} draws' if draws > 1 else ''})")

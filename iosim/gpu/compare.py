@@ -139,3 +139,108 @@ def read_csv(path) -> list[dict]:
     import csv
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------- the default analytical model
+
+def _recorded_dir():
+    from pathlib import Path
+    return Path(__file__).resolve().parents[2] / "experiments" / "data"
+
+
+def registered_rows(data_dir=None) -> list[dict]:
+    """The launches registered before they were measured (``gpu_unseen*.csv``: shapes chosen
+    and predicted by the dynamic model of their time, then measured), as rows of the
+    measured-counter schema with the dynamic model's recorded prediction."""
+    import glob
+    import os
+    d = data_dir or _recorded_dir()
+    out = []
+    for path in sorted(glob.glob(os.path.join(str(d), "gpu_unseen*.csv")),
+                       key=lambda p: int("0" + "".join(ch for ch in os.path.basename(p)
+                                                       if ch.isdigit()))):
+        for r in read_csv(path):
+            out.append({"impl": "generated", "cascade": "attention-1pass",
+                        "set": "registered", "batch": r["batch"], "heads": r["heads"],
+                        "seq": r["seq"], "head_dim": r["head_dim"], "causal": r["causal"],
+                        "grid_order": r["grid_order"], "dtype": r["dtype"],
+                        "block_m": r["block_m"], "block_n": r["block_n"],
+                        "num_warps": r["num_warps"], "num_stages": r["num_stages"],
+                        "dram_read_bytes": r["meas_dram_read_bytes"],
+                        "l1_from_l2_read_bytes": r["meas_l2_to_sm_read_bytes"],
+                        "pred_dram_read_bytes_simulated": r["pred_dram_read_bytes"],
+                        "device": r["device"]})
+    return out
+
+
+def _key(r: dict) -> tuple:
+    return (int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["head_dim"]),
+            _bool(r["causal"]), r["grid_order"], int(r["block_m"]), int(r["block_n"]),
+            r.get("cascade", "attention-1pass"))
+
+
+def recorded_simulation(path=None) -> dict:
+    """The dynamic simulation's recorded predictions of the validated launches
+    (``gpu_validation.csv``), by launch."""
+    p = path or (_recorded_dir() / "gpu_validation.csv")
+    out = {}
+    for r in read_csv(p):
+        if r["impl"] == "generated" and _f(r.get("pred_dram_read_bytes")) is not None:
+            out[_key(r)] = _f(r["pred_dram_read_bytes"])
+    return out
+
+
+def analytic_row(row: dict, hardware="h100") -> dict:
+    """The row with the default model's predictions: L2 reads from the tile model, HBM reads
+    from the analytical L2 model -- the very path of ``iosim evaluate``."""
+    from iosim import traffic
+    from iosim.hardware import load_hardware
+    from iosim.l2.backing import backing_for
+    from iosim.mapping import Shapes
+    from iosim.mapping import default_mapping
+    out = dict(row)
+    if default_mapping(row["cascade"]).kind != "fa2":
+        return out          # a multi-kernel cascade: its own nests, not the recorded kernel's
+    hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
+    shapes = Shapes(n=int(row["seq"]), e=int(row["head_dim"]), batch=int(row["batch"]),
+                    heads=int(row["heads"]), causal=_bool(row["causal"]),
+                    dtype=row.get("dtype") or "bf16")
+    m = mapping_for(row)
+    try:
+        rep = traffic.evaluate(row["cascade"], m, hw, shapes, check=False,
+                               backing_model=backing_for(row["cascade"], m, hw, shapes, "auto"))
+    except Exception:  # noqa: BLE001 - a cascade or nest the model does not cover
+        return out
+    d = rep.to_dict()["levels"]
+    pred_l2 = float(d["L2"]["read_bytes"])
+    pred_hbm = float(d["HBM"]["read_bytes"])
+    out["pred_l2_read_bytes"] = pred_l2
+    out["pred_dram_read_bytes"] = pred_hbm
+    sm_side = _f(row.get("l1_from_l2_read_bytes"))
+    meas = _f(row.get("dram_read_bytes"))
+    out["err_l2_read"] = (pred_l2 / sm_side - 1) if sm_side else None
+    out["err_dram_read"] = (pred_hbm / meas - 1) if meas else None
+    sim = _f(row.get("pred_dram_read_bytes_simulated"))
+    out["err_dram_read_simulated"] = (sim / meas - 1) if sim and meas else None
+    return out
+
+
+def side_by_side_summary(rows: list[dict]) -> dict:
+    """Within-15% counts of both L2 models per set of launches."""
+    out = {}
+    for name in ("validated", "registered"):
+        rs = [r for r in rows if r.get("set") == name and r.get("err_dram_read") is not None]
+        if not rs:
+            continue
+        a = [abs(r["err_dram_read"]) for r in rs]
+        s = [abs(r["err_dram_read_simulated"]) for r in rs
+             if r.get("err_dram_read_simulated") is not None]
+        l2 = [abs(r["err_l2_read"]) for r in rs if r.get("err_l2_read") is not None]
+        out[name] = {"launches": len(rs),
+                     "analytical_within_15pct": sum(e <= 0.15 for e in a),
+                     "analytical_median_abs_err": sorted(a)[len(a) // 2],
+                     "simulated_within_15pct": sum(e <= 0.15 for e in s) if s else None,
+                     "simulated_launches": len(s),
+                     "l2_exact": sum(e <= 1e-9 for e in l2),
+                     "l2_within_1pct": sum(e <= 0.01 for e in l2)}
+    return out

@@ -1,37 +1,113 @@
 """HBM traffic behind a GPU's L2, as a backing model for :func:`iosim.traffic.evaluate`.
 
-The analytical model counts what each program (thread block) reads from beyond its shared
-memory; on a GPU those reads go to the L2, and only the misses reach HBM. For the
-FlashAttention-2 tiling of a 1-pass softmax cascade, :mod:`iosim.l2.simulate` simulates which
-K/V tile reads miss (L2 capacity and response measured on the H100, concurrent blocks from
-occupancy, grid order, causal imbalance, block rates); this module turns that prediction
-into the per-tensor, per-head elements that the report's HBM row shows. Validated against
-Nsight Compute counters in docs/validation.md (where it misses, and why, is written there).
+The tile model counts what each program (thread block) reads from beyond its shared memory;
+on a GPU those reads go to the L2, and only the misses reach HBM. Which model answers that:
+
+* ``"auto"`` (the default) -- :mod:`iosim.l2.analytic`, the vectorised reuse-distance model,
+  wherever the loop nest re-reads a tensor across programs (found in the nest, whatever the
+  cascade is called) and the preset is GPU-like (an L2 and a per-SM shared memory);
+* ``"simulate"`` -- :mod:`iosim.l2.simulate`, the slower dynamic simulation (thread blocks,
+  paces, an NRU state per L2 partition), for the same nests with one query head per K/V head;
+* ``"off"`` -- HBM sees every L2 read.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
+from iosim.errors import IosimError
 from iosim.hardware import dtype_bytes
 
-#: cascades whose generated kernel is the FA2 loop nest the L2 model simulates
-KERNELS = ("attention-1pass", "flash1", "sigmoid")
+MODES = ("auto", "simulate", "off")
 
 
-def applies(cascade_name: str, mapping, hardware, shapes) -> bool:
-    """Whether the L2 simulation describes this configuration's HBM traffic."""
-    l2 = next((lv for lv in hardware.levels if lv.name.upper() == "L2"), None)
-    return (l2 is not None and (l2.policy or "").lower() == "lru"
-            and any(lv.name.upper() == "SMEM" for lv in hardware.levels)
-            and mapping.kind == "fa2" and cascade_name in KERNELS and shapes.group == 1
-            and (shapes.f is None or shapes.f == shapes.e))
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise IosimError(f"--l2 '{mode}' is not one of {', '.join(MODES)}")
 
 
-def gpu_l2_backing(mapping, shapes, hardware) -> Callable:
-    """A backing model ``(reads, writes, context) -> (reads, writes)`` for one configuration:
-    Q and O as counted, K and V scaled to the simulated L2 misses."""
-    from iosim.l2.simulate import GpuL2, Workload, predict_dram
+def grid_backing(cascade, mapping, hardware, *, dtype: str = "bf16",
+                 mode: str = "auto") -> Callable | None:
+    """The analytical L2 backing for a grid of configurations (sweep, search, evaluate_grid):
+    ``None`` where it does not apply (``mode="off"``, no L2, no cross-program re-reads)."""
+    _check_mode(mode)
+    if mode == "simulate":
+        raise IosimError("--l2 simulate runs one launch at a time: use it with 'iosim evaluate' "
+                         "or 'iosim validate', not with a grid")
+    if mode == "off":
+        return None
+    from iosim.l2 import analytic
+    from iosim.mapping import loop_nest
+    if not analytic.applies_to_hardware(hardware):
+        return None
+    return analytic.backing(loop_nest(mapping, cascade), hardware,
+                            elem_bytes=dtype_bytes(dtype))
+
+
+def backing_for(cascade, mapping, hardware, shapes, mode: str = "auto"):
+    """The backing model for ``iosim evaluate`` (one configuration), with a one-line
+    ``description`` of what the report's HBM row means; ``None`` where no L2 model applies."""
+    from iosim.l2 import analytic
+    from iosim.mapping import loop_nest
+    from iosim.traffic import _load_cascade
+    _check_mode(mode)
+    if mode == "off" or not analytic.applies_to_hardware(hardware):
+        return None
+    c = _load_cascade(cascade)
+    nest = loop_nest(mapping, c)
+    sr = analytic.shared_reads(nest)
+    if sr is None:
+        return None
     elem = dtype_bytes(shapes.dtype)
+    if mode == "simulate":
+        return _simulated(sr, mapping, shapes, hardware, elem)
+    inner = analytic.backing(nest, hardware, elem_bytes=elem)
+    gpu = analytic.GpuFacts.from_hardware(hardware)
+    seen: dict = {}
+
+    def model(reads, writes, context):
+        out = inner(reads, writes, context)
+        seen.update(context.get("l2_model", {}))
+        model.description = _describe(seen, sr, mapping, shapes, gpu)  # type: ignore
+        return out
+
+    model.fast_memory_bytes = inner.fast_memory_bytes  # type: ignore[attr-defined]
+    model.description = ""  # type: ignore[attr-defined]
+    return model
+
+
+def _scalar(x) -> float:
+    return float(np.asarray(x).reshape(-1)[0])
+
+
+def _describe(seen: dict, sr, mapping, shapes, gpu) -> str:
+    miss = _scalar(seen.get("miss_fraction", 0.0))
+    slots = int(_scalar(seen.get("slots", gpu.sms)))
+    txt = (f"HBM sees the L2 misses of the analytical L2 model (iosim.l2.analytic): "
+           f"{'/'.join(sr.tensors)} re-read by the programs of a head, {mapping.grid_order} "
+           f"grid order, {slots} programs in flight; {miss:.1%} of those re-reads miss. "
+           f"--l2 simulate runs the slower dynamic simulation, --l2 off counts every L2 read "
+           f"as an HBM read.")
+    if shapes.causal and mapping.grid_order == "head-major" and miss > 0.02:
+        txt += (" Note: for causal head-major launches whose re-reads thrash the L2 the "
+                "analytical model assumes no convoys and over-counts HBM reads (recorded "
+                "launches: +20% to +100%); --l2 simulate models convoys.")
+    elif not shapes.causal and miss > 0.02 and slots > gpu.sms:
+        txt += (" Note: with two or more programs per SM and re-reads near the L2's "
+                "capacity the analytical model over-counts HBM reads on recorded launches "
+                "(up to +2x); --l2 simulate is closer there.")
+    return txt
+
+
+def _simulated(sr, mapping, shapes, hardware, elem) -> Callable:
+    """The dynamic simulation as a backing model (one configuration)."""
+    from iosim.l2.simulate import GpuL2, Workload, predict_dram
+    if sr.group_programs or shapes.group != 1:
+        raise IosimError("--l2 simulate models one query head per K/V head; use --l2 auto "
+                         "for grouped-query attention")
+    if shapes.f != shapes.e:
+        raise IosimError("--l2 simulate needs equal head dims for K and V")
     w = Workload(batch=shapes.batch, heads=shapes.heads, seq_q=shapes.n,
                  seq_k=shapes.kv_len or shapes.n, head_dim=shapes.e, causal=shapes.causal,
                  elem_bytes=int(elem), block_m=mapping.block_q, block_n=mapping.block_kv,
@@ -39,31 +115,21 @@ def gpu_l2_backing(mapping, shapes, hardware) -> Callable:
                  num_stages=mapping.num_stages)
     pred = predict_dram(w, GpuL2.from_hardware(hardware))
     programs = shapes.batch * shapes.heads
+    kv_miss = pred["kv_miss_bytes"] / elem / programs
 
-    def backing(reads: dict, writes: dict, context: dict):
+    def model(reads: dict, writes: dict, context: dict):
         out = dict(reads)
-        kv = reads["K"] + reads["V"]
-        miss = pred["kv_miss_bytes"] / elem / programs  # K/V elements per head from HBM
-        for t in ("K", "V"):
-            out[t] = reads[t] * (miss / kv)
+        tot = sum(np.asarray(reads[t], dtype=float) for t in sr.tensors)
+        for t in sr.tensors:
+            out[t] = np.asarray(reads[t], dtype=float) * (kv_miss / tot)
         return out, writes
 
-    # everything on chip above HBM: the reuse the L2 model allows happens in this memory
-    backing.fast_memory_bytes = sum(  # type: ignore[attr-defined]
+    model.fast_memory_bytes = sum(  # type: ignore[attr-defined]
         lv.total_capacity_bytes for lv in hardware.levels[1:]
         if lv.name.upper() in ("L2", "SMEM"))
-    backing.description = (  # type: ignore[attr-defined]
-        f"HBM sees the L2 misses that iosim.l2.simulate simulates for this launch "
-        f"({w.batch * w.heads} (batch, head) pairs, {mapping.grid_order} grid order, "
-        f"{pred['concurrent_blocks']} concurrent blocks; L2 hit rate of K/V reads "
-        f"{1 - pred['kv_miss_bytes'] / pred['kv_access_bytes']:.1%}); "
-        f"--l2 off counts every L2 read as an HBM read.")
-    return backing
-
-
-def backing_for(cascade_name: str, mapping, hardware, shapes, mode: str = "auto"):
-    """The backing model for ``iosim evaluate``: the L2 simulation where it applies
-    (``mode="auto"``), else ``None`` (HBM sees every L2 read)."""
-    if mode == "off" or not applies(cascade_name, mapping, hardware, shapes):
-        return None
-    return gpu_l2_backing(mapping, shapes, hardware)
+    model.description = (  # type: ignore[attr-defined]
+        f"HBM sees the L2 misses that the dynamic simulation (iosim.l2.simulate, --l2 "
+        f"simulate) predicts for this launch ({w.batch * w.heads} heads, {mapping.grid_order} "
+        f"grid order, {pred['concurrent_blocks']} concurrent blocks; L2 hit rate of the "
+        f"re-read tensors {1 - pred['kv_miss_bytes'] / pred['kv_access_bytes']:.1%}).")
+    return model

@@ -1,0 +1,261 @@
+"""The default GPU L2 model: a vectorised reuse-distance model of the HBM reads behind the L2.
+
+What each program (thread block) reads from beyond its shared memory is what the L2 *sees*
+(the tile model counts it exactly). Which of those reads reach HBM depends on whether a tile
+that another program read earlier is still in the L2. This module answers that in closed
+form, from the loop nest, the grid order and the occupancy, for every configuration of a grid
+at once (no per-tile or per-program loop):
+
+* **what is re-read across programs** -- found in the loop nest: tensors loaded inside a key
+  loop of a grid (program) loop whose tile does not depend on that program loop (K and V in
+  the FlashAttention-2 nest of any 1-pass cascade: library, user file, GQA, sigmoid ...).
+  Their first read per head is compulsory; every later program of the head re-reads them;
+* **who re-reads when** -- the programs of one head in dispatch order: consecutive
+  (``query-major``: distance 1) or one per head in turn (``head-major``: distance = the
+  number of heads). ``SMs x programs per SM`` are in flight (occupancy from the tile's
+  shared memory, the warps' registers, the thread and block limits);
+* **convoys** -- programs start in cohorts of one per SM, and programs of a head that start
+  in the same cohort read each tile together, so only the cohort's first read can miss. In
+  query-major order a head's programs are one dispatch apart and keep together (causal or
+  not): a re-read shares a cohort with probability ``1 - 1 / SMs``. In head-major order they
+  are ``heads`` dispatches apart: with equal program lengths they share a cohort with
+  probability ``max(0, 1 - heads / SMs)``; causal programs differ in length, cohorts
+  dissolve, and every re-read is by a program that started later (the fluid limit -- an
+  upper bound on the misses: the GPU forms convoys there that this model does not);
+* **reuse distance** -- between two reads of a tile by consecutive readers of a head, the
+  L2 sees the streams of the heads in flight: ``heads in flight x the head's key prefix``
+  (``1 + in-flight/programs-per-head`` heads in query-major order, all heads in
+  head-major order) plus the Q and O tiles of the programs in flight (counted at the
+  measured cost of a line touched by one SM, 0.73 of a shared one);
+* **capacity response** -- a re-read after ``D`` bytes misses with the probability that the
+  cyclic-scan microbenchmark measured on the H100 (0 up to 24 MiB, 0.36 at 26, 0.82 at 28,
+  1 from 30 MiB of the 50 MiB L2, as fractions of the preset's L2), a line read by ``k``
+  programs costing the capacity the readers microbenchmark measured (0.72 of a shared line
+  for one reader to 1.0 for all SMs).
+
+Nothing here is fitted to the validated launches; docs/validation.md gives the accuracy of
+this model and of the slower dynamic simulation (:mod:`iosim.l2.simulate`) side by side on
+every recorded launch, and where each misses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from iosim.errors import IosimError
+
+MIB = 1024 * 1024
+
+#: miss probability of a re-read vs reuse distance as a fraction of the L2's capacity: the
+#: cyclic-scan microbenchmark on the lent H100 (experiments/data/gpu_l2scan.csv, lines read
+#: by SMs on both sides of the two L2 partitions)
+SCAN_SHARED = ((0.0, 0.0), (22 / 50, 0.0006), (24 / 50, 0.0020), (26 / 50, 0.357),
+               (28 / 50, 0.824), (30 / 50, 1.0))
+#: capacity a line costs relative to a line read by every SM, by the number of programs that
+#: read it (readers microbenchmark, experiments/data/gpu_l2readers.csv)
+READER_WEIGHTS = ((1, 0.722), (2, 0.734), (4, 0.744), (11, 0.791), (33, 0.948), (132, 1.0))
+#: what a line read (or written) by one SM costs: the ratio of the half-miss points of the
+#: shared and the one-SM scans (26.3 / 36.3 MiB)
+PRIVATE_WEIGHT = 0.73
+#: quadrature points over the pairs of consecutive readers (exact up to this many programs
+#: per head; beyond it, evenly spaced representatives weighted by what they stand for)
+PAIRS = 24
+
+
+@dataclass(frozen=True)
+class GpuFacts:
+    """The GPU facts the analytical model needs (defaults: the H100 SXM)."""
+    sms: int = 132
+    l2_bytes: float = 50 * MIB
+    smem_per_sm: float = 228 * 1024
+    regs_per_sm: int = 65536
+    max_threads_per_sm: int = 2048
+    max_blocks_per_sm: int = 32
+
+    @classmethod
+    def from_hardware(cls, hw) -> "GpuFacts":
+        l2 = hw.level("L2")
+        smem = hw.level("SMEM")
+        rf = next((lv for lv in hw.levels if lv.name.upper() == "RF"), None)
+        kw = dict(sms=int(smem.instances or 1), l2_bytes=float(l2.total_capacity_bytes),
+                  smem_per_sm=float(smem.capacity_bytes))
+        if rf is not None:
+            kw["regs_per_sm"] = int(rf.capacity_bytes // 4)
+        return cls(**kw)
+
+
+def applies_to_hardware(hw) -> bool:
+    """A GPU-like preset: an L2 cache level and a per-SM shared memory level."""
+    names = {lv.name.upper() for lv in hw.levels}
+    return "L2" in names and "SMEM" in names
+
+
+def occupancy(*, head_dim, block_m, block_n, num_warps, num_stages, elem_bytes,
+              gpu: GpuFacts = GpuFacts()) -> np.ndarray:
+    """Programs per SM (arrays broadcast): the tightest of shared memory (the Q tile plus
+    ``num_stages - 1`` K/V tile pairs, 1 KiB reserved), registers (224 per thread for
+    d >= 128, 128 below, as FlashAttention-2-style kernels compile), threads and blocks."""
+    d = np.asarray(head_dim, dtype=float)
+    smem = elem_bytes * (np.asarray(block_m) * d
+                         + np.maximum(1, np.asarray(num_stages) - 1) * np.asarray(block_n) * 2 * d)
+    threads = 32 * np.asarray(num_warps)
+    regs = np.where(d >= 128, 224, 128)
+    lim_smem = np.floor(gpu.smem_per_sm / (smem + 1024))
+    lim_regs = np.floor(gpu.regs_per_sm / (threads * (np.ceil(regs / 8) * 8)))
+    lim_threads = np.floor(gpu.max_threads_per_sm / threads)
+    return np.maximum(1, np.minimum(np.minimum(lim_smem, lim_regs),
+                                    np.minimum(lim_threads, gpu.max_blocks_per_sm))).astype(float)
+
+
+def miss_probability(reuse_bytes, l2_bytes) -> np.ndarray:
+    xs, ys = zip(*SCAN_SHARED)
+    return np.interp(np.asarray(reuse_bytes, dtype=float) / l2_bytes, xs, ys)
+
+
+def reader_weight(readers) -> np.ndarray:
+    ks, ws = zip(*READER_WEIGHTS)
+    return np.interp(np.log(np.maximum(np.asarray(readers, dtype=float), 1.0)), np.log(ks), ws)
+
+
+def _tiles(i, *, causal, n, kv_len, block_q, block_kv, offset, q_per_row=1):
+    """Key tiles read by program ``i`` of a head (its causal prefix, or all)."""
+    nk = np.ceil(kv_len / block_kv)
+    last = np.minimum(kv_len, np.ceil((i + 1) * block_q / q_per_row) + offset)
+    pref = np.clip(np.ceil(np.maximum(last, 0) / block_kv), 0, nk)
+    return np.where(causal, pref, nk)
+
+
+def reread_miss_fraction(*, programs, heads, n, kv_len, block_q, block_kv, causal, offset,
+                         tile_bytes, private_bytes, grid_order, slots, gpu: GpuFacts,
+                         rows_per_query=1) -> dict:
+    """The fraction of the cross-program re-reads that reach HBM, per configuration.
+
+    ``programs``: programs per head that read the shared tensors (in dispatch order, the
+    query blocks); ``heads``: heads in the launch (each its own shared tensors);
+    ``tile_bytes``: bytes of the shared tensors per key tile; ``private_bytes``: bytes a
+    program reads or writes only itself (its Q and O tiles); ``slots``: programs in flight.
+    Arrays broadcast. Returns ``miss`` (HBM re-read bytes / L2 re-read bytes), ``reread``
+    (L2 re-read bytes per head) and ``hbm_reread`` (their HBM part, per head)."""
+    a = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (
+        programs, heads, n, kv_len, block_q, block_kv, offset, tile_bytes, private_bytes,
+        slots)), np.asarray(causal, dtype=bool),
+        np.asarray(grid_order == "head-major" if isinstance(grid_order, str)
+                   else np.asarray(grid_order) == "head-major"))
+    (P, H, N, K, BQ, BK, OFF, TB, PB, SL, C, HM) = (x[..., None] for x in a)
+    pairs = np.maximum(P - 1, 0)
+    k = np.arange(PAIRS, dtype=float)
+    exact = pairs <= PAIRS
+    idx = np.where(exact, k, np.floor((k + 0.5) * pairs / PAIRS))
+    wgt = np.where(exact, (k < pairs).astype(float), pairs / PAIRS)
+    kw = dict(causal=C, n=N, kv_len=K, block_q=BQ, block_kv=BK, offset=OFF,
+              q_per_row=rows_per_query)
+    L0 = _tiles(idx, **kw)
+    L1 = _tiles(idx + 1, **kw)
+    reread = np.minimum(L0, L1) * TB                       # bytes program i+1 re-reads
+    delta = np.where(HM, H, 1.0)                           # dispatch distance of readers
+    in_flight_heads = np.where(HM, H, np.minimum(H, 1 + SL / np.maximum(P, 1)))
+    reuse = in_flight_heads * L0 * TB + SL * PB * PRIVATE_WEIGHT
+    readers = np.where(C, P - idx / 2.0, P)
+    miss = miss_probability(reuse * reader_weight(readers), gpu.l2_bytes)
+    convoy = np.where(C & HM, 0.0, np.maximum(0.0, 1.0 - delta / gpu.sms))
+    l2_re = (reread * wgt).sum(-1)
+    hbm_re = (reread * wgt * (1 - convoy) * miss).sum(-1)
+    frac = np.divide(hbm_re, l2_re, out=np.zeros_like(l2_re), where=l2_re > 0)
+    return {"miss": frac, "reread": l2_re, "hbm_reread": hbm_re,
+            "in_flight_heads": in_flight_heads[..., 0]}
+
+
+# ------------------------------------------------------------------ the loop-nest side
+
+
+@dataclass(frozen=True)
+class SharedReads:
+    """What the loop nest says about reads shared across programs."""
+    tensors: tuple          # tensors re-read by every program of a head
+    private: tuple          # tensors each program reads or writes alone (its Q, O tiles)
+    grid_var: str           # the program loop over query tiles
+    group_programs: bool    # a grid loop over G encloses it (one program per group member)
+
+
+def shared_reads(nest) -> SharedReads | None:
+    """The structure the analytical model covers, found in the nest: one kernel whose grid
+    loop over query tiles encloses a key-tile loop that streams tensors whose tiles do not
+    depend on the query tile. ``None`` where the nest has no such structure."""
+    from iosim.mapping import Load, Loop, Store
+    if len(nest.phases) != 1:
+        return None
+    found = None
+    for _, nd, encl in nest.walk():
+        if isinstance(nd, Loop) and nd.grid and nd.rank == "P":
+            inner = [b for b in nd.body if isinstance(b, Loop) and not b.grid and b.rank == "M"]
+            if len(inner) != 1:
+                continue
+            shared = tuple(b.tensor for b in inner[0].body if isinstance(b, Load)
+                           and all(dm.var != nd.var for dm in b.dims))
+            private = tuple(b.tensor for b in nd.body if isinstance(b, (Load, Store)))
+            group = any(isinstance(lp, Loop) and lp.grid and lp.rank == "G" for lp in encl)
+            if shared:
+                if found is not None:
+                    return None
+                found = SharedReads(shared, private, nd.var, group)
+    return found
+
+
+def backing(nest, hardware, *, elem_bytes: float):
+    """A backing model ``(reads, writes, context) -> (reads, writes)`` for
+    :func:`iosim.traffic.evaluate_arrays`: the shared tensors' re-reads scaled to their
+    predicted HBM part; everything else as the tile model counts it. ``None`` where the nest
+    has no cross-program re-reads (then HBM sees every L2 read)."""
+    sr = shared_reads(nest)
+    if sr is None:
+        return None
+    gpu = GpuFacts.from_hardware(hardware)
+    m = nest.mapping
+
+    def model(reads: dict, writes: dict, context: dict):
+        S = context["sizes"]
+        heads = np.asarray(context["heads_total"], dtype=float)
+        groups = np.asarray(S["G"], dtype=float) if sr.group_programs else 1.0
+        e, f = np.asarray(S["E"], dtype=float), np.asarray(S["F"], dtype=float)
+        bk = np.asarray(S["block_kv"], dtype=float)
+        bq = np.asarray(S["block_q"], dtype=float)
+        # shared tensors' elements per key tile, from what the nest reads
+        comp = {t: _compulsory(t, nest, S) for t in sr.tensors}
+        per_key = sum(comp[t] for t in sr.tensors) / np.asarray(S["M"], dtype=float)
+        tile_bytes = per_key * bk * elem_bytes
+        private_bytes = bq * (e + f) * elem_bytes
+        slots = gpu.sms * occupancy(head_dim=e, block_m=bq, block_n=bk, num_warps=m.num_warps,
+                                    num_stages=m.num_stages, elem_bytes=elem_bytes, gpu=gpu)
+        progs = np.asarray(S["Pt"], dtype=float) * groups
+        r = reread_miss_fraction(
+            programs=progs, heads=heads * (1.0 if sr.group_programs else 1.0),
+            n=S["P"], kv_len=S["M"], block_q=bq, block_kv=bk, causal=S["causal"],
+            offset=S["off"], tile_bytes=tile_bytes, private_bytes=private_bytes,
+            grid_order=m.grid_order, slots=slots, gpu=gpu)
+        out = dict(reads)
+        for t in sr.tensors:
+            extra = np.maximum(np.asarray(reads[t], dtype=float) - comp[t], 0.0)
+            out[t] = np.minimum(reads[t], comp[t] + extra * r["miss"])
+        context["l2_model"] = {"miss_fraction": r["miss"], "slots": slots,
+                               "in_flight_heads": r["in_flight_heads"]}
+        return out, writes
+
+    model.shared_tensors = sr.tensors  # type: ignore[attr-defined]
+    model.fast_memory_bytes = gpu.l2_bytes + gpu.sms * gpu.smem_per_sm  # type: ignore[attr-defined]
+    return model
+
+
+def _compulsory(tensor: str, nest, S) -> np.ndarray:
+    """Elements of ``tensor`` per head: the product of its ranks' sizes."""
+    ranks = nest.tensors.get(tensor, ((), "data"))[0]
+    out = np.ones(np.shape(S["P"]), dtype=float)
+    for r in ranks:
+        if r in S:
+            out = out * np.asarray(S[r], dtype=float)
+    return out
+
+
+def check_grid_order(order: str) -> None:
+    if order not in ("query-major", "head-major"):
+        raise IosimError(f"grid order '{order}' is not query-major or head-major")
