@@ -370,7 +370,7 @@ def figure(path: Path) -> Path:
             newest = i == len(files) - 1           # the newest round edged in black
             ax.scatter(x, y, c=col, marker=markers[i % len(markers)], s=40, alpha=0.85, zorder=3,
                        edgecolors="k" if newest else "none", linewidths=1.0,
-                       label=f"round {p.stem[10:] or 1} ({order})" if sel else None)
+                       label=f"batch {p.stem[10:] or 1} ({order})" if sel else None)
             n += len(sel)
             ok += sum(abs(v) <= 15 for v in y)
     ax.set(xscale="log", xlabel="measured DRAM read / (Q + K + V)",

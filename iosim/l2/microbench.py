@@ -562,7 +562,8 @@ def mix(out_dir: str) -> list[dict]:
 # ------------------------------------------------------------------- traced launches, counted
 def _traced_launches():
     """The validated launches (default shapes, both grid orders) and the pre-registered unseen
-    ones of rounds 1-3: (batch, heads, N, d, causal, grid order)."""
+    ones of the first three batches (gpu_unseen.csv, gpu_unseen2.csv, gpu_unseen3.csv):
+    (batch, heads, N, d, causal, grid order)."""
     import csv
     from iosim.gpu.shapes import default_shapes
     out = [(s.batch, s.heads, s.seq, s.head_dim, s.causal, o)

@@ -13,7 +13,7 @@ replay misses too, the cache response is.
 
 The replay implements the per-line responses (``GpuL2.kv_weight`` "readers", the default
 here, "shared" and "sides"); the two-partition response is replayed by
-``experiments/partition_replay.py``.
+``experiments/l2_research/partition_replay.py``.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from iosim.l2.simulate import (DEFAULT_ROUNDS_11_13, GpuL2, Workload, _blocks, _
                            _Touches, smem_level_reads)
 
 #: the replay's default response: the readers rule (GpuL2's default is the two partitions,
-#: which this per-line replay does not implement); as a dynamic model, with the rates of rounds
-#: 11-13 (no startup), as the experiments that use it recorded
+#: which this per-line replay does not implement); as a dynamic model, with the rates without
+#: each block's startup (DEFAULT_ROUNDS_11_13), as the experiments that use it recorded
 READERS = GpuL2(kv_weight="readers", **DEFAULT_ROUNDS_11_13)
 
 
@@ -71,7 +71,8 @@ def replay_dram(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *, batch: 
     are placed on the measured trajectory instead of evenly between start and end."""
     if gpu.kv_weight == "partitions":
         raise IosimError("replay_dram replays per-line responses (kv_weight readers, shared or "
-                         "sides); the partitions replay is experiments/partition_replay.py")
+                         "sides); the partitions replay is "
+                         "experiments/l2_research/partition_replay.py")
     trace = np.asarray(trace)
     if not np.issubdtype(trace.dtype, np.integer):
         trace = trace.astype(np.float64)        # integer traces stay exact until shifted
@@ -258,7 +259,8 @@ def partner_pace(w: Workload, trace: np.ndarray, gpu: GpuL2 = READERS, *,
     ``hit_miss`` (a hitter beside a misser), ``miss_hit``, ``miss_miss``, with their counts.
     An SM that gives a waiting block's time to the other pushes ``partner`` towards ``-own``;
     with shares set by age alone the fit still picks up whatever correlates a block's age with
-    its neighbour's misses (experiments/partner_pace.py compares the two on traced launches)."""
+    its neighbour's misses (experiments/l2_research/partner_pace.py compares the two on traced
+    launches)."""
     trace = np.asarray(trace)
     NK, frac, _ = _block_miss_fractions(w, trace, gpu)
     t0 = trace[:, 0].min()                 # ns stamps stay exact as int64 until shifted

@@ -17,15 +17,15 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
   do *not* share it evenly: the older block runs about 1.3x faster than the younger one
   (measured share 0.57; 0.53 in causal launches). Before its first key block a block spends
   its measured startup (3.48 us: loads issued and waited for) computing nothing, its SM left
-  to the other block (``block_startup_us``, the default since round 13; the rates are those
-  of the key blocks alone). So, with two blocks per SM, the two slots
+  to the other block (``block_startup_us``, on by default; the rates are then those of the
+  key blocks alone). So, with two blocks per SM, the two slots
   of every SM drift to half
   a block's lifetime apart — two cohorts that read each head's K/V at different times;
 * **DRAM** — a miss must be fetched before the block can use it; misses share the DRAM
   bandwidth (3.0 TB/s), so blocks that miss slow down, and blocks that hit run ahead. A
   block's fetches run ``num_stages - 1`` key blocks ahead of its compute, across the ends of
-  the model's chunks, as the kernel's pipeline does (``prefetch_across_chunks``, the default
-  since round 11 of docs/validation.md).
+  the model's chunks, as the kernel's pipeline does (``prefetch_across_chunks``, on by
+  default).
   A block that asks for a tile another block is still fetching waits for that fetch
   (no second DRAM read) and then moves at the fetcher's pace: blocks of a head form
   convoys that share misses;
@@ -41,15 +41,13 @@ hardware facts or were measured by microbenchmarks on other shapes and access pa
   which side (``L2_SIDE_A``) and shows lines alternating between the partitions every 256 B.
   Half of every chunk lives in each partition, a read touches both halves where they live and
   a copy of the far half on the reader's side, and DRAM is read when a half's own partition
-  lost it. Each partition is a cache state (``l2_policy="nru"``, the default since round 11):
-  26 of the 50 MiB (the shared scan's half-miss point) in 16-way sets of 4 KiB units, NRU
-  bits with CLOCK's victim rule (a hand per set; since round 13, ``nru_victim``), the set
-  index hashed so that a buffer spreads evenly (:mod:`iosim.l2.state`);
-  or (``l2_policy="response"``, the default before) an LRU answering by the measured
-  reuse-distance response below. The first wave's
-  blocks land on the SMs in the measured order ``DISPATCH_ORDER``. Registered next to the
-  readers rule before measuring (rounds 6 and 7 of docs/validation.md), it was within 15% on
-  10 of 16 launches, the readers rule on 6;
+  lost it. Each partition is a cache state (``l2_policy="nru"``, the default): 26 of the
+  50 MiB (the shared scan's half-miss point) in 16-way sets of 4 KiB units, NRU bits with
+  CLOCK's victim rule (a hand per set, ``nru_victim``), the set index hashed so that a buffer
+  spreads evenly (:mod:`iosim.l2.state`); or (``l2_policy="response"``) an LRU answering by
+  the measured reuse-distance response below. The first wave's blocks land on the SMs in the
+  measured order ``DISPATCH_ORDER``. Registered next to the readers rule before measuring
+  (16 launches), it was within 15% on 10, the readers rule on 6;
 * **(the earlier default) lines read by few blocks cost less** (``kv_weight="readers"``) — a
   cyclic re-read whose lines are each read by k of 132 blocks (one per SM) keeps more of the
   buffer the fewer readers a line has: half-miss at 36.6 MiB for k = 1, 33.4 for 11, 27.9 for
@@ -85,7 +83,7 @@ from iosim.l2.state import NruSets, access_one, scan_ways
 
 try:   # the NRU state's reads compiled (the same results; numpy without numba)
     from numba import njit
-except ImportError:   # pragma: no cover - numba is a dependency
+except ImportError:   # pragma: no cover - numba is optional (the [sim] extra)
     njit = None
 
 MIB = 1024 * 1024
@@ -155,7 +153,7 @@ BLOCK_JITTER = 0.034
 #: persistent pace differences between SMs measured in the same traces (relative sd, mean of
 #: 12 launches); the default leaves them out (GpuL2.sm_pace_spread = 0): with them the model's
 #: convoys of 64Kx128 head-major blocks dissolve (+136% DRAM), which the counters contradict
-#: -- the model lacks whatever keeps real convoys together (docs/validation.md)
+#: -- the model lacks whatever keeps real convoys together (docs/notes/l2_research_history.md)
 SM_PACE_SPREAD_MEASURED = 0.0013
 
 
@@ -177,28 +175,30 @@ SM_SHARE_CAUSAL = {64: 0.534}
 #: sqrt(key blocks), in the two-blocks-per-SM query-major launches without DRAM waits outside
 #: the validation set (gpu_traced.npz: 1x24x32Kx64 8.1%, 1x6x64Kx64 7.6%; first wave left out)
 BLOCK_JITTER_PAIR = 0.079
-#: (measured; part of the default since round 13) a block's startup: from its start to its
+#: (measured; part of the default) a block's startup: from its start to its
 #: first key block it loads and waits (2.5-3.9 us in the marked traces); the median intercept
 #: of duration on key blocks over the traced causal query-major d=128 launches outside the
-#: validation set (experiments/block_time.py, experiments/data/gpu_block_time.csv). SM_RATES
+#: validation set (experiments/l2_research/block_time.py, experiments/data/gpu_block_time.csv).
+#: SM_RATES
 #: spread it over the key blocks of 8K-32K launches; with it, the rates are those of the key
 #: blocks alone: d=128 non-causal and causal (SM_RATES_CAUSAL_STARTUP) apart, d=64 from the
 #: sharing fit of the blocks' computing time (the same file, quiet non-causal launches)
 BLOCK_STARTUP_US = 3.479
 SM_RATES_STARTUP = {128: (4.0000, 4.0000, 0.5), 64: (2.6755, 3.5295, 0.571)}
 SM_RATES_CAUSAL_STARTUP = {128: (3.9365, 3.9365)}
-#: GpuL2(**BLOCK_STARTUP): the dynamic model with the startup and those rates (the default
-#: since round 13; spelled out for the options that predate it)
+#: GpuL2(**BLOCK_STARTUP): the dynamic model with the startup and those rates (part of the
+#: default; spelled out for the earlier variants, which run without it)
 BLOCK_STARTUP = {"block_startup_us": BLOCK_STARTUP_US, "sm_rates": SM_RATES_STARTUP,
                  "sm_rates_causal": SM_RATES_CAUSAL_STARTUP}
-#: GpuL2(**DEFAULT_ROUNDS_11_13): the default of rounds 11-13 (NRU's first-clear victim, no
-#: startup, SM_RATES); round 13 registered CLOCK and the startup next to it, both together
-#: became the default after it (docs/validation.md)
+#: GpuL2(**DEFAULT_ROUNDS_11_13): an earlier default, kept for comparison: NRU's first-clear
+#: victim, no startup, SM_RATES, one pace-noise draw. CLOCK and the startup, registered next
+#: to it before measurement, replaced it (docs/notes/l2_research_history.md; the name is the
+#: research batches it was the default for)
 DEFAULT_ROUNDS_11_13 = {"nru_victim": "first", "block_startup_us": 0.0, "sm_rates": SM_RATES,
                         "sm_rates_causal": {}, "pace_draws": 1}
-#: GpuL2(**DEFAULT_ROUNDS_13_15): the default of rounds 13-15 (CLOCK with the startup, seed 0
-#: of the pace noise alone); round 15 registered the fastest of three draws next to it, the
-#: default after it
+#: GpuL2(**DEFAULT_ROUNDS_13_15): the default with one draw of the pace noise (seed 0) instead
+#: of the fastest of three: the earlier default, kept for comparison (``iosim validate --l2
+#: simulate --draws 1``)
 DEFAULT_ROUNDS_13_15 = {"pace_draws": 1}
 
 
@@ -228,30 +228,29 @@ class GpuL2:
     block_jitter_pair: float = BLOCK_JITTER_PAIR
     sm_pace_spread: float = 0.0
     #: a block's DRAM fetches run `num_stages - 1` key blocks ahead across the end of the
-    #: model's chunk, as the kernel's pipeline does (the default since round 11); off (the
-    #: default before), a DRAM-bound block stops fetching at each chunk's end, which wastes
-    #: bandwidth, synchronises DRAM-bound blocks at chunk boundaries and, with chunks of one
-    #: key block, leaves the pipeline no lead at all (docs/validation.md)
+    #: model's chunk, as the kernel's pipeline does (the default); off (an earlier default), a
+    #: DRAM-bound block stops fetching at each chunk's end, which wastes bandwidth,
+    #: synchronises DRAM-bound blocks at chunk boundaries and, with chunks of one key block,
+    #: leaves the pipeline no lead at all
     prefetch_across_chunks: bool = True
     #: time from a block's start to the start of its first key block (us): its loads issued,
     #: waited for; the block fetches its first key blocks meanwhile but computes nothing, and
-    #: a block sharing its SM computes alone meanwhile (the measured 3.48 us, the default since
-    #: round 13, with the rates of the key blocks alone, SM_RATES_STARTUP; 0: none, the
-    #: default before, whose rates SM_RATES include it: DEFAULT_ROUNDS_11_13)
+    #: a block sharing its SM computes alone meanwhile (the measured 3.48 us, the default, with
+    #: the rates of the key blocks alone, SM_RATES_STARTUP; 0: none, as in an earlier default
+    #: whose rates SM_RATES include it: DEFAULT_ROUNDS_11_13)
     block_startup_us: float = BLOCK_STARTUP_US
     #: how blocks that share an SM split it: "seniority" (the default: each its share by age,
     #: whatever the other does) or "work-conserving" (an option, not adopted: the same shares,
     #: but the time a block cannot use -- waiting on DRAM, on another block's fetch -- goes to
     #: the blocks beside it, each up to a lone block's rate, as an SM issues from whichever
     #: warps are ready; it matches the traced causal d=64 schedules' pace of a block beside a
-    #: missing one better, not their DRAM bytes: experiments/partner_pace.py)
+    #: missing one better, not their DRAM bytes: experiments/l2_research/partner_pace.py)
     sm_sharing: str = "seniority"
     #: how many draws of the blocks' pace noise (seeds 0, 1, ...) the dynamic model runs; the
-    #: prediction is the draw with the shortest makespan (3: the default since round 15, which
-    #: registered it next to seed 0 alone, the default before, DEFAULT_ROUNDS_13_15): where
-    #: the model's draws split between the convoy state and the slower state in which nearly
-    #: every block misses, the GPU's kernel time matches the fast draws (docs/validation.md,
-    #: "Draws")
+    #: prediction is the draw with the shortest makespan (3, the default; 1: seed 0 alone,
+    #: DEFAULT_ROUNDS_13_15): where the model's draws split between the convoy state and the
+    #: slower state in which nearly every block misses, the GPU's kernel time matches the fast
+    #: draws (docs/validation.md)
     pace_draws: int = 3
     #: (measured effect, not used) a block is slower through key blocks that come from DRAM
     #: than through hits, by ``miss_penalty / (1 - u)`` of its time per key block (times the
@@ -259,7 +258,8 @@ class GpuL2:
     #: the latency the kernel's pipeline does not hide, growing with the load like a queue's.
     #: The fetch microbenchmark measures about 0.005 (d=128: 1.087 vs 1.081 us per key block,
     #: one block alone) and 0.022 at u = 0.64. In the causal head-major regime this is a
-    #: restoring force for convoys, and the predictions swing with it (docs/validation.md)
+    #: restoring force for convoys, and the predictions swing with it
+    #: (docs/notes/l2_research_history.md)
     miss_penalty: float = 0.0
     #: a block is slower through key blocks that come from DRAM than one reading the same
     #: lines a few us later from L2, by ``slowdown(u)`` of its time per key block (times the
@@ -267,16 +267,16 @@ class GpuL2:
     #: microbenchmark) interpolated at the DRAM load u that the blocks' paces demand; ``{}``
     #: off. A restoring force for convoys of blocks that share K/V
     miss_slowdown: dict = field(default_factory=dict, hash=False, compare=False)
-    #: what a K/V line costs in L2 capacity: "partitions" (the default since round 7: the two
-    #: L2 partitions modelled, see _predict_dynamic; sides of the SMs from the latency map,
-    #: ``side_a``), "readers" (the default before: by how many thread blocks read it since it
+    #: what a K/V line costs in L2 capacity: "partitions" (the default: the two L2 partitions
+    #: modelled, see _predict_dynamic; sides of the SMs from the latency map, ``side_a``),
+    #: "readers" (an earlier default: by how many thread blocks read it since it
     #: was fetched, the readers microbenchmark, READER_WEIGHTS), "sides" (private_weight until
     #: SMs on both L2 sides read it, sides drawn at random) or "shared" (always a shared line)
     kv_weight: str = "partitions"
-    #: how a partition answers a re-read (kv_weight="partitions"): "nru" (the default since
-    #: round 11: a cache state with NRU replacement, iosim.l2.state: lines read once can push
-    #: out lines still being read, as the eviction-hint measurements show) or "response" (the
-    #: default before: a miss fraction by the line's reuse distance in its partition, the
+    #: how a partition answers a re-read (kv_weight="partitions"): "nru" (the default: a cache
+    #: state with NRU replacement, iosim.l2.state: lines read once can push out lines still
+    #: being read, as the eviction-hint measurements show) or "response" (an earlier
+    #: default: a miss fraction by the line's reuse distance in its partition, the
     #: measured shared scan; exact for LRU). None: "nru" with kv_weight="partitions", else
     #: "response" (the other K/V costs are responses)
     l2_policy: str | None = None
@@ -298,7 +298,7 @@ class GpuL2:
     #: which way a miss takes when none is empty: "first" (the first way whose bit is clear,
     #: all bits cleared when none is) or "clock" (CLOCK: a hand per set walks from where it
     #: stopped, clearing the bits it passes, to the first clear way; iosim.l2.state; the
-    #: default since round 13: 109 of the 110 measured schedules replayed within 15%)
+    #: default: 109 of the 110 measured schedules replayed within 15%)
     nru_victim: str = "clock"
     #: SM ids on L2 side A (the rest: side B) and the SMs the first wave's blocks land on, in
     #: block-id order (kv_weight="partitions"; measured on the H100)
@@ -312,7 +312,7 @@ class GpuL2:
     sm_share_causal: dict = field(default_factory=lambda: dict(SM_SHARE_CAUSAL), hash=False,
                                   compare=False)
     #: head dim -> (one block alone, two together) in causal launches where they differ from
-    #: sm_rates (SM_RATES_CAUSAL_STARTUP, with the startup; none before round 13)
+    #: sm_rates (SM_RATES_CAUSAL_STARTUP, with the startup; none without it)
     sm_rates_causal: dict = field(default_factory=lambda: dict(SM_RATES_CAUSAL_STARTUP),
                                   hash=False, compare=False)
 
@@ -686,7 +686,8 @@ class _Touches:
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
-    """A 64-bit finaliser (MurmurHash3's fmix64; the same as experiments/csrc/l2_policy.c's)."""
+    """A 64-bit finaliser (MurmurHash3's fmix64; the same as
+    experiments/l2_research/csrc/l2_policy.c's)."""
     x = np.asarray(x, dtype=np.uint64)
     x = x ^ (x >> np.uint64(33))
     x = x * np.uint64(0xFF51AFD7ED558CCD)
@@ -740,8 +741,8 @@ def set_index(pair: np.ndarray, n_sets: int, set_map: str = "hashed") -> np.ndar
 
 
 class _UnitMap:
-    """Where the units of a launch's tiles live (l2_policy="nru"), as experiments/csrc/
-    l2_policy.c places them: tile t (K and V of one key block of one K/V head, or one block's Q
+    """Where the units of a launch's tiles live (l2_policy="nru"), as
+    experiments/l2_research/csrc/l2_policy.c places them: tile t (K and V of one key block of one K/V head, or one block's Q
     or O tile) is cut into ``nu >= 2`` units of about ``unit_bytes``; unit u of it is homed in
     partition ``u % 2``; its set is ``set_index(unit id // 2)`` (``set_map``); a reader on the
     other side also reads a copy of it in its own partition."""
@@ -1093,7 +1094,7 @@ def _predict_dynamic(w: Workload, gpu: GpuL2, *, max_chunks: int = 48,
     finished = 0
     ar = np.arange(S)
     resident_changed = True
-    timed = gpu.block_startup_us > 0        # else no block ever waits (before round 13)
+    timed = gpu.block_startup_us > 0        # else no block ever waits (no startup)
     waiting = np.zeros(S, dtype=bool)
     n_wait = n_wait_before = 0
     rate = np.zeros(S)

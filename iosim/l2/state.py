@@ -7,10 +7,10 @@ that many blocks are still reading. :class:`NruSets` keeps a partition's content
 first way of its set whose bit is clear, clearing every bit of the set first when none is
 (NRU); with ``victim="clock"`` a hand per set walks on from where it last stopped, clearing the
 bits it passes, to the first clear way (CLOCK: within 15% on 109 of the 110 measured schedules
-where the first-clear-way rule is on 103, experiments/l2_policy.py). The caller gives each
+where the first-clear-way rule is on 103, experiments/l2_research/l2_policy.py). The caller gives each
 unit's set (:func:`iosim.l2.simulate.set_index`: linear by address,
 or hashed so that every aligned run of as many unit pairs as sets covers each set once), as
-``experiments/csrc/l2_policy.c`` does on the measured schedules.
+``experiments/l2_research/csrc/l2_policy.c`` does on the measured schedules.
 
 :func:`scan_ways` gives the sets unequal numbers of ways, distributed as the measured shared-scan
 response says a partition's capacity is (a cyclic scan of S MiB thrashes in the sets that hold
@@ -18,10 +18,10 @@ less than S): the state's capacity is then as soft as the response's.
 
 The associativity and the address map matter: on the measured schedules NRU with 16 ways
 and the balanced hash is within 15% on 103 of 110 traced launches (LRU 85, the linear map 94,
-an uneven random hash 82; 128 ways behave like LRU; docs/validation.md). The H100's L2 hashes
-its set index (experiments/device/l2_sets.py: no stride puts lines in too few sets). With the
-balanced hash this state is each L2 partition of the default model since round 11 (with the
-CLOCK victim since round 13; the model keeps both partitions in one state, partition p's set s
+an uneven random hash 82; 128 ways behave like LRU; docs/notes/l2_research_history.md). The
+H100's L2 hashes its set index (experiments/device/l2_sets.py: no stride puts lines in too few
+sets). With the balanced hash and the CLOCK victim this state is each L2 partition of the
+dynamic model's default (the model keeps both partitions in one state, partition p's set s
 being its set p x sets + s).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 try:   # the sequential access loop compiled (the same results; numpy's rounds without numba)
     from numba import njit
-except ImportError:   # pragma: no cover - numba is a dependency; the rounds are the fallback
+except ImportError:   # pragma: no cover - numba is optional ([sim]): numpy is the fallback
     njit = None
 
 #: tag of an empty way, and of a way a set does not have (sets with fewer ways)
