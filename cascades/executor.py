@@ -12,6 +12,7 @@ Every Einsum is evaluated generically from the IR — nothing is written per alg
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -534,9 +535,124 @@ def execute(cascade: Cascade, inputs: dict, *, dtype="float64", keep_intermediat
         raise ExecutionError(f"unsupported dtype '{dtype}' (expected float64 or float32)")
     with np.errstate(all="ignore"):
         run = _Run(cascade, inputs, dt, params)
-        run.run()
+        check_memory(cascade, run.ext, dt, inputs=False)
+        try:
+            run.run()
+        except MemoryError:
+            need, _ = memory_estimate(cascade, run.ext, dt, inputs=False)
+            raise ExecutionError(f"out of memory running cascade '{cascade.name}' (it needs "
+                                 f"about {_fmt_bytes(need)} beyond its inputs)") from None
     names = list(run.store) if keep_intermediates else [t.name for t in cascade.outputs]
     return {n: run.store[n].data for n in names}
+
+
+def _itemsize(dtype) -> int:
+    dt = _DTYPES.get(str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype)
+    return np.dtype(dt or np.float64).itemsize
+
+
+def memory_estimate(cascade: Cascade, extents: dict[str, int], dtype="float64",
+                    inputs: bool = True) -> tuple[int, str]:
+    """Bytes the executor needs for ``cascade`` at rank ``extents`` (every rank, as from
+    :func:`resolve`): every tensor it stores (inputs too, unless ``inputs=False``) plus the
+    largest temporary of one Einsum (two arrays over its index space, a loop's own index
+    excluded; a sum of products, which runs as one ``np.einsum``, only over its result's
+    indices). Returns ``(bytes, the largest tensor as 'T[R1, R2]')``.
+    """
+    info = cascade.info
+    item = _itemsize(dtype)
+    roles = {t.name: t for t in cascade.tensors}
+    in_loop = {k: var for step in info.order if step[0] == "loop" for var in [step[1]]
+               for k in step[2]}
+    total, largest, largest_name = 0, 0, ""
+    for t, ranks in info.tensor_ranks.items():
+        decl = roles.get(t)
+        if decl is not None and decl.role == "input" and not inputs:
+            continue
+        sh = info.shifted.get(t)
+        n = 1
+        for r in ranks:
+            n *= int(extents.get(r, 1)) + (sh[1] if sh is not None and r.lower() == sh[0] else 0)
+        size = n * (1 if decl is not None and decl.dtype == "bool" else item)
+        total += size
+        if size > largest:
+            largest, largest_name = size, f"{t}[{', '.join(ranks)}]"
+    temp = 0
+    for i, e in enumerate(cascade.einsums):
+        space = [v for v in e.index_space() if v != in_loop.get(i)]
+        red = e.reduction
+        if red is not None and red.op == "sum" and len(_product_factors(e.expr)) > 1:
+            # a sum of products runs as one np.einsum: no array over the reduced indices
+            space = [v for v in space if v not in red.vars]
+        n = 1
+        for v in space:
+            n *= int(extents.get(info.var_rank.get(v, ""), 1))
+        temp = max(temp, 2 * n * item)
+    return total + temp, largest_name
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may still use: the kernel's MemAvailable, capped by a
+    cgroup limit; None where neither can be read."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = None
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                raw = f.read().strip()
+            if raw.isdigit():
+                lim = int(raw)
+                try:
+                    with open(path.replace("max", "current").replace("limit_in_bytes",
+                                                                     "usage_in_bytes")) as f:
+                        lim -= int(f.read().strip())
+                except (OSError, ValueError):
+                    pass
+                if lim < (1 << 60):
+                    avail = lim if avail is None else min(avail, lim)
+            break
+        except (OSError, ValueError):
+            continue
+    return avail
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, k in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20),
+                    ("KiB", 2**10)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def check_memory(cascade: Cascade, extents: dict[str, int], dtype="float64", *,
+                 inputs: bool = True, extra_bytes: int = 0, limit: int | None = None,
+                 hint: str = "use smaller extents") -> int:
+    """Refuse, with one line, a run whose arrays would not fit in memory.
+
+    ``limit`` defaults to :func:`available_memory`; returns the estimate in bytes.
+    """
+    need, largest = memory_estimate(cascade, extents, dtype, inputs=inputs)
+    need += int(extra_bytes)
+    if limit is None:
+        limit = available_memory()
+    if limit is not None and need > limit:
+        shape = ", ".join(f"{r}={extents[r]}" for r in cascade.info.ranks if r in extents)
+        raise ExecutionError(f"running cascade '{cascade.name}' at {shape} needs about "
+                             f"{_fmt_bytes(need)} of memory (largest array {largest}), but "
+                             f"{_fmt_bytes(limit)} is available: {hint}")
+    return need
 
 
 def resolve(cascade: Cascade, extents: dict[str, int], **params) -> tuple[dict, dict]:

@@ -140,16 +140,47 @@ Expr = Union[Num, Bool, Str, Name, Access, Unary, Binary, Call]
 
 
 def walk(expr: Expr) -> Iterator[Expr]:
-    """Every node of an expression, parents before children."""
-    yield expr
-    if isinstance(expr, Unary):
-        yield from walk(expr.operand)
-    elif isinstance(expr, Binary):
-        yield from walk(expr.left)
-        yield from walk(expr.right)
-    elif isinstance(expr, Call):
-        for a in expr.args:
-            yield from walk(a)
+    """Every node of an expression, parents before children (left to right).
+
+    Iterative, so it never meets Python's recursion limit whatever the depth.
+    """
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, Unary):
+            stack.append(node.operand)
+        elif isinstance(node, Binary):
+            stack.append(node.right)
+            stack.append(node.left)
+        elif isinstance(node, Call):
+            stack.extend(reversed(node.args))
+
+
+#: deepest expression a cascade may hold: levels of operators and calls inside each other (a
+#: chain ``a + b + c`` is a left-deep tree, one level per term). The parser and validation
+#: refuse deeper ones, so every walker of the IR that recurses per level (executor, passes,
+#: FLOP counting, printing, code generation, dataclass equality) stays far from Python's
+#: recursion limit.
+MAX_DEPTH = 100
+
+
+def depth(expr: Expr) -> int:
+    """Levels of an expression tree (a leaf is 1), computed without recursion."""
+    best = 0
+    stack = [(expr, 1)]
+    while stack:
+        node, d = stack.pop()
+        if d > best:
+            best = d
+        if isinstance(node, Unary):
+            stack.append((node.operand, d + 1))
+        elif isinstance(node, Binary):
+            stack.append((node.left, d + 1))
+            stack.append((node.right, d + 1))
+        elif isinstance(node, Call):
+            stack.extend((a, d + 1) for a in node.args)
+    return best
 
 
 def accesses(expr: Expr) -> list[Access]:
@@ -337,6 +368,18 @@ def validate(c: Cascade) -> CascadeInfo:
     """Check a cascade and derive its :class:`CascadeInfo`; raise on the first problem."""
     if not c.outputs:
         raise _fail(f"cascade '{c.name}' declares no output tensor")
+    # ---- expression depth first: every walker below (and after) recurses per level
+    deep = [(p.default, f"the default of parameter '{p.name}'", p.line, None) for p in c.params]
+    deep += [(p.block, f"the block size of partition '{p.rank}'", p.line, None)
+             for p in c.partitions]
+    deep += [(it.stop, f"the stopping condition of rank '{it.rank}'", it.line, None)
+             for it in c.iterations]
+    deep += [(e.expr, "its expression", None, e) for e in c.einsums]
+    for expr, where, line, einsum in deep:
+        n = depth(expr)
+        if n > MAX_DEPTH:
+            raise _fail(f"{where} is nested {n} levels deep; at most {MAX_DEPTH}: split it "
+                        f"into several Einsums", einsum, line)
     # ---- ranks and variables
     ranks: list[str] = []
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from cascades.errors import CascadeError, CascadeSyntaxError
-from cascades.ir import (Access, Binary, Bool, Call, Cascade, Einsum, Expr, IConst, IFixed, IInit,
-                         Index, Iteration, IShift, ISplit, IVar, Name, Num, Param, Partition,
-                         Reduction, Str, TensorDecl, Unary)
+from cascades.ir import (MAX_DEPTH, Access, Binary, Bool, Call, Cascade, Einsum, Expr, IConst,
+                         IFixed, IInit, Index, Iteration, IShift, ISplit, IVar, Name, Num, Param,
+                         Partition, Reduction, Str, TensorDecl, Unary)
 
 GRAMMAR = r"""
 start: _NL* (statement _NL+)* statement?
@@ -106,135 +106,159 @@ def _describe_expected(expected) -> str:
     return ", ".join(words)
 
 
-class _Build(Transformer):
-    """Parse tree -> IR objects (statements as tagged tuples)."""
+def _leaf(value):
+    return value, 1
 
-    # ---------------------------------------------------------------- statements
-    def start(self, items):
-        return [i for i in items if not isinstance(i, Token)]
 
-    @v_args(meta=True)
-    def header(self, meta, items):
-        desc = items[1][1:-1] if len(items) > 1 else ""
-        return ("header", str(items[0]), desc, meta.line)
+def _chain(op_of, items, depths):
+    """Left-deep chain: ``items`` are operands (and, with ``op_of`` None, operators)."""
+    out, d = items[0], depths[0]
+    if op_of is None:   # operands and operator tokens alternate
+        for op, rhs, drhs in zip(items[1::2], items[2::2], depths[2::2]):
+            out, d = Binary(str(op), out, rhs), max(d, drhs) + 1
+    else:
+        for rhs, drhs in zip(items[1:], depths[1:]):
+            out, d = Binary(op_of, out, rhs), max(d, drhs) + 1
+    return out, d
 
-    @v_args(meta=True)
-    def param(self, meta, items):
-        return ("param", Param(str(items[0]), items[1], line=meta.line))
 
-    @v_args(meta=True)
-    def decl(self, meta, items):
-        role, name = str(items[0]), str(items[1])
-        ranks: tuple = ()
-        dtype = None
-        for it in items[2:]:
-            if isinstance(it, tuple):
-                ranks = it
-            else:
-                dtype = str(it)
-        return ("decl", TensorDecl(name, ranks, role, dtype, line=meta.line))
+def _b_header(meta, items, depths):
+    desc = items[1][1:-1] if len(items) > 1 else ""
+    return ("header", str(items[0]), desc, meta.line), 0
 
-    def rank_list(self, items):
-        return tuple(str(i) for i in items)
 
-    @v_args(meta=True)
-    def partition(self, meta, items):
-        return ("partition", Partition(str(items[0]), str(items[1]), str(items[2]), items[3],
-                                       line=meta.line))
+def _b_decl(meta, items, depths):
+    role, name = str(items[0]), str(items[1])
+    ranks: tuple = ()
+    dtype = None
+    for it in items[2:]:
+        if isinstance(it, tuple):
+            ranks = it
+        else:
+            dtype = str(it)
+    return ("decl", TensorDecl(name, ranks, role, dtype, line=meta.line)), 0
 
-    @v_args(meta=True)
-    def iterate(self, meta, items):
-        rank, var, stop = str(items[0]), str(items[1]), items[2]
-        if var != rank.lower():
-            raise CascadeSyntaxError(f"'iterate {rank} until {var} >= ...': the stopping "
-                                     f"condition must test the rank's index '{rank.lower()}'",
-                                     line=meta.line, column=meta.column)
-        return ("iterate", Iteration(rank, stop, line=meta.line))
 
-    @v_args(meta=True)
-    def einsum(self, meta, items):
-        lhs = items[0]
-        red = items[1] if len(items) == 3 else None
-        expr = items[-1]
-        return ("einsum", Einsum(lhs, expr, red, line=meta.line))
+def _b_iterate(meta, items, depths):
+    rank, var, stop = str(items[0]), str(items[1]), items[2]
+    if var != rank.lower():
+        raise CascadeSyntaxError(f"'iterate {rank} until {var} >= ...': the stopping "
+                                 f"condition must test the rank's index '{rank.lower()}'",
+                                 line=meta.line, column=meta.column)
+    return ("iterate", Iteration(rank, stop, line=meta.line)), 0
 
-    def reduction(self, items):
-        return Reduction(str(items[0]), tuple(str(i) for i in items[1:]))
 
-    # ------------------------------------------------------------------ indices
-    def access(self, items):
-        return Access(str(items[0]), tuple(i for i in items[1:] if i is not None))
+def _b_einsum(meta, items, depths):
+    red = items[1] if len(items) == 3 else None
+    return ("einsum", Einsum(items[0], items[-1], red, line=meta.line)), 0
 
-    def ix_name(self, items):
-        n = str(items[0])
-        return IFixed(n) if n[:1].isupper() else IVar(n)
 
-    def ix_shift(self, items):
-        return IShift(str(items[0]), int(items[1]))
+def _b_number(meta, items, depths):
+    v = float(items[0])
+    if math.isinf(v):
+        raise CascadeSyntaxError(f"number {items[0]} is too large for a float (write inf "
+                                 f"for infinity)", line=meta.line, column=meta.column)
+    return Num(v), 1
 
-    def ix_init(self, items):
-        return IInit(str(items[0]), int(items[1]))
 
-    def ix_split(self, items):
-        return ISplit(str(items[0]), str(items[1]), str(items[2]))
+def _b_neg(meta, items, depths):
+    x = items[0]
+    if isinstance(x, Num):
+        return Num(-x.value), 1
+    return Unary("-", x), depths[0] + 1
 
-    def ix_const(self, items):
-        return IConst(int(items[0]))
 
-    # -------------------------------------------------------------- expressions
-    def number(self, items):
-        return Num(float(items[0]))
+def _b_binary_opt(meta, items, depths):
+    """``a ** b`` / ``a < b``, or the single operand passed through."""
+    if len(items) == 1:
+        return items[0], depths[0]
+    op = "**" if len(items) == 2 else str(items[1])
+    left, right = items[0], items[-1]
+    return Binary(op, left, right), max(depths[0], depths[-1]) + 1
 
-    def inf(self, _):
-        return Num(math.inf)
 
-    def true(self, _):
-        return Bool(True)
+def _b_call(meta, items, depths):
+    args = tuple(i for i in items[1:] if i is not None)
+    return Call(str(items[0]), args), max(depths[1:], default=0) + 1
 
-    def false(self, _):
-        return Bool(False)
 
-    def string(self, items):
-        return Str(str(items[0])[1:-1])
+_HANDLERS = {
+    "start": lambda m, items, ds: ([i for i in items if not isinstance(i, Token)], 0),
+    "header": _b_header,
+    "param": lambda m, items, ds: (("param", Param(str(items[0]), items[1], line=m.line)), 0),
+    "decl": _b_decl,
+    "rank_list": lambda m, items, ds: (tuple(str(i) for i in items), 0),
+    "partition": lambda m, items, ds: (("partition", Partition(
+        str(items[0]), str(items[1]), str(items[2]), items[3], line=m.line)), 0),
+    "iterate": _b_iterate,
+    "einsum": _b_einsum,
+    "reduction": lambda m, items, ds: (Reduction(str(items[0]),
+                                                 tuple(str(i) for i in items[1:])), 0),
+    "access": lambda m, items, ds: (Access(str(items[0]), tuple(i for i in items[1:]
+                                                                if i is not None)), 1),
+    "ix_name": lambda m, items, ds: ((IFixed(str(items[0])) if str(items[0])[:1].isupper()
+                                      else IVar(str(items[0]))), 0),
+    "ix_shift": lambda m, items, ds: (IShift(str(items[0]), int(items[1])), 0),
+    "ix_init": lambda m, items, ds: (IInit(str(items[0]), int(items[1])), 0),
+    "ix_split": lambda m, items, ds: (ISplit(str(items[0]), str(items[1]), str(items[2])), 0),
+    "ix_const": lambda m, items, ds: (IConst(int(items[0])), 0),
+    "number": _b_number,
+    "inf": lambda m, items, ds: _leaf(Num(math.inf)),
+    "true": lambda m, items, ds: _leaf(Bool(True)),
+    "false": lambda m, items, ds: _leaf(Bool(False)),
+    "string": lambda m, items, ds: _leaf(Str(str(items[0])[1:-1])),
+    "name": lambda m, items, ds: _leaf(Name(str(items[0]))),
+    "call": _b_call,
+    "neg": _b_neg,
+    "not_": lambda m, items, ds: (Unary("not", items[0]), ds[0] + 1),
+    "pow_": _b_binary_opt,
+    "compare": _b_binary_opt,
+    "arith": lambda m, items, ds: _chain(None, items, ds),
+    "or_chain": lambda m, items, ds: _chain("or", items, ds),
+    "and_chain": lambda m, items, ds: _chain("and", items, ds),
+}
 
-    def name(self, items):
-        return Name(str(items[0]))
+#: statements whose expression is checked against :data:`MAX_DEPTH`
+_EXPR_STATEMENTS = {"param": "parameter default", "partition": "block size",
+                    "iterate": "stopping condition", "einsum": "expression"}
 
-    def call(self, items):
-        return Call(str(items[0]), tuple(i for i in items[1:] if i is not None))
 
-    def neg(self, items):
-        x = items[0]
-        if isinstance(x, Num):
-            return Num(-x.value)
-        return Unary("-", x)
+def _build(tree: Tree) -> list:
+    """Parse tree -> statements (tagged tuples of IR objects), without recursion.
 
-    def not_(self, items):
-        return Unary("not", items[0])
-
-    def pow_(self, items):
-        return items[0] if len(items) == 1 else Binary("**", items[0], items[1])
-
-    def arith(self, items):
-        out = items[0]
-        for op, rhs in zip(items[1::2], items[2::2]):
-            out = Binary(str(op), out, rhs)
-        return out
-
-    def compare(self, items):
-        return items[0] if len(items) == 1 else Binary(str(items[1]), items[0], items[2])
-
-    def or_chain(self, items):
-        out = items[0]
-        for rhs in items[1:]:
-            out = Binary("or", out, rhs)
-        return out
-
-    def and_chain(self, items):
-        out = items[0]
-        for rhs in items[1:]:
-            out = Binary("and", out, rhs)
-        return out
+    Lark's own transformers recurse once per tree level (several levels per parenthesis), so
+    deep input would overflow Python's stack; this walks the tree with an explicit stack and
+    tracks every expression's depth, refusing one deeper than :data:`MAX_DEPTH`.
+    """
+    values: list = []   # (value, depth) of finished nodes, in order
+    stack: list = [(tree, False)]
+    while stack:
+        node, ready = stack.pop()
+        if not isinstance(node, Tree):
+            values.append((node, 0))
+            continue
+        if not ready:
+            stack.append((node, True))
+            stack.extend((ch, False) for ch in reversed(node.children))
+            continue
+        n = len(node.children)
+        done = values[len(values) - n:] if n else []
+        if n:
+            del values[len(values) - n:]
+        items = [v for v, _ in done]
+        depths = [d for _, d in done]
+        rule = str(node.data)
+        value, depth = _HANDLERS[rule](node.meta, items, depths)
+        if rule in _EXPR_STATEMENTS:
+            deepest = max(depths, default=0)
+            if deepest > MAX_DEPTH:
+                raise CascadeSyntaxError(
+                    f"{_EXPR_STATEMENTS[rule]} nested {deepest} levels deep; at most "
+                    f"{MAX_DEPTH} (operators and calls inside each other; a chain a + b + ... "
+                    f"counts one level per term): split it into several Einsums",
+                    line=node.meta.line, column=node.meta.column)
+        values.append((value, depth))
+    return values[0][0]
 
 
 def parse(text: str, source: str | None = None) -> Cascade:
@@ -243,17 +267,23 @@ def parse(text: str, source: str | None = None) -> Cascade:
     Raises :class:`CascadeSyntaxError` (with line and column) for text that is not in the
     notation and :class:`CascadeValidationError` for a cascade that is not valid.
     """
+    if not isinstance(text, str):
+        raise CascadeSyntaxError(f"expected cascade text, got {type(text).__name__}",
+                                 source=source)
+    if text.startswith("\ufeff"):  # a UTF-8 byte-order mark some editors write
+        text = text[1:]
     try:
         tree = _PARSER.parse(text if text.endswith("\n") else text + "\n")
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, source) from None
     try:
-        stmts = _Build().transform(tree)
-    except VisitError as exc:
-        inner = exc.orig_exc
-        if isinstance(inner, CascadeError):
-            raise (inner.with_source(source) if source else inner) from None
-        raise
+        stmts = _build(tree)
+    except CascadeError as exc:
+        raise (exc.with_source(source) if source else exc) from None
+    if not stmts:
+        raise CascadeSyntaxError("no statements (the text is empty or only comments); a "
+                                 "cascade declares its tensors and computes an output",
+                                 source=source)
     name, desc = "cascade", ""
     params, decls, parts, iters, einsums = [], [], [], [], []
     for st in stmts:
@@ -290,14 +320,18 @@ def _syntax_error(exc: UnexpectedInput, text: str, source: str | None) -> Cascad
             got = repr(str(tok))
         if tok.type == "_NL" or tok.type == "$END":
             # report the end of the offending line, not the start of the next one
-            lines = text.splitlines()
+            lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
             if tok.type == "_NL" and 0 < tok.line <= len(lines):
                 line, col = tok.line, len(lines[tok.line - 1]) + 1
         msg = f"unexpected {got}; expected {_describe_expected(exc.expected)}"
         if str(tok) in _KEYWORDS and "NAME" in exc.expected:
             msg += f" ('{tok}' is a reserved word)"
     elif isinstance(exc, UnexpectedCharacters):
-        ch = text.splitlines()[exc.line - 1][exc.column - 1:exc.column] if exc.line else "?"
+        ch = getattr(exc, "char", None)
+        if not ch:  # pragma: no cover - lark always sets it
+            lines = text.split("\n")
+            ok = 0 < (exc.line or 0) <= len(lines)
+            ch = lines[exc.line - 1][exc.column - 1:exc.column] if ok else "?"
         allowed = _describe_expected(exc.allowed) if exc.allowed else "a statement"
         msg = f"unexpected character {ch!r}; expected {allowed}"
     elif isinstance(exc, UnexpectedEOF):

@@ -171,6 +171,16 @@ def _positive(value: Decimal, text: str, what: str, *, allow_zero: bool = False)
         raise IosimError(f"{what} '{text}' must be {bound}")
 
 
+def _float(value: Decimal, text: str, what: str) -> float:
+    """``float(value)``, refusing what a float cannot hold (``1e400`` -> inf, ``1e-400`` -> 0)."""
+    x = float(value)
+    if not math.isfinite(x):
+        raise IosimError(f"{what} '{text}' is too large (not a finite number)")
+    if x == 0 and value != 0:
+        raise IosimError(f"{what} '{text}' is too small (it rounds to zero)")
+    return x
+
+
 def _unknown_unit(text: str, unit: str, what: str, known) -> IosimError:
     known = list(known)
     return IosimError(
@@ -192,7 +202,7 @@ def parse_size(text: str, *, allow_inf: bool = False) -> float:
     if unit not in SIZE_UNITS:
         raise _unknown_unit(text, unit, "size", SIZE_UNITS)
     _positive(value, text, "size")
-    return float(value * SIZE_UNITS[unit])
+    return _float(value * SIZE_UNITS[unit], text, "size")
 
 
 def parse_bandwidth(text: str) -> float:
@@ -202,7 +212,7 @@ def parse_bandwidth(text: str) -> float:
     if not unit.endswith("/s") or unit[:-2] not in SIZE_UNITS:
         raise _unknown_unit(text, unit, "bandwidth", known)
     _positive(value, text, "bandwidth")
-    return float(value * SIZE_UNITS[unit[:-2]])
+    return _float(value * SIZE_UNITS[unit[:-2]], text, "bandwidth")
 
 
 _RATE_UNIT = re.compile(r"^([kKMGTP]?)(FLOP|OP|flop|op|Op|Flop)(?:/s|S|s)$")
@@ -220,7 +230,7 @@ def parse_rate(text: str) -> float:
         known = [f"{p}FLOP/s" for p in ("", "k", "M", "G", "T", "P")] + ["TOP/s (any prefix)"]
         raise _unknown_unit(text, unit, "rate", known)
     _positive(value, text, "rate")
-    return float(value * _RATE_PREFIX[m.group(1)])
+    return _float(value * _RATE_PREFIX[m.group(1)], text, "rate")
 
 
 def parse_frequency(text: str) -> float:
@@ -229,7 +239,7 @@ def parse_frequency(text: str) -> float:
     if unit not in _FREQ_UNITS:
         raise _unknown_unit(text, unit, "frequency", _FREQ_UNITS)
     _positive(value, text, "frequency")
-    return float(value * _FREQ_UNITS[unit])
+    return _float(value * _FREQ_UNITS[unit], text, "frequency")
 
 
 def parse_energy(text: str) -> float:
@@ -238,7 +248,7 @@ def parse_energy(text: str) -> float:
     if unit not in _ENERGY_UNITS:
         raise _unknown_unit(text, unit, "energy", _ENERGY_UNITS)
     _positive(value, text, "energy", allow_zero=True)
-    return float(value * _ENERGY_UNITS[unit])
+    return _float(value * _ENERGY_UNITS[unit], text, "energy")
 
 
 _ELEMENT_UNITS = ("el", "els", "elem", "elems", "element", "elements")
@@ -272,7 +282,10 @@ def parse_sram(text: str, dtype: str) -> float:
         value = Decimal(number.replace("_", ""))
         if value <= 0:
             raise IosimError(f"{where} '{text_s}': must be positive")
-        return float(value * Decimal(str(size)))
+        try:
+            return _float(value * Decimal(str(size)), text_s, where)
+        except IosimError as e:
+            raise IosimError(str(e).replace(f"{where} '{text_s}'", f"{where} '{text_s}':", 1)) from None
     if unit not in SIZE_UNITS:
         raise IosimError(
             f"{where}: {_unknown_unit(text_s, unit, 'size', SIZE_UNITS)}, or el for elements"
@@ -460,10 +473,15 @@ class Hardware:
             if total:
                 return float(total)
         have = sorted({d for u in units for d in u.rates})
-        raise IosimError(
-            f"hardware '{self.name}': no {kind} unit rate for dtype '{dt}'"
-            + (f"; {kind} rates exist for: {', '.join(have)}" if have else f"; it has no {kind} unit")
-        )
+        where = f"hardware '{self.name}'"
+        if self.source and not self.source.startswith("iosim/presets/"):
+            where += f" ({self.source})"
+        if have:
+            hint = (f"; its {kind} rates are for {', '.join(have)}: use one of those dtypes or "
+                    f"add a rate for {dt} to the {kind} unit's [compute.rates]")
+        else:
+            hint = f"; it has no {kind} unit (add a [[compute]] table of kind \"{kind}\")"
+        raise IosimError(f"{where}: no {kind} unit rate for dtype '{dt}'{hint}")
 
     def matrix_rate(self, dtype: str) -> float:
         """Peak matrix-unit (tensor core) rate in FLOP/s for ``dtype``."""

@@ -36,13 +36,22 @@ def load(name_or_path: str | Path):
     """Load a library cascade by name, or a user's cascade file by path."""
     s = str(name_or_path)
     p = Path(s)
-    if s.endswith(SUFFIX) or p.suffix or "/" in s or p.is_file():
+    if s.endswith(SUFFIX) or p.suffix or "/" in s or p.is_file() or (p.is_dir() and s not in names()):
+        if p.is_dir():
+            raise CascadeError(f"cascade file '{s}' is a directory; give a .casc file or a "
+                               f"library name (see 'iosim cascades list')")
         if not p.is_file():
-            raise CascadeError(f"cascade file '{s}' does not exist")
+            if not p.exists():
+                raise CascadeError(f"cascade file '{s}' does not exist")
+            raise CascadeError(f"cascade file '{s}' is not a regular file")
         from cascades.notation import parse
         try:
-            content = p.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CascadeError(f"cannot read cascade file '{s}': {exc}") from None
+            content = p.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise CascadeError(f"cannot read cascade file '{s}': not UTF-8 text (byte "
+                               f"{exc.start}: {exc.object[exc.start:exc.start + 1]!r})") from None
+        except OSError as exc:
+            raise CascadeError(f"cannot read cascade file '{s}': "
+                               f"{exc.strerror or type(exc).__name__}") from None
         return parse(content, source=s)
     return _load_library(s)

@@ -6,10 +6,10 @@ import time
 
 import click
 
-from iosim.cli.common import echo_json
+from iosim.cli.common import OneLineGroup, echo_json
 
 
-@click.group("bounds")
+@click.group("bounds", cls=OneLineGroup)
 def command():
     """IO lower/upper bounds of attention as formulas, and numeric checks of the theory.
 

@@ -1,6 +1,7 @@
 """``iosim cascades``: list, show, check, analyse passes of and run Einsum cascades."""
 from __future__ import annotations
 
+import math
 import time
 
 import click
@@ -8,10 +9,10 @@ import numpy as np
 
 import cascades
 from cascades.errors import CascadeError
-from iosim.cli.common import atomic_write, echo_json
+from iosim.cli.common import FiniteFloat, OneLineGroup, atomic_write, echo_json
 
 
-@click.group("cascades")
+@click.group("cascades", cls=OneLineGroup)
 def command():
     """The Einsum-cascade library: list, show, passes, check, run.
 
@@ -160,9 +161,13 @@ def _parse_params(items) -> dict:
             out[k.strip()] = low == "true"
         else:
             try:
-                out[k.strip()] = int(v) if v.strip().lstrip("-").isdigit() else float(v)
+                x = int(v) if v.strip().lstrip("-").isdigit() else float(v)
             except ValueError:
                 out[k.strip()] = v.strip()
+                continue
+            if isinstance(x, float) and not math.isfinite(x):
+                raise CascadeError(f"--param '{it}': {v.strip()} is not a finite number")
+            out[k.strip()] = x
     return out
 
 
@@ -179,7 +184,7 @@ def _parse_params(items) -> dict:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",
               show_default=True)
-@click.option("--logit-scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
+@click.option("--logit-scale", type=FiniteFloat(min=0, min_open=True), default=1.0,
               show_default=True, help="Multiply Q by this (1e3 stresses the softmax).")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Override a cascade parameter, e.g. block_kv=32 (repeatable).")
@@ -202,6 +207,9 @@ def run_cmd(name, seq_len, kv_len, head_dim, groups, causal, seed, dtype, logit_
     base = {"P": seq_len, "M": kv_len, "E": head_dim, "F": head_dim, "G": groups}
     from cascades.executor import resolve
     ext, resolved = resolve(c, {r: n for r, n in base.items() if r in c.info.ranks}, **p)
+    from cascades.executor import check_memory
+    # refuse up front what would not fit in memory (rather than fail half-way)
+    check_memory(c, ext, dtype, hint="lower --seq-len, --kv-len, --head-dim or --groups")
     inputs = {}
     for t in c.inputs:
         shape = []

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
-from iosim.cli.common import atomic_write, echo_json
+from iosim.cli.common import OneLineErrors, atomic_write, echo_json
 
 
-@click.command("codegen")
+@click.command("codegen", cls=OneLineErrors)
 @click.argument("name")
 @click.option("--block-m", type=int, default=128, show_default=True,
               help="query tile (Triton BLOCK_M, the Mapping's block_q)")

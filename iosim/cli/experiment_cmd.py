@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from iosim.cli.common import OneLineErrors, ensure_dir
 from iosim.errors import IosimError
 
 
@@ -64,7 +65,18 @@ def load(name: str):
     return mod
 
 
-@click.command("experiment", context_settings={"ignore_unknown_options": True,
+def _run(name: str, main, *args, **kwargs):
+    """Call an experiment's ``main``; a file it cannot write (or read) is a one-line error."""
+    try:
+        return main(*args, **kwargs)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        raise IosimError(f"experiment '{name}': {exc.filename}: "
+                         f"{exc.strerror or type(exc).__name__}") from None
+
+
+@click.command("experiment", cls=OneLineErrors, context_settings={"ignore_unknown_options": True,
                                                "allow_extra_args": True})
 @click.argument("name", required=False)
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
@@ -102,6 +114,8 @@ def command(name, extra, out_dir, quick, list_only, as_json):
             click.echo(f"{k.ljust(w)}  {doc}")
         return
     mod = load(name)
+    if out_dir:  # an unwritable --out fails now, in one line, not after the experiment ran
+        ensure_dir(out_dir)
     import inspect
 
     params = inspect.signature(mod.main).parameters
@@ -111,7 +125,7 @@ def command(name, extra, out_dir, quick, list_only, as_json):
             raise IosimError(f"experiment '{name}' takes its own options, not --quick/--json; "
                              f"see: python experiments/{name}.py --help")
         argv = (["--out", str(out_dir)] if out_dir else []) + list(extra)
-        rc = mod.main(argv)
+        rc = _run(name, mod.main, argv)
         raise SystemExit(int(rc or 0))
     if extra:
         raise IosimError(f"experiment '{name}' takes no argument '{extra[0]}'")
@@ -119,7 +133,7 @@ def command(name, extra, out_dir, quick, list_only, as_json):
     kwargs = {"quick": quick}
     if out_dir:
         kwargs["out_dir"] = Path(out_dir)
-    summary = mod.main(**kwargs) or {}
+    summary = _run(name, mod.main, **kwargs) or {}
     elapsed = time.perf_counter() - t0
     if as_json:
         echo_json({"experiment": name, "seconds": round(elapsed, 3), **summary})

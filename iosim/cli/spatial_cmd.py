@@ -14,26 +14,12 @@ from __future__ import annotations
 
 import click
 
-from iosim.cli.common import echo_json
+from iosim.cli.common import OneLineErrors as _Cmd
+from iosim.cli.common import OneLineGroup, echo_json
 from iosim.errors import IosimError
 
 
-def _one_line(fn, ctx, args, name):
-    try:
-        return fn(ctx, args)
-    except click.exceptions.NoSuchOption as e:
-        raise IosimError(e.format_message()) from None
-    except click.UsageError as e:
-        msg = " ".join(e.format_message().split())
-        raise IosimError(f"{msg} (see 'iosim spatial {name} --help')") from None
-
-
-class _Cmd(click.Command):
-    def parse_args(self, ctx, args):
-        return _one_line(super().parse_args, ctx, args, self.name)
-
-
-class _Group(click.Group):
+class _Group(OneLineGroup):
     """``iosim spatial NAME ...`` runs a cascade; ``reproduce`` and ``list`` are subcommands."""
 
     def parse_args(self, ctx, args):
@@ -42,12 +28,6 @@ class _Group(click.Group):
         elif args and args[0].startswith("-") and args[0] not in ("-h", "--help"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
-
-    def resolve_command(self, ctx, args):
-        try:
-            return super().resolve_command(ctx, args)
-        except click.UsageError as e:
-            raise IosimError(" ".join(e.format_message().split())) from None
 
 
 @click.group("spatial", cls=_Group, invoke_without_command=False,

@@ -287,9 +287,9 @@ def _plt():
 
 def figures(df: pd.DataFrame, out: Path, paper: dict | None = None, par: pd.DataFrame | None = None,
             passes: pd.DataFrame | None = None) -> list[Path]:
+    from iosim.cli.common import ensure_dir
     plt = _plt()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out)
     written = []
     labels = {c: get_config(c).label for c in df.config.unique()}
     models = list(dict.fromkeys(df.model))
@@ -504,9 +504,25 @@ def figures(df: pd.DataFrame, out: Path, paper: dict | None = None, par: pd.Data
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
+    """Write ``fig`` as PNG atomically (a temporary file and a rename)."""
+    import io
+
     import matplotlib.pyplot as plt
-    plt.close(fig)
+
+    from iosim.cli.common import atomic_write
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> Path:
+    """Write ``df`` as CSV atomically (never a half-written file)."""
+    from iosim.cli.common import atomic_write
+    atomic_write(path, df.to_csv(index=False))
     return path
 
 
@@ -525,23 +541,26 @@ def _md(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
 
 
 def reproduce(out_dir="figures", data_dir=None, figures_: bool = True) -> dict:
-    """Run the whole reproduction; write CSVs (and figures) under ``out_dir``."""
+    """Run the whole reproduction; write CSVs (and figures) under ``out_dir``.
+
+    ``out_dir`` is checked (created, writable) before the work starts; every file is written
+    atomically after it, so an unwritable directory is a one-line
+    :class:`~iosim.errors.IosimError` and no file is ever half-written.
+    """
+    from iosim.cli.common import ensure_dir
     t0 = time.time()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out_dir)
     paper = load_paper(data_dir)
     df = sweep()
     par = pareto()
     passes = passes_study()
     head = headline_table(df, paper)
-    df.to_csv(out / "fusemax_results.csv", index=False)
-    par.to_csv(out / "fusemax_pareto.csv", index=False)
-    passes.to_csv(out / "fusemax_passes.csv", index=False)
-    head.to_csv(out / "fusemax_headline.csv", index=False)
+    csvs = {"fusemax_results.csv": df, "fusemax_passes.csv": passes,
+            "fusemax_headline.csv": head}
     res = {"headline": head, "results": df, "pareto": par, "passes": passes, "paper": paper}
     if paper is not None:
         cmp_ = compare(df, paper)
-        cmp_.to_csv(out / "fusemax_vs_paper.csv", index=False)
+        csvs["fusemax_vs_paper.csv"] = cmp_
         res["compare"] = cmp_
         sel = cmp_[cmp_.config.isin(["fusemax", "flat"])]
         res["util_max_err"] = {
@@ -556,9 +575,13 @@ def reproduce(out_dir="figures", data_dir=None, figures_: bool = True) -> dict:
                                       for m, d in zip(par.model, par.PE_dim)]
             par["paper_area_um2"] = [pp.loc[(m, d), "area_um2"] if (m, d) in pp.index else math.nan
                                      for m, d in zip(par.model, par.PE_dim)]
-            par.to_csv(out / "fusemax_pareto.csv", index=False)
             res["pareto"] = par
         del sel
+    csvs["fusemax_pareto.csv"] = par
+    for name in ("fusemax_results.csv", "fusemax_pareto.csv", "fusemax_passes.csv",
+                 "fusemax_headline.csv", "fusemax_vs_paper.csv"):
+        if name in csvs:
+            _write_csv(csvs[name], out / name)
     if figures_:
         res["figures"] = [str(p) for p in figures(df, out, paper, par, passes)]
     res["seconds"] = time.time() - t0
