@@ -81,19 +81,23 @@ def test_validate_cli_draws(tmp_path):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(sel)
-    res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--draws", "3", "--json"])
+    res = CliRunner().invoke(main, ["validate", "--l2", "simulate",
+                                        "--csv", str(path), "--draws", "3", "--json"])
     assert res.exit_code == 0, res.output
     got = json.loads(res.output)["rows"][0]["pred_dram_read_bytes"]
     wl = Workload(8, 16, 1024, 1024, 64, causal=True, grid_order="head-major")
     assert got == pytest.approx(predict_dram(wl, GpuL2(pace_draws=3))["dram_read_bytes"],
                                 rel=1e-12)
-    res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--json"])
+    res = CliRunner().invoke(main, ["validate", "--l2", "simulate",
+                                        "--csv", str(path), "--json"])
     assert json.loads(res.output)["rows"][0]["pred_dram_read_bytes"] == got
-    res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--draws", "1", "--json"])
+    res = CliRunner().invoke(main, ["validate", "--l2", "simulate",
+                                        "--csv", str(path), "--draws", "1", "--json"])
     assert json.loads(res.output)["rows"][0]["pred_dram_read_bytes"] == pytest.approx(
         _predict_dynamic(wl, GpuL2(), seed=0)["dram_read_bytes"], rel=1e-12)
     for bad in (["--draws", "0"], ["--draws", "2", "--model", "lockstep"]):
-        res = CliRunner().invoke(main, ["validate", "--csv", str(path), *bad])
+        res = CliRunner().invoke(main, ["validate", "--l2", "simulate",
+                                        "--csv", str(path), *bad])
         assert res.exit_code == 2 and "Traceback" not in res.output, bad
 
 

@@ -201,7 +201,8 @@ def test_validate_cli_kv_cost(tmp_path):
         w.writerows(sel)
     got = {}
     for kv in ("readers", "partitions"):
-        res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--kv-cost", kv,
+        res = CliRunner().invoke(main, ["validate", "--l2", "simulate",
+                                        "--csv", str(path), "--kv-cost", kv,
                                         "--l2-policy", "response", "--json"])
         assert res.exit_code == 0, res.output
         out = json.loads(res.output)
@@ -215,17 +216,20 @@ def test_validate_cli_kv_cost(tmp_path):
         predict_dram(wl, before)["dram_read_bytes"], rel=1e-12)
     assert got["partitions"]["head-major"] > 1.1 * got["readers"]["head-major"]
     # --kv-cost readers alone is the readers rule with the response
-    res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--kv-cost", "readers",
+    res = CliRunner().invoke(main, ["validate", "--l2", "simulate",
+                                        "--csv", str(path), "--kv-cost", "readers",
                                     "--json"])
     assert {r["grid_order"]: r["pred_dram_read_bytes"]
             for r in json.loads(res.output)["rows"]} == got["readers"]
-    res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--kv-cost", "readers",
+    res = CliRunner().invoke(main, ["validate", "--l2", "simulate",
+                                        "--csv", str(path), "--kv-cost", "readers",
                                     "--model", "lockstep"])
     assert res.exit_code != 0 and "needs the dynamic L2 model" in res.output
     # the default (and --l2-policy nru): the NRU cache state with hashed sets and fetches across
     # chunk ends, as GpuL2() predicts
     for extra in ([], ["--l2-policy", "nru"]):
-        res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--json", *extra])
+        res = CliRunner().invoke(main, ["validate", "--l2", "simulate",
+                                        "--csv", str(path), "--json", *extra])
         assert res.exit_code == 0, res.output
         nru = {r["grid_order"]: r["pred_dram_read_bytes"]
                for r in json.loads(res.output)["rows"]}
@@ -233,7 +237,8 @@ def test_validate_cli_kv_cost(tmp_path):
                                                   rel=1e-12)
         assert nru["head-major"] != got["partitions"]["head-major"]
     for bad in (["--kv-cost", "readers"], ["--model", "lru"]):
-        res = CliRunner().invoke(main, ["validate", "--csv", str(path), "--l2-policy", "nru",
+        res = CliRunner().invoke(main, ["validate", "--l2", "simulate",
+                                        "--csv", str(path), "--l2-policy", "nru",
                                         *bad])
         assert res.exit_code != 0 and "--l2-policy nru needs" in res.output
         assert "Traceback" not in res.output

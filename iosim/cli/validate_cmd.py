@@ -180,7 +180,8 @@ def _simulate(rows, out, model, kv_cost, l2_policy, draws, as_json):
     if draws is None:
         draws = older.get("pace_draws", GpuL2.pace_draws)
     older = {**older, "pace_draws": draws}
-    click.echo("running the dynamic L2 simulation on every launch (minutes)...", err=True)
+    if not as_json:
+        click.echo("running the dynamic L2 simulation on every launch (minutes)...", err=True)
     rows = compare(rows, GpuL2(kv_weight=kv_cost, l2_policy=l2_policy,
                                prefetch_across_chunks=l2_policy == "nru", **older),
                    model=model, baseline=model != "lockstep", workers=os.cpu_count() or 1)
