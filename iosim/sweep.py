@@ -275,25 +275,106 @@ class SweepSpec:
         return len(self.algorithms) * len(self.srams) * len(self.seq_lens) * len(self.head_dims)
 
 
+#: the CSV column holding :func:`_config_hash` of the row's configuration
+HASH_COLUMN = "config_hash"
+
+
+def _config_hash(alg: Algorithm, hw, spec: SweepSpec) -> str:
+    """A hash of what a row's numbers depend on besides its grid point (SRAM size, N, d): the
+    resolved hardware (every level and rate, not its name or file), the cascade's text, the
+    mapping's settings (``best``: the search) and the sweep's scalar settings (dtype, batch,
+    heads, causal, ...). Resuming reuses a row only when this is unchanged."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from iosim.traffic import _load_cascade
+
+    c = _load_cascade(alg.cascade)
+    mapping: object = "best"
+    if not alg.searched:
+        from iosim import mapping as mp
+        fn = getattr(mp, "mapping_for", None)
+        m = fn(c, alg.mapping) if fn is not None else mp.get_mapping(alg.mapping, cascade=c)
+        mapping = m.to_dict()
+    hard = hw.to_dict()
+    hard.pop("source", None)
+    hard.pop("name", None)
+    grid = {"algorithms", "hardware", "srams", "seq_lens", "head_dims"}
+    scalars = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)
+               if f.name not in grid}
+    blob = json.dumps({"hardware": hard, "cascade": c.to_text(), "mapping": mapping,
+                       "settings": scalars}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def _key(row) -> tuple:
-    return (str(row["algorithm"]), str(row["hardware"]), str(row["dtype"]), int(row["batch"]),
-            int(row["heads"]), bool(row["causal"]), round(float(row["sram_bytes"]), 3),
+    """The identity of a row: algorithm, hardware name, configuration hash and grid point."""
+    h = row.get(HASH_COLUMN) if hasattr(row, "get") else row[HASH_COLUMN]
+    h = h if isinstance(h, str) else ""
+    return (str(row["algorithm"]), str(row["hardware"]), h, round(float(row["sram_bytes"]), 3),
             int(row["n"]), int(row["d"]))
 
 
+def _note(msg: str) -> None:
+    import sys
+    sys.stderr.write(f"note: {msg}\n")
+
+
 def _read_existing(path: Path):
+    """The rows of an earlier run's ``sweep.csv`` (None if there is none).
+
+    A last row cut short (the file does not end with a newline) is dropped, with a note; a
+    row with the wrong number of fields or a key value that is not a number, and a file that
+    is not a sweep CSV, are one-line errors naming the file and the line.
+    """
+    import csv
+
     import pandas as pd
 
     if not path.exists():
         return None
+    if not path.is_file():
+        raise IosimError(f"{path} is not a file; choose another --out directory")
     try:
-        df = pd.read_csv(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        raise IosimError(f"cannot read the existing results {path}: {exc}".splitlines()[0]) from None
-    missing = [c for c in KEY_COLUMNS if c not in df.columns]
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IosimError(f"{path} is not a sweep CSV (not UTF-8 text at byte {exc.start}); "
+                         f"choose another --out directory") from None
+    except OSError as exc:
+        raise IosimError(f"cannot read the existing results {path}: "
+                         f"{exc.strerror or type(exc).__name__}") from None
+    if not text.strip():
+        return None
+    lines = text.split("\n")
+    if not text.endswith("\n") and len(lines) > 1:
+        _note(f"{path}: dropped its last row (line {len(lines)}), which was cut short; "
+              f"its point is evaluated again")
+        text = "\n".join(lines[:-1]) + "\n"
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise IosimError(f"{path} is not a valid CSV: {exc}") from None
+    header = rows[0] if rows else []
+    missing = [c for c in KEY_COLUMNS if c not in header]
     if missing:
         raise IosimError(f"{path} is not a sweep CSV (no column {missing[0]}); "
                          f"choose another --out directory")
+    for i, r in enumerate(rows[1:], start=2):
+        if r and len(r) != len(header):
+            raise IosimError(f"{path}, line {i}: {len(r)} fields where the header has "
+                             f"{len(header)}; the file is damaged (delete it, or that line, "
+                             f"to resume)")
+    try:
+        df = pd.read_csv(io.StringIO(text))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+        raise IosimError(f"cannot read the existing results {path}: {exc}".splitlines()[0]) from None
+    for col in ("sram_bytes", "n", "d"):
+        bad = pd.to_numeric(df[col], errors="coerce").isna()
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise IosimError(f"{path}, line {i + 2}: column {col} is {df[col].iloc[i]!r}, not a "
+                             f"number; the file is damaged (delete it, or that line, to resume)")
     return df
 
 
@@ -382,8 +463,10 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, chunk_point
               on_chunk: Callable | None = None):
     """Evaluate the grid; return the DataFrame of all rows (old and new).
 
-    With ``out_dir``: rows already in ``out_dir/sweep.csv`` (same algorithm, hardware, dtype,
-    batch, heads, causal, SRAM size, N, d) are skipped; new rows are merged into the CSV
+    With ``out_dir``: rows already in ``out_dir/sweep.csv`` for the same algorithm, hardware,
+    SRAM size, N and d, computed from the same configuration (the ``config_hash`` column: the
+    hardware's numbers, the cascade, the mapping and the scalar settings) are skipped; rows
+    of a requested point computed from another configuration are replaced; new rows are merged into the CSV
     atomically after every chunk (at most every ``flush_seconds``) and at the end.
     ``on_chunk(done, total)`` is called after each chunk (tests use it to interrupt).
     """
@@ -392,11 +475,26 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, chunk_point
     from iosim.hardware import load_hardware
 
     hw = load_hardware(spec.hardware)
-    path = Path(out_dir) / "sweep.csv" if out_dir is not None else None
+    path = None
+    if out_dir is not None:
+        from iosim.cli.common import ensure_dir
+        path = ensure_dir(out_dir) / "sweep.csv"   # unwritable: one line, before any work
     existing = _read_existing(path) if path is not None else None
+    hashes = {alg.label: _config_hash(alg, hw, spec) for alg in spec.algorithms}
     done = set()
     if existing is not None and len(existing):
-        done = {_key(r) for _, r in existing.iterrows()}
+        keys = [_key(r) for _, r in existing.iterrows()]
+        done = set(keys)
+        # rows of a requested point whose configuration changed since (other hardware
+        # numbers under the same name, an edited cascade, other settings): evaluate again
+        wanted = {(alg.label, hw.name, round(float(s), 3), int(n), int(d))
+                  for alg in spec.algorithms for n in spec.seq_lens for d in spec.head_dims
+                  for s in spec.srams}
+        stale = [k[:2] + k[3:] in wanted and k[2] != hashes.get(k[0]) for k in keys]
+        if any(stale):
+            _note(f"{path}: {sum(stale)} rows were computed with other (or unrecorded) "
+                  f"hardware, cascade, mapping or settings than now; they are evaluated again")
+            existing = existing[~np.asarray(stale)].reset_index(drop=True)
     frames = [existing] if existing is not None and len(existing) else []
     # the work list, per algorithm
     todo = []
@@ -405,8 +503,8 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, chunk_point
         for n in spec.seq_lens:
             for d in spec.head_dims:
                 for s in spec.srams:
-                    key = (alg.label, hw.name, spec.dtype, spec.batch, spec.heads, spec.causal,
-                           round(float(s), 3), int(n), int(d))
+                    key = (alg.label, hw.name, hashes[alg.label], round(float(s), 3), int(n),
+                           int(d))
                     if key not in done:
                         pts.append((n, d, s))
         if pts:
@@ -449,6 +547,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, chunk_point
                        "sram": np.array([p[2] for p in chunk], dtype=float)}
                 df = (_best_frame if alg.searched else _fixed_frame)(alg, hw, arr, spec)
                 df = _normalise(df, alg, hw, spec)
+                df[HASH_COLUMN] = hashes[alg.label]
                 pending.append(df)
                 finished += len(chunk)
                 if bar is not None:

@@ -802,23 +802,22 @@ def _merge(mask: np.ndarray, a, b):
 
 
 def _rates(hw, dtype: str) -> dict:
-    out = {}
+    """Peak rate (op/s) of each op class for ``dtype``; a rate the hardware lacks is an error.
+
+    * ``matmul``: the matrix unit's rate for ``dtype`` (no fallback: a dtype the tensor cores
+      do not take, such as fp32 or int4 on an H100, is refused with the rates it does have);
+    * ``exp``: the special-function unit's rate for ``dtype``, else its fp32 rate (GPUs
+      evaluate the exp of low-precision inputs in fp32);
+    * ``other``: the vector unit's fp32 rate, else its rate for ``dtype``.
+
+    Every message names the dtype and the hardware; no class is left without a rate, so a
+    predicted time is never infinite.
+    """
+    out = {"matmul": hw.matrix_rate(dtype), "exp": hw.exp_rate(dtype)}
     try:
-        out["matmul"] = hw.matrix_rate(dtype)
+        out["other"] = hw.vector_rate("fp32")
     except IosimError:
-        out["matmul"] = None
-    try:
-        out["exp"] = hw.exp_rate(dtype)
-    except IosimError:
-        out["exp"] = None
-    rate = None
-    for dt in ("fp32", dtype):
-        try:
-            rate = hw.vector_rate(dt)
-            break
-        except IosimError:
-            continue
-    out["other"] = rate
+        out["other"] = hw.vector_rate(dtype)
     return out
 
 
