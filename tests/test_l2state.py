@@ -6,7 +6,12 @@ from reference import balanced_set
 from iosim.errors import IosimError
 from iosim.l2.simulate import (MIB, SCAN_SHARED, GpuL2, Workload, _UnitMap, predict_dram,
                            set_index)
+from iosim.l2 import state as _state
 from iosim.l2.state import NruSets, scan_ways
+
+#: the compiled reads need numba (the optional [sim] extra); numpy's rounds run without it
+needs_numba = pytest.mark.skipif(_state._access_loop is None,
+                                 reason="numba not installed (pip install -e '.[sim]')")
 
 
 def _brute_nru(stream, n_sets, ways):
@@ -66,7 +71,7 @@ def _brute_clock(stream, n_sets, ways):
     return out
 
 
-@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
 @pytest.mark.parametrize("unequal", [False, True])
 def test_clock_sets_match_brute_force(unequal, compiled):
     """victim="clock": exactly sequential CLOCK, one key per call and in batches (equal ways,
@@ -122,6 +127,7 @@ def test_nru_sets_with_unequal_ways_match_brute_force(compiled):
         assert got == _brute_nru(stream, n_sets, ways), trial
 
 
+@needs_numba
 @pytest.mark.parametrize("victim", ["clock", "first"])
 def test_compiled_reads_equal_numpy_rounds(victim):
     """The compiled one-unit-at-a-time loops (NruSets.access, the unit map's reads with their
