@@ -2,8 +2,8 @@
 python experiments/device/traced_rounds.py [--name NAME] gpu_unseen4.csv gpu_unseen5.csv): the traced kernel
 under ncu (``iosim.l2.microbench.traced``: per-block schedule and DRAM/L2->SM counters of the
 same launch) for the launches of the given out-of-sample rounds; writes
-$OUT/NAME.csv and $OUT/NAME.npz (default gpu_traced_rounds), for experiments/replay_traced.py
-and experiments/partition_replay.py."""
+$OUT/NAME.csv and $OUT/NAME.npz (default gpu_traced_rounds), for
+experiments/l2_research/replay_traced.py and experiments/l2_research/partition_replay.py."""
 import csv
 import os
 import sys
