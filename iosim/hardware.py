@@ -756,10 +756,12 @@ def load_hardware(name_or_path, sram=None) -> Hardware:
         path = Path(name_or_path)
         label = str(name_or_path)
         ctx = _Ctx(label)
+        if path.is_dir():
+            raise IosimError(f"{label}: is a directory, not a hardware file")
         if not path.is_file():
             raise IosimError(f"{label}: hardware file not found")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is accepted
         except (OSError, UnicodeDecodeError) as e:
             raise IosimError(f"{label}: cannot read hardware file ({e.__class__.__name__})") from None
         hw = _build(_read_toml(text, ctx), ctx, source=str(path))

@@ -342,6 +342,16 @@ def test_directory_given_as_a_cascade(tmp_path):
     one_line_error(run("evaluate", d), "algo.casc", "is a directory")
 
 
+def test_hardware_file_directory_and_bom(tmp_path):
+    from importlib import resources
+
+    from iosim.hardware import load_hardware
+    one_line_error(run("evaluate", "--hw", f"{tmp_path}/"), str(tmp_path), "is a directory")
+    text = (resources.files("iosim") / "presets" / "two-level.toml").read_text()
+    f = write(tmp_path, "bom.toml", b"\xef\xbb\xbf" + text.encode())
+    assert load_hardware(str(f)).levels == load_hardware("two-level").levels
+
+
 def test_binary_cascade_file(tmp_path):
     f = write(tmp_path, "bin.casc", b"cascade x\xff\n")
     one_line_error(run("cascades", "check", f), "bin.casc", "not UTF-8")
