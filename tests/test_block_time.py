@@ -124,7 +124,7 @@ def test_startup_model_table_recorded():
     of
     rounds 11-13 in gpu_nru_model.csv, its startup column is what that with the startup gives
     (NRU's first-clear victim; recomputed on the small launches), and the counts
-    docs/validation.md gives follow from the measured columns."""
+    docs/notes/l2_research_history.md gives follow from the measured columns."""
     import pandas as pd
     from iosim.l2.simulate import predict_dram
     data = os.path.join(ROOT, "experiments", "data")

@@ -172,7 +172,7 @@ def test_schedule_matches_a_trace():
     model before round 11 (the response, fetches stopping at chunk ends). The default since
     (NRU state, fetches across chunk ends) keeps the non-causal one and runs the causal
     2x16x8Kx128 head-major launch 15-18% faster than traced (1235 vs 1495 us: more of its
-    blocks hit; docs/validation.md, round 11)."""
+    blocks hit; docs/notes/l2_research_history.md, round 11)."""
     rows = {(r["launch"], r["grid_order"]): r for r in _csv("gpu_trace_fit.csv")}
     models = {"before": GpuL2(l2_policy="response", prefetch_across_chunks=False),
               "default": GpuL2()}

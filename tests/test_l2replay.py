@@ -163,7 +163,8 @@ def test_model_schedule_is_what_misses_causal_head_major(key):
     """The same response on the dynamic model's own schedule (with the readers rule, as
     replayed, and fetches stopping at chunk ends: the model of that time) reads at least 10
     points more than on the measured one: in this regime the model's schedule, not the cache,
-    was off (docs/validation.md, "The capture range", for the fetches across chunk ends)."""
+    was off (docs/notes/l2_research_history.md, "The capture range", for the fetches across chunk
+    ends)."""
     r, w, tr = next(x for x in _traced() if x[0]["trace_key"] == key)
     meas = float(r["dram_read_bytes"])
     blk = _predict_dynamic(w, GpuL2(kv_weight="readers", prefetch_across_chunks=False),
@@ -310,7 +311,7 @@ def test_hit_pace_classes_followers_and_leaders():
 def test_recorded_64k_causal_head_major_state():
     """The traced 1x8x64Kx128 causal head-major launch (gpu_traced.npz) on its measured
     schedule: about 28% of the long blocks hit all their K/V, 70% miss all, and the hitters
-    run ~0.8% faster than the missers (docs/validation.md, 'The convoy state')."""
+    run ~0.8% faster than the missers (docs/notes/l2_research_history.md, 'The convoy state')."""
     from iosim.l2.replay import hit_pace
     w = Workload(1, 8, 65536, 65536, 128, causal=True, grid_order="head-major")
     tr = np.load(os.path.join(DATA, "gpu_traced.npz"))["1x8x65536x128-causal_head-major"]
@@ -324,7 +325,8 @@ def test_recorded_64k_causal_head_major_state():
 def test_marked_traces_trajectories_and_followers():
     """The marked traces (experiments/device/marked_traces.py): every mark lies between its
     block's start and end and the marks rise; unreached marks (-1) are exactly those past the
-    block's keys. And the finding of docs/validation.md, recomputed here with plain numpy: at
+    block's keys. And the finding of docs/notes/l2_research_history.md, recomputed here with plain
+    numpy: at
     d=128 a block that starts within 8 us of the previous query block of its head is drawn
     afresh each generation (after a follower, following is no likelier than after a
     non-follower), while at d=64 (two blocks per SM) it is inherited."""

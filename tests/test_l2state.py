@@ -283,7 +283,8 @@ def test_nru_model_table():
     equals the validation table's predictions; the registered predictions of rounds 9-14 are
     its columns (response: rounds 9-12; nru: 10-11; nru_prefetch: 11-14; clock_prefetch: 13;
     clock_startup: 13-14; conserving: 14); the counts of
-    docs/validation.md hold (validated: response 30 of 34, NRU with hashed sets 30, with the
+    docs/notes/l2_research_history.md hold (validated: response 30 of 34, NRU with hashed sets 30,
+    with the
     linear set map 28, the response with the prefetch 31, the NRU state with it 32; rounds 1-8:
     46, 46, 45, 44, 50 of 64), and NRU (either set map) brings every causal query-major launch
     that the response misses at the cliff (-29% ... -32%) within 15%."""
@@ -381,7 +382,8 @@ def test_nru_model_clock_column():
     """gpu_nru_model.csv's clock_prefetch column is the default of rounds 11-13 with CLOCK's
     victim rule and its clock_startup column that with each block's startup, the default since
     round 13 (both recomputed on the validated 1K-key launches); their counts are those of
-    docs/validation.md: CLOCK brings 8x16x1Kx64 head-major within 15% (-22% with the NRU
+    docs/notes/l2_research_history.md: CLOCK brings 8x16x1Kx64 head-major within 15% (-22% with the
+    NRU
     state's first-clear victim) but alone sends 1x8x64Kx64 causal head-major out (+25%,
     +9% before): 32 of 34 validated either way; with the startup 33 of 34 (1x8x64Kx128 causal
     head-major +27% -> +2%; 1x8x64Kx64 causal head-major +27%, the one miss); all 138:

@@ -154,7 +154,8 @@ def test_partitions_option_validated():
 def test_partition_replay_table():
     """experiments/l2_research/partition_replay.py's recorded table (gpu_partition_replay.csv): its
     counters are the traced runs' own, its errors follow from its columns, and the headline of
-    docs/validation.md holds: on the 70 earlier traces two partitions (either machine's map)
+    docs/notes/l2_research_history.md holds: on the 70 earlier traces two partitions (either
+    machine's map)
     are within 15% on 65, the readers-rule replay on 64, the one-side control on 53; on the
     traced launches of rounds 7-8 on 13 of 15."""
     rows = list(csv.DictReader(open(os.path.join(DATA, "gpu_partition_replay.csv"))))
@@ -253,7 +254,8 @@ def test_partition_variants_table():
     its
     'refresh' replays are the model's (gpu_partition_replay.csv, computed by the other C
     helper), its measured values are the recorded counters and microbenchmarks, and the
-    headline of docs/validation.md holds: no copy variant fits both the lock-step and the
+    headline of docs/notes/l2_research_history.md holds: no copy variant fits both the lock-step
+    and the
     staggered microbenchmarks; 'copy-serves' fits the staggered ones, the mix and the one-head
     query-major cliff (8 of 8) where the model does not (5 of 8), but not the lock-step ones."""
     rows = list(csv.DictReader(open(os.path.join(DATA, "gpu_partition_variants.csv"))))
@@ -423,7 +425,8 @@ def test_l2_policy_helper_against_brute_force(tmp_path):
 def test_l2_policy_table():
     """experiments/l2_research/l2_policy.py's recorded table (gpu_l2_policy.csv): its measured
     values are
-    the recorded counters, and the headline of docs/validation.md holds: on the measured
+    the recorded counters, and the headline of docs/notes/l2_research_history.md holds: on the
+    measured
     schedules an NRU cache state (26 MiB per partition, 16 ways, nothing fitted) is within 15%
     on all nine 1-8-head causal query-major launches, where the same cache under LRU is on 3;
     it moves the validated 1x8x64Kx128 causal query-major replay from about -30% to within 10%.
