@@ -44,6 +44,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Iterable, Union
 
 from iosim.errors import IosimError
@@ -54,6 +55,8 @@ __all__ = [
     "LoopNest", "get_mapping", "mapping_names", "default_mapping", "mappings_for",
     "loop_nest", "check_fits", "fa1_paper_blocks", "saha_ye_block", "cascade_facts",
     "format_loop_nest", "PartialLoad", "PartialStore", "ChunkPass", "chunked_nest",
+    "fit_error", "default_kind", "mapping_for", "cascade_defaults", "CascadeFacts", "FAMILIES",
+    "resolve_causal",
 ]
 
 GRID_ORDERS = ("query-major", "head-major")
@@ -113,6 +116,7 @@ class Mapping:
     stat_dtype: str = "fp32"             # softmax statistics stored in HBM (l, m, LSE, D)
     acc_level: str | None = None         # level of accumulators (None: RF if below SRAM)
     stages_in_footprint: bool = False    # count streamed tiles num_stages times
+    pack_group: bool = True              # fa2: the query heads of a group share a program
 
     def __post_init__(self) -> None:
         label = f"mapping '{self.name}'"
@@ -184,7 +188,8 @@ class Mapping:
                 "init_writes": self.init_writes, "write_lse": self.write_lse,
                 "row_policy": self.row_policy, "softmax_rows": self.softmax_rows,
                 "acc_dtype": self.acc_dtype, "stat_dtype": self.stat_dtype,
-                "acc_level": self.acc_level, "stages_in_footprint": self.stages_in_footprint}
+                "acc_level": self.acc_level, "stages_in_footprint": self.stages_in_footprint,
+                "pack_group": self.pack_group}
 
 
 def fa1_paper_blocks(sram_elements: float, d: int) -> tuple[int, int]:
@@ -213,9 +218,12 @@ def saha_ye_block(sram_elements: float) -> int:
 class Shapes:
     """Problem sizes: ``n`` query rows, ``kv_len`` keys (default ``n``), head dims ``e``/``f``.
 
-    ``group`` is the number of query heads per K/V head (GQA cascades), ``causal_offset``
-    the diagonal's offset (query ``p`` sees keys ``m <= p + offset``; ``None``: the cascade's
-    convention, 0 for prefill cascades and ``kv_len - n`` for decode).
+    ``heads`` query heads and ``kv_heads`` key/value heads per batch (default: as many as
+    query heads); ``group`` = ``heads / kv_heads`` query heads share one K/V head (GQA) and
+    is derived. Giving ``group`` without ``kv_heads`` reads ``heads`` as K/V heads of
+    ``group`` query heads each. ``causal_offset`` is the diagonal's offset (query ``p``
+    sees keys ``m <= p + offset``; ``None``: the cascade's own mask, 0 for ``m > p`` and
+    ``kv_len - n`` for a mask aligned to the end of the keys, ``m > p + M - P``).
     """
     n: int
     e: int = 64
@@ -227,13 +235,14 @@ class Shapes:
     dtype: str = "bf16"
     causal: bool = False
     causal_offset: int | None = None
+    kv_heads: int | None = None
 
     def __post_init__(self):
         names = {"n": "seq-len", "e": "head-dim", "kv_len": "kv-len", "f": "head-dim f",
-                 "batch": "batch", "heads": "heads", "group": "group"}
+                 "batch": "batch", "heads": "heads", "group": "group", "kv_heads": "kv-heads"}
         for k, label in names.items():
             v = getattr(self, k)
-            if v is None and k in ("kv_len", "f"):
+            if v is None and k in ("kv_len", "f", "kv_heads"):
                 continue
             if isinstance(v, float) and v.is_integer():
                 v = int(v)
@@ -243,6 +252,19 @@ class Shapes:
             object.__setattr__(self, "kv_len", self.n)
         if self.f is None:
             object.__setattr__(self, "f", self.e)
+        if self.kv_heads is None:
+            object.__setattr__(self, "kv_heads", self.heads)
+            object.__setattr__(self, "heads", self.heads * self.group)
+        else:
+            if self.heads % self.kv_heads:
+                raise IosimError(f"heads ({self.heads}) must be a multiple of kv-heads "
+                                 f"({self.kv_heads}): each K/V head serves the same number "
+                                 f"of query heads")
+            g = self.heads // self.kv_heads
+            if self.group not in (1, g):
+                raise IosimError(f"group {self.group} disagrees with heads / kv-heads = "
+                                 f"{self.heads} / {self.kv_heads} = {g}")
+            object.__setattr__(self, "group", g)
         from iosim.hardware import dtype_bytes
         dtype_bytes(self.dtype)  # validates
         object.__setattr__(self, "causal", bool(self.causal))
@@ -256,8 +278,9 @@ class Shapes:
 
     def to_dict(self) -> dict:
         return {"n": self.n, "kv_len": self.kv_len, "e": self.e, "f": self.f,
-                "batch": self.batch, "heads": self.heads, "group": self.group,
-                "dtype": self.dtype, "causal": self.causal, "causal_offset": self.causal_offset}
+                "batch": self.batch, "heads": self.heads, "kv_heads": self.kv_heads,
+                "group": self.group, "dtype": self.dtype, "causal": self.causal,
+                "causal_offset": self.causal_offset}
 
 
 # ======================================================================================
@@ -360,6 +383,7 @@ class LoopNest:
     skips_causal: bool = True
     recompute: dict = field(default_factory=dict)
     causal_offset_default: str = "zero"   # "zero" | "end" (decode: kv_len - n)
+    rows: str = "P"                       # rank of the query-tile loop: "R" = packed groups
 
     def walk(self):
         """(phase, node, enclosing loops) for every node, depth first."""
@@ -379,32 +403,112 @@ class LoopNest:
 # facts about a cascade the nest builders need
 # ======================================================================================
 
+#: ranks the models size: P queries, M keys, E/F head dims, G query heads per K/V head,
+#: Pt/Mt per-tile coordinates of P/M (a partition's outer rank)
+MODEL_RANKS = ("P", "M", "E", "F", "G", "Pt", "Mt")
+
+#: families of cascades, read from their structure (see :func:`cascade_facts`)
+FAMILIES = ("online", "single", "multi-pass", "partials", "linear", "recurrent")
+
 
 @dataclass(frozen=True)
 class CascadeFacts:
+    """What the nest builders know of a cascade: read from its structure, never its name.
+
+    ``family``: ``online`` (a recurrence over key blocks: FlashAttention), ``single`` (one
+    pass over the keys with no running state: sigmoid, SiLU attention), ``multi-pass`` (a
+    global reduction over the whole key row read again in later passes: the 3-pass softmax),
+    ``partials`` (a partitioned key rank whose per-block partials are combined by a reduction
+    over the blocks: the 2-pass softmax, split-K decode), ``linear`` (no query-key score: the
+    keys are reduced into a state independent of the queries), ``recurrent`` (a recurrence
+    over blocks of the *queries*: Lightning Attention-2); ``None`` when none fits.
+    """
     name: str
     q_inputs: tuple          # inputs with P but not M (Q), in declaration order
     kv_inputs: tuple         # inputs with M but not P (K, V)
-    pm_inputs: tuple         # inputs with both P and M (a mask)
+    pm_inputs: tuple         # inputs with both P and M (a mask, a bias)
     outputs: tuple           # outputs (O)
-    ranks: dict              # tensor -> ranks (inputs and outputs)
-    softmax: bool            # has a max-reduction or running max (needs l, m / LSE)
+    ranks: dict              # tensor -> model ranks (inputs and outputs)
+    softmax: bool            # a max reduction over the key rank, or a running maximum
     n_state: int             # per-row running scalars carried over key blocks
-    has_group: bool          # a G rank (GQA)
-    end_aligned_causal: bool  # decode convention: m > p + M - P
+    has_group: bool          # a query-only rank shared over one K/V head (GQA), as "G"
+    end_aligned_causal: bool  # the causal mask is aligned to the end: m > p + M - P
+    family: str | None = None
+    key_passes: int = 1                  # passes over the key rank (cascades.passes)
+    per_step: bool = False               # online: the output renormalised at every block
+    lse_partials: bool = False           # partials: normalised, with a log-sum-exp
+    partials: tuple = ()                 # partials: (tensor, has F) crossing the passes
+    spilled: tuple = ()                  # multi-pass: P x M tensors crossing passes
+    recompute: tuple = ()                # multi-pass: (tensor, times) if scores recomputed
+    key_sums: tuple = ()                 # single: tensors summed over the keys
+    states: tuple = ()                   # linear / recurrent: (tensor, ranks) of the state
+    key_inputs: tuple = ()               # kv inputs that meet the queries in the score (K)
+    value_inputs: tuple = ()             # the other kv inputs (V)
+    bool_inputs: tuple = ()              # inputs of dtype bool (1 byte each)
+    causal_param: str | None = None      # the boolean parameter that switches the mask on
+    causal_default: bool = False         # its default
+    key_block_param: str | None = None   # the parameter of the key rank's partition
+    query_block_param: str | None = None  # the parameter of the query rank's partition
+    unsized: tuple = ()                  # (tensor, rank) the models cannot size
+    rank_alias: dict = field(default_factory=dict)   # cascade rank -> model rank
+
+    @property
+    def has_score(self) -> bool:
+        return self.family in ("online", "single", "multi-pass", "partials")
 
 
+def _base_rank(info, r: str) -> str:
+    part = info.part_parent.get(r)
+    return part.rank if part is not None else r
+
+
+def _causal_flag(c, cond) -> tuple:
+    """``(parameter, end_aligned)`` of a mask ``where(FLAG and key > query + offset, ...)``:
+    the boolean parameter that switches it on and whether the offset holds ``M - P``."""
+    from cascades.ir import Binary, Bool, Name, walk
+    if not (isinstance(cond, Binary) and cond.op == "and"):
+        return None, False
+    flag = None
+    cmp = None
+    for side, other in ((cond.left, cond.right), (cond.right, cond.left)):
+        if isinstance(side, Name):
+            try:
+                d = c.param(side.name).default
+            except KeyError:
+                continue
+            if isinstance(d, Bool):
+                flag, cmp = side.name, other
+    if flag is None or not isinstance(cmp, Binary) or cmp.op not in (">", ">=", "<", "<="):
+        return None, False
+    names = {n.name for n in walk(cmp) if isinstance(n, Name)}
+    ranks = set(c.info.ranks)
+    end = {"M", "P"} <= (names & ranks)
+    return flag, end
+
+
+@lru_cache(maxsize=256)
 def cascade_facts(cascade) -> CascadeFacts:
-    """Structural facts of a cascade used to build loop nests (no hardware involved)."""
-    from cascades.ir import walk, Name
+    """Structural facts of a cascade used to build loop nests (no hardware, no name)."""
+    from cascades.ir import Access, Binary, Bool, Call, Name, Num, walk
+    info = cascade.info
     # model ranks: P, M, E, F, G; a partition's outer rank of P / M becomes a per-tile
-    # coordinate "Pt" / "Mt" (e.g. a block mask BlockMask[P1, M1])
-    rmap = {}
+    # coordinate "Pt" / "Mt" (e.g. a block mask BlockMask[P1, M1]); a query-only rank of
+    # the inputs (in Q and O, not in K and V) is the group rank "G"
+    alias = {}
     for part in cascade.partitions:
         if part.rank in ("P", "M"):
-            rmap[part.outer] = part.rank + "t"
-    ranks = {t.name: tuple(rmap.get(r, r) for r in t.ranks) for t in cascade.tensors
-             if t.role in ("input", "output")}
+            alias[part.outer] = part.rank + "t"
+    in_ranks = {t.name: tuple(t.ranks) for t in cascade.tensors if t.role in ("input", "output")}
+    base = lambda r: _base_rank(info, r)  # noqa: E731
+    is_p = lambda rk: any(base(r) == "P" for r in rk)  # noqa: E731
+    is_m = lambda rk: any(base(r) == "M" for r in rk)  # noqa: E731
+    q_side = {r for t in cascade.inputs if is_p(t.ranks) and not is_m(t.ranks) for r in t.ranks}
+    kv_side = {r for t in cascade.inputs if is_m(t.ranks) for r in t.ranks}
+    for r in sorted(q_side - kv_side):
+        if r not in ("P", "E", "F") and base(r) not in ("P", "M") and r not in alias:
+            alias[r] = "G"
+    ranks = {t: tuple(alias.get(r, r) for r in rk) for t, rk in in_ranks.items()}
+    unsized = tuple((t, r) for t, rk in ranks.items() for r in rk if r not in MODEL_RANKS)
     q_in, kv_in, pm_in = [], [], []
     for t in cascade.inputs:
         rk = ranks[t.name]
@@ -415,29 +519,149 @@ def cascade_facts(cascade) -> CascadeFacts:
             kv_in.append(t.name)
         else:
             q_in.append(t.name)
-    softmax = any(e.reduction is not None and e.reduction.op == "max" for e in cascade.einsums)
+    bool_in = tuple(t.name for t in cascade.inputs if t.dtype == "bool")
+    key_vars = {v for v, r in info.var_rank.items() if base(r) == "M"}
+    # softmax: a max reduction over the key rank, or a running maximum over key blocks
+    softmax = any(e.reduction is not None and e.reduction.op == "max"
+                  and set(e.reduction.vars) & key_vars for e in cascade.einsums)
     softmax = softmax or any(
         any(getattr(n, "func", None) == "max" for n in walk(e.expr)) for e in cascade.einsums
-        if e.shift is not None)
+        if e.shift is not None and base(info.var_rank[e.shift[0]]) == "M")
     # running per-row state: iterative tensors whose ranks (less the iterative rank) have
     # no F (the F-carrying ones are the output accumulator)
     n_state = 0
-    it_ranks = set(cascade.info.iterative)
-    for t, (var, _) in cascade.info.shifted.items():
-        rest = [r for r in cascade.info.tensor_ranks[t] if r not in it_ranks]
+    it_ranks = set(info.iterative)
+    for t, (var, _) in info.shifted.items():
+        rest = [r for r in info.tensor_ranks[t] if r not in it_ranks]
         if "F" not in rest and "E" not in rest:
             n_state += 1
     if n_state == 0 and softmax:
         n_state = 2
     has_group = any("G" in r for r in ranks.values())
-    end_aligned = False
+    # the causal mask: its switch and its alignment
+    causal_param, end_aligned = None, False
     for e in cascade.einsums:
         for nd in walk(e.expr):
-            if isinstance(nd, Name) and nd.name == "P":
-                end_aligned = True
+            if isinstance(nd, Call) and nd.func == "where" and nd.args:
+                flag, end = _causal_flag(cascade, nd.args[0])
+                if flag is not None and causal_param is None:
+                    causal_param, end_aligned = flag, end
+    causal_default = False
+    if causal_param is not None:
+        d = cascade.param(causal_param).default
+        causal_default = bool(getattr(d, "value", False))
+    key_block = query_block = None
+    for part in cascade.partitions:
+        if isinstance(part.block, Name):
+            if part.rank == "M":
+                key_block = part.block.name
+            elif part.rank == "P":
+                query_block = part.block.name
+
+    # ---- tensors: which ranks each intermediate carries
+    tr = info.tensor_ranks
+    inputs = {t.name for t in cascade.inputs}
+    scores = [t for t, rk in tr.items() if t not in inputs and is_p(rk) and is_m(rk)]
+    key_passes = 1
+    buffered = ()
+    einsum_pass = {}
+    if "M" in info.ranks:
+        try:
+            from cascades.passes import analyze_rank
+            rp = analyze_rank(cascade, "M")
+            key_passes, buffered, einsum_pass = rp.passes, rp.buffered, rp.einsum_pass
+        except Exception:  # noqa: BLE001 - an unusual cascade: no pass structure known
+            key_passes = 1
+    iter_bases = {base(r) for r in info.iterative}
+    family = None
+    per_step = lse = False
+    partials = spilled = recompute = key_sums = states = ()
+    if "P" in iter_bases and not ({"M"} & iter_bases):
+        family = "recurrent"
+        states = tuple((t, tuple(r for r in tr[t] if r not in info.iterative))
+                       for t in info.shifted)
+    elif "M" in iter_bases and scores:
+        family = "online"
+        for e in cascade.einsums:
+            if e.shift is not None and "F" in tr[e.tensor] and any(
+                    isinstance(n, Binary) and n.op == "/" for n in walk(e.expr)):
+                per_step = True
+    elif scores and "M" in info.partition_of and key_passes >= 2:
+        outer = info.partition_of["M"].outer.lower()
+        if any(e.reduction is not None and outer in e.reduction.vars for e in cascade.einsums):
+            family = "partials"
+            lse = any(isinstance(n, Call) and n.func == "log"
+                      for e in cascade.einsums for n in walk(e.expr))
+            partials = tuple((b.tensor, "F" in b.ranks) for b in buffered
+                             if info.partition_of["M"].outer in b.ranks)
+    elif scores and key_passes >= 2:
+        family = "multi-pass"
+        spilled = tuple(b.tensor for b in buffered if is_p(b.ranks) and is_m(b.ranks))
+        last = key_passes
+        recompute = tuple((t, last - einsum_pass[t] + 1) for t in einsum_pass
+                          if t in scores and einsum_pass[t] < last)
+    elif scores:
+        family = "single"
+        key_sums = tuple(e.tensor for e in cascade.einsums if e.reduction is not None
+                         and e.reduction.op == "sum" and set(e.reduction.vars) & key_vars
+                         and not is_m(tr[e.tensor]))
+    elif not iter_bases and kv_in:
+        reduced = [e for e in cascade.einsums if e.reduction is not None
+                   and set(e.reduction.vars) & key_vars and not is_p(tr[e.tensor])
+                   and not is_m(tr[e.tensor])]
+        if reduced:
+            family = "linear"
+            states = tuple((e.tensor, tuple(alias.get(r, r) for r in tr[e.tensor]))
+                           for e in reduced)
+    # K: the kv inputs that meet a query input's rank (the score's contraction); V: the rest
+    q_ranks = {r for t in q_in for r in ranks[t]} - {"P", "Pt", "G"}
+    key_in = tuple(t for t in kv_in if set(ranks[t]) & q_ranks)
+    val_in = tuple(t for t in kv_in if t not in key_in)
+    if not key_in:
+        key_in, val_in = tuple(kv_in[:1]), tuple(kv_in[1:])
+    _ = (Access, Bool, Num)
     return CascadeFacts(cascade.name, tuple(q_in), tuple(kv_in), tuple(pm_in),
                         tuple(t.name for t in cascade.outputs), ranks, softmax, n_state,
-                        has_group, end_aligned)
+                        has_group, end_aligned, family=family, key_passes=key_passes,
+                        per_step=per_step, lse_partials=lse, partials=partials,
+                        spilled=spilled, recompute=recompute, key_sums=key_sums,
+                        states=states, key_inputs=key_in, value_inputs=val_in,
+                        bool_inputs=bool_in, causal_param=causal_param,
+                        causal_default=causal_default, key_block_param=key_block,
+                        query_block_param=query_block, unsized=unsized, rank_alias=alias)
+
+
+def cascade_defaults(cascade) -> dict:
+    """The defaults a cascade file sets for the models: ``causal`` (its mask switch's
+    default), ``block_kv``/``block_q`` (the default of the parameter its key/query rank is
+    partitioned by, when that is a positive whole number)."""
+    from cascades.ir import Num
+    f = cascade_facts(_load_cascade(cascade))
+    c = _load_cascade(cascade)
+    out = {"causal": f.causal_default}
+    for key, pname in (("block_kv", f.key_block_param), ("block_q", f.query_block_param)):
+        if pname is None:
+            continue
+        d = c.param(pname).default
+        if isinstance(d, Num) and float(d.value).is_integer() and d.value >= 1:
+            out[key] = int(d.value)
+    return out
+
+
+def resolve_causal(cascade, flag: bool | None) -> bool:
+    """Whether to apply the cascade's causal mask: ``flag`` if given (``--causal``/
+    ``--no-causal``), else the default of the parameter that switches the mask on (a file's
+    ``param causal = true`` makes it causal). Asking for a causal mask of a cascade that has
+    no such switch is a one-line error."""
+    c = _load_cascade(cascade)
+    f = cascade_facts(c)
+    if flag is None:
+        return f.causal_default
+    if flag and f.causal_param is None:
+        raise IosimError(f"cascade '{c.name}' has no causal mask to switch on (a boolean "
+                         f"parameter in 'where(causal and m > p, ...)'); its masking, if any, "
+                         f"is part of the cascade")
+    return bool(flag)
 
 
 # ======================================================================================
@@ -451,29 +675,78 @@ def _tile_dims(ranks, tiles: dict) -> tuple:
     return tuple(Dim(r, tiles.get(r[0] if r in ("Pt", "Mt") else r)) for r in ranks)
 
 
-def _group_wrap(facts: CascadeFacts, body: tuple) -> tuple:
-    if facts.has_group:
+def _tensor_roles(f: CascadeFacts) -> dict:
+    """tensor -> (ranks, dtype role): boolean inputs take one byte, the rest the dtype."""
+    return {t: (f.ranks[t], "mask" if t in f.bool_inputs else "data") for t in f.ranks}
+
+
+def _group_wrap(f: CascadeFacts, body: tuple, grouped: bool) -> tuple:
+    """One program per query head of a group: a grid loop over ``G`` (the query heads that
+    share one K/V head), whether the cascade has a group rank or the heads are grouped."""
+    if grouped:
         return (Loop("g", "G", "one", body, grid=True, label="query heads of the group"),)
     return body
 
 
-def _stats(facts: CascadeFacts, var: str, names=("m", "l")) -> tuple:
+def _stats(f: CascadeFacts, var: str, names=("m", "l"), rank: str = "P") -> tuple:
     out = []
-    for k in range(facts.n_state):
+    for k in range(f.n_state):
         nm = names[k] if k < len(names) else f"state{k}"
-        out.append(Alloc(nm, (Dim("P", var),)))
+        out.append(Alloc(nm, (Dim(rank, var),)))
     return tuple(out)
 
 
-def _out_tiles(facts: CascadeFacts, tiles: dict) -> tuple:
-    return tuple(Store(o, _tile_dims(facts.ranks[o], tiles)) for o in facts.outputs)
+def _out_tiles(f: CascadeFacts, tiles: dict) -> tuple:
+    return tuple(Store(o, _tile_dims(f.ranks[o], tiles)) for o in f.outputs)
 
 
-def _acc_tiles(facts: CascadeFacts, tiles: dict) -> tuple:
-    return tuple(Alloc(f"{o}_acc", _tile_dims(facts.ranks[o], tiles)) for o in facts.outputs)
+def _acc_tiles(f: CascadeFacts, tiles: dict) -> tuple:
+    return tuple(Alloc(f"{o}_acc", _tile_dims(f.ranks[o], tiles)) for o in f.outputs)
 
 
-def _fa2(m: Mapping, f: CascadeFacts) -> LoopNest:
+def _packs(m: Mapping, f: CascadeFacts, grouped: bool) -> bool:
+    """Whether FA2 packs the query heads of a group into the rows of one program (as the
+    generated kernel does): with grouped heads, no mask input and no per-tile input."""
+    return (grouped and m.pack_group and not f.pm_inputs
+            and not any(r == "Pt" for rk in f.ranks.values() for r in rk))
+
+
+def _row_ranks(ranks) -> tuple:
+    """A tensor's ranks with the query rank P and the group rank G folded into rows R."""
+    out = []
+    for r in ranks:
+        if r == "G":
+            continue
+        out.append("R" if r == "P" else r)
+    return tuple(out)
+
+
+def _fa2(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
+    tensors = _tensor_roles(f)
+    if _packs(m, f, grouped):
+        # rows of a program are (query, query head) pairs, GROUP consecutive heads of one
+        # K/V head: a program covers block_q / G queries of all G heads and reads each K/V
+        # tile once for all of them
+        rows = {t: _row_ranks(f.ranks[t]) for t in f.q_inputs + f.outputs}
+        for t, rk in rows.items():
+            tensors[t] = (rk, tensors[t][1])
+        ti = {"R": "i"}
+        inner = tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True)
+                      for t in f.kv_inputs)
+        inner += (Alloc("S", (Dim("R", "i"), Dim("M", "j"))),)
+        body = tuple(Load(t, _tile_dims(rows[t], ti)) for t in f.q_inputs)
+        body += tuple(Alloc(f"{o}_acc", _tile_dims(rows[o], ti)) for o in f.outputs)
+        body += _stats(f, "i", rank="R")
+        body += (Loop("j", "M", "block_kv", inner, causal_with="i", label="key/value tiles"),)
+        body += tuple(Store(o, _tile_dims(rows[o], ti)) for o in f.outputs)
+        if m.write_lse and f.softmax:
+            body += (Store("LSE", (Dim("R", "i"),)),)
+            tensors["LSE"] = (("R",), "stat")
+        nest = (Loop("i", "R", "block_q", body, grid=True,
+                     label="row tiles: (query, query head) pairs of the group, one program "
+                           "each"),)
+        return LoopNest(m, f.name, (Phase("forward", nest),), tensors,
+                        causal_offset_default=_offset_kind(f), rows="R")
     ti = {"P": "i", "G": "g"}
     tij = {"P": "i", "M": "j", "G": "g"}
     inner = tuple(Load(t, _tile_dims(f.ranks[t], tij), streamed=True)
@@ -483,20 +756,20 @@ def _fa2(m: Mapping, f: CascadeFacts) -> LoopNest:
     body += _acc_tiles(f, ti) + _stats(f, "i")
     body += (Loop("j", "M", "block_kv", inner, causal_with="i", label="key/value tiles"),)
     body += _out_tiles(f, ti)
-    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
     if m.write_lse and f.softmax:
         body += (Store("LSE", (Dim("P", "i"),)),)
         tensors["LSE"] = (("P",), "stat")
     nest = (Loop("i", "P", "block_q", body, grid=True, label="query tiles (one program each)"),)
-    return LoopNest(m, f.name, (Phase("forward", _group_wrap(f, nest)),), tensors)
+    return LoopNest(m, f.name, (Phase("forward", _group_wrap(f, nest, grouped)),), tensors,
+                    causal_offset_default=_offset_kind(f))
 
 
-def _fa1(m: Mapping, f: CascadeFacts) -> LoopNest:
+def _fa1(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     ti = {"P": "i", "G": "g"}
     tij = {"P": "i", "M": "j", "G": "g"}
     stat_names = ("m", "l") if f.softmax else ()
     stats = stat_names[: f.n_state] if f.softmax else ()
-    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
+    tensors = _tensor_roles(f)
     for s in stats:
         tensors[s] = (("P",), "stat")
     phases = []
@@ -505,7 +778,7 @@ def _fa1(m: Mapping, f: CascadeFacts) -> LoopNest:
         init += tuple(Store(s, (Dim("P", "i"),)) for s in stats)
         phases.append(Phase("init O, l, m in HBM",
                             _group_wrap(f, (Loop("i", "P", "block_q", init, grid=True,
-                                                 label="query tiles"),))))
+                                                 label="query tiles"),), grouped)))
     inner = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
     inner += tuple(Load(o, _tile_dims(f.ranks[o], ti)) for o in f.outputs)
     inner += tuple(Load(s, (Dim("P", "i"),)) for s in stats)
@@ -517,30 +790,30 @@ def _fa1(m: Mapping, f: CascadeFacts) -> LoopNest:
     outer = tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"})) for t in f.kv_inputs)
     outer += (Loop("i", "P", "block_q", inner, causal_with="j", label="query tiles"),)
     nest = (Loop("j", "M", "block_kv", outer, label="key/value tiles"),)
-    phases.append(Phase("forward", _group_wrap(f, nest)))
-    return LoopNest(m, f.name, tuple(phases), tensors)
+    phases.append(Phase("forward", _group_wrap(f, nest, grouped)))
+    return LoopNest(m, f.name, tuple(phases), tensors, causal_offset_default=_offset_kind(f))
 
 
-def _unfused(m: Mapping, f: CascadeFacts) -> LoopNest:
+def _unfused(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     ti = {"P": "i", "G": "g"}
-    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
+    tensors = _tensor_roles(f)
     tensors["S"] = (("P", "M"), "data")
     tensors["P~"] = (("P", "M"), "data")
-    k_in = f.kv_inputs[:1]
-    v_in = f.kv_inputs[1:]
+    k_in, v_in = f.key_inputs, f.value_inputs
     s_dims = (Dim("P", "i"), Dim("M", "j"))
     k1 = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
     k1 += (Loop("j", "M", "block_kv",
                 tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True) for t in k_in)
                 + (Alloc("S", s_dims), Store("S", s_dims)), label="key tiles"),)
     ph1 = Phase("S = Q K^T", _group_wrap(f, (Loop("i", "P", "block_q", k1, grid=True,
-                                                  label="query tiles"),)))
+                                                  label="query tiles"),), grouped))
     row = (Dim("P", "r"), Dim("M"))
     k2 = (Load("S", row),) + tuple(Load(t, _tile_dims(f.ranks[t], {"P": "r"}))
                                    for t in f.pm_inputs)
     k2 += _stats(f, "r") + (Store("P~", row),)
-    ph2 = Phase("P = softmax(S)", _group_wrap(f, (Loop("r", "P", "block_rows", k2, grid=True,
-                                                       label="query rows"),)))
+    ph2 = Phase("P = softmax(S)" if f.softmax else "P = map(S)",
+                _group_wrap(f, (Loop("r", "P", "block_rows", k2, grid=True,
+                                     label="query rows"),), grouped))
     k3 = _acc_tiles(f, ti)
     k3 += (Loop("j", "M", "block_kv",
                 (Load("P~", s_dims, streamed=True),)
@@ -548,148 +821,155 @@ def _unfused(m: Mapping, f: CascadeFacts) -> LoopNest:
                 label="key/value tiles"),)
     k3 += _out_tiles(f, ti)
     ph3 = Phase("O = P V", _group_wrap(f, (Loop("i", "P", "block_q", k3, grid=True,
-                                                label="query tiles"),)))
-    return LoopNest(m, f.name, (ph1, ph2, ph3), tensors, skips_causal=False)
+                                                label="query tiles"),), grouped))
+    return LoopNest(m, f.name, (ph1, ph2, ph3), tensors, skips_causal=False,
+                    causal_offset_default=_offset_kind(f))
 
 
-def _fused3(m: Mapping, f: CascadeFacts) -> LoopNest:
+def _fused3(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     ti = {"P": "i", "G": "g"}
-    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
-    k_in, v_in = f.kv_inputs[:1], f.kv_inputs[1:]
+    tensors = _tensor_roles(f)
+    k_in, v_in = f.key_inputs, f.value_inputs
     pol = m.row_policy
     sd = lambda v: (Dim("P", "i"), Dim("M", v))  # noqa: E731
+    spill = f.spilled[0] if f.spilled else "S"
 
     def kv(ts, v):
-        return tuple(Load(t, _tile_dims(f.ranks[t], {"M": v}), streamed=True) for t in ts)
+        return tuple(Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": v, "G": "g"}),
+                          streamed=True) for t in ts)
 
     body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
     body += _acc_tiles(f, ti) + (Alloc("GM", (Dim("P", "i"),)), Alloc("SD", (Dim("P", "i"),)))
     recompute = {}
+    pm = f.pm_inputs
     if pol in ("buffer", "auto"):
         body += (Alloc("S_row", (Dim("P", "i"), Dim("M")), role="tile"),)
-        body += (Loop("j", "M", "block_kv", kv(k_in, "j"), causal_with="i",
+        body += (Loop("j", "M", "block_kv", kv(k_in + pm, "j"), causal_with="i",
                       label="pass 1: scores and max (row kept on chip)"),)
         body += (Loop("k", "M", "block_kv", kv(v_in, "k"), causal_with="i",
                       label="pass 3: normalise, times V (pass 2 runs on chip)"),)
     elif pol == "spill":
-        tensors["SQK"] = (("P", "M"), "data")
+        tensors[spill] = (("P", "M"), "data")
         body += (Loop("j", "M", "block_kv",
-                      kv(k_in, "j") + (Alloc("S", sd("j")), Store("SQK", sd("j"))),
+                      kv(k_in + pm, "j") + (Alloc("S", sd("j")), Store(spill, sd("j"))),
                       causal_with="i", label="pass 1: scores spilled, max"),)
-        body += (Loop("j2", "M", "block_kv", (Load("SQK", sd("j2"), streamed=True),),
+        body += (Loop("j2", "M", "block_kv", (Load(spill, sd("j2"), streamed=True),),
                       causal_with="i", label="pass 2: exp and sum"),)
         body += (Loop("k", "M", "block_kv",
-                      (Load("SQK", sd("k"), streamed=True),) + kv(v_in, "k"),
+                      (Load(spill, sd("k"), streamed=True),) + kv(v_in, "k"),
                       causal_with="i", label="pass 3: normalise, times V"),)
     else:  # recompute
-        body += (Loop("j", "M", "block_kv", kv(k_in, "j") + (Alloc("S", sd("j")),),
+        body += (Loop("j", "M", "block_kv", kv(k_in + pm, "j") + (Alloc("S", sd("j")),),
                       causal_with="i", label="pass 1: scores, max"),)
-        body += (Loop("j2", "M", "block_kv", kv(k_in, "j2") + (Alloc("S", sd("j2")),),
+        body += (Loop("j2", "M", "block_kv", kv(k_in + pm, "j2") + (Alloc("S", sd("j2")),),
                       causal_with="i", label="pass 2: recompute scores, exp, sum"),)
-        body += (Loop("k", "M", "block_kv", kv(k_in, "k") + kv(v_in, "k")
+        body += (Loop("k", "M", "block_kv", kv(k_in + pm, "k") + kv(v_in, "k")
                       + (Alloc("S", sd("k")),),
                       causal_with="i", label="pass 3: recompute, normalise, times V"),)
-        recompute = {"QK": 3, "SQK": 3, "SN": 2}
+        recompute = dict(f.recompute)
     body += _out_tiles(f, ti)
     nest = (Loop("i", "P", "block_q", body, grid=True, label="query tiles (one program each)"),)
-    return LoopNest(m, f.name, (Phase("fused 3-pass", _group_wrap(f, nest)),), tensors,
-                    recompute=recompute)
+    return LoopNest(m, f.name, (Phase("fused 3-pass", _group_wrap(f, nest, grouped)),), tensors,
+                    recompute=recompute, causal_offset_default=_offset_kind(f))
 
 
-def _fused2(m: Mapping, f: CascadeFacts) -> LoopNest:
+def _fused2(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     ti = {"P": "i", "G": "g"}
-    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
-    kvl = lambda v: tuple(Load(t, _tile_dims(f.ranks[t], {"M": v}), streamed=True)  # noqa: E731
-                          for t in f.kv_inputs)
+    tensors = _tensor_roles(f)
+    kvl = lambda v: tuple(  # noqa: E731
+        Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": v, "G": "g"}), streamed=True)
+        for t in f.kv_inputs + f.pm_inputs)
     body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
     part = lambda v, F=False: (Dim("P", "i"), Dim("Mt", v)) + ((Dim("F"),) if F else ())  # noqa: E731
+    parts = f.partials
     if m.row_policy in ("buffer", "auto"):
-        body += (Alloc("LM", part(None), role="tile"), Alloc("SLD", part(None), role="tile"),
-                 Alloc("SLNV", part(None, True), role="tile"))
+        body += tuple(Alloc(t, part(None, F), role="tile") for t, F in parts)
         body += (Loop("j", "M", "block_kv", kvl("j") + (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),),
-                      causal_with="i", label="pass 1: per-block max, sums (partials on chip)"),)
+                      causal_with="i", label="pass 1: per-block partials (kept on chip)"),)
         body += _acc_tiles(f, ti)
     else:
-        for t, F in (("LM", False), ("SLD", False), ("SLNV", True)):
+        for t, F in parts:
             tensors[t] = (("P", "Mt") + (("F",) if F else ()), "stat" if not F else "data")
         body += (Loop("j", "M", "block_kv",
                       kvl("j") + (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
-                      + tuple(Store(t, part("j", F)) for t, F in
-                              (("LM", False), ("SLD", False), ("SLNV", True))),
+                      + tuple(Store(t, part("j", F)) for t, F in parts),
                       causal_with="i", label="pass 1: per-block partials spilled"),)
         body += _acc_tiles(f, ti) + (Alloc("GM", (Dim("P", "i"),)), Alloc("SD", (Dim("P", "i"),)))
         body += (Loop("j2", "M", "block_kv",
-                      tuple(Load(t, part("j2", F), streamed=True) for t, F in
-                            (("LM", False), ("SLD", False), ("SLNV", True))),
+                      tuple(Load(t, part("j2", F), streamed=True) for t, F in parts),
                       causal_with="i", label="pass 2: combine partials"),)
     body += _out_tiles(f, ti)
     nest = (Loop("i", "P", "block_q", body, grid=True, label="query tiles (one program each)"),)
-    return LoopNest(m, f.name, (Phase("fused 2-pass", _group_wrap(f, nest)),), tensors)
+    return LoopNest(m, f.name, (Phase("fused 2-pass", _group_wrap(f, nest, grouped)),), tensors,
+                    causal_offset_default=_offset_kind(f))
 
 
-def _decode(m: Mapping, f: CascadeFacts) -> LoopNest:
+def _decode(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     ti = {"P": "i", "G": "g"}
-    tensors = {t: (f.ranks[t], "mask" if t in f.pm_inputs else "data") for t in f.ranks}
+    tensors = _tensor_roles(f)
+    # the partial results of a split: a normalised partial output and its log-sum-exp for a
+    # softmax; the partial sums of the output for a plain sum over the keys
     tensors["PO"] = (("S", "P", "F"), "data")
-    tensors["LSE"] = (("S", "P"), "stat")
-    inner = tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True) for t in f.kv_inputs)
+    parts = [("PO", (Dim("S", "s"), Dim("P", "i"), Dim("F")))]
+    if f.softmax:
+        tensors["LSE"] = (("S", "P"), "stat")
+        parts.append(("LSE", (Dim("S", "s"), Dim("P", "i"))))
+    inner = tuple(Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": "j", "G": "g"}), streamed=True)
+                  for t in f.kv_inputs + f.pm_inputs)
     inner += (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
     body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
     body += _acc_tiles(f, ti) + _stats(f, "i")
     body += (Loop("j", "M", "block_kv", inner, causal_with="i", within="s",
                   label="key/value tiles of this split"),)
-    body += (Store("PO", (Dim("S", "s"), Dim("P", "i"), Dim("F"))),
-             Store("LSE", (Dim("S", "s"), Dim("P", "i"))))
+    body += tuple(Store(t, d) for t, d in parts)
     ph1 = Phase("partials per split", _group_wrap(f, (
         SplitLoop("s", (Loop("i", "P", "block_q", body, grid=True, label="query tiles"),),
-                  label="splits of the keys (one program each)"),)))
+                  label="splits of the keys (one program each)"),), grouped))
     comb = _acc_tiles(f, ti) + _stats(f, "i")
-    comb += (SplitLoop("s", (Load("PO", (Dim("S", "s"), Dim("P", "i"), Dim("F")), streamed=True),
-                             Load("LSE", (Dim("S", "s"), Dim("P", "i")), streamed=True)),
+    comb += (SplitLoop("s", tuple(Load(t, d, streamed=True) for t, d in parts),
                        grid=False, label="splits"),)
     comb += _out_tiles(f, ti)
     ph2 = Phase("combine", _group_wrap(f, (Loop("i", "P", "block_q", comb, grid=True,
-                                                label="query tiles"),)))
-    return LoopNest(m, f.name, (ph1, ph2), tensors, causal_offset_default="end")
+                                                label="query tiles"),), grouped))
+    return LoopNest(m, f.name, (ph1, ph2), tensors, causal_offset_default=_offset_kind(f))
 
 
-def _linear(m: Mapping, f: CascadeFacts) -> LoopNest:
+def _linear(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     ti = {"P": "i", "G": "g"}
-    tensors = {t: (f.ranks[t], "data") for t in f.ranks}
-    tensors["KV"] = (("E", "F"), "data")
-    tensors["KS"] = (("E",), "data")
-    st = (Alloc("KV", (Dim("E"), Dim("F"))), Alloc("KS", (Dim("E"),)))
+    tensors = _tensor_roles(f)
+    for t, rk in f.states:
+        tensors[t] = (rk, "data")
+    whole = lambda rk: tuple(Dim(r) for r in rk)  # noqa: E731
+    st = tuple(Alloc(t, whole(rk)) for t, rk in f.states)
     st += (Loop("j", "M", "block_kv",
                 tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True)
                       for t in f.kv_inputs), label="key/value tiles"),)
-    st += (Store("KV", (Dim("E"), Dim("F"))), Store("KS", (Dim("E"),)))
-    ph1 = Phase("state KV = phi(K)^T V", st)
-    body = (Load("KV", (Dim("E"), Dim("F"))), Load("KS", (Dim("E"),)))
+    st += tuple(Store(t, whole(rk)) for t, rk in f.states)
+    names = ", ".join(t for t, _ in f.states)
+    ph1 = Phase(f"state {names} from the keys and values", st)
+    body = tuple(Load(t, whole(rk)) for t, rk in f.states)
     body += tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
     body += _out_tiles(f, ti)
-    ph2 = Phase("O = phi(Q) KV / phi(Q) KS", _group_wrap(f, (
-        Loop("i", "P", "block_q", body, grid=True, label="query tiles"),)))
+    ph2 = Phase(f"O from the queries and {names}", _group_wrap(f, (
+        Loop("i", "P", "block_q", body, grid=True, label="query tiles"),), grouped))
     return LoopNest(m, f.name, (ph1, ph2), tensors, skips_causal=False)
 
 
-def _lightning(m: Mapping, f: CascadeFacts) -> LoopNest:
-    tensors = {t: (f.ranks[t], "data") for t in f.ranks}
+def _lightning(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
+    tensors = _tensor_roles(f)
     tt = {"P": "t", "M": "t", "G": "g"}
     body = tuple(Load(t, _tile_dims(f.ranks[t], tt)) for t in f.q_inputs + f.kv_inputs)
     body += (Alloc("S", (Dim("P", "t"), Dim("M", "t"))),) + _acc_tiles(f, tt)
     body += _out_tiles(f, tt)
-    nest = (Alloc("KVS", (Dim("E"), Dim("F"))),
-            Loop("t", "P", "block_q", body, label="blocks of the sequence (in order)"))
-    return LoopNest(m, f.name, (Phase("forward", _group_wrap(f, nest)),), tensors,
+    nest = tuple(Alloc(t, tuple(Dim(r) for r in rk)) for t, rk in f.states)
+    nest += (Loop("t", "P", "block_q", body, label="blocks of the sequence (in order)"),)
+    return LoopNest(m, f.name, (Phase("forward", _group_wrap(f, nest, grouped)),), tensors,
                     skips_causal=False)
 
 
-def _saha_ye(m: Mapping, f: CascadeFacts) -> LoopNest:
-    if len(f.q_inputs) != 1 or len(f.kv_inputs) != 2:
-        raise IosimError(f"mapping 'saha-ye' needs a cascade with inputs Q, K, V "
-                         f"(got '{f.name}')")
-    q, (k, v) = f.q_inputs[0], f.kv_inputs
-    tensors = {t: (f.ranks[t], "data") for t in f.ranks}
+def _saha_ye(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
+    q, (k, v) = f.q_inputs[0], (f.key_inputs[0], f.value_inputs[0])
+    tensors = _tensor_roles(f)
     tensors["A"] = (("P", "M"), "data")
     tensors["D"] = (("P",), "stat")
     o = f.outputs[0]
@@ -701,7 +981,7 @@ def _saha_ye(m: Mapping, f: CascadeFacts) -> LoopNest:
           Loop("j", "M", "block_kv", p1_j, causal_with="i", label="key tiles"),
           Store("D", (Dim("P", "i"),)))
     ph1 = Phase("phase 1: A = exp(QK^T) and D = rowsum(A) to HBM", _group_wrap(f, (
-        Loop("i", "P", "block_q", p1, grid=True, label="query tiles"),)))
+        Loop("i", "P", "block_q", p1, grid=True, label="query tiles"),), grouped))
     p2_k = (Load("A", (Dim("P", "i"), Dim("M", "k")), streamed=True),
             Load(v, (Dim("M", "k"), Dim("F", "c")), streamed=True))
     p2_c = (Alloc(f"{o}_acc", (Dim("P", "i"), Dim("F", "c"))),
@@ -709,8 +989,14 @@ def _saha_ye(m: Mapping, f: CascadeFacts) -> LoopNest:
             Store(o, (Dim("P", "i"), Dim("F", "c"))))
     p2 = (Load("D", (Dim("P", "i"),)), Loop("c", "F", "block_f", p2_c, label="output-column tiles"))
     ph2 = Phase("phase 2: O = D^-1 A V", _group_wrap(f, (
-        Loop("i", "P", "block_q", p2, grid=True, label="query tiles"),)))
-    return LoopNest(m, f.name, (ph1, ph2), tensors)
+        Loop("i", "P", "block_q", p2, grid=True, label="query tiles"),), grouped))
+    return LoopNest(m, f.name, (ph1, ph2), tensors, causal_offset_default=_offset_kind(f))
+
+
+def _offset_kind(f: CascadeFacts) -> str:
+    """The causal diagonal of the cascade's own mask: ``"end"`` when it is aligned to the
+    end of the keys (``m > p + M - P``, decode), else ``"zero"`` (``m > p``)."""
+    return "end" if f.end_aligned_causal else "zero"
 
 
 # --------------------------------------------------------------------------------------
@@ -809,7 +1095,7 @@ def chunked_nest(name: str, cascade: str, ranks: dict, *, chunk_loads=(), once_l
     return LoopNest(m, cascade, (Phase(label or "chunked", nest),), tensors, skips_causal=False)
 
 
-def _chunked(m: Mapping, f: CascadeFacts) -> LoopNest:
+def _chunked(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     """The registry form of ``chunked``: every intermediate on chip, so one pass streams the
     key/value inputs per chunk (what FuseMax does with the 1-pass cascade)."""
     ranks = {t: tuple("M" if r == "M" else "Mt" if r == "Mt" else r for r in rk)
@@ -825,19 +1111,103 @@ _BUILDERS = {"fa2": _fa2, "fa1": _fa1, "unfused": _unfused, "fused-3pass": _fuse
              "fused-2pass": _fused2, "decode-splitk": _decode, "linear": _linear,
              "lightning2": _lightning, "saha-ye": _saha_ye, "chunked": _chunked}
 
-# which mapping kinds make sense for which library cascade (user cascades: structural check)
-_COMPAT = {
-    "attention-1pass": ("fa2", "fa1", "unfused", "saha-ye", "decode-splitk", "chunked"),
-    "flash1": ("fa1", "fa2", "unfused", "saha-ye"),
-    "attention-2pass": ("fused-2pass", "unfused", "fa2", "chunked"),
-    "attention-3pass": ("fused-3pass", "unfused", "saha-ye", "chunked"),
-    "attention-gqa": ("fa2", "fa1", "unfused"),
-    "attention-masked": ("fa2", "fa1", "unfused"),
-    "decode-splitk": ("decode-splitk", "fa2"),
-    "sigmoid": ("fa2", "fa1", "unfused"),
-    "linear": ("linear",),
-    "lightning2": ("lightning2",),
+_FAMILY_TEXT = {
+    "online": "a 1-pass recurrence over key blocks",
+    "single": "one pass over the keys without a running maximum",
+    "multi-pass": "{k} passes over the keys (a global reduction read again)",
+    "partials": "per-key-block partials combined in a second pass",
+    "linear": "linear attention (the keys reduced into a state, no query-key score)",
+    "recurrent": "a recurrence over blocks of the queries",
+    None: "none of the shapes the mappings know",
 }
+
+
+def _family_text(f: CascadeFacts) -> str:
+    return _FAMILY_TEXT[f.family].format(k=f.key_passes)
+
+
+def fit_error(kind: str, cascade) -> str | None:
+    """Why a mapping kind does not fit a cascade (one line), or ``None`` if it fits.
+
+    Read from the cascade's structure (:func:`cascade_facts`), never from its name: the same
+    text under any name, or as a user's file, fits the same mappings.
+    """
+    f = cascade if isinstance(cascade, CascadeFacts) else cascade_facts(_load_cascade(cascade))
+    name = f"cascade '{f.name}'"
+    if f.unsized:
+        t, r = f.unsized[0]
+        return (f"{name}: rank {r} of '{t}' is none the mappings can size (they know queries "
+                f"P, keys M, head dims E and F, a group rank and blocks of P and M)")
+    if not f.outputs or not f.kv_inputs:
+        return (f"mapping {kind} needs a cascade with key/value inputs (indexed by M) and an "
+                f"output; {name} has {'no output' if not f.outputs else 'no input indexed by M'}")
+    if kind in ("fused-2pass", "fused-3pass", "saha-ye") and not f.softmax:
+        return (f"mapping {kind} needs a softmax cascade (a max reduction over the key rank); "
+                f"{name} has none")
+    fam = f.family
+    if kind == "linear":
+        if fam != "linear":
+            return (f"mapping linear needs linear attention (the keys reduced into a state "
+                    f"without a query-key score); {name} makes {_family_text(f)}")
+        return None
+    if kind == "lightning2":
+        if fam != "recurrent":
+            return (f"mapping lightning2 needs a recurrence over blocks of the queries (a "
+                    f"running state over a partition of P); {name} makes {_family_text(f)}")
+        return None
+    if not f.has_score:
+        return (f"mapping {kind} needs a query-key score (a tensor over queries and keys); "
+                f"{name} makes {_family_text(f)}")
+    if kind in ("fa2", "chunked"):
+        if fam == "multi-pass":
+            return (f"mapping {kind} makes one pass over the keys; {name} needs {f.key_passes} "
+                    f"(its global maximum is complete only after a whole pass): use "
+                    f"fused-3pass, unfused or saha-ye")
+        return None
+    if kind == "fa1":
+        if fam not in ("online", "single"):
+            return (f"mapping fa1 updates O (and l, m) in HBM over one pass of key blocks; "
+                    f"{name} makes {_family_text(f)}")
+        return None
+    if kind == "unfused":
+        return None
+    if kind == "fused-3pass":
+        if fam != "multi-pass":
+            return (f"mapping fused-3pass needs a multi-pass softmax cascade (a global maximum "
+                    f"over the whole key row, read again in later passes); {name} makes "
+                    f"{_family_text(f)}")
+        return None
+    if kind == "fused-2pass":
+        if fam != "partials" or not f.partials:
+            return (f"mapping fused-2pass needs a 2-pass cascade with per-key-block partials "
+                    f"(a partitioned key rank combined over its blocks); {name} makes "
+                    f"{_family_text(f)}")
+        return None
+    if kind == "decode-splitk":
+        if fam == "multi-pass":
+            return (f"mapping decode-splitk makes one pass over each split of the keys; {name} "
+                    f"needs {f.key_passes}")
+        if not f.softmax and set(f.key_sums) - set(f.outputs):
+            return (f"mapping decode-splitk combines split partials of a softmax or of a plain "
+                    f"sum over the keys into the output; {name} also sums "
+                    f"{', '.join(sorted(set(f.key_sums) - set(f.outputs)))} over the keys")
+        return None
+    if kind == "saha-ye":
+        if fam not in ("online", "multi-pass"):
+            return (f"mapping saha-ye needs a softmax over whole key rows (a running or global "
+                    f"maximum); {name} makes {_family_text(f)}")
+        want = {"P", "E"}
+        extra = [t for t in f.ranks if t not in f.q_inputs + f.kv_inputs + f.outputs]
+        extra += list(f.pm_inputs)
+        if (len(f.q_inputs) != 1 or len(f.key_inputs) != 1 or len(f.value_inputs) != 1
+                or extra):
+            return (f"mapping saha-ye reads exactly Q[P, E], K[M, E], V[M, F] and writes "
+                    f"O[P, F]; {name} has inputs {', '.join(f.q_inputs + f.kv_inputs + f.pm_inputs)}")
+        if f.has_group or set(f.ranks[f.q_inputs[0]]) != want or len(f.outputs) != 1:
+            return (f"mapping saha-ye reads exactly Q[P, E], K[M, E], V[M, F] and writes "
+                    f"O[P, F]; {name} has Q[{', '.join(f.ranks[f.q_inputs[0]])}]")
+        return None
+    return None  # pragma: no cover
 
 
 def _load_cascade(cascade):
@@ -847,23 +1217,19 @@ def _load_cascade(cascade):
     return cascade
 
 
-def loop_nest(mapping: Mapping, cascade=None) -> LoopNest:
-    """The :class:`LoopNest` of ``mapping`` on ``cascade`` (default: ``mapping.cascade``)."""
+def loop_nest(mapping: Mapping, cascade=None, *, grouped: bool = False) -> LoopNest:
+    """The :class:`LoopNest` of ``mapping`` on ``cascade`` (default: ``mapping.cascade``).
+
+    ``grouped``: the query heads come in groups sharing one K/V head (``Shapes.group`` > 1);
+    a cascade with a group rank is always grouped. Raises a one-line :class:`IosimError`
+    when the mapping does not fit the cascade (see :func:`fit_error`).
+    """
     c = _load_cascade(cascade if cascade is not None else mapping.cascade)
     facts = cascade_facts(c)
-    allowed = _COMPAT.get(c.name)
-    if allowed is not None and mapping.kind not in allowed:
-        raise IosimError(f"mapping '{mapping.name}' ({mapping.kind}) does not fit cascade "
-                         f"'{c.name}'; use one of: {', '.join(allowed)}")
-    if allowed is None:
-        need = {"Q", "K", "V"} if mapping.kind == "saha-ye" else set()
-        if not facts.outputs or not facts.kv_inputs or not need <= set(facts.ranks):
-            raise IosimError(f"mapping '{mapping.name}' needs a cascade with P-indexed inputs, "
-                             f"M-indexed inputs and an output (cascade '{c.name}')")
-        if mapping.kind in ("linear", "lightning2"):
-            raise IosimError(f"mapping '{mapping.kind}' only fits the library cascade "
-                             f"'{mapping.kind}'")
-    return _BUILDERS[mapping.kind](mapping, facts)
+    why = fit_error(mapping.kind, facts)
+    if why is not None:
+        raise IosimError(why)
+    return _BUILDERS[mapping.kind](mapping, facts, grouped or facts.has_group)
 
 
 # ======================================================================================
@@ -874,8 +1240,8 @@ _FA_ORDER = ("B", "H", "P", "M")
 MAPPINGS: dict[str, dict] = {
     "fa2": dict(kind="fa2", cascade="attention-1pass", block_q=128, block_kv=64,
                 loop_order=_FA_ORDER,
-                notes="FlashAttention-2: a program per query tile, K/V streamed, O and LSE "
-                      "written once"),
+                notes="FlashAttention-2: a program per query tile (the query heads of a group "
+                      "packed into its rows), K/V streamed, O and LSE written once"),
     "fa1": dict(kind="fa1", cascade="flash1", block_q=None, block_kv=None,
                 loop_order=("B", "H", "M", "P"), grid_order="query-major",
                 notes="FlashAttention-1 Algorithm 1: outer loop over K/V tiles, O, l, m in HBM; "
@@ -907,25 +1273,16 @@ MAPPINGS: dict[str, dict] = {
                           "sums to HBM, then D^-1 A V (arXiv 2402.07443, Algorithm 1)"),
 }
 
-_DEFAULTS = {
-    "attention-1pass": "fa2", "flash1": "fa1", "attention-2pass": "fused-2pass",
-    "attention-3pass": "fused-3pass", "attention-gqa": "fa2", "attention-masked": "fa2",
-    "decode-splitk": "decode-splitk", "sigmoid": "fa2", "linear": "linear",
-    "lightning2": "lightning2",
-}
+#: the order in which fitting mappings are listed (after the cascade's default)
+_ORDER = ("fa2", "fa1", "fused-2pass", "fused-3pass", "unfused", "saha-ye", "decode-splitk",
+          "linear", "lightning2")
 
 
 def mapping_names() -> tuple:
     return tuple(MAPPINGS)
 
 
-def get_mapping(name: str, cascade: str | None = None, **overrides) -> Mapping:
-    """The named mapping (see :data:`MAPPINGS`), with fields overridden.
-
-    ``cascade`` sets the cascade the mapping is for (default: the mapping's own).
-    Overrides with value ``None`` for ``block_q``/``block_kv`` keep the registry's value
-    except for ``fa1``/``saha-ye`` (where ``None`` means the paper rule).
-    """
+def _key(name: str) -> str:
     key = str(name).strip().lower().replace("_", "-")
     if key in ("fa", "flash2", "flashattention-2"):
         key = "fa2"
@@ -936,9 +1293,20 @@ def get_mapping(name: str, cascade: str | None = None, **overrides) -> Mapping:
     if key not in MAPPINGS:
         raise IosimError(f"unknown mapping '{name}'{_suggest(name, MAPPINGS)}; "
                          f"mappings: {', '.join(MAPPINGS)}")
+    return key
+
+
+def get_mapping(name: str, cascade=None, **overrides) -> Mapping:
+    """The named mapping (see :data:`MAPPINGS`), with fields overridden.
+
+    ``cascade`` sets the cascade the mapping is for (a name, a path or a Cascade; default:
+    the mapping's own). Overrides with value ``None`` for ``block_q``/``block_kv`` keep the
+    registry's value except for ``fa1``/``saha-ye`` (where ``None`` means the paper rule).
+    """
+    key = _key(name)
     spec = dict(MAPPINGS[key])
     if cascade is not None:
-        spec["cascade"] = str(cascade)
+        spec["cascade"] = str(getattr(cascade, "name", cascade))
     for k, v in overrides.items():
         if v is None and k in ("block_q", "block_kv") and spec["kind"] not in ("fa1", "saha-ye"):
             continue
@@ -953,17 +1321,71 @@ def get_mapping(name: str, cascade: str | None = None, **overrides) -> Mapping:
     return Mapping(name=key, **spec)
 
 
-def default_mapping(cascade_name: str, **overrides) -> Mapping:
-    """The default mapping for a cascade (library name or a loaded user cascade's name)."""
-    name = getattr(cascade_name, "name", cascade_name)
-    return get_mapping(_DEFAULTS.get(str(name), "fa2"), cascade=str(name), **overrides)
+def default_kind(cascade) -> str:
+    """The default mapping kind of a cascade, from its structure (:func:`cascade_facts`):
+    FlashAttention-2 for a 1-pass recurrence with a deferred division or a single pass,
+    FlashAttention-1 when the recurrence renormalises the output at every block, the fused
+    3-pass and 2-pass mappings for multi-pass and per-block-partial softmaxes (FlashDecoding
+    when the partials are normalised with a log-sum-exp), linear and Lightning-2 for their
+    shapes."""
+    f = cascade if isinstance(cascade, CascadeFacts) else cascade_facts(_load_cascade(cascade))
+    fam = f.family
+    if fam == "online":
+        return "fa1" if f.per_step else "fa2"
+    if fam == "multi-pass":
+        return "fused-3pass" if f.softmax else "unfused"
+    if fam == "partials":
+        return "decode-splitk" if f.lse_partials else "fused-2pass"
+    if fam == "linear":
+        return "linear"
+    if fam == "recurrent":
+        return "lightning2"
+    return "fa2"
 
 
-def mappings_for(cascade_name: str) -> tuple:
-    """Names of the mappings that fit a cascade (first: the default)."""
-    name = getattr(cascade_name, "name", cascade_name)
-    kinds = _COMPAT.get(str(name), ("fa2", "fa1", "unfused", "saha-ye"))
-    return tuple(k for k in kinds if k in MAPPINGS)
+def _cascade_blocks(kind: str, f: CascadeFacts) -> tuple:
+    """Which tiles of a mapping are the cascade's own key (query) blocks: a mapping that
+    follows the cascade's block structure (FlashAttention-2 on a recurrence over key blocks,
+    the fused 2-pass mapping on per-block partials, Lightning-2 on its query blocks) takes
+    the default of the parameter the cascade partitions its key (query) rank by."""
+    if kind in ("fa2", "chunked") and f.family == "online":
+        return ("block_kv", "block_q")
+    if kind == "fused-2pass" and f.family == "partials":
+        return ("block_kv", "block_q")
+    if kind == "lightning2" and f.family == "recurrent":
+        return ("block_q",)
+    return ()
+
+
+def mapping_for(cascade, name: str | None = None, **overrides) -> Mapping:
+    """The mapping ``name`` (default: the cascade's, :func:`default_kind`) for a cascade,
+    with the cascade file's defaults: its key/query block parameter sets ``block_kv``/
+    ``block_q`` of the mappings that stream its blocks (fa2, fused-2pass, lightning2)
+    unless overridden. Overrides with value ``None`` are ignored (fa1/saha-ye: the paper
+    rule)."""
+    c = _load_cascade(cascade)
+    key = _key(name) if name is not None else default_kind(c)
+    spec = {}
+    dflt = cascade_defaults(c)
+    for k in _cascade_blocks(MAPPINGS[key]["kind"], cascade_facts(c)):
+        if k in dflt:
+            spec[k] = dflt[k]
+    spec.update({k: v for k, v in overrides.items() if v is not None})
+    return get_mapping(key, cascade=c.name, **spec)
+
+
+def default_mapping(cascade, **overrides) -> Mapping:
+    """The default mapping for a cascade (a library name, a path or a Cascade), read from
+    its structure; see :func:`mapping_for`."""
+    return mapping_for(cascade, None, **overrides)
+
+
+def mappings_for(cascade) -> tuple:
+    """Names of the mappings that fit a cascade (first: its default), from its structure."""
+    f = cascade_facts(_load_cascade(cascade))
+    first = default_kind(f)
+    kinds = [first] + [k for k in _ORDER if k != first]
+    return tuple(k for k in kinds if k in MAPPINGS and fit_error(k, f) is None)
 
 
 # ======================================================================================

@@ -156,20 +156,24 @@ class Report:
         dims = f"d={s.e}" if s.e == s.f else f"e={s.e}, f={s.f}"
         L.append(f"iosim evaluate: {self.cascade} with mapping {m.name} on {self.hardware} "
                  f"({s.dtype})")
-        L.append(f"  batch {s.batch} x heads {s.heads}, N={s.n} queries x {keys}, {dims}"
+        heads = (f"heads {s.heads} (K/V heads {s.kv_heads}, {s.group} query heads each)"
+                 if s.group > 1 else f"heads {s.heads}")
+        L.append(f"  batch {s.batch} x {heads}, N={s.n} queries x {keys}, {dims}"
                  f"{', causal' if s.causal else ''}; tiles block_q={m.block_q} (queries, "
                  f"BLOCK_M) x block_kv={m.block_kv} (keys, BLOCK_N)")
         L.append("")
         L.append("What the numbers mean")
         wrap = lambda t: textwrap.wrap(t, 96, initial_indent="  ",  # noqa: E731
                                        subsequent_indent="  ")
+        unit = ("(batch, K/V head) with its query heads" if s.group > 1
+                else "(batch, head)")
         L += wrap("read = bytes read out of a memory level toward the compute units; write = "
                   "bytes written into it; summed over all batches and heads. Per-head columns "
-                  f"count elements of one (batch, head) at {self.backing.name}.")
+                  f"count elements of one {unit} at {self.backing.name}.")
         L += wrap(self._model_sentence())
         L.append("")
-        L.append("Loop nest (one batch and head; 'parallel' loops are independent programs, "
-                 "'keep' = on-chip only)")
+        L.append(f"Loop nest (one batch and {'K/V head' if s.group > 1 else 'head'}; "
+                 "'parallel' loops are independent programs, 'keep' = on-chip only)")
         for ln in self.loop_nest.splitlines():
             L.append("  " + ln)
         L.append("")
@@ -191,7 +195,8 @@ class Report:
                  f"{'' if self.fits else '  <-- DOES NOT FIT'}.")
         b = self.bound
         L += textwrap.wrap(
-            f"IO lower bound: {fmt_count(b['elements'])} elements per head (binding: "
+            f"IO lower bound: {fmt_count(b['elements'])} elements per "
+            f"{'K/V head' if s.group > 1 else 'head'} (binding: "
             f"{b['binding']}{', asymptotic, constant 1' if b.get('asymptotic') else ''}; "
             f"{'fast memory (L2 + SMEM)' if 'bound_fast' in b else 'SRAM'} = "
             f"{b['sram_elements']:,.0f} elements). {self.backing.name} traffic is "

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.mapping import Mapping, get_mapping, mappings_for
+from iosim.mapping import Mapping, fit_error, get_mapping, mappings_for
 
 __all__ = ["candidate_tiles", "variants_for", "search", "ski_slope", "search_frame",
            "SearchResult", "OBJECTIVES"]
@@ -40,12 +40,20 @@ def candidate_tiles(n: int, *, dense_to: int = 64, count: int = 48) -> np.ndarra
     return t.astype(np.int64)
 
 
-def variants_for(cascade_name: str, mappings=None) -> list:
-    """The mapping variants searched for a cascade: ``[(label, Mapping), ...]``."""
-    names = list(mappings) if mappings else list(mappings_for(cascade_name))
+def variants_for(cascade, mappings=None) -> list:
+    """The mapping variants searched for a cascade (a name, a path or a Cascade):
+    ``[(label, Mapping), ...]``. Without ``mappings``: every mapping that fits the cascade's
+    structure (:func:`iosim.mapping.mappings_for`); a given mapping that does not fit is a
+    one-line error saying why."""
+    from iosim.traffic import _load_cascade
+    c = _load_cascade(cascade)
+    names = list(mappings) if mappings else list(mappings_for(c))
     out = []
     for name in names:
-        base = get_mapping(name, cascade=cascade_name)
+        base = get_mapping(name, cascade=c.name)
+        why = fit_error(base.kind, c)
+        if why is not None:
+            raise IosimError(why)
         if base.kind in ("fused-3pass",):
             for pol in ("buffer", "spill", "recompute"):
                 out.append((f"{base.name}/{pol}", base.with_(row_policy=pol)))
@@ -64,9 +72,12 @@ def variants_for(cascade_name: str, mappings=None) -> list:
     return out
 
 
-def _candidates(m: Mapping, n: int, kv: int):
-    """(block_q array, block_kv array) of the candidates of one variant (flattened pairs)."""
-    tq, tk = candidate_tiles(n), candidate_tiles(kv)
+def _candidates(m: Mapping, n: int, kv: int, group: int = 1):
+    """(block_q array, block_kv array) of the candidates of one variant (flattened pairs).
+    FA2 packs the ``group`` query heads of a K/V head into its rows: its query tile runs
+    over ``n * group`` rows."""
+    rows = n * group if (m.kind == "fa2" and m.pack_group) else n
+    tq, tk = candidate_tiles(rows), candidate_tiles(kv)
     if m.kind == "saha-ye":
         b = np.arange(1, max(1, min(max(n, kv), 4096)) + 1)
         return b, b
@@ -107,7 +118,8 @@ class SearchResult:
                  "For each SRAM size: the tiling with the least traffic whose buffers (tiles, "
                  "O accumulator, running max/sum, score tile) fit.",
                  f"{self.candidates:,} configurations evaluated in {self.seconds * 1e3:.0f} ms; "
-                 f"traffic per (batch, head) in elements; ratio = traffic / IO lower bound.",
+                 f"traffic per (batch, {'K/V head with its ' + str(s.get('group')) + ' query heads' if s.get('group', 1) > 1 else 'head'}) "
+                 f"in elements; ratio = traffic / IO lower bound.",
                  ""]
         hdr = ("SRAM", "SRAM el.", "mapping", "block_q", "block_kv", "traffic (el.)",
                "bytes", "time", "ratio")
@@ -132,9 +144,15 @@ class SearchResult:
 
 def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: int | None = None,
            f: int | None = None, kv_len: int | None = None, sram_bytes=None, dtype: str = "bf16",
-           causal: bool = False, batch: int = 1, heads: int = 1, objective: str = "hbm",
-           mappings=None) -> SearchResult:
+           causal: bool | None = None, batch: int = 1, heads: int = 1,
+           kv_heads: int | None = None, objective: str = "hbm", mappings=None,
+           progress: bool = False) -> SearchResult:
     """Minimum-traffic (or minimum-time) tiling per SRAM size (bytes; a list or a scalar).
+
+    ``causal=None`` applies the cascade's own default (its mask switch's default);
+    ``heads``/``kv_heads`` as in :class:`iosim.mapping.Shapes` (traffic per K/V head).
+    ``progress``: a progress bar on stderr (terminals only) when the search runs for more
+    than two seconds.
 
     ``sram_bytes=None`` uses the hardware's SRAM level. Returns a :class:`SearchResult`
     whose ``frame`` has one row per SRAM size (in the given order) with the best variant,
@@ -149,7 +167,9 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     t0 = _time.perf_counter()
     if objective not in OBJECTIVES:
         raise IosimError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    from iosim.mapping import Shapes, default_kind, resolve_causal
     c = _load_cascade(cascade)
+    causal = resolve_causal(c, causal)
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
     e = e if e is not None else d
     if e is None:
@@ -158,6 +178,7 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     for v, label in ((n, "seq-len"), (e, "head-dim"), (kv, "kv-len")):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise IosimError(f"{label} must be a positive integer, got {v!r}")
+    group = Shapes(n=n, e=e, heads=heads, kv_heads=kv_heads).group
     _, _, sram_lv, _, acc_lv = _level_roles(hw, get_mapping("fa2"))
     srams = np.atleast_1d(np.asarray(sram_lv.usable_bytes if sram_bytes is None else sram_bytes,
                                      dtype=float))
@@ -168,16 +189,24 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     best_tb = np.full(S, np.inf)
     choice = [None] * S
     total = 0
-    variants = variants_for(c.name, mappings)
-    if c.name != "decode-splitk" and n > 256 and not mappings:
+    variants = variants_for(c, mappings)
+    # split-K decode is for few queries: searched beyond 256 queries only where the cascade
+    # itself is a split-K decode (or it is asked for)
+    if default_kind(c) != "decode-splitk" and n > 256 and not mappings:
         variants = [(lb, m) for lb, m in variants if m.kind != "decode-splitk"]
-    for label, m in variants:
-        bq, bk = _candidates(m, n, kv)
+    from tqdm import tqdm
+    bar = tqdm(variants, desc="search", unit="mapping", leave=False, delay=2.0,
+               disable=None if progress else True)
+    for label, m in bar:
+        bar.set_postfix_str(label, refresh=False)
+        bq, bk = _candidates(m, n, kv, group)
         try:
             r = evaluate_arrays(c, m, hw, n=n, e=e, f=f, kv_len=kv, batch=batch, heads=heads,
-                                dtype=dtype, causal=causal, block_q=bq, block_kv=bk,
-                                product=False)
+                                kv_heads=kv_heads, dtype=dtype, causal=causal, block_q=bq,
+                                block_kv=bk, product=False)
         except IosimError:
+            if mappings:
+                raise
             continue
         total += len(bq)
         backing = r["level_roles"]["backing"]
@@ -215,8 +244,8 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
         bq = np.array([choice[s][2] for s in idxs])
         bk = np.array([choice[s][3] for s in idxs])
         r = evaluate_arrays(c, m, hw, n=n, e=e, f=f, kv_len=kv, batch=batch, heads=heads,
-                            dtype=dtype, causal=causal, block_q=bq, block_kv=bk,
-                            sram_bytes=srams[idxs], product=False)
+                            kv_heads=kv_heads, dtype=dtype, causal=causal, block_q=bq,
+                            block_kv=bk, sram_bytes=srams[idxs], product=False)
         df = arrays_to_frame(r, per_tensor=False, pd=pd)
         df["variant"] = label
         df["row_policy"] = m.row_policy if m.kind in ("fused-3pass", "fused-2pass") else ""
@@ -238,7 +267,8 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     return SearchResult(cascade=c.name, hardware=hw.name, objective=objective, frame=out,
                         candidates=total, seconds=_time.perf_counter() - t0,
                         shapes={"n": n, "kv_len": kv, "e": e, "f": f or e, "dtype": dtype,
-                                "causal": causal, "batch": batch, "heads": heads})
+                                "causal": causal, "batch": batch, "heads": heads,
+                                "kv_heads": heads // group, "group": group})
 
 
 def ski_slope(cascade, hardware="two-level", *, sram_bytes, **kw):
@@ -247,7 +277,8 @@ def ski_slope(cascade, hardware="two-level", *, sram_bytes, **kw):
 
 
 def search_frame(cascade, hardware, *, n, d, sram_bytes, dtype: str = "bf16", batch: int = 1,
-                 heads: int = 1, causal: bool = False, objective: str = "hbm"):
+                 heads: int = 1, kv_heads: int | None = None, causal: bool | None = False,
+                 objective: str = "hbm"):
     """Best tiling per point of parallel arrays ``n``, ``d``, ``sram_bytes`` (one row each,
     in the points' order): the frame-level API used by :mod:`iosim.sweep`."""
     import pandas as pd
@@ -259,7 +290,8 @@ def search_frame(cascade, hardware, *, n, d, sram_bytes, dtype: str = "bf16", ba
     for nn, dd in sorted(set(zip(n_a.tolist(), d_a.tolist()))):
         sel = (n_a == nn) & (d_a == dd)
         res = search(cascade, hardware, n=int(nn), d=int(dd), sram_bytes=s_a[sel], dtype=dtype,
-                     batch=batch, heads=heads, causal=causal, objective=objective)
+                     batch=batch, heads=heads, kv_heads=kv_heads, causal=causal,
+                     objective=objective)
         df = res.frame.copy()
         df["n"] = int(nn)
         df["e"] = int(dd)

@@ -201,39 +201,52 @@ class Algorithm:
         return self.mapping == "best"
 
 
+def _is_file(text: str) -> bool:
+    return text.endswith(".casc") or "/" in text
+
+
+def _check_fit(casc: str, mp: str, what: str) -> str:
+    """The registry name of mapping ``mp`` if it fits cascade ``casc`` (read from its
+    structure), else a one-line error saying why."""
+    from iosim.mapping import fit_error, get_mapping, mappings_for
+
+    m = get_mapping(mp, cascade=casc)
+    why = fit_error(m.kind, casc)
+    if why is not None:
+        raise IosimError(f"{what}: {why}; mappings that fit: {', '.join(mappings_for(casc))} "
+                         f"or best")
+    return m.name
+
+
 def resolve_algorithm(name: str, default_mapping: str | None = None) -> Algorithm:
-    """``fa1`` | ``attention-1pass`` | ``attention-1pass:fa1`` | ``attention-1pass:best``."""
+    """``fa1`` | ``attention-1pass`` | ``attention-1pass:fa1`` | ``attention-1pass:best``;
+    a cascade file works as a cascade name (``mine.casc``, ``mine.casc:fa2``)."""
+    from cascades.library import load
     from cascades.library import names as cascade_names
-    from iosim.mapping import MAPPINGS, get_mapping, mappings_for
+    from iosim.mapping import MAPPINGS, get_mapping
 
     text = str(name).strip()
     if not text:
         raise IosimError("empty algorithm name")
     if ":" in text:
-        casc, mp = (t.strip() for t in text.split(":", 1))
-        if casc not in cascade_names():
+        casc, mp = (t.strip() for t in text.rsplit(":", 1))
+        if not _is_file(casc) and casc not in cascade_names():
             raise IosimError(f"unknown cascade '{casc}' in '{text}'; cascades: {', '.join(cascade_names())}")
+        load(casc)  # a file that does not parse is a one-line error
         if mp != "best":
-            m = get_mapping(mp, cascade=casc)
-            if m.kind not in mappings_for(casc):
-                raise IosimError(f"mapping '{mp}' does not fit cascade '{casc}'; use one of: "
-                                 f"{', '.join(mappings_for(casc))} or best")
-            mp = m.name
+            mp = _check_fit(casc, mp, f"'{text}'")
         return Algorithm(text, casc, mp)
     key = text.lower().replace("_", "-")
     if key in MAPPINGS or key in ("fa", "flash2", "standard", "naive"):
         m = get_mapping(key)
         return Algorithm(m.name, m.cascade, m.name)
-    if text in cascade_names():
+    if text in cascade_names() or _is_file(text):
+        load(text)
         mp = default_mapping
         if mp is None:
             mp = "best"
         if mp != "best":
-            m = get_mapping(mp, cascade=text)
-            if m.kind not in mappings_for(text):
-                raise IosimError(f"--mapping {mp} does not fit cascade '{text}'; use one of: "
-                                 f"{', '.join(mappings_for(text))} or best")
-            mp = m.name
+            mp = _check_fit(text, mp, f"--mapping {mp}")
         return Algorithm(f"{text}:{mp}", text, mp)
     import difflib
 
@@ -252,7 +265,7 @@ KEY_COLUMNS = ("algorithm", "hardware", "dtype", "batch", "heads", "causal", "sr
 
 #: the columns the CSV keeps (per-tensor columns vary by algorithm and are left out)
 OUT_COLUMNS = KEY_COLUMNS + (
-    "cascade", "mapping", "sram_elements", "block_q", "block_kv", "fits",
+    "kv_heads", "cascade", "mapping", "sram_elements", "block_q", "block_kv", "fits",
     "hbm_read_bytes", "hbm_write_bytes", "hbm_bytes", "hbm_elements_per_head",
     "flops_matmul", "flops_exp", "flops_other", "time_s", "limiter",
     "bound_compulsory_elements", "bound_envelope_elements", "bound_elements", "ratio_to_bound",
@@ -270,6 +283,7 @@ class SweepSpec:
     batch: int = 1
     heads: int = 1
     causal: bool = False
+    kv_heads: int | None = None   # K/V heads (default: heads); heads / kv_heads share one
 
     def points(self) -> int:
         return len(self.algorithms) * len(self.srams) * len(self.seq_lens) * len(self.head_dims)
@@ -385,13 +399,14 @@ def _hbm_name(hw) -> str:
 def _fixed_frame(alg: Algorithm, hw, pts: dict, spec: SweepSpec):
     """Evaluate a fixed (named) mapping at the points (arrays n, d, sram) in one call."""
     import pandas as pd
-    from iosim.mapping import get_mapping
-    from iosim.traffic import arrays_to_frame, evaluate_arrays
+    from iosim.mapping import mapping_for
+    from iosim.traffic import _load_cascade, arrays_to_frame, evaluate_arrays
 
-    m = get_mapping(alg.mapping, cascade=alg.cascade)
-    r = evaluate_arrays(alg.cascade, m, hw, n=pts["n"], d=pts["d"], dtype=spec.dtype,
-                        batch=spec.batch, heads=spec.heads, causal=spec.causal,
-                        sram_bytes=pts["sram"], product=False)
+    c = _load_cascade(alg.cascade)
+    m = mapping_for(c, alg.mapping)   # the cascade file's block parameters as defaults
+    r = evaluate_arrays(c, m, hw, n=pts["n"], d=pts["d"], dtype=spec.dtype,
+                        batch=spec.batch, heads=spec.heads, kv_heads=spec.kv_heads,
+                        causal=spec.causal, sram_bytes=pts["sram"], product=False)
     df = arrays_to_frame(r, per_tensor=False, pd=pd)
     df["sram_bytes"] = pts["sram"]
     return df
@@ -409,7 +424,8 @@ def _best_frame(alg: Algorithm, hw, pts: dict, spec: SweepSpec):
         fn = None
     if fn is not None:
         return fn(alg.cascade, hw, n=pts["n"], d=pts["d"], sram_bytes=pts["sram"],
-                  dtype=spec.dtype, batch=spec.batch, heads=spec.heads, causal=spec.causal)
+                  dtype=spec.dtype, batch=spec.batch, heads=spec.heads,
+                  kv_heads=spec.kv_heads, causal=spec.causal)
     rows = [_grid_best_rows(alg.cascade, hw, int(n), int(d), float(s), spec)
             for n, d, s in zip(pts["n"], pts["d"], pts["sram"])]
     return pd.concat(rows, ignore_index=True)
@@ -427,7 +443,7 @@ def _grid_best_rows(cascade: str, hw, n: int, d: int, sram: float, spec: SweepSp
     for kind in mappings_for(cascade):
         m = get_mapping(kind, cascade=cascade)
         kw = dict(n=n, d=d, dtype=spec.dtype, batch=spec.batch, heads=spec.heads,
-                  causal=spec.causal, sram_bytes=sram)
+                  kv_heads=spec.kv_heads, causal=spec.causal, sram_bytes=sram)
         try:
             if m.kind == "saha-ye":
                 bmax = int(math.isqrt(int(sram // 1)))
@@ -450,7 +466,8 @@ def _grid_best_rows(cascade: str, hw, n: int, d: int, sram: float, spec: SweepSp
     if not frames:
         m = get_mapping(mappings_for(cascade)[0], cascade=cascade)
         r = evaluate_arrays(cascade, m, hw, n=n, d=d, dtype=spec.dtype, batch=spec.batch,
-                            heads=spec.heads, causal=spec.causal, sram_bytes=sram)
+                            heads=spec.heads, kv_heads=spec.kv_heads, causal=spec.causal,
+                            sram_bytes=sram)
         df = arrays_to_frame(r, per_tensor=False, pd=pd)
         return df
     out = pd.concat(frames, ignore_index=True).nsmallest(1, "hbm_bytes")
@@ -514,7 +531,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, chunk_point
     if progress and total:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="pt", desc="sweep", leave=False)
+        bar = tqdm(total=total, unit="pt", desc="sweep", leave=False, delay=2.0, disable=None)
     pending = []
     last_flush = time.monotonic()
     interval = flush_seconds
@@ -580,6 +597,7 @@ def _normalise(df, alg: Algorithm, hw, spec: SweepSpec):
     out["dtype"] = spec.dtype
     out["batch"] = spec.batch
     out["heads"] = spec.heads
+    out["kv_heads"] = spec.kv_heads if spec.kv_heads is not None else spec.heads
     out["causal"] = bool(spec.causal)
     if "d" not in out.columns:
         out["d"] = out["e"]

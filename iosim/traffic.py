@@ -175,7 +175,8 @@ def _event_factors(dims, encl, what: str) -> tuple:
         factors.append(("ext", l.rank) if l.var in uses else ("trips", l.rank, l.block))
     if coupled is not None:
         pl, ml = coupled
-        factors.append(("causal", pl.block, ml.block, pl.var in uses, ml.var in uses))
+        factors.append(("causal", pl.block, ml.block, pl.var in uses, ml.var in uses)
+                       + (("R",) if pl.rank == "R" else ()))
     for d in dims:
         if d.var is None:
             factors.append(("ext", d.rank))
@@ -265,6 +266,8 @@ def cascade_op_terms(cascade, causal: bool) -> tuple:
     ``exp``; everything else is ``other``.
     """
     from cascades.ir import (Access, Binary, Bool, Call, Name, Num, Str, Unary, index_vars)
+    from iosim.mapping import cascade_facts
+    flag = cascade_facts(cascade).causal_param or "causal"
     params = {p.name: p.default for p in cascade.params}
     ranks = set(cascade.info.ranks)
     var_rank = cascade.info.var_rank
@@ -275,7 +278,7 @@ def cascade_op_terms(cascade, causal: bool) -> tuple:
         if isinstance(x, (Num, Bool, Str)):
             return True, getattr(x, "value", None), frozenset(), []
         if isinstance(x, Name):
-            if x.name == "causal":
+            if x.name == flag:
                 return True, bool(causal), frozenset(), []
             if x.name in params:
                 d = params[x.name]
@@ -382,7 +385,9 @@ def cascade_op_terms(cascade, causal: bool) -> tuple:
 
 def _var_extent_factors(cascade, nest: LoopNest, vs: frozenset) -> tuple:
     """Factor keys whose product is the number of points of the variables ``vs``."""
+    from iosim.mapping import cascade_facts
     info = cascade.info
+    alias = cascade_facts(cascade).rank_alias
     out = []
     done = set()
     for v in sorted(vs):
@@ -391,7 +396,7 @@ def _var_extent_factors(cascade, nest: LoopNest, vs: frozenset) -> tuple:
         r = info.var_rank[v]
         part = info.part_parent.get(r)
         if part is None:
-            out.append(("ext", r))
+            out.append(("ext", alias.get(r, r)))
             continue
         outer_v, inner_v = part.outer.lower(), part.inner.lower()
         split = nest.mapping.kind == "decode-splitk" and part.rank == "M"
@@ -462,11 +467,21 @@ class _Factors:
         self.cache: dict = {}
         self._csums = {}
 
-    def csums(self, bP: str, bM: str):
-        key = (bP, bM)
+    def csums(self, bP: str, bM: str, rows: str = "P"):
+        """Causal block sums; with ``rows="R"`` for packed rows of ``G`` query heads: row
+        ``r`` is query ``r // G``, so a tile of rows ends at query ``floor(last row / G)``:
+        the sums of ``G·P`` rows against ``G·M`` keys in tiles of ``G·block_kv`` at offset
+        ``G·off``, key counts divided by ``G`` (exact: every key count is a multiple of G)."""
+        key = (bP, bM, rows)
         if key not in self._csums:
             s = self.sz
-            self._csums[key] = causal_sums(s["P"], s["M"], s[bP], s[bM], s["off"])
+            if rows == "R":
+                G = s["G"]
+                S00, S10, S01, S11 = causal_sums(s["R"], s["M"] * G, s[bP], s[bM] * G,
+                                                 s["off"] * G)
+                self._csums[key] = (S00, S10, S01 // G, S11 // G)
+            else:
+                self._csums[key] = causal_sums(s["P"], s["M"], s[bP], s[bM], s["off"])
         return self._csums[key]
 
     def get(self, f: tuple) -> np.ndarray:
@@ -485,11 +500,12 @@ class _Factors:
         elif kind == "chunk":
             v = _cdiv(s["M"], s["S"])
         elif kind == "causal":
-            _, bP, bM, ui, uj = f
-            full = ((s["P"] if ui else _cdiv(s["P"], s[bP]))
+            _, bP, bM, ui, uj = f[:5]
+            rows = f[5] if len(f) > 5 else "P"
+            full = ((s[rows] if ui else _cdiv(s[rows], s[bP]))
                     * (s["M"] if uj else _cdiv(s["M"], s[bM])))
             if np.any(s["causal"]):
-                S00, S10, S01, S11 = self.csums(bP, bM)
+                S00, S10, S01, S11 = self.csums(bP, bM, rows)
                 pick = {(False, False): S00, (True, False): S10,
                         (False, True): S01, (True, True): S11}[(ui, uj)]
                 v = np.where(s["causal"], pick, full)
@@ -552,10 +568,8 @@ def _load_cascade(cascade):
 def _resolve_mapping(mapping, cascade) -> Mapping:
     if isinstance(mapping, Mapping):
         return mapping
-    if mapping is None:
-        from iosim.mapping import default_mapping
-        return default_mapping(cascade.name)
-    return get_mapping(mapping, cascade=cascade.name)
+    from iosim.mapping import mapping_for
+    return mapping_for(cascade, mapping)   # the cascade's default, its block parameters
 
 
 def _broadcast(values: dict, product: bool) -> dict:
@@ -582,7 +596,7 @@ def _broadcast(values: dict, product: bool) -> dict:
 
 
 def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv_len=None,
-                    batch=1, heads=1, group=1, dtype: str = "bf16", causal=False,
+                    batch=1, heads=1, group=1, kv_heads=None, dtype: str = "bf16", causal=False,
                     causal_offset=None, block_q=None, block_kv=None, block_e=None,
                     block_f=None, split_kv=None, sram_bytes=None, product: bool = True,
                     backing_model: Callable | None = None, check: bool = False) -> dict:
@@ -593,6 +607,11 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     model), ``levels`` (per level read/write bytes, all heads), ``flops`` (per class, all
     heads), ``times`` and more; see the code of :func:`evaluate_grid` for how they become
     columns.
+
+    Heads: ``heads`` query heads and ``kv_heads`` K/V heads per batch (``group`` = their
+    ratio, derived); without ``kv_heads``, ``heads`` K/V heads of ``group`` query heads
+    each. Per-tensor counts are per (batch, K/V head) — one K/V head with its ``group``
+    query heads; totals multiply by ``batch * kv_heads``.
     """
     from iosim.hardware import dtype_bytes, load_hardware
     c = _load_cascade(cascade)
@@ -601,7 +620,7 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     dtype_bytes(dtype)
     if m.kind in ("fused-3pass", "fused-2pass") and m.row_policy == "auto":
         kw = dict(n=n, d=d, e=e, f=f, kv_len=kv_len, batch=batch, heads=heads, group=group,
-                  dtype=dtype, causal=causal, causal_offset=causal_offset, block_q=block_q,
+                  kv_heads=kv_heads, dtype=dtype, causal=causal, causal_offset=causal_offset, block_q=block_q,
                   block_kv=block_kv, block_e=block_e, block_f=block_f, split_kv=split_kv,
                   sram_bytes=sram_bytes, product=product, backing_model=backing_model)
         rb = evaluate_arrays(c, m.with_(row_policy="buffer"), hw, **kw)
@@ -618,7 +637,8 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     if e is None:
         raise IosimError("give the head dimension (d or e)")
     vals = dict(n=n, e=e, f=-1 if f is None else f, kv_len=-1 if kv_len is None else kv_len,
-                batch=batch, heads=heads, group=group, causal=causal,
+                batch=batch, heads=heads, group=group,
+                kv_heads=-1 if kv_heads is None else kv_heads, causal=causal,
                 block_q=m.block_q if block_q is None else block_q,
                 block_kv=m.block_kv if block_kv is None else block_kv,
                 split_kv=m.split_kv if split_kv is None else split_kv)
@@ -645,11 +665,23 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
                        ("group", "group"), ("block_q", "block_q"), ("block_kv", "block_kv"),
                        ("split_kv", "split_kv")):
         sz[key] = _as_int_array(g[key], label)
+    if kv_heads is None:   # heads are K/V heads of `group` query heads each
+        sz["kv_heads"] = sz["heads"]
+        sz["heads"] = sz["heads"] * sz["group"]
+    else:
+        sz["kv_heads"] = _as_int_array(g["kv_heads"], "kv-heads")
+        bad = sz["heads"] % sz["kv_heads"] != 0
+        if np.any(bad):
+            k = int(np.argmax(bad))
+            raise IosimError(f"heads ({int(sz['heads'][k])}) must be a multiple of kv-heads "
+                             f"({int(sz['kv_heads'][k])}): each K/V head serves the same "
+                             f"number of query heads")
+        sz["group"] = sz["heads"] // sz["kv_heads"]
     sram_b = np.asarray(g["sram_bytes"], dtype=float)
     if np.any(~(sram_b > 0)):
         raise IosimError("SRAM size must be positive")
     causal_a = np.asarray(g["causal"]).astype(bool)
-    nest = loop_nest(m, c)
+    nest = loop_nest(m, c, grouped=bool(np.any(sz["group"] > 1)))
     roles = _dtype_bytes_roles(dtype, m, separate_acc=acc_lv is not sram)
     sram_el = sram_b / dtype_bytes(dtype)
     # paper rules for derived block sizes
@@ -680,7 +712,8 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
         sz["block_kv"] = sz["block_q"]
         if np.any(sz["kv_len"] != sz["n"]):
             raise IosimError("lightning2 is causal self-attention: kv-len must equal seq-len")
-    if m.kind == "decode-splitk":
+    # the diagonal of the cascade's own mask: m > p, or m > p + M - P (aligned to the end)
+    if nest.causal_offset_default == "end":
         default_off = sz["kv_len"] - sz["n"]
     else:
         default_off = np.zeros_like(sz["n"])
@@ -689,6 +722,7 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     tps = _cdiv(Tc, sz["split_kv"])
     n_s = _cdiv(Tc, tps)
     S = {"P": sz["n"], "M": sz["kv_len"], "E": sz["e"], "F": sz["f"], "G": sz["group"],
+         "R": sz["n"] * sz["group"],
          "S": n_s, "Mt": Tc, "Pt": _cdiv(sz["n"], sz["block_q"]),
          "block_q": sz["block_q"], "block_kv": sz["block_kv"],
          "block_e": np.asarray(be, dtype=np.int64), "block_f": np.asarray(bf, dtype=np.int64),
@@ -708,10 +742,12 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
         target = reads if t.direction == "read" else writes
         v = F.product(t.factors)
         target[t.tensor] = target[t.tensor] + v if t.tensor in target else v
+    # one nest instance per (batch, K/V head); its query heads are G rows of it
+    heads_total = (sz["batch"] * sz["kv_heads"]).astype(float)
     ctx = {"sizes": S, "hardware": hw, "nest": nest, "dtype": dtype,
-           "heads_total": (sz["batch"] * sz["heads"]).astype(float)}
+           "heads_total": heads_total,
+           "query_heads_total": (sz["batch"] * sz["heads"]).astype(float)}
     b_reads, b_writes = (backing_model or passthrough_backing)(reads, writes, ctx)
-    heads_total = (sz["batch"] * sz["heads"]).astype(float)
     rb = lambda t: roles[nest.dtype_role(t)]  # noqa: E731
 
     def tot_bytes(dct):
@@ -827,9 +863,16 @@ def _op_terms_cached(cascade, causal: bool):
 
 
 def _flops(c, nest, S, F: _Factors, causal_a, heads_total, m: Mapping) -> dict:
+    """FLOPs of every Einsum of the cascade (all heads). A cascade without a group rank
+    counts one query head per point, so the ``G`` query heads of one K/V head multiply it;
+    with causal skipping, pair terms scale with the visited fraction of (row, key) pairs
+    (rows of packed query heads where FA2 packs them)."""
+    from iosim.mapping import cascade_facts
+    facts = cascade_facts(c)
     out = {cls: np.zeros(S["P"].shape) for cls in OP_CLASSES}
-    has_causal_param = any(p.name == "causal" for p in c.params)
+    has_causal_param = facts.causal_param is not None
     variants = [False, True] if (has_causal_param and np.any(causal_a)) else [False]
+    rows = nest.rows
     for cz in variants:
         terms = _op_terms_cached(c, cz)
         acc = {cls: np.zeros(S["P"].shape) for cls in OP_CLASSES}
@@ -838,18 +881,19 @@ def _flops(c, nest, S, F: _Factors, causal_a, heads_total, m: Mapping) -> dict:
             if cz and nest.skips_causal:
                 kind = _pair_kind(c, t.vars)
                 if kind == "elem":
-                    _, _, _, S11 = F.csums("block_q", "block_kv")
-                    pts = pts * (S11 / (S["P"] * S["M"]))
+                    _, _, _, S11 = F.csums("block_q", "block_kv", rows)
+                    pts = pts * (S11 / (S[rows] * S["M"]))
                 elif kind == "block":
-                    _, S10, _, _ = F.csums("block_q", "block_kv")
-                    pts = pts * (S10 / (S["P"] * _cdiv(S["M"], S["block_kv"])))
+                    _, S10, _, _ = F.csums("block_q", "block_kv", rows)
+                    pts = pts * (S10 / (S[rows] * _cdiv(S["M"], S["block_kv"])))
             rep = nest.recompute.get(t.tensor, 1)
             acc[t.cls] = acc[t.cls] + t.count * pts * rep
         mask = causal_a if cz else ~causal_a if len(variants) == 2 else np.ones_like(causal_a)
         for cls in OP_CLASSES:
             out[cls] = np.where(mask, acc[cls], out[cls])
+    per_instance = heads_total if facts.has_group else heads_total * S["G"]
     for cls in OP_CLASSES:
-        out[cls] = out[cls] * heads_total
+        out[cls] = out[cls] * per_instance
     return out
 
 
@@ -859,7 +903,8 @@ def _flops(c, nest, S, F: _Factors, causal_a, heads_total, m: Mapping) -> dict:
 
 
 def evaluate_grid(cascade, mapping=None, hardware="h100", *, n, d=None, e=None, f=None,
-                  kv_len=None, batch=1, heads=1, group=1, dtype: str = "bf16", causal=False,
+                  kv_len=None, batch=1, heads=1, group=1, kv_heads=None, dtype: str = "bf16",
+                  causal=False,
                   causal_offset=None, block_q=None, block_kv=None, split_kv=None,
                   sram_bytes=None, product: bool = True, per_tensor: bool = True,
                   backing_model: Callable | None = None):
@@ -881,9 +926,9 @@ def evaluate_grid(cascade, mapping=None, hardware="h100", *, n, d=None, e=None, 
     """
     import pandas as pd
     r = evaluate_arrays(cascade, mapping, hardware, n=n, d=d, e=e, f=f, kv_len=kv_len,
-                        batch=batch, heads=heads, group=group, dtype=dtype, causal=causal,
-                        causal_offset=causal_offset, block_q=block_q, block_kv=block_kv,
-                        split_kv=split_kv, sram_bytes=sram_bytes, product=product,
+                        batch=batch, heads=heads, group=group, kv_heads=kv_heads, dtype=dtype,
+                        causal=causal, causal_offset=causal_offset, block_q=block_q,
+                        block_kv=block_kv, split_kv=split_kv, sram_bytes=sram_bytes, product=product,
                         backing_model=backing_model)
     return arrays_to_frame(r, per_tensor=per_tensor, pd=pd)
 
@@ -900,6 +945,7 @@ def arrays_to_frame(r: dict, *, per_tensor: bool = True, pd=None):
             "block_q": S["block_q"], "block_kv": S["block_kv"], "split_kv": sz["split_kv"],
             "sram_bytes": r["sram_bytes"], "sram_elements": r["sram_elements"]}
     if r["grid"]["group"].max() > 1:
+        cols["kv_heads"] = sz["kv_heads"]
         cols["group"] = sz["group"]
     for lv, (rd, wr) in r["levels"].items():
         key = lv.lower()
@@ -990,7 +1036,7 @@ def evaluate(cascade="attention-1pass", mapping=None, hardware="h100", shapes: S
     m = _resolve_mapping(mapping, c)
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
     r = evaluate_arrays(c, m, hw, n=shapes.n, e=shapes.e, f=shapes.f, kv_len=shapes.kv_len,
-                        batch=shapes.batch, heads=shapes.heads, group=shapes.group,
+                        batch=shapes.batch, heads=shapes.heads, kv_heads=shapes.kv_heads,
                         dtype=shapes.dtype, causal=shapes.causal,
                         causal_offset=shapes.causal_offset, sram_bytes=sram_bytes,
                         backing_model=backing_model)
@@ -1014,7 +1060,7 @@ def footprint(mapping: Mapping, hardware, shapes: Shapes, cascade=None,
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
     c = _load_cascade(cascade if cascade is not None else mapping.cascade)
     r = evaluate_arrays(c, mapping, hw, n=shapes.n, e=shapes.e, f=shapes.f,
-                        kv_len=shapes.kv_len, batch=1, heads=1, group=shapes.group,
+                        kv_len=shapes.kv_len, batch=1, heads=shapes.group, kv_heads=1,
                         dtype=shapes.dtype, causal=shapes.causal,
                         causal_offset=shapes.causal_offset, sram_bytes=sram_bytes)
     return {lv: {"need": float(need[0]), "capacity": float(cap[0])}
@@ -1032,27 +1078,29 @@ def check_fits(mapping, hardware, shapes, cascade=None, sram_bytes=None):
 
 
 def symbolic_traffic(mapping, cascade=None, *, causal: bool = False, self_attention: bool = True,
-                     equal_head_dims: bool = True, paper_blocks: bool | None = None) -> dict:
+                     equal_head_dims: bool = True, paper_blocks: bool | None = None,
+                     grouped: bool = False) -> dict:
     """Per-tensor closed forms (elements per head) derived from the same loop nest.
 
     Returns ``{tensor: {"read": expr, "write": expr}, ..., "total": expr}`` in the symbols of
     :mod:`iosim.bounds` (``N``, ``Nk`` for the key length unless ``self_attention``, ``d``
     for the head dimension unless ``equal_head_dims`` — then ``e``, ``f``), the tile sizes
     ``Br``, ``Bc`` (``B`` for Saha–Ye, ``Be``/``Bf`` for its head-dim tiles), ``splits`` and
-    ``M`` (SRAM elements) where a paper rule derives the blocks. ``ceiling`` is kept exact.
+    ``M`` (SRAM elements) where a paper rule derives the blocks, ``G`` query heads per K/V
+    head for a cascade with a group rank or with ``grouped``. ``ceiling`` is kept exact.
     With ``causal`` the coupled block sums stay as unevaluated ``Sum`` expressions.
     """
     import sympy as sp
     from iosim.bounds import M as Msym, N as Nsym, Nk as Nksym, d as dsym
     m = mapping if isinstance(mapping, Mapping) else get_mapping(mapping)
     c = _load_cascade(cascade if cascade is not None else m.cascade)
-    nest = loop_nest(m, c)
+    nest = loop_nest(m, c, grouped=grouped)
     comp = compile_nest(nest)
     Br, Bc, B, Be, Bf = sp.symbols("Br Bc B Be Bf", positive=True, integer=True)
     e_s, f_s = (dsym, dsym) if equal_head_dims else sp.symbols("e f", positive=True, integer=True)
     K = Nsym if self_attention else Nksym
-    G = sp.Symbol("G", positive=True, integer=True) if any(
-        "G" in r for r in nest.tensors.get("Q", ((), ""))[0:1]) else sp.Integer(1)
+    G = sp.Symbol("G", positive=True, integer=True) if (nest.rows == "R" or any(
+        "G" in rk for rk, _ in nest.tensors.values())) else sp.Integer(1)
     if paper_blocks is None:
         paper_blocks = m.derived_blocks
     if m.kind == "saha-ye":
@@ -1071,17 +1119,19 @@ def symbolic_traffic(mapping, cascade=None, *, causal: bool = False, self_attent
     splits = sp.Symbol("splits", positive=True, integer=True)
     tps = sp.ceiling(Tc / splits)
     n_s = sp.ceiling(Tc / tps)
-    S = {"P": Nsym, "M": K, "E": e_s, "F": f_s, "G": G, "S": n_s, "Mt": Tc,
+    S = {"P": Nsym, "M": K, "E": e_s, "F": f_s, "G": G, "R": Nsym * G, "S": n_s, "Mt": Tc,
          "Pt": sp.ceiling(Nsym / bq),
          "block_q": bq, "block_kv": bk, "block_e": be, "block_f": bf,
          "block_rows": sp.Integer(m.softmax_rows), "one": sp.Integer(1)}
     i = sp.Symbol("i", integer=True, nonnegative=True)
 
-    def causal_sum(bP, bM, ui, uj):
-        P_, M_ = S["P"], S["M"]
+    def causal_sum(bP, bM, ui, uj, rows="P"):
+        P_, M_ = S[rows], S["M"]
         bp, bm = S[bP], S[bM]
         Tr_, Tc_ = sp.ceiling(P_ / bp), sp.ceiling(M_ / bm)
         p_last = sp.Min((i + 1) * bp, P_) - 1
+        if rows == "R":   # packed rows: row r is query floor(r / G)
+            p_last = sp.Min(sp.floor(((i + 1) * bp - 1) / G), Nsym - 1)
         nb = sp.Min(sp.Max(sp.floor(p_last / bm) + 1, 0), Tc_)
         rows = sp.Min(bp, P_ - i * bp)
         w = (rows if ui else 1) * (sp.Min(nb * bm, M_) if uj else nb)
@@ -1094,10 +1144,11 @@ def symbolic_traffic(mapping, cascade=None, *, causal: bool = False, self_attent
         if k == "trips":
             return sp.ceiling(S[f[1]] / S[f[2]])
         if k == "causal":
-            _, bP, bM, ui, uj = f
+            _, bP, bM, ui, uj = f[:5]
+            rows = f[5] if len(f) > 5 else "P"
             if causal:
-                return causal_sum(bP, bM, ui, uj)
-            return ((S["P"] if ui else sp.ceiling(S["P"] / S[bP]))
+                return causal_sum(bP, bM, ui, uj, rows)
+            return ((S[rows] if ui else sp.ceiling(S[rows] / S[bP]))
                     * (S["M"] if uj else sp.ceiling(S["M"] / S[bM])))
         raise KeyError(f)  # pragma: no cover
 

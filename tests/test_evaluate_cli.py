@@ -97,7 +97,10 @@ def test_user_cascade_file(tmp_path):
     (["--block-m", "256", "--block-n", "256", "--head-dim", "192"], "of SMEM but 227.0 KiB fit"),
     (["--dtype", "fp12"], "unknown dtype"),
     (["--bogus"], "No such option"),
-    (["linear", "--mapping", "fa2"], "does not fit cascade 'linear'"),
+    (["linear", "--mapping", "fa2"], "mapping fa2 needs a query-key score"),
+    (["--heads", "8", "--kv-heads", "3"], "must be a multiple of kv-heads"),
+    (["--kv-len", "12Q"], "--kv-len"),
+    (["--grid-order", "diagonal"], "--grid-order"),
     (["--hw", "/nonexistent/hw.toml"], "not found"),
 ])
 def test_bad_input_is_one_line(args, msg):

@@ -48,7 +48,7 @@ def test_bad_values(field, value):
 
 
 def test_mapping_cascade_compatibility():
-    with pytest.raises(IosimError, match="does not fit cascade 'linear'"):
+    with pytest.raises(IosimError, match="mapping fa2 needs a query-key score.*cascade 'linear'"):
         loop_nest(get_mapping("fa2"), "linear")
     with pytest.raises(IosimError, match="square"):
         Mapping(name="x", cascade="attention-3pass", kind="saha-ye", block_q=8, block_kv=16)
@@ -111,3 +111,66 @@ def test_loop_nest_printing():
     assert "load Q[i,:]; load O[i,:]; load m[i]; load l[i]" in txt
     fwd = txt.split("# kernel: forward")[1]
     assert fwd.index("for j") < fwd.index("for i in [0:16)")   # K/V outer, Q inner
+
+
+def test_defaults_and_fits_come_from_the_structure():
+    """The library's defaults and fitting mappings, read from each cascade's structure."""
+    expect = {
+        "attention-1pass": ("fa2", {"fa2", "fa1", "unfused", "saha-ye", "decode-splitk"}),
+        "flash1": ("fa1", {"fa1", "fa2", "unfused", "saha-ye", "decode-splitk"}),
+        "attention-2pass": ("fused-2pass", {"fused-2pass", "fa2", "unfused", "decode-splitk"}),
+        "attention-3pass": ("fused-3pass", {"fused-3pass", "unfused", "saha-ye"}),
+        "attention-gqa": ("fa2", {"fa2", "fa1", "unfused", "decode-splitk"}),
+        "attention-masked": ("fa2", {"fa2", "fa1", "unfused", "decode-splitk"}),
+        "attention-blocksparse": ("fa2", {"fa2", "fa1", "unfused", "decode-splitk"}),
+        "decode-splitk": ("decode-splitk", {"decode-splitk", "fa2", "fused-2pass", "unfused"}),
+        "sigmoid": ("fa2", {"fa2", "fa1", "unfused", "decode-splitk"}),
+        "linear": ("linear", {"linear"}),
+        "lightning2": ("lightning2", {"lightning2"}),
+    }
+    for name, (dflt, fits) in expect.items():
+        assert default_mapping(name).kind == dflt, name
+        got = mappings_for(name)
+        assert got[0] == dflt and set(got) == fits, (name, got)
+
+
+def test_a_renamed_copy_gets_the_same_mappings(tmp_path):
+    from cascades.library import names, text
+    for name in names():
+        p = tmp_path / f"copy-{name}.casc"
+        p.write_text(text(name).replace(f"cascade {name} ", "cascade someone-elses "))
+        assert default_mapping(str(p)) == default_mapping(name).with_(cascade="someone-elses")
+        assert mappings_for(str(p)) == mappings_for(name)
+
+
+def test_cascade_block_parameters_set_the_tiles(tmp_path):
+    from cascades.library import text
+    from iosim.mapping import cascade_defaults, mapping_for
+    p = tmp_path / "mine.casc"
+    p.write_text(text("attention-1pass").replace("cascade attention-1pass", "cascade mine")
+                 .replace("param block_kv = 64", "param block_kv = 32")
+                 .replace("param causal  = false", "param causal  = true"))
+    assert cascade_defaults(str(p)) == {"causal": True, "block_kv": 32}
+    assert mapping_for(str(p)).block_kv == 32
+    assert mapping_for(str(p), block_kv=16).block_kv == 16          # a flag overrides it
+    assert mapping_for(str(p), "unfused").block_kv == 128            # not the cascade's tile
+    assert mapping_for("attention-blocksparse").block_q == 64        # its BlockMask's blocks
+
+
+def test_shapes_heads():
+    s = Shapes(n=10, heads=32, kv_heads=8)
+    assert (s.heads, s.kv_heads, s.group) == (32, 8, 4)
+    assert Shapes(n=10, heads=32).group == 1
+    old = Shapes(n=10, heads=2, group=3)            # group given: heads are K/V heads
+    assert (old.heads, old.kv_heads, old.group) == (6, 2, 3)
+    with pytest.raises(IosimError, match=r"heads \(6\) must be a multiple of kv-heads \(4\)"):
+        Shapes(n=10, heads=6, kv_heads=4)
+
+
+def test_packed_gqa_loop_nest():
+    nest = loop_nest(get_mapping("fa2"), "attention-1pass", grouped=True)
+    txt = format_loop_nest(nest)
+    assert "for i in [0:?) (tile R:block_q, parallel)" in txt
+    assert "load Q[i,:]" in txt and "store LSE[i]" in txt
+    grid = loop_nest(get_mapping("fa2", pack_group=False), "attention-1pass", grouped=True)
+    assert format_loop_nest(grid).startswith("# kernel: forward\nfor g in")

@@ -58,8 +58,10 @@ def test_resolve_algorithm():
     assert resolve_algorithm("attention-1pass:saha-ye").mapping == "saha-ye"
     with pytest.raises(IosimError, match="did you mean"):
         resolve_algorithm("fa9")
-    with pytest.raises(IosimError, match="does not fit"):
+    with pytest.raises(IosimError, match="mapping linear needs linear attention"):
         resolve_algorithm("attention-1pass:linear")
+    with pytest.raises(IosimError, match="mapping fused-3pass needs a multi-pass softmax"):
+        resolve_algorithm("attention-1pass", "fused-3pass")
 
 
 # ----------------------------------------------------------------- evaluation

@@ -249,12 +249,116 @@ def test_linear_and_lightning():
         evaluate_arrays("lightning2", "lightning2", "two-level", n=64, kv_len=128, e=16)
 
 
-def test_gqa_reads_kv_per_query_head():
-    G, N, d, Br = 4, 512, 64, 128
-    r, w, _ = per_head("attention-gqa", get_mapping("fa2", block_q=Br, block_kv=64,
-                                                    cascade="attention-gqa"),
-                       n=N, e=d, group=G)
-    assert r["Q"] == G * N * d and r["K"] == G * (N // Br) * N * d and w["O"] == G * N * d
+# --------------------------------------------------------------------------- GQA
+
+
+def packed_kv_keys(N, K, G, BM, Bc, causal=False, off=0):
+    """Keys one K/V head's programs load when FA2 packs G query heads into the rows of a
+    program, as the generated kernel does: row r is query r // G; program i covers rows
+    [i BM, (i+1) BM) and loads key tiles j with j Bc <= (its last query) + off."""
+    total = 0
+    for i in range(cdiv(N * G, BM)):
+        q_hi = min(((i + 1) * BM - 1) // G, N - 1)
+        for j in range(cdiv(K, Bc)):
+            if not causal or j * Bc <= q_hi + off:
+                total += min(Bc, K - j * Bc)
+    return total
+
+
+def test_gqa_packed_hand_count_8k():
+    """N = 8192, d = 128, 32 query heads over 8 K/V heads (G = 4), BLOCK_M = 128: a
+    program covers 32 queries of the 4 heads, so each K/V head's K and V are read
+    ceil(8192 * 4 / 128) = 256 times, not once per query head (4 x 64)."""
+    N, d, H, Hkv, BM, Bc = 8192, 128, 32, 8, 128, 64
+    m = get_mapping("fa2", block_q=BM, block_kv=Bc)
+    r, w, res = per_head("attention-1pass", m, hw="h100", n=N, e=d, heads=H, kv_heads=Hkv)
+    G = H // Hkv
+    assert r["K"] == r["V"] == 256 * N * d                   # per K/V head
+    assert r["Q"] == G * N * d and w["O"] == G * N * d and w["LSE"] == G * N
+    smem = res["levels"]["SMEM"][0][0]
+    bf16 = 2
+    assert smem == bf16 * (Hkv * 2 * 256 * N * d + H * N * d)   # K, V per K/V head; Q per head
+    # FLOPs per query head are those of one head of plain attention: 4 N^2 d matmul FLOPs
+    flops = res["flops"]["matmul"][0]
+    assert flops == H * 4 * N * N * d
+
+
+@pytest.mark.parametrize("N,K,G,BM,Bc", [(100, 100, 3, 64, 32), (8, 8, 2, 4, 2),
+                                         (257, 300, 5, 48, 40), (64, 64, 4, 16, 16)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gqa_packed_counts_brute_force(N, K, G, BM, Bc, causal):
+    d = 16
+    m = get_mapping("fa2", block_q=BM, block_kv=Bc)
+    r, w, _ = per_head("attention-1pass", m, n=N, kv_len=K, e=d, heads=G, kv_heads=1,
+                       causal=causal)
+    keys = packed_kv_keys(N, K, G, BM, Bc, causal, off=0)
+    assert r["K"] == keys * d == r["V"]
+    assert r["Q"] == G * N * d and w["O"] == G * N * d
+
+
+def test_gqa_packed_causal_small_by_hand():
+    """N = 8, G = 2, BLOCK_M = 4, BLOCK_N = 2, causal: the 4 programs cover queries {0,1},
+    {2,3}, {4,5}, {6,7}, so they load 1, 2, 3 and 4 key tiles of 2 keys: 20 keys."""
+    m = get_mapping("fa2", block_q=4, block_kv=2)
+    r, _, _ = per_head("attention-1pass", m, n=8, e=1, heads=2, kv_heads=1, causal=True)
+    assert r["K"] == 20
+
+
+def test_gqa_same_with_or_without_a_group_rank():
+    """attention-gqa (G in Q and O) and attention-1pass with grouped heads are the same
+    computation: same counts and FLOPs."""
+    kw = dict(n=300, e=32, heads=12, kv_heads=3, causal=True)
+    m = get_mapping("fa2", block_q=64, block_kv=32)
+    a = evaluate_arrays("attention-gqa", m, "two-level", **kw)
+    b = evaluate_arrays("attention-1pass", m, "two-level", **kw)
+    for key in ("model_reads", "model_writes"):
+        assert {t: int(v[0]) for t, v in a[key].items()} == {t: int(v[0]) for t, v in b[key].items()}
+    for cls in ("matmul", "exp"):
+        assert a["flops"][cls][0] == pytest.approx(b["flops"][cls][0])
+
+
+def test_gqa_one_program_per_query_head_when_not_packed():
+    N, d, G, Br = 512, 64, 4, 128
+    m = get_mapping("fa2", block_q=Br, block_kv=64, pack_group=False)
+    r, w, _ = per_head("attention-1pass", m, n=N, e=d, heads=G, kv_heads=1)
+    assert r["K"] == G * (N // Br) * N * d and r["Q"] == G * N * d and w["O"] == G * N * d
+    # FA1 keeps one program per query head: K and V once per query head
+    r, _, _ = per_head("attention-1pass", get_mapping("fa1", block_q=64, block_kv=64),
+                       n=N, e=d, heads=G, kv_heads=1)
+    assert r["K"] == G * N * d
+
+
+def test_gqa_flops_per_query_head_unchanged():
+    one = evaluate_arrays("attention-1pass", "fa2", "two-level", n=512, e=64, heads=32)
+    grp = evaluate_arrays("attention-1pass", "fa2", "two-level", n=512, e=64, heads=32,
+                          kv_heads=8)
+    for cls in ("matmul", "exp", "other"):
+        assert grp["flops"][cls][0] == one["flops"][cls][0]
+
+
+def test_gqa_heads_must_divide():
+    with pytest.raises(IosimError, match=r"heads \(32\) must be a multiple of kv-heads \(5\)"):
+        evaluate_arrays("attention-1pass", "fa2", "two-level", n=64, e=16, heads=32,
+                        kv_heads=5)
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_causal_offset_comes_from_the_cascades_mask():
+    """attention-1pass's mask is m > p: under split-K decode with 4 queries and 8192 keys
+    the 4 queries see keys 0..3 only, one tile of 64 keys. The decode cascade's mask is
+    m > p + M - P: under FA2 its one query sees all 8192 keys (128 tiles), as under its
+    own mapping."""
+    d = 128
+    m = get_mapping("decode-splitk", block_q=16, block_kv=64, split_kv=8)
+    r, _, _ = per_head("attention-1pass", m, n=4, kv_len=8192, e=d, causal=True)
+    assert r["K"] == 64 * d
+    r, _, _ = per_head("decode-splitk", get_mapping("fa2"), n=1, kv_len=8192, e=d,
+                       causal=True)
+    assert r["K"] == 8192 * d
+    r, _, _ = per_head("decode-splitk", m, n=1, kv_len=8192, e=d, causal=True)
+    assert r["K"] == 8192 * d
 
 
 def test_masked_cascade_reads_the_mask_tiles():

@@ -4,19 +4,13 @@ from __future__ import annotations
 import click
 
 from iosim.cli.common import echo_json
-from iosim.cli.evaluate_cmd import OneLineErrors, POS, load_problem, shape_options
+from iosim.cli.evaluate_cmd import OneLineErrors, load_problem, shape_options
 from iosim.errors import IosimError
 
 
 def _parse_srams(text: str, dtype: str) -> list:
-    try:
-        from iosim.sweep import parse_srams
-    except ImportError:  # pragma: no cover - sweep is another module of the package
-        parse_srams = None
-    if parse_srams is not None:
-        return [float(x) for x in parse_srams(text, dtype, option="--sram")]
-    from iosim.hardware import parse_sram
-    return [parse_sram(x.strip(), dtype) for x in text.split(",") if x.strip()]
+    from iosim.sweep import parse_srams
+    return [float(x) for x in parse_srams(text, dtype, option="--sram")]
 
 
 @click.command("search", cls=OneLineErrors)
@@ -28,33 +22,39 @@ def _parse_srams(text: str, dtype: str) -> list:
 @click.option("--objective", type=click.Choice(["hbm", "time"]), default="hbm",
               show_default=True, help="Minimise backing-store bytes or roofline time.")
 @click.option("--mapping", "mappings", multiple=True, metavar="NAME",
-              help="Restrict to these mappings (repeatable; default: all that fit the cascade).")
+              help="Restrict to these mappings (repeatable; default: all that fit the "
+                   "cascade's structure; one that does not fit is refused, saying why).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar (it shows on a terminal when the search takes over 2 s).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def command(name, hw, seq_len, head_dim, kv_len, batch, heads, causal, dtype, sram, objective,
-            mappings, as_json):
-    """Find the tiling of cascade NAME with the least traffic for each SRAM size.
+def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal, dtype, sram,
+            objective, mappings, quiet, as_json):
+    """Find the tiling of cascade NAME (or a .casc file) with the least traffic for each
+    SRAM size.
 
     Searches every mapping that fits the cascade (and its variants) over a grid of tile sizes
     that need not divide the sequence length, counting the tiles and the softmax state
-    (running max and sum, O accumulator, score tile) against the SRAM.
+    (running max and sum, O accumulator, score tile) against the SRAM. The cascade's own
+    defaults (a file's 'param causal = true') apply unless --causal/--no-causal is given.
 
     \b
       iosim search attention-1pass --hw two-level --sram 1KiB:4MiB:x2 --seq-len 4096 --head-dim 128
       iosim search attention-3pass --hw h100 --sram 64KiB,128KiB,227KiB --json
     """
+    from iosim.mapping import get_mapping, resolve_causal
     from iosim.search import search
     c, h, _ = load_problem(name, hw, dtype, None)
+    causal = resolve_causal(c, causal)
     srams = _parse_srams(sram, dtype) if sram is not None else None
     if srams is not None and not srams:
         raise IosimError("--sram: give at least one size")
     if mappings:
-        from iosim.mapping import get_mapping
         mappings = [get_mapping(mp).name for mp in mappings]
     res = search(c, h, n=seq_len, d=head_dim, kv_len=kv_len, sram_bytes=srams, dtype=dtype,
-                 causal=causal, batch=batch, heads=heads, objective=objective,
-                 mappings=list(mappings) or None)
+                 causal=causal, batch=batch, heads=heads, kv_heads=kv_heads,
+                 objective=objective, mappings=list(mappings) or None,
+                 progress=not (quiet or as_json))
     if as_json:
         echo_json(res.to_dict())
         return
     click.echo(res.render())
-    _ = POS

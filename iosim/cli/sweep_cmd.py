@@ -6,37 +6,46 @@ from pathlib import Path
 
 import click
 
+from iosim.cli.evaluate_cmd import (DEFAULT_DTYPE, DEFAULT_HEAD_DIM, DEFAULT_SEQ_LEN,
+                                    OneLineErrors, causal_option, head_options)
 
-@click.command("sweep")
+
+@click.command("sweep", cls=OneLineErrors)
 @click.argument("names", nargs=-1, required=True)
 @click.option("--hw", "hardware", default="two-level", show_default=True,
-              help="Hardware preset name or TOML file.")
+              help="Hardware preset name or TOML file. The default differs from evaluate and "
+                   "search (h100): a sweep over SRAM sizes models one SRAM level in front of "
+                   "the backing store, which the two-level machine is.")
 @click.option("--sram", default=None,
               help="SRAM sizes with units: 64KiB,192KiB | 4KiB:1MiB:x2 | 1024el:65536el:x4 "
                    "(default: the preset's SRAM size).")
-@click.option("--seq-len", "seq_len", required=True,
+@click.option("--seq-len", "seq_len", default=str(DEFAULT_SEQ_LEN), show_default=True,
               help="Sequence lengths: 1K,4K,16K | 1K:64K:x2 | 512:4096:+512.")
-@click.option("--head-dim", "head_dim", default="64", show_default=True,
+@click.option("--head-dim", "head_dim", default=str(DEFAULT_HEAD_DIM), show_default=True,
               help="Head dimensions (list or range).")
 @click.option("--mapping", default=None,
               help="Mapping for NAMEs that are cascades: a mapping name or 'best' (the "
                    "minimum-traffic tiling that fits; default).")
-@click.option("--dtype", default="bf16", show_default=True, help="Element type (bytes per element).")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--heads", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--causal", is_flag=True, help="Causal masking.")
+@click.option("--dtype", default=DEFAULT_DTYPE, show_default=True,
+              help="Element type (bytes per element).")
+@head_options
+@causal_option
 @click.option("--out", "out_dir", default="sweep-out", show_default=True,
               type=click.Path(file_okay=False),
               help="Output directory: sweep.csv (resumable) and the figures.")
 @click.option("--no-plots", is_flag=True, help="Write the CSV only.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", "--quiet", "-q", "no_progress", is_flag=True,
+              help="No progress bar (it shows on a terminal when the sweep takes over 2 s).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
-def command(names, hardware, sram, seq_len, head_dim, mapping, dtype, batch, heads, causal,
-            out_dir, no_plots, no_progress, as_json):
+def command(names, hardware, sram, seq_len, head_dim, mapping, dtype, batch, heads, kv_heads,
+            causal, out_dir, no_plots, no_progress, as_json):
     """Traffic of algorithms over SRAM sizes and sequence lengths: CSV, figures.
 
     NAME is a mapping (fa1, fa2, saha-ye, unfused, fused-2pass, ...), a cascade
-    (attention-1pass: tiled by --mapping, default 'best'), or cascade:mapping.
+    (attention-1pass or a .casc file: tiled by --mapping, default 'best'), or
+    cascade:mapping. Each cascade's own defaults apply (a file's 'param causal = true',
+    its key block): the algorithms of one sweep must agree on causal masking unless
+    --causal/--no-causal is given.
 
     \b
     Example:
@@ -46,11 +55,14 @@ def command(names, hardware, sram, seq_len, head_dim, mapping, dtype, batch, hea
     out/sweep_vs_sram.png, out/sweep_vs_seqlen.png.
     """
     from iosim.cli.common import echo_json
+    from iosim.errors import IosimError
     from iosim.hardware import dtype_bytes, load_hardware
+    from iosim.mapping import Shapes, resolve_causal
     from iosim.plots import sweep_figures
     from iosim.sweep import SweepSpec, parse_counts, parse_srams, resolve_algorithm, run_sweep
 
     dtype_bytes(dtype)  # validates
+    Shapes(n=1, heads=heads, kv_heads=kv_heads)  # validates the heads
     hw = load_hardware(hardware)
     if sram is None:
         srams = [float(hw.innermost_sram.usable_bytes)]
@@ -63,11 +75,17 @@ def command(names, hardware, sram, seq_len, head_dim, mapping, dtype, batch, hea
         a = resolve_algorithm(n, mapping)
         if a.label not in [x.label for x in algs]:
             algs.append(a)
+    # causal masking: the flag, else each cascade's own default (they must agree)
+    modes = {a.label: resolve_causal(a.cascade, causal) for a in algs}
+    if len(set(modes.values())) > 1:
+        on = [k for k, v in modes.items() if v]
+        raise IosimError(f"the algorithms disagree on causal masking ({', '.join(on)} "
+                         f"{'is' if len(on) == 1 else 'are'} causal by default): give "
+                         f"--causal or --no-causal")
+    causal = next(iter(modes.values()))
     spec = SweepSpec(tuple(algs), hardware, tuple(srams), tuple(Ns), tuple(ds), dtype=dtype,
-                     batch=batch, heads=heads, causal=causal)
+                     batch=batch, heads=heads, causal=causal, kv_heads=kv_heads)
     if spec.points() > 2_000_000:
-        from iosim.errors import IosimError
-
         raise IosimError(f"{spec.points():,} points is too many for one sweep (limit 2,000,000); "
                          f"narrow --sram or --seq-len")
     t0 = time.perf_counter()
