@@ -680,6 +680,12 @@ def _tensor_roles(f: CascadeFacts) -> dict:
     return {t: (f.ranks[t], "mask" if t in f.bool_inputs else "data") for t in f.ranks}
 
 
+def _gv(grouped: bool) -> dict:
+    """The tile variable of the group rank G: the grid loop's ``g`` when the heads are
+    grouped, else none (a G rank of extent 1 is whole)."""
+    return {"G": "g"} if grouped else {}
+
+
 def _group_wrap(f: CascadeFacts, body: tuple, grouped: bool) -> tuple:
     """One program per query head of a group: a grid loop over ``G`` (the query heads that
     share one K/V head), whether the cascade has a group rank or the heads are grouped."""
@@ -747,8 +753,8 @@ def _fa2(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
                            "each"),)
         return LoopNest(m, f.name, (Phase("forward", nest),), tensors,
                         causal_offset_default=_offset_kind(f), rows="R")
-    ti = {"P": "i", "G": "g"}
-    tij = {"P": "i", "M": "j", "G": "g"}
+    ti = {"P": "i", **_gv(grouped)}
+    tij = {"P": "i", "M": "j", **_gv(grouped)}
     inner = tuple(Load(t, _tile_dims(f.ranks[t], tij), streamed=True)
                   for t in f.kv_inputs + f.pm_inputs)
     inner += (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
@@ -765,8 +771,8 @@ def _fa2(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
 
 
 def _fa1(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    ti = {"P": "i", "G": "g"}
-    tij = {"P": "i", "M": "j", "G": "g"}
+    ti = {"P": "i", **_gv(grouped)}
+    tij = {"P": "i", "M": "j", **_gv(grouped)}
     stat_names = ("m", "l") if f.softmax else ()
     stats = stat_names[: f.n_state] if f.softmax else ()
     tensors = _tensor_roles(f)
@@ -795,7 +801,7 @@ def _fa1(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
 
 
 def _unfused(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    ti = {"P": "i", "G": "g"}
+    ti = {"P": "i", **_gv(grouped)}
     tensors = _tensor_roles(f)
     tensors["S"] = (("P", "M"), "data")
     tensors["P~"] = (("P", "M"), "data")
@@ -827,7 +833,7 @@ def _unfused(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
 
 
 def _fused3(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    ti = {"P": "i", "G": "g"}
+    ti = {"P": "i", **_gv(grouped)}
     tensors = _tensor_roles(f)
     k_in, v_in = f.key_inputs, f.value_inputs
     pol = m.row_policy
@@ -835,7 +841,7 @@ def _fused3(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     spill = f.spilled[0] if f.spilled else "S"
 
     def kv(ts, v):
-        return tuple(Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": v, "G": "g"}),
+        return tuple(Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": v, **_gv(grouped)}),
                           streamed=True) for t in ts)
 
     body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
@@ -874,10 +880,10 @@ def _fused3(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
 
 
 def _fused2(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    ti = {"P": "i", "G": "g"}
+    ti = {"P": "i", **_gv(grouped)}
     tensors = _tensor_roles(f)
     kvl = lambda v: tuple(  # noqa: E731
-        Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": v, "G": "g"}), streamed=True)
+        Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": v, **_gv(grouped)}), streamed=True)
         for t in f.kv_inputs + f.pm_inputs)
     body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
     part = lambda v, F=False: (Dim("P", "i"), Dim("Mt", v)) + ((Dim("F"),) if F else ())  # noqa: E731
@@ -905,7 +911,7 @@ def _fused2(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
 
 
 def _decode(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    ti = {"P": "i", "G": "g"}
+    ti = {"P": "i", **_gv(grouped)}
     tensors = _tensor_roles(f)
     # the partial results of a split: a normalised partial output and its log-sum-exp for a
     # softmax; the partial sums of the output for a plain sum over the keys
@@ -914,7 +920,7 @@ def _decode(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     if f.softmax:
         tensors["LSE"] = (("S", "P"), "stat")
         parts.append(("LSE", (Dim("S", "s"), Dim("P", "i"))))
-    inner = tuple(Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": "j", "G": "g"}), streamed=True)
+    inner = tuple(Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": "j", **_gv(grouped)}), streamed=True)
                   for t in f.kv_inputs + f.pm_inputs)
     inner += (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
     body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
@@ -935,7 +941,7 @@ def _decode(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
 
 
 def _linear(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    ti = {"P": "i", "G": "g"}
+    ti = {"P": "i", **_gv(grouped)}
     tensors = _tensor_roles(f)
     for t, rk in f.states:
         tensors[t] = (rk, "data")
@@ -957,7 +963,7 @@ def _linear(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
 
 def _lightning(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     tensors = _tensor_roles(f)
-    tt = {"P": "t", "M": "t", "G": "g"}
+    tt = {"P": "t", "M": "t", **_gv(grouped)}
     body = tuple(Load(t, _tile_dims(f.ranks[t], tt)) for t in f.q_inputs + f.kv_inputs)
     body += (Alloc("S", (Dim("P", "t"), Dim("M", "t"))),) + _acc_tiles(f, tt)
     body += _out_tiles(f, tt)
@@ -1217,11 +1223,11 @@ def _load_cascade(cascade):
     return cascade
 
 
-def loop_nest(mapping: Mapping, cascade=None, *, grouped: bool = False) -> LoopNest:
+def loop_nest(mapping: Mapping, cascade=None, *, grouped: bool | None = None) -> LoopNest:
     """The :class:`LoopNest` of ``mapping`` on ``cascade`` (default: ``mapping.cascade``).
 
-    ``grouped``: the query heads come in groups sharing one K/V head (``Shapes.group`` > 1);
-    a cascade with a group rank is always grouped. Raises a one-line :class:`IosimError`
+    ``grouped``: the query heads come in groups sharing one K/V head (``Shapes.group`` > 1;
+    ``None``: whether the cascade has a group rank). Raises a one-line :class:`IosimError`
     when the mapping does not fit the cascade (see :func:`fit_error`).
     """
     c = _load_cascade(cascade if cascade is not None else mapping.cascade)
@@ -1229,7 +1235,9 @@ def loop_nest(mapping: Mapping, cascade=None, *, grouped: bool = False) -> LoopN
     why = fit_error(mapping.kind, facts)
     if why is not None:
         raise IosimError(why)
-    return _BUILDERS[mapping.kind](mapping, facts, grouped or facts.has_group)
+    if grouped is None:
+        grouped = facts.has_group
+    return _BUILDERS[mapping.kind](mapping, facts, bool(grouped))
 
 
 # ======================================================================================

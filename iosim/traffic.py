@@ -1079,7 +1079,7 @@ def check_fits(mapping, hardware, shapes, cascade=None, sram_bytes=None):
 
 def symbolic_traffic(mapping, cascade=None, *, causal: bool = False, self_attention: bool = True,
                      equal_head_dims: bool = True, paper_blocks: bool | None = None,
-                     grouped: bool = False) -> dict:
+                     grouped: bool | None = None) -> dict:
     """Per-tensor closed forms (elements per head) derived from the same loop nest.
 
     Returns ``{tensor: {"read": expr, "write": expr}, ..., "total": expr}`` in the symbols of
