@@ -115,3 +115,34 @@ def test_search_speed_one_head_20_sizes():
     t0 = time.perf_counter()
     search("attention-1pass", "two-level", n=4096, d=128, sram_bytes=srams)
     assert time.perf_counter() - t0 < 0.5
+
+
+def test_search_gqa_packs_query_heads():
+    """8 query heads over 2 K/V heads (G = 4), N = 256, d = 32, 1 MiB of SRAM: FA2 packs the
+    4 query heads into the 1024 rows of one program, so K and V are read once per K/V head:
+    Q and O (G N d each), K and V (N d each), the LSE (G N)."""
+    N, d, G = 256, 32, 4
+    res = search("attention-1pass", "two-level", n=N, d=d, heads=8, kv_heads=2,
+                 sram_bytes=[1 << 20], mappings=["fa2"])
+    row = res.frame.iloc[0]
+    assert row["traffic_elements"] == 2 * G * N * d + 2 * N * d + G * N
+    assert int(row["block_q"]) == G * N
+    assert res.shapes["group"] == G
+
+
+def test_search_refuses_a_mapping_that_does_not_fit():
+    with pytest.raises(IosimError, match="mapping fused-3pass needs a multi-pass softmax"):
+        search("attention-1pass", "two-level", n=64, d=16, mappings=["fused-3pass"])
+
+
+def test_search_of_a_renamed_decode_cascade_keeps_split_k(tmp_path):
+    """Split-K variants are searched beyond 256 queries where the cascade is a split-K decode,
+    read from its structure: a renamed copy searches like the library cascade."""
+    from cascades.library import text
+    p = tmp_path / "dec.casc"
+    p.write_text(text("decode-splitk").replace("cascade decode-splitk ", "cascade dec "))
+    kw = dict(n=512, kv_len=4096, d=64, sram_bytes=[1 << 16, 1 << 20])
+    a = search("decode-splitk", "two-level", **kw).frame
+    b = search(str(p), "two-level", **kw).frame
+    assert list(a["variant"]) == list(b["variant"])
+    assert list(a["traffic_elements"]) == list(b["traffic_elements"])
