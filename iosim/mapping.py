@@ -1151,6 +1151,9 @@ def fit_error(kind: str, cascade) -> str | None:
         return (f"mapping {kind} needs a softmax cascade (a max reduction over the key rank); "
                 f"{name} has none")
     fam = f.family
+    if kind in ("linear", "lightning2") and f.pm_inputs:
+        return (f"mapping {kind} reads no input over (query, key) pairs; {name} has "
+                f"{', '.join(f.pm_inputs)}")
     if kind == "linear":
         if fam != "linear":
             return (f"mapping linear needs linear attention (the keys reduced into a state "

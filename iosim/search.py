@@ -111,6 +111,8 @@ class SearchResult:
     def render(self) -> str:
         from iosim.report import fmt_bytes, fmt_time
         s = self.shapes
+        g = s.get("group", 1)
+        unit = f"K/V head with its {g} query heads" if g > 1 else "head"
         lines = [f"iosim search: cascade {self.cascade} on {self.hardware}, N={s.get('n')}, "
                  f"kv={s.get('kv_len')}, d={s.get('e')}{', causal' if s.get('causal') else ''}, "
                  f"{s.get('dtype')}; objective: "
@@ -118,8 +120,8 @@ class SearchResult:
                  "For each SRAM size: the tiling with the least traffic whose buffers (tiles, "
                  "O accumulator, running max/sum, score tile) fit.",
                  f"{self.candidates:,} configurations evaluated in {self.seconds * 1e3:.0f} ms; "
-                 f"traffic per (batch, {'K/V head with its ' + str(s.get('group')) + ' query heads' if s.get('group', 1) > 1 else 'head'}) "
-                 f"in elements; ratio = traffic / IO lower bound.",
+                 f"traffic per (batch, {unit}) in elements; ratio = traffic / IO lower "
+                 f"bound.",
                  ""]
         hdr = ("SRAM", "SRAM el.", "mapping", "block_q", "block_kv", "traffic (el.)",
                "bytes", "time", "ratio")
