@@ -21,7 +21,9 @@ events, so they agree to the element.
 Named mappings (see :data:`MAPPINGS` and ``docs/model.md``):
 
 ===============  =========================================================================
-``fa2``          FlashAttention-2: a program per query block, K/V streamed, O and LSE once
+``fa2``          FlashAttention-2: a program per query block, K/V streamed, O and LSE once;
+                 with grouped heads (GQA) the G query heads of a K/V head are packed into
+                 the rows of a program (row r = query r // G), as the generated kernel does
 ``fa1``          FlashAttention-1 Algorithm 1: outer loop over K/V blocks, inner over Q
                  blocks, O, l, m read and written in HBM at every inner step
 ``unfused``      standard attention: S = QKᵀ and P = softmax(S) materialised in HBM
@@ -38,6 +40,13 @@ Named mappings (see :data:`MAPPINGS` and ``docs/model.md``):
                  rows, key tiles of ``block_kv`` streamed once per chunk and pass; built
                  from a plan by :func:`chunked_nest` (:mod:`iosim.spatial` does)
 ===============  =========================================================================
+
+Which mappings fit a cascade, its default mapping, its causal diagonal and the tensors a
+mapping moves besides the cascade's inputs and outputs are read from the cascade's
+*structure* (:func:`cascade_facts`: a recurrence over key blocks, per-block partials, a
+multi-pass softmax, ...), never from its name: a copy of a library cascade under another
+name, or in a user's file, is mapped exactly like the original. A mapping that does not fit
+refuses the cascade with one line saying why (:func:`fit_error`).
 """
 from __future__ import annotations
 
