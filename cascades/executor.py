@@ -16,17 +16,17 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
 
 from cascades.errors import ExecutionError
 from cascades.ir import (Access, Binary, Bool, Call, Cascade, Einsum, Expr, IConst, IFixed, IInit,
                          IShift, ISplit, IVar, Name, Num, Str, Unary)
+from cascades.reference import expit
 
 _DTYPES = {"float64": np.float64, "fp64": np.float64, "float32": np.float32, "fp32": np.float32}
 _IDENTITY = {"sum": 0.0, "max": -np.inf, "min": np.inf}
 _UNARY = {
     "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
-    "sigmoid": special.expit, "relu": lambda x: np.maximum(x, 0),
+    "sigmoid": expit, "relu": lambda x: np.maximum(x, 0),
     "elu1": lambda x: np.where(x > 0, x + 1, np.exp(np.minimum(x, 0))),
     "softplus": lambda x: np.logaddexp(0, x), "identity": lambda x: x,
 }

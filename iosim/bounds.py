@@ -1,4 +1,4 @@
-"""IO bounds for attention and matrix multiplication, as sympy formulas with their regimes.
+"""IO bounds for attention and matrix multiplication, as formulas with their regimes.
 
 Every count is in **elements** moved between a two-level machine's slow memory (HBM) and fast
 memory (SRAM) of ``M`` elements, per (batch, head); multiply by the dtype size for bytes
@@ -26,15 +26,22 @@ and how its constant is known: ``"stated"`` (the paper gives the constant), ``"d
 count it ourselves, exactly, from the problem or the algorithm's loop nest) or
 ``"asymptotic (no constant)"`` (a Θ/Ω statement; the formula is evaluated with constant 1,
 so only slopes and bounded ratios mean anything).
+
+Each formula and regime is written once, as text in sympy syntax. Numeric evaluation
+(:meth:`Bound.evaluate`, :meth:`Bound.in_regime`, :func:`attention_lower_envelope`) compiles
+that text against NumPy and does not import sympy; the sympy objects (``Bound.expr``,
+``Bound.condition``, the module's symbols ``N``, ``d``, ``M``, ... and ``SYMBOLS``) are built
+from the same text on first use.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import cached_property, reduce
+from typing import Any
 
 import numpy as np
-import sympy as sp
 
 from iosim.errors import IosimError
 
@@ -54,8 +61,34 @@ __all__ = [
 # symbols
 # --------------------------------------------------------------------------------------
 
-N, Nk, d, M, L, g, s, m, n, k = sp.symbols("N Nk d M L g s m n k", positive=True)
-SYMBOLS: dict[str, sp.Symbol] = {str(x): x for x in (N, Nk, d, M, L, g, s, m, n, k)}
+#: The symbols' names; the sympy symbols (all positive) are made on first access of
+#: ``SYMBOLS`` or of ``N``, ``d``, ``M``, ... (module ``__getattr__``), importing sympy then.
+SYMBOL_NAMES: tuple = ("N", "Nk", "d", "M", "L", "g", "s", "m", "n", "k")
+
+_SYMPY_CACHE: dict = {}
+
+
+def _sympy_symbols() -> dict:
+    """``{name: sympy.Symbol}`` for :data:`SYMBOL_NAMES` (positive), made once."""
+    if "symbols" not in _SYMPY_CACHE:
+        import sympy as sp
+
+        syms = sp.symbols(" ".join(SYMBOL_NAMES), positive=True)
+        _SYMPY_CACHE["symbols"] = {str(x): x for x in syms}
+    return _SYMPY_CACHE["symbols"]
+
+
+def __getattr__(name: str):  # PEP 562: the sympy symbols, imported only when asked for
+    if name == "SYMBOLS":
+        return _sympy_symbols()
+    if name in SYMBOL_NAMES:
+        return _sympy_symbols()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(SYMBOL_NAMES) | {"SYMBOLS"})
+
 
 STATED = "stated"
 DERIVED = "derived"
@@ -73,47 +106,125 @@ def _suggest(word: str, choices) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# formulas: sympy-syntax text, compiled for NumPy
+# --------------------------------------------------------------------------------------
+
+
+def _variadic(op):
+    def fn(*args):
+        return reduce(op, args)
+    return fn
+
+
+#: The functions a formula may call, as NumPy callables (sympy's names; sympy gives the
+#: same names their exact meaning when the text is parsed by sympy).
+_NUMPY_FUNCTIONS = {
+    "sqrt": np.sqrt,
+    "ceiling": np.ceil,
+    "floor": np.floor,
+    "Min": _variadic(np.minimum),
+    "Max": _variadic(np.maximum),
+    "And": _variadic(np.logical_and),
+    "Or": _variadic(np.logical_or),
+}
+_OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.USub, ast.UAdd,
+              ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+
+
+def _compile_formula(text: str, what: str):
+    """``(code, variables)`` for a formula in sympy syntax: arithmetic (``+ - * / **``),
+    numbers, the symbols, comparisons (one per term; ``And``/``Or`` to combine) and the
+    functions of ``_NUMPY_FUNCTIONS``. Anything else is refused (no attributes, no
+    subscripts, no other names), so the text can be evaluated with empty builtins."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"{what}: cannot parse {text!r}: {e.msg}") from None
+    variables = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id in _NUMPY_FUNCTIONS) or node.keywords:
+                raise ValueError(f"{what}: only calls of {', '.join(_NUMPY_FUNCTIONS)} are allowed in {text!r}")
+        elif isinstance(node, ast.Name):
+            if node.id in SYMBOL_NAMES:
+                variables.add(node.id)
+            elif node.id not in _NUMPY_FUNCTIONS:
+                raise ValueError(f"{what}: unknown name '{node.id}' in {text!r}")
+        elif isinstance(node, ast.Constant):
+            if type(node.value) not in (int, float, bool):
+                raise ValueError(f"{what}: constant {node.value!r} in {text!r}")
+        elif isinstance(node, ast.Compare):
+            if len(node.ops) != 1:
+                raise ValueError(f"{what}: chained comparison in {text!r} (write And(a <= b, b <= c))")
+        elif not isinstance(node, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Load) + _OPERATORS):
+            raise ValueError(f"{what}: {type(node).__name__} is not allowed in {text!r}")
+    return compile(tree, f"<bound {what}>", "eval"), tuple(sorted(variables))
+
+
+def _eval_formula(code, names, args):
+    env = dict(_NUMPY_FUNCTIONS)
+    env.update(zip(names, args))
+    return eval(code, {"__builtins__": {}}, env)  # noqa: S307 -- checked by _compile_formula
+
+
+def _sympify(text: str):
+    import sympy as sp
+
+    return sp.sympify(sp.sympify(text, locals=_sympy_symbols()))  # "True" -> sympy.true
+
+
+# --------------------------------------------------------------------------------------
 # the Bound type
 # --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Bound:
-    """One IO bound: a sympy expression plus the regime, source and status of its constant.
+    """One IO bound: a formula plus the regime, source and status of its constant.
 
-    ``condition`` is the regime as a sympy boolean (``sympy.true`` when it holds everywhere);
-    ``regime`` is the same in words. :meth:`evaluate` and :meth:`in_regime` accept scalars or
-    NumPy arrays (broadcast together).
+    ``formula`` is the bound (elements) and ``where`` its regime as a condition, both as
+    text in sympy syntax (``where`` is ``"True"`` when the formula holds everywhere);
+    ``regime`` is the regime in words. :meth:`evaluate` and :meth:`in_regime` accept
+    scalars or NumPy arrays (broadcast together) and need no sympy; ``expr`` and
+    ``condition`` are the same text as sympy objects (``sympy.true`` for no condition).
     """
 
     name: str
-    expr: sp.Expr
+    formula: str
     kind: str
     regime: str
     source: str
     constant: str
     note: str = ""
-    condition: Any = sp.true
-    _fn: Callable = field(init=False, repr=False, compare=False)
-    _cond_fn: Callable = field(init=False, repr=False, compare=False)
+    where: str = "True"
+    _code: Any = field(init=False, repr=False, compare=False)
+    _variables: tuple = field(init=False, repr=False, compare=False)
+    _cond: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.kind not in _KINDS:
             raise ValueError(f"bound {self.name}: kind must be one of {_KINDS}")
         if self.constant not in _CONSTANTS:
             raise ValueError(f"bound {self.name}: constant must be one of {_CONSTANTS}")
-        args = [SYMBOLS[v] for v in self.variables]
-        object.__setattr__(self, "_fn", sp.lambdify(args, self.expr, modules="numpy"))
-        cond_vars = sorted(str(x) for x in sp.sympify(self.condition).free_symbols)
-        object.__setattr__(
-            self, "_cond_fn",
-            (cond_vars, sp.lambdify([SYMBOLS[v] for v in cond_vars], self.condition, modules="numpy")),
-        )
+        code, variables = _compile_formula(self.formula, self.name)
+        object.__setattr__(self, "_code", code)
+        object.__setattr__(self, "_variables", variables)
+        object.__setattr__(self, "_cond", _compile_formula(self.where, f"{self.name} (regime)"))
+
+    @cached_property
+    def expr(self):
+        """The formula as a sympy expression (imports sympy)."""
+        return _sympify(self.formula)
+
+    @cached_property
+    def condition(self):
+        """The regime as a sympy boolean, ``sympy.true`` when it holds everywhere (imports sympy)."""
+        return _sympify(self.where)
 
     @property
     def variables(self) -> tuple:
         """Names of the symbols the expression uses, sorted."""
-        return tuple(sorted(str(x) for x in self.expr.free_symbols))
+        return self._variables
 
     @property
     def asymptotic(self) -> bool:
@@ -122,9 +233,9 @@ class Bound:
 
     def _args(self, names, values: dict) -> list:
         for key in values:
-            if key not in SYMBOLS:
+            if key not in SYMBOL_NAMES:
                 raise IosimError(
-                    f"bound '{self.name}': unknown variable '{key}'{_suggest(key, SYMBOLS)}; "
+                    f"bound '{self.name}': unknown variable '{key}'{_suggest(key, SYMBOL_NAMES)}; "
                     f"it uses {', '.join(self.variables)}"
                 )
         missing = [v for v in names if v not in values]
@@ -151,14 +262,14 @@ class Bound:
         parameters can be passed to every bound); names that are no symbol at all are errors.
         """
         args = self._args(self.variables, values)
-        out = np.asarray(self._fn(*args), dtype=float)
+        out = np.asarray(_eval_formula(self._code, self.variables, args), dtype=float)
         if args:
             out = np.broadcast_to(out, args[0].shape)
         return float(out) if out.ndim == 0 else out.copy()
 
     def in_regime(self, **values):
         """Whether the values lie in the bound's regime (bool or bool array)."""
-        names, fn = self._cond_fn
+        code, names = self._cond
         if not names:
             self._args((), values)  # validates names
             shapes = [np.shape(v) for v in values.values()]
@@ -166,11 +277,13 @@ class Bound:
             out = np.ones(shape, dtype=bool)
             return bool(out) if out.ndim == 0 else out
         args = self._args(names, values)
-        out = np.asarray(fn(*args), dtype=bool)
+        out = np.asarray(_eval_formula(code, names, args), dtype=bool)
         out = np.broadcast_to(out, args[0].shape)
         return bool(out) if out.ndim == 0 else out.copy()
 
     def to_dict(self) -> dict:
+        import sympy as sp
+
         return {
             "name": self.name,
             "expr": str(self.expr),
@@ -198,12 +311,14 @@ _PROP3 = (
 
 
 def _catalogue() -> tuple:
-    Bc = sp.ceiling(M / (4 * d))  # FlashAttention Algorithm 1 column-block size
-    Tc = sp.ceiling(N / Bc)       # number of K/V blocks = passes over Q, O, l, m
+    # Formulas in sympy syntax (see Bound), products written in sympy's printed order so that
+    # the NumPy evaluation multiplies in the same order as sympy's own printing would.
+    Bc = "ceiling(M/(4*d))"  # FlashAttention Algorithm 1 column-block size
+    Tc = f"ceiling(N/{Bc})"  # number of K/V blocks = passes over Q, O, l, m
     return (
         Bound(
             name="compulsory",
-            expr=4 * N * d,
+            formula="4*N*d",
             kind="lower",
             regime="any M (self-attention: Q, K, V are N x d, O is N x d)",
             source="counting argument; the Omega(N d) floor noted in " + FLASH + " and " + SAHA_YE,
@@ -214,7 +329,7 @@ def _catalogue() -> tuple:
         ),
         Bound(
             name="compulsory_cross",
-            expr=2 * N * d + 2 * Nk * d,
+            formula="2*N*d + 2*Nk*d",
             kind="lower",
             regime="any M (N query rows, Nk key/value rows)",
             source="counting argument (as for 'compulsory')",
@@ -223,7 +338,7 @@ def _catalogue() -> tuple:
         ),
         Bound(
             name="flash_standard_attention",
-            expr=N * d + N**2,
+            formula="N**2 + N*d",
             kind="upper",
             regime="any M (S = Q K^T and P = softmax(S) materialised in HBM)",
             source=FLASH + ", Theorem 2 (standard attention)",
@@ -233,20 +348,20 @@ def _catalogue() -> tuple:
         ),
         Bound(
             name="flash_attention_alg1",
-            expr=N**2 * d**2 / M,
+            formula="N**2*d**2/M",
             kind="upper",
             regime="d <= M <= N*d",
-            condition=sp.And(d <= M, M <= N * d),
+            where="And(d <= M, M <= N*d)",
             source=FLASH + ", Theorem 2 (Algorithm 1, forward)",
             constant=ASYMPTOTIC,
             note="Theta(N^2 d^2 / M) HBM accesses of FlashAttention's forward pass. " + _PROP3,
         ),
         Bound(
             name="flash_attention_alg1_exact",
-            expr=2 * N * d + Tc * (3 * N * d + 4 * N),
+            formula=f"2*N*d + (3*N*d + 4*N)*{Tc}",
             kind="upper",
             regime="d <= M <= N*d (the formula is defined for any M > 0); initialisation writes excluded",
-            condition=sp.And(d <= M, M <= N * d),
+            where="And(d <= M, M <= N*d)",
             source=FLASH + ", Algorithm 1 (count derived from its loop nest)",
             constant=DERIVED,
             note="Exact count of Algorithm 1 with Bc = ceil(M/(4d)), Tc = ceil(N/Bc): K and V read once "
@@ -258,27 +373,27 @@ def _catalogue() -> tuple:
         ),
         Bound(
             name="flash_attention_backward",
-            expr=N**2 * d**2 / M,
+            formula="N**2*d**2/M",
             kind="upper",
             regime="d <= M <= N*d",
-            condition=sp.And(d <= M, M <= N * d),
+            where="And(d <= M, M <= N*d)",
             source=FLASH + ", Theorem 5 (backward pass, Algorithm 4)",
             constant=ASYMPTOTIC,
             note="Theta(N^2 d^2 / M) HBM accesses, same loop order as the forward pass.",
         ),
         Bound(
             name="block_sparse_flash",
-            expr=N * d + N**2 * d**2 * s / M,
+            formula="N*d + N**2*d**2*s/M",
             kind="upper",
             regime="d <= M <= N*d, 0 < s <= 1 (s = fraction of nonzero blocks)",
-            condition=sp.And(d <= M, M <= N * d, s <= 1),
+            where="And(d <= M, M <= N*d, s <= 1)",
             source=FLASH + ", Proposition 4 (block-sparse FlashAttention)",
             constant=ASYMPTOTIC,
             note="Theta(N d + N^2 d^2 s / M) HBM accesses of block-sparse FlashAttention.",
         ),
         Bound(
             name="saha_ye_standard_matmul",
-            expr=sp.Min(N**2 * d / sp.sqrt(M), N**2 * d**2 / M),
+            formula="Min(N**2*d/sqrt(M), N**2*d**2/M)",
             kind="tight",
             regime="all M; small-cache branch N^2 d / sqrt(M) for M < d^2, large-cache branch "
                    "N^2 d^2 / M for M >= d^2 (they meet at M = d^2)",
@@ -291,20 +406,20 @@ def _catalogue() -> tuple:
         ),
         Bound(
             name="saha_ye_small_cache",
-            expr=N**2 * d / sp.sqrt(M),
+            formula="N**2*d/sqrt(M)",
             kind="tight",
             regime="M < d^2",
-            condition=M < d**2,
+            where="M < d**2",
             source=SAHA_YE + ", small-cache regime",
             constant=ASYMPTOTIC,
             note="The M < d^2 branch of 'saha_ye_standard_matmul'.",
         ),
         Bound(
             name="saha_ye_large_cache",
-            expr=N**2 * d**2 / M,
+            formula="N**2*d**2/M",
             kind="tight",
             regime="M >= d^2",
-            condition=M >= d**2,
+            where="M >= d**2",
             source=SAHA_YE + ", large-cache regime (FlashAttention optimal)",
             constant=ASYMPTOTIC,
             note="The M >= d^2 branch of 'saha_ye_standard_matmul'; below the compulsory 4 N d once "
@@ -312,7 +427,7 @@ def _catalogue() -> tuple:
         ),
         Bound(
             name="saha_ye_any_algorithm",
-            expr=sp.Min(N**2 * d**2 / M, N**2),
+            formula="Min(N**2*d**2/M, N**2)",
             kind="lower",
             regime="all M; any exact algorithm, fast matrix multiplication included",
             source=SAHA_YE + ", lower bound for arbitrary algorithms (communication-complexity argument)",
@@ -322,17 +437,17 @@ def _catalogue() -> tuple:
         ),
         Bound(
             name="hong_kung_matmul",
-            expr=n**3 / sp.sqrt(M),
+            formula="n**3/sqrt(M)",
             kind="lower",
             regime="n x n times n x n product, standard algorithm, M << n^2",
-            condition=M < n**2,
+            where="M < n**2",
             source="Hong & Kung 1981, I/O complexity: the red-blue pebble game (STOC '81)",
             constant=ASYMPTOTIC,
             note="Omega(n^3 / sqrt(M)); rectangular form Omega(m n k / sqrt(M)).",
         ),
         Bound(
             name="smith_matmul",
-            expr=2 * m * n * k / sp.sqrt(M) - 2 * M,
+            formula="2*k*m*n/sqrt(M) - 2*M",
             kind="lower",
             regime="C (m x n) = A (m x k) B (k x n), standard algorithm, sequential two-level machine",
             source="Smith, Lowery, Langou & van de Geijn, A Tight I/O Lower Bound for Matrix "
@@ -343,11 +458,11 @@ def _catalogue() -> tuple:
         ),
         Bound(
             name="cosma_matmul",
-            expr=2 * m * n * k / sp.sqrt(M) + m * n,
+            formula="2*k*m*n/sqrt(M) + m*n",
             kind="lower",
             regime="C (m x n) = A (m x k) B (k x n), standard algorithm, sequential two-level "
                    "machine, M small against the matrices",
-            condition=M < sp.Min(m * n, m * k, n * k),
+            where="M < Min(k*m, k*n, m*n)",
             source="Kwasniewski et al., Red-Blue Pebbling Revisited: Near Optimal Parallel "
                    "Matrix-Matrix Multiplication (COSMA), SC'19, arXiv 1908.09606",
             constant=STATED,
@@ -356,7 +471,7 @@ def _catalogue() -> tuple:
         ),
         Bound(
             name="decode_kv_floor",
-            expr=2 * L * d + 2 * g * d,
+            formula="2*L*d + 2*d*g",
             kind="lower",
             regime="one decode step, any M (KV cache of L rows, g query rows sharing the KV head)",
             source="counting argument (reference/io_theory.md, 'Beyond prefill')",

@@ -233,3 +233,44 @@ def test_evaluate_errors():
         b.evaluate(N=1024, d=64, M=65536, Q=3)
     # a known symbol the formula does not use is ignored
     assert b.evaluate(N=1024, d=64, M=65536, L=5) == 65_536
+
+
+# ------------------------------------------------------------------ one text, two evaluations
+
+
+@pytest.mark.parametrize("bound", all_bounds(), ids=lambda b: b.name)
+def test_numeric_formula_matches_sympy(bound):
+    # the NumPy evaluation of the text and sympy's own reading of the same text agree
+    import sympy as sp
+
+    from iosim.bounds import SYMBOLS
+
+    assert bound.variables == tuple(sorted(str(x) for x in bound.expr.free_symbols))
+    rng = np.random.default_rng(1)
+    values = {v: rng.uniform(1.0, 5e5, 64) for v in SYMBOLS}
+    values["s"] = rng.uniform(0.01, 1.5, 64)
+    values["M"] = np.concatenate([rng.uniform(1.0, 5e5, 60), [64.0, 4096.0, 65536.0, 3.0]])
+    fn = sp.lambdify([SYMBOLS[v] for v in bound.variables], bound.expr, modules="numpy")
+    want = np.broadcast_to(fn(*(values[v] for v in bound.variables)), (64,))
+    assert np.array_equal(bound.evaluate(**values), want)
+    names = sorted(str(x) for x in sp.sympify(bound.condition).free_symbols)
+    if names:
+        cond = sp.lambdify([SYMBOLS[v] for v in names], bound.condition, modules="numpy")
+        assert np.array_equal(bound.in_regime(**values), cond(*(values[v] for v in names)))
+    else:
+        assert bound.condition is sp.true and bound.in_regime(**values).all()
+
+
+def test_module_symbols_are_the_formulas_symbols():
+    from iosim.bounds import M, N, SYMBOLS, d
+
+    assert SYMBOLS["N"] is N and N.is_positive
+    assert get_bound("saha_ye_large_cache").expr == N**2 * d**2 / M
+    assert get_bound("flash_attention_alg1").condition.free_symbols == {N, d, M}
+
+
+@pytest.mark.parametrize("text", ["__import__('os')", "N.real", "N[0]", "exp(N)", "d <= M <= N*d",
+                                  "lambda: 1", "'N'", "N +"])
+def test_formula_text_is_checked(text):
+    with pytest.raises(ValueError):
+        Bound(name="bad", formula=text, kind="lower", regime="-", source="-", constant="derived")
