@@ -192,7 +192,8 @@ def _sizes(nest: LoopNest, shapes: Shapes) -> dict:
         be, bf = shapes.e, shapes.f
     default_off = K - N if nest.causal_offset_default == "end" else 0
     off = shapes.causal_offset if shapes.causal_offset is not None else default_off
-    return {"P": N, "M": K, "E": shapes.e, "F": shapes.f, "G": shapes.group, "S": n_s,
+    return {"P": N, "R": N * shapes.group, "M": K, "E": shapes.e, "F": shapes.f,
+            "G": shapes.group, "S": n_s,
             "Mt": Tc, "Pt": -(-N // bq), "tps": tps, "block_q": bq, "block_kv": bk, "block_e": be,
             "block_f": bf, "block_rows": m.softmax_rows, "one": 1, "off": off,
             "causal": shapes.causal, "stages": m.num_stages}
@@ -232,9 +233,12 @@ class _Sim:
         return int(self.sz[r])
 
     # -- ranges --------------------------------------------------------------------------
-    def _visible(self, i: int, j: int, bq: int, bk: int) -> bool:
+    def _visible(self, i: int, j: int, bq: int, bk: int, rows: str = "P") -> bool:
         sz = self.sz
-        p_last = min((i + 1) * bq, sz["P"]) - 1
+        if rows == "R":     # packed rows of G query heads: row r is query r // G
+            p_last = min(((i + 1) * bq - 1) // sz["G"], sz["P"] - 1)
+        else:
+            p_last = min((i + 1) * bq, sz["P"]) - 1
         return j * bk <= p_last + sz["off"]
 
     def loop_range(self, nd, env: dict, loops: dict):
@@ -254,10 +258,10 @@ class _Sim:
             oi = env[nd.causal_with]
             if nd.rank == "M":
                 bq, bk = sz[other.block], b
-                rng = [j for j in rng if self._visible(oi, j, bq, bk)]
+                rng = [j for j in rng if self._visible(oi, j, bq, bk, other.rank)]
             else:
                 bq, bk = b, sz[other.block]
-                rng = [i for i in rng if self._visible(i, oi, bq, bk)]
+                rng = [i for i in rng if self._visible(i, oi, bq, bk, nd.rank)]
         return rng
 
     # -- tiles ---------------------------------------------------------------------------
@@ -416,7 +420,7 @@ def simulate(cascade=None, mapping="fa2", hardware=None, shapes: Shapes | None =
                                 sram_bytes=sram_bytes)
             pol = "buffer" if bool(r["fits"][0]) else "spill"
         m = m.with_(row_policy=pol)
-    nest = loop_nest(m, c)
+    nest = loop_nest(m, c, grouped=shapes.group > 1)
     sz = _sizes(nest, shapes)
     # capacities and dtype sizes
     if hw is not None:

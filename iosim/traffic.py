@@ -599,8 +599,13 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
                     batch=1, heads=1, group=1, kv_heads=None, dtype: str = "bf16", causal=False,
                     causal_offset=None, block_q=None, block_kv=None, block_e=None,
                     block_f=None, split_kv=None, sram_bytes=None, product: bool = True,
-                    backing_model: Callable | None = None, check: bool = False) -> dict:
+                    backing_model: Callable | None = None, check: bool = False,
+                    l2: str = "auto") -> dict:
     """The engine behind :func:`evaluate_grid` and :func:`evaluate`: a dict of arrays.
+
+    ``l2``: the GPU L2 model behind the backing store when no ``backing_model`` is given --
+    ``"auto"`` (the analytical model of :mod:`iosim.l2.analytic` where the preset has an L2
+    and the nest re-reads tensors across programs) or ``"off"`` (HBM sees every L2 read).
 
     Keys: ``sizes`` (the grid), ``model_reads``/``model_writes`` (per-tensor elements per
     head at the SRAM boundary), ``backing_reads``/``backing_writes`` (after the backing
@@ -618,6 +623,9 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     m = _resolve_mapping(mapping, c)
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
     dtype_bytes(dtype)
+    if backing_model is None and l2 != "off":
+        from iosim.l2.backing import grid_backing
+        backing_model = grid_backing(c, m, hw, dtype=dtype, mode=l2)
     if m.kind in ("fused-3pass", "fused-2pass") and m.row_policy == "auto":
         kw = dict(n=n, d=d, e=e, f=f, kv_len=kv_len, batch=batch, heads=heads, group=group,
                   kv_heads=kv_heads, dtype=dtype, causal=causal, causal_offset=causal_offset, block_q=block_q,
@@ -907,7 +915,7 @@ def evaluate_grid(cascade, mapping=None, hardware="h100", *, n, d=None, e=None, 
                   causal=False,
                   causal_offset=None, block_q=None, block_kv=None, split_kv=None,
                   sram_bytes=None, product: bool = True, per_tensor: bool = True,
-                  backing_model: Callable | None = None):
+                  backing_model: Callable | None = None, l2: str = "auto"):
     """Evaluate a mapping over a grid of shapes and tile sizes in one vectorised call.
 
     Every size argument (``n``, ``d``/``e``, ``f``, ``kv_len``, ``batch``, ``heads``,
@@ -929,7 +937,7 @@ def evaluate_grid(cascade, mapping=None, hardware="h100", *, n, d=None, e=None, 
                         batch=batch, heads=heads, group=group, kv_heads=kv_heads, dtype=dtype,
                         causal=causal, causal_offset=causal_offset, block_q=block_q,
                         block_kv=block_kv, split_kv=split_kv, sram_bytes=sram_bytes, product=product,
-                        backing_model=backing_model)
+                        backing_model=backing_model, l2=l2)
     return arrays_to_frame(r, per_tensor=per_tensor, pd=pd)
 
 
@@ -1016,7 +1024,7 @@ def scalar_sizes(r: dict, row: int = 0) -> dict:
 
 def evaluate(cascade="attention-1pass", mapping=None, hardware="h100", shapes: Shapes | None = None,
              *, check: bool = True, backing_model: Callable | None = None,
-             sram_bytes: float | None = None, **shape_kw):
+             sram_bytes: float | None = None, l2: str = "auto", **shape_kw):
     """Evaluate one configuration and return a :class:`~iosim.report.Report`.
 
     ``shapes`` or keyword sizes (``n``, ``d``/``e``, ``f``, ``kv_len``, ``batch``, ``heads``,
@@ -1035,11 +1043,14 @@ def evaluate(cascade="attention-1pass", mapping=None, hardware="h100", shapes: S
     c = _load_cascade(cascade)
     m = _resolve_mapping(mapping, c)
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
+    if backing_model is None and l2 != "off":
+        from iosim.l2.backing import backing_for
+        backing_model = backing_for(c, m, hw, shapes, l2)
     r = evaluate_arrays(c, m, hw, n=shapes.n, e=shapes.e, f=shapes.f, kv_len=shapes.kv_len,
                         batch=shapes.batch, heads=shapes.heads, kv_heads=shapes.kv_heads,
                         dtype=shapes.dtype, causal=shapes.causal,
                         causal_offset=shapes.causal_offset, sram_bytes=sram_bytes,
-                        backing_model=backing_model)
+                        backing_model=backing_model, l2="off")
     fast = getattr(backing_model, "fast_memory_bytes", None)
     if fast is not None:  # the backing model reuses data in a larger fast memory (an L2)
         r = dict(r, bound_fast_elements=np.full(np.shape(r["sram_elements"]),

@@ -398,3 +398,15 @@ def test_gqa_heads_mismatch():
         pytest.skip("evaluate has no --kv-heads")
     one_line_error(run("evaluate", "attention-gqa", "--heads", "7", "--kv-heads", "2"),
                    "heads (7)", "kv-heads (2)")
+
+
+def test_split_kv_beyond_the_key_blocks_is_refused():
+    """--split-kv larger than the key blocks was silently capped; now one line with both."""
+    from click.testing import CliRunner
+
+    from iosim.cli import main
+    res = CliRunner().invoke(main, ["evaluate", "decode-splitk", "--seq-len", "1",
+                                    "--kv-len", "1024", "--split-kv", "1000"])
+    assert res.exit_code == 2
+    assert "--split-kv 1000 exceeds the 16 key blocks" in res.output
+    assert "Traceback" not in res.output

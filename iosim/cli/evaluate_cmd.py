@@ -161,9 +161,14 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
         raise IosimError(f"--block-m {block_q} is larger than {what}")
     if block_kv is not None and block_kv > shapes.kv_len:
         raise IosimError(f"--block-n {block_kv} is larger than the {shapes.kv_len} keys")
+    if split_kv is not None and m.block_kv:
+        blocks = -(-shapes.kv_len // m.block_kv)
+        if split_kv > blocks:
+            raise IosimError(f"--split-kv {split_kv} exceeds the {blocks} key blocks "
+                             f"({shapes.kv_len} keys / block_kv {m.block_kv})")
     from iosim.l2.backing import backing_for
     rep = evaluate(c, m, h, shapes, sram_bytes=sram_b,
-                   backing_model=backing_for(c, m, h, shapes, l2_mode))
+                   backing_model=backing_for(c, m, h, shapes, l2_mode), l2="off")
     sym = None
     if symbolic:
         sym = symbolic_traffic(rep.mapping_resolved if not m.derived_blocks else m, c,

@@ -121,7 +121,7 @@ def reader_weight(readers) -> np.ndarray:
 def _tiles(i, *, causal, n, kv_len, block_q, block_kv, offset, q_per_row=1):
     """Key tiles read by program ``i`` of a head (its causal prefix, or all)."""
     nk = np.ceil(kv_len / block_kv)
-    last = np.minimum(kv_len, np.ceil((i + 1) * block_q / q_per_row) + offset)
+    last = np.minimum(kv_len, np.minimum(np.ceil((i + 1) * block_q / q_per_row), n) + offset)
     pref = np.clip(np.ceil(np.maximum(last, 0) / block_kv), 0, nk)
     return np.where(causal, pref, nk)
 
@@ -148,8 +148,9 @@ def reread_miss_fraction(*, programs, heads, n, kv_len, block_q, block_kv, causa
     exact = pairs <= PAIRS
     idx = np.where(exact, k, np.floor((k + 0.5) * pairs / PAIRS))
     wgt = np.where(exact, (k < pairs).astype(float), pairs / PAIRS)
-    kw = dict(causal=C, n=N, kv_len=K, block_q=BQ, block_kv=BK, offset=OFF,
-              q_per_row=rows_per_query)
+    G = np.asarray(rows_per_query, dtype=float)
+    G = np.broadcast_to(G, a[0].shape)[..., None] if G.ndim else G
+    kw = dict(causal=C, n=N, kv_len=K, block_q=BQ, block_kv=BK, offset=OFF, q_per_row=G)
     L0 = _tiles(idx, **kw)
     L1 = _tiles(idx + 1, **kw)
     reread = np.minimum(L0, L1) * TB                       # bytes program i+1 re-reads
@@ -176,6 +177,7 @@ class SharedReads:
     private: tuple          # tensors each program reads or writes alone (its Q, O tiles)
     grid_var: str           # the program loop over query tiles
     group_programs: bool    # a grid loop over G encloses it (one program per group member)
+    rows: str = "P"         # the rank that loop tiles: P, or R = packed (query, head) rows
 
 
 def shared_reads(nest) -> SharedReads | None:
@@ -187,7 +189,7 @@ def shared_reads(nest) -> SharedReads | None:
         return None
     found = None
     for _, nd, encl in nest.walk():
-        if isinstance(nd, Loop) and nd.grid and nd.rank == "P":
+        if isinstance(nd, Loop) and nd.grid and nd.rank in ("P", "R"):
             inner = [b for b in nd.body if isinstance(b, Loop) and not b.grid and b.rank == "M"]
             if len(inner) != 1:
                 continue
@@ -198,7 +200,7 @@ def shared_reads(nest) -> SharedReads | None:
             if shared:
                 if found is not None:
                     return None
-                found = SharedReads(shared, private, nd.var, group)
+                found = SharedReads(shared, private, nd.var, group, nd.rank)
     return found
 
 
@@ -215,26 +217,34 @@ def backing(nest, hardware, *, elem_bytes: float):
 
     def model(reads: dict, writes: dict, context: dict):
         S = context["sizes"]
-        heads = np.asarray(context["heads_total"], dtype=float)
-        groups = np.asarray(S["G"], dtype=float) if sr.group_programs else 1.0
+        # the nest of this evaluation (grouped heads pack their rows): its shared reads
+        here = shared_reads(context.get("nest", nest)) or sr
+        heads = np.asarray(context["heads_total"], dtype=float)   # (batch, K/V head) pairs
+        groups = np.asarray(S["G"], dtype=float) if here.group_programs else 1.0
+        packed = here.rows == "R"
         e, f = np.asarray(S["E"], dtype=float), np.asarray(S["F"], dtype=float)
         bk = np.asarray(S["block_kv"], dtype=float)
         bq = np.asarray(S["block_q"], dtype=float)
         # shared tensors' elements per key tile, from what the nest reads
-        comp = {t: _compulsory(t, nest, S) for t in sr.tensors}
-        per_key = sum(comp[t] for t in sr.tensors) / np.asarray(S["M"], dtype=float)
+        comp = {t: _compulsory(t, context.get("nest", nest), S) for t in here.tensors}
+        per_key = sum(comp[t] for t in here.tensors) / np.asarray(S["M"], dtype=float)
         tile_bytes = per_key * bk * elem_bytes
         private_bytes = bq * (e + f) * elem_bytes
         slots = gpu.sms * occupancy(head_dim=e, block_m=bq, block_n=bk, num_warps=m.num_warps,
                                     num_stages=m.num_stages, elem_bytes=elem_bytes, gpu=gpu)
-        progs = np.asarray(S["Pt"], dtype=float) * groups
+        if packed:
+            progs = np.ceil(np.asarray(S["R"], dtype=float) / bq)
+            per_row = np.asarray(S["G"], dtype=float)
+        else:
+            progs = np.asarray(S["Pt"], dtype=float) * groups
+            per_row = 1.0
         r = reread_miss_fraction(
-            programs=progs, heads=heads * (1.0 if sr.group_programs else 1.0),
-            n=S["P"], kv_len=S["M"], block_q=bq, block_kv=bk, causal=S["causal"],
-            offset=S["off"], tile_bytes=tile_bytes, private_bytes=private_bytes,
-            grid_order=m.grid_order, slots=slots, gpu=gpu)
+            programs=progs, heads=heads, n=S["P"], kv_len=S["M"], block_q=bq, block_kv=bk,
+            causal=S["causal"], offset=S["off"], tile_bytes=tile_bytes,
+            private_bytes=private_bytes, grid_order=m.grid_order, slots=slots, gpu=gpu,
+            rows_per_query=per_row)
         out = dict(reads)
-        for t in sr.tensors:
+        for t in here.tensors:
             extra = np.maximum(np.asarray(reads[t], dtype=float) - comp[t], 0.0)
             out[t] = np.minimum(reads[t], comp[t] + extra * r["miss"])
         context["l2_model"] = {"miss_fraction": r["miss"], "slots": slots,
