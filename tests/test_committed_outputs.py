@@ -4,7 +4,8 @@ Every committed file is listed there as measured (with the device), generated (w
 command that regenerates it) or reference (a paper's numbers). A generated CSV is regenerated
 into a temporary directory and compared with the committed copy, so a committed table that
 the present code no longer reproduces fails: the fast commands on every run, the slow ones
-(minutes) under ``pytest -m slow tests/test_committed_outputs.py``.
+(minutes) under ``pytest -m slow tests/test_committed_outputs.py``. On every run, too, the
+long research tables' rows of their smallest launches are recomputed (spot checks).
 """
 from __future__ import annotations
 
@@ -90,6 +91,12 @@ def same_table(fresh: Path, committed: Path, rtol: float = 1e-6, ignore=()) -> l
                 f"(or their order)"]
     if len(a) != len(b):
         return [f"{len(a)} rows against {len(b)} committed"]
+    return same_cells(a, b, rtol)
+
+
+def same_cells(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-6) -> list[str]:
+    """Differences between the cells of two frames of the same columns and rows."""
+    a, b = a.reset_index(drop=True), b.reset_index(drop=True)
     out = []
     for c in b.columns:
         x, y = a[c], b[c]
@@ -158,3 +165,80 @@ def test_slow_generated_outputs_are_current(entry, tmp_path, request):
     if "slow" not in expr or "not slow" in expr:
         pytest.skip("slow (minutes): pytest -m slow tests/test_committed_outputs.py")
     _regenerate_and_compare(entry, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------
+# spot checks of the long research tables: the smallest launches of each, on every run
+# ------------------------------------------------------------------------------------------
+RESEARCH = ROOT / "experiments" / "l2_research"
+DATA = ROOT / "experiments" / "data"
+
+
+def _research(name: str):
+    import importlib
+    if str(RESEARCH) not in sys.path:
+        sys.path.insert(0, str(RESEARCH))
+    return importlib.import_module(name)
+
+
+def _rows_agree(fresh: pd.DataFrame, committed: str, keys: list[str], rtol: float = 1e-6):
+    """The committed rows with ``fresh``'s keys hold ``fresh``'s values (in ``fresh``'s
+    columns)."""
+    old = pd.read_csv(DATA / committed)
+    assert set(fresh.columns) <= set(old.columns), set(fresh.columns) - set(old.columns)
+    idx = old.set_index(keys)
+    at = [tuple(r) if len(keys) > 1 else r[0] for r in fresh[keys].itertuples(index=False)]
+    want = idx.loc[at].reset_index()
+    problems = same_cells(fresh[list(fresh.columns)], want[list(fresh.columns)], rtol)
+    assert not problems, (f"experiments/data/{committed} is stale for {len(fresh)} small "
+                          "launches (regenerate it: experiments/MANIFEST.toml):\n"
+                          + "\n".join(problems))
+
+
+def _launch(rows, batch, heads, seq, d, causal, order):
+    return [r for r in rows if (int(r["batch"]), int(r["heads"]), int(r["seq"]),
+                                int(r["head_dim"]), str(r["causal"]) == "True",
+                                r["grid_order"]) == (batch, heads, seq, d, causal, order)]
+
+
+SMALL = (8, 16, 1024, 64, False, "head-major")        # a validated launch whose K/V miss
+
+
+def test_replay_traced_rows_of_small_launches_are_current():
+    """gpu_replay.csv (replay_traced.py, minutes): the cache response on the measured
+    schedule, on the model's schedule and the dynamic model, for two 1K-key launches."""
+    rt = _research("replay_traced")
+    rows = pd.read_csv(DATA / "gpu_traced.csv").to_dict("records")
+    pick = _launch(rows, *SMALL) + _launch(rows, 8, 16, 1024, 64, True, "head-major")
+    assert len(pick) == 2
+    _rows_agree(pd.DataFrame([rt.one(r) for r in pick]), "gpu_replay.csv", ["launch"])
+
+
+def test_nru_model_draws_startup_rows_of_a_small_launch_are_current(tmp_path, monkeypatch):
+    """gpu_nru_model.csv (an hour), gpu_draws.csv and gpu_startup_model.csv (minutes): their
+    rows of one validated 1K-key launch, recomputed by the scripts themselves (nru_model with
+    two of its columns)."""
+    nru = _research("nru_model")
+    one = _launch(nru.launches(), *SMALL)
+    assert len(one) == 1
+    monkeypatch.setattr(nru, "POLICIES", {k: nru.POLICIES[k]
+                                          for k in ("response", "nru_prefetch", "clock_startup")})
+    for name, argv, out in ((nru, ["--all"], "gpu_nru_model.csv"),
+                            (_research("draws"), [], "gpu_draws.csv"),
+                            (_research("startup_model"), [], "gpu_startup_model.csv")):
+        monkeypatch.setattr(name, "launches", lambda: one)
+        assert name.main(["--out", str(tmp_path), "--workers", "1", *argv]) == 0
+        _rows_agree(pd.read_csv(tmp_path / out), out, ["set", "shape", "grid_order"])
+
+
+def test_partner_pace_row_of_a_small_launch_is_current(tmp_path, monkeypatch):
+    """gpu_partner_pace.csv (minutes): the row of the traced 8x16x1Kx64 causal head-major
+    launch."""
+    pp = _research("partner_pace")
+    pick = [j for j in pp.jobs() if j[0] == "gpu_traced"
+            and j[1]["trace_key"] == "8x16x1024x64-causal_head-major"]
+    assert len(pick) == 1
+    monkeypatch.setattr(pp, "jobs", lambda: pick)
+    assert pp.main(["--out", str(tmp_path), "--workers", "1"]) == 0
+    _rows_agree(pd.read_csv(tmp_path / "gpu_partner_pace.csv"), "gpu_partner_pace.csv",
+                ["traced", "launch"])
