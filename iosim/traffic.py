@@ -812,7 +812,7 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
             r, w = levels[lv.name]
             energy = energy + (r * (lv.read_energy_pj_per_byte or 0.0)
                                + w * (lv.write_energy_pj_per_byte or 0.0)) * 1e-12
-    return {"cascade": c, "mapping": m, "hardware": hw, "nest": nest, "dtype": dtype,
+    out = {"cascade": c, "mapping": m, "hardware": hw, "nest": nest, "dtype": dtype,
             "sizes": S, "grid": sz, "sram_bytes": cap_sram, "sram_elements": sram_el,
             "model_reads": reads, "model_writes": writes, "backing_reads": b_reads,
             "backing_writes": b_writes, "levels": levels, "level_roles": {
@@ -821,6 +821,10 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
             "footprint": foot, "fits": fits, "flops": flops, "times": times,
             "time_s": time_s, "limiter": limiter, "energy_j": energy,
             "heads_total": heads_total, "dtype_roles": roles, "derived_blocks": derived}
+    fast = getattr(backing_model, "fast_memory_bytes", None)
+    if fast is not None:  # the backing model reuses data in a larger fast memory (an L2)
+        out["bound_fast_elements"] = np.full(np.shape(sram_el), fast / dtype_bytes(dtype))
+    return out
 
 
 def _merge(mask: np.ndarray, a, b):
