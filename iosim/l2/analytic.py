@@ -58,6 +58,14 @@ READER_WEIGHTS = ((1, 0.722), (2, 0.734), (4, 0.744), (11, 0.791), (33, 0.948), 
 #: what a line read (or written) by one SM costs: the ratio of the half-miss points of the
 #: shared and the one-SM scans (26.3 / 36.3 MiB)
 PRIVATE_WEIGHT = 0.73
+#: two programs sharing an SM: (rate of one alone, of two together, in MFLOP/us; the older
+#: one's share), by head dim, and a program's startup before its first key block (us) --
+#: the values measured from %globaltimer traces that iosim.l2.simulate uses
+#: (SM_RATES_STARTUP, BLOCK_STARTUP_US; tests/test_l2analytic.py checks they agree)
+SM_SHARING = {64: (2.6755, 3.5295, 0.571), 128: (4.0, 4.0, 0.5)}
+STARTUP_US = 3.479
+#: waves over which the sub-cohorts' phases are followed before their steady state
+EARLY_WAVES = 8
 #: quadrature points over the pairs of consecutive readers (exact up to this many programs
 #: per head; beyond it, evenly spaced representatives weighted by what they stand for)
 PAIRS = 24
@@ -108,9 +116,76 @@ def occupancy(*, head_dim, block_m, block_n, num_warps, num_stages, elem_bytes,
                                     np.minimum(lim_threads, gpu.max_blocks_per_sm))).astype(float)
 
 
+def two_slot_phases(head_dim: int, key_blocks: int = 256, waves: int = EARLY_WAVES) -> tuple:
+    """Offset (fraction of a program's period) of the younger of two programs that share an
+    SM, wave by wave, from a common start: each SM's older program runs at the measured
+    larger share, a program computes nothing during its startup, and a finished program's
+    slot takes the next one. The offsets grow from 0 towards 1/2 (the two slots of every SM
+    end up half a period apart): 0, 0.22, 0.34, 0.41, 0.46, ... at d = 64; 0 throughout
+    where the share is even (d = 128)."""
+    near = min(SM_SHARING, key=lambda d: (abs(d - head_dim), d))
+    solo, pair, share = SM_SHARING[near]
+    work = 4.0 * 128 * 64 * near * key_blocks / 1e6          # MFLOP of one program
+    slots = [[0.0, work, STARTUP_US], [0.0, work, STARTUP_US]]   # start, work left, startup
+    starts: list = [[0.0], [0.0]]
+    t = 0.0
+    while min(len(starts[0]), len(starts[1])) <= waves:
+        act = [k for k in (0, 1) if slots[k][2] <= 0]
+        rate = [0.0, 0.0]
+        if len(act) == 2:
+            old = 0 if slots[0][0] <= slots[1][0] else 1
+            rate[old], rate[1 - old] = pair * share, pair * (1 - share)
+        elif act:
+            rate[act[0]] = solo
+        dts = [sl[2] if sl[2] > 0 else (sl[1] / rate[k] if rate[k] > 0 else np.inf)
+               for k, sl in enumerate(slots)]
+        dt = min(dts)
+        t += dt
+        for k, sl in enumerate(slots):
+            if sl[2] > 0:
+                sl[2] -= dt
+            else:
+                sl[1] -= rate[k] * dt
+        for k in (0, 1):
+            if slots[k][2] <= 1e-12 and slots[k][1] <= 1e-9:
+                slots[k] = [t, work, STARTUP_US]
+                starts[k].append(t)
+    a, b = np.array(starts[0][:waves]), np.array(starts[1][:waves])
+    period = (np.array(starts[0][1:waves + 1]) - a).mean()
+    ph = ((b - a) / period) % 1.0
+    return tuple(float(x) for x in np.minimum(ph, 1.0 - ph))
+
+
+_PHASES: dict = {}
+
+
+def _phases(head_dim: int) -> np.ndarray:
+    near = min(SM_SHARING, key=lambda d: (abs(d - head_dim), d))
+    if near not in _PHASES:
+        _PHASES[near] = np.array(two_slot_phases(near))
+    return _PHASES[near]
+
+
 def miss_probability(reuse_bytes, l2_bytes) -> np.ndarray:
     xs, ys = zip(*SCAN_SHARED)
     return np.interp(np.asarray(reuse_bytes, dtype=float) / l2_bytes, xs, ys)
+
+
+def miss_probability_random_gap(mean_reuse_bytes, l2_bytes) -> np.ndarray:
+    """Expected miss probability of a re-read whose reuse distance is exponentially
+    distributed with the given mean: the measured response averaged over the gap, in closed
+    form (the response is piecewise linear)."""
+    mu = np.maximum(np.asarray(mean_reuse_bytes, dtype=float), 1e-300)
+    xs = [x * l2_bytes for x, _ in SCAN_SHARED]
+    ys = [y for _, y in SCAN_SHARED]
+    inv = 1.0 / mu
+    e = [np.exp(-x * inv) for x in xs]                  # survival at each knot
+    out = np.zeros_like(mu)
+    for k in range(len(xs) - 1):
+        s = (ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k])
+        # integral over the segment of (y_k + s (x - x_k)) exp(-x/mu) / mu dx
+        out += (ys[k] * e[k] - ys[k + 1] * e[k + 1]) + s * mu * (e[k] - e[k + 1])
+    return out + ys[-1] * e[-1]
 
 
 def reader_weight(readers) -> np.ndarray:
@@ -126,9 +201,54 @@ def _tiles(i, *, causal, n, kv_len, block_q, block_kv, offset, q_per_row=1):
     return np.where(causal, pref, nk)
 
 
+def _cohort_rereads(P, H, SL, HM, F, QO, u, w, head_dim, gpu: GpuFacts):
+    """HBM bytes (per head) of the cross-program re-reads with equal program lengths.
+
+    Programs run in cohorts of one per SM in dispatch order; ``bps = in flight / SMs``
+    cohorts make a wave, the k-th started ``k * 2 phi_w / bps`` of a period after the first
+    (``phi_w`` from :func:`two_slot_phases`, 1/2 from the steady state on). A re-read in the
+    same cohort is a convoy hit; one that crosses a cohort boundary after a gap ``g`` (in
+    periods) has a reuse distance of ``u F min(1, bps g)`` (the heads in flight streaming,
+    the offset cohorts each their part of the period) plus the Q/O tiles of the programs
+    started meanwhile. Query-major: each boundary is crossed by one re-read of the head it
+    splits; head-major: by ``heads`` re-reads (all of them, ``heads / SMs`` boundaries
+    each, when ``heads >= SMs``). All arguments are arrays ending in an axis of length 1."""
+    W = float(gpu.sms)
+    bps = np.maximum(np.round(SL / W), 1.0)
+    delta = np.where(HM, H, 1.0)                     # dispatch distance of a head's readers
+    total = H * P
+    # re-read pairs (p, p + delta) that cross a cohort boundary: delta of them at each
+    # boundary while delta <= SMs (query-major: those within one head), else all of them,
+    # each crossing delta / SMs boundaries
+    far = delta > W
+    n_events = np.where(far, np.maximum(total - delta, 0) / W,
+                        np.maximum(np.ceil(total / W) - 1, 0))
+    per_event = np.where(far, W, delta) * np.where(HM, 1.0, (P - 1) / np.maximum(P, 1))
+    hops = np.maximum(delta / W, 1.0)
+    dims = np.array(sorted(SM_SHARING), dtype=float)
+    table = np.stack([_phases(int(dd)) for dd in dims])          # (head dims, waves)
+    near = np.abs(np.asarray(head_dim, dtype=float)[..., None] - dims).argmin(-1)
+    c = np.arange(2 * EARLY_WAVES, dtype=float)                 # the early boundaries
+    wave = np.floor(c / bps)
+    k = c - wave * bps
+    wi = np.minimum(wave, table.shape[1] - 1).astype(int)
+    phi = np.where(wave < table.shape[1], table[np.broadcast_to(near, wi.shape), wi], 0.5)
+    step = np.where(bps > 1, 2 * phi / bps, 1.0)                 # gap to the next sub-cohort
+    gap = np.where(k >= bps - 1, 1.0 - (bps - 1) * step, step) * hops
+
+    def hbm(g):
+        D = (u * F * np.minimum(1.0, bps * g) + QO * np.minimum(1.0, g)) * w
+        return F * miss_probability(D, gpu.l2_bytes)
+
+    n_early = np.minimum(n_events, len(c))
+    out = np.where(c < n_early, hbm(gap), 0.0).sum(-1, keepdims=True)
+    out = out + np.maximum(n_events - n_early, 0) * hbm(hops / bps)
+    return out * per_event / np.maximum(H, 1)
+
+
 def reread_miss_fraction(*, programs, heads, n, kv_len, block_q, block_kv, causal, offset,
                          tile_bytes, private_bytes, grid_order, slots, gpu: GpuFacts,
-                         rows_per_query=1) -> dict:
+                         rows_per_query=1, head_dim=64) -> dict:
     """The fraction of the cross-program re-reads that reach HBM, per configuration.
 
     ``programs``: programs per head that read the shared tensors (in dispatch order, the
@@ -157,11 +277,30 @@ def reread_miss_fraction(*, programs, heads, n, kv_len, block_q, block_kv, causa
     delta = np.where(HM, H, 1.0)                           # dispatch distance of readers
     in_flight_heads = np.where(HM, H, np.minimum(H, 1 + SL / np.maximum(P, 1)))
     reuse = in_flight_heads * L0 * TB + SL * PB * PRIVATE_WEIGHT
+    # causal query-major: the programs in flight are the re-reader's predecessors -- its own
+    # head up to its prefix, and the heads before it while fewer than `in flight` programs
+    # of its own head have been dispatched (whole heads, each its full K/V)
+    full = _tiles(np.full_like(idx, 1e18), **kw) * TB
+    before = np.clip(SL - (idx + 1), 0, None) / np.maximum(P, 1) * full
+    reuse = np.where(C & ~HM, L0 * TB + before + SL * PB * PRIVATE_WEIGHT, reuse)
     readers = np.where(C, P - idx / 2.0, P)
-    miss = miss_probability(reuse * reader_weight(readers), gpu.l2_bytes)
+    eff = reuse * reader_weight(readers)
+    # causal head-major: programs of unequal length free their slots in an order that mixes
+    # heads, so the gap between consecutive readers of a head is random around its fluid
+    # mean (exponential: completions of many slots); elsewhere the gap is the schedule's
+    random_gap = np.broadcast_to(C & HM, eff.shape)
+    miss = miss_probability(eff, gpu.l2_bytes)
+    if random_gap.any():
+        miss[random_gap] = miss_probability_random_gap(eff[random_gap], gpu.l2_bytes)
     convoy = np.where(C & HM, 0.0, np.maximum(0.0, 1.0 - delta / gpu.sms))
     l2_re = (reread * wgt).sum(-1)
     hbm_re = (reread * wgt * (1 - convoy) * miss).sum(-1)
+    # equal program lengths (no causal mask): cohorts of one program per SM, the cohorts
+    # of one wave started at the sub-slots' phases; re-reads that cross a cohort boundary
+    D_ = np.broadcast_to(np.asarray(head_dim, dtype=float), a[0].shape)[..., None]
+    hbm_nc = _cohort_rereads(P, H, SL, HM, (L0 * TB)[..., :1], SL * PB * PRIVATE_WEIGHT,
+                             in_flight_heads, reader_weight(P), D_, gpu)
+    hbm_re = np.where(C[..., 0], hbm_re, hbm_nc[..., 0])
     frac = np.divide(hbm_re, l2_re, out=np.zeros_like(l2_re), where=l2_re > 0)
     return {"miss": frac, "reread": l2_re, "hbm_reread": hbm_re,
             "in_flight_heads": in_flight_heads[..., 0]}
@@ -242,7 +381,7 @@ def backing(nest, hardware, *, elem_bytes: float):
             programs=progs, heads=heads, n=S["P"], kv_len=S["M"], block_q=bq, block_kv=bk,
             causal=S["causal"], offset=S["off"], tile_bytes=tile_bytes,
             private_bytes=private_bytes, grid_order=m.grid_order, slots=slots, gpu=gpu,
-            rows_per_query=per_row)
+            rows_per_query=per_row, head_dim=e)
         out = dict(reads)
         for t in here.tensors:
             extra = np.maximum(np.asarray(reads[t], dtype=float) - comp[t], 0.0)
