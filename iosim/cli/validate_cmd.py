@@ -96,9 +96,10 @@ def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, 
             as_json):
     """Compare predicted L2 and DRAM bytes with Nsight Compute counters.
 
-    Without --gpu: the recorded H100 measurements -- the validated launches and the
-    launches registered before they were measured -- against the default analytical L2
-    model, beside the dynamic simulation's recorded predictions.
+    Without --gpu: the recorded H100 measurements -- the validated launches, the launches
+    registered with the dynamic simulation's predictions before they were measured, and those
+    registered with the analytical model's -- against the default analytical L2 model, beside
+    the dynamic simulation's recorded predictions.
 
     \b
     Examples:
@@ -131,7 +132,8 @@ def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, 
         return _simulate(rows, out, model, kv_cost, l2_policy, draws, as_json)
     from tqdm import tqdm
 
-    from iosim.gpu.compare import (_key, analytic_row, recorded_simulation, registered_rows,
+    from iosim.gpu.compare import (_key, analytic_row, recorded_simulation,
+                                   registered_analytic_rows, registered_rows,
                                    side_by_side_summary)
     sim = recorded_simulation() if not gpu and csv_path is None else {}
     gen = []
@@ -141,7 +143,7 @@ def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, 
             r["pred_dram_read_bytes_simulated"] = sim.get(_key(r))
             gen.append(r)
     if not gpu and csv_path is None:
-        gen += registered_rows()
+        gen += registered_rows() + registered_analytic_rows()
     res = [analytic_row(r) for r in tqdm(gen, desc="launches", unit="launch",
                                          disable=None, leave=False)]
     if out is not None:

@@ -173,6 +173,31 @@ def registered_rows(data_dir=None) -> list[dict]:
     return out
 
 
+def registered_analytic_rows(data_dir=None) -> list[dict]:
+    """Launches drawn and predicted by the analytical L2 model, committed before they were
+    measured (``gpu_registered_l2_*.csv``, :mod:`experiments.register_l2`); rows of the
+    measured-counter schema with the registered prediction (``pred_dram_read_bytes_registered``)."""
+    import glob
+    import os
+    d = data_dir or _recorded_dir()
+    out = []
+    for path in sorted(glob.glob(os.path.join(str(d), "gpu_registered_l2_*.csv"))):
+        for r in read_csv(path):
+            if not r.get("meas_dram_read_bytes"):
+                continue
+            out.append({"impl": "generated", "cascade": "attention-1pass",
+                        "set": "registered (analytical)", "batch": r["batch"],
+                        "heads": r["heads"], "seq": r["seq"], "head_dim": r["head_dim"],
+                        "causal": r["causal"], "grid_order": r["grid_order"],
+                        "dtype": r["dtype"], "block_m": r["block_m"], "block_n": r["block_n"],
+                        "num_warps": r["num_warps"], "num_stages": r["num_stages"],
+                        "dram_read_bytes": r["meas_dram_read_bytes"],
+                        "l1_from_l2_read_bytes": r["meas_l2_to_sm_read_bytes"],
+                        "pred_dram_read_bytes_registered": r["pred_dram_read_bytes"],
+                        "device": r["device"]})
+    return out
+
+
 def _key(r: dict) -> tuple:
     return (int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["head_dim"]),
             _bool(r["causal"]), r["grid_order"], int(r["block_m"]), int(r["block_n"]),
@@ -228,7 +253,7 @@ def analytic_row(row: dict, hardware="h100") -> dict:
 def side_by_side_summary(rows: list[dict]) -> dict:
     """Within-15% counts of both L2 models per set of launches."""
     out = {}
-    for name in ("validated", "registered"):
+    for name in ("validated", "registered", "registered (analytical)"):
         rs = [r for r in rows if r.get("set") == name and r.get("err_dram_read") is not None]
         if not rs:
             continue
