@@ -89,14 +89,20 @@ def _describe(seen: dict, sr, mapping, shapes, gpu) -> str:
            f"grid order, {slots} programs in flight; {miss:.1%} of those re-reads miss. "
            f"--l2 simulate runs the slower dynamic simulation, --l2 off counts every L2 read "
            f"as an HBM read.")
-    if shapes.causal and mapping.grid_order == "head-major" and miss > 0.02:
-        txt += (" Note: for causal head-major launches whose re-reads thrash the L2 the "
-                "analytical model assumes no convoys and over-counts HBM reads (recorded "
-                "launches: +20% to +100%); --l2 simulate models convoys.")
-    elif not shapes.causal and miss > 0.02 and slots > gpu.sms:
-        txt += (" Note: with two or more programs per SM and re-reads near the L2's "
-                "capacity the analytical model over-counts HBM reads on recorded launches "
-                "(up to +2x); --l2 simulate is closer there.")
+    two_per_sm = slots > gpu.sms
+    kv_head = 2 * (shapes.kv_len or shapes.n) * shapes.e * 2
+    if shapes.causal and mapping.grid_order == "head-major" and two_per_sm and 0.02 < miss < 0.5:
+        txt += (" Note: causal head-major launches with two programs per SM that do not thrash "
+                "the L2 are over-counted on recorded launches (+20% to several x); --l2 "
+                "simulate models their convoys.")
+    elif shapes.causal and mapping.grid_order == "query-major" and kv_head >= 20 * 2 ** 20:
+        txt += (" Note: long causal query-major launches (a head's K/V of 20 MiB or more) "
+                "ranged on the GPU from Q+K+V to 11x; this model's estimate can be far off "
+                "there; --l2 simulate models convoy break-up.")
+    elif not shapes.causal and two_per_sm and 0.02 < miss < 0.98:
+        txt += (" Note: with two programs per SM and re-reads near the L2's 24-30 MiB knee "
+                "this model is within +-30-80% on recorded launches; --l2 simulate is closer "
+                "there.")
     return txt
 
 
