@@ -712,13 +712,25 @@ def test_partial_tiles_measured_l2_exact():
     both masks, 2x8x1000x64, 2x12x10000x128 causal; both grid orders; gpu_ncu_partial.csv,
     measured after the unmasked query load): the SMEM-level model's L2->SM bytes, recomputed
     here, equal the counters within 0.01% on all 8 -- rows past the last query row are read
-    again but add no L2 traffic. DRAM within 15% on 8 of 8 (the model before round 11: 6 of
-    8, 1x16x6000x128 causal head-major -27%, 2x12x10000x128 causal head-major +16%)."""
+    again but add no L2 traffic. DRAM with the default analytical L2 model: within 15% on 7
+    of 8 (1x16x6000x128 causal head-major +89%: a causal head-major launch below the thrash)."""
+    from iosim.gpu.compare import analytic_row
+    measured = read_csv(os.path.join(DATA, "gpu_ncu_partial.csv"))
+    rows = [analytic_row(r) for r in measured if r["impl"] == "generated"]
+    assert len(rows) == 8 and all("H100" in r["device"] for r in rows)
+    assert any(int(r["seq"]) % 128 for r in rows)
+    assert all(abs(r["err_l2_read"]) < 1e-4 for r in rows)
+    assert sum(abs(r["err_dram_read"]) <= 0.15 for r in rows) == 7
+
+
+@pytest.mark.slow
+def test_partial_tiles_dynamic_simulation():
+    """The same 8 launches with the dynamic simulation: DRAM within 15% on 8 of 8 (its
+    earlier form with the measured response and fetches stopping at chunk ends: 6 of 8,
+    1x16x6000x128 causal head-major -27%, 2x12x10000x128 causal head-major +16%)."""
     from iosim.l2.simulate import GpuL2
     measured = read_csv(os.path.join(DATA, "gpu_ncu_partial.csv"))
     rows = [r for r in compare(measured, workers=2) if r["impl"] == "generated"]
-    assert len(rows) == 8 and all("H100" in r["device"] for r in rows)
-    assert any(int(r["seq"]) % 128 for r in rows)
     assert all(abs(r["err_l2_read"]) < 1e-4 for r in rows)
     assert sum(abs(r["err_dram_read"]) <= 0.15 for r in rows) == 8
     before = GpuL2(l2_policy="response", prefetch_across_chunks=False, pace_draws=1)
