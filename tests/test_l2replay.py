@@ -188,12 +188,14 @@ def test_recorded_replay_table_is_reproduced():
 
 def test_rounds_4_and_5_traced_schedule_or_response():
     """The 16 launches of out-of-sample rounds 4 and 5, traced under ncu in a later session
-    (gpu_traced_rounds.csv/.npz). The causal head-major misses of those rounds are the model's
-    schedule: on the measured schedule the response is within 5% of the same run's counters for
-    every causal head-major launch reading >= 25x Q+K+V, on the model's own schedule >= 15% high
-    (recorded table gpu_replay_rounds.csv; one recomputed here). 2x16x3Kx64 head-major (-42%)
-    is the response: it misses as much on the measured schedule (the readers rule keeps K/V
-    that the GPU loses)."""
+    (gpu_traced_rounds.csv/.npz). On the measured schedule the response is within 5% of the
+    same run's counters for every causal head-major launch reading >= 25x Q+K+V (recorded table
+    gpu_replay_rounds.csv; one recomputed here): the cache half holds there. (The model of that
+    time, fetches stopping at its chunk ends, read 15-36% more on its own schedule: its
+    schedule missed; with fetches across chunk ends its schedule replays within 7% on four of
+    the five, docs/notes/l2_research_history.md.) 2x16x3Kx64 head-major (-42%) is the
+    response: it misses as much on the measured schedule (the readers rule keeps K/V that the
+    GPU loses)."""
     traced = list(_traced("gpu_traced_rounds"))
     assert len(traced) == 16 and all(r["device"].startswith("NVIDIA H100") for r, _, _ in traced)
     from iosim.l2.simulate import smem_level_reads
@@ -215,7 +217,6 @@ def test_rounds_4_and_5_traced_schedule_or_response():
     assert len(big) >= 4
     for r in big:
         assert abs(float(r["err_replay_meas"])) < 0.05, r["launch"]
-        assert float(r["err_replay_model"]) > 0.15, r["launch"]
     k = "1x24x12288x64-causal_head-major"     # the recorded table is the code's
     assert float(next(r for r in rec if r["launch"] == k)["replay_meas"]) == pytest.approx(
         replayed[k][0], rel=1e-9)
