@@ -262,48 +262,63 @@ def reread_miss_fraction(*, programs, heads, n, kv_len, block_q, block_kv, causa
         slots)), np.asarray(causal, dtype=bool),
         np.asarray(grid_order == "head-major" if isinstance(grid_order, str)
                    else np.asarray(grid_order) == "head-major"))
-    (P, H, N, K, BQ, BK, OFF, TB, PB, SL, C, HM) = (x[..., None] for x in a)
+    shape = a[0].shape
+    G = np.broadcast_to(np.asarray(rows_per_query, dtype=float), shape)
+    Dh = np.broadcast_to(np.asarray(head_dim, dtype=float), shape)
+    flat = [np.ravel(x) for x in a] + [np.ravel(G), np.ravel(Dh)]
+    (P, H, N, K, BQ, BK, OFF, TB, PB, SL, C, HM, G, Dh) = flat
+    l2_re = np.zeros(P.shape)
+    hbm_re = np.zeros(P.shape)
+    in_flight = np.where(HM, H, np.minimum(H, 1 + SL / np.maximum(P, 1)))
+    nc = np.flatnonzero(~C)
+    if len(nc):
+        # equal program lengths (no causal mask): cohorts of one program per SM, the cohorts
+        # of a wave started at the sub-slots' phases; re-reads that cross a cohort boundary
+        col = lambda x: x[nc][:, None]  # noqa: E731
+        F = col(np.ceil(K / BK) * TB)
+        l2_re[nc] = (col(np.maximum(P - 1, 0)) * F)[:, 0]
+        hbm_re[nc] = _cohort_rereads(col(P), col(H), col(SL), col(HM), F,
+                                     col(SL * PB * PRIVATE_WEIGHT), col(in_flight),
+                                     reader_weight(col(P)), col(Dh), gpu)[:, 0]
+    ca = np.flatnonzero(C)
+    if len(ca):
+        l2_re[ca], hbm_re[ca] = _causal_rereads(
+            *(x[ca][:, None] for x in (P, H, N, K, BQ, BK, OFF, TB, PB, SL, HM, G,
+                                       in_flight)), gpu)
+    frac = np.divide(hbm_re, l2_re, out=np.zeros_like(l2_re), where=l2_re > 0)
+    return {"miss": frac.reshape(shape), "reread": l2_re.reshape(shape),
+            "hbm_reread": hbm_re.reshape(shape), "in_flight_heads": in_flight.reshape(shape)}
+
+
+def _causal_rereads(P, H, N, K, BQ, BK, OFF, TB, PB, SL, HM, G, in_flight, gpu: GpuFacts):
+    """(L2, HBM) re-read bytes per head with a causal mask: program i+1 of a head re-reads
+    program i's key prefix, summed over the query blocks by quadrature. Head-major: after a
+    random gap around the fluid mean; query-major: a convoy except at cohort boundaries,
+    where the programs in flight are the re-reader's predecessors."""
     pairs = np.maximum(P - 1, 0)
     k = np.arange(PAIRS, dtype=float)
     exact = pairs <= PAIRS
     idx = np.where(exact, k, np.floor((k + 0.5) * pairs / PAIRS))
     wgt = np.where(exact, (k < pairs).astype(float), pairs / PAIRS)
-    G = np.asarray(rows_per_query, dtype=float)
-    G = np.broadcast_to(G, a[0].shape)[..., None] if G.ndim else G
-    kw = dict(causal=C, n=N, kv_len=K, block_q=BQ, block_kv=BK, offset=OFF, q_per_row=G)
+    kw = dict(causal=True, n=N, kv_len=K, block_q=BQ, block_kv=BK, offset=OFF, q_per_row=G)
     L0 = _tiles(idx, **kw)
-    L1 = _tiles(idx + 1, **kw)
-    reread = np.minimum(L0, L1) * TB                       # bytes program i+1 re-reads
-    delta = np.where(HM, H, 1.0)                           # dispatch distance of readers
-    in_flight_heads = np.where(HM, H, np.minimum(H, 1 + SL / np.maximum(P, 1)))
-    reuse = in_flight_heads * L0 * TB + SL * PB * PRIVATE_WEIGHT
-    # causal query-major: the programs in flight are the re-reader's predecessors -- its own
-    # head up to its prefix, and the heads before it while fewer than `in flight` programs
-    # of its own head have been dispatched (whole heads, each its full K/V)
-    full = _tiles(np.full_like(idx, 1e18), **kw) * TB
+    reread = np.minimum(L0, _tiles(idx + 1, **kw)) * TB
+    qo = SL * PB * PRIVATE_WEIGHT
+    # head-major: the heads stream their prefixes between two reads of a head's tile
+    # query-major: the re-reader's own prefix and the heads before it still in flight
+    full = np.ceil(np.minimum(K, N + OFF) / BK) * TB
     before = np.clip(SL - (idx + 1), 0, None) / np.maximum(P, 1) * full
-    reuse = np.where(C & ~HM, L0 * TB + before + SL * PB * PRIVATE_WEIGHT, reuse)
-    readers = np.where(C, P - idx / 2.0, P)
-    eff = reuse * reader_weight(readers)
-    # causal head-major: programs of unequal length free their slots in an order that mixes
-    # heads, so the gap between consecutive readers of a head is random around its fluid
-    # mean (exponential: completions of many slots); elsewhere the gap is the schedule's
-    random_gap = np.broadcast_to(C & HM, eff.shape)
+    reuse = np.where(HM, in_flight * L0 * TB, L0 * TB + before) + qo
+    eff = reuse * reader_weight(P - idx / 2.0)
+    hm = np.broadcast_to(HM, eff.shape)
     miss = miss_probability(eff, gpu.l2_bytes)
-    if random_gap.any():
-        miss[random_gap] = miss_probability_random_gap(eff[random_gap], gpu.l2_bytes)
-    convoy = np.where(C & HM, 0.0, np.maximum(0.0, 1.0 - delta / gpu.sms))
-    l2_re = (reread * wgt).sum(-1)
-    hbm_re = (reread * wgt * (1 - convoy) * miss).sum(-1)
-    # equal program lengths (no causal mask): cohorts of one program per SM, the cohorts
-    # of one wave started at the sub-slots' phases; re-reads that cross a cohort boundary
-    D_ = np.broadcast_to(np.asarray(head_dim, dtype=float), a[0].shape)[..., None]
-    hbm_nc = _cohort_rereads(P, H, SL, HM, (L0 * TB)[..., :1], SL * PB * PRIVATE_WEIGHT,
-                             in_flight_heads, reader_weight(P), D_, gpu)
-    hbm_re = np.where(C[..., 0], hbm_re, hbm_nc[..., 0])
-    frac = np.divide(hbm_re, l2_re, out=np.zeros_like(l2_re), where=l2_re > 0)
-    return {"miss": frac, "reread": l2_re, "hbm_reread": hbm_re,
-            "in_flight_heads": in_flight_heads[..., 0]}
+    if hm.any():
+        # programs of unequal length free their slots in an order that mixes heads, so the
+        # gap between consecutive readers of a head is random around its fluid mean
+        # (exponential: completions of many slots)
+        miss[hm] = miss_probability_random_gap(eff[hm], gpu.l2_bytes)
+    convoy = np.where(HM, 0.0, 1.0 - 1.0 / gpu.sms)
+    return (reread * wgt).sum(-1), (reread * wgt * (1 - convoy) * miss).sum(-1)
 
 
 # ------------------------------------------------------------------ the loop-nest side
