@@ -134,6 +134,7 @@ def test_traced_l2_to_sm_bytes_match_the_tile_model():
             smem_level_reads(w)["read_bytes"], rel=0.05)
 
 
+@pytest.mark.slow
 def test_cache_response_on_measured_schedules():
     """The measured response (scan + readers) on the measured schedule reproduces the counters
     of the same run within 10% on every causal head-major launch that reads 10x Q+K+V or more
@@ -176,6 +177,7 @@ def test_model_schedule_is_what_misses_causal_head_major(key):
     assert on_model > on_meas + 0.10
 
 
+@pytest.mark.slow
 def test_recorded_replay_table_is_reproduced():
     rec = {r["launch"]: r for r in _csv("gpu_replay.csv")}
     assert len(rec) == 56
@@ -309,6 +311,7 @@ def test_hit_pace_classes_followers_and_leaders():
         hit_pace(w, np.c_[start, start + dur], SHARED, window=201)
 
 
+@pytest.mark.slow
 def test_recorded_64k_causal_head_major_state():
     """The traced 1x8x64Kx128 causal head-major launch (gpu_traced.npz) on its measured
     schedule: about 28% of the long blocks hit all their K/V, 70% miss all, and the hitters
@@ -364,6 +367,7 @@ def test_marked_traces_trajectories_and_followers():
             assert after_follow > 3 * after_far, (n, runs)
 
 
+@pytest.mark.slow
 def test_query_major_cliff_one_head():
     """experiments/device/query_cliff.py (H100, traced under ncu): causal query-major launches of
     one head at d=128. The GPU reads Q+K+V once up to 48K keys (24 MiB of K/V), then a little
@@ -394,6 +398,7 @@ def test_query_major_cliff_one_head():
     assert replay_dram(w, tr)["dram_read_bytes"] / qkv > 1.4 * one[5]
 
 
+@pytest.mark.slow
 def test_query_major_cliff_marks_rule_out_the_schedule():
     """The same one-head launches traced with a mark every 8 key blocks
     (gpu_query_cliff_marks.*): placing each read on its block's measured trajectory changes the

@@ -128,6 +128,7 @@ def test_dispatch_order_pairs_and_sides():
     assert runs.min() >= 4 and runs.mean() > 10
 
 
+@pytest.mark.slow
 def test_partitions_model_fits_and_shared():
     """With the partitions modelled (each an LRU with the measured response): a launch whose
     K/V fit reads Q+K+V once; a query-major launch, whose every K/V line is read from both
