@@ -33,7 +33,7 @@ import re
 
 import numpy as np
 
-from _util import DATA, out_path, parser  # noqa: E402  (puts the root on sys.path)
+from _util import DATA, out_path, parser  # first: the repository root onto sys.path
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2.microbench import _shares  # noqa: E402
 

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from _util import DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
+from _util import DATA, out_path, parser, pmap  # first: the repository root onto sys.path
 from iosim.gpu.compare import read_csv, workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 

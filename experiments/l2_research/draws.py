@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from _util import launch_label, out_path, parser  # noqa: E402  (puts the root on sys.path)
+from _util import launch_label, out_path, parser  # first: the repository root onto sys.path
 from iosim.gpu.compare import workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from nru_model import launches, over_launches  # noqa: E402

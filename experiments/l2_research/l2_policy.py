@@ -36,7 +36,7 @@ import tempfile
 
 import numpy as np
 
-from _util import CSRC, DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
+from _util import CSRC, DATA, out_path, parser, pmap  # first: the repository root onto sys.path
 from iosim.gpu.validate import write_csv  # noqa: E402
 from partition_replay import build, side_maps  # noqa: E402
 from partition_variants import micro_row, replay_row, run_table  # noqa: E402

@@ -31,7 +31,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from _util import DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
+from _util import DATA, out_path, parser, pmap  # first: the repository root onto sys.path
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2.replay import READERS, replay_dram  # noqa: E402
 from iosim.l2.simulate import MISS_SLOWDOWN, _predict_dynamic  # noqa: E402

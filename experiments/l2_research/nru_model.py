@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-from _util import DATA, launch_label, out_path, parser, pmap  # noqa: E402  (the root on sys.path)
+from _util import DATA, launch_label, out_path, parser, pmap  # first: the root onto sys.path
 from iosim.gpu.compare import read_csv, workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15  # noqa: E402

@@ -34,7 +34,7 @@ import tempfile
 
 import numpy as np
 
-from _util import CSRC, DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
+from _util import CSRC, DATA, out_path, parser, pmap  # first: the repository root onto sys.path
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2.partitions import side_of  # noqa: E402
 from iosim.l2.simulate import DISPATCH_ORDER, L2_SIDE_A, MIB, Workload  # noqa: E402

@@ -21,7 +21,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from _util import DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
+from _util import DATA, out_path, parser, pmap  # first: the repository root onto sys.path
 from iosim.errors import IosimError  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2.replay import partner_pace  # noqa: E402

@@ -41,7 +41,7 @@ import tempfile
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from _util import DATA, out_path, parser, pmap  # noqa: E402  (puts the root on sys.path)
+from _util import DATA, out_path, parser, pmap  # first: the repository root onto sys.path
 from iosim.gpu.validate import write_csv  # noqa: E402
 from iosim.l2.partitions import side_of  # noqa: E402
 from iosim.l2.simulate import (BLOCK_JITTER_PAIR, MISS_SLOWDOWN, GpuL2,  # noqa: E402
@@ -178,7 +178,8 @@ def variants(path: str, workers: int = 2) -> None:
 def main(argv=None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--variants", action="store_true",
-                    help="the d=64 launches under five models (-> gpu_start_structure_variants.csv)")
+                    help="the d=64 launches under five models "
+                         "(-> gpu_start_structure_variants.csv)")
     a = ap.parse_args(argv)
     if a.variants:
         variants(out_path(a.out, "gpu_start_structure_variants.csv"), a.workers)

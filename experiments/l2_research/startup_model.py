@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from _util import DATA, launch_label, out_path, parser, pmap  # noqa: E402  (the root on sys.path)
+from _util import DATA, launch_label, out_path, parser, pmap  # first: the root onto sys.path
 from iosim.gpu.compare import workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
 from nru_model import launches, over_launches  # noqa: E402
@@ -111,7 +111,8 @@ def main(argv=None) -> int:
     seeds = pmap(one_seed, jobs, "seeds", a.workers)
     write_csv(seeds, out_path(a.out, "gpu_startup_seeds.csv"))
     print("\n".join(summary(rows, seeds)))
-    print("wrote", out_path(a.out, "gpu_startup_model.csv"), out_path(a.out, "gpu_startup_seeds.csv"))
+    print("wrote", out_path(a.out, "gpu_startup_model.csv"),
+          out_path(a.out, "gpu_startup_seeds.csv"))
     return 0
 
 
