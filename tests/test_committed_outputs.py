@@ -226,7 +226,7 @@ def test_nru_model_draws_startup_rows_of_a_small_launch_are_current(tmp_path, mo
     for name, argv, out in ((nru, ["--all"], "gpu_nru_model.csv"),
                             (_research("draws"), [], "gpu_draws.csv"),
                             (_research("startup_model"), [], "gpu_startup_model.csv")):
-        monkeypatch.setattr(name, "launches", lambda: one)
+        monkeypatch.setattr(name, "launches", lambda upto=None: one)
         assert name.main(["--out", str(tmp_path), "--workers", "1", *argv]) == 0
         _rows_agree(pd.read_csv(tmp_path / out), out, ["set", "shape", "grid_order"])
 

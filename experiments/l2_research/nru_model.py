@@ -2,6 +2,7 @@
 ~45 min on 2 cores).
 
     python experiments/l2_research/nru_model.py --out DIR     # -> DIR/gpu_nru_model.csv
+    python experiments/l2_research/nru_model.py --all --upto 14 --out DIR   # the committed table
 
 All columns but the last with the rates of rounds 11-13 (no startup: ``DEFAULT_ROUNDS_11_13``).
 ``GpuL2(l2_policy="nru")`` replaces each L2 partition's reuse-distance response (the measured
@@ -61,14 +62,17 @@ POLICIES = {"response": {**_R, "l2_policy": "response", "prefetch_across_chunks"
             "conserving": {**_D, "sm_sharing": "work-conserving"}}
 
 
-def launches() -> list[dict]:
-    """(set, shape, measured DRAM read bytes, the row) of every measured launch."""
+def launches(upto: int | None = None) -> list[dict]:
+    """(set, shape, measured DRAM read bytes, the row) of every measured launch: the validated
+    ones and those of the registered batches (``upto``: of batches 1..upto only)."""
     out = []
     for r in read_csv(os.path.join(DATA, "gpu_validation.csv")):
         if r["impl"] == "generated" and r["cascade"] == "attention-1pass":
             out.append({**r, "set": "validated", "measured": float(r["dram_read_bytes"])})
     files = [p for p in os.listdir(DATA) if p.startswith("gpu_unseen") and p.endswith(".csv")]
     for p in sorted(files, key=lambda p: int(p[10:-4] or 1)):
+        if upto is not None and int(p[10:-4] or 1) > upto:
+            continue
         for r in read_csv(os.path.join(DATA, p)):
             if r.get("meas_dram_read_bytes"):
                 out.append({**r, "impl": "generated", "cascade": "attention-1pass",
@@ -144,9 +148,11 @@ def main(argv=None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--all", action="store_true",
                     help="recompute every cell (default: only those DIR/gpu_nru_model.csv lacks)")
+    ap.add_argument("--upto", type=int, default=None, metavar="N",
+                    help="only the registered batches 1..N (the committed table: --upto 14)")
     a = ap.parse_args(argv)
     path = out_path(a.out, "gpu_nru_model.csv")
-    todo = launches()
+    todo = launches(a.upto)
     kept = {} if a.all or not os.path.exists(path) else {
         (r["set"], r["shape"], r["grid_order"]): r for r in read_csv(path)}
     done = [kept.get((r["set"], launch_label(workload(r)), r["grid_order"])) for r in todo]

@@ -4,6 +4,7 @@ measured launch (no GPU; ~35 min on 2 cores).
     python experiments/l2_research/startup_model.py --out DIR  # -> DIR/gpu_startup_model.csv,
                                                                #    DIR/gpu_startup_seeds.csv
     python experiments/l2_research/startup_model.py --summary  # the committed CSVs' summary
+    python experiments/l2_research/startup_model.py --upto 12 --out DIR  # the committed tables
 
 ``GpuL2(**BLOCK_STARTUP)`` (iosim.l2.simulate): a block spends its first 3.48 us loading and
 waiting (the median intercept of the traced causal launches outside the validation set,
@@ -96,13 +97,15 @@ def main(argv=None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--summary", action="store_true",
                     help="only print the summary of the committed CSVs (experiments/data)")
+    ap.add_argument("--upto", type=int, default=None, metavar="N",
+                    help="only the registered batches 1..N (the committed tables: --upto 12)")
     a = ap.parse_args(argv)
     if a.summary:       # from the committed CSVs
         from iosim.gpu.compare import read_csv
         print("\n".join(summary(read_csv(os.path.join(DATA, "gpu_startup_model.csv")),
                                  read_csv(os.path.join(DATA, "gpu_startup_seeds.csv")))))
         return 0
-    todo = launches()
+    todo = launches(a.upto)
     rows = over_launches(one, todo, workers=a.workers)
     write_csv(rows, out_path(a.out, "gpu_startup_model.csv"))
     jobs = [(r, name, s) for r in todo if thrash(launch_label(workload(r)), r["grid_order"])
