@@ -53,3 +53,19 @@ def test_long_sequences_reread_kv_from_hbm():
 def test_other_presets_are_unchanged():
     rep = _hbm(["--hw", "two-level", "--sram", "100KiB", "--seq-len", "1024", "--head-dim", "64"])
     assert rep["hbm_model"].startswith("passthrough")
+
+
+def test_nests_the_l2_model_does_not_cover_say_so():
+    """A nest with several kernels or no grid loop that re-reads a shared tensor: HBM sees
+    every L2 read, and the report says why rather than guessing."""
+    for args in (["attention-3pass"], ["flash1", "--mapping", "fa1"]):
+        import json
+        from click.testing import CliRunner
+        from iosim.cli import main
+        res = CliRunner().invoke(main, ["evaluate", *args, "--json"])
+        assert res.exit_code == 0, res.output
+        d = json.loads(res.output)
+        assert "the analytical L2 model covers loop nests" in d["hbm_model"]
+        hbm = d["levels"]["HBM"]["read_bytes"]
+        l2 = d["levels"]["L2"]["read_bytes"]
+        assert hbm == l2

@@ -58,7 +58,7 @@ def backing_for(cascade, mapping, hardware, shapes, mode: str = "auto"):
     nest = loop_nest(mapping, c)
     sr = analytic.shared_reads(nest)
     if sr is None:
-        return None
+        return _not_covered(nest)
     elem = dtype_bytes(shapes.dtype)
     if mode == "simulate":
         return _simulated(sr, mapping, shapes, hardware, elem)
@@ -74,6 +74,23 @@ def backing_for(cascade, mapping, hardware, shapes, mode: str = "auto"):
 
     model.fast_memory_bytes = inner.fast_memory_bytes  # type: ignore[attr-defined]
     model.description = ""  # type: ignore[attr-defined]
+    return model
+
+
+def _not_covered(nest) -> Callable:
+    """HBM sees every L2 read, said so: the nest has no tensor that one kernel's programs
+    re-read from each other (several kernels, or no grid loop over query tiles)."""
+    kernels = len(nest.phases)
+
+    def model(reads, writes, context):
+        return reads, writes
+
+    why = (f"{kernels} kernels" if kernels > 1 else
+           "no grid loop over query tiles whose key loop streams a shared tensor")
+    model.description = (  # type: ignore[attr-defined]
+        f"HBM sees every L2 read: the analytical L2 model covers loop nests whose programs "
+        f"re-read a tensor from each other, and this {nest.mapping.kind} nest has {why}; its "
+        f"HBM traffic is an upper bound on a GPU.")
     return model
 
 
