@@ -108,7 +108,7 @@ def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, 
       iosim validate --l2 simulate --kv-cost readers
       iosim validate --gpu --shapes 4x16x4096x128,4x16x4096x128-causal
     """
-    from iosim.gpu.validate import measure, require_gpu, write_csv
+    from iosim.gpu.validate import measure, require_gpu
     if l2_mode == "auto" and (model != "dynamic" or kv_cost != "partitions"
                               or l2_policy is not None or draws is not None):
         raise IosimError("--model, --kv-cost, --l2-policy and --draws choose the dynamic "
@@ -146,15 +146,10 @@ def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, 
         gen += registered_rows() + registered_analytic_rows()
     res = [analytic_row(r) for r in tqdm(gen, desc="launches", unit="launch",
                                          disable=None, leave=False)]
-    if out is not None:
-        write_csv(res, os.path.join(out, "gpu_validation.csv"))
     s = side_by_side_summary(res)
-    if as_json:
-        echo_json({"summary": s, "rows": res})
+    if _emit(res, s, out, as_json, _side_table(res)):
         return
-    click.echo(_side_table(res))
-    dev = next((r.get("device") for r in res if r.get("device")), "unknown device")
-    click.echo(f"device: {dev}")
+    click.echo(f"device: {_device(res)}")
     for name, v in s.items():
         sim_txt = (f", the dynamic simulation {v['simulated_within_15pct']}/{v['simulated_launches']}"
                    if v["simulated_within_15pct"] is not None else "")
@@ -164,10 +159,25 @@ def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, 
                    f"{sim_txt}")
 
 
+def _emit(rows, s, out, as_json, table: str) -> bool:
+    """Write gpu_validation.csv under ``out``; print JSON (True: done) or the table."""
+    from iosim.gpu.validate import write_csv
+    if out is not None:
+        write_csv(rows, os.path.join(out, "gpu_validation.csv"))
+    if as_json:
+        echo_json({"summary": s, "rows": rows})
+        return True
+    click.echo(table)
+    return False
+
+
+def _device(rows) -> str:
+    return next((r.get("device") for r in rows if r.get("device")), "unknown device")
+
+
 def _simulate(rows, out, model, kv_cost, l2_policy, draws, as_json):
     """The dynamic simulation on every recorded launch (slow)."""
     from iosim.gpu.compare import compare, summary
-    from iosim.gpu.validate import write_csv
     from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, GpuL2
     if kv_cost != "partitions" and model != "dynamic":
         raise IosimError(f"--kv-cost {kv_cost} needs the dynamic L2 model (--model dynamic)")
@@ -187,15 +197,10 @@ def _simulate(rows, out, model, kv_cost, l2_policy, draws, as_json):
     rows = compare(rows, GpuL2(kv_weight=kv_cost, l2_policy=l2_policy,
                                prefetch_across_chunks=l2_policy == "nru", **older),
                    model=model, baseline=model != "lockstep", workers=os.cpu_count() or 1)
-    if out is not None:
-        write_csv(rows, os.path.join(out, "gpu_validation.csv"))
     s = summary(rows)
-    if as_json:
-        echo_json({"summary": s, "rows": rows})
+    if _emit(rows, s, out, as_json, _table(rows)):
         return
-    click.echo(_table(rows))
-    dev = next((r.get("device") for r in rows if r.get("device")), "unknown device")
-    click.echo(f"device: {dev}; {s['shapes']} launches; L2 reads within 5% on "
+    click.echo(f"device: {_device(rows)}; {s['shapes']} launches; L2 reads within 5% on "
                f"{s['l2_read_within_5pct']}/{s['shapes']}; DRAM reads within 15% on "
                f"{s['dram_read_within_15pct']}/{s['shapes']} ({model} L2 simulation"
                f"{', K/V cost: ' + kv_cost if model == 'dynamic' else ''}"

@@ -148,54 +148,48 @@ def _recorded_dir():
     return Path(__file__).resolve().parents[2] / "experiments" / "data"
 
 
-def registered_rows(data_dir=None) -> list[dict]:
-    """The launches registered before they were measured (``gpu_unseen*.csv``: shapes chosen
-    and predicted by the dynamic model of their time, then measured), as rows of the
-    measured-counter schema with the dynamic model's recorded prediction."""
+def _measured_rows(pattern: str, set_name: str, data_dir=None) -> list[dict]:
+    """Rows of the measured-counter schema from registration CSVs (``pattern`` in the data
+    folder, in numeric order of their names): each launch's shape and tiling, the measured
+    DRAM and L2->SM bytes, and the registered prediction as ``pred_dram_read_bytes_registered``
+    (a dynamic-simulation prediction, registered or recomputed, as ``..._simulated``)."""
     import glob
     import os
     d = data_dir or _recorded_dir()
+    paths = sorted(glob.glob(os.path.join(str(d), pattern)),
+                   key=lambda p: int("0" + "".join(ch for ch in os.path.basename(p)
+                                                   if ch.isdigit())))
+    keep = ("batch", "heads", "seq", "head_dim", "causal", "grid_order", "dtype", "block_m",
+            "block_n", "num_warps", "num_stages", "device")
     out = []
-    for path in sorted(glob.glob(os.path.join(str(d), "gpu_unseen*.csv")),
-                       key=lambda p: int("0" + "".join(ch for ch in os.path.basename(p)
-                                                       if ch.isdigit()))):
+    for path in paths:
         for r in read_csv(path):
-            out.append({"impl": "generated", "cascade": "attention-1pass",
-                        "set": "registered", "batch": r["batch"], "heads": r["heads"],
-                        "seq": r["seq"], "head_dim": r["head_dim"], "causal": r["causal"],
-                        "grid_order": r["grid_order"], "dtype": r["dtype"],
-                        "block_m": r["block_m"], "block_n": r["block_n"],
-                        "num_warps": r["num_warps"], "num_stages": r["num_stages"],
-                        "dram_read_bytes": r["meas_dram_read_bytes"],
-                        "l1_from_l2_read_bytes": r["meas_l2_to_sm_read_bytes"],
-                        "pred_dram_read_bytes_simulated": r["pred_dram_read_bytes"],
-                        "device": r["device"]})
+            if not r.get("meas_dram_read_bytes"):
+                continue
+            row = {"impl": "generated", "cascade": "attention-1pass", "set": set_name,
+                   **{k: r[k] for k in keep},
+                   "dram_read_bytes": r["meas_dram_read_bytes"],
+                   "l1_from_l2_read_bytes": r["meas_l2_to_sm_read_bytes"],
+                   "pred_dram_read_bytes_registered": r["pred_dram_read_bytes"]}
+            if r.get("pred_dram_read_bytes_simulated"):
+                row["pred_dram_read_bytes_simulated"] = r["pred_dram_read_bytes_simulated"]
+            out.append(row)
     return out
+
+
+def registered_rows(data_dir=None) -> list[dict]:
+    """The launches registered with the dynamic simulation's predictions before they were
+    measured (``gpu_unseen*.csv``), with that prediction as ``pred_dram_read_bytes_simulated``."""
+    rows = _measured_rows("gpu_unseen*.csv", "registered", data_dir)
+    for r in rows:
+        r["pred_dram_read_bytes_simulated"] = r.pop("pred_dram_read_bytes_registered")
+    return rows
 
 
 def registered_analytic_rows(data_dir=None) -> list[dict]:
     """Launches drawn and predicted by the analytical L2 model, committed before they were
-    measured (``gpu_registered_l2_*.csv``, :mod:`experiments.register_l2`); rows of the
-    measured-counter schema with the registered prediction (``pred_dram_read_bytes_registered``)."""
-    import glob
-    import os
-    d = data_dir or _recorded_dir()
-    out = []
-    for path in sorted(glob.glob(os.path.join(str(d), "gpu_registered_l2_*.csv"))):
-        for r in read_csv(path):
-            if not r.get("meas_dram_read_bytes"):
-                continue
-            out.append({"impl": "generated", "cascade": "attention-1pass",
-                        "set": "registered (analytical)", "batch": r["batch"],
-                        "heads": r["heads"], "seq": r["seq"], "head_dim": r["head_dim"],
-                        "causal": r["causal"], "grid_order": r["grid_order"],
-                        "dtype": r["dtype"], "block_m": r["block_m"], "block_n": r["block_n"],
-                        "num_warps": r["num_warps"], "num_stages": r["num_stages"],
-                        "dram_read_bytes": r["meas_dram_read_bytes"],
-                        "l1_from_l2_read_bytes": r["meas_l2_to_sm_read_bytes"],
-                        "pred_dram_read_bytes_registered": r["pred_dram_read_bytes"],
-                        "device": r["device"]})
-    return out
+    measured (``gpu_registered_l2_*.csv``, experiments/register_l2.py)."""
+    return _measured_rows("gpu_registered_l2_*.csv", "registered (analytical)", data_dir)
 
 
 def _key(r: dict) -> tuple:
