@@ -410,3 +410,15 @@ def test_split_kv_beyond_the_key_blocks_is_refused():
     assert res.exit_code == 2
     assert "--split-kv 1000 exceeds the 16 key blocks" in res.output
     assert "Traceback" not in res.output
+
+
+def test_size_suffixes_on_every_command():
+    """1K / 128K / 1M are accepted wherever a size is asked for."""
+    from click.testing import CliRunner
+
+    from iosim.cli import main
+    for args in (["cascades", "passes", "attention-3pass", "--seq-len", "4K"],
+                 ["evaluate", "--seq-len", "1M", "--kv-len", "128K"],
+                 ["codegen", "attention-1pass", "--head-dim", "64", "--block-m", "128"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, (args, res.output)

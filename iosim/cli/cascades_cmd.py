@@ -5,6 +5,8 @@ import math
 import time
 
 import click
+
+from iosim.cli.params import SIZE
 import numpy as np
 
 import cascades
@@ -117,10 +119,10 @@ def _write_graph(c, path: str) -> None:
 @command.command("passes")
 @click.argument("name")
 @click.option("--rank", "ranks", multiple=True, help="Only these ranks (repeatable).")
-@click.option("--seq-len", type=click.IntRange(min=1), default=None,
+@click.option("--seq-len", type=SIZE, default=None,
               help="Queries P, to size the fibers that must be buffered.")
-@click.option("--kv-len", type=click.IntRange(min=1), default=None, help="Keys M (default: P).")
-@click.option("--head-dim", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--kv-len", type=SIZE, default=None, help="Keys M (default: P).")
+@click.option("--head-dim", type=SIZE, default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def passes_cmd(name, ranks, seq_len, kv_len, head_dim, as_json):
     """How many passes the cascade makes over each rank, and what a >=2-pass rank costs."""
@@ -173,12 +175,12 @@ def _parse_params(items) -> dict:
 
 @command.command("run")
 @click.argument("name", default="attention-1pass")
-@click.option("--seq-len", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--seq-len", type=SIZE, default=512, show_default=True,
               help="Queries P.")
-@click.option("--kv-len", type=click.IntRange(min=1), default=None, help="Keys M (default: P).")
-@click.option("--head-dim", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--kv-len", type=SIZE, default=None, help="Keys M (default: P).")
+@click.option("--head-dim", type=SIZE, default=64, show_default=True,
               help="E = F.")
-@click.option("--groups", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--groups", type=SIZE, default=4, show_default=True,
               help="Query heads per K/V head (for cascades with a G rank).")
 @click.option("--causal", is_flag=True, help="Causal mask.")
 @click.option("--seed", type=int, default=0, show_default=True)

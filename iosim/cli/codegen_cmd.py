@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import click
 
+from iosim.cli.params import SIZE
+
 from iosim.cli.common import OneLineErrors, atomic_write, echo_json
 
 
 @click.command("codegen", cls=OneLineErrors)
 @click.argument("name")
-@click.option("--block-m", type=int, default=128, show_default=True,
+@click.option("--block-m", type=SIZE, default=128, show_default=True,
               help="query tile (Triton BLOCK_M, the Mapping's block_q)")
-@click.option("--block-n", type=int, default=64, show_default=True,
+@click.option("--block-n", type=SIZE, default=64, show_default=True,
               help="key tile (Triton BLOCK_N, the Mapping's block_kv)")
 @click.option("--num-warps", type=int, default=8, show_default=True)
 @click.option("--num-stages", type=int, default=3, show_default=True)
@@ -18,9 +20,9 @@ from iosim.cli.common import OneLineErrors, atomic_write, echo_json
               default="query-major", show_default=True,
               help="query-major: consecutive thread blocks share a head; head-major: they "
                    "belong to different heads")
-@click.option("--head-dim", type=int, default=128, show_default=True)
+@click.option("--head-dim", type=SIZE, default=128, show_default=True)
 @click.option("--dtype", default="bf16", show_default=True, help="fp16, bf16 or fp32")
-@click.option("--split-kv", type=int, default=4, show_default=True,
+@click.option("--split-kv", type=SIZE, default=4, show_default=True,
               help="key chunks of a split-K cascade (decode-splitk)")
 @click.option("--tma", is_flag=True, help="read K and V through tensor descriptors (TMA)")
 @click.option("--warp-specialize", is_flag=True,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import click
 
+from iosim.cli.params import SIZE
+
 from iosim.cli.common import OneLineErrors as _Cmd
 from iosim.cli.common import OneLineGroup, echo_json
 from iosim.errors import IosimError
@@ -67,7 +69,7 @@ def _parse_bind(values) -> dict:
 @click.option("--model", default="bert", show_default=True, help="bert, trxl, t5, xlm.")
 @click.option("--seq-len", "seq_lens", multiple=True, default=("64K",), show_default=True,
               help="M = P; repeat for several (1K, 64K, 1M, 4096, ...).")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Default 64.")
+@click.option("--batch", type=SIZE, default=None, help="Default 64.")
 @click.option("--bind", "binds", multiple=True, metavar="EINSUM=ARRAY",
               help="Bind an Einsum to an array (repeatable), e.g. --bind SLN=1d.")
 @click.option("--binding", "policy", default=None, type=click.Choice(["tile", "matmul"]),
