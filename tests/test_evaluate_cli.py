@@ -121,3 +121,18 @@ def test_search_cli():
     assert len(doc["best"]) == 2 and doc["best"][0]["sram_bytes"] == 2048
     r = run("search", "--sram", "64", "--hw", "two-level")
     assert r.exit_code == 2 and r.output.startswith("error: ")
+
+
+def test_readme_worked_example_is_current():
+    """The README's `iosim evaluate` output is what the command prints now."""
+    import os
+
+    from click.testing import CliRunner
+
+    from iosim.cli import main
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    start = readme.index("```\niosim evaluate: attention-1pass") + 4
+    block = readme[start:readme.index("```", start)].rstrip("\n")
+    res = CliRunner().invoke(main, ["evaluate"])
+    assert res.exit_code == 0
+    assert res.output.rstrip("\n") == block
