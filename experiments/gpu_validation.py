@@ -1,19 +1,20 @@
 """GPU validation: the simulator's predicted L2 and DRAM bytes vs Nsight Compute on an H100.
 
-    python experiments/gpu_validation.py              # from the recorded CSVs (no GPU)
+    python experiments/gpu_validation.py --out DIR    # from the recorded CSVs (no GPU)
     python experiments/gpu_validation.py --ablation   # also the model ablation table (slow)
-    python experiments/gpu_validation.py --ablation-rounds   # three variants on the 48 launches
-                                                             # of the pre-registered rounds
+    python experiments/gpu_validation.py --ablation-rounds   # three variants on the launches
+                                                             # registered before measurement
     python experiments/gpu_validation.py --measure    # re-measure first (needs a CUDA GPU)
     python experiments/gpu_validation.py --seeds 1,2  # the default at other pace-noise seeds
 
 Reads experiments/data/gpu_ncu.csv (the counters of the generated kernel, SDPA flash and
 cuDNN on each shape, recorded on the lent H100), joins the predictions for the same Mapping
 on the ``h100`` preset (iosim.gpu.compare: the dynamic L2 model, and the earlier lock-step
-model for comparison), and writes experiments/data/gpu_validation.csv and the figures
-figures/gpu_l2_pred_vs_meas.png, gpu_dram_pred_vs_meas.png, gpu_speed.png (from
-gpu_bench.csv) and gpu_l2_microbench.png (gpu_l2scan.csv, gpu_l2readers.csv, gpu_l2hot.csv,
-gpu_trace_fit.csv: the microbenchmarks the model's parameters come from).
+model for comparison), and writes into --out (default ./out; ``--out experiments/data`` with
+``--figures figures`` regenerates the committed copies) gpu_validation.csv and the figures
+gpu_l2_pred_vs_meas.png, gpu_dram_pred_vs_meas.png, gpu_speed.png (from gpu_bench.csv) and
+gpu_l2_microbench.png (gpu_l2scan.csv, gpu_l2readers.csv, gpu_l2hot.csv, gpu_trace_fit.csv:
+the microbenchmarks the model's parameters come from).
 """
 from __future__ import annotations
 
@@ -53,10 +54,12 @@ def _label(r) -> str:
     return f"{r['batch']}x{r['heads']}x{int(r['seq']) // 1024}Kx{r['head_dim']}{c}"
 
 
-def figures(rows: list[dict], bench: list[dict] | None) -> list[str]:
+def figures(rows: list[dict], bench: list[dict] | None, out: str = FIG) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    global FIG
+    FIG = out
     os.makedirs(FIG, exist_ok=True)
     out = []
     gen = [r for r in rows if r["impl"] == "generated" and r["cascade"] == "attention-1pass"
@@ -218,14 +221,15 @@ def _microbench_figure(plt) -> str:
 
 def _variants():
     """The model variants of the ablation (name -> GpuL2 and model), built in each process:
-    around the model before round 11 (the response, fetches stopping at chunk ends), on which
-    the recorded ablation tables were made (experiments/nru_model.py has the NRU state)."""
+    around the model with the measured response and fetches stopping at chunk ends, on which
+    the recorded ablation tables were made (experiments/l2_research/nru_model.py has the NRU
+    state)."""
     import iosim.l2.simulate as L
     from dataclasses import replace
     gpu = L.GpuL2(l2_policy="response", prefetch_across_chunks=False, **L.DEFAULT_ROUNDS_11_13)
     even = replace(gpu, sm_rates={d: (a, b, 0.5) for d, (a, b, _) in gpu.sm_rates.items()},
                    sm_share_causal={d: 0.5 for d in gpu.sm_share_causal})
-    # the model before the two-block pace noise and the causal share (round 3's)
+    # the model before the two-block pace noise and the causal share
     pooled = replace(gpu, block_jitter_pair=gpu.block_jitter, sm_share_causal={},
                      sm_rates={**gpu.sm_rates, 64: (*gpu.sm_rates[64][:2], 0.56)})
     return {"lockstep": (gpu, "lockstep"), "dynamic_lru": (gpu, "lru"),
@@ -276,7 +280,7 @@ ROUND_VARIANTS = ("dynamic", "dynamic_lru", "dynamic_kv_readers")
 
 
 def _ablate_round_row(r: dict) -> dict:
-    """The default model and two variants, post hoc, on one launch of a pre-registered round."""
+    """The default model and two variants, post hoc, on one registered launch."""
     from iosim.gpu.compare import workload
     w = workload(r)
     meas = float(r["meas_dram_read_bytes"])
@@ -296,7 +300,7 @@ def _in_parallel(fn, todo: list, desc: str, workers: int) -> list:
 
 
 def ablation_rounds(workers: int = 2) -> list[dict]:
-    """ROUND_VARIANTS on every measured launch of the pre-registered rounds (gpu_unseen*.csv)."""
+    """ROUND_VARIANTS on every measured registered launch (gpu_unseen*.csv)."""
     todo = []
     for p in sorted(os.listdir(DATA)):
         if p.startswith("gpu_unseen") and p.endswith(".csv"):
@@ -355,36 +359,42 @@ def seeds(seed_list, workers: int = 2) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="out", help="directory for the CSVs (default ./out)")
+    ap.add_argument("--figures", default=None,
+                    help="directory for the figures (default: --out)")
     ap.add_argument("--measure", action="store_true", help="re-measure on this machine's GPU")
     ap.add_argument("--no-figures", action="store_true")
     ap.add_argument("--ablation", action="store_true",
                     help="also write gpu_model_ablation.csv (each model variant; slow)")
     ap.add_argument("--ablation-rounds", action="store_true",
                     help="only write gpu_model_ablation_rounds.csv (three variants on the "
-                         "pre-registered rounds' launches)")
+                         "launches registered before measurement)")
     ap.add_argument("--seeds", default=None,
                     help="only print the model's DRAM counts at these pace-noise seeds, "
                          "e.g. 1,2 (the recorded table is the fastest of seeds 0-2, the "
-                         "default since round 15; experiments/draws.py tabulates all three)")
+                         "default; experiments/l2_research/draws.py tabulates all three)")
     a = ap.parse_args(argv)
+    out = a.out
+    os.makedirs(out, exist_ok=True)
     if a.seeds:
         seeds([int(x) for x in a.seeds.split(",")])
         return 0
     if a.ablation_rounds:
-        write_csv(ablation_rounds(), os.path.join(DATA, "gpu_model_ablation_rounds.csv"))
+        write_csv(ablation_rounds(), os.path.join(out, "gpu_model_ablation_rounds.csv"))
         return 0
     if a.measure:
         from iosim.gpu.validate import measure
-        measure(None, DATA)
-    rows = compare(read_csv(os.path.join(DATA, "gpu_ncu.csv")), workers=2)
-    write_csv(rows, os.path.join(DATA, "gpu_validation.csv"))
+        measure(None, out)
+    src = os.path.join(out if a.measure else DATA, "gpu_ncu.csv")
+    rows = compare(read_csv(src), workers=2)
+    write_csv(rows, os.path.join(out, "gpu_validation.csv"))
     bench_path = os.path.join(DATA, "gpu_bench.csv")
     bench = read_csv(bench_path) if os.path.exists(bench_path) else None
     if not a.no_figures:
-        for p in figures(rows, bench):
-            print("wrote", os.path.relpath(p, ROOT))
+        for p in figures(rows, bench, a.figures or out):
+            print("wrote", p)
     if a.ablation:
-        write_csv(ablation(rows), os.path.join(DATA, "gpu_model_ablation.csv"))
+        write_csv(ablation(rows), os.path.join(out, "gpu_model_ablation.csv"))
     s = summary(rows)
     print(f"{s['shapes']} launches: L2 reads (SM side) max |err| {s['l2_read_max_abs_err']:.4f}; "
           f"L2 tag lookups max |err| {s['l2_tex_read_max_abs_err']:.3f}; DRAM reads within 15% "

@@ -1,8 +1,8 @@
 """``iosim experiment``: run one of the scripts under ``experiments/`` by name.
 
 Each script ``experiments/<name>.py`` reproduces one claim and defines
-``main(out_dir=None, quick=False) -> dict``; it writes ``figures/<name>.png`` and a CSV beside
-it (or into ``--out``). Scripts are discovered without being imported (their module
+``main(out_dir=None, quick=False) -> dict``; it writes ``<name>.png`` and a CSV beside it
+into ``--out`` (default ``./out``; ``--out figures`` regenerates the committed copies). Scripts are discovered without being imported (their module
 docstring is read with :mod:`ast`), so listing is fast and a script that needs a GPU does not
 break the others. The scripts live in the source checkout (this command finds the directory
 ``experiments/`` next to the installed ``iosim`` package, or in the current directory).
@@ -81,7 +81,8 @@ def _run(name: str, main, *args, **kwargs):
 @click.argument("name", required=False)
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
-              help="Output directory (default: figures/ of the checkout).")
+              help="Output directory (default: ./out; 'figures' regenerates the committed "
+                   "copies).")
 @click.option("--quick", is_flag=True, help="A smaller grid (for smoke tests).")
 @click.option("--list", "list_only", is_flag=True, help="List the experiments.")
 @click.option("--json", "as_json", is_flag=True, help="Print the experiment's summary as JSON.")
