@@ -19,13 +19,12 @@ committed copies are in ``figures/``):
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from iosim.plots import save_csv
+from iosim.plots import experiment_cli, progress, save_csv
 
 N, D = 4096, 64
 DECODE_KV = 4096
@@ -162,23 +161,11 @@ def main(out_dir: Path | None = None, quick: bool = False) -> dict:
 
 
 def _cli(argv=None) -> int:
-    import argparse
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="out", help="output directory (default: ./out)")
-    ap.add_argument("--quick", action="store_true", help="a smaller grid (for smoke tests)")
-    a = ap.parse_args(argv)
-    res = main(out_dir=Path(a.out), quick=a.quick)
-    for line in res["lines"]:
-        print(line)
-    for p in res["written"]:
-        print("wrote", p)
-    return 0
+    return experiment_cli(main, __doc__, argv)
 
 
 def _bar(total: int, desc: str):
-    """A progress bar on stderr (shown on a terminal only)."""
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
+    return progress(total, desc)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,29 @@ def sweep_figures(df, out_dir, *, prefix: str = "sweep") -> list:
         if df[df["d"] == d]["n"].nunique() >= 2:
             paths.append(plot_vs_seqlen(df, out_dir / f"{prefix}_vs_seqlen{suf}.png", d=int(d)))
     return paths
+
+
+def progress(total: int, desc: str):
+    """A progress bar on stderr for an experiment (shown on a terminal only)."""
+    import sys
+
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
+
+
+def experiment_cli(main, doc: str, argv=None) -> int:
+    """The command line of a claim-reproducing experiment script: ``--out DIR`` (default
+    ./out) and ``--quick``; runs ``main(out_dir=..., quick=...)`` and prints its lines and
+    the files it wrote."""
+    import argparse
+    from pathlib import Path
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", default="out", help="output directory (default: ./out)")
+    ap.add_argument("--quick", action="store_true", help="a smaller grid (for smoke tests)")
+    a = ap.parse_args(argv)
+    res = main(out_dir=Path(a.out), quick=a.quick)
+    for line in res["lines"]:
+        print(line)
+    for path in res["written"]:
+        print("wrote", path)
+    return 0
