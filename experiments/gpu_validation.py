@@ -226,7 +226,7 @@ def _variants():
     state)."""
     import iosim.l2.simulate as L
     from dataclasses import replace
-    gpu = L.GpuL2(l2_policy="response", prefetch_across_chunks=False, **L.DEFAULT_ROUNDS_11_13)
+    gpu = L.GpuL2(l2_policy="response", prefetch_across_chunks=False, **L.FIRST_CLEAR_NO_STARTUP)
     even = replace(gpu, sm_rates={d: (a, b, 0.5) for d, (a, b, _) in gpu.sm_rates.items()},
                    sm_share_causal={d: 0.5 for d in gpu.sm_share_causal})
     # the model before the two-block pace noise and the causal share

@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "experiments", "l2_research"))
 
-from iosim.l2.simulate import (BLOCK_STARTUP, BLOCK_STARTUP_US, DEFAULT_ROUNDS_11_13,  # noqa: E402
+from iosim.l2.simulate import (BLOCK_STARTUP, BLOCK_STARTUP_US, FIRST_CLEAR_NO_STARTUP,  # noqa: E402
                            SM_RATES, SM_RATES_CAUSAL_STARTUP, SM_RATES_STARTUP, GpuL2, Workload,
                            _predict_dynamic)
 
@@ -87,14 +87,14 @@ def test_a_lone_block_takes_startup_plus_its_key_blocks(head_dim):
     since)."""
     w = Workload(1, 1, 128, 8192, head_dim, grid_order="query-major")
     tile = 4 * 128 * 64 * head_dim / 1e6
-    for gpu in (GpuL2(**DEFAULT_ROUNDS_11_13, block_jitter=0.0), GpuL2(block_jitter=0.0)):
+    for gpu in (GpuL2(**FIRST_CLEAR_NO_STARTUP, block_jitter=0.0), GpuL2(block_jitter=0.0)):
         p = _predict_dynamic(w, gpu, record=True)
         want = gpu.block_startup_us + 128 * tile / gpu.rates(head_dim)[0]
         assert p["makespan_us"] == pytest.approx(want, rel=5e-3)   # the model's time step
         assert p["blocks"]["end_us"][0] == pytest.approx(p["makespan_us"])
     assert GpuL2().rates(128, causal=True)[:2] == SM_RATES_CAUSAL_STARTUP[128]
     assert GpuL2(**BLOCK_STARTUP).rates(128, causal=True) == GpuL2().rates(128, causal=True)
-    assert GpuL2(**DEFAULT_ROUNDS_11_13).rates(128, causal=True) == SM_RATES[128]
+    assert GpuL2(**FIRST_CLEAR_NO_STARTUP).rates(128, causal=True) == SM_RATES[128]
 
 
 def test_a_block_in_its_startup_leaves_its_sm_to_the_other():

@@ -206,9 +206,9 @@ def test_newest_preregistered_predictions_unchanged():
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
-    from iosim.l2.simulate import BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15, GpuL2
+    from iosim.l2.simulate import BLOCK_STARTUP, FIRST_CLEAR_NO_STARTUP, ONE_PACE_DRAW, GpuL2
     # the default until round 11 (and the rates without the startup, as until round 13)
-    before = partial(GpuL2, prefetch_across_chunks=False, **DEFAULT_ROUNDS_11_13)
+    before = partial(GpuL2, prefetch_across_chunks=False, **FIRST_CLEAR_NO_STARTUP)
     # the newest round, and the one before where the newest has fewer than three quick
     # launches (round 15 was chosen in the slow bistable regime)
     pre = read_csv(_unseen_rounds()[-1])
@@ -233,7 +233,7 @@ def test_newest_preregistered_predictions_unchanged():
         # from round 12 the default is the NRU state with fetches across chunk ends, the
         # model of rounds 7-10 next to it
         if r.get("pred_dram_read_bytes_response"):
-            cols = {"pred_dram_read_bytes": GpuL2(**DEFAULT_ROUNDS_11_13),
+            cols = {"pred_dram_read_bytes": GpuL2(**FIRST_CLEAR_NO_STARTUP),
                     "pred_dram_read_bytes_response": before(l2_policy="response")}
         # round 13 registered the default of rounds 11-13 next to CLOCK, the startup and both
         # (the default since); recomputed on the launches that are quick (CI's time: the
@@ -241,10 +241,10 @@ def test_newest_preregistered_predictions_unchanged():
         if r.get("pred_dram_read_bytes_clock"):
             cols = {}
             if _work(r) <= 2 ** 33:
-                cols = {"pred_dram_read_bytes": GpuL2(**DEFAULT_ROUNDS_11_13),
-                        "pred_dram_read_bytes_clock_startup": GpuL2(**DEFAULT_ROUNDS_13_15),
+                cols = {"pred_dram_read_bytes": GpuL2(**FIRST_CLEAR_NO_STARTUP),
+                        "pred_dram_read_bytes_clock_startup": GpuL2(**ONE_PACE_DRAW),
                         "pred_dram_read_bytes_clock": GpuL2(
-                            **{**DEFAULT_ROUNDS_11_13, "nru_victim": "clock"}),
+                            **{**FIRST_CLEAR_NO_STARTUP, "nru_victim": "clock"}),
                         "pred_dram_read_bytes_startup": GpuL2(nru_victim="first", pace_draws=1,
                                                               **BLOCK_STARTUP)}
         # round 14 registered the default since round 13 (CLOCK with the startup) next to the
@@ -252,29 +252,29 @@ def test_newest_preregistered_predictions_unchanged():
         if r.get("pred_dram_read_bytes_rounds_11_13"):
             cols = {}
             if _work(r) <= 2 ** 32:
-                cols = {"pred_dram_read_bytes": GpuL2(**DEFAULT_ROUNDS_13_15),
-                        "pred_dram_read_bytes_rounds_11_13": GpuL2(**DEFAULT_ROUNDS_11_13),
+                cols = {"pred_dram_read_bytes": GpuL2(**ONE_PACE_DRAW),
+                        "pred_dram_read_bytes_rounds_11_13": GpuL2(**FIRST_CLEAR_NO_STARTUP),
                         "pred_dram_read_bytes_conserving": GpuL2(sm_sharing="work-conserving",
                                                                  pace_draws=1)}
         # round 15 registered the default next to the fastest of three pace-noise draws
         if r.get("pred_dram_read_bytes_draws3"):
             cols = {}
             if _work(r) <= 2 ** 32:
-                cols = {"pred_dram_read_bytes": GpuL2(**DEFAULT_ROUNDS_13_15),
+                cols = {"pred_dram_read_bytes": GpuL2(**ONE_PACE_DRAW),
                         "pred_dram_read_bytes_draws3": GpuL2(pace_draws=3)}
         # round 16 on: the default is the fastest of three draws, seed 0 alone next to it
         if r.get("pred_dram_read_bytes_seed0"):
             cols = {}
             if _work(r) <= 2 ** 32:
                 cols = {"pred_dram_read_bytes": GpuL2(),
-                        "pred_dram_read_bytes_seed0": GpuL2(**DEFAULT_ROUNDS_13_15)}
+                        "pred_dram_read_bytes_seed0": GpuL2(**ONE_PACE_DRAW)}
         # round 10 registered the present NRU state (hashed sets) next to them (round 9's NRU
         # column is the state of commit 57efadf, corrected later: docs/validation.md)
         if r.get("pred_dram_read_bytes_nru"):
             cols["pred_dram_read_bytes_nru"] = before(l2_policy="nru")
         # round 11 added the NRU state with fetches across chunk ends (the default of 11-13)
         if r.get("pred_dram_read_bytes_nru_prefetch"):
-            cols["pred_dram_read_bytes_nru_prefetch"] = GpuL2(**DEFAULT_ROUNDS_11_13)
+            cols["pred_dram_read_bytes_nru_prefetch"] = GpuL2(**FIRST_CLEAR_NO_STARTUP)
         jobs += [(r, col, row, gpu) for col, gpu in cols.items()]
     assert len({r["shape"] for r, *_ in jobs}) >= 3
     with ProcessPoolExecutor(2) as ex:     # two cores, as CI has

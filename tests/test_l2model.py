@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from iosim.errors import IosimError
-from iosim.l2.simulate import (DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15,  # noqa: E402
+from iosim.l2.simulate import (FIRST_CLEAR_NO_STARTUP, ONE_PACE_DRAW,  # noqa: E402
                            SM_RATES, SM_RATES_STARTUP, SM_SHARE_CAUSAL, GpuL2, Workload, _predict_dynamic,
                            occupancy, predict_dram, smem_level_reads)
 
@@ -120,7 +120,7 @@ def test_rates_come_from_the_traces():
     causal = np.mean([float(r["older_share"]) for r in two if "causal" in r["launch"]])
     assert SM_RATES[64] == pytest.approx((alone, pair, share), rel=0.02)
     assert SM_SHARE_CAUSAL[64] == pytest.approx(causal, abs=0.002)
-    assert GpuL2(**DEFAULT_ROUNDS_11_13).rates(64, causal=True) == (*SM_RATES[64][:2],
+    assert GpuL2(**FIRST_CLEAR_NO_STARTUP).rates(64, causal=True) == (*SM_RATES[64][:2],
                                                                    SM_SHARE_CAUSAL[64])
     # the default since round 13: the key blocks' rates without the startup, the same share
     assert GpuL2().rates(64, causal=True) == (*SM_RATES_STARTUP[64][:2], SM_SHARE_CAUSAL[64])
@@ -337,7 +337,7 @@ def test_prefetch_across_chunks_keeps_dram_busy(seq_k):
     w = Workload(1, 132, 128, seq_k, 128, causal=False, grid_order="query-major")
     kv = 132 * seq_k * 128 * 2 * 2
     floor = kv / GpuL2().dram_bytes_per_us
-    base = GpuL2(l2_policy="response", block_jitter=0.0, **DEFAULT_ROUNDS_11_13)
+    base = GpuL2(l2_policy="response", block_jitter=0.0, **FIRST_CLEAR_NO_STARTUP)
     on = _predict_dynamic(w, base)
     off = _predict_dynamic(w, replace(base, prefetch_across_chunks=False))
     assert on["kv_miss_bytes"] == off["kv_miss_bytes"] == kv
@@ -382,7 +382,7 @@ def test_miss_penalty_slows_blocks_that_fetch(heads, penalty):
     the blocks' startup (the mechanism alone: the default of rounds 11-13)."""
     from dataclasses import replace
     w = Workload(1, heads, 128, 8192, 128, causal=False, grid_order="query-major")
-    base = GpuL2(block_jitter=0.0, **DEFAULT_ROUNDS_11_13)
+    base = GpuL2(block_jitter=0.0, **FIRST_CLEAR_NO_STARTUP)
     off = _predict_dynamic(w, base)
     on = _predict_dynamic(w, replace(base, miss_penalty=penalty))
     tile_us = 4 * 128 * 64 * 128 / 1e6 / base.rates(128)[0]
@@ -545,7 +545,7 @@ def test_pace_draws_pick_the_fastest_draw():
     assert three["draw_dram_read_bytes"] == [s["dram_read_bytes"] for s in seeds]
     assert GpuL2().pace_draws == 3
     assert predict_dram(w)["dram_read_bytes"] == three["dram_read_bytes"]
-    assert GpuL2(**DEFAULT_ROUNDS_13_15).pace_draws == GpuL2(**DEFAULT_ROUNDS_11_13).pace_draws == 1
+    assert GpuL2(**ONE_PACE_DRAW).pace_draws == GpuL2(**FIRST_CLEAR_NO_STARTUP).pace_draws == 1
     for bad in (0, 2.5):
         with pytest.raises(IosimError, match="pace_draws"):
             GpuL2(pace_draws=bad)

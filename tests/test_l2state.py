@@ -390,7 +390,7 @@ def test_nru_model_clock_column():
     111 and 114 against 113."""
     import csv
     import os
-    from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15
+    from iosim.l2.simulate import FIRST_CLEAR_NO_STARTUP, ONE_PACE_DRAW
     data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
     rows = [r for r in csv.DictReader(open(os.path.join(data, "gpu_nru_model.csv")))
             if r["set"] != "round 14"]              # the 138 launches measured before round 14
@@ -400,9 +400,9 @@ def test_nru_model_clock_column():
         b, h, n, d = (int(x) for x in r["shape"].split("-")[0].split("x"))
         w = Workload(b, h, n, n, d, causal=r["shape"].endswith("-causal"),
                      grid_order=r["grid_order"])
-        got = predict_dram(w, GpuL2(**{**DEFAULT_ROUNDS_11_13, "nru_victim": "clock"}))
+        got = predict_dram(w, GpuL2(**{**FIRST_CLEAR_NO_STARTUP, "nru_victim": "clock"}))
         assert abs(got["dram_read_bytes"] - float(r["clock_prefetch"])) <= 1, r["shape"]
-        got = predict_dram(w, GpuL2(**DEFAULT_ROUNDS_13_15))
+        got = predict_dram(w, GpuL2(**ONE_PACE_DRAW))
         assert abs(got["dram_read_bytes"] - float(r["clock_startup"])) <= 1, r["shape"]
 
     def ok(col, sel=lambda r: True):

@@ -211,8 +211,8 @@ def test_validate_cli_kv_cost(tmp_path):
         got[kv] = {r["grid_order"]: r["pred_dram_read_bytes"] for r in out["rows"]}
     # --l2-policy response: the model before round 11 (fetches stop at chunk ends, the rates
     # without the blocks' startup)
-    from iosim.l2.simulate import DEFAULT_ROUNDS_11_13
-    before = GpuL2(l2_policy="response", prefetch_across_chunks=False, **DEFAULT_ROUNDS_11_13)
+    from iosim.l2.simulate import FIRST_CLEAR_NO_STARTUP
+    before = GpuL2(l2_policy="response", prefetch_across_chunks=False, **FIRST_CLEAR_NO_STARTUP)
     wl = Workload(8, 16, 1024, 1024, 64, causal=False, grid_order="head-major")
     assert got["partitions"]["head-major"] == pytest.approx(
         predict_dram(wl, before)["dram_read_bytes"], rel=1e-12)

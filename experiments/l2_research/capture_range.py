@@ -113,10 +113,10 @@ def _lags(w, starts):
 
 
 def _chunk(job):
-    from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, GpuL2, _predict_dynamic
+    from iosim.l2.simulate import FIRST_CLEAR_NO_STARTUP, GpuL2, _predict_dynamic
     variant, g = job
     w, measured = _validated(TRACED)
-    o = _predict_dynamic(w, GpuL2(**DEFAULT_ROUNDS_11_13, **VARIANTS[variant]), chunk=g,
+    o = _predict_dynamic(w, GpuL2(**FIRST_CLEAR_NO_STARTUP, **VARIANTS[variant]), chunk=g,
                          record=True)
     p5, sd = _lags(w, o["blocks"]["start_us"])
     return {"table": "model_chunk", "launch": TRACED, "run": 0, "variant": variant,

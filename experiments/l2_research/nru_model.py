@@ -4,7 +4,7 @@
     python experiments/l2_research/nru_model.py --out DIR     # -> DIR/gpu_nru_model.csv
     python experiments/l2_research/nru_model.py --all --upto 14 --out DIR   # the committed table
 
-All columns but the last with the rates of rounds 11-13 (no startup: ``DEFAULT_ROUNDS_11_13``).
+All columns but the last with the rates of rounds 11-13 (no startup: ``FIRST_CLEAR_NO_STARTUP``).
 ``GpuL2(l2_policy="nru")`` replaces each L2 partition's reuse-distance response (the measured
 shared-scan curve) by a cache state: 16-way sets of 4 KiB units, 26 MiB per partition, NRU
 replacement, the partitions model's copy accounting (iosim.l2.state; the layout of
@@ -38,7 +38,7 @@ import numpy as np
 from _util import DATA, launch_label, out_path, parser, pmap  # first: the root onto sys.path
 from iosim.gpu.compare import read_csv, workload  # noqa: E402
 from iosim.gpu.validate import write_csv  # noqa: E402
-from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15  # noqa: E402
+from iosim.l2.simulate import FIRST_CLEAR_NO_STARTUP, ONE_PACE_DRAW  # noqa: E402
 
 #: column -> GpuL2 arguments: the response (the default of rounds 7-10), the NRU state (hashed
 #: sets), the same with the linear set map, the NRU state whose sets have unequal ways
@@ -47,8 +47,8 @@ from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15  # noqa
 #: (the latter the default of rounds 11-13), and that with CLOCK's victim rule (a hand per set,
 #: ``nru_victim="clock"``; the sixteenth session) -- all with the rates of rounds 11-13, no
 #: startup -- and CLOCK with each block's startup (the default of rounds 13-15, seed 0 alone)
-_R = DEFAULT_ROUNDS_11_13
-_D = DEFAULT_ROUNDS_13_15      # clock_startup: the default of rounds 13-15 (seed 0 alone)
+_R = FIRST_CLEAR_NO_STARTUP
+_D = ONE_PACE_DRAW      # clock_startup: the default of rounds 13-15 (seed 0 alone)
 POLICIES = {"response": {**_R, "l2_policy": "response", "prefetch_across_chunks": False},
             "nru": {**_R, "l2_policy": "nru", "prefetch_across_chunks": False},
             "nru_linear": {**_R, "l2_policy": "nru", "nru_set_map": "linear",

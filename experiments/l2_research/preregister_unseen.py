@@ -59,7 +59,7 @@ causal at 48K (both options over-count the validated 64K one), causal query-majo
 and past the cliff, causal head-major d=64 at 8K and d=128 at 28K, non-causal head-major
 d=128 at 4K, non-causal query-major d=64 at 56K. From round 14 the default is CLOCK with each block's startup (both
 together, after round 13: 6 of its 8, the default 5); rounds from 14 register it, round 14
-the default of rounds 11-13 next to it (``GpuL2(**DEFAULT_ROUNDS_11_13)``,
+the default of rounds 11-13 next to it (``GpuL2(**FIRST_CLEAR_NO_STARTUP)``,
 ``pred_dram_read_bytes_rounds_11_13``). Round 14 also registers the default with
 work-conserving SM sharing (``GpuL2(sm_sharing="work-conserving")``,
 ``pred_dram_read_bytes_conserving``, with its makespan: the time a block of a two-block SM
@@ -76,7 +76,7 @@ chosen before either ran on them, mostly in that regime: causal head-major d=64 
 64K x 7 and 36K x 12, d=128 at 60K x 6 and 48K x 9, non-causal head-major d=128 at 32K x 12,
 causal query-major d=128 at 40K x 6, non-causal query-major d=64 at 8K x 16 (K/V read once).
 Round 16 registers the default since round 15, the fastest of three draws, next to seed 0
-alone (the default of rounds 13-15, ``GpuL2(**DEFAULT_ROUNDS_13_15)``,
+alone (the default of rounds 13-15, ``GpuL2(**ONE_PACE_DRAW)``,
 ``pred_dram_read_bytes_seed0``, with its makespan); the launches were chosen before either
 ran on them, across the regimes: causal head-major d=64 at 56K x 6 and 32K x 10, d=128 at
 52K x 7, non-causal head-major d=64 at 12K x 2 x 10 and d=128 at 10K x 20, causal head-major
@@ -96,12 +96,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from iosim.gpu.compare import compare_row, read_csv  # noqa: E402
 from iosim.gpu.validate import VALIDATION_TILING  # noqa: E402
-from iosim.l2.simulate import (BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, DEFAULT_ROUNDS_13_15,  # noqa: E402
+from iosim.l2.simulate import (BLOCK_STARTUP, FIRST_CLEAR_NO_STARTUP, ONE_PACE_DRAW,  # noqa: E402
                            GpuL2)
 
 #: the models registered next to each round's default, as they were then: the rates without
 #: each block's startup and NRU's first-clear victim (the default of rounds 11-13)
-_R = DEFAULT_ROUNDS_11_13
+_R = FIRST_CLEAR_NO_STARTUP
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -288,7 +288,7 @@ def _options(rnd: int) -> dict:
         return {"draws3": GpuL2(pace_draws=3)}
     # round 16 on: the default is the fastest of three draws; seed 0 alone (the default of
     # rounds 13-15) next to it
-    return {"seed0": GpuL2(**DEFAULT_ROUNDS_13_15)} if rnd >= 16 else {}
+    return {"seed0": GpuL2(**ONE_PACE_DRAW)} if rnd >= 16 else {}
 
 
 def predict(shapes, commit: str, partitions: bool = False, readers: bool = False,

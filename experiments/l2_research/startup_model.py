@@ -12,7 +12,7 @@ experiments/l2_research/block_time.py) and then runs through its key blocks at t
 that startup (d=128 non-causal 1.049, causal 1.066 us per key block; d=64 from the sharing fit
 of the computing time); a block in its startup leaves its SM to the other block. Everything
 else is the default of rounds 11-13 (NRU state with the first clear way as the victim, fetches
-across chunk ends; ``DEFAULT_ROUNDS_11_13``, the column ``default``); the present default adds
+across chunk ends; ``FIRST_CLEAR_NO_STARTUP``, the column ``default``); the present default adds
 CLOCK to the startup (experiments/l2_research/nru_model.py, column ``clock_startup``). Nothing is fitted
 to DRAM counts.
 
@@ -37,9 +37,9 @@ SEEDS = (1, 2)
 
 
 def _models():
-    from iosim.l2.simulate import BLOCK_STARTUP, DEFAULT_ROUNDS_11_13, GpuL2
+    from iosim.l2.simulate import BLOCK_STARTUP, FIRST_CLEAR_NO_STARTUP, GpuL2
     # the default of rounds 11-13 and that with the startup (NRU's first-clear victim)
-    return {"default": GpuL2(**DEFAULT_ROUNDS_11_13),
+    return {"default": GpuL2(**FIRST_CLEAR_NO_STARTUP),
             "startup": GpuL2(nru_victim="first", pace_draws=1, **BLOCK_STARTUP)}
 
 

@@ -178,7 +178,7 @@ def _device(rows) -> str:
 def _simulate(rows, out, model, kv_cost, l2_policy, draws, as_json):
     """The dynamic simulation on every recorded launch (slow)."""
     from iosim.gpu.compare import compare, summary
-    from iosim.l2.simulate import DEFAULT_ROUNDS_11_13, GpuL2
+    from iosim.l2.simulate import FIRST_CLEAR_NO_STARTUP, GpuL2
     if kv_cost != "partitions" and model != "dynamic":
         raise IosimError(f"--kv-cost {kv_cost} needs the dynamic L2 model (--model dynamic)")
     if l2_policy == "nru" and (model != "dynamic" or kv_cost != "partitions"):
@@ -188,7 +188,7 @@ def _simulate(rows, out, model, kv_cost, l2_policy, draws, as_json):
     if l2_policy is None:
         l2_policy = "nru" if model == "dynamic" and kv_cost == "partitions" else "response"
     # the response goes with fetches that stop at chunk ends and rates without the startup
-    older = {} if l2_policy == "nru" else DEFAULT_ROUNDS_11_13
+    older = {} if l2_policy == "nru" else FIRST_CLEAR_NO_STARTUP
     if draws is None:
         draws = older.get("pace_draws", GpuL2.pace_draws)
     older = {**older, "pace_draws": draws}

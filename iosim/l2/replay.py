@@ -20,13 +20,13 @@ from __future__ import annotations
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.l2.simulate import (DEFAULT_ROUNDS_11_13, GpuL2, Workload, _blocks, _held_fraction,
+from iosim.l2.simulate import (FIRST_CLEAR_NO_STARTUP, GpuL2, Workload, _blocks, _held_fraction,
                            _Touches, smem_level_reads)
 
 #: the replay's default response: the readers rule (GpuL2's default is the two partitions,
 #: which this per-line replay does not implement); as a dynamic model, with the rates without
-#: each block's startup (DEFAULT_ROUNDS_11_13), as the experiments that use it recorded
-READERS = GpuL2(kv_weight="readers", **DEFAULT_ROUNDS_11_13)
+#: each block's startup (FIRST_CLEAR_NO_STARTUP), as the experiments that use it recorded
+READERS = GpuL2(kv_weight="readers", **FIRST_CLEAR_NO_STARTUP)
 
 
 def key_times(trace: np.ndarray, NK: np.ndarray, x: np.ndarray, b: np.ndarray,

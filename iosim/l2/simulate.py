@@ -190,16 +190,15 @@ SM_RATES_CAUSAL_STARTUP = {128: (3.9365, 3.9365)}
 #: default; spelled out for the earlier variants, which run without it)
 BLOCK_STARTUP = {"block_startup_us": BLOCK_STARTUP_US, "sm_rates": SM_RATES_STARTUP,
                  "sm_rates_causal": SM_RATES_CAUSAL_STARTUP}
-#: GpuL2(**DEFAULT_ROUNDS_11_13): an earlier default, kept for comparison: NRU's first-clear
+#: GpuL2(**FIRST_CLEAR_NO_STARTUP): an earlier default, kept for comparison: NRU's first-clear
 #: victim, no startup, SM_RATES, one pace-noise draw. CLOCK and the startup, registered next
-#: to it before measurement, replaced it (docs/notes/l2_research_history.md; the name is the
-#: research batches it was the default for)
-DEFAULT_ROUNDS_11_13 = {"nru_victim": "first", "block_startup_us": 0.0, "sm_rates": SM_RATES,
+#: to it before measurement, replaced it (docs/notes/l2_research_history.md)
+FIRST_CLEAR_NO_STARTUP = {"nru_victim": "first", "block_startup_us": 0.0, "sm_rates": SM_RATES,
                         "sm_rates_causal": {}, "pace_draws": 1}
-#: GpuL2(**DEFAULT_ROUNDS_13_15): the default with one draw of the pace noise (seed 0) instead
+#: GpuL2(**ONE_PACE_DRAW): the default with one draw of the pace noise (seed 0) instead
 #: of the fastest of three: the earlier default, kept for comparison (``iosim validate --l2
 #: simulate --draws 1``)
-DEFAULT_ROUNDS_13_15 = {"pace_draws": 1}
+ONE_PACE_DRAW = {"pace_draws": 1}
 
 
 def _nearest_head_dim(table: dict, head_dim: int) -> int:
@@ -237,7 +236,7 @@ class GpuL2:
     #: waited for; the block fetches its first key blocks meanwhile but computes nothing, and
     #: a block sharing its SM computes alone meanwhile (the measured 3.48 us, the default, with
     #: the rates of the key blocks alone, SM_RATES_STARTUP; 0: none, as in an earlier default
-    #: whose rates SM_RATES include it: DEFAULT_ROUNDS_11_13)
+    #: whose rates SM_RATES include it: FIRST_CLEAR_NO_STARTUP)
     block_startup_us: float = BLOCK_STARTUP_US
     #: how blocks that share an SM split it: "seniority" (the default: each its share by age,
     #: whatever the other does) or "work-conserving" (an option, not adopted: the same shares,
@@ -248,7 +247,7 @@ class GpuL2:
     sm_sharing: str = "seniority"
     #: how many draws of the blocks' pace noise (seeds 0, 1, ...) the dynamic model runs; the
     #: prediction is the draw with the shortest makespan (3, the default; 1: seed 0 alone,
-    #: DEFAULT_ROUNDS_13_15): where the model's draws split between the convoy state and the
+    #: ONE_PACE_DRAW): where the model's draws split between the convoy state and the
     #: slower state in which nearly every block misses, the GPU's kernel time matches the fast
     #: draws (docs/validation.md)
     pace_draws: int = 3
