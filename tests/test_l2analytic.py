@@ -98,15 +98,6 @@ def test_two_programs_per_sm_drift_apart():
     assert two_slot_phases(128) == (0.0,) * len(two_slot_phases(128))
 
 
-def test_measured_constants_agree_with_the_simulation():
-    from iosim.l2 import analytic, simulate
-    assert analytic.STARTUP_US == simulate.BLOCK_STARTUP_US
-    for d, v in analytic.SM_SHARING.items():
-        assert tuple(v) == tuple(simulate.SM_RATES_STARTUP[d])
-    assert analytic.SCAN_SHARED == simulate.SCAN_SHARED
-    assert analytic.READER_WEIGHTS == simulate.READER_WEIGHTS
-
-
 def test_grid_equals_single_evaluation():
     """The vectorised grid (sweep/search path) gives each configuration's single answer."""
     c = "attention-1pass"

@@ -14,56 +14,43 @@ at once (no per-tile or per-program loop):
   (``query-major``: distance 1) or one per head in turn (``head-major``: distance = the
   number of heads). ``SMs x programs per SM`` are in flight (occupancy from the tile's
   shared memory, the warps' registers, the thread and block limits);
-* **convoys** -- programs start in cohorts of one per SM, and programs of a head that start
-  in the same cohort read each tile together, so only the cohort's first read can miss. In
-  query-major order a head's programs are one dispatch apart and keep together (causal or
-  not): a re-read shares a cohort with probability ``1 - 1 / SMs``. In head-major order they
-  are ``heads`` dispatches apart: with equal program lengths they share a cohort with
-  probability ``max(0, 1 - heads / SMs)``; causal programs differ in length, cohorts
-  dissolve, and every re-read is by a program that started later (the fluid limit -- an
-  upper bound on the misses: the GPU forms convoys there that this model does not);
-* **reuse distance** -- between two reads of a tile by consecutive readers of a head, the
-  L2 sees the streams of the heads in flight: ``heads in flight x the head's key prefix``
-  (``1 + in-flight/programs-per-head`` heads in query-major order, all heads in
-  head-major order) plus the Q and O tiles of the programs in flight (counted at the
-  measured cost of a line touched by one SM, 0.73 of a shared one);
+* **equal program lengths (no mask)** -- programs start in cohorts of one per SM; readers of a
+  head in one cohort read each tile together (a convoy: one fetch). With two programs per SM
+  the cohorts of a wave drift apart from a common start, by the measured seniority share and
+  startup (:func:`two_slot_phases`). A re-read that crosses a cohort boundary after a gap of
+  ``g`` periods has the reuse distance ``heads in flight x F x min(1, programs per SM x g)``
+  plus the Q/O tiles of the programs started meanwhile;
+* **causal, head-major** -- programs of unequal length free their slots in an order that
+  mixes heads: the gap between consecutive readers of a head is random around its fluid mean
+  (exponential), and the measured response is averaged over it in closed form;
+* **causal, query-major** -- a head's programs keep together; at cohort boundaries the reuse
+  distance is the re-reader's prefix plus the heads before it still in flight;
 * **capacity response** -- a re-read after ``D`` bytes misses with the probability that the
   cyclic-scan microbenchmark measured on the H100 (0 up to 24 MiB, 0.36 at 26, 0.82 at 28,
   1 from 30 MiB of the 50 MiB L2, as fractions of the preset's L2), a line read by ``k``
   programs costing the capacity the readers microbenchmark measured (0.72 of a shared line
   for one reader to 1.0 for all SMs).
 
-Nothing here is fitted to the validated launches; docs/validation.md gives the accuracy of
-this model and of the slower dynamic simulation (:mod:`iosim.l2.simulate`) side by side on
-every recorded launch, and where each misses.
+Nothing here is fitted to the validated launches; docs/l2_model.md gives the accuracy of this
+model and of the slower dynamic simulation (:mod:`iosim.l2.simulate`) side by side on every
+recorded launch, and where each misses.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-from iosim.errors import IosimError
+from iosim.l2.measured import BLOCK_STARTUP_US as STARTUP_US
+from iosim.l2.measured import READER_WEIGHTS, SCAN_SHARED
+from iosim.l2.measured import SM_RATES_STARTUP as SM_SHARING
 
 MIB = 1024 * 1024
 
-#: miss probability of a re-read vs reuse distance as a fraction of the L2's capacity: the
-#: cyclic-scan microbenchmark on the lent H100 (experiments/data/gpu_l2scan.csv, lines read
-#: by SMs on both sides of the two L2 partitions)
-SCAN_SHARED = ((0.0, 0.0), (22 / 50, 0.0006), (24 / 50, 0.0020), (26 / 50, 0.357),
-               (28 / 50, 0.824), (30 / 50, 1.0))
-#: capacity a line costs relative to a line read by every SM, by the number of programs that
-#: read it (readers microbenchmark, experiments/data/gpu_l2readers.csv)
-READER_WEIGHTS = ((1, 0.722), (2, 0.734), (4, 0.744), (11, 0.791), (33, 0.948), (132, 1.0))
 #: what a line read (or written) by one SM costs: the ratio of the half-miss points of the
-#: shared and the one-SM scans (26.3 / 36.3 MiB)
+#: shared and the one-SM scans (26.6 / 36.6 MiB = 0.727, used rounded)
 PRIVATE_WEIGHT = 0.73
-#: two programs sharing an SM: (rate of one alone, of two together, in MFLOP/us; the older
-#: one's share), by head dim, and a program's startup before its first key block (us) --
-#: the values measured from %globaltimer traces that iosim.l2.simulate uses
-#: (SM_RATES_STARTUP, BLOCK_STARTUP_US; tests/test_l2analytic.py checks they agree)
-SM_SHARING = {64: (2.6755, 3.5295, 0.571), 128: (4.0, 4.0, 0.5)}
-STARTUP_US = 3.479
 #: waves over which the sub-cohorts' phases are followed before their steady state
 EARLY_WAVES = 8
 #: quadrature points over the pairs of consecutive readers (exact up to this many programs
@@ -116,6 +103,7 @@ def occupancy(*, head_dim, block_m, block_n, num_warps, num_stages, elem_bytes,
                                     np.minimum(lim_threads, gpu.max_blocks_per_sm))).astype(float)
 
 
+@lru_cache(maxsize=None)
 def two_slot_phases(head_dim: int, key_blocks: int = 256, waves: int = EARLY_WAVES) -> tuple:
     """Offset (fraction of a program's period) of the younger of two programs that share an
     SM, wave by wave, from a common start: each SM's older program runs at the measured
@@ -154,16 +142,6 @@ def two_slot_phases(head_dim: int, key_blocks: int = 256, waves: int = EARLY_WAV
     period = (np.array(starts[0][1:waves + 1]) - a).mean()
     ph = ((b - a) / period) % 1.0
     return tuple(float(x) for x in np.minimum(ph, 1.0 - ph))
-
-
-_PHASES: dict = {}
-
-
-def _phases(head_dim: int) -> np.ndarray:
-    near = min(SM_SHARING, key=lambda d: (abs(d - head_dim), d))
-    if near not in _PHASES:
-        _PHASES[near] = np.array(two_slot_phases(near))
-    return _PHASES[near]
 
 
 def miss_probability(reuse_bytes, l2_bytes) -> np.ndarray:
@@ -226,7 +204,7 @@ def _cohort_rereads(P, H, SL, HM, F, QO, u, w, head_dim, gpu: GpuFacts):
     per_event = np.where(far, W, delta) * np.where(HM, 1.0, (P - 1) / np.maximum(P, 1))
     hops = np.maximum(delta / W, 1.0)
     dims = np.array(sorted(SM_SHARING), dtype=float)
-    table = np.stack([_phases(int(dd)) for dd in dims])          # (head dims, waves)
+    table = np.array([two_slot_phases(int(dd)) for dd in dims])  # (head dims, waves)
     near = np.abs(np.asarray(head_dim, dtype=float)[..., None] - dims).argmin(-1)
     c = np.arange(2 * EARLY_WAVES, dtype=float)                 # the early boundaries
     wave = np.floor(c / bps)
@@ -328,8 +306,6 @@ def _causal_rereads(P, H, N, K, BQ, BK, OFF, TB, PB, SL, HM, G, in_flight, gpu: 
 class SharedReads:
     """What the loop nest says about reads shared across programs."""
     tensors: tuple          # tensors re-read by every program of a head
-    private: tuple          # tensors each program reads or writes alone (its Q, O tiles)
-    grid_var: str           # the program loop over query tiles
     group_programs: bool    # a grid loop over G encloses it (one program per group member)
     rows: str = "P"         # the rank that loop tiles: P, or R = packed (query, head) rows
 
@@ -338,7 +314,7 @@ def shared_reads(nest) -> SharedReads | None:
     """The structure the analytical model covers, found in the nest: one kernel whose grid
     loop over query tiles encloses a key-tile loop that streams tensors whose tiles do not
     depend on the query tile. ``None`` where the nest has no such structure."""
-    from iosim.mapping import Load, Loop, Store
+    from iosim.mapping import Load, Loop
     if len(nest.phases) != 1:
         return None
     found = None
@@ -349,12 +325,11 @@ def shared_reads(nest) -> SharedReads | None:
                 continue
             shared = tuple(b.tensor for b in inner[0].body if isinstance(b, Load)
                            and all(dm.var != nd.var for dm in b.dims))
-            private = tuple(b.tensor for b in nd.body if isinstance(b, (Load, Store)))
             group = any(isinstance(lp, Loop) and lp.grid and lp.rank == "G" for lp in encl)
             if shared:
                 if found is not None:
                     return None
-                found = SharedReads(shared, private, nd.var, group, nd.rank)
+                found = SharedReads(shared, group, nd.rank)
     return found
 
 
@@ -372,7 +347,8 @@ def backing(nest, hardware, *, elem_bytes: float):
     def model(reads: dict, writes: dict, context: dict):
         S = context["sizes"]
         # the nest of this evaluation (grouped heads pack their rows): its shared reads
-        here = shared_reads(context.get("nest", nest)) or sr
+        ev_nest = context.get("nest", nest)
+        here = shared_reads(ev_nest) or sr
         heads = np.asarray(context["heads_total"], dtype=float)   # (batch, K/V head) pairs
         groups = np.asarray(S["G"], dtype=float) if here.group_programs else 1.0
         packed = here.rows == "R"
@@ -380,7 +356,7 @@ def backing(nest, hardware, *, elem_bytes: float):
         bk = np.asarray(S["block_kv"], dtype=float)
         bq = np.asarray(S["block_q"], dtype=float)
         # shared tensors' elements per key tile, from what the nest reads
-        comp = {t: _compulsory(t, context.get("nest", nest), S) for t in here.tensors}
+        comp = {t: _compulsory(t, ev_nest, S) for t in here.tensors}
         per_key = sum(comp[t] for t in here.tensors) / np.asarray(S["M"], dtype=float)
         tile_bytes = per_key * bk * elem_bytes
         private_bytes = bq * (e + f) * elem_bytes
@@ -401,11 +377,9 @@ def backing(nest, hardware, *, elem_bytes: float):
         for t in here.tensors:
             extra = np.maximum(np.asarray(reads[t], dtype=float) - comp[t], 0.0)
             out[t] = np.minimum(reads[t], comp[t] + extra * r["miss"])
-        context["l2_model"] = {"miss_fraction": r["miss"], "slots": slots,
-                               "in_flight_heads": r["in_flight_heads"]}
+        context["l2_model"] = {"miss_fraction": r["miss"], "slots": slots}
         return out, writes
 
-    model.shared_tensors = sr.tensors  # type: ignore[attr-defined]
     model.fast_memory_bytes = gpu.l2_bytes + gpu.sms * gpu.smem_per_sm  # type: ignore[attr-defined]
     return model
 
@@ -419,7 +393,3 @@ def _compulsory(tensor: str, nest, S) -> np.ndarray:
             out = out * np.asarray(S[r], dtype=float)
     return out
 
-
-def check_grid_order(order: str) -> None:
-    if order not in ("query-major", "head-major"):
-        raise IosimError(f"grid order '{order}' is not query-major or head-major")

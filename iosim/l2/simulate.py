@@ -79,6 +79,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from iosim.errors import IosimError
+from iosim.l2.measured import (BLOCK_STARTUP_US, READER_WEIGHTS, SCAN_PRIVATE,  # noqa: F401
+                               SCAN_SHARED, SM_RATES_STARTUP)
 from iosim.l2.state import NruSets, access_one, scan_ways
 
 try:   # the NRU state's reads compiled (the same results; numpy without numba)
@@ -92,22 +94,6 @@ MIB = 1024 * 1024
 DT_DIV = 8.0
 CHUNK_DIV = 160
 
-
-#: miss fraction of a re-read vs reuse distance (as a fraction of the L2 size) for data read
-#: by SMs on both sides of the L2: the cyclic-scan microbenchmark on the lent H100
-#: (experiments/data/gpu_l2scan.csv, 'shared': 22..30 MiB of a 50 MiB L2)
-SCAN_SHARED = ((0.0, 0.0), (22 / 50, 0.0006), (24 / 50, 0.0020), (26 / 50, 0.357),
-               (28 / 50, 0.824), (30 / 50, 1.0))
-#: the same for data read by one SM ('private': 28..48 MiB)
-SCAN_PRIVATE = ((0.0, 0.0), (28 / 50, 0.0045), (32 / 50, 0.061), (36 / 50, 0.431),
-                (40 / 50, 0.885), (48 / 50, 1.0))
-
-
-#: capacity a line costs (relative to a line read by all 132 SMs) by the number of thread
-#: blocks that read it: ratio of the half-miss points of the readers microbenchmark (cyclic
-#: re-read, each line read by k of 132 blocks, one per SM; experiments/data/gpu_l2readers.csv;
-#: tests/test_l2model.py recomputes them from it)
-READER_WEIGHTS = ((1, 0.722), (2, 0.734), (4, 0.744), (11, 0.791), (33, 0.948), (132, 1.0))
 
 #: how much longer a key block from DRAM takes than one read from L2 a few us behind the
 #: block that fetched it, by the DRAM load u (bandwidth the misses get / 3.0 TB/s): the follow
@@ -175,16 +161,9 @@ SM_SHARE_CAUSAL = {64: 0.534}
 #: sqrt(key blocks), in the two-blocks-per-SM query-major launches without DRAM waits outside
 #: the validation set (gpu_traced.npz: 1x24x32Kx64 8.1%, 1x6x64Kx64 7.6%; first wave left out)
 BLOCK_JITTER_PAIR = 0.079
-#: (measured; part of the default) a block's startup: from its start to its
-#: first key block it loads and waits (2.5-3.9 us in the marked traces); the median intercept
-#: of duration on key blocks over the traced causal query-major d=128 launches outside the
-#: validation set (experiments/l2_research/block_time.py, experiments/data/gpu_block_time.csv).
-#: SM_RATES
-#: spread it over the key blocks of 8K-32K launches; with it, the rates are those of the key
-#: blocks alone: d=128 non-causal and causal (SM_RATES_CAUSAL_STARTUP) apart, d=64 from the
-#: sharing fit of the blocks' computing time (the same file, quiet non-causal launches)
-BLOCK_STARTUP_US = 3.479
-SM_RATES_STARTUP = {128: (4.0000, 4.0000, 0.5), 64: (2.6755, 3.5295, 0.571)}
+#: BLOCK_STARTUP_US, SM_RATES_STARTUP (iosim.l2.measured): a block's measured startup and the
+#: rates of the key blocks alone; SM_RATES spread the startup over the key blocks of 8K-32K
+#: launches. d=128 causal rates apart:
 SM_RATES_CAUSAL_STARTUP = {128: (3.9365, 3.9365)}
 #: GpuL2(**BLOCK_STARTUP): the dynamic model with the startup and those rates (part of the
 #: default; spelled out for the earlier variants, which run without it)
