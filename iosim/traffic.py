@@ -1037,7 +1037,7 @@ def evaluate(cascade="attention-1pass", mapping=None, hardware="h100", shapes: S
     are flagged in the report instead.
     """
     from iosim.report import report_from_arrays
-    from iosim.hardware import dtype_bytes, load_hardware
+    from iosim.hardware import load_hardware
     if shapes is None:
         if "d" in shape_kw and "e" not in shape_kw:
             shape_kw["e"] = shape_kw.pop("d")
@@ -1055,10 +1055,6 @@ def evaluate(cascade="attention-1pass", mapping=None, hardware="h100", shapes: S
                         dtype=shapes.dtype, causal=shapes.causal,
                         causal_offset=shapes.causal_offset, sram_bytes=sram_bytes,
                         backing_model=backing_model, l2="off")
-    fast = getattr(backing_model, "fast_memory_bytes", None)
-    if fast is not None:  # the backing model reuses data in a larger fast memory (an L2)
-        r = dict(r, bound_fast_elements=np.full(np.shape(r["sram_elements"]),
-                                                fast / dtype_bytes(shapes.dtype)))
     rep = report_from_arrays(r, shapes)
     desc = getattr(backing_model, "description", None)
     if desc:

@@ -68,6 +68,12 @@ class GpuFacts:
     max_threads_per_sm: int = 2048
     max_blocks_per_sm: int = 32
 
+    @property
+    def fast_memory_bytes(self) -> float:
+        """Everything on chip above HBM (the L2 and every SM's shared memory): where the
+        reuse an L2 model allows happens, for the IO lower bound."""
+        return self.l2_bytes + self.sms * self.smem_per_sm
+
     @classmethod
     def from_hardware(cls, hw) -> "GpuFacts":
         l2 = hw.level("L2")
@@ -380,7 +386,7 @@ def backing(nest, hardware, *, elem_bytes: float):
         context["l2_model"] = {"miss_fraction": r["miss"], "slots": slots}
         return out, writes
 
-    model.fast_memory_bytes = gpu.l2_bytes + gpu.sms * gpu.smem_per_sm  # type: ignore[attr-defined]
+    model.fast_memory_bytes = gpu.fast_memory_bytes  # type: ignore[attr-defined]
     return model
 
 

@@ -80,11 +80,11 @@ def backing_for(cascade, mapping, hardware, shapes, mode: str = "auto"):
 def _not_covered(nest) -> Callable:
     """HBM sees every L2 read, said so: the nest has no tensor that one kernel's programs
     re-read from each other (several kernels, or no grid loop over query tiles)."""
+    from functools import partial
+
+    from iosim.traffic import passthrough_backing
     kernels = len(nest.phases)
-
-    def model(reads, writes, context):
-        return reads, writes
-
+    model = partial(passthrough_backing)
     why = (f"{kernels} kernels" if kernels > 1 else
            "no grid loop over query tiles whose key loop streams a shared tensor")
     model.description = (  # type: ignore[attr-defined]
@@ -147,9 +147,8 @@ def _simulated(sr, mapping, shapes, hardware, elem) -> Callable:
             out[t] = np.asarray(reads[t], dtype=float) * (kv_miss / tot)
         return out, writes
 
-    model.fast_memory_bytes = sum(  # type: ignore[attr-defined]
-        lv.total_capacity_bytes for lv in hardware.levels[1:]
-        if lv.name.upper() in ("L2", "SMEM"))
+    from iosim.l2.analytic import GpuFacts
+    model.fast_memory_bytes = GpuFacts.from_hardware(hardware).fast_memory_bytes  # type: ignore
     model.description = (  # type: ignore[attr-defined]
         f"HBM sees the L2 misses that the dynamic simulation (iosim.l2.simulate, --l2 "
         f"simulate) predicts for this launch ({w.batch * w.heads} heads, {mapping.grid_order} "
