@@ -29,8 +29,8 @@ def one_line_usage(exc: click.UsageError, ctx: click.Context | None = None) -> I
 _HELP_SIGNALS = tuple(c for c in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if c)
 
 
-class OneLineErrors(click.Command):
-    """A command whose parameter errors are one-line :class:`IosimError` (exit 2, no usage)."""
+class _OneLineUsage:
+    """Usage errors (bad options and values) as one-line :class:`IosimError`."""
 
     def parse_args(self, ctx, args):
         try:
@@ -39,6 +39,10 @@ class OneLineErrors(click.Command):
             raise
         except click.UsageError as e:
             raise one_line_usage(e, ctx) from None
+
+
+class OneLineErrors(_OneLineUsage, click.Command):
+    """A command whose parameter errors are one-line :class:`IosimError` (exit 2, no usage)."""
 
 
 def unknown_command(name: str, choices, path: str) -> IosimError:
@@ -52,19 +56,11 @@ def unknown_command(name: str, choices, path: str) -> IosimError:
     return IosimError(f"unknown command '{path} {name}'{hint}")
 
 
-class OneLineGroup(click.Group):
+class OneLineGroup(_OneLineUsage, click.Group):
     """A group whose usage errors (options, unknown sub-commands) are one line; its
     sub-commands are :class:`OneLineErrors` unless they say otherwise."""
 
     command_class = OneLineErrors
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except _HELP_SIGNALS:
-            raise
-        except click.UsageError as e:
-            raise one_line_usage(e, ctx) from None
 
     def resolve_command(self, ctx, args):
         name = click.utils.make_str(args[0]) if args else ""

@@ -3,26 +3,9 @@ from __future__ import annotations
 
 import click
 
-from iosim.cli.common import echo_json
+from iosim.cli.common import OneLineErrors, echo_json
 from iosim.cli.params import SIZE
 from iosim.errors import IosimError
-
-try:  # a shared version, where the package has one
-    from iosim.cli.common import OneLineErrors  # type: ignore[attr-defined]
-except ImportError:
-    class OneLineErrors(click.Command):
-        """Turn click's parameter errors into one-line :class:`IosimError` (exit 2, no
-        usage)."""
-
-        def parse_args(self, ctx, args):
-            try:
-                return super().parse_args(ctx, args)
-            except click.exceptions.NoSuchOption as e:
-                raise IosimError(e.format_message()) from None
-            except click.UsageError as e:
-                msg = " ".join(e.format_message().split())
-                raise IosimError(f"{msg} (see 'iosim {self.name} --help')") from None
-
 
 POS = click.IntRange(min=1)
 
