@@ -1,0 +1,198 @@
+"""Device: the sustained rates the execution-time model reads, from kernels that are not
+attention. Run on the GPU machine from the repository root::
+
+    python experiments/device/time_microbench.py          # writes $OUT/gpu_time_microbench.csv
+
+Each row is one microbenchmark (``kind``) with its measured rate:
+
+* ``mma`` -- a back-to-back matmul loop: every iteration one program multiplies its
+  ``block_m x d`` operand by a ``d x block_n`` tile and the ``block_m x block_n`` result (cast
+  to bf16) by a ``block_n x d`` tile into an fp32 accumulator; the two tiles come from a small
+  buffer that stays in L2, ``num_stages`` deep. ``cycles_per_iter`` is one iteration of one
+  program, one program per SM (132 programs) and, where two fit, two per SM.
+* ``exp`` -- exp2 of a ``block_m x block_n`` fp32 tile per iteration (one multiply each):
+  exp results per clock per SM.
+* ``rowops`` -- per iteration a row maximum, a subtraction, a row sum and a scaling of a
+  ``block_m x block_n`` fp32 tile (four vector operations per element, two of them row
+  reductions): vector operations per clock per SM.
+* ``copy`` / ``read`` -- a 2 GiB device-to-device copy and a reduction reading 2 GiB: HBM
+  bytes per second.
+* ``l2read`` -- every SM's programs reading a 16 MiB buffer (resident in L2) many times:
+  L2-to-SM bytes per second, all SMs and one SM alone.
+* ``launch`` -- an empty kernel, back to back: microseconds per launch.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+
+sys.path.insert(0, os.getcwd())
+
+
+def main() -> None:
+    import torch
+    import triton
+    import triton.language as tl
+    from triton.testing import do_bench
+
+    @triton.jit
+    def mma_loop(A, KV, Out, iters, R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                 D: tl.constexpr, STAGES: tl.constexpr):
+        pid = tl.program_id(0)
+        rm = tl.arange(0, BM)
+        rn = tl.arange(0, BN)
+        rd = tl.arange(0, D)
+        a = tl.load(A + rm[:, None] * D + rd[None, :])
+        acc = tl.zeros([BM, D], dtype=tl.float32)
+        for i in tl.range(0, iters, num_stages=STAGES):
+            base = (i % R) * 2 * BN * D
+            kt = tl.load(KV + base + rn[None, :] * D + rd[:, None])          # D x BN
+            vt = tl.load(KV + base + BN * D + rn[:, None] * D + rd[None, :])  # BN x D
+            s = tl.dot(a, kt)
+            acc = tl.dot(s.to(tl.bfloat16), vt, acc)
+        tl.store(Out + pid * BM * D + rm[:, None] * D + rd[None, :], acc)
+
+    @triton.jit
+    def exp_loop(X, Out, iters, BM: tl.constexpr, BN: tl.constexpr):
+        pid = tl.program_id(0)
+        rm = tl.arange(0, BM)
+        rn = tl.arange(0, BN)
+        x = tl.load(X + rm[:, None] * BN + rn[None, :])
+        for i in range(iters):
+            x = tl.exp2(x * -0.75)
+        tl.store(Out + pid * BM * BN + rm[:, None] * BN + rn[None, :], x)
+
+    @triton.jit
+    def rowops_loop(X, Out, iters, BM: tl.constexpr, BN: tl.constexpr):
+        pid = tl.program_id(0)
+        rm = tl.arange(0, BM)
+        rn = tl.arange(0, BN)
+        x = tl.load(X + rm[:, None] * BN + rn[None, :])
+        for i in range(iters):
+            m = tl.max(x, 1)
+            y = x - m[:, None]
+            s = tl.sum(y, 1)
+            x = y * (1.0 / (1.0 + tl.abs(s)))[:, None] + 0.5
+        tl.store(Out + pid * BM * BN + rm[:, None] * BN + rn[None, :], x)
+
+    @triton.jit
+    def l2_read(X, Out, words, passes, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        r = tl.arange(0, BLOCK)
+        start = (pid * 4096) % words
+        for p in range(passes):
+            for off in range(0, words, BLOCK):
+                idx = (start + off + r) % words
+                acc += tl.load(X + idx)
+        tl.store(Out + pid * BLOCK + r, acc)
+
+    @triton.jit
+    def empty(X):
+        pass
+
+    dev = torch.cuda.get_device_name(0)
+    props = torch.cuda.get_device_properties(0)
+    sms = props.multi_processor_count
+    clock_hz = 1.98e9
+    rows = []
+
+    def put(**kw):
+        kw["device"] = dev
+        rows.append(kw)
+        print(kw, flush=True)
+
+    bf = torch.bfloat16
+    # ---- matmul loop
+    R = 4
+    iters = 4096
+    for d in (64, 128):
+        for bm in (64, 128):
+            for bn in (32, 64, 128):
+                for warps in (4, 8):
+                    for stages in (2, 3):
+                        a = torch.randn(bm, d, device="cuda", dtype=bf) * 0.05
+                        kv = torch.randn(R * 2 * bn * d, device="cuda", dtype=bf) * 0.05
+                        for per_sm in (1, 2):
+                            grid = sms * per_sm
+                            out = torch.empty(grid * bm * d, device="cuda", dtype=torch.float32)
+                            try:
+                                k = mma_loop[(grid,)](a, kv, out, iters, R=R, BM=bm, BN=bn, D=d,
+                                                      STAGES=stages, num_warps=warps,
+                                                      num_stages=stages)
+                                torch.cuda.synchronize()
+                                ms = do_bench(lambda: mma_loop[(grid,)](
+                                    a, kv, out, iters, R=R, BM=bm, BN=bn, D=d, STAGES=stages,
+                                    num_warps=warps, num_stages=stages), warmup=5, rep=60)
+                                regs, smem, spills = k.n_regs, k.metadata.shared, k.n_spills
+                            except Exception as exc:  # noqa: BLE001
+                                print("mma failed", bm, bn, d, warps, stages, exc, flush=True)
+                                continue
+                            flops = 4.0 * bm * bn * d * iters * grid
+                            put(kind="mma", block_m=bm, block_n=bn, head_dim=d, num_warps=warps,
+                                num_stages=stages, programs_per_sm=per_sm, regs=regs,
+                                smem_bytes=smem, spills=spills, ms=ms,
+                                cycles_per_iter=ms * 1e-3 * clock_hz / iters,
+                                rate=flops / (ms * 1e-3), unit="FLOP/s")
+    # ---- exp and row operations
+    for kern, kind, ops in ((exp_loop, "exp", 1), (rowops_loop, "rowops", 4)):
+        for bm, bn in ((64, 64), (128, 64), (128, 128)):
+            for warps in (4, 8):
+                for per_sm in (1, 2, 4):
+                    grid = sms * per_sm
+                    x = torch.rand(bm * bn, device="cuda", dtype=torch.float32)
+                    out = torch.empty(grid * bm * bn, device="cuda", dtype=torch.float32)
+                    it = 2048
+                    k = kern[(grid,)](x, out, it, BM=bm, BN=bn, num_warps=warps)
+                    torch.cuda.synchronize()
+                    ms = do_bench(lambda: kern[(grid,)](x, out, it, BM=bm, BN=bn,
+                                                         num_warps=warps), warmup=5, rep=60)
+                    el = bm * bn * it * grid
+                    put(kind=kind, block_m=bm, block_n=bn, num_warps=warps,
+                        programs_per_sm=per_sm, regs=k.n_regs, ms=ms,
+                        cycles_per_iter=ms * 1e-3 * clock_hz / it,
+                        rate=el * ops / (ms * 1e-3), unit="op/s",
+                        per_clock_per_sm=el * ops / (ms * 1e-3) / sms / clock_hz)
+    # ---- HBM
+    n = 2 ** 30
+    x = torch.empty(n, device="cuda", dtype=bf).uniform_()
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x), warmup=5, rep=200)
+    put(kind="copy", bytes=4 * n, ms=ms, rate=4 * n / (ms * 1e-3), unit="B/s")
+    ms = do_bench(lambda: x.sum(), warmup=5, rep=200)
+    put(kind="read", bytes=2 * n, ms=ms, rate=2 * n / (ms * 1e-3), unit="B/s")
+    del x, y
+    torch.cuda.empty_cache()
+    # ---- L2 -> SM
+    words = 16 * 2 ** 20 // 4
+    x = torch.rand(words, device="cuda", dtype=torch.float32)
+    for grid, warps, passes in ((sms, 8, 2), (sms * 2, 8, 2), (sms * 4, 4, 2), (1, 8, 1),
+                                (1, 4, 1)):
+        out = torch.empty(grid * 1024, device="cuda", dtype=torch.float32)
+        l2_read[(grid,)](x, out, words, passes, BLOCK=1024, num_warps=warps)
+        ms = do_bench(lambda: l2_read[(grid,)](x, out, words, passes, BLOCK=1024,
+                                               num_warps=warps), warmup=3, rep=100)
+        by = 4.0 * words * passes * grid
+        put(kind="l2read", programs=grid, num_warps=warps, bytes=by, ms=ms,
+            rate=by / (ms * 1e-3), unit="B/s")
+    # ---- launch overhead
+    z = torch.empty(1, device="cuda")
+    empty[(1,)](z)
+    torch.cuda.synchronize()
+    ms = do_bench(lambda: empty[(1,)](z), warmup=50, rep=200)
+    put(kind="launch", ms=ms, rate=float("nan"), unit="")
+    ms = do_bench(lambda: empty[(sms * 8,)](z), warmup=50, rep=200)
+    put(kind="launch_grid", programs=sms * 8, ms=ms, rate=float("nan"), unit="")
+    keys = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    path = os.path.join(os.environ.get("OUT", "."), "gpu_time_microbench.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
