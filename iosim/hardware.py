@@ -414,6 +414,9 @@ class Hardware:
     notes: str = ""
     description: str = ""
     sram_level: str | None = None  # name of the level playing the theory's "SRAM" role
+    #: the [timing] table as written (strings): sustained rates for the execution-time
+    #: model (:mod:`iosim.timing` parses and checks it); empty: no such rates
+    timing: tuple = ()
 
     # ---- levels ------------------------------------------------------------------------
     @property
@@ -543,7 +546,11 @@ class Hardware:
 # loading
 # --------------------------------------------------------------------------------------
 
-_TOP_KEYS = {"name", "description", "clock", "sram_level", "notes", "level", "compute"}
+_TOP_KEYS = {"name", "description", "clock", "sram_level", "notes", "level", "compute", "timing"}
+#: keys of the optional [timing] table (the execution-time model's sustained rates)
+_TIMING_KEYS = {"source", "microbenchmarks", "launch", "hbm_read", "hbm_copy", "exp_per_clock",
+                "program_start", "calibration", "stream_bytes_per_clock",
+                "stream_latency", "sm_bytes_per_clock", "load_efficiency"}
 _TOP_REQUIRED = ("name", "clock", "level", "compute")
 _LEVEL_KEYS = {
     "name", "capacity", "usable_capacity", "bandwidth", "read_bandwidth", "write_bandwidth",
@@ -731,8 +738,16 @@ def _build(data: Mapping, ctx: _Ctx, source: str) -> Hardware:
         sram_level = seen[sram_level.lower()].name
         if sram_level == levels[0].name:
             raise ctx.err("sram_level", "the SRAM level cannot be the backing store (the first level)")
+    timing = data.get("timing", {})
+    if not isinstance(timing, Mapping):
+        raise ctx.err("timing", "must be a table")
+    _check_keys(ctx, timing, _TIMING_KEYS, "timing.")
+    for k, v in timing.items():
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            raise ctx.err(f"timing.{k}", "must be a string or a number")
     return Hardware(name=name, levels=levels, compute=compute, clock_hz=clock, source=source,
-                    notes=notes, description=description, sram_level=sram_level)
+                    notes=notes, description=description, sram_level=sram_level,
+                    timing=tuple(sorted(timing.items())))
 
 
 def _read_toml(text: str, ctx: _Ctx) -> dict:

@@ -923,8 +923,9 @@ def _decode(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     ti = {"P": "i", **_gv(grouped)}
     tensors = _tensor_roles(f)
     # the partial results of a split: a normalised partial output and its log-sum-exp for a
-    # softmax; the partial sums of the output for a plain sum over the keys
-    tensors["PO"] = (("S", "P", "F"), "data")
+    # softmax; the partial sums of the output for a plain sum over the keys (in the stat
+    # dtype, fp32 by default: the generated kernel keeps its partials in fp32)
+    tensors["PO"] = (("S", "P", "F"), "stat")   # fp32 partial outputs, as the kernel keeps them
     parts = [("PO", (Dim("S", "s"), Dim("P", "i"), Dim("F")))]
     if f.softmax:
         tensors["LSE"] = (("S", "P"), "stat")

@@ -85,6 +85,11 @@ class Report:
     warnings: tuple = ()
     notes: tuple = field(default=())
     backing_description: str | None = None  # what the backing store's row means, if modelled
+    #: the parallel execution-time model's breakdown (iosim.timing), where the hardware has
+    #: sustained rates; then ``time_s`` is its time and ``roofline_s`` the roofline's
+    time: dict | None = None
+    roofline_s: float | None = None
+    roofline_limiter: str | None = None
 
     # ---- views -----------------------------------------------------------------------
     @property
@@ -114,6 +119,9 @@ class Report:
             "per_head_elements": {t: dict(v) for t, v in self.per_head_elements.items()},
             "times_s": dict(self.times),
             "limiter": self.limiter,
+            "roofline_s": self.roofline_s,
+            "roofline_limiter": self.roofline_limiter,
+            "time": self.time,
             "energy_j": self.energy_j,
             "footprint": {k: dict(v) for k, v in self.footprint.items()},
             "fits": self.fits,
@@ -183,9 +191,16 @@ class Report:
         L.append(f"Compute: matmul {fmt_count(fl['matmul'])}FLOP, exp {fmt_count(fl['exp'])}, "
                  f"other vector ops {fmt_count(fl['other'])} (counted from the cascade's "
                  f"Einsums).")
-        L.append(f"Time (roofline: the slowest unit or level, all overlapping): "
-                 f"{fmt_time(self.time_s)}, bound by {self.limiter}.")
-        L += wrap(", ".join(f"{k} {fmt_time(v)}" for k, v in self.times.items()))
+        if self.time is not None:
+            from iosim.timing.model import render_time
+            for ln in render_time(self.time, self.roofline_s, self.roofline_limiter):
+                L += textwrap.wrap(ln, 96, subsequent_indent="    ")
+            L += wrap("Roofline terms: " + ", ".join(f"{k} {fmt_time(v)}"
+                                                     for k, v in self.times.items()))
+        else:
+            L.append(f"Time (roofline: the slowest unit or level, all overlapping): "
+                     f"{fmt_time(self.time_s)}, bound by {self.limiter}.")
+            L += wrap(", ".join(f"{k} {fmt_time(v)}" for k, v in self.times.items()))
         if self.energy_j is not None:
             L.append(f"Energy (levels with per-access energies only): "
                      f"{self.energy_j * 1e3:.4g} mJ.")
@@ -333,11 +348,20 @@ def report_from_arrays(r: dict, shapes: Shapes, row: int = 0) -> Report:
             warnings.append("tiles do not fit: " + "; ".join(over))
     times = {k: pick(v) for k, v in r["times"].items()}
     energy = None if r["energy_j"] is None else pick(r["energy_j"])
+    tb = None
+    limiter = str(np.asarray(r["limiter"]).reshape(-1)[row])
+    if r.get("time") is not None:
+        from iosim.timing.model import time_breakdown
+        tb = time_breakdown(r["time"], row)
+        slow = max(tb["kernels"], key=lambda k: k["time_s"])
+        limiter = slow["limiter"]
     return Report(
         cascade=r["cascade"].name, mapping_resolved=resolved, hardware=r["hardware"].name,
         shapes=shapes, levels=tuple(levels), per_head_elements=per_head,
         flops={k: pick(v) for k, v in r["flops"].items()}, time_s=pick(r["time_s"]),
-        times=times, limiter=str(np.asarray(r["limiter"]).reshape(-1)[row]),
+        times=times, limiter=limiter, time=tb,
+        roofline_s=pick(r["roofline_s"]),
+        roofline_limiter=str(np.asarray(r["roofline_limiter"]).reshape(-1)[row]),
         energy_j=energy, bound=b, footprint=fp, fits=fits,
         sram_elements=pick(r["sram_elements"]),
         loop_nest=format_loop_nest(nest, sizes), unmodelled_levels=tuple(roles["unmodelled"]),

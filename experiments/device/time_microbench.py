@@ -19,7 +19,14 @@ Each row is one microbenchmark (``kind``) with its measured rate:
   bytes per second.
 * ``l2read`` -- every SM's programs reading a 16 MiB buffer (resident in L2) many times:
   L2-to-SM bytes per second, all SMs and one SM alone.
-* ``launch`` -- an empty kernel, back to back: microseconds per launch.
+* ``launch`` -- an empty kernel, back to back: microseconds per launch; ``launch_args`` the
+  same for a kernel of 36 arguments called through a Python function that first allocates its
+  output (as a generated module's ``forward`` does).
+* ``stream`` -- each program reads its own contiguous region from HBM in tiles of
+  ``block_n x d`` (two per iteration), ``num_stages`` deep, and sums them: the bytes per clock
+  one program streams, with one program on each of ``programs`` SMs.
+
+``python experiments/device/time_microbench.py stream,launch_args`` runs only those kinds.
 """
 from __future__ import annotations
 
@@ -28,6 +35,10 @@ import os
 import sys
 
 sys.path.insert(0, os.getcwd())
+try:     # the kernels' annotations are read in this module's namespace
+    import triton.language as tl
+except ImportError:  # pragma: no cover - device only
+    tl = None
 
 
 def main() -> None:
@@ -92,6 +103,23 @@ def main() -> None:
     def empty(X):
         pass
 
+    @triton.jit
+    def empty_args(X, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, d0, d1, d2, d3, d4, BLOCK: tl.constexpr):  # noqa: E501
+        pass
+
+    @triton.jit
+    def stream(X, Out, per_prog, BN: tl.constexpr, D: tl.constexpr, STAGES: tl.constexpr):
+        pid = tl.program_id(0)
+        base = X + pid.to(tl.int64) * per_prog
+        rn = tl.arange(0, BN)
+        rd = tl.arange(0, D)
+        acc = tl.zeros([BN, D], dtype=tl.float32)
+        for off in tl.range(0, per_prog, 2 * BN * D, num_stages=STAGES):
+            k = tl.load(base + off + rn[:, None] * D + rd[None, :])
+            v = tl.load(base + off + BN * D + rn[:, None] * D + rd[None, :])
+            acc += k.to(tl.float32) + v.to(tl.float32)
+        tl.store(Out + pid * BN * D + rn[:, None] * D + rd[None, :], acc)
+
     dev = torch.cuda.get_device_name(0)
     props = torch.cuda.get_device_properties(0)
     sms = props.multi_processor_count
@@ -104,6 +132,40 @@ def main() -> None:
         print(kw, flush=True)
 
     bf = torch.bfloat16
+    only = set(sys.argv[1].split(",")) if len(sys.argv) > 1 else None
+    want = lambda kind: only is None or kind in only  # noqa: E731
+    if want("stream"):
+        for bn, d in ((32, 128), (64, 128), (128, 128), (64, 64)):
+            for stages in (2, 3, 4):
+                for grid in (1, 8, 32, 132):
+                    per_prog = 2 * bn * d * 1024          # elements: 1024 iterations
+                    x = torch.empty(grid * per_prog, device="cuda", dtype=bf).uniform_()
+                    out = torch.empty(grid * bn * d, device="cuda", dtype=torch.float32)
+                    k = stream[(grid,)](x, out, per_prog, BN=bn, D=d, STAGES=stages,
+                                        num_warps=4)
+                    torch.cuda.synchronize()
+                    ms = do_bench(lambda: stream[(grid,)](x, out, per_prog, BN=bn, D=d,
+                                                          STAGES=stages, num_warps=4),
+                                  warmup=5, rep=50)
+                    by = 2.0 * per_prog * grid
+                    put(kind="stream", block_n=bn, head_dim=d, num_stages=stages,
+                        num_warps=4, programs=grid, bytes=by, ms=ms, rate=by / (ms * 1e-3),
+                        unit="B/s",
+                        per_clock_per_program=by / grid / (ms * 1e-3) / clock_hz)
+                    del x, out
+    if want("launch_args"):
+        z = torch.empty(16, device="cuda")
+
+        def call(q):
+            o = torch.empty_like(q)
+            empty_args[(1,)](o, *range(35), BLOCK=64)
+            return o
+        call(z)
+        torch.cuda.synchronize()
+        ms = do_bench(lambda: call(z), warmup=50, rep=200)
+        put(kind="launch_args", ms=ms, rate=float("nan"), unit="")
+    if only is not None:
+        return _write(rows)
     # ---- matmul loop
     R = 4
     iters = 4096
@@ -184,10 +246,15 @@ def main() -> None:
     put(kind="launch", ms=ms, rate=float("nan"), unit="")
     ms = do_bench(lambda: empty[(sms * 8,)](z), warmup=50, rep=200)
     put(kind="launch_grid", programs=sms * 8, ms=ms, rate=float("nan"), unit="")
+    _write(rows)
+
+
+def _write(rows, name="gpu_time_microbench.csv"):
     keys = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    path = os.path.join(os.environ.get("OUT", "."), "gpu_time_microbench.csv")
+    path = os.path.join(os.environ.get("OUT", "."), name if len(sys.argv) < 2
+                        else "gpu_time_microbench_extra.csv")
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()

@@ -1,0 +1,95 @@
+"""Measured kernel launches and the model's prediction for each: the mapping that drives the
+generated kernel of a launch, evaluated with the launch's tiling and shapes."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from iosim.errors import IosimError
+
+__all__ = ["kernel_mapping", "predict_rows", "read_rows", "error_summary"]
+
+
+def kernel_mapping(cascade, *, block_m: int, block_n: int, num_warps: int,
+                   num_stages: int, split_kv: int = 1, grid_order: str = "query-major",
+                   kv_len: int | None = None):
+    """The Mapping of the kernel the code generator emits for ``cascade`` (read from the
+    generator's plan of the cascade, never its name): one program per query tile with the key
+    tiles streamed (``fa2``) for single-pass cascades (FlashAttention-1's cascade included:
+    the generated kernel normalises per step inside an FA2-style program); the fused
+    multi-pass mapping with the scores recomputed in every pass for multi-pass cascades;
+    per-chunk partials and a combining kernel (``decode-splitk``) for partials cascades, one
+    key tile per chunk when the partials are per key block (``kv_len`` gives their number)."""
+    import cascades
+    from cascades.triton import analyze
+    from iosim.mapping import mapping_for
+    c = cascades.load(cascade) if isinstance(cascade, str) else cascade
+    plan = analyze(c)
+    kw = dict(block_q=block_m, block_kv=block_n, num_warps=num_warps, num_stages=num_stages,
+              grid_order=grid_order)
+    if plan.family == "three-pass":
+        return mapping_for(c, "fused-3pass", row_policy="recompute", **kw)
+    if plan.family == "partials":
+        if plan.normalisation == "local-max":
+            if kv_len is None:
+                raise IosimError(f"cascade '{c.name}': per-key-block partials need the key "
+                                 f"length to count the chunks")
+            split_kv = -(-kv_len // block_n)
+        return mapping_for(c, "decode-splitk", split_kv=split_kv, **kw)
+    return mapping_for(c, "fa2", **kw)
+
+
+def read_rows(path) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise IosimError(f"{path}: measured launches file not found")
+    with open(p, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _b(x) -> bool:
+    return str(x).strip().lower() in ("true", "1", "yes")
+
+
+def predict_rows(rows: list[dict], hardware="h100") -> list[dict]:
+    """Each row with ``pred_ms`` (the time model), ``roofline_ms`` and the model's breakdown."""
+    from iosim.traffic import evaluate_arrays
+    out = []
+    for r in rows:
+        casc = r["cascade"]
+        m = kernel_mapping(casc, block_m=int(r["block_m"]), block_n=int(r["block_n"]),
+                           num_warps=int(r["num_warps"]), num_stages=int(r["num_stages"]),
+                           split_kv=int(r.get("split_kv") or 1),
+                           grid_order=r.get("grid_order") or "query-major",
+                           kv_len=int(r["kv_len"]))
+        heads = int(r["heads"])
+        kvh = int(r.get("kv_heads") or 0) or heads
+        n_kv = int(r["kv_len"])
+        q = int(r.get("q_len") or 0) or n_kv
+        res = evaluate_arrays(casc, m, hardware, n=q, kv_len=n_kv, d=int(r["head_dim"]),
+                              batch=int(r["batch"]), heads=heads,
+                              kv_heads=kvh if kvh != heads else None,
+                              causal=_b(r["causal"]) and casc != "decode-splitk")
+        t = res.get("time")
+        row = dict(r)
+        row["pred_ms"] = float(res["time_s"][0]) * 1e3
+        row["roofline_ms"] = float(res["roofline_s"][0]) * 1e3
+        if t is not None:
+            ph = t["phases"]
+            row["programs"] = "+".join(str(int(p["programs"][0])) for p in ph)
+            row["programs_per_sm"] = "+".join(str(int(p["programs_per_sm"][0])) for p in ph)
+            row["limiter"] = "+".join(str(p["limiter"][0]) for p in ph)
+        ms = float(r.get("ms") or "nan")
+        row["err"] = row["pred_ms"] / ms - 1 if ms == ms and ms > 0 else float("nan")
+        out.append(row)
+    return out
+
+
+def error_summary(rows: list[dict]) -> dict:
+    e = np.array([abs(r["err"]) for r in rows if r["err"] == r["err"]])
+    if not len(e):
+        return {"n": 0}
+    return {"n": int(len(e)), "median": float(np.median(e)), "p90": float(np.percentile(e, 90)),
+            "max": float(e.max()), "within_40": int((e <= 0.40).sum())}
