@@ -9,7 +9,13 @@ the softmax state: running max and sum, the O accumulator, the score tile, buffe
 partials) fit. Over a list of SRAM sizes this is the "ski-slope" curve of Orojenesis and
 AccelForge: minimum traffic versus buffer size.
 
-Objectives: ``"hbm"`` (backing-store bytes; ties broken by time) or ``"time"`` (roofline time).
+Objectives: ``"time"`` (the predicted time: on a preset with sustained rates the parallel
+execution-time model of :mod:`iosim.timing`, else the roofline; ties broken by traffic),
+``"traffic"`` (backing-store bytes, alias ``"hbm"``; ties broken by time) or ``"energy"``
+(presets with per-access energies). On a preset with sustained rates (a GPU) the time
+objective searches what a kernel engineer would launch: power-of-two tiles from 16 to 256,
+4 or 8 warps, 2 to 4 pipeline stages, the streamed tiles counted ``num_stages`` deep against
+the shared memory; :attr:`SearchResult.runners_up` lists the next best tilings.
 """
 from __future__ import annotations
 
@@ -23,7 +29,12 @@ from iosim.mapping import Mapping, fit_error, get_mapping, mappings_for
 __all__ = ["candidate_tiles", "variants_for", "search", "ski_slope", "search_frame",
            "SearchResult", "OBJECTIVES"]
 
-OBJECTIVES = ("hbm", "time")
+OBJECTIVES = ("time", "traffic", "hbm", "energy")
+#: warps and pipeline stages of the kernel tilings searched for the time objective on a GPU
+KERNEL_WARPS = (4, 8)
+KERNEL_STAGES = (2, 3, 4)
+#: mapping kinds the code generator emits kernels for (one program per query tile)
+_KERNEL_KINDS = ("fa2", "decode-splitk", "fused-3pass", "fused-2pass")
 
 
 def candidate_tiles(n: int, *, dense_to: int = 64, count: int = 48) -> np.ndarray:
@@ -72,11 +83,23 @@ def variants_for(cascade, mappings=None) -> list:
     return out
 
 
-def _candidates(m: Mapping, n: int, kv: int, group: int = 1):
+def kernel_tiles(n: int) -> np.ndarray:
+    """Tile sizes a Triton kernel takes for a rank of extent ``n``: powers of two from 16
+    (the smallest matrix-unit tile) to 256, no larger than needed to cover ``n``."""
+    t = 16 * 2 ** np.arange(5)
+    cover = max(16, 1 << int(np.ceil(np.log2(max(int(n), 1)))))
+    return t[t <= cover].astype(np.int64)
+
+
+def _candidates(m: Mapping, n: int, kv: int, group: int = 1, kernel: bool = False):
     """(block_q array, block_kv array) of the candidates of one variant (flattened pairs).
     FA2 packs the ``group`` query heads of a K/V head into its rows: its query tile runs
-    over ``n * group`` rows."""
+    over ``n * group`` rows. ``kernel``: only the tiles a Triton kernel takes."""
     rows = n * group if (m.kind == "fa2" and m.pack_group) else n
+    if kernel:
+        tq, tk = kernel_tiles(rows), kernel_tiles(kv)
+        q, k = np.meshgrid(tq, tk, indexing="ij")
+        return q.ravel(), k.ravel()
     tq, tk = candidate_tiles(rows), candidate_tiles(kv)
     if m.kind == "saha-ye":
         b = np.arange(1, max(1, min(max(n, kv), 4096)) + 1)
@@ -99,14 +122,22 @@ class SearchResult:
     candidates: int                  # configurations evaluated
     seconds: float
     shapes: dict = field(default_factory=dict)
+    #: the next best candidates of the first SRAM size (objective order), with how far
+    #: behind the best each is (``behind``: objective / best objective - 1)
+    runners_up: object = None        # pandas DataFrame or None
 
     def to_dict(self) -> dict:
         rows = []
         for _, r in self.frame.iterrows():
             rows.append({k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()})
-        return {"cascade": self.cascade, "hardware": self.hardware, "objective": self.objective,
-                "shapes": self.shapes, "candidates": self.candidates, "seconds": self.seconds,
-                "best": rows}
+        out = {"cascade": self.cascade, "hardware": self.hardware,
+               "objective": self.objective, "shapes": self.shapes,
+               "candidates": self.candidates, "seconds": self.seconds, "best": rows}
+        if self.runners_up is not None:
+            out["runners_up"] = [{k: (v.item() if hasattr(v, "item") else v)
+                                  for k, v in r.items()}
+                                 for _, r in self.runners_up.iterrows()]
+        return out
 
     def render(self) -> str:
         from iosim.report import fmt_bytes, fmt_time
@@ -115,41 +146,61 @@ class SearchResult:
         unit = f"K/V head with its {g} query heads" if g > 1 else "head"
         lines = [f"iosim search: cascade {self.cascade} on {self.hardware}, N={s.get('n')}, "
                  f"kv={s.get('kv_len')}, d={s.get('e')}{', causal' if s.get('causal') else ''}, "
-                 f"{s.get('dtype')}; objective: "
-                 f"{'backing-store bytes' if self.objective == 'hbm' else 'roofline time'}",
-                 "For each SRAM size: the tiling with the least traffic whose buffers (tiles, "
-                 "O accumulator, running max/sum, score tile) fit.",
+                 f"{s.get('dtype')}; objective: {_OBJ_TEXT[self.objective]}",
+                 f"For each SRAM size: the tiling with the least {_OBJ_WORD[self.objective]} "
+                 f"whose buffers (tiles, O accumulator, running max/sum, score tile) fit.",
                  f"{self.candidates:,} configurations evaluated in {self.seconds * 1e3:.0f} ms; "
                  f"traffic per (batch, {unit}) in elements; ratio = traffic / IO lower "
                  f"bound.",
                  ""]
-        hdr = ("SRAM", "SRAM el.", "mapping", "block_q", "block_kv", "traffic (el.)",
-               "bytes", "time", "ratio")
+        kern = "num_warps" in self.frame.columns
+        hdr = ("SRAM", "SRAM el.", "mapping", "block_q", "block_kv") + (
+            ("warps", "stages") if kern else ()) + ("traffic (el.)", "bytes", "time", "ratio")
         rows = [hdr]
         for _, r in self.frame.iterrows():
             if not bool(r["fits"]):
                 rows.append((fmt_bytes(r["sram_bytes"]), f"{r['sram_elements']:,.0f}",
-                             "nothing fits", "-", "-", "-", "-", "-", "-"))
+                             "nothing fits") + ("-",) * (len(hdr) - 3))
                 continue
             rows.append((fmt_bytes(r["sram_bytes"]), f"{r['sram_elements']:,.0f}",
-                         str(r["variant"]), str(int(r["block_q"])), str(int(r["block_kv"])),
-                         f"{r['traffic_elements']:,.0f}", fmt_bytes(r["backing_bytes"]),
-                         fmt_time(r["time_s"]), f"{r['ratio_to_bound']:.3g}"))
+                         str(r["variant"]), str(int(r["block_q"])), str(int(r["block_kv"])))
+                        + ((str(int(r["num_warps"])), str(int(r["num_stages"]))) if kern
+                           else ())
+                        + (f"{r['traffic_elements']:,.0f}", fmt_bytes(r["backing_bytes"]),
+                           fmt_time(r["time_s"]), f"{r['ratio_to_bound']:.3g}"))
         w = [max(len(x[k]) for x in rows) for k in range(len(hdr))]
         for i, r in enumerate(rows):
             lines.append("  ".join(c.rjust(w[k]) if k not in (2,) else c.ljust(w[k])
                                    for k, c in enumerate(r)))
             if i == 0:
                 lines.append("  ".join("-" * x for x in w))
+        ru = self.runners_up
+        if ru is not None and len(ru):
+            lines.append("")
+            lines.append(f"Runners-up (the next best tilings; behind = {_OBJ_WORD[self.objective]}"
+                         f" over the best's):")
+            for _, r in ru.iterrows():
+                kn = (f", {int(r['num_warps'])} warps, {int(r['num_stages'])} stages"
+                      if "num_warps" in ru.columns else "")
+                lines.append(f"  {r['variant']} block_q={int(r['block_q'])} "
+                             f"block_kv={int(r['block_kv'])}{kn}: {fmt_time(r['time_s'])}, "
+                             f"{fmt_bytes(r['backing_bytes'])}; {r['behind']:+.1%}")
         return "\n".join(lines)
+
+
+_OBJ_TEXT = {"time": "predicted time", "traffic": "backing-store bytes",
+             "hbm": "backing-store bytes", "energy": "energy"}
+_OBJ_WORD = {"time": "time", "traffic": "traffic", "hbm": "traffic", "energy": "energy"}
 
 
 def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: int | None = None,
            f: int | None = None, kv_len: int | None = None, sram_bytes=None, dtype: str = "bf16",
            causal: bool | None = None, batch: int = 1, heads: int = 1,
-           kv_heads: int | None = None, objective: str = "hbm", mappings=None,
-           progress: bool = False) -> SearchResult:
-    """Minimum-traffic (or minimum-time) tiling per SRAM size (bytes; a list or a scalar).
+           kv_heads: int | None = None, objective: str = "traffic", mappings=None,
+           progress: bool = False, runners_up: int = 5) -> SearchResult:
+    """Minimum-traffic (or minimum-time, minimum-energy) tiling per SRAM size (bytes; a
+    list or a scalar). ``objective``: ``"traffic"`` (the default here, as the ski-slope curve
+    is a traffic curve; ``iosim search`` defaults to ``"time"``), ``"time"`` or ``"energy"``.
 
     ``causal=None`` applies the cascade's own default (its mask switch's default);
     ``heads``/``kv_heads`` as in :class:`iosim.mapping.Shapes` (traffic per K/V head).
@@ -170,9 +221,16 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     if objective not in OBJECTIVES:
         raise IosimError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     from iosim.mapping import Shapes, default_kind, resolve_causal
+    from iosim.timing import timing_rates
     c = _load_cascade(cascade)
     causal = resolve_causal(c, causal)
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
+    if objective == "energy" and not any(lv.read_energy_pj_per_byte is not None
+                                         or lv.write_energy_pj_per_byte is not None
+                                         for lv in hw.levels):
+        raise IosimError(f"hardware '{hw.name}' gives no per-access energies: the energy "
+                         f"objective needs them (use --objective time or traffic)")
+    kernel = objective == "time" and timing_rates(hw) is not None
     e = e if e is not None else d
     if e is None:
         raise IosimError("give the head dimension (d or e)")
@@ -199,9 +257,17 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     from tqdm import tqdm
     bar = tqdm(variants, desc="search", unit="mapping", leave=False, delay=2.0,
                disable=None if progress else True)
+    if kernel:   # the tilings a kernel engineer would launch: warps x stages per variant
+        variants = [(f"{lb} {w}w/{st}s", m.with_(num_warps=w, num_stages=st,
+                                                  stages_in_footprint=True))
+                    for lb, m in variants if m.kind in _KERNEL_KINDS
+                    for w in KERNEL_WARPS for st in KERNEL_STAGES]
+        bar = tqdm(variants, desc="search", unit="mapping", leave=False, delay=2.0,
+                   disable=None if progress else True)
+    pool = []    # (objective, tie-break, label, mapping, block_q, block_kv, fits first SRAM)
     for label, m in bar:
         bar.set_postfix_str(label, refresh=False)
-        bq, bk = _candidates(m, n, kv, group)
+        bq, bk = _candidates(m, n, kv, group, kernel=kernel)
         try:
             r = evaluate_arrays(c, m, hw, n=n, e=e, f=f, kv_len=kv, batch=batch, heads=heads,
                                 kv_heads=kv_heads, dtype=dtype, causal=causal, block_q=bq,
@@ -213,11 +279,20 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
         total += len(bq)
         backing = r["level_roles"]["backing"]
         hb = r["levels"][backing][0] + r["levels"][backing][1]
-        obj = hb if objective == "hbm" else r["time_s"]
-        tb = r["time_s"] if objective == "hbm" else hb
+        if objective in ("hbm", "traffic"):
+            obj, tb = hb, r["time_s"]
+        elif objective == "energy":
+            obj, tb = r["energy_j"], r["time_s"]
+        else:
+            obj, tb = r["time_s"], hb
         fp = r["footprint"]
         need_sram = fp[sram_lv.name][0]
         ok_other = np.ones(len(bq), dtype=bool)
+        if kernel:   # a tiling that spills registers is not one to recommend
+            from iosim.timing.model import MAX_REGISTERS, registers_per_thread
+            ok_other &= registers_per_thread(block_m=r["sizes"]["block_q"],
+                                             block_n=r["sizes"]["block_kv"], head_dim=e,
+                                             num_warps=m.num_warps) <= MAX_REGISTERS
         for lv, (need, cap) in fp.items():
             if lv != sram_lv.name:
                 ok_other &= need <= cap
@@ -235,6 +310,13 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
                 best_obj[s], best_tb[s] = obj[idx], tb[idx]
                 choice[s] = (label, m, int(r["sizes"]["block_q"][idx]),
                              int(r["sizes"]["block_kv"][idx]))
+        if runners_up:
+            ok0 = feas[0]
+            for j in np.nonzero(ok0)[0][: runners_up + 1]:
+                idx = order[j]
+                pool.append((float(obj[idx]), float(tb[idx]), label, m,
+                             int(r["sizes"]["block_q"][idx]), int(r["sizes"]["block_kv"][idx]),
+                             float(r["time_s"][idx]), float(hb[idx])))
     # re-evaluate the winners (one call per variant) for full columns
     frames = []
     by_variant: dict = {}
@@ -250,6 +332,9 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
                             block_kv=bk, sram_bytes=srams[idxs], product=False)
         df = arrays_to_frame(r, per_tensor=False, pd=pd)
         df["variant"] = label
+        if kernel:
+            df["num_warps"] = m.num_warps
+            df["num_stages"] = m.num_stages
         df["row_policy"] = m.row_policy if m.kind in ("fused-3pass", "fused-2pass") else ""
         df["_pos"] = idxs
         frames.append(df)
@@ -266,8 +351,21 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     out["traffic_elements"] = out.get(f"{bname}_elements_per_head", np.nan)
     out["fits"] = out["fits"].fillna(False).astype(bool)
     _ = acc_lv
+    ru = None
+    if runners_up and pool:
+        pool.sort(key=lambda x: (x[0], x[1]))
+        best = pool[0][0]
+        rows = []
+        for o, _tb, label, m, q, k, t, b in pool[1: runners_up + 1]:
+            row = {"variant": label, "block_q": q, "block_kv": k, "time_s": t,
+                   "backing_bytes": b, "objective": o,
+                   "behind": o / best - 1 if best > 0 else 0.0}
+            if kernel:
+                row.update(num_warps=m.num_warps, num_stages=m.num_stages)
+            rows.append(row)
+        ru = pd.DataFrame(rows)
     return SearchResult(cascade=c.name, hardware=hw.name, objective=objective, frame=out,
-                        candidates=total, seconds=_time.perf_counter() - t0,
+                        runners_up=ru, candidates=total, seconds=_time.perf_counter() - t0,
                         shapes={"n": n, "kv_len": kv, "e": e, "f": f or e, "dtype": dtype,
                                 "causal": causal, "batch": batch, "heads": heads,
                                 "kv_heads": heads // group, "group": group})

@@ -24,7 +24,8 @@ def test_readme_command_is_readable():
     r = run("evaluate", "attention-1pass", "--hw", "h100", "--seq-len", "4096", "--head-dim", "128")
     assert r.exit_code == 0, r.output
     for text in ("What the numbers mean", "Loop nest", "for i in [0:32)", "for j in [0:64)",
-                 "HBM", "L2", "SMEM", "Compute:", "Time (roofline", "IO lower bound"):
+                 "HBM", "L2", "SMEM", "Compute:", "Time (parallel model)", "programs",
+                 "Roofline lower bound", "IO lower bound"):
         assert text in r.output
 
 
@@ -34,8 +35,15 @@ def test_json_schema_and_values():
             str(d), "--block-m", str(Br), "--block-n", "64", "--l2", "off", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
-    for key in ("levels", "flops", "time_s", "bound", "mapping"):
+    for key in ("levels", "flops", "time_s", "bound", "mapping", "time", "roofline_s"):
         assert key in doc
+    t = doc["time"]
+    assert t["time_s"] == doc["time_s"] and doc["time_s"] >= doc["roofline_s"]
+    (k,) = t["kernels"]
+    assert k["programs"] == N // Br          # one program per query tile
+    assert k["steps_per_program"] == N // 64  # one step per key tile
+    assert k["programs_per_sm"] >= 1 and k["waves"] == pytest.approx(
+        k["programs"] / (132 * k["programs_per_sm"]))
     hbm = doc["levels"]["HBM"]
     assert set(hbm) >= {"read_bytes", "write_bytes", "per_tensor"}
     q = hbm["per_tensor"]["Q"]

@@ -26,6 +26,13 @@ Each row is one microbenchmark (``kind``) with its measured rate:
   ``block_n x d`` (two per iteration), ``num_stages`` deep, and sums them: the bytes per clock
   one program streams, with one program on each of ``programs`` SMs.
 
+* ``stream_masked`` -- the same with the access pattern of the generated kernels: runtime
+  strides, pointer tiles advanced every iteration and loads masked at the end of the keys.
+* ``fma`` -- ``x = x * a + b`` on a ``block_m x block_n`` fp32 tile per iteration: vector
+  operations per clock per SM.
+* ``launch_forward`` -- a generated module's ``forward`` on the smallest problem (one query
+  row of 16 keys, d=64): the fixed cost of a call (host, launches, allocations), per cascade.
+
 ``python experiments/device/time_microbench.py stream,launch_args`` runs only those kinds.
 """
 from __future__ import annotations
@@ -108,6 +115,34 @@ def main() -> None:
         pass
 
     @triton.jit
+    def stream_masked(X, Out, n_rows, stride_r, stride_d, BN: tl.constexpr, D: tl.constexpr):
+        pid = tl.program_id(0)
+        rn = tl.arange(0, BN)
+        rd = tl.arange(0, D)
+        base = X + pid.to(tl.int64) * n_rows * 2 * stride_r
+        k_ptrs = base + rn[:, None] * stride_r + rd[None, :] * stride_d
+        v_ptrs = base + n_rows * stride_r + rn[:, None] * stride_r + rd[None, :] * stride_d
+        acc = tl.zeros([BN, D], dtype=tl.float32)
+        for start in range(0, n_rows, BN):
+            m = (start + rn) < n_rows
+            k = tl.load(k_ptrs, mask=m[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=m[:, None], other=0.0)
+            acc += k.to(tl.float32) * v.to(tl.float32)
+            k_ptrs += BN * stride_r
+            v_ptrs += BN * stride_r
+        tl.store(Out + pid * BN * D + rn[:, None] * D + rd[None, :], acc)
+
+    @triton.jit
+    def fma_loop(X, Out, iters, BM: tl.constexpr, BN: tl.constexpr):
+        pid = tl.program_id(0)
+        rm = tl.arange(0, BM)
+        rn = tl.arange(0, BN)
+        x = tl.load(X + rm[:, None] * BN + rn[None, :])
+        for i in range(iters):
+            x = x * 0.999 + 0.001
+        tl.store(Out + pid * BM * BN + rm[:, None] * BN + rn[None, :], x)
+
+    @triton.jit
     def stream(X, Out, per_prog, BN: tl.constexpr, D: tl.constexpr, STAGES: tl.constexpr):
         pid = tl.program_id(0)
         base = X + pid.to(tl.int64) * per_prog
@@ -153,6 +188,57 @@ def main() -> None:
                         unit="B/s",
                         per_clock_per_program=by / grid / (ms * 1e-3) / clock_hz)
                     del x, out
+    if want("stream_masked"):
+        for bn, d in ((32, 128), (64, 128), (128, 128), (64, 64)):
+            for stages in (2, 3, 4):
+                for grid in (1, 32, 132):
+                    n_rows = 1024 * bn + bn // 2          # a partial last tile
+                    x = torch.empty(grid * 2 * n_rows * d, device="cuda", dtype=bf).uniform_()
+                    out = torch.empty(grid * bn * d, device="cuda", dtype=torch.float32)
+                    stream_masked[(grid,)](x, out, n_rows, d, 1, BN=bn, D=d, num_warps=4,
+                                           num_stages=stages)
+                    torch.cuda.synchronize()
+                    ms = do_bench(lambda: stream_masked[(grid,)](
+                        x, out, n_rows, d, 1, BN=bn, D=d, num_warps=4, num_stages=stages),
+                        warmup=5, rep=50)
+                    by = 2.0 * 2 * n_rows * d * grid
+                    put(kind="stream_masked", block_n=bn, head_dim=d, num_stages=stages,
+                        num_warps=4, programs=grid, bytes=by, ms=ms, rate=by / (ms * 1e-3),
+                        unit="B/s",
+                        per_clock_per_program=by / grid / (ms * 1e-3) / clock_hz)
+                    del x, out
+    if want("fma"):
+        for bm, bn in ((64, 64), (128, 64), (128, 128)):
+            for warps in (4, 8):
+                grid = sms
+                x = torch.rand(bm * bn, device="cuda", dtype=torch.float32)
+                out = torch.empty(grid * bm * bn, device="cuda", dtype=torch.float32)
+                it = 4096
+                fma_loop[(grid,)](x, out, it, BM=bm, BN=bn, num_warps=warps)
+                torch.cuda.synchronize()
+                ms = do_bench(lambda: fma_loop[(grid,)](x, out, it, BM=bm, BN=bn,
+                                                        num_warps=warps), warmup=5, rep=60)
+                el = bm * bn * it * grid
+                put(kind="fma", block_m=bm, block_n=bn, num_warps=warps, programs_per_sm=1,
+                    ms=ms, cycles_per_iter=ms * 1e-3 * clock_hz / it, rate=el / (ms * 1e-3),
+                    unit="op/s", per_clock_per_sm=el / (ms * 1e-3) / sms / clock_hz)
+    if want("launch_forward"):
+        from cascades.triton import Tiling, generate
+        for casc in ("attention-1pass", "flash1", "sigmoid", "attention-gqa", "decode-splitk",
+                     "attention-3pass", "attention-2pass"):
+            g = generate(casc, Tiling(block_m=16 if casc == "decode-splitk" else 64,
+                                      block_n=16, num_warps=4, num_stages=2, head_dim=64,
+                                      dtype="bf16", split_kv=1))
+            mod = g.load()
+            q = torch.randn(1, 1, 1, 64, device="cuda", dtype=bf)
+            k = torch.randn(1, 1, 16, 64, device="cuda", dtype=bf)
+            v = torch.randn(1, 1, 16, 64, device="cuda", dtype=bf)
+            o = torch.empty_like(q)
+            mod.forward(q, k, v, out=o)
+            torch.cuda.synchronize()
+            ms = do_bench(lambda: mod.forward(q, k, v, out=o), warmup=50, rep=200)
+            put(kind="launch_forward", cascade=casc, kernels=len(g.kernels), ms=ms,
+                rate=float("nan"), unit="")
     if want("launch_args"):
         z = torch.empty(16, device="cuda")
 

@@ -19,8 +19,12 @@ def _parse_srams(text: str, dtype: str) -> list:
 @click.option("--sram", default=None, metavar="LIST",
               help="SRAM sizes with units: a list 16KiB,64KiB,256KiB, a range 1KiB:4MiB:x2, "
                    "or elements 1024el:65536el:x4 (default: the preset's SRAM).")
-@click.option("--objective", type=click.Choice(["hbm", "time"]), default="hbm",
-              show_default=True, help="Minimise backing-store bytes or roofline time.")
+@click.option("--objective", type=click.Choice(["time", "traffic", "energy", "hbm"]),
+              default="time", show_default=True,
+              help="Minimise the predicted time (on a GPU preset: the parallel time model over "
+                   "the tilings a kernel takes -- power-of-two tiles, 4 or 8 warps, 2-4 "
+                   "stages, no register spills), the backing-store bytes ('traffic'; 'hbm' is "
+                   "the same) or the energy (presets with per-access energies).")
 @click.option("--mapping", "mappings", multiple=True, metavar="NAME",
               help="Restrict to these mappings (repeatable; default: all that fit the "
                    "cascade's structure; one that does not fit is refused, saying why).")
@@ -29,17 +33,21 @@ def _parse_srams(text: str, dtype: str) -> list:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal, dtype, sram,
             objective, mappings, quiet, as_json):
-    """Find the tiling of cascade NAME (or a .casc file) with the least traffic for each
-    SRAM size.
+    """Find the fastest tiling of cascade NAME (or a .casc file), or the one with the least
+    traffic or energy, for each SRAM size, with the runners-up.
 
-    Searches every mapping that fits the cascade (and its variants) over a grid of tile sizes
-    that need not divide the sequence length, counting the tiles and the softmax state
-    (running max and sum, O accumulator, score tile) against the SRAM. The cascade's own
-    defaults (a file's 'param causal = true') apply unless --causal/--no-causal is given.
+    Searches every mapping that fits the cascade (and its variants) over a grid of tile sizes,
+    counting the tiles and the softmax state (running max and sum, O accumulator, score tile)
+    against the SRAM. For the time objective on a GPU preset the candidates are the tilings a
+    Triton kernel takes (power-of-two tiles 16-256, 4 or 8 warps, 2-4 pipeline stages counted
+    against shared memory, no register spills); for traffic the tile sizes need not divide the
+    sequence length. The cascade's own defaults (a file's 'param causal = true') apply unless
+    --causal/--no-causal is given.
 
     \b
-      iosim search attention-1pass --hw two-level --sram 1KiB:4MiB:x2 --seq-len 4096 --head-dim 128
-      iosim search attention-3pass --hw h100 --sram 64KiB,128KiB,227KiB --json
+      iosim search attention-1pass --seq-len 8K --head-dim 64 --batch 2 --heads 16 --causal
+      iosim search attention-1pass --hw two-level --sram 1KiB:4MiB:x2 --objective traffic
+      iosim search attention-3pass --hw h100 --sram 64KiB,128KiB,227KiB --objective traffic --json
     """
     from iosim.mapping import get_mapping, resolve_causal
     from iosim.search import search

@@ -15,6 +15,8 @@ from iosim.cli.common import echo_json
 from iosim.errors import IosimError
 
 _RECORDED = Path(__file__).resolve().parents[2] / "experiments" / "data" / "gpu_ncu.csv"
+_TIME_SETS = {name: Path(__file__).resolve().parents[2] / "experiments" / "data" /
+              f"gpu_time_{name}.csv" for name in ("calibration", "validation")}
 
 
 def _table(rows: list[dict]) -> str:
@@ -91,9 +93,13 @@ def _side_table(rows: list[dict]) -> str:
 @click.option("--draws", type=click.IntRange(min=1), default=None,
               help="--l2 simulate: pace-noise draws; each launch is predicted by the draw with "
                    "the shortest makespan (default 3)")
+@click.option("--time", "time_", is_flag=True,
+              help="compare predicted with measured kernel times instead of bytes: the "
+                   "recorded calibration and validation launches (or --csv FILE); with --gpu "
+                   "re-measure those launches on this machine")
 @click.option("--json", "as_json", is_flag=True, help="print rows and summary as JSON")
 def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, draws,
-            as_json):
+            time_, as_json):
     """Compare predicted L2 and DRAM bytes with Nsight Compute counters.
 
     Without --gpu: the recorded H100 measurements -- the validated launches, the launches
@@ -102,13 +108,26 @@ def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, 
     the dynamic simulation's recorded predictions.
 
     \b
+    With --time: predicted (the parallel execution-time model) against measured kernel
+    times of the generated kernels, per launch and summarised (median and 90th percentile of
+    |error|, launches within 40%, the ranking of tilings per shape).
+
+    \b
     Examples:
       iosim validate                      # recorded launches, both L2 models side by side
+      iosim validate --time               # recorded kernel times vs the time model
+      iosim validate --time --gpu --out timings/   # re-measure them here
       iosim validate --l2 simulate        # re-run the dynamic simulation (minutes)
       iosim validate --l2 simulate --kv-cost readers
       iosim validate --gpu --shapes 4x16x4096x128,4x16x4096x128-causal
     """
     from iosim.gpu.validate import measure, require_gpu
+    if time_:
+        if shapes or l2_mode != "auto" or model != "dynamic" or kv_cost != "partitions" \
+                or l2_policy is not None or draws is not None:
+            raise IosimError("--time compares kernel times: --shapes, --l2 simulate, --model, "
+                             "--kv-cost, --l2-policy and --draws are for the byte comparison")
+        return _time(gpu, csv_path, out_dir, as_json)
     if l2_mode == "auto" and (model != "dynamic" or kv_cost != "partitions"
                               or l2_policy is not None or draws is not None):
         raise IosimError("--model, --kv-cost, --l2-policy and --draws choose the dynamic "
@@ -206,3 +225,51 @@ def _simulate(rows, out, model, kv_cost, l2_policy, draws, as_json):
                f"{', K/V cost: ' + kv_cost if model == 'dynamic' else ''}"
                f"{', NRU cache state' if l2_policy == 'nru' else ''}"
                f"{f', fastest of {draws} draws' if draws > 1 else ''})")
+
+
+def _time(gpu: bool, csv_path, out_dir, as_json: bool):
+    """``iosim validate --time``: kernel times, predicted against measured."""
+    from iosim.gpu.validate import require_gpu, write_csv
+    from iosim.report import fmt_time
+    from iosim.timing.launches import predict_rows, read_rows, set_summary, tiling_groups
+    sets = {"file": Path(csv_path)} if csv_path else dict(_TIME_SETS)
+    recorded = {name: read_rows(p) for name, p in sets.items()}
+    if gpu:
+        require_gpu()
+        from iosim.gpu.timing import measure_launches
+        out = Path(out_dir or ".iosim-gpu")
+        for name in recorded:
+            recorded[name] = measure_launches(recorded[name], progress=not as_json)
+            write_csv(recorded[name], out / f"gpu_time_{name}.csv")
+    result = {}
+    for name, rows in recorded.items():
+        pr = predict_rows(rows)
+        result[name] = {"summary": set_summary(pr), "tilings": tiling_groups(pr), "rows": pr}
+    if out_dir and not gpu:
+        for name, v in result.items():
+            write_csv(v["rows"], Path(out_dir) / f"gpu_time_{name}_predicted.csv")
+    if as_json:
+        echo_json({k: v for k, v in result.items()})
+        return
+    for name, v in result.items():
+        rows = v["rows"]
+        dev = next((r.get("device") for r in rows if r.get("device")), "unknown device")
+        click.echo(f"{name} launches ({len(rows)}, measured on {dev}):")
+        click.echo(f"  {'launch':58s} {'measured':>9} {'predicted':>9} {'error':>7} "
+                   f"{'flash':>8} {'cuDNN':>8}  limited by")
+        for r in rows:
+            fl = float(r.get("sdpa_flash_ms") or "nan")
+            cu = float(r.get("sdpa_cudnn_ms") or "nan")
+            click.echo(f"  {r['label'][:58]:58s} {fmt_time(float(r['ms']) * 1e-3):>9} "
+                       f"{fmt_time(r['pred_ms'] * 1e-3):>9} {r['err']:+7.1%} "
+                       f"{fmt_time(fl * 1e-3) if fl == fl else '-':>8} "
+                       f"{fmt_time(cu * 1e-3) if cu == cu else '-':>8}  {r.get('limiter', '')}")
+        s = v["summary"]
+        click.echo(f"  |error|: median {s['median']:.1%}, 90th percentile {s['p90']:.1%}, "
+                   f"max {s['max']:.1%}; within 40%: {s['within_40']}/{s['n']}, within 25%: "
+                   f"{s['within_25']}/{s['n']}")
+        for g in v["tilings"]:
+            click.echo(f"  tilings of {g['shape']}: Spearman {g['spearman']:.2f}; predicted best "
+                       f"{g['predicted_best']} (measured {g['best_gap']:+.1%} behind the "
+                       f"measured best {g['measured_best']})")
+        click.echo("")

@@ -9,7 +9,7 @@ import numpy as np
 
 from iosim.errors import IosimError
 
-__all__ = ["kernel_mapping", "predict_rows", "read_rows", "error_summary"]
+__all__ = ["kernel_mapping", "predict_rows", "read_rows", "set_summary", "tiling_groups"]
 
 
 def kernel_mapping(cascade, *, block_m: int, block_n: int, num_warps: int,
@@ -87,9 +87,44 @@ def predict_rows(rows: list[dict], hardware="h100") -> list[dict]:
     return out
 
 
-def error_summary(rows: list[dict]) -> dict:
+def set_summary(rows: list[dict]) -> dict:
+    """|relative error| of the predicted times: median, 90th percentile, max, and how many
+    launches are within 25 % and 40 %."""
     e = np.array([abs(r["err"]) for r in rows if r["err"] == r["err"]])
     if not len(e):
-        return {"n": 0}
+        return {"n": 0, "median": float("nan"), "p90": float("nan"), "max": float("nan"),
+                "within_25": 0, "within_40": 0}
     return {"n": int(len(e)), "median": float(np.median(e)), "p90": float(np.percentile(e, 90)),
-            "max": float(e.max()), "within_40": int((e <= 0.40).sum())}
+            "max": float(e.max()), "within_25": int((e <= 0.25).sum()),
+            "within_40": int((e <= 0.40).sum())}
+
+
+error_summary = set_summary
+
+
+def tiling_groups(rows: list[dict]) -> list[dict]:
+    """Launches of one cascade and shape measured with several tilings: per group, the
+    Spearman rank correlation of predicted and measured times, the predicted best tiling and
+    how much slower it measured than the measured best (``best_gap``)."""
+    from scipy.stats import spearmanr
+    groups: dict = {}
+    for r in rows:
+        if r["err"] != r["err"]:
+            continue
+        key = tuple(str(r.get(k)) for k in ("cascade", "batch", "heads", "kv_heads", "q_len",
+                                            "kv_len", "head_dim", "causal", "split_kv"))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for key, g in groups.items():
+        tilings = {(r["block_m"], r["block_n"], r["num_warps"], r["num_stages"]) for r in g}
+        if len(tilings) < 4:
+            continue
+        meas = np.array([float(r["ms"]) for r in g])
+        pred = np.array([r["pred_ms"] for r in g])
+        pick = int(np.argmin(pred))
+        t = lambda r: f"{r['block_m']}/{r['block_n']}/{r['num_warps']}w/{r['num_stages']}s"  # noqa: E731
+        out.append({"shape": g[0]["label"].rsplit(" ", 1)[0] if "label" in g[0] else str(key),
+                    "tilings": len(g), "spearman": float(spearmanr(meas, pred).statistic),
+                    "predicted_best": t(g[pick]), "measured_best": t(g[int(np.argmin(meas))]),
+                    "best_gap": float(meas[pick] / meas.min() - 1)})
+    return out

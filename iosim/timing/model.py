@@ -34,7 +34,10 @@ import numpy as np
 from iosim.mapping import Alloc, Load, Loop, SplitLoop, Store
 from iosim.timing.rates import TimingRates, timing_rates
 
-__all__ = ["time_arrays", "phase_plans", "occupancy"]
+__all__ = ["time_arrays", "phase_plans", "occupancy", "registers_per_thread", "MAX_REGISTERS"]
+
+#: registers one thread may hold on the GPUs modelled (more spill to local memory)
+MAX_REGISTERS = 255
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,18 @@ def phase_plans(nest) -> tuple:
     return tuple(plans)
 
 
+def registers_per_thread(*, block_m, block_n, head_dim, num_warps) -> np.ndarray:
+    """Registers a thread of a FlashAttention-style program needs (arrays broadcast): the
+    fp32 output and score accumulators and the 16-bit query and probability operands,
+    spread over the program's threads, x 1.6 (the compiled kernels' registers over that count
+    were 1.5-1.9 on the calibration launches), in steps of 8. Above :data:`MAX_REGISTERS`
+    the kernel spills, which the time model does not model."""
+    bm, bn, d = (np.asarray(x, dtype=float) for x in (block_m, block_n, head_dim))
+    threads = 32 * np.asarray(num_warps, dtype=float)
+    words = 1.5 * (bm * d + bm * bn)
+    return np.ceil(1.6 * words / threads / 8) * 8
+
+
 def occupancy(*, block_m, block_n, head_dim, num_warps, num_stages, elem_bytes, gpu) -> np.ndarray:
     """Programs per SM of a FlashAttention-style program (arrays broadcast): shared memory
     holds the query tile and ``num_stages`` K/V tile pairs (Triton's allocation, checked
@@ -116,8 +131,8 @@ def occupancy(*, block_m, block_n, head_dim, num_warps, num_stages, elem_bytes, 
     st = np.maximum(1, np.asarray(num_stages, dtype=float))
     smem = elem_bytes * (bm * d + st * 2 * bn * d)
     threads = 32 * w
-    words = (bm * d + bm * bn) + 0.5 * (bm * d + bm * bn)
-    regs = np.minimum(255, np.ceil(1.6 * words / threads / 8) * 8)
+    regs = np.minimum(MAX_REGISTERS, registers_per_thread(block_m=bm, block_n=bn, head_dim=d,
+                                                          num_warps=w))
     lim_smem = np.floor(gpu.smem_per_sm / (smem + 1024))
     lim_regs = np.floor(gpu.regs_per_sm / (threads * regs))
     lim_threads = np.floor(gpu.max_threads_per_sm / threads)
@@ -272,7 +287,11 @@ def time_arrays(r: dict) -> dict | None:
                                     np.where(load_s > mma_s + exp_s, "loads of each program",
                                              np.where(mma_s >= exp_s, "tensor cores",
                                                       "exponentials"))))
+        regs = (registers_per_thread(block_m=tiles[0], block_n=tiles[1], head_dim=e,
+                                     num_warps=m.num_warps) if tiles is not None
+                else np.zeros(shape))
         phases.append({"name": p.name, "programs": programs, "programs_per_sm": k,
+                       "registers": np.broadcast_to(regs, shape),
                        "waves": waves, "steps_per_program": steps_total / np.maximum(progs_inst, 1),
                        "program_s": w_mean, "longest_program_s": w_max,
                        "compute_s": mma_s / np.maximum(progs_inst, 1),
@@ -315,7 +334,8 @@ def time_breakdown(tm: dict, row: int = 0) -> dict:
            "kernels": []}
     for ph in tm["phases"]:
         k = {"name": ph["name"]}
-        for key in ("programs", "programs_per_sm", "waves", "steps_per_program", "program_s",
+        for key in ("programs", "programs_per_sm", "registers", "waves", "steps_per_program",
+                    "program_s",
                     "longest_program_s", "compute_s", "exp_s", "load_s", "start_s",
                     "makespan_s", "hbm_bound_s", "hbm_bytes", "time_s"):
             k[key] = float(_pick(ph[key], row))
@@ -333,13 +353,18 @@ def render_time(t: dict, roofline_s: float | None, roofline_limiter: str | None)
          f"{fmt_time(t['launch_s'])}; tensor cores {t['tensor_utilisation']:.0%} busy, HBM "
          f"{t['hbm_bytes_per_s'] / 1e12:.2f} TB/s."]
     for k in t["kernels"]:
+        regs = (f", ~{k['registers']:.0f} registers per thread" if k.get("registers") else "")
         L.append(f"  {k['name']}: {k['programs']:.0f} programs, {k['programs_per_sm']:.0f} per "
-                 f"SM ({k['waves']:.2f} waves on {t['rates']['sms']} SMs); one program "
+                 f"SM{regs} ({k['waves']:.2f} waves on {t['rates']['sms']} SMs); one program "
                  f"{fmt_time(k['program_s'])} = start {fmt_time(k['start_s'])} + "
                  f"{k['steps_per_program']:.3g} steps (tensor cores {fmt_time(k['compute_s'])}, "
                  f"exp {fmt_time(k['exp_s'])}, HBM loads {fmt_time(k['load_s'])}); "
                  f"makespan {fmt_time(k['makespan_s'])}, HBM bound {fmt_time(k['hbm_bound_s'])} "
                  f"({fmt_bytes(k['hbm_bytes'])}); limited by {k['limiter']}.")
+        if k.get("registers", 0) > MAX_REGISTERS:
+            L.append(f"  Note: {k['name']} needs about {k['registers']:.0f} registers per thread, "
+                     f"more than {MAX_REGISTERS}: the compiled kernel will spill, which this "
+                     f"model does not time (measured spilling tilings ran up to 1.6x slower).")
     if roofline_s is not None:
         L.append(f"  Roofline lower bound (every unit and level of the whole device "
                  f"overlapping): {fmt_time(roofline_s)}, bound by {roofline_limiter}.")

@@ -82,13 +82,18 @@ class TimingRates:
     def mma_cycles(self, block_m, block_n, head_dim, num_warps, num_stages) -> np.ndarray:
         """Cycles of one iteration of the back-to-back matmul loop (``block_m x d`` by
         ``d x block_n``, then ``block_m x block_n`` by ``block_n x d``, tiles from L2) for one
-        program alone on an SM. Tilings the table lacks take the nearest measured tiling
-        (log distance in the tile sizes, same warps and stages where measured), scaled by
-        the ratio of tile FLOPs. Pipeline depths beyond the measured ones take the deepest."""
+        program alone on an SM. A tiling the table lacks takes the nearest measured tiling
+        (log distance in the tile sizes, then warps and stages), scaled up by the ratio of
+        tile FLOPs when it is larger; a smaller one costs what the measured one does (the
+        matrix unit works on whole tiles: a smaller tile is padded, not cheaper). Pipeline
+        depths beyond the measured ones take the deepest; one stage exposes the loads."""
         arrs = np.broadcast_arrays(*(np.asarray(x, dtype=np.int64) for x in
                                      (block_m, block_n, head_dim, num_warps, num_stages)))
-        keys = np.stack([a.ravel() for a in arrs], axis=1)
-        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+        code = np.zeros(arrs[0].shape, dtype=np.int64)
+        for a, width in zip(arrs, (1 << 20, 1 << 20, 1 << 16, 1 << 8, 1 << 8)):
+            code = code * width + np.clip(a, 0, width - 1)
+        ucode, first, inv = np.unique(code.ravel(), return_index=True, return_inverse=True)
+        uniq = np.stack([a.ravel()[first] for a in arrs], axis=1)
         tab = np.asarray(self.mma, dtype=float)
         out = np.empty(len(uniq))
         st_max = tab[:, 4].max()
@@ -99,7 +104,7 @@ class TimingRates:
                     + np.abs(np.log2(tab[:, 2] / d)) + 0.5 * np.abs(np.log2(tab[:, 3] / w))
                     + 0.25 * np.abs(tab[:, 4] - s_eff))
             j = int(np.argmin(cost))
-            scale = (bm * bn * d) / (tab[j, 0] * tab[j, 1] * tab[j, 2])
+            scale = max(1.0, (bm * bn * d) / (tab[j, 0] * tab[j, 1] * tab[j, 2]))
             cyc = tab[j, 5] * scale
             if s < st_min:   # no pipelining: each load's latency is exposed
                 cyc *= 1.5
