@@ -22,6 +22,11 @@ from cascades.ir import (Access, Binary, Bool, Call, Cascade, Einsum, Expr, ICon
                          IShift, ISplit, IVar, Name, Num, Str, Unary)
 from cascades.reference import expit
 
+
+def _erf(x):
+    from scipy.special import erf
+    return erf(x)
+
 _DTYPES = {"float64": np.float64, "fp64": np.float64, "float32": np.float32, "fp32": np.float32}
 _IDENTITY = {"sum": 0.0, "max": -np.inf, "min": np.inf}
 _UNARY = {
@@ -29,6 +34,11 @@ _UNARY = {
     "sigmoid": expit, "relu": lambda x: np.maximum(x, 0),
     "elu1": lambda x: np.where(x > 0, x + 1, np.exp(np.minimum(x, 0))),
     "softplus": lambda x: np.logaddexp(0, x), "identity": lambda x: x,
+    "tanh": np.tanh,
+    # x * sigmoid(x) (the Swish / SiLU of HSTU's pointwise attention)
+    "silu": lambda x: x * expit(x),
+    # the exact GELU, x * Phi(x) with the standard normal CDF Phi
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0))),
 }
 _BINARY = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "**": np.power,
            "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,

@@ -30,9 +30,11 @@ DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "bool")
 REDUCE_OPS = ("sum", "max", "min")
 #: map functions and their number of arguments
 FUNCTIONS = {"exp": 1, "log": 1, "sqrt": 1, "sigmoid": 1, "abs": 1, "relu": 1, "elu1": 1,
-             "softplus": 1, "identity": 1, "max": 2, "min": 2, "where": 3}
+             "softplus": 1, "tanh": 1, "silu": 1, "gelu": 1, "identity": 1, "max": 2,
+             "min": 2, "where": 3}
 #: functions a string-valued parameter may name (a feature map such as ``phi = "elu1"``)
-UNARY_FEATURE_MAPS = ("identity", "exp", "relu", "elu1", "softplus", "sigmoid", "abs")
+UNARY_FEATURE_MAPS = ("identity", "exp", "relu", "elu1", "softplus", "sigmoid", "abs", "tanh",
+                      "silu", "gelu")
 BINARY_OPS = ("+", "-", "*", "/", "**", "<", "<=", ">", ">=", "==", "!=", "and", "or")
 
 

@@ -42,7 +42,13 @@ def softmax(x, axis=-1):
 _FEATURE = {"elu1": lambda x: np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0))),
             "relu": lambda x: np.maximum(x, 0.0), "identity": lambda x: x, "exp": np.exp,
             "softplus": lambda x: np.logaddexp(0.0, x), "sigmoid": expit,
-            "abs": np.abs}
+            "abs": np.abs, "tanh": np.tanh, "silu": lambda x: x * expit(x),
+            "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))}
+
+
+def _erf(x):
+    from scipy.special import erf
+    return erf(x)
 
 
 def allowed(n_q: int, n_k: int, causal: bool, align: str = "start") -> np.ndarray | None:

@@ -241,7 +241,7 @@ def compile_nest(nest: LoopNest) -> CompiledNest:
 # FLOPs from the cascade's Einsums
 # ======================================================================================
 
-_EXP_FUNCS = {"exp", "log", "sigmoid", "softplus", "elu1", "sqrt"}
+_EXP_FUNCS = {"exp", "log", "sigmoid", "softplus", "elu1", "sqrt", "tanh", "silu", "gelu"}
 _OTHER_FUNCS = {"max", "min", "abs", "relu"}
 
 
@@ -262,8 +262,9 @@ def cascade_op_terms(cascade, causal: bool) -> tuple:
     over a product of two tensors that each keep an index of the result (a matrix product)
     counts 2 FLOPs (multiply + add) per point as ``matmul``. Constant subexpressions (such as
     ``causal and ...`` with ``causal`` false) are folded away. ``exp``, ``log``, ``sigmoid``,
-    ``softplus``, ``elu1``, ``sqrt`` and ``x ** y`` with a varying exponent are class
-    ``exp``; everything else is ``other``.
+    ``softplus``, ``elu1``, ``sqrt``, ``tanh``, ``silu``, ``gelu`` and ``x ** y`` with a
+    varying exponent are class ``exp`` (the special-function unit's work); everything else is
+    ``other``.
     """
     from cascades.ir import (Access, Binary, Bool, Call, Name, Num, Str, Unary, index_vars)
     from iosim.mapping import cascade_facts
