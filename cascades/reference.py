@@ -18,7 +18,7 @@ LIBRARY_KIND = {
     "attention-1pass": ("softmax", "start"), "attention-2pass": ("softmax", "start"),
     "attention-3pass": ("softmax", "start"), "flash1": ("softmax", "start"),
     "attention-gqa": ("softmax", "start"), "attention-masked": ("softmax", "start"),
-    "attention-blocksparse": ("softmax", "start"),
+    "attention-blocksparse": ("softmax", "start"), "attention-window": ("softmax", "start"),
     "decode-splitk": ("softmax", "end"), "sigmoid": ("sigmoid", "start"),
     "linear": ("linear", "start"), "lightning2": ("lightning", "start"),
 }
@@ -71,6 +71,10 @@ def reference(kind: str, inputs: dict, params: dict, align: str = "start") -> np
     n_q, n_k = q.shape[-2], k.shape[0]
     causal = bool(params.get("causal", False))
     keep = allowed(n_q, n_k, causal, align)
+    if causal and "window" in params:   # a sliding window: the last `window` keys only
+        shift = n_k - n_q if align == "end" else 0
+        gap = np.arange(n_q)[:, None] + shift - np.arange(n_k)[None, :]
+        keep = keep & (gap < int(params["window"]))
     if "Mask" in inputs:
         keep = np.asarray(inputs["Mask"], bool) if keep is None else keep & inputs["Mask"]
     if "BlockMask" in inputs:  # expand (query block, key block) pairs to elements

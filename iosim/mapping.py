@@ -460,6 +460,8 @@ class CascadeFacts:
     query_block_param: str | None = None  # the parameter of the query rank's partition
     unsized: tuple = ()                  # (tensor, rank) the models cannot size
     rank_alias: dict = field(default_factory=dict)   # cascade rank -> model rank
+    #: the mask as a region of the (query, key) domain (cascades.masks.mask_region)
+    mask: object = None
 
     @property
     def has_score(self) -> bool:
@@ -493,6 +495,14 @@ def _causal_flag(c, cond) -> tuple:
     ranks = set(c.info.ranks)
     end = {"M", "P"} <= (names & ranks)
     return flag, end
+
+
+def _mask_region(cascade):
+    from cascades.masks import mask_region
+    try:
+        return mask_region(cascade)
+    except Exception:  # noqa: BLE001 - an unusual mask: the models treat it as dense
+        return None
 
 
 @lru_cache(maxsize=256)
@@ -555,6 +565,11 @@ def cascade_facts(cascade) -> CascadeFacts:
                 flag, end = _causal_flag(cascade, nd.args[0])
                 if flag is not None and causal_param is None:
                     causal_param, end_aligned = flag, end
+    region = _mask_region(cascade)
+    if causal_param is None and region is not None and region.is_band and region.switch:
+        # a band switched by a boolean parameter: causal and (m > p or p - m >= window)
+        causal_param = region.switch
+        end_aligned = {"M", "P"} <= set(region.upper.names())
     causal_default = False
     if causal_param is not None:
         d = cascade.param(causal_param).default
@@ -637,7 +652,8 @@ def cascade_facts(cascade) -> CascadeFacts:
                         states=states, key_inputs=key_in, value_inputs=val_in,
                         bool_inputs=bool_in, causal_param=causal_param,
                         causal_default=causal_default, key_block_param=key_block,
-                        query_block_param=query_block, unsized=unsized, rank_alias=alias)
+                        query_block_param=query_block, unsized=unsized, rank_alias=alias,
+                        mask=region)
 
 
 def cascade_defaults(cascade) -> dict:

@@ -112,6 +112,41 @@ def causal_sums(N, K, Br, Bc, off=0):
     return S00, S10, S01, S11
 
 
+#: ``lo`` of a band without a lower edge (no sliding window)
+NO_LOWER_EDGE = -(1 << 60)
+
+
+def band_lower_sums(N, K, Br, Bc, lo):
+    """What a band's lower edge removes from :func:`causal_sums`: query ``p`` sees no key
+    ``m < p + lo``, so query tile ``i`` (first row ``i·Br``) skips the key tiles entirely
+    below ``i·Br + lo``: ``L(i) = clip(⌊(i·Br + lo)/Bc⌋, 0, Tc)`` of them, ``min(L·Bc, K)``
+    keys. Returns the four sums of :func:`causal_sums` over the skipped tiles; ``lo`` equal to
+    :data:`NO_LOWER_EDGE` gives zeros."""
+    N, K, Br, Bc, lo = (np.asarray(x, dtype=np.int64) for x in np.broadcast_arrays(N, K, Br, Bc, lo))
+    Tr = _cdiv(N, Br)
+    Tc = _cdiv(K, Bc)
+    has = lo > NO_LOWER_EDGE
+    lo = np.where(has, lo, 0)
+    n = Tr - 1                       # full query tiles 0 .. Tr-2
+    a, m, b = Br, Bc, lo
+    # L(i) = clip(floor((a i + b)/m), 0, Tc): 0 before i0, Tc from i1 on
+    i0 = np.clip(_cdiv(m - b, a), 0, n)
+    i1 = np.clip(_cdiv(Tc * m - b, a), i0, n)
+    F = floor_sum(i1 - i0, m, a, np.maximum(a * i0 + b, 0))
+    full = n - i1
+    sL = F + Tc * full
+    sK = Bc * F + K * full           # keys: L·Bc, or K once all Tc tiles are skipped
+    L_last = np.clip((n * Br + lo) // Bc, 0, Tc)
+    k_last = np.minimum(L_last * Bc, K)
+    rows_last = N - n * Br
+    S00 = sL + L_last
+    S10 = Br * sL + rows_last * L_last
+    S01 = sK + k_last
+    S11 = Br * sK + rows_last * k_last
+    z = np.zeros_like(S00)
+    return tuple(np.where(has, x, z) for x in (S00, S10, S01, S11))
+
+
 # ======================================================================================
 # compiling a loop nest into product terms
 # ======================================================================================
@@ -476,13 +511,23 @@ class _Factors:
         key = (bP, bM, rows)
         if key not in self._csums:
             s = self.sz
+            lo = s.get("lo")
+            band = lo is not None and np.any(np.asarray(lo) > NO_LOWER_EDGE)
             if rows == "R":
                 G = s["G"]
-                S00, S10, S01, S11 = causal_sums(s["R"], s["M"] * G, s[bP], s[bM] * G,
-                                                 s["off"] * G)
+                sums = causal_sums(s["R"], s["M"] * G, s[bP], s[bM] * G, s["off"] * G)
+                if band:   # the lower edge in the same scaled space (exact up to the group)
+                    low = band_lower_sums(s["R"], s["M"] * G, s[bP], s[bM] * G,
+                                          np.where(lo > NO_LOWER_EDGE, lo * G, lo))
+                    sums = tuple(x - y for x, y in zip(sums, low))
+                S00, S10, S01, S11 = sums
                 self._csums[key] = (S00, S10, S01 // G, S11 // G)
             else:
-                self._csums[key] = causal_sums(s["P"], s["M"], s[bP], s[bM], s["off"])
+                sums = causal_sums(s["P"], s["M"], s[bP], s[bM], s["off"])
+                if band:
+                    low = band_lower_sums(s["P"], s["M"], s[bP], s[bM], lo)
+                    sums = tuple(x - y for x, y in zip(sums, low))
+                self._csums[key] = sums
         return self._csums[key]
 
     def get(self, f: tuple) -> np.ndarray:
@@ -727,6 +772,7 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     else:
         default_off = np.zeros_like(sz["n"])
     off = default_off if causal_offset is None else np.asarray(g["causal_offset"], dtype=np.int64)
+    lo = _band_lower(c, sz)
     Tc = _cdiv(sz["kv_len"], sz["block_kv"])
     tps = _cdiv(Tc, sz["split_kv"])
     n_s = _cdiv(Tc, tps)
@@ -736,7 +782,7 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
          "block_q": sz["block_q"], "block_kv": sz["block_kv"],
          "block_e": np.asarray(be, dtype=np.int64), "block_f": np.asarray(bf, dtype=np.int64),
          "block_rows": np.full_like(sz["n"], m.softmax_rows), "one": np.ones_like(sz["n"]),
-         "off": np.asarray(off, dtype=np.int64), "causal": causal_a,
+         "off": np.asarray(off, dtype=np.int64), "lo": lo, "causal": causal_a,
          "stages": np.full_like(sz["n"], m.num_stages)}
     for k in list(S):
         if k not in ("causal",):
@@ -833,6 +879,29 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     if fast is not None:  # the backing model reuses data in a larger fast memory (an L2)
         out["bound_fast_elements"] = np.full(np.shape(sram_el), fast / dtype_bytes(dtype))
     return out
+
+
+def _band_lower(c, sz: dict) -> np.ndarray:
+    """The lower edge of the cascade's mask band (a sliding window: query ``p`` sees no key
+    ``m < p + lo``) for every configuration, from the mask region read from the cascade and its
+    parameters' defaults; :data:`NO_LOWER_EDGE` where it has none."""
+    from cascades.ir import Num
+    from iosim.mapping import cascade_facts
+    region = cascade_facts(c).mask
+    shape = sz["n"].shape
+    if region is None or getattr(region, "lower", None) is None:
+        return np.full(shape, NO_LOWER_EDGE, dtype=np.int64)
+    params = {}
+    for p in c.params:
+        if isinstance(p.default, Num):
+            params[p.name] = float(p.default.value)
+    try:
+        v = region.lower.value({"P": sz["n"], "M": sz["kv_len"], "E": sz["e"], "F": sz["f"]},
+                               params)
+    except KeyError as e:
+        raise IosimError(f"cascade '{c.name}': the lower edge of its mask band needs "
+                         f"{e.args[0]}, which has no numeric default") from None
+    return np.broadcast_to(np.ceil(np.asarray(v, dtype=float)).astype(np.int64), shape).copy()
 
 
 def _merge(mask: np.ndarray, a, b):

@@ -248,10 +248,21 @@ def time_arrays(r: dict) -> dict | None:
                 if isinstance(l, SplitLoop):
                     continue
                 if l.within is not None:
-                    full = full * np.ceil(F.get(("trips", l.rank, l.block))
-                                          / np.maximum(S["S"], 1))
+                    trips = np.ceil(F.get(("trips", l.rank, l.block)) / np.maximum(S["S"], 1))
                 else:
-                    full = full * F.get(("trips", l.rank, l.block))
+                    trips = F.get(("trips", l.rank, l.block))
+                if l.causal_with is not None and "lo" in S:
+                    # a band (sliding window): a query tile sees at most its rows plus the
+                    # band's width of keys, in tiles of this loop
+                    from iosim.traffic import NO_LOWER_EDGE
+                    lo = np.asarray(S["lo"])
+                    rows_b = next((g.block for g in s.encl if g.var == l.causal_with), None)
+                    if rows_b is not None and np.any(lo > NO_LOWER_EDGE):
+                        span = S[rows_b] + (np.asarray(S["off"]) - lo)
+                        band_trips = np.ceil(span / S[l.block]) + 1
+                        trips = np.where(lo > NO_LOWER_EDGE,
+                                         np.minimum(trips, band_trips), trips)
+                full = full * trips
             longest = longest + full * t_step
         # a program's start: its first loads and its last stores, each a latency plus the
         # bytes at the streaming rate (the program's loads outside its step loops, its stores)
