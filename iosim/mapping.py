@@ -245,6 +245,8 @@ class Shapes:
     causal: bool = False
     causal_offset: int | None = None
     kv_heads: int | None = None
+    #: a block-sparse cascade: the fraction of (query tile, key tile) blocks its mask keeps
+    block_density: float = 1.0
 
     def __post_init__(self):
         names = {"n": "seq-len", "e": "head-dim", "kv_len": "kv-len", "f": "head-dim f",
@@ -277,6 +279,10 @@ class Shapes:
         from iosim.hardware import dtype_bytes
         dtype_bytes(self.dtype)  # validates
         object.__setattr__(self, "causal", bool(self.causal))
+        rho = self.block_density
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho <= 1:
+            raise IosimError(f"block-density must be a fraction in (0, 1], got {rho!r}")
+        object.__setattr__(self, "block_density", float(rho))
 
     @property
     def d(self) -> int:
@@ -289,7 +295,7 @@ class Shapes:
         return {"n": self.n, "kv_len": self.kv_len, "e": self.e, "f": self.f,
                 "batch": self.batch, "heads": self.heads, "kv_heads": self.kv_heads,
                 "group": self.group, "dtype": self.dtype, "causal": self.causal,
-                "causal_offset": self.causal_offset}
+                "causal_offset": self.causal_offset, "block_density": self.block_density}
 
 
 # ======================================================================================
@@ -324,6 +330,9 @@ class Loop:
     within: str | None = None
     grid: bool = False
     label: str = ""
+    #: a block mask decides which tiles of this loop a program visits: the models count the
+    #: mask's density of them (``block_density``)
+    sparse: bool = False
 
 
 @dataclass(frozen=True)
@@ -1266,7 +1275,27 @@ def loop_nest(mapping: Mapping, cascade=None, *, grouped: bool | None = None) ->
         raise IosimError(why)
     if grouped is None:
         grouped = facts.has_group
-    return _BUILDERS[mapping.kind](mapping, facts, bool(grouped))
+    nest = _BUILDERS[mapping.kind](mapping, facts, bool(grouped))
+    region = facts.mask
+    if region is not None and region.kind == "block":
+        nest = _sparse_key_loops(nest)
+    return nest
+
+
+def _sparse_key_loops(nest: LoopNest) -> LoopNest:
+    """A block mask decides which key tiles a query tile visits: every key-tile loop that is
+    not a grid loop becomes sparse (its visited tiles are the mask's density of them)."""
+    def tx(nodes):
+        out = []
+        for nd in nodes:
+            if isinstance(nd, Loop):
+                nd = replace(nd, body=tx(nd.body),
+                             sparse=nd.sparse or (nd.rank == "M" and not nd.grid))
+            elif isinstance(nd, SplitLoop):
+                nd = replace(nd, body=tx(nd.body))
+            out.append(nd)
+        return tuple(out)
+    return replace(nest, phases=tuple(replace(ph, body=tx(ph.body)) for ph in nest.phases))
 
 
 # ======================================================================================

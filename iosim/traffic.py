@@ -212,6 +212,8 @@ def _event_factors(dims, encl, what: str) -> tuple:
         pl, ml = coupled
         factors.append(("causal", pl.block, ml.block, pl.var in uses, ml.var in uses)
                        + (("R",) if pl.rank == "R" else ()))
+    if any(isinstance(l, Loop) and l.sparse for l in encl):
+        factors.append(("density",))
     for d in dims:
         if d.var is None:
             factors.append(("ext", d.rank))
@@ -543,6 +545,10 @@ class _Factors:
             v = np.minimum(s[f[2]], s[f[1]])
         elif kind == "stages":
             v = s["stages"]
+        elif kind == "density":
+            v = s["density"]
+            self.cache[f] = v
+            return v
         elif kind == "chunk":
             v = _cdiv(s["M"], s["S"])
         elif kind == "causal":
@@ -646,7 +652,7 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
                     causal_offset=None, block_q=None, block_kv=None, block_e=None,
                     block_f=None, split_kv=None, sram_bytes=None, product: bool = True,
                     backing_model: Callable | None = None, check: bool = False,
-                    l2: str = "auto") -> dict:
+                    l2: str = "auto", block_density=1.0) -> dict:
     """The engine behind :func:`evaluate_grid` and :func:`evaluate`: a dict of arrays.
 
     ``l2``: the GPU L2 model behind the backing store when no ``backing_model`` is given --
@@ -676,7 +682,8 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
         kw = dict(n=n, d=d, e=e, f=f, kv_len=kv_len, batch=batch, heads=heads, group=group,
                   kv_heads=kv_heads, dtype=dtype, causal=causal, causal_offset=causal_offset, block_q=block_q,
                   block_kv=block_kv, block_e=block_e, block_f=block_f, split_kv=split_kv,
-                  sram_bytes=sram_bytes, product=product, backing_model=backing_model)
+                  sram_bytes=sram_bytes, product=product, backing_model=backing_model,
+                  block_density=block_density)
         rb = evaluate_arrays(c, m.with_(row_policy="buffer"), hw, **kw)
         rb["row_policy"] = np.full(rb["fits"].shape, "buffer", dtype=object)
         if rb["fits"].all():
@@ -783,9 +790,10 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
          "block_e": np.asarray(be, dtype=np.int64), "block_f": np.asarray(bf, dtype=np.int64),
          "block_rows": np.full_like(sz["n"], m.softmax_rows), "one": np.ones_like(sz["n"]),
          "off": np.asarray(off, dtype=np.int64), "lo": lo, "causal": causal_a,
+         "density": _density(c, block_density, sz["n"].shape),
          "stages": np.full_like(sz["n"], m.num_stages)}
     for k in list(S):
-        if k not in ("causal",):
+        if k not in ("causal", "density"):
             S[k] = np.broadcast_to(np.asarray(S[k]), sz["n"].shape)
     S["causal"] = np.broadcast_to(causal_a, sz["n"].shape)
     F = _Factors(S)
@@ -881,6 +889,21 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     return out
 
 
+def _density(c, rho, shape) -> np.ndarray:
+    """The block density as an array; refused for a cascade without a block mask (unless 1)."""
+    a = np.asarray(rho, dtype=float)
+    if np.any(~((a > 0) & (a <= 1))):
+        raise IosimError(f"block-density must be a fraction in (0, 1], got "
+                         f"{a.reshape(-1)[np.argmax(~((a > 0) & (a <= 1)).reshape(-1))]!r}")
+    if np.any(a < 1):
+        from iosim.mapping import cascade_facts
+        region = cascade_facts(c).mask
+        if region is None or region.kind != "block":
+            raise IosimError(f"cascade '{c.name}' has no block mask (a boolean input over query "
+                             f"and key tiles): a block density applies to block-sparse cascades")
+    return np.broadcast_to(a, shape)
+
+
 def _band_lower(c, sz: dict) -> np.ndarray:
     """The lower edge of the cascade's mask band (a sliding window: query ``p`` sees no key
     ``m < p + lo``) for every configuration, from the mask region read from the cascade and its
@@ -962,6 +985,7 @@ def _flops(c, nest, S, F: _Factors, causal_a, heads_total, m: Mapping) -> dict:
     has_causal_param = facts.causal_param is not None
     variants = [False, True] if (has_causal_param and np.any(causal_a)) else [False]
     rows = nest.rows
+    sparse = any(isinstance(nd, Loop) and nd.sparse for _, nd, _ in nest.walk())
     for cz in variants:
         terms = _op_terms_cached(c, cz)
         acc = {cls: np.zeros(S["P"].shape) for cls in OP_CLASSES}
@@ -975,6 +999,8 @@ def _flops(c, nest, S, F: _Factors, causal_a, heads_total, m: Mapping) -> dict:
                 elif kind == "block":
                     _, S10, _, _ = F.csums("block_q", "block_kv", rows)
                     pts = pts * (S10 / (S[rows] * _cdiv(S["M"], S["block_kv"])))
+            if sparse and _pair_kind(c, t.vars) in ("elem", "block"):
+                pts = pts * S["density"]
             rep = nest.recompute.get(t.tensor, 1)
             acc[t.cls] = acc[t.cls] + t.count * pts * rep
         mask = causal_a if cz else ~causal_a if len(variants) == 2 else np.ones_like(causal_a)
@@ -1129,6 +1155,7 @@ def evaluate(cascade="attention-1pass", mapping=None, hardware="h100", shapes: S
         backing_model = backing_for(c, m, hw, shapes, l2)
     r = evaluate_arrays(c, m, hw, n=shapes.n, e=shapes.e, f=shapes.f, kv_len=shapes.kv_len,
                         batch=shapes.batch, heads=shapes.heads, kv_heads=shapes.kv_heads,
+                        block_density=shapes.block_density,
                         dtype=shapes.dtype, causal=shapes.causal,
                         causal_offset=shapes.causal_offset, sram_bytes=sram_bytes,
                         backing_model=backing_model, l2="off")

@@ -108,3 +108,32 @@ def test_window_time_follows_the_band():
     # the longest program: a query tile's rows plus the window, ceil(383 / 64) + 1 = 7 tiles
     step = (k["program_s"] - k["start_s"]) / k["steps_per_program"]
     assert k["longest_program_s"] == pytest.approx(k["start_s"] + 7 * step)
+
+
+def test_block_density_scales_the_key_tiles_affinely():
+    """attention-blocksparse, N = 4096, d = 128, 64 x 64 blocks: at density rho each query
+    tile visits rho of the 64 key tiles (with a block list: its mask entries too). Q and O
+    move once; K, V, the mask reads and the score FLOPs are rho times the dense ones."""
+    reps = {rho: evaluate("attention-blocksparse", None, "h100", n=4096, d=128,
+                          block_density=rho, l2="off") for rho in (1.0, 0.5, 0.1)}
+    for rho, r in reps.items():
+        per = r.per_head_elements
+        assert per["Q"]["read"] == 4096 * 128 and per["O"]["write"] == 4096 * 128
+        assert per["K"]["read"] == pytest.approx(rho * 64 * 4096 * 128)
+        assert per["BlockMask"]["read"] == pytest.approx(rho * 64 * 64)
+        assert r.flops["matmul"] == pytest.approx(rho * 4 * 4096 * 4096 * 128)
+    # affine in rho: the three points lie on one line
+    t = {rho: sum(v["read"] + v["write"] for v in r.per_head_elements.values())
+         for rho, r in reps.items()}
+    slope = (t[1.0] - t[0.1]) / 0.9
+    assert t[0.5] == pytest.approx(t[0.1] + 0.4 * slope)
+    # the time falls with the density (the launch stays compute-bound)
+    assert reps[0.1].time_s < reps[0.5].time_s < reps[1.0].time_s
+
+
+def test_block_density_needs_a_block_mask():
+    from iosim.errors import IosimError
+    with pytest.raises(IosimError, match="no block mask"):
+        evaluate("attention-1pass", None, "h100", n=1024, d=64, block_density=0.5)
+    with pytest.raises(IosimError, match="block-density"):
+        evaluate("attention-blocksparse", None, "h100", n=1024, d=64, block_density=1.5)

@@ -102,16 +102,21 @@ def load_problem(name, hw, dtype, sram):
               show_default=True,
               help="HBM behind a GPU's L2: 'auto' the fast analytical L2 model, 'simulate' the "
                    "slower dynamic simulation, 'off' counts every L2 read as an HBM read.")
+@click.option("--block-density", type=click.FloatRange(min=0, max=1, min_open=True),
+              default=None, metavar="FRACTION",
+              help="A block-sparse cascade (a boolean mask over query and key tiles): the "
+                   "fraction of tile pairs its mask keeps, e.g. 0.1 (default 1: dense).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--symbolic", is_flag=True,
               help="Also print the count as closed forms in N, d, Br, Bc (and M).")
 def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal, dtype,
             mapping_name, block_q, block_kv, split_kv, grid_order, num_warps, num_stages,
-            row_policy, sram, l2_mode, as_json, symbolic):
+            row_policy, sram, l2_mode, block_density, as_json, symbolic):
     """Evaluate cascade NAME (or a .casc file) with a mapping on a hardware model.
 
-    Prints the bytes each memory level reads and writes (per tensor), the FLOPs, a roofline
-    time, the energy where the preset has per-access energies, the on-chip buffers, and the
+    Prints the bytes each memory level reads and writes (per tensor), the FLOPs, the predicted
+    time (on a GPU preset the parallel execution-time model, with its breakdown; the roofline
+    as a lower bound), the energy where the preset has per-access energies, the on-chip buffers, and the
     ratio of the backing-store traffic to the IO lower bound. The cascade's structure, never
     its name, decides the default mapping, which mappings fit and its masking: a copy of a
     library cascade under another name, or in a file, gives the same report.
@@ -122,6 +127,8 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
       iosim evaluate attention-1pass --heads 32 --kv-heads 8 --seq-len 8K
       iosim evaluate flash1 --hw two-level --sram 100KiB --mapping fa1 --seq-len 1024 --head-dim 64
       iosim evaluate attention-3pass --mapping saha-ye --hw two-level --sram 1024el --json
+      iosim evaluate attention-blocksparse --seq-len 16K --block-density 0.1
+      iosim evaluate attention-window --seq-len 32K --causal      # a band of 256 keys
     """
     from iosim.mapping import Shapes, mapping_for, resolve_causal
     from iosim.traffic import evaluate, symbolic_traffic
@@ -136,7 +143,8 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
         b = block_q or block_kv
         m = m.with_(block_q=b, block_kv=b)
     shapes = Shapes(n=seq_len, e=head_dim, kv_len=kv_len, batch=batch, heads=heads,
-                    kv_heads=kv_heads, dtype=dtype, causal=causal)
+                    kv_heads=kv_heads, dtype=dtype, causal=causal,
+                    block_density=1.0 if block_density is None else block_density)
     rows = seq_len * (shapes.group if m.kind == "fa2" and m.pack_group else 1)
     if block_q is not None and block_q > rows:
         what = (f"--seq-len {seq_len}" if rows == seq_len
