@@ -329,3 +329,50 @@ def test_trace_every_validation():
     marked = generate("attention-1pass", Tiling(trace=True, trace_every=16)).source
     assert "TRACE_EVERY = 0" in plain and "TRM" not in plain
     assert "TRACE_EVERY = 16" in marked and "TRM + (start_n // BLOCK_N) // TRACE_EVERY" in marked
+
+
+# ----------------------------------------------------------- one Mapping: model and kernel
+def test_one_mapping_drives_the_model_and_the_kernel():
+    """The kernel is generated from the Mapping the models evaluate: changing a tile, the
+    warps or the splits in that object moves the generated source and the model together."""
+    from iosim.gpu.kernels import kernel_for, kernel_mapping
+    from iosim.traffic import evaluate
+    c = cascades.load("attention-1pass")
+    m = kernel_mapping(c)
+    for bq, warps in ((128, 8), (64, 4)):
+        mm = m.with_(block_q=bq, num_warps=warps)
+        src = kernel_for(c, mm, head_dim=64, dtype="fp16").source
+        assert f"\nBLOCK_M = {bq}\n" in src and f"\nNUM_WARPS = {warps}\n" in src
+        rep = evaluate(c, mm, "h100", n=4096, d=64)
+        assert rep.time["kernels"][0]["programs"] == 4096 // bq
+        assert rep.per_head_elements["K"]["read"] >= 4096 * 64   # re-read per query tile
+    d = cascades.load("decode-splitk")
+    md = kernel_mapping(d, block_m=16, split_kv=4)
+    for split in (4, 16):
+        src = kernel_for(d, md.with_(split_kv=split), head_dim=128).source
+        assert f"\nSPLIT_KV = {split}\n" in src
+        rep = evaluate(d, md.with_(split_kv=split), "h100", n=1, kv_len=65536, d=128, heads=8)
+        assert rep.time["kernels"][0]["programs"] == 8 * split
+
+
+def test_a_mapping_the_generator_does_not_emit_is_refused():
+    from iosim.errors import IosimError
+    from iosim.gpu.kernels import kernel_for
+    from iosim.mapping import get_mapping
+    with pytest.raises(IosimError, match="'fa2' loop nest"):
+        kernel_for("flash1", get_mapping("fa1", block_q=64, block_kv=64), head_dim=64)
+    with pytest.raises(IosimError, match="fused-3pass"):
+        kernel_for("attention-3pass", get_mapping("unfused"), head_dim=64)
+
+
+@needs_triton
+def test_kernel_from_a_mapping_runs_in_the_interpreter(interpret):
+    import torch
+    from iosim.gpu.kernels import kernel_for, kernel_mapping
+    c = cascades.load("attention-1pass")
+    m = kernel_mapping(c, block_m=32, block_n=16, num_warps=4, num_stages=1)
+    gen = kernel_for(c, m, head_dim=16, dtype="fp32")
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, 2, 50, 16, generator=g) for _ in range(3))
+    out = torch.full((1, 2, 50, 16), float("nan"))
+    _check(gen.load(), gen, c, gen.tiling, q, k, v, True, "fp32", out, 50)

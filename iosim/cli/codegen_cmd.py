@@ -10,20 +10,25 @@ from iosim.cli.common import OneLineErrors, atomic_write, echo_json
 
 @click.command("codegen", cls=OneLineErrors)
 @click.argument("name")
-@click.option("--block-m", type=SIZE, default=128, show_default=True,
-              help="query tile (Triton BLOCK_M, the Mapping's block_q)")
-@click.option("--block-n", type=SIZE, default=64, show_default=True,
-              help="key tile (Triton BLOCK_N, the Mapping's block_kv)")
-@click.option("--num-warps", type=int, default=8, show_default=True)
-@click.option("--num-stages", type=int, default=3, show_default=True)
+@click.option("--mapping", "mapping_name", default=None, metavar="NAME",
+              help="the Mapping the kernel is generated from (default: the one whose loop "
+                   "nest the generator emits for the cascade: fa2 for single-pass cascades, "
+                   "fused-3pass for multi-pass, decode-splitk for partials); the options below "
+                   "change its fields, exactly as on 'iosim evaluate'")
+@click.option("--block-m", "--block-q", "block_m", type=SIZE, default=None,
+              help="query tile (Triton BLOCK_M, the Mapping's block_q; default: the mapping's)")
+@click.option("--block-n", "--block-kv", "block_n", type=SIZE, default=None,
+              help="key tile (Triton BLOCK_N, the Mapping's block_kv; default: the mapping's)")
+@click.option("--num-warps", type=int, default=None, help="default: the mapping's (8)")
+@click.option("--num-stages", type=int, default=None, help="default: the mapping's (3)")
 @click.option("--grid-order", type=click.Choice(["query-major", "head-major"]),
-              default="query-major", show_default=True,
+              default=None,
               help="query-major: consecutive thread blocks share a head; head-major: they "
-                   "belong to different heads")
+                   "belong to different heads (default: the mapping's, query-major)")
 @click.option("--head-dim", type=SIZE, default=128, show_default=True)
 @click.option("--dtype", default="bf16", show_default=True, help="fp16, bf16 or fp32")
-@click.option("--split-kv", type=SIZE, default=4, show_default=True,
-              help="key chunks of a split-K cascade (decode-splitk)")
+@click.option("--split-kv", type=SIZE, default=None,
+              help="key chunks of a split-K cascade (decode-splitk; default: the mapping's)")
 @click.option("--tma", is_flag=True, help="read K and V through tensor descriptors (TMA)")
 @click.option("--warp-specialize", is_flag=True,
               help="warp-specialise the unmasked key loop (implies --tma; num_warps >= 8)")
@@ -41,29 +46,42 @@ from iosim.cli.common import OneLineErrors, atomic_write, echo_json
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="write the source to this file instead of printing it")
 @click.option("--json", "as_json", is_flag=True, help="print the plan read from the cascade")
-def command(name, block_m, block_n, num_warps, num_stages, grid_order, head_dim, dtype,
-            split_kv, tma, warp_specialize, lazy_rescale, fast_exp, pipeline, kv_eviction,
+def command(mapping_name, name, block_m, block_n, num_warps, num_stages, grid_order, head_dim,
+            dtype, split_kv, tma, warp_specialize, lazy_rescale, fast_exp, pipeline, kv_eviction,
             q_eviction, o_eviction, out, as_json):
     """Generate Triton kernels and a launcher for cascade NAME (library name or .casc path).
+
+    The kernel is generated from a Mapping -- the same object 'iosim evaluate' and 'iosim
+    search' evaluate: its tiles, warps, stages, grid order and splits; the switches below
+    (--tma, --fast-exp, ...) are code-generation knobs the models do not see.
 
     \b
     Examples:
       iosim codegen attention-1pass --head-dim 64 --dtype fp16
-      iosim codegen decode-splitk --block-m 16 --split-kv 8 --out decode.py
+      iosim codegen decode-splitk --split-kv 8 --out decode.py
+      iosim codegen attention-1pass --mapping fa2 --block-m 64 --num-warps 4
       iosim codegen attention-1pass --q-eviction evict_first --o-eviction evict_first
     """
-    from cascades.triton import Tiling, generate
+    import cascades
+    from iosim.gpu.kernels import kernel_for, kernel_mapping
+    from iosim.mapping import mapping_for
 
-    tiling = Tiling(block_m=block_m, block_n=block_n, num_warps=num_warps,
-                    num_stages=num_stages, grid_order=grid_order, head_dim=head_dim,
-                    dtype=dtype, split_kv=split_kv, tma=tma, warp_specialize=warp_specialize,
-                    lazy_rescale=lazy_rescale, fast_exp=fast_exp, pipeline=pipeline,
-                    **{k: ("" if v == "none" else v) for k, v in
-                       (("kv_eviction", kv_eviction), ("q_eviction", q_eviction),
-                        ("o_eviction", o_eviction))})
-    gen = generate(name, tiling)
+    c = cascades.load(name)
+    over = {k: v for k, v in dict(block_q=block_m, block_kv=block_n, num_warps=num_warps,
+                                  num_stages=num_stages, grid_order=grid_order,
+                                  split_kv=split_kv).items() if v is not None}
+    kind = kernel_mapping(c, kv_len=1 << 20).kind
+    m = mapping_for(c, mapping_name or kind, **over)
+    if m.kind == "fused-3pass" and mapping_name is None:
+        m = m.with_(row_policy="recompute")
+    knobs = dict(tma=tma, warp_specialize=warp_specialize, lazy_rescale=lazy_rescale,
+                 fast_exp=fast_exp, pipeline=pipeline,
+                 **{k: ("" if v == "none" else v) for k, v in
+                    (("kv_eviction", kv_eviction), ("q_eviction", q_eviction),
+                     ("o_eviction", o_eviction))})
+    gen = kernel_for(c, m, head_dim=head_dim, dtype=dtype, **knobs)
     if as_json:
-        echo_json(gen.to_dict())
+        echo_json(dict(gen.to_dict(), mapping=m.to_dict()))
         if out is None:
             return
     if out:

@@ -80,20 +80,22 @@ _MODS: dict = {}
 
 
 def _module(cfg: Config):
-    from cascades.triton import Tiling, generate
     key = (cfg.cascade, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
            cfg.grid_order, cfg.shape.head_dim, cfg.dtype, cfg.split_kv, cfg.fast_exp,
            cfg.pipeline, cfg.lazy_rescale, cfg.tma, cfg.warp_specialize, cfg.kv_eviction,
            cfg.q_eviction, cfg.o_eviction)
     if key not in _MODS:
-        t = Tiling(block_m=cfg.block_m, block_n=cfg.block_n, num_warps=cfg.num_warps,
-                   num_stages=cfg.num_stages, grid_order=cfg.grid_order,
-                   head_dim=cfg.shape.head_dim, dtype=cfg.dtype, split_kv=cfg.split_kv,
-                   fast_exp=cfg.fast_exp, pipeline=cfg.pipeline,
-                   lazy_rescale=cfg.lazy_rescale, tma=cfg.tma,
-                   warp_specialize=cfg.warp_specialize, kv_eviction=cfg.kv_eviction,
-                   q_eviction=cfg.q_eviction, o_eviction=cfg.o_eviction)
-        _MODS[key] = generate(cfg.cascade, t).load()
+        from iosim.gpu.kernels import kernel_for, kernel_mapping
+        m = kernel_mapping(cfg.cascade, block_m=cfg.block_m, block_n=cfg.block_n,
+                           num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                           split_kv=cfg.split_kv, grid_order=cfg.grid_order,
+                           kv_len=cfg.shape.seq)
+        knobs = dict(fast_exp=cfg.fast_exp, pipeline=cfg.pipeline,
+                     lazy_rescale=cfg.lazy_rescale, tma=cfg.tma,
+                     warp_specialize=cfg.warp_specialize, kv_eviction=cfg.kv_eviction,
+                     q_eviction=cfg.q_eviction, o_eviction=cfg.o_eviction)
+        _MODS[key] = kernel_for(cfg.cascade, m, head_dim=cfg.shape.head_dim, dtype=cfg.dtype,
+                                **knobs).load()
     return _MODS[key]
 
 

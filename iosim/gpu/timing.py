@@ -31,12 +31,18 @@ def _launch(row: dict) -> dict:
     return out
 
 
+def launch_mapping(l: dict):
+    """The Mapping of a launch: the one the time model evaluates and the kernel is built from."""
+    from iosim.gpu.kernels import kernel_mapping
+    return kernel_mapping(l["cascade"], block_m=l["block_m"], block_n=l["block_n"],
+                          num_warps=l["num_warps"], num_stages=l["num_stages"],
+                          split_kv=l["split_kv"], grid_order=l["grid_order"],
+                          kv_len=l["kv_len"])
+
+
 def _module(l: dict):
-    from cascades.triton import Tiling, generate
-    t = Tiling(block_m=l["block_m"], block_n=l["block_n"], num_warps=l["num_warps"],
-               num_stages=l["num_stages"], grid_order=l["grid_order"], head_dim=l["head_dim"],
-               dtype="bf16", split_kv=l["split_kv"])
-    g = generate(l["cascade"], t)
+    from iosim.gpu.kernels import kernel_for
+    g = kernel_for(l["cascade"], launch_mapping(l), head_dim=l["head_dim"], dtype="bf16")
     return g, g.load()
 
 

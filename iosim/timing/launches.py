@@ -8,37 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from iosim.errors import IosimError
+from iosim.gpu.kernels import kernel_mapping  # noqa: F401 - the kernels' Mapping, re-exported
 
 __all__ = ["kernel_mapping", "predict_rows", "read_rows", "set_summary", "tiling_groups"]
-
-
-def kernel_mapping(cascade, *, block_m: int, block_n: int, num_warps: int,
-                   num_stages: int, split_kv: int = 1, grid_order: str = "query-major",
-                   kv_len: int | None = None):
-    """The Mapping of the kernel the code generator emits for ``cascade`` (read from the
-    generator's plan of the cascade, never its name): one program per query tile with the key
-    tiles streamed (``fa2``) for single-pass cascades (FlashAttention-1's cascade included:
-    the generated kernel normalises per step inside an FA2-style program); the fused
-    multi-pass mapping with the scores recomputed in every pass for multi-pass cascades;
-    per-chunk partials and a combining kernel (``decode-splitk``) for partials cascades, one
-    key tile per chunk when the partials are per key block (``kv_len`` gives their number)."""
-    import cascades
-    from cascades.triton import analyze
-    from iosim.mapping import mapping_for
-    c = cascades.load(cascade) if isinstance(cascade, str) else cascade
-    plan = analyze(c)
-    kw = dict(block_q=block_m, block_kv=block_n, num_warps=num_warps, num_stages=num_stages,
-              grid_order=grid_order)
-    if plan.family == "three-pass":
-        return mapping_for(c, "fused-3pass", row_policy="recompute", **kw)
-    if plan.family == "partials":
-        if plan.normalisation == "local-max":
-            if kv_len is None:
-                raise IosimError(f"cascade '{c.name}': per-key-block partials need the key "
-                                 f"length to count the chunks")
-            split_kv = -(-kv_len // block_n)
-        return mapping_for(c, "decode-splitk", split_kv=split_kv, **kw)
-    return mapping_for(c, "fa2", **kw)
 
 
 def read_rows(path) -> list[dict]:
@@ -59,11 +31,8 @@ def predict_rows(rows: list[dict], hardware="h100") -> list[dict]:
     out = []
     for r in rows:
         casc = r["cascade"]
-        m = kernel_mapping(casc, block_m=int(r["block_m"]), block_n=int(r["block_n"]),
-                           num_warps=int(r["num_warps"]), num_stages=int(r["num_stages"]),
-                           split_kv=int(r.get("split_kv") or 1),
-                           grid_order=r.get("grid_order") or "query-major",
-                           kv_len=int(r["kv_len"]))
+        from iosim.gpu.timing import _launch, launch_mapping
+        m = launch_mapping(_launch(r))
         heads = int(r["heads"])
         kvh = int(r.get("kv_heads") or 0) or heads
         n_kv = int(r["kv_len"])
