@@ -945,6 +945,8 @@ def _fused2(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
 
 
 def _decode(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
+    if _packs(m, f, grouped):
+        return _decode_packed(m, f)
     ti = {"P": "i", **_gv(grouped)}
     tensors = _tensor_roles(f)
     # the partial results of a split: a normalised partial output and its log-sum-exp for a
@@ -973,6 +975,42 @@ def _decode(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
     ph2 = Phase("combine", _group_wrap(f, (Loop("i", "P", "block_q", comb, grid=True,
                                                 label="query tiles"),), grouped))
     return LoopNest(m, f.name, (ph1, ph2), tensors, causal_offset_default=_offset_kind(f))
+
+
+def _decode_packed(m: Mapping, f: CascadeFacts) -> LoopNest:
+    """Split-K with grouped query heads packed into the rows of a program, as the generated
+    kernel runs it: rows are (query, query head) pairs of one K/V head, so every split reads
+    its K/V chunk once for the whole group; partials and the combine are per row."""
+    tensors = _tensor_roles(f)
+    rows = {t: _row_ranks(f.ranks[t]) for t in f.q_inputs + f.outputs}
+    for t, rk in rows.items():
+        tensors[t] = (rk, tensors[t][1])
+    ti = {"R": "i"}
+    tensors["PO"] = (("S", "R", "F"), "stat")
+    parts = [("PO", (Dim("S", "s"), Dim("R", "i"), Dim("F")))]
+    if f.softmax:
+        tensors["LSE"] = (("S", "R"), "stat")
+        parts.append(("LSE", (Dim("S", "s"), Dim("R", "i"))))
+    inner = tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True) for t in f.kv_inputs)
+    inner += (Alloc("S", (Dim("R", "i"), Dim("M", "j"))),)
+    body = tuple(Load(t, _tile_dims(rows[t], ti)) for t in f.q_inputs)
+    body += tuple(Alloc(f"{o}_acc", _tile_dims(rows[o], ti)) for o in f.outputs)
+    body += _stats(f, "i", rank="R")
+    body += (Loop("j", "M", "block_kv", inner, causal_with="i", within="s",
+                  label="key/value tiles of this split"),)
+    body += tuple(Store(t, d) for t, d in parts)
+    ph1 = Phase("partials per split", (
+        SplitLoop("s", (Loop("i", "R", "block_q", body, grid=True,
+                             label="row tiles: (query, query head) pairs of the group"),),
+                  label="splits of the keys (one program each)"),))
+    comb = tuple(Alloc(f"{o}_acc", _tile_dims(rows[o], ti)) for o in f.outputs)
+    comb += _stats(f, "i", rank="R")
+    comb += (SplitLoop("s", tuple(Load(t, d, streamed=True) for t, d in parts),
+                       grid=False, label="splits"),)
+    comb += tuple(Store(o, _tile_dims(rows[o], ti)) for o in f.outputs)
+    ph2 = Phase("combine", (Loop("i", "R", "block_q", comb, grid=True, label="row tiles"),))
+    return LoopNest(m, f.name, (ph1, ph2), tensors, causal_offset_default=_offset_kind(f),
+                    rows="R")
 
 
 def _linear(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:

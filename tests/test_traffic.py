@@ -483,3 +483,18 @@ def test_symbolic_causal_sum_evaluates_to_numeric():
     reads, _, _ = per_head("attention-1pass", get_mapping("fa2", block_q=48, block_kv=32),
                            n=300, e=16, causal=True)
     assert int(val) == reads["K"]
+
+
+def test_gqa_decode_reads_kv_once_per_kv_head():
+    """32 query heads on 8 K/V heads, one query token, 128K keys, d = 128: the split-K decode
+    packs a group's 4 query heads into the rows of each split's program, so K and V are read
+    once per K/V head: 2 * 8 * 131072 * 128 * 2 bytes together."""
+    rep = evaluate("decode-splitk", "decode-splitk", "h100", n=1, kv_len=131072, d=128,
+                   heads=32, kv_heads=8)
+    hbm = rep.level("HBM").per_tensor
+    assert hbm["K"]["read_bytes"] + hbm["V"]["read_bytes"] == 2 * 8 * 131072 * 128 * 2
+    assert hbm["O"]["write_bytes"] == 32 * 128 * 2
+    mha = evaluate("decode-splitk", "decode-splitk", "h100", n=1, kv_len=131072, d=128,
+                   heads=32)
+    assert mha.level("HBM").per_tensor["K"]["read_bytes"] == 4 * hbm["K"]["read_bytes"]
+    assert rep.time_s < mha.time_s

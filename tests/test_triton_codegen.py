@@ -119,9 +119,10 @@ def _reference(c, q, k, v, **params):
             if grouped:
                 Q = q[b, h * G:(h + 1) * G].double().numpy()
                 out[b, h * G:(h + 1) * G] = cascades.execute(c, {"Q": Q, **kv}, **params)["O"]
-            else:
-                out[b, h] = cascades.execute(c, {"Q": q[b, h].double().numpy(), **kv},
-                                             **params)["O"]
+            else:   # a cascade without a group rank, grouped: each query head of the group
+                for g in range(G):
+                    out[b, h * G + g] = cascades.execute(
+                        c, {"Q": q[b, h * G + g].double().numpy(), **kv}, **params)["O"]
     return out
 
 def _check(mod, gen, c, t, q, k, v, causal, dtype, out, M):
@@ -281,8 +282,12 @@ def test_launcher_rejects_wrong_inputs(interpret):
         mod.forward(torch.randn(1, 2, 20, 32), torch.randn(1, 2, 20, 32), torch.randn(1, 2, 20, 32))
     with pytest.raises(CodegenError, match="float32"):
         mod.forward(q.half(), q.half(), q.half())
-    with pytest.raises(CodegenError, match="same number of heads"):
-        mod.forward(torch.randn(1, 4, 20, 16), q, q)
+    with pytest.raises(CodegenError, match="not a multiple"):
+        mod.forward(torch.randn(1, 3, 20, 16), q, q)
+    three = generate("attention-3pass", Tiling(block_m=16, block_n=16, num_warps=4,
+                                               num_stages=1, head_dim=16, dtype="fp32")).load()
+    with pytest.raises(CodegenError, match="three passes"):
+        three.forward(torch.randn(1, 4, 20, 16), q, q)
 
 
 @needs_triton
@@ -376,3 +381,25 @@ def test_kernel_from_a_mapping_runs_in_the_interpreter(interpret):
     q, k, v = (torch.randn(1, 2, 50, 16, generator=g) for _ in range(3))
     out = torch.full((1, 2, 50, 16), float("nan"))
     _check(gen.load(), gen, c, gen.tiling, q, k, v, True, "fp32", out, 50)
+
+
+@needs_triton
+@pytest.mark.parametrize("name, causal", [("decode-splitk", True), ("decode-splitk", False),
+                                          ("attention-1pass", True), ("sigmoid", False),
+                                          ("attention-2pass", False)])
+def test_grouped_query_heads_pack_into_programs(interpret, name, causal):
+    """A cascade without a group rank runs grouped-query attention (4 query heads per K/V
+    head): the G query heads of a K/V head are packed into the rows of a program (K/V read
+    once per K/V head), partials and their combine included, against the executor per head."""
+    import torch
+    c = cascades.load(name)
+    t = Tiling(block_m=16, block_n=16, num_warps=4, num_stages=1, head_dim=16, dtype="fp32",
+               split_kv=3)
+    gen = generate(c, t)
+    g = torch.Generator().manual_seed(zlib.crc32(f"gqa{name}{causal}".encode()))
+    P, M = (3, 70) if name == "decode-splitk" else (37, 37)
+    q = torch.randn(2, 8, P, 16, generator=g)
+    k = torch.randn(2, 2, M, 16, generator=g)
+    v = torch.randn(2, 2, M, 16, generator=g)
+    out = torch.full((2, 8, P, 16), float("nan"))
+    _check(gen.load(), gen, c, t, q, k, v, causal, "fp32", out, M)

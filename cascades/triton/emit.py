@@ -270,7 +270,6 @@ def {name}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, lo, hi, M_LEN, OFF,
 # The common prologue of every query-block kernel: program ids (grid order), row offsets
 # (packed rows for grouped-query attention), the Q tile, the K/V base pointers.
 def _prologue(plan: KernelPlan, head_major_axes=(0, 1), extra_axis: str | None = None) -> str:
-    gqa = plan.group_rank is not None
     a0, a1 = head_major_axes
     lines = f"""\
     if HEAD_MAJOR:
@@ -290,20 +289,14 @@ def _prologue(plan: KernelPlan, head_major_axes=(0, 1), extra_axis: str | None =
     offs_d = tl.arange(0, HEAD_DIM)
     offs_dv = tl.arange(0, HEAD_DIM_V)
 """
-    if gqa:
-        lines += """\
+    # the rows of a program are (query, query head) pairs: GROUP query heads share one K/V
+    # head (grouped-query attention; GROUP = 1 without grouping)
+    lines += """\
     offs_p = offs_r // GROUP
     offs_g = offs_r % GROUP
     row_ok = offs_r < P_LEN * GROUP
     q_rows = Q + off_b * stride_qb + (off_hk * GROUP + offs_g) * stride_qh + tl.minimum(offs_p, P_LEN - 1) * stride_qm
     o_rows = O + off_b * stride_ob + (off_hk * GROUP + offs_g) * stride_oh + offs_p * stride_om
-"""
-    else:
-        lines += """\
-    offs_p = offs_r
-    row_ok = offs_r < P_LEN
-    q_rows = Q + off_b * stride_qb + off_hk * stride_qh + tl.minimum(offs_p, P_LEN - 1) * stride_qm
-    o_rows = O + off_b * stride_ob + off_hk * stride_oh + offs_p * stride_om
 """
     lines += """\
     # rows past the end of a partial query tile read the last row again (an unmasked load;
@@ -573,7 +566,7 @@ def {pname}({_SIG} ML, LD, PART, CHUNK, N_SPLIT,
     hi = tl.maximum(hi, lo)
 {_init_state()}    acc, l_i, m_i = {loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, lo, hi, M_LEN, OFF,
                           qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, True, BLOCK_N, FAST_ASM)
-    stat_rows = (pid_h * N_SPLIT + split) * P_LEN + offs_p
+    stat_rows = (pid_h * N_SPLIT + split) * (P_LEN * GROUP) + offs_r
     part_rows = stat_rows * HEAD_DIM_V
 {store}'''
     # the combine kernel: one program per (query block, head); loops over the splits twice
@@ -594,7 +587,8 @@ def {pname}({_SIG} ML, LD, PART, CHUNK, N_SPLIT,
     src += f'''
 @triton.jit
 def {cname}(O, ML, LD, PART, stride_ob, stride_oh, stride_om, stride_od, H_KV, P_LEN, N_SPLIT,
-        HEAD_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM_V: tl.constexpr):
+        GROUP: tl.constexpr, HEAD_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr,
+        HEAD_DIM_V: tl.constexpr):
     if HEAD_MAJOR:
         pid_h = tl.program_id(0)
         start_m = tl.program_id(1)
@@ -603,20 +597,23 @@ def {cname}(O, ML, LD, PART, stride_ob, stride_oh, stride_om, stride_od, H_KV, P
         pid_h = tl.program_id(1)
     off_b = pid_h // H_KV
     off_hk = pid_h % H_KV
-    offs_p = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_r = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_p = offs_r // GROUP
+    offs_g = offs_r % GROUP
     offs_dv = tl.arange(0, HEAD_DIM_V)
-    row_ok = offs_p < P_LEN
+    row_ok = offs_r < P_LEN * GROUP
     gm = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for s in range(0, N_SPLIT):
-        rows = (pid_h * N_SPLIT + s) * P_LEN + offs_p
+        rows = (pid_h * N_SPLIT + s) * (P_LEN * GROUP) + offs_r
         gm = tl.maximum(gm, tl.load(ML + rows, mask=row_ok, other=float("-inf")))
     gm_s = tl.where(gm == float("-inf"), 0.0, gm)
     ws = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_V], dtype=tl.float32)
     for s in range(0, N_SPLIT):
-        rows = (pid_h * N_SPLIT + s) * P_LEN + offs_p
+        rows = (pid_h * N_SPLIT + s) * (P_LEN * GROUP) + offs_r
 {second}    o = acc / ws[:, None]
-    o_ptrs = O + off_b * stride_ob + off_hk * stride_oh + offs_p[:, None] * stride_om + offs_dv[None, :] * stride_od
+    o_ptrs = (O + off_b * stride_ob + (off_hk * GROUP + offs_g)[:, None] * stride_oh
+              + offs_p[:, None] * stride_om + offs_dv[None, :] * stride_od)
     tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=row_ok[:, None])
 '''
     return src, [pname, cname]
@@ -625,7 +622,6 @@ def {cname}(O, ML, LD, PART, stride_ob, stride_oh, stride_om, stride_od, H_KV, P
 # -------------------------------------------------------------------------- the launcher
 def _launcher(plan: KernelPlan, t: Tiling, names: list[str]) -> str:
     exp = plan.nonlinearity == "exp"
-    gqa = plan.group_rank is not None
     args = ", ".join(f"{k}=None" for k in plan.params if k != plan.block_param)
     param_lines = []
     for k, src in plan.params.items():
@@ -685,10 +681,10 @@ def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=Non
     """Run the generated kernel(s): q [B, Hq, P, E], k [B, Hkv, M, E], v [B, Hkv, M, F]."""
     B, HQ, HKV, P, M, E, F = _ranks(q, k, v)
     G = HQ // HKV''']
-    if not gqa:
+    if plan.family == "three-pass":
         lines.append('''\
     if G != 1:
-        raise ValueError("this cascade has no query group rank: q and k need the same number of heads")''')
+        raise ValueError("grouped query heads (more query than key/value heads) are generated for single-pass and split-K kernels, not for three passes")''')
     lines += param_lines
     lines.append(f'''\
     if {causal} and not ({plan.causal_offset}) >= 0:
@@ -741,12 +737,12 @@ def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=Non
         lines.append(f'''\
     chunk = {chunk}
     n_split = triton.cdiv(M, chunk)
-    ml = torch.empty((B * HKV, n_split, P), device=q.device, dtype=torch.float32)
+    ml = torch.empty((B * HKV, n_split, P * G), device=q.device, dtype=torch.float32)
     ld = torch.empty_like(ml)
-    part = torch.empty((B * HKV, n_split, P, F), device=q.device, dtype=torch.float32)
+    part = torch.empty((B * HKV, n_split, P * G, F), device=q.device, dtype=torch.float32)
     grid3 = (grid[0], grid[1], n_split)
     {names[0]}[grid3](q, k, v, o, *common, ml, ld, part, chunk, n_split, **const)
-    {names[1]}[grid](o, ml, ld, part, *o.stride(), HKV, P, n_split, HEAD_MAJOR=head_major,
+    {names[1]}[grid](o, ml, ld, part, *o.stride(), HKV, P, n_split, GROUP=G, HEAD_MAJOR=head_major,
                      BLOCK_M=BM, HEAD_DIM_V=F, num_warps=4, num_stages=1)
     return o
 
