@@ -105,7 +105,26 @@ def validation() -> list[Launch]:
     return out
 
 
-SETS = {"calibration": calibration, "validation": validation}
+def decode() -> list[Launch]:
+    """Decode launches (one or four query tokens per request against a KV cache): grouped-query
+    (32 query / 8 K/V heads), multi-query (32 / 1) and multi-head attention, d 128 and 64, at
+    several split counts; SDPA flash and cuDNN beside each."""
+    d = "decode-splitk"
+    out = []
+    for b, n, splits in ((1, 131072, (8, 16, 32)), (8, 32768, (2, 4, 8)), (64, 4096, (1, 2)),
+                         (4, 65536, (4, 16)), (1, 8192, (4, 16))):
+        out += [_l(d, b, 32, n, 128, kv_heads=8, q_len=1, tiling=DEC, split=s) for s in splits]
+    out += [_l(d, 8, 32, 32768, 128, kv_heads=1, q_len=1, tiling=DEC, split=s) for s in (8, 16)]
+    out += [_l(d, 1, 32, 131072, 128, kv_heads=1, q_len=1, tiling=DEC, split=32)]
+    out += [_l(d, 16, 32, 16384, 128, q_len=1, tiling=DEC, split=s) for s in (2, 4)]
+    out += [_l(d, 1, 32, 131072, 128, q_len=1, tiling=DEC, split=s) for s in (4, 8)]
+    out += [_l(d, 8, 32, 32768, 64, kv_heads=8, q_len=1, tiling=DEC, split=s) for s in (4, 8)]
+    out += [_l(d, 8, 32, 32768, 128, c, kv_heads=8, q_len=4, tiling=DEC, split=8)
+            for c in (False, True)]
+    return out
+
+
+SETS = {"calibration": calibration, "validation": validation, "decode": decode}
 
 if __name__ == "__main__":
     for name, fn in SETS.items():

@@ -550,7 +550,7 @@ _TOP_KEYS = {"name", "description", "clock", "sram_level", "notes", "level", "co
 #: keys of the optional [timing] table (the execution-time model's sustained rates)
 _TIMING_KEYS = {"source", "microbenchmarks", "launch", "hbm_read", "hbm_copy", "exp_per_clock",
                 "program_start", "calibration", "stream_bytes_per_clock",
-                "stream_latency", "sm_bytes_per_clock", "load_efficiency"}
+                "stream_latency", "sm_bytes_per_clock", "load_efficiency", "host_call"}
 _TOP_REQUIRED = ("name", "clock", "level", "compute")
 _LEVEL_KEYS = {
     "name", "capacity", "usable_capacity", "bandwidth", "read_bandwidth", "write_bandwidth",

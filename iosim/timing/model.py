@@ -23,7 +23,8 @@ For each kernel (phase) of the mapping's loop nest, on arrays over a grid of con
   are list-scheduled: the fluid time ``work / SMs`` plus half a mean program for the ragged
   end, and never less than the longest program. The phase's HBM bytes over the sustained HBM
   bandwidth bound it from below (the launch is then memory-bound);
-* **several kernels** add, each with the measured launch overhead.
+* **several kernels** add, each with the measured launch overhead; the whole call takes at
+  least the measured host time of a generated module's call with that many kernels.
 """
 from __future__ import annotations
 
@@ -312,10 +313,14 @@ def time_arrays(r: dict) -> dict | None:
                        "hbm_bound_s": hbm_t, "hbm_bytes": hbm_b, "time_s": phase_t,
                        "limiter": limiter})
         total = total + phase_t + rates.launch_s
+    # the host issues the kernels while the GPU runs them: a call takes at least its host time
+    host = rates.host_seconds(len(phases)) if phases else 0.0
+    total = np.maximum(total, host)
     mm = flops["matmul"]
     peak = hw.matrix_rate(r["dtype"])
     hbm_all = sum(ph["hbm_bytes"] for ph in phases) if phases else np.zeros(shape)
     return {"time_s": total, "phases": phases, "launch_s": rates.launch_s * len(phases),
+            "host_s": host,
             "tensor_utilisation": mm / np.maximum(total, 1e-30) / peak,
             "hbm_bytes_per_s": hbm_all / np.maximum(total, 1e-30),
             "rates": rates}
@@ -335,6 +340,7 @@ def time_breakdown(tm: dict, row: int = 0) -> dict:
     out = {"time_s": float(_pick(tm["time_s"], row)),
            "model": "parallel: programs over SMs, one program's time from its loop nest",
            "launch_s": float(tm["launch_s"]),
+           "host_s": float(tm.get("host_s", 0.0)),
            "tensor_utilisation": float(_pick(tm["tensor_utilisation"], row)),
            "hbm_bytes_per_s": float(_pick(tm["hbm_bytes_per_s"], row)),
            "rates": {"source": r.source, "sms": r.sms, "clock_hz": r.clock_hz,
@@ -376,6 +382,9 @@ def render_time(t: dict, roofline_s: float | None, roofline_limiter: str | None)
             L.append(f"  Note: {k['name']} needs about {k['registers']:.0f} registers per thread, "
                      f"more than {MAX_REGISTERS}: the compiled kernel will spill, which this "
                      f"model does not time (measured spilling tilings ran up to 1.6x slower).")
+    if t.get("host_s") and t["host_s"] >= t["time_s"] * (1 - 1e-12):
+        L.append(f"  The host's call ({fmt_time(t['host_s'])}: allocations and "
+                 f"{len(t['kernels'])} launches) takes longer than the kernels: it sets the time.")
     if roofline_s is not None:
         L.append(f"  Roofline lower bound (every unit and level of the whole device "
                  f"overlapping): {fmt_time(roofline_s)}, bound by {roofline_limiter}.")

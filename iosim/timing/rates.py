@@ -78,6 +78,9 @@ class TimingRates:
     mma: tuple
     source: str = ""
     calibration: str = ""
+    #: host time of a call of a generated module with 1, 2, 3, ... kernels (its launches and
+    #: allocations): a launch takes at least this long end to end
+    host_call_s: tuple = ()
 
     def mma_cycles(self, block_m, block_n, head_dim, num_warps, num_stages) -> np.ndarray:
         """Cycles of one iteration of the back-to-back matmul loop (``block_m x d`` by
@@ -111,6 +114,12 @@ class TimingRates:
             out[i] = cyc
         return out[inv.ravel()].reshape(arrs[0].shape)
 
+
+    def host_seconds(self, kernels: int) -> float:
+        """The host time of a call with ``kernels`` kernels (the last measured count beyond)."""
+        if not self.host_call_s:
+            return 0.0
+        return self.host_call_s[min(kernels, len(self.host_call_s)) - 1]
 
     def stream_seconds(self, step_bytes, num_stages) -> np.ndarray:
         """Seconds one program takes per step to stream ``step_bytes`` from HBM with
@@ -187,6 +196,8 @@ def _parse_cached(name, source, timing, clock_hz, sms) -> TimingRates:
         sm_bytes_per_clock=_number(t["sm_bytes_per_clock"], f"{where} sm_bytes_per_clock"),
         program_start_s=_time(t.get("program_start", "0 us"), f"{where} program_start"),
         load_efficiency=_number(t.get("load_efficiency", 1.0), f"{where} load_efficiency"),
+        host_call_s=tuple(_time(x, f"{where} host_call") for x in
+                          (t["host_call"].split(",") if "host_call" in t else ())),
         mma=tuple(mma), source=str(t.get("source", "")),
         calibration=str(t.get("calibration", "")))
 
