@@ -222,10 +222,10 @@ def test_measured_decode_split_ratio_and_the_prediction():
 
 
 def test_a_tiny_multi_kernel_call_takes_its_host_time():
-    """A split-K decode of 1 x 16 heads x 8K keys with 16 splits runs in a few microseconds on
-    the GPU, but a generated module's call with two kernels takes 35.5 us on the host (the
+    """A split-K decode of 4 heads x 4K keys with 4 splits runs in microseconds on the GPU,
+    but a generated module's call with two kernels takes 35.5 us on the host (the
     launch_forward microbenchmark): the host time sets the prediction."""
-    rep = evaluate("decode-splitk", get_mapping("decode-splitk", split_kv=16), "h100", n=1,
-                   kv_len=8192, d=128, heads=16)
+    rep = evaluate("decode-splitk", get_mapping("decode-splitk", split_kv=4), "h100", n=1,
+                   kv_len=4096, d=128, heads=4)
     assert rep.time_s == pytest.approx(RATES.host_seconds(2)) == pytest.approx(35.5e-6)
     assert sum(k["time_s"] for k in rep.time["kernels"]) < rep.time_s
