@@ -204,6 +204,26 @@ def test_validation_accuracy_as_recorded():
     assert cal["median"] <= 0.09 and cal["within_40"] == cal["n"] == 22
 
 
+def test_decode_accuracy_and_bandwidth_as_recorded():
+    """The decode launches (grouped-query, multi-query and multi-head; measured after the model
+    was committed): prediction accuracy, and the generated kernels' K/V bandwidth against
+    cuDNN's on the same shapes (best split per shape)."""
+    rows = _set("decode")
+    s = set_summary(rows)
+    assert s["n"] == 23 and s["median"] <= 0.05 and s["within_40"] >= 22
+    best: dict = {}
+    for r in rows:
+        key = (r["batch"], r["heads"], r["kv_heads"], r["q_len"], r["kv_len"], r["head_dim"],
+               r["causal"])
+        kv = 2 * int(r["batch"]) * (int(r["kv_heads"]) or int(r["heads"])) \
+            * int(r["kv_len"]) * int(r["head_dim"]) * 2
+        bw, cudnn = kv / float(r["ms"]), kv / float(r["sdpa_cudnn_ms"])
+        best[key] = max(best.get(key, (0, cudnn))[0], bw), cudnn
+    gqa = {k: v for k, v in best.items() if k[2] == "8" and k[3] == "1"}
+    assert len(gqa) == 6
+    assert all(bw >= 0.9 * cudnn for bw, cudnn in gqa.values())
+
+
 def test_tiling_rankings_as_recorded():
     groups = tiling_groups(_set("validation"))
     assert len(groups) == 4
