@@ -403,3 +403,53 @@ def test_grouped_query_heads_pack_into_programs(interpret, name, causal):
     v = torch.randn(2, 2, M, 16, generator=g)
     out = torch.full((2, 8, P, 16), float("nan"))
     _check(gen.load(), gen, c, t, q, k, v, causal, "fp32", out, M)
+
+
+# ------------------------------------------------------------- score maps beyond a * S + b
+_BASE = cascades.library.text("attention-1pass")
+_SQK = "SQK[m1, m0, p]  = where(causal and m1*M0 + m0 > p, -inf, scale * BQK[m1, m0, p])"
+SCORE_MAPS = {
+    # Gemma-2 style logit soft-capping
+    "softcap": ("param cap = 2.0",
+                "SQK[m1, m0, p]  = where(causal and m1*M0 + m0 > p, -inf, "
+                "cap * tanh(scale * BQK[m1, m0, p] / cap))"),
+    # ALiBi: a linear bias in the distance between query and key
+    "alibi": ("param slope = 0.25",
+              "SQK[m1, m0, p]  = where(causal and m1*M0 + m0 > p, -inf, "
+              "scale * BQK[m1, m0, p] - slope * (p - (m1*M0 + m0)))"),
+}
+
+
+def _score_map_cascade(name):
+    param, sqk = SCORE_MAPS[name]
+    assert _SQK in _BASE
+    text = _BASE.replace("param block_kv = 64", f"param block_kv = 64\n{param}")
+    return cascades.parse(text.replace(_SQK, sqk).replace("cascade attention-1pass",
+                                                          f"cascade attention-{name}"))
+
+
+@needs_triton
+@pytest.mark.parametrize("name", sorted(SCORE_MAPS))
+@pytest.mark.parametrize("causal", [False, True])
+def test_score_maps_match_the_executor(interpret, name, causal):
+    """Pointwise score maps read from the cascade (tanh soft-capping, an ALiBi position bias)
+    are generated into the online-softmax kernel and match the executor."""
+    import torch
+    c = _score_map_cascade(name)
+    t = Tiling(block_m=16, block_n=16, num_warps=4, num_stages=1, head_dim=16, dtype="fp32")
+    gen = generate(c, t)
+    assert gen.plan.score_fn is not None
+    g = torch.Generator().manual_seed(zlib.crc32(f"{name}{causal}".encode()))
+    q, k, v = (torch.randn(1, 2, 45, 16, generator=g) * 2 for _ in range(3))
+    out = torch.full((1, 2, 45, 16), float("nan"))
+    _check(gen.load(), gen, c, t, q, k, v, causal, "fp32", out, 45)
+
+
+def test_score_map_params_are_baked_and_knobs_refused():
+    c = _score_map_cascade("softcap")
+    src = generate(c, Tiling(head_dim=64)).source
+    fwd = next(ln for ln in src.splitlines() if ln.startswith("def forward"))
+    assert "cap=" not in fwd and "scale=" not in fwd        # baked into the kernel
+    assert "_tanh(" in src and "2.0" in src
+    with pytest.raises(CodegenError, match="turn off tma"):
+        generate(c, Tiling(head_dim=64, tma=True))

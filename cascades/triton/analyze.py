@@ -50,6 +50,12 @@ class KernelPlan:
     block_param: str | None         # parameter that sets the key block (block_kv, chunk_size)
     params: dict = field(default_factory=dict)   # name -> Python expression of its default
     passes: int = 1
+    #: a pointwise score map that is not ``a * S + b`` (softcapping, ALiBi, SiLU, ...): a
+    #: Triton expression of the raw score tile ``qk``, the key and query positions ``kpos`` and
+    #: ``qpos`` and the cascade's parameters (by name; the emitter bakes their values)
+    score_fn: str | None = None
+    #: parameters whose values the emitter baked into the score map (not launcher arguments)
+    baked: tuple = ()
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -231,9 +237,14 @@ def analyze(c: Cascade) -> KernelPlan:
         nonlin = "sigmoid"
         expr = expr.args[0]
     aff = _affine(expr, score, c)
+    score_fn = None
     if aff is None:
-        raise _fail(c, f"the score map of '{map_e.tensor}' is not 'a * {score} + b' (optionally "
-                       f"inside sigmoid) with a and b parameters")
+        score_fn = _score_fn(expr, score, c, p_var, m_rank)
+        if score_fn is None:
+            raise _fail(c, f"the score map of '{map_e.tensor}' is neither 'a * {score} + b' nor a "
+                           f"pointwise map of {score}, the key and query positions and "
+                           f"parameters ({', '.join(sorted(_TRITON_FUNCS))}, + - * /)")
+        aff = (Num(1.0), Num(0.0))
     extents = list(c.info.ranks) + [p.name for p in c.params]
     scale_src = py_expr(aff[0])
     bias_src = _simplify_py(py_expr(aff[1]), extents)
@@ -303,13 +314,76 @@ def analyze(c: Cascade) -> KernelPlan:
             family, norm, passes = "three-pass", "three-pass", 3
     if group is not None and family != "online":
         raise _fail(c, f"a query group rank ({group}) is only generated for the 1-pass recurrence")
+    if score_fn is not None and family != "online":
+        raise _fail(c, "a pointwise score map other than 'a * S + b' is generated for the 1-pass "
+                       "online softmax")
     params = {}
     for p in c.params:
         params[p.name] = py_expr(p.default)
     return KernelPlan(cascade=c.name, family=family, normalisation=norm, nonlinearity=nonlin,
                       scale=scale_src, bias=bias_src, causal_param=causal_param,
                       causal_offset=offset_src, mask_fill=float(fill), group_rank=group,
-                      block_param=block_param, params=params, passes=passes)
+                      block_param=block_param, params=params, passes=passes,
+                      score_fn=score_fn)
+
+
+#: functions a score map may use, as Triton source (``_tanh`` is emitted with the kernel)
+_TRITON_FUNCS = {"tanh": "_tanh({})", "sigmoid": "tl.sigmoid({})", "exp": "tl.exp({})",
+                 "log": "tl.log({})", "sqrt": "tl.sqrt({})", "abs": "tl.abs({})",
+                 "silu": "(({0}) * tl.sigmoid({0}))", "relu": "tl.maximum({}, 0.0)"}
+
+
+def _score_fn(e: Expr, score: str, c: Cascade, p_var: str, m_rank: str):
+    """``e`` as a Triton expression of the score tile (``qk``), the key position (``kpos``),
+    the query position (``qpos``), parameters and head-dim extents; None if it is not one."""
+    info = c.info
+    part = info.partition_of.get(m_rank)
+    key_vars = {v for v, r in info.var_rank.items() if r == m_rank}
+    params = {p.name for p in c.params}
+
+    def is_key_pos(x) -> bool:
+        if isinstance(x, Name) and x.name in key_vars:
+            return True
+        if part is None or not (isinstance(x, Binary) and x.op == "+"):
+            return False
+        for a, b in ((x.left, x.right), (x.right, x.left)):
+            if (isinstance(b, Name) and info.var_rank.get(b.name) == part.inner
+                    and isinstance(a, Binary) and a.op == "*"):
+                names = {n.name for n in (a.left, a.right) if isinstance(n, Name)}
+                if any(info.var_rank.get(n) == part.outer for n in names) and part.inner in names:
+                    return True
+        return False
+
+    def tr(x):
+        if isinstance(x, Access):
+            return "qk" if x.tensor == score else None
+        if is_key_pos(x):
+            return "kpos"
+        if isinstance(x, Name):
+            if x.name == p_var:
+                return "qpos"
+            if x.name in params or x.name in ("E", "F"):
+                return x.name
+            return None
+        if isinstance(x, Num):
+            return repr(float(x.value))
+        if isinstance(x, Unary) and x.op == "-":
+            a = tr(x.operand)
+            return None if a is None else f"(-{a})"
+        if isinstance(x, Binary) and x.op in ("+", "-", "*", "/"):
+            a, b = tr(x.left), tr(x.right)
+            return None if a is None or b is None else f"({a} {x.op} {b})"
+        if isinstance(x, Call) and x.func in _TRITON_FUNCS and len(x.args) == 1:
+            a = tr(x.args[0])
+            return None if a is None else _TRITON_FUNCS[x.func].format(a)
+        if isinstance(x, Call) and x.func in ("max", "min") and len(x.args) == 2:
+            a, b = tr(x.args[0]), tr(x.args[1])
+            return None if a is None or b is None else f"tl.{x.func}imum({a}, {b})"
+        return None
+    src = tr(e)
+    if src is None or "qk" not in src:
+        return None
+    return src
 
 
 def _key_index(e: Expr, c: Cascade, m_rank: str) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from functools import partial
 
-from cascades.triton.analyze import KernelPlan
+from cascades.triton.analyze import CodegenError, KernelPlan
 from cascades.triton.tiling import DTYPES, Tiling
 
 LOG2E = 1.4426950408889634
@@ -58,8 +58,11 @@ _ADVANCE = """\
 """
 
 
-def _s_expr(plan: KernelPlan) -> str:
-    return "qk * qk_scale" + (" + qk_bias" if plan.bias != "0" else "")
+def _s_expr(plan: KernelPlan, qk: str = "qk") -> str:
+    """The score in log2 units (exp) or natural units (sigmoid) from the raw tile ``qk``."""
+    if plan.score_fn:
+        return f"({plan.score_fn.replace('qk', qk)}) * qk_scale"
+    return f"{qk} * qk_scale" + (" + qk_bias" if plan.bias != "0" else "")
 
 
 def _exp_p(fast: bool) -> str:
@@ -81,8 +84,8 @@ def _deferred_update(plan: KernelPlan, prec: str, fast: bool, qk: str = "qk",
     rescales the accumulator only when a row maximum grew by more than ``LAZY_TAU`` (a
     block-uniform branch); otherwise the stale maximum stays the exponent base, which is exact
     because the accumulator and the row sums share it."""
-    bias = plan.bias != "0"
-    sc = f"{qk} * qk_scale" + (" + qk_bias" if bias else "")
+    bias = plan.bias != "0" or bool(plan.score_fn)
+    sc = _s_expr(plan, qk)
     psum = "tl.sum(p.to(tl.float32), 1)" if fast else "tl.sum(p, 1)"
     pdot = "p" if fast else "p.to(v.dtype)"
     loadv = _LOADV if masked == "MASKED" else "        v = tl.load(v_ptrs)\n"
@@ -622,10 +625,11 @@ def {cname}(O, ML, LD, PART, stride_ob, stride_oh, stride_om, stride_od, H_KV, P
 # -------------------------------------------------------------------------- the launcher
 def _launcher(plan: KernelPlan, t: Tiling, names: list[str]) -> str:
     exp = plan.nonlinearity == "exp"
-    args = ", ".join(f"{k}=None" for k in plan.params if k != plan.block_param)
+    args = ", ".join(f"{k}=None" for k in plan.params
+                     if k != plan.block_param and k not in plan.baked)
     param_lines = []
     for k, src in plan.params.items():
-        if k == plan.block_param:
+        if k == plan.block_param or k in plan.baked:
             continue
         param_lines.append(f"    {k} = ({src}) if {k} is None else {k}")
     causal = plan.causal_param or "causal"
@@ -788,8 +792,50 @@ def _eviction_hints(body: str, kv: str, q: str, o: str) -> str:
     return body
 
 
+_TANH = '''
+@triton.jit
+def _tanh(x):
+    """tanh from exp: 1 - 2 / (exp(2x) + 1), exact at both ends (exp -> inf or 0)."""
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+'''
+
+
+def _bake_score_fn(plan: KernelPlan, tiling: Tiling) -> KernelPlan:
+    """The score map with the parameters' values (the head dims are the tiling's) and the key
+    and query positions of the tile; knobs whose key loops it does not reach are refused."""
+    import math as _math
+    import re
+    from dataclasses import replace as _replace
+    for knob in ("pipeline", "lazy_rescale", "tma", "warp_specialize", "trace"):
+        if getattr(tiling, knob):
+            raise CodegenError(f"cascade '{plan.cascade}': its score map is generated for the "
+                               f"plain key loop; turn off {knob}")
+    env = {"E": tiling.head_dim, "F": tiling.head_dim}
+    for name, src in plan.params.items():
+        try:
+            env[name] = eval(src, {"math": _math}, dict(env))  # noqa: S307 - our own source
+        except Exception:  # noqa: BLE001 - a parameter the score map does not use
+            pass
+    fn = plan.score_fn
+    baked = []
+    for name in sorted(set(re.findall(r"\b[A-Za-z_][A-Za-z_0-9]*\b", fn)), key=len,
+                       reverse=True):
+        if name in env and name not in ("qk", "kpos", "qpos"):
+            v = env[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise CodegenError(f"cascade '{plan.cascade}': the score map uses '{name}', "
+                                   f"which has no numeric value")
+            fn = re.sub(rf"\b{name}\b", repr(float(v)), fn)
+            baked.append(name)
+    fn = fn.replace("kpos", "(start_n + offs_n)[None, :].to(tl.float32)")
+    fn = fn.replace("qpos", "offs_p[:, None].to(tl.float32)")
+    return _replace(plan, score_fn=fn, baked=tuple(baked))
+
+
 def emit(plan: KernelPlan, tiling: Tiling) -> tuple[str, list[str]]:
     """Return (module source, kernel names) for ``plan`` compiled with ``tiling``."""
+    if plan.score_fn:
+        plan = _bake_score_fn(plan, tiling)
     pre = kernel_prefix(plan.cascade)
     prec = ', input_precision="ieee"' if tiling.dtype == "fp32" else ""
     fast = tiling.fast_exp and tiling.dtype in _EX2_ASM
@@ -803,11 +849,13 @@ def emit(plan: KernelPlan, tiling: Tiling) -> tuple[str, list[str]]:
         body, names = _partials(plan, pre, prec, fast, tiling.lazy_rescale)
     if fast:
         body = _exp2_lp_fn(tiling.dtype) + body
+    if plan.score_fn and "_tanh(" in plan.score_fn:
+        body = _TANH + body
     if plan.family in ("online", "none"):
         body = _eviction_hints(body, tiling.kv_eviction, tiling.q_eviction, tiling.o_eviction)
     head = f'''"""Triton kernels generated by cascades.triton from cascade '{plan.cascade}'.
 
-family: {plan.family}; normalisation: {plan.normalisation}; score: {plan.nonlinearity}(({plan.scale}) * S + {plan.bias})
+family: {plan.family}; normalisation: {plan.normalisation}; score: {plan.nonlinearity}({plan.score_fn or f"(({plan.scale}) * S + {plan.bias})"})
 causal mask: {plan.causal_param or 'none'} (key > query + {plan.causal_offset}); group rank: {plan.group_rank or 'none'}
 tiling: BLOCK_M={tiling.block_m} BLOCK_N={tiling.block_n} num_warps={tiling.num_warps} num_stages={tiling.num_stages} grid={tiling.grid_order} head_dim={tiling.head_dim} dtype={tiling.dtype} fast_exp={fast} pipeline={tiling.pipeline} lazy_rescale={tiling.lazy_rescale} tma={tiling.tma} warp_specialize={tiling.warp_specialize} eviction kv={tiling.kv_eviction or 'none'} q={tiling.q_eviction or 'none'} o={tiling.o_eviction or 'none'}
 kernels: {", ".join(names)}
