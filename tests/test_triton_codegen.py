@@ -453,3 +453,25 @@ def test_score_map_params_are_baked_and_knobs_refused():
     assert "_tanh(" in src and "2.0" in src
     with pytest.raises(CodegenError, match="turn off tma"):
         generate(c, Tiling(head_dim=64, tma=True))
+
+
+@needs_triton
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window,block_m", [(37, 16), (5, 32), (200, 16)])
+def test_sliding_window_kernel_matches_the_executor(interpret, causal, window, block_m):
+    """attention-window: the key loop starts at the first key block of the band, masks the
+    blocks on its two edges and skips the rest; windows narrower than a block, wider than the
+    sequence, partial tiles."""
+    import torch
+    text = cascades.library.text("attention-window").replace("param window = 256",
+                                                             f"param window = {window}")
+    c = cascades.parse(text)
+    t = Tiling(block_m=block_m, block_n=16, num_warps=4, num_stages=1, head_dim=16,
+               dtype="fp32")
+    gen = generate(c, t)
+    assert "window=" not in next(ln for ln in gen.source.splitlines()
+                                 if ln.startswith("def forward"))
+    g = torch.Generator().manual_seed(window * 2 + causal)
+    q, k, v = (torch.randn(1, 2, 101, 16, generator=g) for _ in range(3))
+    out = torch.full((1, 2, 101, 16), float("nan"))
+    _check(gen.load(), gen, c, t, q, k, v, causal, "fp32", out, 101)

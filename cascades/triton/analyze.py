@@ -56,6 +56,9 @@ class KernelPlan:
     score_fn: str | None = None
     #: parameters whose values the emitter baked into the score map (not launcher arguments)
     baked: tuple = ()
+    #: a sliding-window band: key m is also masked when m < p + window_lower (a Python
+    #: expression of parameters and head dims; the emitter bakes its value)
+    window_lower: str | None = None
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -226,9 +229,14 @@ def analyze(c: Cascade) -> KernelPlan:
     causal_param = None
     offset_src = "0"
     fill = None
+    window_lower = None
     if isinstance(expr, Call) and expr.func == "where":
         cond, fill_e, expr = expr.args
-        causal_param, offset_src = _causal(cond, c, p_var, m_rank)
+        band = _window(c)
+        if band is not None:
+            causal_param, offset_src, window_lower = band
+        else:
+            causal_param, offset_src = _causal(cond, c, p_var, m_rank)
         if not _is_param_expr(fill_e, c):
             raise _fail(c, "the masked score must be a constant")
         fill = _eval_py(py_expr(fill_e), {})
@@ -314,6 +322,8 @@ def analyze(c: Cascade) -> KernelPlan:
             family, norm, passes = "three-pass", "three-pass", 3
     if group is not None and family != "online":
         raise _fail(c, f"a query group rank ({group}) is only generated for the 1-pass recurrence")
+    if window_lower is not None and family != "online":
+        raise _fail(c, "a sliding-window mask is generated for the 1-pass online softmax")
     if score_fn is not None and family != "online":
         raise _fail(c, "a pointwise score map other than 'a * S + b' is generated for the 1-pass "
                        "online softmax")
@@ -324,7 +334,7 @@ def analyze(c: Cascade) -> KernelPlan:
                       scale=scale_src, bias=bias_src, causal_param=causal_param,
                       causal_offset=offset_src, mask_fill=float(fill), group_rank=group,
                       block_param=block_param, params=params, passes=passes,
-                      score_fn=score_fn)
+                      score_fn=score_fn, window_lower=window_lower)
 
 
 #: functions a score map may use, as Triton source (``_tanh`` is emitted with the kernel)
@@ -399,6 +409,19 @@ def _key_index(e: Expr, c: Cascade, m_rank: str) -> bool:
         names = {n.name for n in (e.left.left, e.left.right) if isinstance(n, Name)}
         return names == {part.outer.lower(), part.inner}
     return False
+
+
+def _window(c: Cascade):
+    """(flag, upper edge, lower edge) of a sliding-window band (cascades.masks), or None."""
+    from cascades.masks import mask_region
+    r = mask_region(c)
+    if r.kind != "window" or r.switch is None:
+        return None
+
+    def src(lin):
+        terms = " + ".join(f"({coef!r}) * {name}" for name, coef in lin.terms)
+        return f"({lin.const!r}{' + ' + terms if terms else ''})"
+    return r.switch, src(r.upper), src(r.lower)
 
 
 def _causal(cond: Expr, c: Cascade, p_var: str, m_rank: str) -> tuple[str, str]:

@@ -45,6 +45,16 @@ _KEEP = """\
                 keep = keep & ((start_n + offs_n)[None, :] <= offs_p[:, None] + OFF)
 """
 
+
+def _keep(plan: KernelPlan) -> str:
+    """The mask of a key block: in range, and within the causal band (with a sliding window's
+    lower edge, baked into the source)."""
+    if not plan.window_lower:
+        return _KEEP
+    return _KEEP + f"""\
+                keep = keep & ((start_n + offs_n)[None, :] >= offs_p[:, None] + ({plan.window_lower}))
+"""
+
 _LOADV = """\
         if MASKED:
             v = tl.load(v_ptrs, mask=kmask[:, None], other=0.0)
@@ -153,7 +163,7 @@ def _deferred_update(plan: KernelPlan, prec: str, fast: bool, qk: str = "qk",
 
 def _inner_online(plan: KernelPlan, prec: str, fast: bool = False, lazy: bool = False) -> str:
     """The key-block loop of the 1-pass recurrence (deferred or per-step normalisation)."""
-    body = _SCORE.format(prec=prec) + _KEEP
+    body = _SCORE.format(prec=prec) + _keep(plan)
     if plan.normalisation == "deferred":
         body += _deferred_update(plan, prec, fast, lazy=lazy)
     else:  # per-step: FlashAttention-1's renormalised output
@@ -335,6 +345,33 @@ _BOUNDS = """\
 """
 
 
+def _bounds(plan: KernelPlan) -> str:
+    """_BOUNDS, and with a sliding window the first key block of the band (``win_lo``) and the
+    first one inside it for every row of the block (``full_lo``)."""
+    if not plan.window_lower:
+        return _BOUNDS
+    return _BOUNDS + f"""\
+    if CAUSAL:
+        win_lo = tl.maximum(((q_lo + ({plan.window_lower})) // BLOCK_N) * BLOCK_N, 0)
+        full_lo = tl.minimum(tl.maximum(tl.cdiv(q_hi + ({plan.window_lower}), BLOCK_N) * BLOCK_N,
+                                        win_lo), full_hi)
+    else:
+        win_lo = 0
+        full_lo = 0
+"""
+
+
+def _call_window_loops(loop: str) -> str:
+    """Masked [win_lo, full_lo), unmasked [full_lo, full_hi), masked [full_hi, end)."""
+    call = """\
+    acc, l_i, m_i = {loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, {lo}, {hi}, M_LEN, OFF,
+                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, {masked}, BLOCK_N, FAST_ASM)
+"""
+    return (call.format(loop=loop, lo="win_lo", hi="full_lo", masked="True")
+            + call.format(loop=loop, lo="full_lo", hi="full_hi", masked="False")
+            + call.format(loop=loop, lo="full_hi", hi="end", masked="True"))
+
+
 def _store_o(expr: str) -> str:
     return f"""\
     o = {expr}
@@ -473,7 +510,10 @@ def _single_pass(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
     else:
         src = make_loop(loop, _inner_sigmoid(plan, prec))
         final = "acc"
-    calls = _call_tma_loops(loop, ws) if tma else _call_loops(loop, full_loop, marks)
+    if plan.window_lower:
+        calls = _call_window_loops(loop)
+    else:
+        calls = _call_tma_loops(loop, ws) if tma else _call_loops(loop, full_loop, marks)
     descs = _TMA_DESCS if tma else ""
     kname = f"{pre}_fwd"
     if marks:
@@ -487,7 +527,7 @@ def _single_pass(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
 @triton.jit
 def {kname}({_SIG}{sig}
         {const}):
-{t0}{_prologue(plan)}{descs}{_BOUNDS}{_init_state()}{calls}{_store_o(final)}{t1}'''
+{t0}{_prologue(plan)}{descs}{_bounds(plan)}{_init_state()}{calls}{_store_o(final)}{t1}'''
     return src, [kname]
 
 
@@ -832,10 +872,36 @@ def _bake_score_fn(plan: KernelPlan, tiling: Tiling) -> KernelPlan:
     return _replace(plan, score_fn=fn, baked=tuple(baked))
 
 
+def _bake_window(plan: KernelPlan, tiling: Tiling) -> KernelPlan:
+    """The sliding window's lower edge as a number (its parameters' values baked in)."""
+    import math as _math
+    from dataclasses import replace as _replace
+    for knob in ("pipeline", "lazy_rescale", "tma", "warp_specialize", "trace"):
+        if getattr(tiling, knob):
+            raise CodegenError(f"cascade '{plan.cascade}': its sliding window is generated for "
+                               f"the plain key loop; turn off {knob}")
+    env = {"E": tiling.head_dim, "F": tiling.head_dim}
+    for name, src in plan.params.items():
+        try:
+            env[name] = eval(src, {"math": _math}, dict(env))  # noqa: S307 - our own source
+        except Exception:  # noqa: BLE001 - a parameter the window does not use
+            pass
+    try:
+        lo = eval(plan.window_lower, {"math": _math}, dict(env))  # noqa: S307
+    except Exception:  # noqa: BLE001
+        raise CodegenError(f"cascade '{plan.cascade}': the sliding window's lower edge "
+                           f"{plan.window_lower} has no numeric value") from None
+    used = tuple(n for n in plan.params if n in plan.window_lower)
+    return _replace(plan, window_lower=repr(int(_math.ceil(lo))),
+                    baked=tuple(dict.fromkeys(plan.baked + used)))
+
+
 def emit(plan: KernelPlan, tiling: Tiling) -> tuple[str, list[str]]:
     """Return (module source, kernel names) for ``plan`` compiled with ``tiling``."""
     if plan.score_fn:
         plan = _bake_score_fn(plan, tiling)
+    if plan.window_lower:
+        plan = _bake_window(plan, tiling)
     pre = kernel_prefix(plan.cascade)
     prec = ', input_precision="ieee"' if tiling.dtype == "fp32" else ""
     fast = tiling.fast_exp and tiling.dtype in _EX2_ASM
