@@ -840,22 +840,29 @@ def _tanh(x):
 '''
 
 
-def _bake_score_fn(plan: KernelPlan, tiling: Tiling) -> KernelPlan:
-    """The score map with the parameters' values (the head dims are the tiling's) and the key
-    and query positions of the tile; knobs whose key loops it does not reach are refused."""
+def _plain_loop_params(plan: KernelPlan, tiling: Tiling, what: str) -> dict:
+    """The values of the cascade's parameters (the head dims from the tiling) for baking a
+    ``what`` into the source; the knobs whose key loops it does not reach are refused."""
     import math as _math
-    import re
-    from dataclasses import replace as _replace
     for knob in ("pipeline", "lazy_rescale", "tma", "warp_specialize", "trace"):
         if getattr(tiling, knob):
-            raise CodegenError(f"cascade '{plan.cascade}': its score map is generated for the "
+            raise CodegenError(f"cascade '{plan.cascade}': its {what} is generated for the "
                                f"plain key loop; turn off {knob}")
     env = {"E": tiling.head_dim, "F": tiling.head_dim}
     for name, src in plan.params.items():
         try:
             env[name] = eval(src, {"math": _math}, dict(env))  # noqa: S307 - our own source
-        except Exception:  # noqa: BLE001 - a parameter the score map does not use
+        except Exception:  # noqa: BLE001 - a parameter it does not use
             pass
+    return env
+
+
+def _bake_score_fn(plan: KernelPlan, tiling: Tiling) -> KernelPlan:
+    """The score map with the parameters' values (the head dims are the tiling's) and the key
+    and query positions of the tile; knobs whose key loops it does not reach are refused."""
+    import re
+    from dataclasses import replace as _replace
+    env = _plain_loop_params(plan, tiling, "score map")
     fn = plan.score_fn
     baked = []
     for name in sorted(set(re.findall(r"\b[A-Za-z_][A-Za-z_0-9]*\b", fn)), key=len,
@@ -876,16 +883,7 @@ def _bake_window(plan: KernelPlan, tiling: Tiling) -> KernelPlan:
     """The sliding window's lower edge as a number (its parameters' values baked in)."""
     import math as _math
     from dataclasses import replace as _replace
-    for knob in ("pipeline", "lazy_rescale", "tma", "warp_specialize", "trace"):
-        if getattr(tiling, knob):
-            raise CodegenError(f"cascade '{plan.cascade}': its sliding window is generated for "
-                               f"the plain key loop; turn off {knob}")
-    env = {"E": tiling.head_dim, "F": tiling.head_dim}
-    for name, src in plan.params.items():
-        try:
-            env[name] = eval(src, {"math": _math}, dict(env))  # noqa: S307 - our own source
-        except Exception:  # noqa: BLE001 - a parameter the window does not use
-            pass
+    env = _plain_loop_params(plan, tiling, "sliding window")
     try:
         lo = eval(plan.window_lower, {"math": _math}, dict(env))  # noqa: S307
     except Exception:  # noqa: BLE001
