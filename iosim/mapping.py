@@ -1293,10 +1293,12 @@ def fit_error(kind: str, cascade) -> str | None:
 
 
 def _load_cascade(cascade):
+    """A cascade by name, path or object, with its ranks named by role (P, M, E, F)."""
+    from cascades.roles import canonical
     if isinstance(cascade, str):
         from cascades.library import load
-        return load(cascade)
-    return cascade
+        cascade = load(cascade)
+    return canonical(cascade)
 
 
 def loop_nest(mapping: Mapping, cascade=None, *, grouped: bool | None = None) -> LoopNest:

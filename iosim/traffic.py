@@ -611,10 +611,12 @@ def _dtype_bytes_roles(dtype: str, mapping: Mapping, separate_acc: bool = False)
 
 
 def _load_cascade(cascade):
+    """A cascade by name, path or object, with its ranks named by role (P, M, E, F)."""
+    from cascades.roles import canonical
     if isinstance(cascade, str):
         from cascades.library import load
-        return load(cascade)
-    return cascade
+        cascade = load(cascade)
+    return canonical(cascade)
 
 
 def _resolve_mapping(mapping, cascade) -> Mapping:
