@@ -90,6 +90,8 @@ class Report:
     time: dict | None = None
     roofline_s: float | None = None
     roofline_limiter: str | None = None
+    #: a ragged batch: the key length of each request (None: every request has kv_len keys)
+    kv_lens: tuple | None = None
 
     # ---- views -----------------------------------------------------------------------
     @property
@@ -120,6 +122,7 @@ class Report:
             "times_s": dict(self.times),
             "limiter": self.limiter,
             "roofline_s": self.roofline_s,
+            "kv_lens": list(self.kv_lens) if self.kv_lens is not None else None,
             "roofline_limiter": self.roofline_limiter,
             "time": self.time,
             "energy_j": self.energy_j,
@@ -166,6 +169,10 @@ class Report:
                  f"({s.dtype})")
         heads = (f"heads {s.heads} (K/V heads {s.kv_heads}, {s.group} query heads each)"
                  if s.group > 1 else f"heads {s.heads}")
+        if self.kv_lens is not None:
+            kl = self.kv_lens
+            keys = (f"{min(kl)}-{max(kl)} keys per request (a ragged batch, {sum(kl)} keys in "
+                    f"all)")
         L.append(f"  batch {s.batch} x {heads}, N={s.n} queries x {keys}, {dims}"
                  f"{', causal' if s.causal else ''}; tiles block_q={m.block_q} (queries, "
                  f"BLOCK_M) x block_kv={m.block_kv} (keys, BLOCK_N)")

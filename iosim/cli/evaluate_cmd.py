@@ -102,6 +102,10 @@ def load_problem(name, hw, dtype, sram):
               show_default=True,
               help="HBM behind a GPU's L2: 'auto' the fast analytical L2 model, 'simulate' the "
                    "slower dynamic simulation, 'off' counts every L2 read as an HBM read.")
+@click.option("--kv-lens", default=None, metavar="LIST|@FILE",
+              help="A ragged batch: the key length of each request, 1K,32K,128K or @file (one "
+                   "per line, as a serving trace gives them); traffic and FLOPs are summed, "
+                   "the time is one launch of all the requests' programs.")
 @click.option("--block-density", type=click.FloatRange(min=0, max=1, min_open=True),
               default=None, metavar="FRACTION",
               help="A block-sparse cascade (a boolean mask over query and key tiles): the "
@@ -111,7 +115,7 @@ def load_problem(name, hw, dtype, sram):
               help="Also print the count as closed forms in N, d, Br, Bc (and M).")
 def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal, dtype,
             mapping_name, block_q, block_kv, split_kv, grid_order, num_warps, num_stages,
-            row_policy, sram, l2_mode, block_density, as_json, symbolic):
+            row_policy, sram, l2_mode, kv_lens, block_density, as_json, symbolic):
     """Evaluate cascade NAME (or a .casc file) with a mapping on a hardware model.
 
     Prints the bytes each memory level reads and writes (per tensor), the FLOPs, the predicted
@@ -142,6 +146,9 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
     if m.kind == "saha-ye" and (block_q or block_kv):
         b = block_q or block_kv
         m = m.with_(block_q=b, block_kv=b)
+    if kv_lens is not None:
+        return _ragged(c, m, h, kv_lens, seq_len, head_dim, kv_len, batch, heads, kv_heads,
+                       dtype, causal, sram_b, l2_mode, block_density, as_json, symbolic)
     shapes = Shapes(n=seq_len, e=head_dim, kv_len=kv_len, batch=batch, heads=heads,
                     kv_heads=kv_heads, dtype=dtype, causal=causal,
                     block_density=1.0 if block_density is None else block_density)
@@ -186,3 +193,24 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
                 if v[k] != 0:
                     click.echo(f"  {t} {k:5s} = {v[k]}")
         click.echo(f"  total      = {sym['total']}")
+
+
+def _ragged(c, m, h, kv_lens, seq_len, head_dim, kv_len, batch, heads, kv_heads, dtype, causal,
+            sram_b, l2_mode, block_density, as_json, symbolic):
+    """``--kv-lens``: one launch over requests of different key lengths."""
+    from iosim.cli.common import echo_json
+    from iosim.ragged import evaluate_ragged, parse_lengths
+    lens = parse_lengths(kv_lens)
+    for bad, why in ((kv_len is not None, "--kv-len (each request has its own)"),
+                     (batch not in (1, len(lens)), f"--batch {batch} (the batch is the "
+                                                   f"{len(lens)} requests of --kv-lens)"),
+                     (sram_b is not None, "--sram"), (l2_mode == "simulate", "--l2 simulate"),
+                     (block_density is not None, "--block-density"), (symbolic, "--symbolic")):
+        if bad:
+            raise IosimError(f"--kv-lens does not go with {why}")
+    rep = evaluate_ragged(c, m, h, n=seq_len, kv_lens=lens, e=head_dim, heads=heads,
+                          kv_heads=kv_heads, dtype=dtype, causal=causal, l2=l2_mode)
+    if as_json:
+        echo_json(rep.to_dict())
+    else:
+        click.echo(rep.render())

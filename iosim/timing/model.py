@@ -305,7 +305,7 @@ def time_arrays(r: dict) -> dict | None:
         phases.append({"name": p.name, "programs": programs, "programs_per_sm": k,
                        "registers": np.broadcast_to(regs, shape),
                        "waves": waves, "steps_per_program": steps_total / np.maximum(progs_inst, 1),
-                       "program_s": w_mean, "longest_program_s": w_max,
+                       "program_s": w_mean, "longest_program_s": w_max, "sm_program_s": w_sm,
                        "compute_s": mma_s / np.maximum(progs_inst, 1),
                        "exp_s": exp_s / np.maximum(progs_inst, 1),
                        "load_s": load_s / np.maximum(progs_inst, 1),
@@ -389,3 +389,56 @@ def render_time(t: dict, roofline_s: float | None, roofline_limiter: str | None)
         L.append(f"  Roofline lower bound (every unit and level of the whole device "
                  f"overlapping): {fmt_time(roofline_s)}, bound by {roofline_limiter}.")
     return L
+
+
+def combine_requests(tm: dict, rates: TimingRates | None = None) -> dict:
+    """One launch serving a batch of requests of different lengths (a ragged batch): the
+    per-request arrays of :func:`time_arrays` (one configuration per request) become one
+    launch per kernel whose programs are all the requests' programs: list-scheduled over the
+    SMs (fluid work / SMs plus half a mean program, never less than the longest program; the
+    longest one when they fit the SMs), bound below by the HBM bytes of all requests. Arrays of
+    length one come back, in :func:`time_arrays`' layout."""
+    rates = rates or tm["rates"]
+    sms = rates.sms
+    phases = []
+    total = 0.0
+    for ph in tm["phases"]:
+        progs = np.asarray(ph["programs"], dtype=float)
+        n = progs.sum()
+        w = lambda key: float((progs * np.asarray(ph[key])).sum() / max(n, 1))  # noqa: E731
+        work = float((progs * np.asarray(ph["sm_program_s"])).sum())
+        longest = float(np.max(ph["longest_program_s"]))
+        mean = work / max(n, 1)
+        sm = np.asarray(ph["sm_program_s"], dtype=float)
+        if np.ptp(sm) == 0 and np.ptp(np.asarray(ph["longest_program_s"])) == 0 \
+                and np.all(np.asarray(ph["longest_program_s"]) == np.asarray(ph["program_s"])):
+            # equal programs (requests of one length, no mask): waves, as time_arrays has them
+            mk = float(ph["program_s"][0]) if n <= sms else float(np.ceil(n / sms) * sm[0])
+        else:
+            mk = longest if n <= sms else max(longest, work / sms + 0.5 * mean)
+        hbm_b = float(np.sum(ph["hbm_bytes"]))
+        hbm_t = hbm_b / rates.hbm_read_bps
+        t = max(mk, hbm_t)
+        i = int(np.argmax(ph["longest_program_s"]))
+        k = float(np.asarray(ph["programs_per_sm"]).reshape(-1)[i])
+        one = lambda v: np.array([v])  # noqa: E731
+        phases.append({
+            "name": ph["name"], "programs": one(n), "programs_per_sm": one(k),
+            "registers": one(float(np.asarray(ph["registers"]).reshape(-1)[i])),
+            "waves": one(n / (sms * k)), "steps_per_program": one(w("steps_per_program")),
+            "program_s": one(w("program_s")), "longest_program_s": one(longest),
+            "sm_program_s": one(w("sm_program_s")), "compute_s": one(w("compute_s")),
+            "exp_s": one(w("exp_s")), "load_s": one(w("load_s")),
+            "start_s": one(w("start_s")), "makespan_s": one(mk), "hbm_bound_s": one(hbm_t),
+            "hbm_bytes": one(hbm_b), "time_s": one(t),
+            "limiter": np.array(["HBM bandwidth" if hbm_t >= mk else
+                                 str(np.asarray(ph["limiter"]).reshape(-1)[i])], dtype=object)})
+        total += t + rates.launch_s
+    host = rates.host_seconds(len(phases)) if phases else 0.0
+    total = max(total, host)
+    mm = float(np.sum(tm["tensor_utilisation"] * tm["time_s"]))   # utilisation x time = FLOPs/peak
+    hbm_all = sum(float(ph["hbm_bytes"][0]) for ph in phases)
+    return {"time_s": np.array([total]), "phases": phases,
+            "launch_s": rates.launch_s * len(phases), "host_s": host,
+            "tensor_utilisation": np.array([mm / max(total, 1e-30)]),
+            "hbm_bytes_per_s": np.array([hbm_all / max(total, 1e-30)]), "rates": rates}
