@@ -59,6 +59,9 @@ class KernelPlan:
     #: a sliding-window band: key m is also masked when m < p + window_lower (a Python
     #: expression of parameters and head dims; the emitter bakes its value)
     window_lower: str | None = None
+    #: a block mask input over [query blocks, key blocks]: the launcher turns it into a list of
+    #: key blocks per query block, and the kernel visits only those
+    block_mask: str | None = None
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -162,10 +165,20 @@ def _simplify_py(src: str, env_names: list[str]) -> str:
 def analyze(c: Cascade) -> KernelPlan:
     """Read ``c`` and return its :class:`KernelPlan`; raise :class:`CodegenError` if unsupported."""
     inputs = c.inputs
-    bools = [t.name for t in inputs if t.dtype == "bool"]
+    bools = [t for t in inputs if t.dtype == "bool"]
+    block_mask = None
     if bools:
-        raise _fail(c, f"the boolean mask input '{bools[0]}' is not supported (only the causal "
-                       f"mask, given by a boolean parameter, is generated)")
+        from cascades.masks import mask_region
+        region = mask_region(c)
+        outer = {p.rank: p.outer for p in c.partitions}
+        if (len(bools) == 1 and region.kind == "block" and region.tensor == bools[0].name
+                and tuple(bools[0].ranks) == (outer.get("P"), outer.get("M"))):
+            block_mask = bools[0].name
+        else:
+            raise _fail(c, f"the boolean mask input '{bools[0].name}' is not supported (a "
+                           f"causal mask given by a boolean parameter, a sliding window, or a "
+                           f"block mask over [query blocks, key blocks] are generated)")
+        inputs = [t for t in inputs if t.dtype != "bool"]
     if len(inputs) != 3 or len(c.outputs) != 1:
         raise _fail(c, f"expected three inputs (queries, keys, values) and one output, found "
                        f"{len(inputs)} input(s) and {len(c.outputs)} output(s)")
@@ -230,7 +243,14 @@ def analyze(c: Cascade) -> KernelPlan:
     offset_src = "0"
     fill = None
     window_lower = None
-    if isinstance(expr, Call) and expr.func == "where":
+    if (block_mask is not None and isinstance(expr, Call) and expr.func == "where"
+            and isinstance(expr.args[0], Access) and expr.args[0].tensor == block_mask):
+        # where(BlockMask[p1, m1], score, fill): the mask keeps, the fill is the masked value
+        _, expr, fill_e = expr.args
+        if not _is_param_expr(fill_e, c):
+            raise _fail(c, "the masked score must be a constant")
+        fill = _eval_py(py_expr(fill_e), {})
+    elif isinstance(expr, Call) and expr.func == "where":
         cond, fill_e, expr = expr.args
         band = _window(c)
         if band is not None:
@@ -288,7 +308,8 @@ def analyze(c: Cascade) -> KernelPlan:
         if fill is None:
             fill = -math.inf
         if iterative:
-            if any(p.rank != m_rank for p in partitions) or m_rank not in c.info.partition_of:
+            allowed = {m_rank} | ({p_rank} if block_mask is not None else set())
+            if any(p.rank not in allowed for p in partitions) or m_rank not in c.info.partition_of:
                 raise _fail(c, f"the iterated rank must be a partition of the key rank {m_rank}")
             family, passes = "online", 1
             out_e = c.defining(out.name)[0]
@@ -322,6 +343,9 @@ def analyze(c: Cascade) -> KernelPlan:
             family, norm, passes = "three-pass", "three-pass", 3
     if group is not None and family != "online":
         raise _fail(c, f"a query group rank ({group}) is only generated for the 1-pass recurrence")
+    if block_mask is not None and (family != "online" or group is not None):
+        raise _fail(c, "a block mask is generated for the 1-pass online softmax without a "
+                       "query group rank")
     if window_lower is not None and family != "online":
         raise _fail(c, "a sliding-window mask is generated for the 1-pass online softmax")
     if score_fn is not None and family != "online":
@@ -334,7 +358,7 @@ def analyze(c: Cascade) -> KernelPlan:
                       scale=scale_src, bias=bias_src, causal_param=causal_param,
                       causal_offset=offset_src, mask_fill=float(fill), group_rank=group,
                       block_param=block_param, params=params, passes=passes,
-                      score_fn=score_fn, window_lower=window_lower)
+                      score_fn=score_fn, window_lower=window_lower, block_mask=block_mask)
 
 
 #: functions a score map may use, as Triton source (``_tanh`` is emitted with the kernel)

@@ -531,6 +531,37 @@ def {kname}({_SIG}{sig}
     return src, [kname]
 
 
+def _block_sparse(plan: KernelPlan, pre: str, prec: str,
+                  fast: bool = False) -> tuple[str, list[str]]:
+    """The online-softmax kernel over a block list: each query block visits only the key
+    blocks its row of the block mask keeps (the launcher lists them, FlexAttention-style), all
+    through the masked path (partial last key block, causal band)."""
+    loop = f"_{pre}_list_loop"
+    body = _inner_online(plan, prec, fast)
+    src = f'''
+@triton.jit
+def {loop}(acc, l_i, m_i, q, k_base, v_base, offs_p, offs_n, KV_IDX, KV_CNT, row, NK, M_LEN, OFF,
+        qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+        BLOCK_N: tl.constexpr, FAST_ASM: tl.constexpr):
+    cnt = tl.load(KV_CNT + row)
+    for i in range(0, cnt):
+        start_n = tl.load(KV_IDX + row * NK + i) * BLOCK_N
+        k_ptrs = k_base + start_n * stride_kn
+        v_ptrs = v_base + start_n * stride_vn
+{body}    return acc, l_i, m_i
+'''
+    kname = f"{pre}_fwd"
+    final = "acc / l_i[:, None]" if plan.normalisation == "deferred" else "acc"
+    src += f'''
+@triton.jit
+def {kname}({_SIG} KV_IDX, KV_CNT, NK,
+        {_CONST}):
+{_prologue(plan)}{_init_state()}    acc, l_i, m_i = {loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, KV_IDX, KV_CNT, start_m, NK,
+                          M_LEN, OFF, qk_scale, qk_bias, stride_kn, stride_vn, False, True, BLOCK_N, FAST_ASM)
+{_store_o(final)}'''
+    return src, [kname]
+
+
 def _three_pass(plan: KernelPlan, pre: str, prec: str) -> tuple[str, list[str]]:
     src = ""
     names = []
@@ -673,6 +704,9 @@ def _launcher(plan: KernelPlan, t: Tiling, names: list[str]) -> str:
             continue
         param_lines.append(f"    {k} = ({src}) if {k} is None else {k}")
     causal = plan.causal_param or "causal"
+    if plan.block_mask:
+        args = ", ".join(x for x in (args, f"{plan.block_mask}=None") if x)
+        causal = "False"
     scale_mul = f" * {LOG2E!r}" if exp else ""
     lines = [f'''
 
@@ -753,7 +787,22 @@ def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=Non
     const = dict(CAUSAL=bool({causal}), GROUP=G, HEAD_MAJOR=head_major, EVEN_P=even, BLOCK_M=BM,
                  BLOCK_N=BLOCK_N, HEAD_DIM=E, HEAD_DIM_V=F, FAST_ASM=FAST_EXP and _native(q),
                  num_warps=NUM_WARPS, num_stages=NUM_STAGES)''')
-    if plan.family in ("online", "none"):
+    if plan.block_mask:
+        bm = plan.block_mask
+        lines.append(f'''\
+    if {bm} is None:
+        raise ValueError("this kernel needs its block mask {bm}: a bool tensor [query blocks, key blocks] of BLOCK_M x BLOCK_N tiles")
+    nk = triton.cdiv(M, BLOCK_N)
+    if G != 1:
+        raise ValueError("a block-masked kernel takes as many query heads as key/value heads")
+    if tuple({bm}.shape) != (nq, nk):
+        raise ValueError(f"the block mask is [query blocks, key blocks] of {{BLOCK_M}} x {{BLOCK_N}} tiles: expected {{(nq, nk)}}, got {{tuple({bm}.shape)}}")
+    keep = {bm}.to(device=q.device, dtype=torch.bool)
+    kv_cnt = keep.sum(1).to(torch.int32)
+    kv_idx = torch.argsort((~keep).to(torch.int8), dim=1, stable=True).to(torch.int32).contiguous()
+    {names[0]}[grid](q, k, v, o, *common, kv_idx, kv_cnt, nk, **const)
+    return o''')
+    elif plan.family in ("online", "none"):
         lines.append(f'''\
     if TRACE:
         width = trace_width(M)
@@ -903,7 +952,10 @@ def emit(plan: KernelPlan, tiling: Tiling) -> tuple[str, list[str]]:
     pre = kernel_prefix(plan.cascade)
     prec = ', input_precision="ieee"' if tiling.dtype == "fp32" else ""
     fast = tiling.fast_exp and tiling.dtype in _EX2_ASM
-    if plan.family in ("online", "none"):
+    if plan.block_mask:
+        _plain_loop_params(plan, tiling, "block mask")
+        body, names = _block_sparse(plan, pre, prec, fast)
+    elif plan.family in ("online", "none"):
         body, names = _single_pass(plan, pre, prec, fast, tiling.pipeline, tiling.lazy_rescale,
                                    tiling.trace, tiling.tma or tiling.warp_specialize,
                                    tiling.warp_specialize, tiling.trace_every > 0)
