@@ -50,7 +50,6 @@ def test_plan_follows_the_cascade_text():
 
 
 @pytest.mark.parametrize("name, why", [
-    ("linear", "no score Einsum"),
     ("lightning2", "causal mask"),
     ("attention-masked", "boolean mask input"),
 ])
@@ -98,7 +97,7 @@ def test_cli_codegen(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "def flash1_fwd" in out.read_text()
-    r = subprocess.run(run + ["codegen", "linear"], capture_output=True, text=True)
+    r = subprocess.run(run + ["codegen", "lightning2"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error:")
     r = subprocess.run(run + ["codegen", "attention-1pass", "--head-dim", "96"],
                        capture_output=True, text=True)
@@ -513,3 +512,29 @@ def test_block_mask_shape_is_checked(interpret):
         mod.forward(q, q, q, BlockMask=torch.ones(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="needs its block mask"):
         mod.forward(q, q, q)
+
+
+@needs_triton
+@pytest.mark.parametrize("phi", ["elu1", "relu", "exp"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_linear_attention_kernel_matches_the_executor(interpret, phi, normalize):
+    """Linear attention read from the structure (feature maps, a state summed over the keys,
+    read by the query features, optionally normalised): a state kernel per K/V head and an
+    output kernel per query block."""
+    import torch
+    text = cascades.library.text("linear").replace('param phi       = "elu1"',
+                                                   f'param phi = "{phi}"')
+    c = cascades.parse(text)
+    gen = generate(c, Tiling(block_m=32, block_n=16, num_warps=4, num_stages=1, head_dim=16,
+                             dtype="fp32"))
+    assert gen.plan.family == "linear" and len(gen.kernels) == 2
+    g = torch.Generator().manual_seed(zlib.crc32(f"{phi}{normalize}".encode()))
+    q, k, v = (torch.randn(1, 2, 75, 16, generator=g) * 0.5 for _ in range(3))
+    if phi == "relu":
+        q, k = q.abs() + 0.1, k.abs() + 0.1     # keep the denominator away from zero
+    o = gen.load().forward(q, k, v, normalize=normalize)
+    for h in range(2):
+        ref = cascades.execute(c, {"Q": q[0, h].double().numpy(), "K": k[0, h].double().numpy(),
+                                   "V": v[0, h].double().numpy()}, normalize=normalize)["O"]
+        err = np.abs(o[0, h].double().numpy() - ref).max() / np.abs(ref).max()
+        assert err < 1e-5

@@ -62,6 +62,9 @@ class KernelPlan:
     #: a block mask input over [query blocks, key blocks]: the launcher turns it into a list of
     #: key blocks per query block, and the kernel visits only those
     block_mask: str | None = None
+    #: linear attention: (feature map of the queries, of the keys, Python expression of
+    #: whether the output is normalised) -- family "linear"
+    linear: tuple | None = None
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -200,8 +203,11 @@ def analyze(c: Cascade) -> KernelPlan:
             score_e = e
             break
     if score_e is None:
-        raise _fail(c, "no score Einsum 'S = sum[e] Q[p, e] * K[m, e]' over the inputs (linear "
-                       "attention and other kernels without a query-key score are not supported)")
+        lin = _analyze_linear(c, alias, out)
+        if lin is not None:
+            return lin
+        raise _fail(c, "no score Einsum 'S = sum[e] Q[p, e] * K[m, e]' over the inputs, and not "
+                       "linear attention (a state sum[m] phi(K) V read by phi(Q))")
     a1, a2 = score_e.expr.left, score_e.expr.right
     e_var = score_e.reduction.vars[0]
     e_rank = c.info.var_rank[e_var]
@@ -359,6 +365,69 @@ def analyze(c: Cascade) -> KernelPlan:
                       causal_offset=offset_src, mask_fill=float(fill), group_rank=group,
                       block_param=block_param, params=params, passes=passes,
                       score_fn=score_fn, window_lower=window_lower, block_mask=block_mask)
+
+
+#: feature maps of linear attention, as Triton source of an fp32 tile
+LINEAR_FEATURES = {
+    "identity": "{0}", "relu": "tl.maximum({0}, 0.0)", "exp": "tl.exp({0})",
+    "elu1": "tl.where({0} > 0, {0} + 1.0, tl.exp(tl.minimum({0}, 0.0)))",
+    "softplus": "(tl.maximum({0}, 0.0) + tl.log(1.0 + tl.exp(-tl.abs({0}))))",
+    "sigmoid": "tl.sigmoid({0})", "abs": "tl.abs({0})", "silu": "(({0}) * tl.sigmoid({0}))",
+}
+
+
+def _analyze_linear(c: Cascade, alias: dict, out) -> KernelPlan | None:
+    """Linear attention read from the structure: feature maps of two inputs (``KF = phi(K)``,
+    ``QF = phi(Q)``), a state summed over the key rank (``sum[m] KF * V``) with optionally the
+    sum of the key features, read by the query features; the output normalised by the query
+    features times that sum, or not, or under a boolean parameter."""
+    feat = {}
+    for e in c.einsums:
+        x = e.expr
+        if (e.reduction is None and isinstance(x, Call) and len(x.args) == 1
+                and isinstance(x.args[0], Access) and x.args[0].tensor in alias):
+            fn = x.func
+            if fn not in LINEAR_FEATURES:
+                try:
+                    d = c.param(fn).default
+                except KeyError:
+                    return None
+                fn = getattr(d, "value", None)
+                if fn not in LINEAR_FEATURES:
+                    raise _fail(c, f"feature map '{fn}' is not generated (one of "
+                                   f"{', '.join(LINEAR_FEATURES)})")
+            feat[e.tensor] = (alias[x.args[0].tensor], fn, x.func)
+    state = None
+    for e in c.einsums:
+        x = e.expr
+        if (e.reduction is not None and e.reduction.op == "sum" and isinstance(x, Binary)
+                and x.op == "*" and isinstance(x.left, Access) and isinstance(x.right, Access)):
+            names = [x.left.tensor, x.right.tensor]
+            f = [n for n in names if n in feat]
+            v = [n for n in names if n in alias and n not in feat]
+            if f and v:
+                state = (f[0], alias[v[0]])
+    if state is None:
+        return None
+    k_name = feat[state[0]][0]
+    q_feats = [t for t, (src, _, _) in feat.items() if src != k_name]
+    if len(q_feats) != 1:
+        return None
+    out_e = c.defining(out.name)[0]
+    x = out_e.expr
+    normalize = "False"
+    if isinstance(x, Call) and x.func == "where" and isinstance(x.args[0], Name):
+        normalize = x.args[0].name
+        x = x.args[1]
+    if isinstance(x, Binary) and x.op == "/":
+        normalize = normalize if normalize != "False" else "True"
+    params = {p.name: py_expr(p.default) for p in c.params}
+    baked = tuple(dict.fromkeys(f[2] for f in feat.values() if f[2] in params))
+    return KernelPlan(cascade=c.name, family="linear", normalisation="linear",
+                      nonlinearity=feat[q_feats[0]][1], scale="1", bias="0", causal_param=None,
+                      causal_offset="0", mask_fill=0.0, group_rank=None, block_param=None,
+                      params=params, passes=2, baked=baked,
+                      linear=(feat[q_feats[0]][1], feat[state[0]][1], normalize))
 
 
 #: functions a score map may use, as Triton source (``_tanh`` is emitted with the kernel)

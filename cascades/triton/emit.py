@@ -562,6 +562,70 @@ def {kname}({_SIG} KV_IDX, KV_CNT, NK,
     return src, [kname]
 
 
+def _linear(plan: KernelPlan, pre: str) -> tuple[str, list[str]]:
+    """Linear attention: a state kernel (one program per K/V head: S = sum phi(K)^T V and
+    z = sum phi(K) over key blocks, fp32) and an output kernel (one program per query block:
+    phi(Q) S, divided by phi(Q) z when normalised)."""
+    from cascades.triton.analyze import LINEAR_FEATURES
+    phi_q, phi_k, _ = plan.linear
+    fq = LINEAR_FEATURES[phi_q].format("q")
+    fk = LINEAR_FEATURES[phi_k].format("k")
+    sname, oname = f"{pre}_state", f"{pre}_out"
+    src = f'''
+@triton.jit
+def {sname}(K, V, S, Z, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh,
+        stride_vn, stride_vd, H_KV, M_LEN, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+        HEAD_DIM_V: tl.constexpr):
+    pid_h = tl.program_id(0)
+    off_b = pid_h // H_KV
+    off_hk = pid_h % H_KV
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_dv = tl.arange(0, HEAD_DIM_V)
+    k_ptrs = K + off_b * stride_kb + off_hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+    v_ptrs = V + off_b * stride_vb + off_hk * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd
+    st = tl.zeros([HEAD_DIM, HEAD_DIM_V], dtype=tl.float32)
+    z = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for start_n in range(0, M_LEN, BLOCK_N):
+        kmask = (start_n + offs_n) < M_LEN
+        k = tl.load(k_ptrs, mask=kmask[:, None], other=0.0).to(tl.float32)
+        v = tl.load(v_ptrs, mask=kmask[:, None], other=0.0).to(tl.float32)
+        kf = tl.where(kmask[:, None], {fk}, 0.0)
+        st = tl.dot(tl.trans(kf), v, st, input_precision="ieee")
+        z += tl.sum(kf, 0)
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+    tl.store(S + pid_h * HEAD_DIM * HEAD_DIM_V + offs_d[:, None] * HEAD_DIM_V + offs_dv[None, :], st)
+    tl.store(Z + pid_h * HEAD_DIM + offs_d, z)
+
+
+@triton.jit
+def {oname}(Q, O, S, Z, stride_qb, stride_qh, stride_qm, stride_qd, stride_ob, stride_oh,
+        stride_om, stride_od, H_KV, P_LEN, NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr,
+        HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr):
+    start_m = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    off_b = pid_h // H_KV
+    off_hk = pid_h % H_KV
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_dv = tl.arange(0, HEAD_DIM_V)
+    row_ok = offs_m < P_LEN
+    q = tl.load(Q + off_b * stride_qb + off_hk * stride_qh + offs_m[:, None] * stride_qm
+                + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    qf = {fq}
+    st = tl.load(S + pid_h * HEAD_DIM * HEAD_DIM_V + offs_d[:, None] * HEAD_DIM_V + offs_dv[None, :])
+    o = tl.dot(qf, st, input_precision="ieee")
+    if NORMALIZE:
+        z = tl.load(Z + pid_h * HEAD_DIM + offs_d)
+        den = tl.sum(qf * z[None, :], 1)
+        o = o / den[:, None]
+    tl.store(O + off_b * stride_ob + off_hk * stride_oh + offs_m[:, None] * stride_om
+             + offs_dv[None, :] * stride_od, o.to(O.dtype.element_ty), mask=row_ok[:, None])
+'''
+    return src, [sname, oname]
+
+
 def _three_pass(plan: KernelPlan, pre: str, prec: str) -> tuple[str, list[str]]:
     src = ""
     names = []
@@ -707,6 +771,8 @@ def _launcher(plan: KernelPlan, t: Tiling, names: list[str]) -> str:
     if plan.block_mask:
         args = ", ".join(x for x in (args, f"{plan.block_mask}=None") if x)
         causal = "False"
+    if plan.family == "linear":
+        causal = "False"
     scale_mul = f" * {LOG2E!r}" if exp else ""
     lines = [f'''
 
@@ -787,7 +853,19 @@ def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=Non
     const = dict(CAUSAL=bool({causal}), GROUP=G, HEAD_MAJOR=head_major, EVEN_P=even, BLOCK_M=BM,
                  BLOCK_N=BLOCK_N, HEAD_DIM=E, HEAD_DIM_V=F, FAST_ASM=FAST_EXP and _native(q),
                  num_warps=NUM_WARPS, num_stages=NUM_STAGES)''')
-    if plan.block_mask:
+    if plan.family == "linear":
+        lines.append(f'''\
+    if G != 1:
+        raise ValueError("linear attention is generated with as many query heads as key/value heads")
+    st = torch.empty((B * HKV, E, F), device=q.device, dtype=torch.float32)
+    z = torch.empty((B * HKV, E), device=q.device, dtype=torch.float32)
+    {names[0]}[(B * HKV,)](k, v, st, z, *k.stride(), *v.stride(), HKV, M, BLOCK_N=BLOCK_N,
+                           HEAD_DIM=E, HEAD_DIM_V=F, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    {names[1]}[(triton.cdiv(P, BLOCK_M), B * HKV)](q, o, st, z, *q.stride(), *o.stride(), HKV, P,
+                           NORMALIZE=bool({plan.linear[2]}), BLOCK_M=BLOCK_M, HEAD_DIM=E,
+                           HEAD_DIM_V=F, num_warps=NUM_WARPS)
+    return o''')
+    elif plan.block_mask:
         bm = plan.block_mask
         lines.append(f'''\
     if {bm} is None:
@@ -952,7 +1030,10 @@ def emit(plan: KernelPlan, tiling: Tiling) -> tuple[str, list[str]]:
     pre = kernel_prefix(plan.cascade)
     prec = ', input_precision="ieee"' if tiling.dtype == "fp32" else ""
     fast = tiling.fast_exp and tiling.dtype in _EX2_ASM
-    if plan.block_mask:
+    if plan.family == "linear":
+        _plain_loop_params(plan, tiling, "linear attention")
+        body, names = _linear(plan, pre)
+    elif plan.block_mask:
         _plain_loop_params(plan, tiling, "block mask")
         body, names = _block_sparse(plan, pre, prec, fast)
     elif plan.family in ("online", "none"):

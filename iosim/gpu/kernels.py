@@ -26,13 +26,16 @@ def kernel_mapping(cascade, *, block_m: int = 128, block_n: int = 64, num_warps:
     the fused multi-pass mapping with the scores recomputed in every pass for multi-pass
     cascades; per-chunk partials and a combining kernel (``decode-splitk``) for partials
     cascades, one key tile per chunk when the partials are per key block (``kv_len`` gives
-    their number)."""
+    their number); the linear family (the state built over the keys, then read per query tile)
+    for linear attention."""
     from iosim.mapping import mapping_for
     c, plan = _plan(cascade)
     kw = dict(block_q=block_m, block_kv=block_n, num_warps=num_warps, num_stages=num_stages,
               grid_order=grid_order)
     if plan.family == "three-pass":
         return mapping_for(c, "fused-3pass", row_policy="recompute", **kw)
+    if plan.family == "linear":
+        return mapping_for(c, "linear", **kw)
     if plan.family == "partials":
         if plan.normalisation == "local-max":
             if kv_len is None:
