@@ -562,10 +562,11 @@ def {kname}({_SIG} KV_IDX, KV_CNT, NK,
     return src, [kname]
 
 
-def _linear(plan: KernelPlan, pre: str) -> tuple[str, list[str]]:
+def _linear(plan: KernelPlan, pre: str, prec: str) -> tuple[str, list[str]]:
     """Linear attention: a state kernel (one program per K/V head: S = sum phi(K)^T V and
-    z = sum phi(K) over key blocks, fp32) and an output kernel (one program per query block:
-    phi(Q) S, divided by phi(Q) z when normalised)."""
+    z = sum phi(K) over key blocks, accumulated in fp32, the products on the matrix unit in
+    the input type) and an output kernel (one program per query block: phi(Q) S, divided by
+    phi(Q) z when normalised)."""
     from cascades.triton.analyze import LINEAR_FEATURES
     phi_q, phi_k, _ = plan.linear
     fq = LINEAR_FEATURES[phi_q].format("q")
@@ -591,7 +592,7 @@ def {sname}(K, V, S, Z, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, s
         k = tl.load(k_ptrs, mask=kmask[:, None], other=0.0).to(tl.float32)
         v = tl.load(v_ptrs, mask=kmask[:, None], other=0.0).to(tl.float32)
         kf = tl.where(kmask[:, None], {fk}, 0.0)
-        st = tl.dot(tl.trans(kf), v, st, input_precision="ieee")
+        st = tl.dot(tl.trans(kf.to(K.dtype.element_ty)), v.to(K.dtype.element_ty), st{prec})
         z += tl.sum(kf, 0)
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
@@ -615,7 +616,7 @@ def {oname}(Q, O, S, Z, stride_qb, stride_qh, stride_qm, stride_qd, stride_ob, s
                 + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0).to(tl.float32)
     qf = {fq}
     st = tl.load(S + pid_h * HEAD_DIM * HEAD_DIM_V + offs_d[:, None] * HEAD_DIM_V + offs_dv[None, :])
-    o = tl.dot(qf, st, input_precision="ieee")
+    o = tl.dot(qf.to(Q.dtype.element_ty), st.to(Q.dtype.element_ty){prec})
     if NORMALIZE:
         z = tl.load(Z + pid_h * HEAD_DIM + offs_d)
         den = tl.sum(qf * z[None, :], 1)
@@ -1032,7 +1033,7 @@ def emit(plan: KernelPlan, tiling: Tiling) -> tuple[str, list[str]]:
     fast = tiling.fast_exp and tiling.dtype in _EX2_ASM
     if plan.family == "linear":
         _plain_loop_params(plan, tiling, "linear attention")
-        body, names = _linear(plan, pre)
+        body, names = _linear(plan, pre, prec)
     elif plan.block_mask:
         _plain_loop_params(plan, tiling, "block mask")
         body, names = _block_sparse(plan, pre, prec, fast)
