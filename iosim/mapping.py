@@ -1020,11 +1020,16 @@ def _linear(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
         tensors[t] = (rk, "data")
     whole = lambda rk: tuple(Dim(r) for r in rk)  # noqa: E731
     st = tuple(Alloc(t, whole(rk)) for t, rk in f.states)
+    split = m.split_kv > 1
     st += (Loop("j", "M", "block_kv",
                 tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True)
-                      for t in f.kv_inputs), label="key/value tiles"),)
+                      for t in f.kv_inputs), within="s" if split else None,
+                label="key/value tiles" + (" of this split" if split else "")),)
     st += tuple(Store(t, whole(rk)) for t, rk in f.states)
     names = ", ".join(t for t, _ in f.states)
+    if split:   # the keys split over programs, each adding its partial state (atomically)
+        st = (SplitLoop("s", st, label="splits of the keys (one program each; partial "
+                                       "states added)"),)
     ph1 = Phase(f"state {names} from the keys and values", st)
     body = tuple(Load(t, whole(rk)) for t, rk in f.states)
     body += tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)

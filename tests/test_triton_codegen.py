@@ -515,9 +515,9 @@ def test_block_mask_shape_is_checked(interpret):
 
 
 @needs_triton
-@pytest.mark.parametrize("phi", ["elu1", "relu", "exp"])
+@pytest.mark.parametrize("phi,split", [("elu1", 1), ("relu", 3), ("exp", 2)])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_linear_attention_kernel_matches_the_executor(interpret, phi, normalize):
+def test_linear_attention_kernel_matches_the_executor(interpret, phi, split, normalize):
     """Linear attention read from the structure (feature maps, a state summed over the keys,
     read by the query features, optionally normalised): a state kernel per K/V head and an
     output kernel per query block."""
@@ -526,7 +526,7 @@ def test_linear_attention_kernel_matches_the_executor(interpret, phi, normalize)
                                                    f'param phi = "{phi}"')
     c = cascades.parse(text)
     gen = generate(c, Tiling(block_m=32, block_n=16, num_warps=4, num_stages=1, head_dim=16,
-                             dtype="fp32"))
+                             dtype="fp32", split_kv=split))
     assert gen.plan.family == "linear" and len(gen.kernels) == 2
     g = torch.Generator().manual_seed(zlib.crc32(f"{phi}{normalize}".encode()))
     q, k, v = (torch.randn(1, 2, 75, 16, generator=g) * 0.5 for _ in range(3))

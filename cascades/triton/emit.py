@@ -563,7 +563,8 @@ def {kname}({_SIG} KV_IDX, KV_CNT, NK,
 
 
 def _linear(plan: KernelPlan, pre: str, prec: str) -> tuple[str, list[str]]:
-    """Linear attention: a state kernel (one program per K/V head: S = sum phi(K)^T V and
+    """Linear attention: a state kernel (a program per K/V head and split of the keys --
+    ``split_kv`` -- adding its partial S = sum phi(K)^T V and
     z = sum phi(K) over key blocks, accumulated in fp32, the products on the matrix unit in
     the input type) and an output kernel (one program per query block: phi(Q) S, divided by
     phi(Q) z when normalised)."""
@@ -575,20 +576,23 @@ def _linear(plan: KernelPlan, pre: str, prec: str) -> tuple[str, list[str]]:
     src = f'''
 @triton.jit
 def {sname}(K, V, S, Z, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh,
-        stride_vn, stride_vd, H_KV, M_LEN, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+        stride_vn, stride_vd, H_KV, M_LEN, CHUNK, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
         HEAD_DIM_V: tl.constexpr):
     pid_h = tl.program_id(0)
+    split = tl.program_id(1)
     off_b = pid_h // H_KV
     off_hk = pid_h % H_KV
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_dv = tl.arange(0, HEAD_DIM_V)
-    k_ptrs = K + off_b * stride_kb + off_hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    v_ptrs = V + off_b * stride_vb + off_hk * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd
+    lo = split * CHUNK
+    hi = tl.minimum(lo + CHUNK, M_LEN)
+    k_ptrs = K + off_b * stride_kb + off_hk * stride_kh + (lo + offs_n)[:, None] * stride_kn + offs_d[None, :] * stride_kd
+    v_ptrs = V + off_b * stride_vb + off_hk * stride_vh + (lo + offs_n)[:, None] * stride_vn + offs_dv[None, :] * stride_vd
     st = tl.zeros([HEAD_DIM, HEAD_DIM_V], dtype=tl.float32)
     z = tl.zeros([HEAD_DIM], dtype=tl.float32)
-    for start_n in range(0, M_LEN, BLOCK_N):
-        kmask = (start_n + offs_n) < M_LEN
+    for start_n in range(lo, hi, BLOCK_N):
+        kmask = (start_n + offs_n) < hi
         k = tl.load(k_ptrs, mask=kmask[:, None], other=0.0).to(tl.float32)
         v = tl.load(v_ptrs, mask=kmask[:, None], other=0.0).to(tl.float32)
         kf = tl.where(kmask[:, None], {fk}, 0.0)
@@ -596,8 +600,9 @@ def {sname}(K, V, S, Z, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, s
         z += tl.sum(kf, 0)
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
-    tl.store(S + pid_h * HEAD_DIM * HEAD_DIM_V + offs_d[:, None] * HEAD_DIM_V + offs_dv[None, :], st)
-    tl.store(Z + pid_h * HEAD_DIM + offs_d, z)
+    # the splits of one head add their partial states (S and Z start at zero)
+    tl.atomic_add(S + pid_h * HEAD_DIM * HEAD_DIM_V + offs_d[:, None] * HEAD_DIM_V + offs_dv[None, :], st)
+    tl.atomic_add(Z + pid_h * HEAD_DIM + offs_d, z)
 
 
 @triton.jit
@@ -858,10 +863,12 @@ def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=Non
         lines.append(f'''\
     if G != 1:
         raise ValueError("linear attention is generated with as many query heads as key/value heads")
-    st = torch.empty((B * HKV, E, F), device=q.device, dtype=torch.float32)
-    z = torch.empty((B * HKV, E), device=q.device, dtype=torch.float32)
-    {names[0]}[(B * HKV,)](k, v, st, z, *k.stride(), *v.stride(), HKV, M, BLOCK_N=BLOCK_N,
-                           HEAD_DIM=E, HEAD_DIM_V=F, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    st = torch.zeros((B * HKV, E, F), device=q.device, dtype=torch.float32)
+    z = torch.zeros((B * HKV, E), device=q.device, dtype=torch.float32)
+    chunk = triton.cdiv(triton.cdiv(M, SPLIT_KV), BLOCK_N) * BLOCK_N
+    {names[0]}[(B * HKV, triton.cdiv(M, chunk))](k, v, st, z, *k.stride(), *v.stride(), HKV, M,
+                           chunk, BLOCK_N=BLOCK_N, HEAD_DIM=E, HEAD_DIM_V=F,
+                           num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     {names[1]}[(triton.cdiv(P, BLOCK_M), B * HKV)](q, o, st, z, *q.stride(), *o.stride(), HKV, P,
                            NORMALIZE=bool({plan.linear[2]}), BLOCK_M=BLOCK_M, HEAD_DIM=E,
                            HEAD_DIM_V=F, num_warps=NUM_WARPS)

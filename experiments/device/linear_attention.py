@@ -1,5 +1,6 @@
 """Device: the generated linear-attention kernels (feature map elu1, normalised) on the GPU:
-error against a float64 reference, and time, at a few shapes. Run from the repository root::
+error against a float64 reference, and time, at a few shapes, with the state kernel's keys
+in one program per K/V head and split 16 ways. Run from the repository root::
 
     python experiments/device/linear_attention.py     # -> $OUT/gpu_linear_attention.csv
 """
@@ -21,8 +22,8 @@ def main():
     dev = torch.cuda.get_device_name(0)
     c = cascades.load("linear")
     rows = []
-    for d in (64, 128):
-        m = kernel_mapping(c)
+    for d, split in ((64, 1), (128, 1), (64, 16), (128, 16)):
+        m = kernel_mapping(c, split_kv=split)
         mod = kernel_for(c, m, head_dim=d, dtype="bf16").load()
         for (b, h, n) in ((1, 16, 16384), (4, 16, 4096), (1, 8, 131072)):
             g = torch.Generator(device="cuda").manual_seed(2)
@@ -39,7 +40,8 @@ def main():
             ref = (qd @ (kd.T @ vd)) / (qd @ kd.sum(0))[:, None]
             rel = float((out[0, 0].double() - ref).norm() / ref.norm())
             row = dict(cascade="linear", batch=b, heads=h, seq=n, head_dim=d,
-                       block_m=m.block_q, block_n=m.block_kv, num_warps=m.num_warps,
+                       block_m=m.block_q, block_n=m.block_kv, split_kv=split,
+                       num_warps=m.num_warps,
                        num_stages=m.num_stages, ms=ms, rel_err_vs_fp64=rel, device=dev)
             rows.append(row)
             print(row, flush=True)

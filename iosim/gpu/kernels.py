@@ -35,7 +35,7 @@ def kernel_mapping(cascade, *, block_m: int = 128, block_n: int = 64, num_warps:
     if plan.family == "three-pass":
         return mapping_for(c, "fused-3pass", row_policy="recompute", **kw)
     if plan.family == "linear":
-        return mapping_for(c, "linear", **kw)
+        return mapping_for(c, "linear", split_kv=split_kv, **kw)
     if plan.family == "partials":
         if plan.normalisation == "local-max":
             if kv_len is None:
