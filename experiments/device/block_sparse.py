@@ -7,7 +7,6 @@ Run from the repository root::
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import sys
@@ -58,11 +57,8 @@ def main():
                        rel_err_vs_fp64=rel, device=dev)
             rows.append(row)
             print(row, flush=True)
-    path = os.path.join(os.environ.get("OUT", "."), "gpu_block_sparse.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    from iosim.gpu.validate import write_csv
+    write_csv(rows, os.path.join(os.environ.get("OUT", "."), "gpu_block_sparse.csv"))
 
 
 if __name__ == "__main__":

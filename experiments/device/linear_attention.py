@@ -6,7 +6,6 @@ in one program per K/V head and split 16 ways. Run from the repository root::
 """
 from __future__ import annotations
 
-import csv
 import os
 import sys
 
@@ -45,11 +44,8 @@ def main():
                        num_stages=m.num_stages, ms=ms, rel_err_vs_fp64=rel, device=dev)
             rows.append(row)
             print(row, flush=True)
-    path = os.path.join(os.environ.get("OUT", "."), "gpu_linear_attention.csv")
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    from iosim.gpu.validate import write_csv
+    write_csv(rows, os.path.join(os.environ.get("OUT", "."), "gpu_linear_attention.csv"))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ plain 1-pass kernel on the same shape. Run from the repository root::
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import sys
@@ -86,11 +85,8 @@ def main():
                 print(row, flush=True)
                 del q, k, v, out
                 torch.cuda.empty_cache()
-    path = os.path.join(os.environ.get("OUT", "."), "gpu_score_maps.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    from iosim.gpu.validate import write_csv
+    write_csv(rows, os.path.join(os.environ.get("OUT", "."), "gpu_score_maps.csv"))
 
 
 if __name__ == "__main__":

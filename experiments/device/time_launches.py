@@ -11,7 +11,6 @@ first in parallel processes (Triton's cache is shared).
 """
 from __future__ import annotations
 
-import csv
 import os
 import sys
 import time
@@ -54,12 +53,8 @@ def main() -> None:
     rows = measure_launches(items, progress=False)
     for l, r in zip(launches, rows):
         r["label"] = l.label
-    path = os.path.join(os.environ.get("OUT", "."), f"gpu_time_{name}.csv")
-    keys = list(rows[0])
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    from iosim.gpu.validate import write_csv
+    write_csv(rows, os.path.join(os.environ.get("OUT", "."), f"gpu_time_{name}.csv"))
 
 
 if __name__ == "__main__":

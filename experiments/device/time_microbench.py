@@ -37,7 +37,6 @@ Each row is one microbenchmark (``kind``) with its measured rate:
 """
 from __future__ import annotations
 
-import csv
 import os
 import sys
 
@@ -336,15 +335,9 @@ def main() -> None:
 
 
 def _write(rows, name="gpu_time_microbench.csv"):
-    keys = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    path = os.path.join(os.environ.get("OUT", "."), name if len(sys.argv) < 2
-                        else "gpu_time_microbench_extra.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    from iosim.gpu.validate import write_csv
+    write_csv(rows, os.path.join(os.environ.get("OUT", "."), name if len(sys.argv) < 2
+                                 else "gpu_time_microbench_extra.csv"))
 
 
 if __name__ == "__main__":

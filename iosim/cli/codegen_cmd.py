@@ -36,7 +36,7 @@ from iosim.cli.common import OneLineErrors, atomic_write, echo_json
               help="rescale the accumulator only when a row maximum grows by more than 2**8")
 @click.option("--fast-exp", is_flag=True, help="exp2 in the 16-bit input type (bf16/fp16)")
 @click.option("--pipeline", is_flag=True,
-              help="issue the next key block's score product before the softmax")
+              help="start the next key block's score product before the softmax")
 @click.option("--kv-eviction", type=click.Choice(["none", "evict_first", "evict_last"]),
               default="none", show_default=True, help="L2 eviction hint on the K and V loads")
 @click.option("--q-eviction", type=click.Choice(["none", "evict_first", "evict_last"]),
