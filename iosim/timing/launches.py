@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from iosim.errors import IosimError
-from iosim.gpu.kernels import kernel_mapping  # noqa: F401 - the kernels' Mapping, re-exported
 
-__all__ = ["kernel_mapping", "predict_rows", "read_rows", "set_summary", "tiling_groups"]
+__all__ = ["predict_rows", "read_rows", "set_summary", "tiling_groups"]
 
 
 def read_rows(path) -> list[dict]:
@@ -67,8 +66,6 @@ def set_summary(rows: list[dict]) -> dict:
             "max": float(e.max()), "within_25": int((e <= 0.25).sum()),
             "within_40": int((e <= 0.40).sum())}
 
-
-error_summary = set_summary
 
 
 def tiling_groups(rows: list[dict]) -> list[dict]:

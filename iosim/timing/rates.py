@@ -135,14 +135,15 @@ class TimingRates:
         return np.where(b > 0, cyc, 0.0) / self.clock_hz
 
 
-def _read_table(hw, name: str) -> str:
-    src = hw.source or ""
+def _read_table(hw_name: str, source: str, name: str) -> str:
+    """The microbenchmark table ``name`` beside the preset (or the user's TOML file)."""
+    src = source or ""
     if src.startswith("iosim/presets/"):
         res = resources.files("iosim") / "presets" / name
         try:
             return res.read_text(encoding="utf-8")
         except OSError:
-            raise IosimError(f"hardware '{hw.name}': [timing] microbenchmarks file '{name}' "
+            raise IosimError(f"hardware '{hw_name}': [timing] microbenchmarks file '{name}' "
                              f"is missing from the package") from None
     path = Path(src).parent / name
     try:
@@ -163,19 +164,15 @@ def _parse(hw) -> TimingRates | None:
 
 @lru_cache(maxsize=32)
 def _parse_cached(name, source, timing, clock_hz, sms) -> TimingRates:
-    class _Hw:   # what the table reader needs
-        pass
-    hw = _Hw()
-    hw.name, hw.source = name, source
     t = dict(timing)
-    where = f"hardware '{hw.name}' [timing]"
+    where = f"hardware '{name}' [timing]"
     need = ("microbenchmarks", "launch", "hbm_read", "exp_per_clock",
             "stream_bytes_per_clock", "stream_latency", "sm_bytes_per_clock")
     miss = [k for k in need if k not in t]
     if miss:
         raise IosimError(f"{where}: missing {', '.join(miss)}")
     from iosim.hardware import parse_bandwidth
-    text = _read_table(hw, str(t["microbenchmarks"]))
+    text = _read_table(name, source, str(t["microbenchmarks"]))
     rows = list(csv.DictReader(io.StringIO(text)))
     mma = []
     for r in rows:
