@@ -869,7 +869,8 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
             r, w = levels[lv.name]
             energy = energy + (r * (lv.read_energy_pj_per_byte or 0.0)
                                + w * (lv.write_energy_pj_per_byte or 0.0)) * 1e-12
-    out = {"cascade": c, "mapping": m, "hardware": hw, "nest": nest, "dtype": dtype,
+    out = {"cascade": c, "mapping": m, "hardware": hw, "nest": nest, "compiled": comp,
+            "dtype": dtype,
             "sizes": S, "grid": sz, "sram_bytes": cap_sram, "sram_elements": sram_el,
             "model_reads": reads, "model_writes": writes, "backing_reads": b_reads,
             "backing_writes": b_writes, "levels": levels, "level_roles": {

@@ -144,9 +144,8 @@ def occupancy(*, block_m, block_n, head_dim, num_warps, num_stages, elem_bytes, 
 def _phase_bytes(r: dict, phase: str, F, dtype_bytes_role) -> tuple:
     """(HBM bytes, SRAM-boundary bytes) a phase moves, all heads: each tensor's backing
     (HBM) share of its SRAM-boundary traffic applied to the phase's loads and stores."""
-    from iosim.traffic import compile_nest
-    comp = compile_nest(r["nest"])
     hbm = np.zeros(np.shape(r["time_s"]))
+    comp = r["compiled"]
     tile = np.zeros_like(hbm)
     for t in comp.terms:
         if t.phase != phase:
