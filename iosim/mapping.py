@@ -945,72 +945,49 @@ def _fused2(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
 
 
 def _decode(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    if _packs(m, f, grouped):
-        return _decode_packed(m, f)
-    ti = {"P": "i", **_gv(grouped)}
+    """Split-K: a program per (split, row tile) writes a partial output and its log-sum-exp
+    (for a softmax; the partial sums for a plain sum over the keys), in the stat dtype (fp32
+    by default, as the generated kernel keeps them); a combining kernel reads them per row
+    tile. Grouped query heads are packed into the rows of a program when the mapping packs
+    them (rows are then (query, query head) pairs of one K/V head, so every split reads its
+    K/V chunk once for the whole group), else one program per query head of the group."""
+    packed = _packs(m, f, grouped)
+    r = "R" if packed else "P"
+    ti = {"R": "i"} if packed else {"P": "i", **_gv(grouped)}
     tensors = _tensor_roles(f)
-    # the partial results of a split: a normalised partial output and its log-sum-exp for a
-    # softmax; the partial sums of the output for a plain sum over the keys (in the stat
-    # dtype, fp32 by default: the generated kernel keeps its partials in fp32)
-    tensors["PO"] = (("S", "P", "F"), "stat")   # fp32 partial outputs, as the kernel keeps them
-    parts = [("PO", (Dim("S", "s"), Dim("P", "i"), Dim("F")))]
+    ranks = dict(f.ranks)
+    if packed:
+        for t in f.q_inputs + f.outputs:
+            ranks[t] = _row_ranks(f.ranks[t])
+            tensors[t] = (ranks[t], tensors[t][1])
+    tensors["PO"] = (("S", r, "F"), "stat")
+    parts = [("PO", (Dim("S", "s"), Dim(r, "i"), Dim("F")))]
     if f.softmax:
-        tensors["LSE"] = (("S", "P"), "stat")
-        parts.append(("LSE", (Dim("S", "s"), Dim("P", "i"))))
-    inner = tuple(Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": "j", **_gv(grouped)}), streamed=True)
-                  for t in f.kv_inputs + f.pm_inputs)
-    inner += (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
-    body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
-    body += _acc_tiles(f, ti) + _stats(f, "i")
+        tensors["LSE"] = (("S", r), "stat")
+        parts.append(("LSE", (Dim("S", "s"), Dim(r, "i"))))
+    inner = tuple(Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": "j", **_gv(grouped)}),
+                       streamed=True) for t in f.kv_inputs + f.pm_inputs)
+    inner += (Alloc("S", (Dim(r, "i"), Dim("M", "j"))),)
+    acc = tuple(Alloc(f"{o}_acc", _tile_dims(ranks[o], ti)) for o in f.outputs)
+    body = tuple(Load(t, _tile_dims(ranks[t], ti)) for t in f.q_inputs)
+    body += acc + _stats(f, "i", rank=r)
     body += (Loop("j", "M", "block_kv", inner, causal_with="i", within="s",
                   label="key/value tiles of this split"),)
     body += tuple(Store(t, d) for t, d in parts)
-    ph1 = Phase("partials per split", _group_wrap(f, (
-        SplitLoop("s", (Loop("i", "P", "block_q", body, grid=True, label="query tiles"),),
-                  label="splits of the keys (one program each)"),), grouped))
-    comb = _acc_tiles(f, ti) + _stats(f, "i")
+    tiles = ("row tiles: (query, query head) pairs of the group" if packed
+             else "query tiles")
+    wrap = (lambda nodes: nodes) if packed else (lambda nodes: _group_wrap(f, nodes, grouped))
+    ph1 = Phase("partials per split", wrap((
+        SplitLoop("s", (Loop("i", r, "block_q", body, grid=True, label=tiles),),
+                  label="splits of the keys (one program each)"),)))
+    comb = acc + _stats(f, "i", rank=r)
     comb += (SplitLoop("s", tuple(Load(t, d, streamed=True) for t, d in parts),
                        grid=False, label="splits"),)
-    comb += _out_tiles(f, ti)
-    ph2 = Phase("combine", _group_wrap(f, (Loop("i", "P", "block_q", comb, grid=True,
-                                                label="query tiles"),), grouped))
-    return LoopNest(m, f.name, (ph1, ph2), tensors, causal_offset_default=_offset_kind(f))
-
-
-def _decode_packed(m: Mapping, f: CascadeFacts) -> LoopNest:
-    """Split-K with grouped query heads packed into the rows of a program, as the generated
-    kernel runs it: rows are (query, query head) pairs of one K/V head, so every split reads
-    its K/V chunk once for the whole group; partials and the combine are per row."""
-    tensors = _tensor_roles(f)
-    rows = {t: _row_ranks(f.ranks[t]) for t in f.q_inputs + f.outputs}
-    for t, rk in rows.items():
-        tensors[t] = (rk, tensors[t][1])
-    ti = {"R": "i"}
-    tensors["PO"] = (("S", "R", "F"), "stat")
-    parts = [("PO", (Dim("S", "s"), Dim("R", "i"), Dim("F")))]
-    if f.softmax:
-        tensors["LSE"] = (("S", "R"), "stat")
-        parts.append(("LSE", (Dim("S", "s"), Dim("R", "i"))))
-    inner = tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True) for t in f.kv_inputs)
-    inner += (Alloc("S", (Dim("R", "i"), Dim("M", "j"))),)
-    body = tuple(Load(t, _tile_dims(rows[t], ti)) for t in f.q_inputs)
-    body += tuple(Alloc(f"{o}_acc", _tile_dims(rows[o], ti)) for o in f.outputs)
-    body += _stats(f, "i", rank="R")
-    body += (Loop("j", "M", "block_kv", inner, causal_with="i", within="s",
-                  label="key/value tiles of this split"),)
-    body += tuple(Store(t, d) for t, d in parts)
-    ph1 = Phase("partials per split", (
-        SplitLoop("s", (Loop("i", "R", "block_q", body, grid=True,
-                             label="row tiles: (query, query head) pairs of the group"),),
-                  label="splits of the keys (one program each)"),))
-    comb = tuple(Alloc(f"{o}_acc", _tile_dims(rows[o], ti)) for o in f.outputs)
-    comb += _stats(f, "i", rank="R")
-    comb += (SplitLoop("s", tuple(Load(t, d, streamed=True) for t, d in parts),
-                       grid=False, label="splits"),)
-    comb += tuple(Store(o, _tile_dims(rows[o], ti)) for o in f.outputs)
-    ph2 = Phase("combine", (Loop("i", "R", "block_q", comb, grid=True, label="row tiles"),))
+    comb += tuple(Store(o, _tile_dims(ranks[o], ti)) for o in f.outputs)
+    ph2 = Phase("combine", wrap((Loop("i", r, "block_q", comb, grid=True,
+                                      label="row tiles" if packed else "query tiles"),)))
     return LoopNest(m, f.name, (ph1, ph2), tensors, causal_offset_default=_offset_kind(f),
-                    rows="R")
+                    rows=r)
 
 
 def _linear(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
