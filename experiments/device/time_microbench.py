@@ -9,7 +9,8 @@ Each row is one microbenchmark (``kind``) with its measured rate:
   ``block_m x d`` operand by a ``d x block_n`` tile and the ``block_m x block_n`` result (cast
   to bf16) by a ``block_n x d`` tile into an fp32 accumulator; the two tiles come from a small
   buffer that stays in L2, ``num_stages`` deep. ``cycles_per_iter`` is one iteration of one
-  program, one program per SM (132 programs) and, where two fit, two per SM.
+  launch of ``programs_per_sm`` programs per SM (132 x 1 ... 4 programs): the SM time of one
+  iteration of that many co-resident programs (where fewer fit, they run in turns).
 * ``exp`` -- exp2 of a ``block_m x block_n`` fp32 tile per iteration (one multiply each):
   exp results per clock per SM.
 * ``rowops`` -- per iteration a row maximum, a subtraction, a row sum and a scaling of a
@@ -249,19 +250,17 @@ def main() -> None:
         torch.cuda.synchronize()
         ms = do_bench(lambda: call(z), warmup=50, rep=200)
         put(kind="launch_args", ms=ms, rate=float("nan"), unit="")
-    if only is not None:
-        return _write(rows)
     # ---- matmul loop
     R = 4
     iters = 4096
-    for d in (64, 128):
+    for d in ((64, 128) if want("mma") else ()):
         for bm in (64, 128):
             for bn in (32, 64, 128):
                 for warps in (4, 8):
                     for stages in (2, 3):
                         a = torch.randn(bm, d, device="cuda", dtype=bf) * 0.05
                         kv = torch.randn(R * 2 * bn * d, device="cuda", dtype=bf) * 0.05
-                        for per_sm in (1, 2):
+                        for per_sm in (1, 2, 3, 4):
                             grid = sms * per_sm
                             out = torch.empty(grid * bm * d, device="cuda", dtype=torch.float32)
                             try:
@@ -282,6 +281,8 @@ def main() -> None:
                                 smem_bytes=smem, spills=spills, ms=ms,
                                 cycles_per_iter=ms * 1e-3 * clock_hz / iters,
                                 rate=flops / (ms * 1e-3), unit="FLOP/s")
+    if only is not None:
+        return _write(rows)
     # ---- exp and row operations
     for kern, kind, ops in ((exp_loop, "exp", 1), (rowops_loop, "rowops", 4)):
         for bm, bn in ((64, 64), (128, 64), (128, 128)):
