@@ -30,7 +30,7 @@ from cascades.triton.tiling import DTYPE_BYTES, DTYPES, GRID_ORDERS, SMEM_LIMIT,
 
 __all__ = ["Tiling", "GeneratedSource", "KernelPlan", "CodegenError", "analyze", "generate",
            "kernel_prefix", "GRID_ORDERS", "DTYPES", "DTYPE_BYTES", "SMEM_LIMIT",
-           "triton_available", "fast_tiling", "FAST_TILINGS"]
+           "triton_available", "fast_tiling", "FAST_TILINGS", "generate_serving"]
 
 #: the fastest measured tiling and knobs per head dim for the forward kernel on the lent H100
 #: (benchmarks/bench_gpu_kernels.py; docs/validation.md has the numbers). ``tma_from``: K/V
@@ -115,6 +115,13 @@ class _Guarded:
             raise
 
 
+def generate_serving(cascade, tiling: Tiling | None = None, **kw) -> GeneratedSource:
+    """The serving decode module of a decode cascade: ragged, paged and dense caches; no
+    split, FlashDecoding's split or stream-K (:mod:`cascades.triton.emit_decode`)."""
+    from cascades.triton.emit_decode import generate_serving as gen
+    return gen(cascade, tiling, **kw)
+
+
 def triton_available() -> bool:
     return (importlib.util.find_spec("torch") is not None
             and importlib.util.find_spec("triton") is not None)
@@ -130,6 +137,9 @@ def generate(cascade: Cascade | str, tiling: Tiling | None = None, **tiling_kw) 
     elif tiling_kw:
         from dataclasses import replace
         tiling = replace(tiling, **tiling_kw)
+    from cascades.triton.emit_decode import _streamk_plan, generate_serving
+    if _streamk_plan(cascade) is not None:   # stream-K decode: the serving decode module
+        return generate_serving(cascade, tiling)
     plan = analyze(cascade)
     source, names = emit(plan, tiling)
     return GeneratedSource(cascade=cascade.name, plan=plan, tiling=tiling, source=source,
