@@ -65,6 +65,16 @@ class KernelPlan:
     #: linear attention: (feature map of the queries, of the keys, Python expression of
     #: whether the output is normalised) -- family "linear"
     linear: tuple | None = None
+    #: extra input tensors the score map reads (a bias tile ``RAB[p, m]``, a per-key or
+    #: per-query vector): ``(name, roles)`` with roles the declared axes as ``"q"``/``"k"``;
+    #: the score map names their tiles ``_x_<name>``
+    extras: tuple = ()
+    #: a factor of the output sum (``sum[m] A * V / M``) as a Triton expression of the
+    #: parameters and ``M_LEN``/``P_LEN`` (the no-normalisation family), None if there is none
+    out_factor: str | None = None
+    #: chunked linear attention (an intra-block masked product and a state carried across the
+    #: blocks of the sequence): the pieces read by :mod:`cascades.triton.chunked`
+    chunked: tuple | None = None
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -182,7 +192,7 @@ def analyze(c: Cascade) -> KernelPlan:
                            f"causal mask given by a boolean parameter, a sliding window, or a "
                            f"block mask over [query blocks, key blocks] are generated)")
         inputs = [t for t in inputs if t.dtype != "bool"]
-    if len(inputs) != 3 or len(c.outputs) != 1:
+    if len(inputs) < 3 or len(c.outputs) != 1:
         raise _fail(c, f"expected three inputs (queries, keys, values) and one output, found "
                        f"{len(inputs)} input(s) and {len(c.outputs)} output(s)")
     ranks = c.info.tensor_ranks
@@ -193,6 +203,10 @@ def analyze(c: Cascade) -> KernelPlan:
         if isinstance(e.expr, Access) and e.expr.tensor in alias and e.reduction is None:
             alias[e.tensor] = alias[e.expr.tensor]
 
+    from cascades.triton.chunked import analyze_chunked
+    chunked = analyze_chunked(c, alias, out)
+    if chunked is not None:
+        return chunked
     # --- the score Einsum: sum over a rank of a product of two input accesses
     score_e = None
     for e in c.einsums:
@@ -217,12 +231,16 @@ def analyze(c: Cascade) -> KernelPlan:
     q_name, k_name = (t1, t2) if len(ranks[t1]) >= len(ranks[t2]) else (t2, t1)
     if len(ranks[k_name]) != 2:
         raise _fail(c, f"the key tensor '{k_name}' must have two ranks [M, E], has {list(ranks[k_name])}")
-    v_name = [t.name for t in inputs if t.name not in (q_name, k_name)]
+    m_rank = ranks[k_name][0]
+    rest = [t.name for t in inputs if t.name not in (q_name, k_name)]
+    v_name = rest if len(rest) == 1 else [
+        n for n in rest if len(ranks[n]) == 2 and ranks[n][0] == m_rank
+        and ranks[n][1] == ranks[out.name][-1]]
     if len(v_name) != 1:
         raise _fail(c, "could not tell the query, key and value inputs apart")
     v_name = v_name[0]
+    extra_inputs = [n for n in rest if n != v_name]
     q_ranks, k_ranks, v_ranks = ranks[q_name], ranks[k_name], ranks[v_name]
-    m_rank = k_ranks[0]
     if k_ranks[1] != e_rank or q_ranks[-1] != e_rank:
         raise _fail(c, f"the score must contract the last rank of '{q_name}' and '{k_name}'")
     if len(v_ranks) != 2 or v_ranks[0] != m_rank:
@@ -237,14 +255,21 @@ def analyze(c: Cascade) -> KernelPlan:
     if tuple(ranks[out.name]) != tuple(q_ranks[:-1]) + (v_ranks[1],):
         raise _fail(c, f"the output must be [{', '.join(q_ranks[:-1] + (v_ranks[1],))}]")
     p_var = p_rank.lower()
+    extras = _extra_roles(c, extra_inputs, p_rank, m_rank)
 
-    # --- the score map: the Einsum that reads the score elementwise (no reduction)
+    # --- the score map: the Einsum that reads the score elementwise (no reduction), composed
+    # with the elementwise Einsums that follow it alone (SB = S + bias; SA = silu(SB))
     score = score_e.tensor
     readers = [e for e in c.einsums if any(a.tensor == score for a in accesses(e.expr))]
     if len(readers) != 1 or readers[0].reduction is not None:
         raise _fail(c, f"the score '{score}' must be read by exactly one elementwise Einsum")
-    map_e = readers[0]
-    expr = map_e.expr
+    map_e, expr, chain = _compose_map(c, readers[0])
+    for name in extras:
+        outside = [e.tensor for e in c.einsums if e not in chain
+                   and any(a.tensor == name for a in accesses(e.expr))]
+        if outside:
+            raise _fail(c, f"the extra input '{name}' is read outside the score map "
+                           f"(by {outside[0]})")
     causal_param = None
     offset_src = "0"
     fill = None
@@ -267,22 +292,29 @@ def analyze(c: Cascade) -> KernelPlan:
             raise _fail(c, "the masked score must be a constant")
         fill = _eval_py(py_expr(fill_e), {})
     nonlin = "exp"
+    whole = expr
     if isinstance(expr, Call) and expr.func == "sigmoid":
         nonlin = "sigmoid"
         expr = expr.args[0]
     aff = _affine(expr, score, c)
     score_fn = None
-    if aff is None:
-        score_fn = _score_fn(expr, score, c, p_var, m_rank)
+    mapped = map_e.tensor
+    direct = _direct_sum(c, mapped, v_name, out.name, p_rank, m_rank)
+    if aff is None or (direct is not None and nonlin != "sigmoid"):
+        # a general pointwise map; without normalisation (its weights multiply V directly)
+        # the whole map, sigmoid included, is the hook, in natural units
+        if direct is not None:
+            nonlin, expr = "pointwise", whole
+        score_fn = _score_fn(expr, score, c, p_var, m_rank, extras)
         if score_fn is None:
             raise _fail(c, f"the score map of '{map_e.tensor}' is neither 'a * {score} + b' nor a "
-                           f"pointwise map of {score}, the key and query positions and "
-                           f"parameters ({', '.join(sorted(_TRITON_FUNCS))}, + - * /)")
+                           f"pointwise map of {score}, the key and query positions, "
+                           f"parameters and tiles of extra inputs "
+                           f"({', '.join(sorted(_TRITON_FUNCS))}, + - * /)")
         aff = (Num(1.0), Num(0.0))
     extents = list(c.info.ranks) + [p.name for p in c.params]
     scale_src = py_expr(aff[0])
     bias_src = _simplify_py(py_expr(aff[1]), extents)
-    mapped = map_e.tensor
 
     # --- what consumes the mapped score decides the normalisation
     consumers = [e for e in c.einsums if any(a.tensor == mapped for a in accesses(e.expr))]
@@ -292,17 +324,19 @@ def analyze(c: Cascade) -> KernelPlan:
     for p in partitions:
         if p.rank == m_rank and isinstance(p.block, Name):
             block_param = p.block.name
-    if nonlin == "sigmoid":
-        # mapped scores must feed a sum[m] S * V directly
-        ok = any(e.reduction and e.reduction.op == "sum" and e.tensor == out.name
-                 and {a.tensor for a in accesses(e.expr)} == {mapped, v_name} for e in consumers)
-        if not ok:
-            raise _fail(c, "a sigmoid score must be multiplied by V and summed into the output")
+    out_factor = None
+    if nonlin in ("sigmoid", "pointwise"):
+        # no normalisation: the mapped scores feed a sum[m] S * V (times constants) directly
+        if direct is None:
+            raise _fail(c, f"a {nonlin} score must be multiplied by V and summed into the "
+                           f"output")
+        if direct != "1":
+            out_factor = direct
         family, norm, passes = "none", "none", 1
         if fill is None:
             fill = 0.0
         if fill != 0.0:
-            raise _fail(c, f"a masked sigmoid score must be 0 (got {fill}): skipped key blocks "
+            raise _fail(c, f"a masked {nonlin} score must be 0 (got {fill}): skipped key blocks "
                            f"would otherwise contribute")
     else:
         exps = [e for e in consumers if any(isinstance(n, Call) and n.func == "exp"
@@ -352,11 +386,14 @@ def analyze(c: Cascade) -> KernelPlan:
     if block_mask is not None and (family != "online" or group is not None):
         raise _fail(c, "a block mask is generated for the 1-pass online softmax without a "
                        "query group rank")
-    if window_lower is not None and family != "online":
-        raise _fail(c, "a sliding-window mask is generated for the 1-pass online softmax")
-    if score_fn is not None and family != "online":
+    if window_lower is not None and family != "online" and nonlin != "pointwise":
+        raise _fail(c, "a sliding-window mask is generated for the 1-pass online softmax and "
+                       "pointwise maps without normalisation")
+    if score_fn is not None and family not in ("online", "none"):
         raise _fail(c, "a pointwise score map other than 'a * S + b' is generated for the 1-pass "
-                       "online softmax")
+                       "online softmax and the kernels without normalisation")
+    if extras and block_mask is not None:
+        raise _fail(c, "extra input tiles in the score map are not generated with a block mask")
     params = {}
     for p in c.params:
         params[p.name] = py_expr(p.default)
@@ -364,7 +401,8 @@ def analyze(c: Cascade) -> KernelPlan:
                       scale=scale_src, bias=bias_src, causal_param=causal_param,
                       causal_offset=offset_src, mask_fill=float(fill), group_rank=group,
                       block_param=block_param, params=params, passes=passes,
-                      score_fn=score_fn, window_lower=window_lower, block_mask=block_mask)
+                      score_fn=score_fn, window_lower=window_lower, block_mask=block_mask,
+                      extras=tuple(extras.items()), out_factor=out_factor)
 
 
 #: feature maps of linear attention, as Triton source of an fp32 tile
@@ -436,9 +474,12 @@ _TRITON_FUNCS = {"tanh": "_tanh({})", "sigmoid": "tl.sigmoid({})", "exp": "tl.ex
                  "silu": "(({0}) * tl.sigmoid({0}))", "relu": "tl.maximum({}, 0.0)"}
 
 
-def _score_fn(e: Expr, score: str, c: Cascade, p_var: str, m_rank: str):
+def _score_fn(e: Expr, score: str, c: Cascade, p_var: str, m_rank: str,
+              extras: dict | None = None):
     """``e`` as a Triton expression of the score tile (``qk``), the key position (``kpos``),
-    the query position (``qpos``), parameters and head-dim extents; None if it is not one."""
+    the query position (``qpos``), tiles of extra inputs (``_x_<name>``), parameters, the
+    head-dim extents and the key count (``M_LEN``); None if it is not one."""
+    extras = extras or {}
     info = c.info
     part = info.partition_of.get(m_rank)
     key_vars = {v for v, r in info.var_rank.items() if r == m_rank}
@@ -459,6 +500,8 @@ def _score_fn(e: Expr, score: str, c: Cascade, p_var: str, m_rank: str):
 
     def tr(x):
         if isinstance(x, Access):
+            if x.tensor in extras:
+                return f"_x_{x.tensor}"
             return "qk" if x.tensor == score else None
         if is_key_pos(x):
             return "kpos"
@@ -467,6 +510,8 @@ def _score_fn(e: Expr, score: str, c: Cascade, p_var: str, m_rank: str):
                 return "qpos"
             if x.name in params or x.name in ("E", "F"):
                 return x.name
+            if x.name == m_rank:
+                return "M_LEN"
             return None
         if isinstance(x, Num):
             return repr(float(x.value))
@@ -487,6 +532,124 @@ def _score_fn(e: Expr, score: str, c: Cascade, p_var: str, m_rank: str):
     if src is None or "qk" not in src:
         return None
     return src
+
+
+def _const_fn(e: Expr, c: Cascade, p_rank: str, m_rank: str) -> str | None:
+    """A constant factor (parameters, head dims, the query and key counts) as a Triton
+    expression of ``P_LEN``/``M_LEN`` and parameter names; None if ``e`` is not one."""
+    params = {p.name for p in c.params}
+    if isinstance(e, Num):
+        return repr(float(e.value))
+    if isinstance(e, Name):
+        if e.name in params or e.name in ("E", "F"):
+            return e.name
+        return {m_rank: "M_LEN", p_rank: "P_LEN"}.get(e.name)
+    if isinstance(e, Unary) and e.op == "-":
+        a = _const_fn(e.operand, c, p_rank, m_rank)
+        return None if a is None else f"(-{a})"
+    if isinstance(e, Binary) and e.op in ("+", "-", "*", "/"):
+        a, b = _const_fn(e.left, c, p_rank, m_rank), _const_fn(e.right, c, p_rank, m_rank)
+        return None if a is None or b is None else f"({a} {e.op} {b})"
+    if isinstance(e, Call) and e.func in ("sqrt", "log", "exp") and len(e.args) == 1:
+        a = _const_fn(e.args[0], c, p_rank, m_rank)
+        return None if a is None else _TRITON_FUNCS[e.func].format(a)
+    return None
+
+
+def _substitute(e: Expr, tensor: str, repl: Expr) -> Expr:
+    """``e`` with every access of ``tensor`` replaced by ``repl``."""
+    if isinstance(e, Access):
+        return repl if e.tensor == tensor else e
+    if isinstance(e, Unary):
+        return Unary(e.op, _substitute(e.operand, tensor, repl))
+    if isinstance(e, Binary):
+        return Binary(e.op, _substitute(e.left, tensor, repl), _substitute(e.right, tensor, repl))
+    if isinstance(e, Call):
+        return Call(e.func, tuple(_substitute(a, tensor, repl) for a in e.args))
+    return e
+
+
+def _compose_map(c: Cascade, first: Einsum):
+    """The score map as one expression: ``first`` composed with each elementwise Einsum that
+    alone reads the previous one at the same coordinates (``SB = S + RAB``, ``SA = silu(SB)``).
+    Returns (the last Einsum, the composed expression, the chain)."""
+    outs = {t.name for t in c.outputs}
+    chain, e, expr = [first], first, first.expr
+    while e.tensor not in outs and len(c.defining(e.tensor)) == 1:
+        nxt = [x for x in c.einsums if any(a.tensor == e.tensor for a in accesses(x.expr))]
+        if len(nxt) != 1 or nxt[0].reduction is not None:
+            break
+        n = nxt[0]
+        reads = [a for a in accesses(n.expr) if a.tensor == e.tensor]
+        if any(a.indices != e.lhs.indices for a in reads) or set(n.index_space()) != set(
+                e.index_space()) or len(c.defining(n.tensor)) != 1:
+            break
+        expr = _substitute(n.expr, e.tensor, expr)
+        chain.append(n)
+        e = n
+    return e, expr, chain
+
+
+def _extra_roles(c: Cascade, names: list, p_rank: str, m_rank: str) -> dict:
+    """``{input: roles}`` for inputs beyond Q, K and V: tiles over the query and key
+    coordinates (a bias ``RAB[p, m]``, a per-key ``KB[m]``, a per-query vector), each axis
+    ``"q"`` or ``"k"`` in declared order, read at the coordinates themselves."""
+    out = {}
+    ranks = c.info.tensor_ranks
+    for n in names:
+        rk = tuple(ranks[n])
+        if not rk or len(set(rk)) != len(rk) or not set(rk) <= {p_rank, m_rank}:
+            raise _fail(c, f"the extra input '{n}' must be indexed by the query and/or key "
+                           f"coordinates ({p_rank}, {m_rank}), has [{', '.join(rk)}]")
+        for e in c.einsums:
+            for a in accesses(e.expr):
+                if a.tensor == n and not all(isinstance(ix, (IVar, ISplit)) for ix in a.indices):
+                    raise _fail(c, f"the extra input '{n}' must be read at the query and key "
+                                   f"coordinates themselves (in {e.tensor})")
+        out[n] = tuple("q" if r == p_rank else "k" for r in rk)
+    return out
+
+
+def _product_factors(e: Expr):
+    """``e`` as a product: (factors multiplied, factors divided), or None."""
+    if isinstance(e, Binary) and e.op == "*":
+        a, b = _product_factors(e.left), _product_factors(e.right)
+        return None if a is None or b is None else (a[0] + b[0], a[1] + b[1])
+    if isinstance(e, Binary) and e.op == "/":
+        a = _product_factors(e.left)
+        return None if a is None else (a[0], a[1] + [e.right])
+    return ([e], [])
+
+
+def _direct_sum(c: Cascade, mapped: str, v_name: str, out_name: str, p_rank: str,
+                m_rank: str) -> str | None:
+    """When the mapped score is read once, by ``O = sum[m] A * V`` times constants (no
+    normalisation across keys), the constant factor as a Triton expression (``"1"`` if none);
+    else None."""
+    readers = [e for e in c.einsums if any(a.tensor == mapped for a in accesses(e.expr))]
+    if len(readers) != 1:
+        return None
+    e = readers[0]
+    if e.tensor != out_name or e.reduction is None or e.reduction.op != "sum":
+        return None
+    fac = _product_factors(e.expr)
+    if fac is None:
+        return None
+    mul, div = fac
+    acc = [x for x in mul if isinstance(x, Access)]
+    if sorted(a.tensor for a in acc) != sorted((mapped, v_name)) or any(
+            not _is_param_expr(x, c) for x in mul + div if not isinstance(x, Access)):
+        return None
+    srcs = []
+    for xs, inv in ((mul, False), (div, True)):
+        for x in xs:
+            if isinstance(x, Access):
+                continue
+            t = _const_fn(x, c, p_rank, m_rank)
+            if t is None:
+                return None
+            srcs.append(f"(1.0 / {t})" if inv else t)
+    return " * ".join(srcs) if srcs else "1"
 
 
 def _key_index(e: Expr, c: Cascade, m_rank: str) -> bool:

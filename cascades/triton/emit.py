@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from functools import partial
 
+from cascades.triton import emit_scores as xs
 from cascades.triton.analyze import CodegenError, KernelPlan
 from cascades.triton.tiling import DTYPES, Tiling
 
@@ -163,7 +164,7 @@ def _deferred_update(plan: KernelPlan, prec: str, fast: bool, qk: str = "qk",
 
 def _inner_online(plan: KernelPlan, prec: str, fast: bool = False, lazy: bool = False) -> str:
     """The key-block loop of the 1-pass recurrence (deferred or per-step normalisation)."""
-    body = _SCORE.format(prec=prec) + _keep(plan)
+    body = _SCORE.format(prec=prec) + xs.loads(plan) + _keep(plan)
     if plan.normalisation == "deferred":
         body += _deferred_update(plan, prec, fast, lazy=lazy)
     else:  # per-step: FlashAttention-1's renormalised output
@@ -266,12 +267,12 @@ _MARK = """\
 """
 
 
-def _loop_fn(name: str, body: str, marks: bool = False) -> str:
+def _loop_fn(name: str, body: str, marks: bool = False, xargs: str = "") -> str:
     extra = ", TRM, TRACE_EVERY: tl.constexpr, CLOCK: tl.constexpr" if marks else ""
     return f'''
 @triton.jit
 def {name}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, lo, hi, M_LEN, OFF, qk_scale, qk_bias,
-        stride_kn, stride_vn, CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+        stride_kn, stride_vn{xargs}, CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
         FAST_ASM: tl.constexpr{extra}):
     k_ptrs += lo * stride_kn
     v_ptrs += lo * stride_vn
@@ -361,12 +362,12 @@ def _bounds(plan: KernelPlan) -> str:
 """
 
 
-def _call_window_loops(loop: str) -> str:
+def _call_window_loops(loop: str, xargs: str = "") -> str:
     """Masked [win_lo, full_lo), unmasked [full_lo, full_hi), masked [full_hi, end)."""
     call = """\
     acc, l_i, m_i = {loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, {lo}, {hi}, M_LEN, OFF,
-                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, {masked}, BLOCK_N, FAST_ASM)
-"""
+                          qk_scale, qk_bias, stride_kn, stride_vn%s, CAUSAL, {masked}, BLOCK_N, FAST_ASM)
+""" % xargs
     return (call.format(loop=loop, lo="win_lo", hi="full_lo", masked="True")
             + call.format(loop=loop, lo="full_lo", hi="full_hi", masked="False")
             + call.format(loop=loop, lo="full_hi", hi="end", masked="True"))
@@ -433,7 +434,8 @@ def _call_tma_loops(loop: str, ws: bool) -> str:
 """
 
 
-def _call_loops(loop: str, full_loop: str | None = None, marks: bool = False) -> str:
+def _call_loops(loop: str, full_loop: str | None = None, marks: bool = False,
+                xargs: str = "") -> str:
     extra = ", TRM, TRACE_EVERY, CLOCK" if marks else ""
     if full_loop:
         first = f"""\
@@ -443,11 +445,11 @@ def _call_loops(loop: str, full_loop: str | None = None, marks: bool = False) ->
     else:
         first = f"""\
     acc, l_i, m_i = {loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, 0, full_hi, M_LEN, OFF,
-                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, False, BLOCK_N, FAST_ASM{extra})
+                          qk_scale, qk_bias, stride_kn, stride_vn{xargs}, CAUSAL, False, BLOCK_N, FAST_ASM{extra})
 """
     return first + f"""\
     acc, l_i, m_i = {loop}(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_p, offs_n, full_hi, end, M_LEN, OFF,
-                          qk_scale, qk_bias, stride_kn, stride_vn, CAUSAL, True, BLOCK_N, FAST_ASM{extra})
+                          qk_scale, qk_bias, stride_kn, stride_vn{xargs}, CAUSAL, True, BLOCK_N, FAST_ASM{extra})
 """
 
 
@@ -500,20 +502,26 @@ def _single_pass(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
                  marks: bool = False) -> tuple[str, list[str]]:
     loop = f"_{pre}_loop"
     full_loop = None
-    make_loop = _tma_loop_fn if tma else partial(_loop_fn, marks=marks)
+    xargs = xs.loop_args(plan)
+    make_loop = _tma_loop_fn if tma else partial(_loop_fn, marks=marks, xargs=xargs)
     if plan.family == "online":
         src = make_loop(loop, _inner_online(plan, prec, fast, lazy))
         if pipeline and plan.normalisation == "deferred" and not tma:
             full_loop = f"_{pre}_full_loop"
             src += _pipelined_loop_fn(full_loop, plan, prec, fast, lazy)
         final = "acc / l_i[:, None]" if plan.normalisation == "deferred" else "acc"
+    elif plan.nonlinearity == "pointwise":
+        src = make_loop(loop, xs.inner_pointwise(plan, prec, _SCORE.format(prec=prec),
+                                                 _keep(plan), _LOADV) + _ADVANCE)
+        final = f"acc * ({plan.out_factor})" if plan.out_factor else "acc"
     else:
         src = make_loop(loop, _inner_sigmoid(plan, prec))
         final = "acc"
     if plan.window_lower:
-        calls = _call_window_loops(loop)
+        calls = _call_window_loops(loop, xargs)
     else:
-        calls = _call_tma_loops(loop, ws) if tma else _call_loops(loop, full_loop, marks)
+        calls = (_call_tma_loops(loop, ws) if tma
+                 else _call_loops(loop, full_loop, marks, xargs))
     descs = _TMA_DESCS if tma else ""
     kname = f"{pre}_fwd"
     if marks:
@@ -525,9 +533,9 @@ def _single_pass(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
         t0, t1 = (_TRACE_START, _TRACE_END) if trace else ("", "")
     src += f'''
 @triton.jit
-def {kname}({_SIG}{sig}
+def {kname}({_SIG}{xs.kernel_args(plan)}{sig}
         {const}):
-{t0}{_prologue(plan)}{descs}{_bounds(plan)}{_init_state()}{calls}{_store_o(final)}{t1}'''
+{t0}{_prologue(plan)}{xs.prologue(plan)}{descs}{_bounds(plan)}{_init_state()}{calls}{_store_o(final)}{t1}'''
     return src, [kname]
 
 
@@ -777,6 +785,8 @@ def _launcher(plan: KernelPlan, t: Tiling, names: list[str]) -> str:
     if plan.block_mask:
         args = ", ".join(x for x in (args, f"{plan.block_mask}=None") if x)
         causal = "False"
+    if plan.extras:
+        args = ", ".join(x for x in (args, *(f"{n}=None" for n, _ in plan.extras)) if x)
     if plan.family == "linear":
         causal = "False"
     scale_mul = f" * {LOG2E!r}" if exp else ""
@@ -888,6 +898,10 @@ def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=Non
     kv_idx = torch.argsort((~keep).to(torch.int8), dim=1, stable=True).to(torch.int32).contiguous()
     {names[0]}[grid](q, k, v, o, *common, kv_idx, kv_cnt, nk, **const)
     return o''')
+    elif plan.family in ("online", "none") and plan.extras:
+        lines.append(xs.launcher_lines(plan) + f'''\
+    {names[0]}[grid](q, k, v, o, *common, *xargs, **const)
+    return o''')
     elif plan.family in ("online", "none"):
         lines.append(f'''\
     if TRACE:
@@ -998,20 +1012,24 @@ def _bake_score_fn(plan: KernelPlan, tiling: Tiling) -> KernelPlan:
     import re
     from dataclasses import replace as _replace
     env = _plain_loop_params(plan, tiling, "score map")
-    fn = plan.score_fn
     baked = []
-    for name in sorted(set(re.findall(r"\b[A-Za-z_][A-Za-z_0-9]*\b", fn)), key=len,
-                       reverse=True):
-        if name in env and name not in ("qk", "kpos", "qpos"):
-            v = env[name]
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise CodegenError(f"cascade '{plan.cascade}': the score map uses '{name}', "
-                                   f"which has no numeric value")
-            fn = re.sub(rf"\b{name}\b", repr(float(v)), fn)
-            baked.append(name)
+
+    def bake(fn):
+        for name in sorted(set(re.findall(r"\b[A-Za-z_][A-Za-z_0-9]*\b", fn)), key=len,
+                           reverse=True):
+            if name in env and name not in ("qk", "kpos", "qpos"):
+                v = env[name]
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise CodegenError(f"cascade '{plan.cascade}': the score map uses "
+                                       f"'{name}', which has no numeric value")
+                fn = re.sub(rf"\b{name}\b", repr(float(v)), fn)
+                baked.append(name)
+        return fn
+    fn = bake(plan.score_fn)
     fn = fn.replace("kpos", "(start_n + offs_n)[None, :].to(tl.float32)")
     fn = fn.replace("qpos", "offs_p[:, None].to(tl.float32)")
-    return _replace(plan, score_fn=fn, baked=tuple(baked))
+    factor = bake(plan.out_factor) if plan.out_factor else plan.out_factor
+    return _replace(plan, score_fn=fn, out_factor=factor, baked=tuple(dict.fromkeys(baked)))
 
 
 def _bake_window(plan: KernelPlan, tiling: Tiling) -> KernelPlan:
@@ -1031,6 +1049,9 @@ def _bake_window(plan: KernelPlan, tiling: Tiling) -> KernelPlan:
 
 def emit(plan: KernelPlan, tiling: Tiling) -> tuple[str, list[str]]:
     """Return (module source, kernel names) for ``plan`` compiled with ``tiling``."""
+    if plan.family == "chunked":
+        from cascades.triton.chunked import emit_chunked
+        return emit_chunked(plan, tiling)
     if plan.score_fn:
         plan = _bake_score_fn(plan, tiling)
     if plan.window_lower:
@@ -1088,6 +1109,8 @@ TRACE = {tiling.trace and plan.family in ("online", "none")}
 TRACE_EVERY = {tiling.trace_every if tiling.trace and plan.family in ("online", "none") else 0}
 TMA = {(tiling.tma or tiling.warp_specialize) and plan.family in ("online", "none")}
 '''
+    if plan.extras:
+        body += xs.EXTRA_VIEW
     return head + body + _launcher(plan, tiling, names), names
 
 
