@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from iosim.cli.common import OneLineErrors, echo_json
+from iosim.cli.parallel_opts import parallel_options
 from iosim.cli.params import SIZE
 from iosim.errors import IosimError
 
@@ -110,12 +111,22 @@ def load_problem(name, hw, dtype, sram):
               default=None, metavar="FRACTION",
               help="A block-sparse cascade (a boolean mask over query and key tiles): the "
                    "fraction of tile pairs its mask keeps, e.g. 0.1 (default 1: dense).")
+@click.option("--schedule", type=click.Choice(["nosplit", "split", "streamk"]), default=None,
+              help="Decode: the generated serving kernel's schedule of the key work -- a "
+                   "program per (request, K/V head) pair, FlashDecoding's split (--split-kv, "
+                   "default its heuristic) or stream-K (LeanAttention: --programs equal "
+                   "shares, default one per SM).")
+@click.option("--programs", type=SIZE, default=None, help="--schedule streamk: programs.")
+@click.option("--page-size", type=int, default=None, metavar="KEYS",
+              help="Decode: a paged K/V cache of pages of KEYS keys (block-table reads "
+                   "counted; implies --schedule split unless given).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--symbolic", is_flag=True,
               help="Also print the count as closed forms in N, d, Br, Bc (and M).")
 def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal, dtype,
             mapping_name, block_q, block_kv, split_kv, grid_order, num_warps, num_stages,
-            row_policy, sram, l2_mode, kv_lens, block_density, as_json, symbolic):
+            row_policy, sram, l2_mode, kv_lens, block_density, schedule, programs, page_size,
+            as_json, symbolic):
     """Evaluate cascade NAME (or a .casc file) with a mapping on a hardware model.
 
     Prints the bytes each memory level reads and writes (per tensor), the FLOPs, the predicted
@@ -133,11 +144,26 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
       iosim evaluate attention-3pass --mapping saha-ye --hw two-level --sram 1024el --json
       iosim evaluate attention-blocksparse --seq-len 16K --block-density 0.1
       iosim evaluate attention-window --seq-len 32K --causal      # a band of 256 keys
+      iosim evaluate --system dgx-h100 --parallel striped --devices 8 --seq-len 256K --causal
     """
     from iosim.mapping import Shapes, mapping_for, resolve_causal
     from iosim.traffic import evaluate, symbolic_traffic
     c, h, sram_b = load_problem(name, hw, dtype, sram)
     causal = resolve_causal(c, causal)
+    from iosim.serving import evaluate_serving, refuse_batched_cascade, refuse_with_schedule
+    refuse_batched_cascade(c)
+    if schedule is not None or page_size is not None or programs is not None:
+        from iosim.ragged import parse_lengths
+        refuse_with_schedule(mapping=mapping_name, block_m=block_q, block_n=block_kv, sram=sram,
+                             symbolic=symbolic, block_density=block_density,
+                             row_policy=row_policy, grid_order=grid_order,
+                             num_warps=num_warps, num_stages=num_stages)
+        rep = evaluate_serving(c, h, n=seq_len, kv_lens=kv_lens and parse_lengths(kv_lens),
+                               kv_len=kv_len or seq_len, batch=batch, e=head_dim, heads=heads,
+                               kv_heads=kv_heads, dtype=dtype, causal=causal,
+                               schedule=schedule or "split", split_kv=split_kv,
+                               programs=programs, page_size=page_size, l2=l2_mode)
+        return echo_json(rep.to_dict()) if as_json else click.echo(rep.render())
     over = {k: v for k, v in dict(block_q=block_q, block_kv=block_kv, split_kv=split_kv,
                                   row_policy=row_policy, grid_order=grid_order,
                                   num_warps=num_warps, num_stages=num_stages).items()
@@ -146,6 +172,13 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
     if m.kind == "saha-ye" and (block_q or block_kv):
         b = block_q or block_kv
         m = m.with_(block_q=b, block_kv=b)
+    if system is not None or parallel is not None:
+        from iosim.cli.parallel_opts import run_parallel
+        return run_parallel(c, m, system=system, parallel=parallel, devices=devices,
+                            ulysses_degree=ulysses_degree, layers=layers, params=params,
+                            seq_len=seq_len, kv_len=kv_len, head_dim=head_dim, heads=heads,
+                            kv_heads=kv_heads, batch=batch, dtype=dtype, causal=causal,
+                            as_json=as_json, single=None)
     if kv_lens is not None:
         return _ragged(c, m, h, kv_lens, seq_len, head_dim, kv_len, batch, heads, kv_heads,
                        dtype, causal, sram_b, l2_mode, block_density, as_json, symbolic)
