@@ -65,13 +65,14 @@ __all__ = [
     "loop_nest", "check_fits", "fa1_paper_blocks", "saha_ye_block", "cascade_facts",
     "format_loop_nest", "PartialLoad", "PartialStore", "ChunkPass", "chunked_nest",
     "fit_error", "default_kind", "mapping_for", "cascade_defaults", "CascadeFacts", "FAMILIES",
-    "resolve_causal",
+    "resolve_causal", "mapping_tree",
 ]
 
 GRID_ORDERS = ("query-major", "head-major")
 ROW_POLICIES = ("auto", "buffer", "spill", "recompute")
+#: the presets (iosim.looptree.presets) and ``tree``, a user's loop tree
 KINDS = ("fa2", "fa1", "unfused", "fused-3pass", "fused-2pass", "decode-splitk", "linear",
-         "lightning2", "saha-ye", "chunked")
+         "lightning2", "saha-ye", "chunked", "tree")
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
@@ -126,15 +127,21 @@ class Mapping:
     acc_level: str | None = None         # level of accumulators (None: RF if below SRAM)
     stages_in_footprint: bool = False    # count streamed tiles num_stages times
     pack_group: bool = True              # fa2: the query heads of a group share a program
+    #: a loop tree written by the user (kind ``tree``; see :mod:`iosim.looptree`)
+    tree: object = None
 
     def __post_init__(self) -> None:
         label = f"mapping '{self.name}'"
         if self.kind not in KINDS:
             raise IosimError(f"{label}: unknown kind '{self.kind}'{_suggest(self.kind, KINDS)}; "
                              f"kinds: {', '.join(KINDS)}")
+        if (self.kind == "tree") != (self.tree is not None):
+            raise IosimError(f"{label}: a mapping of kind 'tree' (and only one) carries a "
+                             f"loop tree")
+        pre = self.preset
         for k in ("block_q", "block_kv", "block_e", "block_f"):
             _posint(getattr(self, k), f"{label}: {k}", allow_none=True)
-        if self.kind not in ("fa1", "saha-ye"):
+        if pre.tile_rule is None:
             for k in ("block_q", "block_kv"):
                 if getattr(self, k) is None:
                     raise IosimError(f"{label}: {k} must be given for a '{self.kind}' mapping")
@@ -147,16 +154,25 @@ class Mapping:
             raise IosimError(f"{label}: row_policy '{self.row_policy}'"
                              f"{_suggest(self.row_policy, ROW_POLICIES)} is not one of "
                              f"{', '.join(ROW_POLICIES)}")
-        if self.kind == "fused-2pass" and self.row_policy == "recompute":
-            raise IosimError(f"{label}: fused-2pass keeps per-block partials: row_policy must "
-                             f"be 'buffer' or 'spill'")
-        if self.kind == "lightning2" and self.block_kv != self.block_q:
+        if (pre.row_policies and self.row_policy != "auto"
+                and self.row_policy not in pre.row_policies):
+            raise IosimError(f"{label}: {self.kind} takes row_policy "
+                             f"{' or '.join(repr(p) for p in pre.row_policies)}, not "
+                             f"'{self.row_policy}'")
+        if pre.tiles == "tied" and self.block_kv != self.block_q:
             object.__setattr__(self, "block_kv", self.block_q)
-        if self.kind == "saha-ye" and self.block_q != self.block_kv:
-            raise IosimError(f"{label}: Saha & Ye's tiling is square: block_q and block_kv must "
-                             f"be equal (got {self.block_q} and {self.block_kv})")
+        if pre.tiles == "square" and self.block_q != self.block_kv:
+            raise IosimError(f"{label}: {self.kind}'s tiling is square: block_q and block_kv "
+                             f"must be equal (got {self.block_q} and {self.block_kv})")
 
     # -- convenience -------------------------------------------------------------------
+    @property
+    def preset(self):
+        """The :class:`~iosim.looptree.presets.Preset` of this mapping's kind: its tree
+        builder and the properties the models read instead of its name."""
+        from iosim.looptree.presets import preset_of
+        return preset_of(self.kind)
+
     def with_(self, **changes) -> "Mapping":
         """A copy with fields changed (validated); unknown fields are errors."""
         bad = [k for k in changes if k not in self.__dataclass_fields__]
@@ -178,13 +194,13 @@ class Mapping:
 
         ``sram_elements`` is the SRAM size M in elements, ``d`` the head dimension.
         """
-        if not self.derived_blocks:
+        rule = self.preset.tile_rule
+        if not self.derived_blocks or rule is None:
             return self
-        if self.kind == "fa1":
-            bc, br = fa1_paper_blocks(sram_elements, d)
-            return replace(self, block_q=self.block_q or br, block_kv=self.block_kv or bc)
-        b = saha_ye_block(sram_elements)
-        return replace(self, block_q=b, block_kv=b)
+        bq, bk = rule.scalar(sram_elements, d)
+        if rule.both:
+            return replace(self, block_q=bq, block_kv=bk)
+        return replace(self, block_q=self.block_q or bq, block_kv=self.block_kv or bk)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "cascade": self.cascade,
@@ -198,7 +214,8 @@ class Mapping:
                 "row_policy": self.row_policy, "softmax_rows": self.softmax_rows,
                 "acc_dtype": self.acc_dtype, "stat_dtype": self.stat_dtype,
                 "acc_level": self.acc_level, "stages_in_footprint": self.stages_in_footprint,
-                "pack_group": self.pack_group}
+                "pack_group": self.pack_group,
+                **({"tree": format_tree_text(self.tree)} if self.tree is not None else {})}
 
 
 def fa1_paper_blocks(sram_elements: float, d: int) -> tuple[int, int]:
@@ -699,365 +716,11 @@ def resolve_causal(cascade, flag: bool | None) -> bool:
 
 
 # ======================================================================================
-# nest builders
+# nests from loop trees
 # ======================================================================================
-
-
-def _tile_dims(ranks, tiles: dict) -> tuple:
-    """Dims of a tensor with ranks ``ranks``: tiled by ``tiles[rank]`` (a var) or whole.
-    Per-tile coordinates ``Pt``/``Mt`` take the var of ``P``/``M``."""
-    return tuple(Dim(r, tiles.get(r[0] if r in ("Pt", "Mt") else r)) for r in ranks)
-
-
-def _tensor_roles(f: CascadeFacts) -> dict:
-    """tensor -> (ranks, dtype role): boolean inputs take one byte, the rest the dtype."""
-    return {t: (f.ranks[t], "mask" if t in f.bool_inputs else "data") for t in f.ranks}
-
-
-def _gv(grouped: bool) -> dict:
-    """The tile variable of the group rank G: the grid loop's ``g`` when the heads are
-    grouped, else none (a G rank of extent 1 is whole)."""
-    return {"G": "g"} if grouped else {}
-
-
-def _group_wrap(f: CascadeFacts, body: tuple, grouped: bool) -> tuple:
-    """One program per query head of a group: a grid loop over ``G`` (the query heads that
-    share one K/V head), whether the cascade has a group rank or the heads are grouped."""
-    if grouped:
-        return (Loop("g", "G", "one", body, grid=True, label="query heads of the group"),)
-    return body
-
-
-def _stats(f: CascadeFacts, var: str, names=("m", "l"), rank: str = "P") -> tuple:
-    out = []
-    for k in range(f.n_state):
-        nm = names[k] if k < len(names) else f"state{k}"
-        out.append(Alloc(nm, (Dim(rank, var),)))
-    return tuple(out)
-
-
-def _out_tiles(f: CascadeFacts, tiles: dict) -> tuple:
-    return tuple(Store(o, _tile_dims(f.ranks[o], tiles)) for o in f.outputs)
-
-
-def _acc_tiles(f: CascadeFacts, tiles: dict) -> tuple:
-    return tuple(Alloc(f"{o}_acc", _tile_dims(f.ranks[o], tiles)) for o in f.outputs)
-
-
-def _packs(m: Mapping, f: CascadeFacts, grouped: bool) -> bool:
-    """Whether FA2 packs the query heads of a group into the rows of one program (as the
-    generated kernel does): with grouped heads, no mask input and no per-tile input."""
-    return (grouped and m.pack_group and not f.pm_inputs
-            and not any(r == "Pt" for rk in f.ranks.values() for r in rk))
-
-
-def _row_ranks(ranks) -> tuple:
-    """A tensor's ranks with the query rank P and the group rank G folded into rows R."""
-    out = []
-    for r in ranks:
-        if r == "G":
-            continue
-        out.append("R" if r == "P" else r)
-    return tuple(out)
-
-
-def _fa2(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    tensors = _tensor_roles(f)
-    if _packs(m, f, grouped):
-        # rows of a program are (query, query head) pairs, GROUP consecutive heads of one
-        # K/V head: a program covers block_q / G queries of all G heads and reads each K/V
-        # tile once for all of them
-        rows = {t: _row_ranks(f.ranks[t]) for t in f.q_inputs + f.outputs}
-        for t, rk in rows.items():
-            tensors[t] = (rk, tensors[t][1])
-        ti = {"R": "i"}
-        inner = tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True)
-                      for t in f.kv_inputs)
-        inner += (Alloc("S", (Dim("R", "i"), Dim("M", "j"))),)
-        body = tuple(Load(t, _tile_dims(rows[t], ti)) for t in f.q_inputs)
-        body += tuple(Alloc(f"{o}_acc", _tile_dims(rows[o], ti)) for o in f.outputs)
-        body += _stats(f, "i", rank="R")
-        body += (Loop("j", "M", "block_kv", inner, causal_with="i", label="key/value tiles"),)
-        body += tuple(Store(o, _tile_dims(rows[o], ti)) for o in f.outputs)
-        if m.write_lse and f.softmax:
-            body += (Store("LSE", (Dim("R", "i"),)),)
-            tensors["LSE"] = (("R",), "stat")
-        nest = (Loop("i", "R", "block_q", body, grid=True,
-                     label="row tiles: (query, query head) pairs of the group, one program "
-                           "each"),)
-        return LoopNest(m, f.name, (Phase("forward", nest),), tensors,
-                        causal_offset_default=_offset_kind(f), rows="R")
-    ti = {"P": "i", **_gv(grouped)}
-    tij = {"P": "i", "M": "j", **_gv(grouped)}
-    inner = tuple(Load(t, _tile_dims(f.ranks[t], tij), streamed=True)
-                  for t in f.kv_inputs + f.pm_inputs)
-    inner += (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
-    body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
-    body += _acc_tiles(f, ti) + _stats(f, "i")
-    body += (Loop("j", "M", "block_kv", inner, causal_with="i", label="key/value tiles"),)
-    body += _out_tiles(f, ti)
-    if m.write_lse and f.softmax:
-        body += (Store("LSE", (Dim("P", "i"),)),)
-        tensors["LSE"] = (("P",), "stat")
-    nest = (Loop("i", "P", "block_q", body, grid=True, label="query tiles (one program each)"),)
-    return LoopNest(m, f.name, (Phase("forward", _group_wrap(f, nest, grouped)),), tensors,
-                    causal_offset_default=_offset_kind(f))
-
-
-def _fa1(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    ti = {"P": "i", **_gv(grouped)}
-    tij = {"P": "i", "M": "j", **_gv(grouped)}
-    stat_names = ("m", "l") if f.softmax else ()
-    stats = stat_names[: f.n_state] if f.softmax else ()
-    tensors = _tensor_roles(f)
-    for s in stats:
-        tensors[s] = (("P",), "stat")
-    phases = []
-    if m.init_writes:
-        init = tuple(Store(o, _tile_dims(f.ranks[o], ti)) for o in f.outputs)
-        init += tuple(Store(s, (Dim("P", "i"),)) for s in stats)
-        phases.append(Phase("init O, l, m in HBM",
-                            _group_wrap(f, (Loop("i", "P", "block_q", init, grid=True,
-                                                 label="query tiles"),), grouped)))
-    inner = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
-    inner += tuple(Load(o, _tile_dims(f.ranks[o], ti)) for o in f.outputs)
-    inner += tuple(Load(s, (Dim("P", "i"),)) for s in stats)
-    inner += tuple(Load(t, _tile_dims(f.ranks[t], tij)) for t in f.pm_inputs)
-    inner += (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
-    inner += tuple(Alloc(f"{s}~", (Dim("P", "i"),)) for s in stats)
-    inner += tuple(Store(o, _tile_dims(f.ranks[o], ti)) for o in f.outputs)
-    inner += tuple(Store(s, (Dim("P", "i"),)) for s in stats)
-    outer = tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"})) for t in f.kv_inputs)
-    outer += (Loop("i", "P", "block_q", inner, causal_with="j", label="query tiles"),)
-    nest = (Loop("j", "M", "block_kv", outer, label="key/value tiles"),)
-    phases.append(Phase("forward", _group_wrap(f, nest, grouped)))
-    return LoopNest(m, f.name, tuple(phases), tensors, causal_offset_default=_offset_kind(f))
-
-
-def _unfused(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    ti = {"P": "i", **_gv(grouped)}
-    tensors = _tensor_roles(f)
-    tensors["S"] = (("P", "M"), "data")
-    tensors["P~"] = (("P", "M"), "data")
-    k_in, v_in = f.key_inputs, f.value_inputs
-    s_dims = (Dim("P", "i"), Dim("M", "j"))
-    k1 = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
-    k1 += (Loop("j", "M", "block_kv",
-                tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True) for t in k_in)
-                + (Alloc("S", s_dims), Store("S", s_dims)), label="key tiles"),)
-    ph1 = Phase("S = Q K^T", _group_wrap(f, (Loop("i", "P", "block_q", k1, grid=True,
-                                                  label="query tiles"),), grouped))
-    row = (Dim("P", "r"), Dim("M"))
-    k2 = (Load("S", row),) + tuple(Load(t, _tile_dims(f.ranks[t], {"P": "r"}))
-                                   for t in f.pm_inputs)
-    k2 += _stats(f, "r") + (Store("P~", row),)
-    ph2 = Phase("P = softmax(S)" if f.softmax else "P = map(S)",
-                _group_wrap(f, (Loop("r", "P", "block_rows", k2, grid=True,
-                                     label="query rows"),), grouped))
-    k3 = _acc_tiles(f, ti)
-    k3 += (Loop("j", "M", "block_kv",
-                (Load("P~", s_dims, streamed=True),)
-                + tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True) for t in v_in),
-                label="key/value tiles"),)
-    k3 += _out_tiles(f, ti)
-    ph3 = Phase("O = P V", _group_wrap(f, (Loop("i", "P", "block_q", k3, grid=True,
-                                                label="query tiles"),), grouped))
-    return LoopNest(m, f.name, (ph1, ph2, ph3), tensors, skips_causal=False,
-                    causal_offset_default=_offset_kind(f))
-
-
-def _fused3(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    ti = {"P": "i", **_gv(grouped)}
-    tensors = _tensor_roles(f)
-    k_in, v_in = f.key_inputs, f.value_inputs
-    pol = m.row_policy
-    sd = lambda v: (Dim("P", "i"), Dim("M", v))  # noqa: E731
-    spill = f.spilled[0] if f.spilled else "S"
-
-    def kv(ts, v):
-        return tuple(Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": v, **_gv(grouped)}),
-                          streamed=True) for t in ts)
-
-    body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
-    body += _acc_tiles(f, ti) + (Alloc("GM", (Dim("P", "i"),)), Alloc("SD", (Dim("P", "i"),)))
-    recompute = {}
-    pm = f.pm_inputs
-    if pol in ("buffer", "auto"):
-        body += (Alloc("S_row", (Dim("P", "i"), Dim("M")), role="tile"),)
-        body += (Loop("j", "M", "block_kv", kv(k_in + pm, "j"), causal_with="i",
-                      label="pass 1: scores and max (row kept on chip)"),)
-        body += (Loop("k", "M", "block_kv", kv(v_in, "k"), causal_with="i",
-                      label="pass 3: normalise, times V (pass 2 runs on chip)"),)
-    elif pol == "spill":
-        tensors[spill] = (("P", "M"), "data")
-        body += (Loop("j", "M", "block_kv",
-                      kv(k_in + pm, "j") + (Alloc("S", sd("j")), Store(spill, sd("j"))),
-                      causal_with="i", label="pass 1: scores spilled, max"),)
-        body += (Loop("j2", "M", "block_kv", (Load(spill, sd("j2"), streamed=True),),
-                      causal_with="i", label="pass 2: exp and sum"),)
-        body += (Loop("k", "M", "block_kv",
-                      (Load(spill, sd("k"), streamed=True),) + kv(v_in, "k"),
-                      causal_with="i", label="pass 3: normalise, times V"),)
-    else:  # recompute
-        body += (Loop("j", "M", "block_kv", kv(k_in + pm, "j") + (Alloc("S", sd("j")),),
-                      causal_with="i", label="pass 1: scores, max"),)
-        body += (Loop("j2", "M", "block_kv", kv(k_in + pm, "j2") + (Alloc("S", sd("j2")),),
-                      causal_with="i", label="pass 2: recompute scores, exp, sum"),)
-        body += (Loop("k", "M", "block_kv", kv(k_in + pm, "k") + kv(v_in, "k")
-                      + (Alloc("S", sd("k")),),
-                      causal_with="i", label="pass 3: recompute, normalise, times V"),)
-        recompute = dict(f.recompute)
-    body += _out_tiles(f, ti)
-    nest = (Loop("i", "P", "block_q", body, grid=True, label="query tiles (one program each)"),)
-    return LoopNest(m, f.name, (Phase("fused 3-pass", _group_wrap(f, nest, grouped)),), tensors,
-                    recompute=recompute, causal_offset_default=_offset_kind(f))
-
-
-def _fused2(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    ti = {"P": "i", **_gv(grouped)}
-    tensors = _tensor_roles(f)
-    kvl = lambda v: tuple(  # noqa: E731
-        Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": v, **_gv(grouped)}), streamed=True)
-        for t in f.kv_inputs + f.pm_inputs)
-    body = tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
-    part = lambda v, F=False: (Dim("P", "i"), Dim("Mt", v)) + ((Dim("F"),) if F else ())  # noqa: E731
-    parts = f.partials
-    if m.row_policy in ("buffer", "auto"):
-        body += tuple(Alloc(t, part(None, F), role="tile") for t, F in parts)
-        body += (Loop("j", "M", "block_kv", kvl("j") + (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),),
-                      causal_with="i", label="pass 1: per-block partials (kept on chip)"),)
-        body += _acc_tiles(f, ti)
-    else:
-        for t, F in parts:
-            tensors[t] = (("P", "Mt") + (("F",) if F else ()), "stat" if not F else "data")
-        body += (Loop("j", "M", "block_kv",
-                      kvl("j") + (Alloc("S", (Dim("P", "i"), Dim("M", "j"))),)
-                      + tuple(Store(t, part("j", F)) for t, F in parts),
-                      causal_with="i", label="pass 1: per-block partials spilled"),)
-        body += _acc_tiles(f, ti) + (Alloc("GM", (Dim("P", "i"),)), Alloc("SD", (Dim("P", "i"),)))
-        body += (Loop("j2", "M", "block_kv",
-                      tuple(Load(t, part("j2", F), streamed=True) for t, F in parts),
-                      causal_with="i", label="pass 2: combine partials"),)
-    body += _out_tiles(f, ti)
-    nest = (Loop("i", "P", "block_q", body, grid=True, label="query tiles (one program each)"),)
-    return LoopNest(m, f.name, (Phase("fused 2-pass", _group_wrap(f, nest, grouped)),), tensors,
-                    causal_offset_default=_offset_kind(f))
-
-
-def _decode(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    """Split-K: a program per (split, row tile) writes a partial output and its log-sum-exp
-    (for a softmax; the partial sums for a plain sum over the keys), in the stat dtype (fp32
-    by default, as the generated kernel keeps them); a combining kernel reads them per row
-    tile. Grouped query heads are packed into the rows of a program when the mapping packs
-    them (rows are then (query, query head) pairs of one K/V head, so every split reads its
-    K/V chunk once for the whole group), else one program per query head of the group."""
-    packed = _packs(m, f, grouped)
-    r = "R" if packed else "P"
-    ti = {"R": "i"} if packed else {"P": "i", **_gv(grouped)}
-    tensors = _tensor_roles(f)
-    ranks = dict(f.ranks)
-    if packed:
-        for t in f.q_inputs + f.outputs:
-            ranks[t] = _row_ranks(f.ranks[t])
-            tensors[t] = (ranks[t], tensors[t][1])
-    tensors["PO"] = (("S", r, "F"), "stat")
-    parts = [("PO", (Dim("S", "s"), Dim(r, "i"), Dim("F")))]
-    if f.softmax:
-        tensors["LSE"] = (("S", r), "stat")
-        parts.append(("LSE", (Dim("S", "s"), Dim(r, "i"))))
-    inner = tuple(Load(t, _tile_dims(f.ranks[t], {"P": "i", "M": "j", **_gv(grouped)}),
-                       streamed=True) for t in f.kv_inputs + f.pm_inputs)
-    inner += (Alloc("S", (Dim(r, "i"), Dim("M", "j"))),)
-    acc = tuple(Alloc(f"{o}_acc", _tile_dims(ranks[o], ti)) for o in f.outputs)
-    body = tuple(Load(t, _tile_dims(ranks[t], ti)) for t in f.q_inputs)
-    body += acc + _stats(f, "i", rank=r)
-    body += (Loop("j", "M", "block_kv", inner, causal_with="i", within="s",
-                  label="key/value tiles of this split"),)
-    body += tuple(Store(t, d) for t, d in parts)
-    tiles = ("row tiles: (query, query head) pairs of the group" if packed
-             else "query tiles")
-    wrap = (lambda nodes: nodes) if packed else (lambda nodes: _group_wrap(f, nodes, grouped))
-    ph1 = Phase("partials per split", wrap((
-        SplitLoop("s", (Loop("i", r, "block_q", body, grid=True, label=tiles),),
-                  label="splits of the keys (one program each)"),)))
-    comb = acc + _stats(f, "i", rank=r)
-    comb += (SplitLoop("s", tuple(Load(t, d, streamed=True) for t, d in parts),
-                       grid=False, label="splits"),)
-    comb += tuple(Store(o, _tile_dims(ranks[o], ti)) for o in f.outputs)
-    ph2 = Phase("combine", wrap((Loop("i", r, "block_q", comb, grid=True,
-                                      label="row tiles" if packed else "query tiles"),)))
-    return LoopNest(m, f.name, (ph1, ph2), tensors, causal_offset_default=_offset_kind(f),
-                    rows=r)
-
-
-def _linear(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    ti = {"P": "i", **_gv(grouped)}
-    tensors = _tensor_roles(f)
-    for t, rk in f.states:
-        tensors[t] = (rk, "data")
-    whole = lambda rk: tuple(Dim(r) for r in rk)  # noqa: E731
-    st = tuple(Alloc(t, whole(rk)) for t, rk in f.states)
-    split = m.split_kv > 1
-    st += (Loop("j", "M", "block_kv",
-                tuple(Load(t, _tile_dims(f.ranks[t], {"M": "j"}), streamed=True)
-                      for t in f.kv_inputs), within="s" if split else None,
-                label="key/value tiles" + (" of this split" if split else "")),)
-    st += tuple(Store(t, whole(rk)) for t, rk in f.states)
-    names = ", ".join(t for t, _ in f.states)
-    if split:   # the keys split over programs, each adding its partial state (atomically)
-        st = (SplitLoop("s", st, label="splits of the keys (one program each; partial "
-                                       "states added)"),)
-    ph1 = Phase(f"state {names} from the keys and values", st)
-    body = tuple(Load(t, whole(rk)) for t, rk in f.states)
-    body += tuple(Load(t, _tile_dims(f.ranks[t], ti)) for t in f.q_inputs)
-    body += _out_tiles(f, ti)
-    ph2 = Phase(f"O from the queries and {names}", _group_wrap(f, (
-        Loop("i", "P", "block_q", body, grid=True, label="query tiles"),), grouped))
-    return LoopNest(m, f.name, (ph1, ph2), tensors, skips_causal=False)
-
-
-def _lightning(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    tensors = _tensor_roles(f)
-    tt = {"P": "t", "M": "t", **_gv(grouped)}
-    body = tuple(Load(t, _tile_dims(f.ranks[t], tt)) for t in f.q_inputs + f.kv_inputs)
-    body += (Alloc("S", (Dim("P", "t"), Dim("M", "t"))),) + _acc_tiles(f, tt)
-    body += _out_tiles(f, tt)
-    nest = tuple(Alloc(t, tuple(Dim(r) for r in rk)) for t, rk in f.states)
-    nest += (Loop("t", "P", "block_q", body, label="blocks of the sequence (in order)"),)
-    return LoopNest(m, f.name, (Phase("forward", _group_wrap(f, nest, grouped)),), tensors,
-                    skips_causal=False)
-
-
-def _saha_ye(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    q, (k, v) = f.q_inputs[0], (f.key_inputs[0], f.value_inputs[0])
-    tensors = _tensor_roles(f)
-    tensors["A"] = (("P", "M"), "data")
-    tensors["D"] = (("P",), "stat")
-    o = f.outputs[0]
-    p1_inner = (Load(q, (Dim("P", "i"), Dim("E", "l"))), Load(k, (Dim("M", "j"), Dim("E", "l"))))
-    p1_j = (Alloc("A_tile", (Dim("P", "i"), Dim("M", "j"))),
-            Loop("l", "E", "block_e", p1_inner, label="head-dim tiles"),
-            Store("A", (Dim("P", "i"), Dim("M", "j"))))
-    p1 = (Alloc("D_acc", (Dim("P", "i"),)),
-          Loop("j", "M", "block_kv", p1_j, causal_with="i", label="key tiles"),
-          Store("D", (Dim("P", "i"),)))
-    ph1 = Phase("phase 1: A = exp(QK^T) and D = rowsum(A) to HBM", _group_wrap(f, (
-        Loop("i", "P", "block_q", p1, grid=True, label="query tiles"),), grouped))
-    p2_k = (Load("A", (Dim("P", "i"), Dim("M", "k")), streamed=True),
-            Load(v, (Dim("M", "k"), Dim("F", "c")), streamed=True))
-    p2_c = (Alloc(f"{o}_acc", (Dim("P", "i"), Dim("F", "c"))),
-            Loop("k", "M", "block_kv", p2_k, causal_with="i", label="key tiles"),
-            Store(o, (Dim("P", "i"), Dim("F", "c"))))
-    p2 = (Load("D", (Dim("P", "i"),)), Loop("c", "F", "block_f", p2_c, label="output-column tiles"))
-    ph2 = Phase("phase 2: O = D^-1 A V", _group_wrap(f, (
-        Loop("i", "P", "block_q", p2, grid=True, label="query tiles"),), grouped))
-    return LoopNest(m, f.name, (ph1, ph2), tensors, causal_offset_default=_offset_kind(f))
-
-
-def _offset_kind(f: CascadeFacts) -> str:
-    """The causal diagonal of the cascade's own mask: ``"end"`` when it is aligned to the
-    end of the keys (``m > p + M - P``, decode), else ``"zero"`` (``m > p``)."""
-    return "end" if f.end_aligned_causal else "zero"
+#
+# The nest of a mapping is the lowering of its loop tree (iosim.looptree): a user's tree, or
+# the tree its preset builds for the cascade (iosim.looptree.presets).
 
 
 # --------------------------------------------------------------------------------------
@@ -1096,20 +759,6 @@ class ChunkPass:
     label: str = ""
 
 
-def _chunk_dims(ranks, key_var: str | None) -> tuple:
-    """Dims of a tensor in a chunked nest: ``P`` by the chunk loop ``c``, ``M`` (and a key-tile
-    coordinate ``Mt``) by the key loop, every other rank whole."""
-    out = []
-    for r in ranks:
-        if r == "P":
-            out.append(Dim("P", "c"))
-        elif r in ("M", "Mt") and key_var is not None:
-            out.append(Dim(r, key_var))
-        else:
-            out.append(Dim(r))
-    return tuple(out)
-
-
 def chunked_nest(name: str, cascade: str, ranks: dict, *, chunk_loads=(), once_loads=(),
                  passes=(), chunk_stores=(), once_stores=(), keep=(), block_q: int = 1,
                  block_kv: int = 1, label: str = "") -> LoopNest:
@@ -1134,43 +783,26 @@ def chunked_nest(name: str, cascade: str, ranks: dict, *, chunk_loads=(), once_l
     are recorded in the :class:`Mapping`; counts take them from the size table
     (:func:`iosim.traffic.nest_traffic`).
     """
-    tensors = {t: (tuple(r), "data") for t, r in ranks.items()}
+    from iosim.looptree.lower import lower
+    from iosim.looptree.presets import chunked_tree
     m = Mapping(name=name, cascade=cascade, kind="chunked", loop_order=("B", "H", "P", "M"),
                 block_q=int(block_q), block_kv=int(block_kv), fused=True,
                 notes=label or "chunks of query rows; key tiles streamed per chunk and pass")
-    body = tuple(Load(t, _chunk_dims(ranks[t], None)) for t in chunk_loads)
-    body += tuple(Alloc(t, _chunk_dims(ranks[t], None), role="tile") for t in keep)
-    for k, ps in enumerate(passes, start=1):
-        v = f"j{k}"
-        inner = tuple(Load(t, _chunk_dims(ranks[t], v), streamed=True) for t in ps.loads)
-        inner += tuple(Store(t, _chunk_dims(ranks[t], v)) for t in ps.stores)
-        inner += tuple(PartialStore(t, _chunk_dims(ranks[t], v)) for t in ps.spill_stores)
-        inner += tuple(PartialLoad(t, _chunk_dims(ranks[t], v), streamed=True)
-                       for t in ps.spill_loads)
-        body += (Loop(v, "M", "block_kv", inner,
-                      label=ps.label or f"pass {k}: key tiles"),)
-    body += tuple(Store(t, _chunk_dims(ranks[t], None)) for t in chunk_stores)
-    nest = tuple(Load(t, _chunk_dims(ranks[t], None)) for t in once_loads)
-    nest += (Loop("c", "P", "block_q", body, label="chunks of query rows"),)
-    nest += tuple(Store(t, _chunk_dims(ranks[t], None)) for t in once_stores)
-    return LoopNest(m, cascade, (Phase(label or "chunked", nest),), tensors, skips_causal=False)
+    tree = chunked_tree(ranks, chunk_loads=chunk_loads, once_loads=once_loads, passes=passes,
+                        chunk_stores=chunk_stores, once_stores=once_stores, keep=keep,
+                        label=label)
+    return lower(tree, m, _ChunkFacts(cascade))
 
 
-def _chunked(m: Mapping, f: CascadeFacts, grouped: bool = False) -> LoopNest:
-    """The registry form of ``chunked``: every intermediate on chip, so one pass streams the
-    key/value inputs per chunk (what FuseMax does with the 1-pass cascade)."""
-    ranks = {t: tuple("M" if r == "M" else "Mt" if r == "Mt" else r for r in rk)
-             for t, rk in f.ranks.items()}
-    nest = chunked_nest(m.name, f.name, ranks, chunk_loads=f.q_inputs,
-                        passes=(ChunkPass(loads=f.kv_inputs + f.pm_inputs,
-                                          label="key/value tiles"),),
-                        chunk_stores=f.outputs, block_q=m.block_q, block_kv=m.block_kv)
-    return replace(nest, mapping=m)
+@dataclass(frozen=True)
+class _ChunkFacts:
+    """What lowering needs of a cascade a chunked nest is built for by name (its tensors
+    come with the nest)."""
+    name: str
+    ranks: dict = field(default_factory=dict)
+    bool_inputs: tuple = ()
+    end_aligned_causal: bool = False
 
-
-_BUILDERS = {"fa2": _fa2, "fa1": _fa1, "unfused": _unfused, "fused-3pass": _fused3,
-             "fused-2pass": _fused2, "decode-splitk": _decode, "linear": _linear,
-             "lightning2": _lightning, "saha-ye": _saha_ye, "chunked": _chunked}
 
 _FAMILY_TEXT = {
     "online": "a 1-pass recurrence over key blocks",
@@ -1202,76 +834,8 @@ def fit_error(kind: str, cascade) -> str | None:
     if not f.outputs or not f.kv_inputs:
         return (f"mapping {kind} needs a cascade with key/value inputs (indexed by M) and an "
                 f"output; {name} has {'no output' if not f.outputs else 'no input indexed by M'}")
-    if kind in ("fused-2pass", "fused-3pass", "saha-ye") and not f.softmax:
-        return (f"mapping {kind} needs a softmax cascade (a max reduction over the key rank); "
-                f"{name} has none")
-    fam = f.family
-    if kind in ("linear", "lightning2") and f.pm_inputs:
-        return (f"mapping {kind} reads no input over (query, key) pairs; {name} has "
-                f"{', '.join(f.pm_inputs)}")
-    if kind == "linear":
-        if fam != "linear":
-            return (f"mapping linear needs linear attention (the keys reduced into a state "
-                    f"without a query-key score); {name} makes {_family_text(f)}")
-        return None
-    if kind == "lightning2":
-        if fam != "recurrent":
-            return (f"mapping lightning2 needs a recurrence over blocks of the queries (a "
-                    f"running state over a partition of P); {name} makes {_family_text(f)}")
-        return None
-    if not f.has_score:
-        return (f"mapping {kind} needs a query-key score (a tensor over queries and keys); "
-                f"{name} makes {_family_text(f)}")
-    if kind in ("fa2", "chunked"):
-        if fam == "multi-pass":
-            return (f"mapping {kind} makes one pass over the keys; {name} needs {f.key_passes} "
-                    f"(its global maximum is complete only after a whole pass): use "
-                    f"fused-3pass, unfused or saha-ye")
-        return None
-    if kind == "fa1":
-        if fam not in ("online", "single"):
-            return (f"mapping fa1 updates O (and l, m) in HBM over one pass of key blocks; "
-                    f"{name} makes {_family_text(f)}")
-        return None
-    if kind == "unfused":
-        return None
-    if kind == "fused-3pass":
-        if fam != "multi-pass":
-            return (f"mapping fused-3pass needs a multi-pass softmax cascade (a global maximum "
-                    f"over the whole key row, read again in later passes); {name} makes "
-                    f"{_family_text(f)}")
-        return None
-    if kind == "fused-2pass":
-        if fam != "partials" or not f.partials:
-            return (f"mapping fused-2pass needs a 2-pass cascade with per-key-block partials "
-                    f"(a partitioned key rank combined over its blocks); {name} makes "
-                    f"{_family_text(f)}")
-        return None
-    if kind == "decode-splitk":
-        if fam == "multi-pass":
-            return (f"mapping decode-splitk makes one pass over each split of the keys; {name} "
-                    f"needs {f.key_passes}")
-        if not f.softmax and set(f.key_sums) - set(f.outputs):
-            return (f"mapping decode-splitk combines split partials of a softmax or of a plain "
-                    f"sum over the keys into the output; {name} also sums "
-                    f"{', '.join(sorted(set(f.key_sums) - set(f.outputs)))} over the keys")
-        return None
-    if kind == "saha-ye":
-        if fam not in ("online", "multi-pass"):
-            return (f"mapping saha-ye needs a softmax over whole key rows (a running or global "
-                    f"maximum); {name} makes {_family_text(f)}")
-        want = {"P", "E"}
-        extra = [t for t in f.ranks if t not in f.q_inputs + f.kv_inputs + f.outputs]
-        extra += list(f.pm_inputs)
-        if (len(f.q_inputs) != 1 or len(f.key_inputs) != 1 or len(f.value_inputs) != 1
-                or extra):
-            return (f"mapping saha-ye reads exactly Q[P, E], K[M, E], V[M, F] and writes "
-                    f"O[P, F]; {name} has inputs {', '.join(f.q_inputs + f.kv_inputs + f.pm_inputs)}")
-        if f.has_group or set(f.ranks[f.q_inputs[0]]) != want or len(f.outputs) != 1:
-            return (f"mapping saha-ye reads exactly Q[P, E], K[M, E], V[M, F] and writes "
-                    f"O[P, F]; {name} has Q[{', '.join(f.ranks[f.q_inputs[0]])}]")
-        return None
-    return None  # pragma: no cover
+    from iosim.looptree.presets import preset_of
+    return preset_of(kind).fits(f, name, _family_text(f))
 
 
 def _load_cascade(cascade):
@@ -1297,11 +861,23 @@ def loop_nest(mapping: Mapping, cascade=None, *, grouped: bool | None = None) ->
         raise IosimError(why)
     if grouped is None:
         grouped = facts.has_group
-    nest = _BUILDERS[mapping.kind](mapping, facts, bool(grouped))
+    from iosim.looptree.lower import lower
+    nest = lower(mapping_tree(mapping, facts, grouped=bool(grouped)), mapping, facts)
     region = facts.mask
     if region is not None and region.kind == "block":
         nest = _sparse_key_loops(nest)
     return nest
+
+
+def mapping_tree(mapping: Mapping, cascade=None, *, grouped: bool | None = None):
+    """The :class:`~iosim.looptree.tree.LoopTree` of ``mapping`` on ``cascade`` (a name, a
+    path, a Cascade or its :class:`CascadeFacts`): the user's tree, or the one its preset
+    builds from the cascade's structure."""
+    f = cascade if isinstance(cascade, CascadeFacts) else cascade_facts(
+        _load_cascade(cascade if cascade is not None else mapping.cascade))
+    if grouped is None:
+        grouped = f.has_group
+    return mapping.preset.build(mapping, f, bool(grouped))
 
 
 def _sparse_key_loops(nest: LoopNest) -> LoopNest:
@@ -1395,15 +971,17 @@ def get_mapping(name: str, cascade=None, **overrides) -> Mapping:
     spec = dict(MAPPINGS[key])
     if cascade is not None:
         spec["cascade"] = str(getattr(cascade, "name", cascade))
+    from iosim.looptree.presets import preset_of
+    pre = preset_of(spec["kind"])
     for k, v in overrides.items():
-        if v is None and k in ("block_q", "block_kv") and spec["kind"] not in ("fa1", "saha-ye"):
+        if v is None and k in ("block_q", "block_kv") and pre.tile_rule is None:
             continue
         spec[k] = v
     bad = [k for k in spec if k not in Mapping.__dataclass_fields__]
     if bad:
         raise IosimError(f"mapping '{key}': unknown field '{bad[0]}'"
                          f"{_suggest(bad[0], Mapping.__dataclass_fields__)}")
-    if spec["kind"] == "saha-ye":
+    if pre.tiles == "square":
         b = spec.get("block_q") or spec.get("block_kv")
         spec["block_q"] = spec["block_kv"] = b
     return Mapping(name=key, **spec)
@@ -1436,13 +1014,8 @@ def _cascade_blocks(kind: str, f: CascadeFacts) -> tuple:
     follows the cascade's block structure (FlashAttention-2 on a recurrence over key blocks,
     the fused 2-pass mapping on per-block partials, Lightning-2 on its query blocks) takes
     the default of the parameter the cascade partitions its key (query) rank by."""
-    if kind in ("fa2", "chunked") and f.family == "online":
-        return ("block_kv", "block_q")
-    if kind == "fused-2pass" and f.family == "partials":
-        return ("block_kv", "block_q")
-    if kind == "lightning2" and f.family == "recurrent":
-        return ("block_q",)
-    return ()
+    from iosim.looptree.presets import preset_of
+    return tuple(preset_of(kind).cascade_blocks(f))
 
 
 def mapping_for(cascade, name: str | None = None, **overrides) -> Mapping:
@@ -1509,15 +1082,12 @@ def check_fits(mapping: Mapping, hardware, shapes: Shapes, dtype: str | None = N
 
 
 def _reduce_hint(m: Mapping) -> str:
-    if m.kind == "saha-ye":
-        return "reduce the square block (block_q = block_kv)"
-    if m.kind in ("fused-3pass", "fused-2pass") and m.row_policy in ("buffer", "auto"):
-        return "reduce block_q or block_kv, or use row_policy 'spill'"
-    if m.kind == "unfused":
-        return "reduce block_q, block_kv or softmax_rows"
-    if m.kind == "linear":
-        return "reduce block_q or block_kv (the E x F state must fit)"
-    return "reduce block_q or block_kv"
+    return m.preset.reduce_hint
+
+
+def format_tree_text(tree) -> str:
+    from iosim.looptree.tree import format_tree
+    return format_tree(tree)
 
 
 def format_loop_nest(nest: LoopNest, sizes: dict | None = None) -> str:
