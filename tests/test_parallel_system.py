@@ -21,7 +21,7 @@ def test_presets_load_with_their_datasheet_links():
     assert load_system("pcie5-host").links[0].bandwidth == pytest.approx(32e9 * 16 / 8 * 128 / 130,
                                                                          rel=1e-3)
     lam = load_system("lamina")
-    assert lam.offload.device.name == "a100" and lam.offload.link.bandwidth == 50e9
+    assert lam.offload.device.name == "h20" and lam.offload.link.bandwidth == 50e9
     assert lam.price_per_hour > lam.offload.price_per_hour > 0
     assert load_system("tpuv4-16").device.matrix_rate("bf16") == 275e12
 

@@ -120,13 +120,14 @@ def load_problem(name, hw, dtype, sram):
 @click.option("--page-size", type=int, default=None, metavar="KEYS",
               help="Decode: a paged K/V cache of pages of KEYS keys (block-table reads "
                    "counted; implies --schedule split unless given).")
+@parallel_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--symbolic", is_flag=True,
               help="Also print the count as closed forms in N, d, Br, Bc (and M).")
 def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal, dtype,
             mapping_name, block_q, block_kv, split_kv, grid_order, num_warps, num_stages,
             row_policy, sram, l2_mode, kv_lens, block_density, schedule, programs, page_size,
-            as_json, symbolic):
+            system, parallel, devices, ulysses_degree, layers, params, as_json, symbolic):
     """Evaluate cascade NAME (or a .casc file) with a mapping on a hardware model.
 
     Prints the bytes each memory level reads and writes (per tensor), the FLOPs, the predicted
