@@ -135,7 +135,7 @@ class Mapping:
         if self.kind not in KINDS:
             raise IosimError(f"{label}: unknown kind '{self.kind}'{_suggest(self.kind, KINDS)}; "
                              f"kinds: {', '.join(KINDS)}")
-        if (self.kind == "tree") != (self.tree is not None):
+        if self.preset.user_tree != (self.tree is not None):
             raise IosimError(f"{label}: a mapping of kind 'tree' (and only one) carries a "
                              f"loop tree")
         pre = self.preset
@@ -432,6 +432,11 @@ class LoopNest:
 
     def dtype_role(self, tensor: str) -> str:
         return self.tensors.get(tensor, ((), "data"))[1]
+
+    @property
+    def splits_keys(self) -> bool:
+        """The key tiles are split over programs (split-K): a split loop in the nest."""
+        return any(isinstance(nd, SplitLoop) for _, nd, _ in self.walk())
 
 
 # ======================================================================================

@@ -33,8 +33,6 @@ OBJECTIVES = ("time", "traffic", "hbm", "energy")
 #: warps and pipeline stages of the kernel tilings searched for the time objective on a GPU
 KERNEL_WARPS = (4, 8)
 KERNEL_STAGES = (2, 3, 4)
-#: mapping kinds the code generator emits kernels for (one program per query tile)
-_KERNEL_KINDS = ("fa2", "decode-splitk", "fused-3pass", "fused-2pass")
 
 
 def candidate_tiles(n: int, *, dense_to: int = 64, count: int = 48) -> np.ndarray:
@@ -65,21 +63,7 @@ def variants_for(cascade, mappings=None) -> list:
         why = fit_error(base.kind, c)
         if why is not None:
             raise IosimError(why)
-        if base.kind in ("fused-3pass",):
-            for pol in ("buffer", "spill", "recompute"):
-                out.append((f"{base.name}/{pol}", base.with_(row_policy=pol)))
-        elif base.kind == "fused-2pass":
-            for pol in ("buffer", "spill"):
-                out.append((f"{base.name}/{pol}", base.with_(row_policy=pol)))
-        elif base.kind == "decode-splitk":
-            for s in (1, 2, 4, 8, 16, 32, 64):
-                out.append((f"{base.name}/split{s}", base.with_(split_kv=s)))
-        elif base.kind == "fa1":
-            out.append((base.name, base.with_(block_q=64, block_kv=64)))
-        elif base.kind == "saha-ye":
-            out.append((base.name, base.with_(block_q=8, block_kv=8)))
-        else:
-            out.append((base.name, base))
+        out.extend(base.preset.search(base))   # row policies, split counts, ...
     return out
 
 
@@ -95,18 +79,19 @@ def _candidates(m: Mapping, n: int, kv: int, group: int = 1, kernel: bool = Fals
     """(block_q array, block_kv array) of the candidates of one variant (flattened pairs).
     FA2 packs the ``group`` query heads of a K/V head into its rows: its query tile runs
     over ``n * group`` rows. ``kernel``: only the tiles a Triton kernel takes."""
-    rows = n * group if (m.kind == "fa2" and m.pack_group) else n
+    pre = m.preset
+    rows = n * group if (pre.packs_group and m.pack_group) else n
     if kernel:
         tq, tk = kernel_tiles(rows), kernel_tiles(kv)
         q, k = np.meshgrid(tq, tk, indexing="ij")
         return q.ravel(), k.ravel()
     tq, tk = candidate_tiles(rows), candidate_tiles(kv)
-    if m.kind == "saha-ye":
+    if pre.tiles == "square":
         b = np.arange(1, max(1, min(max(n, kv), 4096)) + 1)
         return b, b
-    if m.kind == "lightning2":
+    if pre.tiles == "tied":
         return tq, tq
-    if m.kind == "decode-splitk":
+    if pre.few_rows:
         tq = candidate_tiles(n, dense_to=16)
     q, k = np.meshgrid(tq, tk, indexing="ij")
     return q.ravel(), k.ravel()
@@ -220,6 +205,7 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     t0 = _time.perf_counter()
     if objective not in OBJECTIVES:
         raise IosimError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    from iosim.looptree.presets import preset_of
     from iosim.mapping import Shapes, default_kind, resolve_causal
     from iosim.timing import timing_rates
     c = _load_cascade(cascade)
@@ -252,15 +238,15 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     variants = variants_for(c, mappings)
     # split-K decode is for few queries: searched beyond 256 queries only where the cascade
     # itself is a split-K decode (or it is asked for)
-    if default_kind(c) != "decode-splitk" and n > 256 and not mappings:
-        variants = [(lb, m) for lb, m in variants if m.kind != "decode-splitk"]
+    if not preset_of(default_kind(c)).few_rows and n > 256 and not mappings:
+        variants = [(lb, m) for lb, m in variants if not m.preset.few_rows]
     from tqdm import tqdm
     bar = tqdm(variants, desc="search", unit="mapping", leave=False, delay=2.0,
                disable=None if progress else True)
     if kernel:   # the tilings a kernel engineer would launch: warps x stages per variant
         variants = [(f"{lb} {w}w/{st}s", m.with_(num_warps=w, num_stages=st,
                                                   stages_in_footprint=True))
-                    for lb, m in variants if m.kind in _KERNEL_KINDS
+                    for lb, m in variants if m.preset.kernel
                     for w in KERNEL_WARPS for st in KERNEL_STAGES]
         bar = tqdm(variants, desc="search", unit="mapping", leave=False, delay=2.0,
                    disable=None if progress else True)
@@ -335,7 +321,7 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
         if kernel:
             df["num_warps"] = m.num_warps
             df["num_stages"] = m.num_stages
-        df["row_policy"] = m.row_policy if m.kind in ("fused-3pass", "fused-2pass") else ""
+        df["row_policy"] = m.row_policy if m.preset.row_policies else ""
         df["_pos"] = idxs
         frames.append(df)
     missing = [s for s in range(S) if choice[s] is None]

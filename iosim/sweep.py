@@ -445,13 +445,13 @@ def _grid_best_rows(cascade: str, hw, n: int, d: int, sram: float, spec: SweepSp
         kw = dict(n=n, d=d, dtype=spec.dtype, batch=spec.batch, heads=spec.heads,
                   kv_heads=spec.kv_heads, causal=spec.causal, sram_bytes=sram)
         try:
-            if m.kind == "saha-ye":
+            if m.preset.tiles == "square":
                 bmax = int(math.isqrt(int(sram // 1)))
                 b = np.arange(1, max(2, min(bmax, n) + 1))
                 r = evaluate_arrays(cascade, m, hw, block_q=b, block_kv=b, product=False,
                                     **{k: (np.full(len(b), v) if k in ("n", "d", "sram_bytes") else v)
                                        for k, v in kw.items()})
-            elif m.kind in ("lightning2",):
+            elif m.preset.tiles == "tied":
                 r = evaluate_arrays(cascade, m, hw, block_q=tiles, **kw)
             else:
                 r = evaluate_arrays(cascade, m, hw, block_q=tiles,

@@ -179,16 +179,18 @@ def _sizes(nest: LoopNest, shapes: Shapes) -> dict:
     m = nest.mapping
     N, K = shapes.n, shapes.kv_len
     bq, bk = m.block_q, m.block_kv
-    if m.kind == "lightning2":
+    pre = m.preset
+    if pre.tiles == "tied":
         bk = bq
-        if K != N:
-            raise IosimError("lightning2 is causal self-attention: kv-len must equal seq-len")
+    if pre.self_only and K != N:
+        raise IosimError(f"{m.kind} is causal self-attention: kv-len must equal seq-len")
     Tc = -(-K // bk)
     tps = -(-Tc // m.split_kv)
     n_s = -(-Tc // tps)
-    be = bq if (m.kind == "saha-ye" and m.block_e is None) else (m.block_e or shapes.e)
-    bf = bq if (m.kind == "saha-ye" and m.block_f is None) else (m.block_f or shapes.f)
-    if m.kind != "saha-ye":
+    if pre.head_tiles:   # the head dims tiled too (default: by the query tile)
+        be = bq if m.block_e is None else m.block_e
+        bf = bq if m.block_f is None else m.block_f
+    else:
         be, bf = shapes.e, shapes.f
     default_off = K - N if nest.causal_offset_default == "end" else 0
     off = shapes.causal_offset if shapes.causal_offset is not None else default_off
@@ -410,15 +412,16 @@ def simulate(cascade=None, mapping="fa2", hardware=None, shapes: Shapes | None =
                              f"give hardware or sram_bytes")
         sram = sram_bytes if sram_bytes is not None else hw.innermost_sram.usable_bytes
         m = m.resolve(sram / dtype_bytes(shapes.dtype), shapes.e)
-    if m.kind in ("fused-3pass", "fused-2pass") and m.row_policy == "auto":
-        pol = "buffer"
+    pols = m.preset.row_policies
+    if pols and m.row_policy == "auto":   # the first row policy whose tiles fit, else the next
+        pol = pols[0]
         if hw is not None or sram_bytes is not None:
             from iosim.traffic import evaluate_arrays
-            r = evaluate_arrays(c, m.with_(row_policy="buffer"), hw or "two-level",
+            r = evaluate_arrays(c, m.with_(row_policy=pols[0]), hw or "two-level",
                                 n=shapes.n, e=shapes.e, f=shapes.f, kv_len=shapes.kv_len,
                                 group=shapes.group, dtype=shapes.dtype, causal=shapes.causal,
                                 sram_bytes=sram_bytes)
-            pol = "buffer" if bool(r["fits"][0]) else "spill"
+            pol = pols[0] if bool(r["fits"][0]) else pols[1]
         m = m.with_(row_policy=pol)
     nest = loop_nest(m, c, grouped=shapes.group > 1)
     sz = _sizes(nest, shapes)

@@ -437,7 +437,7 @@ def _var_extent_factors(cascade, nest: LoopNest, vs: frozenset) -> tuple:
             out.append(("ext", alias.get(r, r)))
             continue
         outer_v, inner_v = part.outer.lower(), part.inner.lower()
-        split = nest.mapping.kind == "decode-splitk" and part.rank == "M"
+        split = nest.splits_keys and part.rank == "M"
         if outer_v in vs and inner_v in vs:
             out.append(("ext", part.rank))
             done |= {outer_v, inner_v}
@@ -680,18 +680,19 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     if backing_model is None and l2 != "off":
         from iosim.l2.backing import grid_backing
         backing_model = grid_backing(c, m, hw, dtype=dtype, mode=l2)
-    if m.kind in ("fused-3pass", "fused-2pass") and m.row_policy == "auto":
+    pols = m.preset.row_policies
+    if pols and m.row_policy == "auto":   # the first row policy whose tiles fit, else the next
         kw = dict(n=n, d=d, e=e, f=f, kv_len=kv_len, batch=batch, heads=heads, group=group,
                   kv_heads=kv_heads, dtype=dtype, causal=causal, causal_offset=causal_offset, block_q=block_q,
                   block_kv=block_kv, block_e=block_e, block_f=block_f, split_kv=split_kv,
                   sram_bytes=sram_bytes, product=product, backing_model=backing_model,
                   block_density=block_density)
-        rb = evaluate_arrays(c, m.with_(row_policy="buffer"), hw, **kw)
-        rb["row_policy"] = np.full(rb["fits"].shape, "buffer", dtype=object)
+        rb = evaluate_arrays(c, m.with_(row_policy=pols[0]), hw, **kw)
+        rb["row_policy"] = np.full(rb["fits"].shape, pols[0], dtype=object)
         if rb["fits"].all():
             return rb
-        rs = evaluate_arrays(c, m.with_(row_policy="spill"), hw, **kw)
-        rs["row_policy"] = np.full(rs["fits"].shape, "spill", dtype=object)
+        rs = evaluate_arrays(c, m.with_(row_policy=pols[1]), hw, **kw)
+        rs["row_policy"] = np.full(rs["fits"].shape, pols[1], dtype=object)
         if not rb["fits"].any():
             return rs
         return _merge(rb["fits"].copy(), rb, rs)
@@ -748,33 +749,25 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
     roles = _dtype_bytes_roles(dtype, m, separate_acc=acc_lv is not sram)
     sram_el = sram_b / dtype_bytes(dtype)
     # paper rules for derived block sizes
-    if m.kind == "fa1" and (derived["block_q"] or derived["block_kv"]):
-        if np.any(sram_el < 1):
-            raise IosimError("SRAM too small for FlashAttention's block rule")
-        bc = np.ceil(sram_el / (4 * sz["e"])).astype(np.int64)
-        if derived["block_kv"]:
-            sz["block_kv"] = bc
-        if derived["block_q"]:
-            sz["block_q"] = np.minimum(bc, sz["e"])
-    if m.kind == "saha-ye":
-        if derived["block_q"] or derived["block_kv"]:
-            b = np.floor(np.sqrt(np.floor(sram_el / 4))).astype(np.int64)
-            # guard float rounding of the square root
-            b = np.where((b + 1) ** 2 <= np.floor(sram_el / 4), b + 1, b)
-            b = np.where(b * b > np.floor(sram_el / 4), b - 1, b)
-            if np.any(b < 1):
-                raise IosimError("Saha & Ye's tiling needs at least 4 elements of SRAM")
-            sz["block_q"] = sz["block_kv"] = b
+    pre = m.preset
+    rule = pre.tile_rule
+    if rule is not None and (derived["block_q"] or derived["block_kv"]):
+        bq_r, bk_r = rule.arrays(sram_el, sz["e"])
+        if derived["block_kv"] or rule.both:
+            sz["block_kv"] = bk_r
+        if derived["block_q"] or rule.both:
+            sz["block_q"] = bq_r
+    if pre.head_tiles:   # the head dims tiled too (default: by the query tile)
         be = _as_int_array(g["block_e"], "block_e") if "block_e" in g else (
             sz["block_q"] if m.block_e is None else np.full_like(sz["block_q"], m.block_e))
         bf = _as_int_array(g["block_f"], "block_f") if "block_f" in g else (
             sz["block_q"] if m.block_f is None else np.full_like(sz["block_q"], m.block_f))
     else:
         be, bf = sz["e"], sz["f"]
-    if m.kind == "lightning2":
+    if pre.tiles == "tied":
         sz["block_kv"] = sz["block_q"]
-        if np.any(sz["kv_len"] != sz["n"]):
-            raise IosimError("lightning2 is causal self-attention: kv-len must equal seq-len")
+    if pre.self_only and np.any(sz["kv_len"] != sz["n"]):
+        raise IosimError(f"{m.kind} is causal self-attention: kv-len must equal seq-len")
     # the diagonal of the cascade's own mask: m > p, or m > p + M - P (aligned to the end)
     if nest.causal_offset_default == "end":
         default_off = sz["kv_len"] - sz["n"]
@@ -1106,7 +1099,7 @@ def bound_arrays(r: dict) -> dict:
     hb = sum(r["backing_reads"].values()) + sum(r["backing_writes"].values())
     out = {"bound_compulsory_elements": comp}
     c = r["cascade"]
-    softmax_self = (r["nest"].mapping.kind not in ("linear", "lightning2", "decode-splitk")
+    softmax_self = (r["nest"].mapping.preset.attention_bound
                     and np.all(N == K) and np.all(E == Fd))
     if softmax_self:
         fast = r.get("bound_fast_elements", r["sram_elements"])  # fast memory above HBM
@@ -1221,17 +1214,16 @@ def symbolic_traffic(mapping, cascade=None, *, causal: bool = False, self_attent
         "G" in rk for rk, _ in nest.tensors.values())) else sp.Integer(1)
     if paper_blocks is None:
         paper_blocks = m.derived_blocks
-    if m.kind == "saha-ye":
-        bq = bk = (sp.floor(sp.sqrt(Msym / 4)) if paper_blocks else B)
+    pre = m.preset
+    bq, bk, be, bf = Br, Bc, e_s, f_s
+    if pre.tiles == "square":
+        bq = bk = B
+    if pre.tile_rule is not None and paper_blocks:
+        bq, bk = pre.tile_rule.symbolic(Msym, dsym)
+    if pre.head_tiles:
         be = bq if m.block_e is None else Be
         bf = bq if m.block_f is None else Bf
-    elif m.kind == "fa1" and paper_blocks:
-        bk = sp.ceiling(Msym / (4 * dsym))
-        bq = sp.Min(bk, dsym)
-        be, bf = e_s, f_s
-    else:
-        bq, bk, be, bf = Br, Bc, e_s, f_s
-    if m.kind == "lightning2":
+    if pre.tiles == "tied":
         bk = bq
     Tc = sp.ceiling(K / bk)
     splits = sp.Symbol("splits", positive=True, integer=True)

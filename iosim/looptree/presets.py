@@ -595,10 +595,7 @@ class Preset:
     cascade_blocks: Callable = field(default=lambda f: ())
     search: Callable = field(default=_plain)
     reduce_hint: str = "reduce block_q or block_kv"
-
-    @property
-    def row_policy_choice(self) -> bool:
-        return bool(self.row_policies)
+    user_tree: bool = False
 
 
 def _policies(*pols):
@@ -670,7 +667,8 @@ def _user_tree(m, f, grouped: bool = False) -> LoopTree:
 
 
 #: the preset of a mapping given as a user's tree
-TREE = Preset("tree", _user_tree, _fits_tree, "a loop tree written by the user")
+TREE = Preset("tree", _user_tree, _fits_tree, "a loop tree written by the user",
+              user_tree=True)
 
 
 def preset_of(kind: str) -> Preset:
