@@ -114,3 +114,25 @@ def test_bad_serving_input_is_one_line(args, msg):
 def test_the_batched_streamk_cascade_is_refused_in_one_line():
     res = CliRunner().invoke(main, ["evaluate", "decode-streamk", "--seq-len", "1"])
     assert res.exit_code == 2 and "--schedule streamk" in res.output
+
+
+def test_registered_plan_lists_the_scripts_launches():
+    """The committed plan (predictions registered before the GPU ran the launches) holds the
+    device script's launch list, with at least 20 launches of the generated kernels."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "serving_decode", root / "experiments" / "device" / "serving_decode.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with open(root / mod.PLAN) as f:
+        rows = list(csv.DictReader(f))
+    want = mod.launches()
+    assert len(rows) == len(want) >= 20
+    for r, w in zip(rows, want):
+        assert {k: r[k] for k in mod.FIELDS} == {k: str(w[k]) for k in mod.FIELDS}
+        assert float(r["predicted_ms"]) > 0
+    assert {r["schedule"] for r in rows} == {"nosplit", "split", "streamk"}
+    assert {r["layout"] for r in rows} == {"dense", "ragged", "paged"}

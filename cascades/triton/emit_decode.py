@@ -202,6 +202,7 @@ def {pre}_serve_partial(Q, K, V, O, ML, PART, KBASE, VBASE, LENS, TABLE, PROG_SE
         stride_ob, stride_oh, stride_om, stride_od, H_KV, P_LEN,
         CAUSAL: tl.constexpr, GROUP: tl.constexpr, PAGED: tl.constexpr,
         PAGE_SIZE: tl.constexpr, WHOLE_PAGES: tl.constexpr, DIRECT: tl.constexpr,
+        ALIGNED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
         HEAD_DIM_V: tl.constexpr):
     pid = tl.program_id(0)
@@ -248,6 +249,9 @@ def {pre}_serve_partial(Q, K, V, O, ML, PART, KBASE, VBASE, LENS, TABLE, PROG_SE
             else:
                 k_rows = kb + n.to(tl.int64) * stride_kn
                 v_rows = vb + n.to(tl.int64) * stride_vn
+            if ALIGNED:   # every row starts at a multiple of 16 elements: wide loads
+                k_rows = tl.multiple_of(k_rows, 16)
+                v_rows = tl.multiple_of(v_rows, 16)
             k = tl.load(K + k_rows[:, None] + offs_d[None, :] * stride_kd, mask=kmask[:, None],
                         other=0.0)
             qk = tl.dot(q, tl.trans(k){prec}) * qk_scale
@@ -401,7 +405,11 @@ def plan(q, k, v, kv_lens=None, cu_seqlens=None, block_table=None, schedule=SCHE
     F = v.shape[-1]
     ml = torch.empty((1 if direct else n_seg) * P * G, device=dev, dtype=torch.float32)
     part = torch.empty(((1 if direct else n_seg) * P * G, F), device=dev, dtype=torch.float32)
-    return dict(lens=lens, lens_t=t32(lens), HKV=HKV, G=G, P=P, kbase=kbase, vbase=vbase,
+    kh, kn, kd, kp, vh, vn, vd, vp = strides
+    aligned = (all(x % 16 == 0 for x in (kh, kn, kp, vh, vn, vp)) and kd == 1 and vd == 1
+               and bool(((kbase % 16) == 0).all()) and bool(((vbase % 16) == 0).all())
+               and k.storage_offset() % 16 == 0 and v.storage_offset() % 16 == 0)
+    return dict(lens=lens, lens_t=t32(lens), HKV=HKV, aligned=aligned, G=G, P=P, kbase=kbase, vbase=vbase,
                 strides=strides, paged=paged, prog_seg=t32(prog_seg), seg_pair=t32(seg_pair),
                 seg_lo=t32(seg_lo), seg_hi=t32(seg_hi), pair_seg=t32(pair_seg),
                 programs=len(prog_seg) - 1, segments=n_seg, pairs=len(blocks), direct=direct,
@@ -433,7 +441,8 @@ def forward(q, k, v, {args}kv_lens=None, cu_seqlens=None, block_table=None, sche
         pl["prog_seg"], pl["seg_pair"], pl["seg_lo"], pl["seg_hi"], qk_scale, *q.stride(),
         kh, kn, kd, vh, vn, vd, kp, vp, stb, *o.stride(), pl["HKV"], P,
         CAUSAL=bool({causal}), GROUP=G, PAGED=pl["paged"] is not None, PAGE_SIZE=page,
-        WHOLE_PAGES=page % BLOCK_N == 0, DIRECT=pl["direct"], BLOCK_M=BM, BLOCK_N=BLOCK_N,
+        WHOLE_PAGES=page % BLOCK_N == 0, DIRECT=pl["direct"], ALIGNED=pl["aligned"],
+        BLOCK_M=BM, BLOCK_N=BLOCK_N,
         HEAD_DIM=E, HEAD_DIM_V=v.shape[-1], num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if not pl["direct"]:
         {pre}_serve_combine[(pl["pairs"],)](o, pl["ml"], pl["part"], pl["pair_seg"], *o.stride(),
