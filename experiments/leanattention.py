@@ -12,7 +12,8 @@ d = 128, bf16, contexts 8K to 512K:
 * **FlashDecoding**: the fixed split FlashAttention's heuristic picks (the fewest splits whose
   wave efficiency is within 85 % of the best, at most 128);
 * **best fixed split**: the fastest of 1-128 splits under the model;
-* **stream-K** (model only: the generated kernels do not have it yet): the programs of one
+* **stream-K** (this script's own estimate; ``iosim evaluate decode --schedule streamk`` models
+  the generated stream-K kernel): the programs of one
   full wave (SMs x programs per SM) each take an equal share of all key blocks; a program costs
   its start, its share of the steps and one more start for each head boundary it crosses (a
   partial stored, a Q tile reloaded); the partials' combine is the split-K combine; the HBM
@@ -38,15 +39,9 @@ D = 128
 
 
 def fd_splits(pairs: int, n_blocks: int, sms: int, max_splits: int = 128) -> int:
-    """FlashAttention's ``num_splits_heuristic``: the fewest splits whose wave efficiency
-    (programs / (SMs x waves)) is within 85 % of the best over 1 .. max_splits."""
-    top = min(max_splits, sms, n_blocks)
-    eff = []
-    for s in range(1, top + 1):
-        waves = pairs * s / sms
-        eff.append(waves / math.ceil(waves))
-    best = max(eff)
-    return next(s for s, e in enumerate(eff, start=1) if e >= 0.85 * best)
+    """FlashAttention's ``num_splits_heuristic`` (:func:`iosim.serving.flashdecoding_splits`)."""
+    from iosim.serving import flashdecoding_splits
+    return flashdecoding_splits(pairs, n_blocks, sms, max_splits)
 
 
 def _evaluate(n_ctx, hq, hkv, split):
