@@ -50,7 +50,6 @@ def test_plan_follows_the_cascade_text():
 
 
 @pytest.mark.parametrize("name, why", [
-    ("lightning2", "causal mask"),
     ("attention-masked", "boolean mask input"),
 ])
 def test_unsupported_cascades_one_line(name, why):
@@ -97,7 +96,7 @@ def test_cli_codegen(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "def flash1_fwd" in out.read_text()
-    r = subprocess.run(run + ["codegen", "lightning2"], capture_output=True, text=True)
+    r = subprocess.run(run + ["codegen", "attention-masked"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error:")
     r = subprocess.run(run + ["codegen", "attention-1pass", "--head-dim", "96"],
                        capture_output=True, text=True)

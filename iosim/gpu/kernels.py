@@ -27,7 +27,8 @@ def kernel_mapping(cascade, *, block_m: int = 128, block_n: int = 64, num_warps:
     cascades; per-chunk partials and a combining kernel (``decode-splitk``) for partials
     cascades, one key tile per chunk when the partials are per key block (``kv_len`` gives
     their number); the linear family (the state built over the keys, then read per query tile)
-    for linear attention."""
+    for linear attention; Lightning-2's nest (blocks of the sequence in order, the state on
+    chip) for chunked linear attention, with ``block_m`` the block of both."""
     from iosim.mapping import mapping_for
     c, plan = _plan(cascade)
     kw = dict(block_q=block_m, block_kv=block_n, num_warps=num_warps, num_stages=num_stages,
@@ -36,6 +37,8 @@ def kernel_mapping(cascade, *, block_m: int = 128, block_n: int = 64, num_warps:
         return mapping_for(c, "fused-3pass", row_policy="recompute", **kw)
     if plan.family == "linear":
         return mapping_for(c, "linear", split_kv=split_kv, **kw)
+    if plan.family == "chunked":        # one block for the queries and keys of the sequence
+        return mapping_for(c, "lightning2", **{**kw, "block_kv": block_m})
     if plan.family == "partials":
         if plan.normalisation == "local-max":
             if kv_len is None:
