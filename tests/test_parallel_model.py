@@ -140,3 +140,42 @@ def test_bad_input():
         evaluate_parallel("attention-1pass", None, "dgx-h100", Problem(n=N), "stripped", 2)
     with pytest.raises(IosimError, match="not reduced by a max"):
         evaluate_parallel("linear", None, "dgx-h100", Problem(n=N, d=64), "ring", 2)
+
+
+def test_committed_paper_checks():
+    """figures/multidevice_*.csv (regenerated and compared by test_committed_outputs): the
+    trends the papers report."""
+    from pathlib import Path
+
+    import pandas as pd
+    root = Path(__file__).resolve().parents[1] / "figures"
+    ul = pd.read_csv(root / "multidevice_ulysses.csv")
+    assert list(ul.ulysses_over_4Nhd_P) == pytest.approx([(p - 1) / p for p in ul.devices])
+    assert ul.ring_bytes_per_device.is_monotonic_increasing
+    st = pd.read_csv(root / "multidevice_striped.csv")
+    a100 = st[(st.system == "dgx-a100") & (st.n == 262144)].sort_values("devices")
+    assert a100.speedup.is_monotonic_increasing and (a100.speedup > 1.3).all()
+    assert (st.speedup <= st.ideal + 1e-9).all()
+    la = pd.read_csv(root / "multidevice_lamina.csv")
+    assert (la.throughput_per_dollar_ratio > 1.48).all()
+
+
+def test_cli_json_parallel_object():
+    import json
+
+    from click.testing import CliRunner
+
+    from iosim.cli import main
+    r = CliRunner().invoke(main, ["evaluate", "--system", "dgx-h100", "--parallel", "ring",
+                                  "--devices", "4", "--seq-len", "16K", "--heads", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    p = json.loads(r.output)["parallel"]
+    for k in ("devices", "comm_bytes_per_device", "comm_time_s", "compute_time_s", "overlapped",
+              "memory_bytes_per_device", "time_s"):
+        assert k in p
+    assert p["comm_bytes_per_device"] == 2 * 3 / 4 * N * D * H * BF16
+    r = CliRunner().invoke(main, ["evaluate", "--system", "dgx-h100", "--parallel", "ulysses",
+                                  "--devices", "8", "--heads", "4"])
+    assert r.exit_code == 2 and "4 heads < 8 devices" in r.output
+    r = CliRunner().invoke(main, ["evaluate", "--system", "nowhere.toml", "--parallel", "ring"])
+    assert r.exit_code == 2 and "system file not found" in r.output
