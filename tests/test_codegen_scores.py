@@ -77,7 +77,7 @@ def test_plans_by_structure():
     assert (plan.family, plan.nonlinearity) == ("none", "pointwise")
     assert plan.out_factor == "(1.0 / M_LEN)" and plan.extras == (("RAB", ("q", "k")),)
     plan = analyze(cascades.parse(RELU2_WINDOW))
-    assert (plan.family, plan.extras, plan.out_factor) == ("none", (), None)
+    assert (plan.family, plan.extras, plan.out_factor) == ("none", (), "(1.0 / window)")
     assert plan.window_lower is not None
     plan = analyze(softmax_with_key_bias())
     assert (plan.family, plan.normalisation) == ("online", "deferred")

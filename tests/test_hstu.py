@@ -55,7 +55,9 @@ def test_hstu_plan_is_read_from_the_structure():
     assert (plan.family, plan.normalisation, plan.nonlinearity) == ("none", "none", "pointwise")
     assert plan.extras == (("RAB", ("q", "k")),)
     assert plan.causal_param == "causal" and plan.mask_fill == 0.0
-    assert "_x_RAB" in plan.score_fn and "M_LEN" in plan.score_fn
+    # the constant 1 / M leaves the per-score map for the output (one multiplication per row)
+    assert "_x_RAB" in plan.score_fn and "M_LEN" not in plan.score_fn
+    assert plan.out_factor == "(1.0 / M_LEN)"
 
 
 # ------------------------------------------------------------------------ interpreter

@@ -304,7 +304,12 @@ def analyze(c: Cascade) -> KernelPlan:
         # a general pointwise map; without normalisation (its weights multiply V directly)
         # the whole map, sigmoid included, is the hook, in natural units
         if direct is not None:
+            # constant factors of the weights (silu(x) / M) move to the output: one
+            # multiplication per output element instead of one per score
             nonlin, expr = "pointwise", whole
+            expr, hoisted = _hoist_constants(expr, c, p_rank, m_rank)
+            if hoisted != "1":
+                direct = hoisted if direct == "1" else f"{direct} * {hoisted}"
         score_fn = _score_fn(expr, score, c, p_var, m_rank, extras)
         if score_fn is None:
             raise _fail(c, f"the score map of '{map_e.tensor}' is neither 'a * {score} + b' nor a "
@@ -619,6 +624,32 @@ def _product_factors(e: Expr):
         a = _product_factors(e.left)
         return None if a is None else (a[0], a[1] + [e.right])
     return ([e], [])
+
+
+def _hoist_constants(e: Expr, c: Cascade, p_rank: str, m_rank: str):
+    """``e`` = g * constants: (g, the constants as a Triton expression, ``"1"`` if none)."""
+    fac = _product_factors(e)
+    if fac is None:
+        return e, "1"
+    mul, div = fac
+    keep_m = [x for x in mul if not _is_param_expr(x, c)]
+    keep_d = [x for x in div if not _is_param_expr(x, c)]
+    srcs = []
+    for xs, inv in ((mul, False), (div, True)):
+        for x in xs:
+            if _is_param_expr(x, c):
+                t = _const_fn(x, c, p_rank, m_rank)
+                if t is None:
+                    return e, "1"
+                srcs.append(f"(1.0 / {t})" if inv else t)
+    if not srcs or not keep_m:
+        return e, "1"
+    g = keep_m[0]
+    for x in keep_m[1:]:
+        g = Binary("*", g, x)
+    for x in keep_d:
+        g = Binary("/", g, x)
+    return g, " * ".join(srcs)
 
 
 def _direct_sum(c: Cascade, mapped: str, v_name: str, out_name: str, p_rank: str,
