@@ -5,17 +5,22 @@ The generator does not look cascades up by name. It reads the IR and extracts:
 * the tensor roles: the query tensor (``Q[..., P, E]``, with an optional group rank such as
   ``G`` shared over one key/value head), the keys ``K[M, E]`` and values ``V[M, F]`` (also
   through block aliases such as ``BK[m1, m0, e] = K[m1*M0+m0, e]``), the output;
-* the *score Einsum* (``sum[e] Q * K``) and the *score map* applied to it: an affine map
-  ``a * S + b`` (``a``, ``b`` expressions of parameters and extents) optionally wrapped in a
-  nonlinearity (``sigmoid``), with an optional causal mask ``where(causal and key > query +
-  offset, fill, ...)``;
+* the *score Einsum* (``sum[e] Q * K``) and the *score map* applied to it (the elementwise
+  Einsums that follow it one by one, composed): an affine map ``a * S + b`` (``a``, ``b``
+  expressions of parameters and extents) optionally wrapped in a nonlinearity (``sigmoid``),
+  or any pointwise map of the score, the positions, parameters and tiles of *extra inputs*
+  (a bias ``RAB[p, m]``, vectors over the keys or queries), with an optional causal mask
+  ``where(causal and key > query + offset, fill, ...)`` or a sliding window;
 * the normalisation: ``online`` (an iterative running maximum over key blocks), with the
   division ``deferred`` to the end (FlashAttention-2) or done ``per-step`` (FlashAttention-1);
-  ``none`` (sigmoid: the mapped scores multiply V directly); ``three-pass`` (a global maximum,
+  ``none`` (the mapped scores multiply V directly, times constants: sigmoid attention,
+  HSTU's SiLU attention); ``three-pass`` (a global maximum,
   a global sum, then the normalised product: three kernels); ``partials`` (a partitioned key
   rank without iteration, the partial results combined by a reduction over the outer rank:
   split-K decode with normalised partials and a log-sum-exp, or the 2-pass cascade with
-  unnormalised partials and local maxima: a partial kernel and a combine kernel).
+  unnormalised partials and local maxima: a partial kernel and a combine kernel);
+  ``linear`` (feature maps and a state over the keys) and ``chunked`` (a state carried across
+  blocks of the queries: Lightning-2, :mod:`cascades.triton.chunked`).
 
 Anything outside these shapes raises :class:`CodegenError` with one line saying why.
 """
