@@ -173,6 +173,15 @@ class Mapping:
         from iosim.looptree.presets import preset_of
         return preset_of(self.kind)
 
+    @property
+    def packs_rows(self) -> bool:
+        """The query heads of a group share the rows of one program (rows = queries x
+        heads of the group): the preset's packing with ``pack_group``, or a user tree whose
+        row loop runs over ``R``."""
+        if self.tree is not None:
+            return self.tree.packs_rows
+        return self.preset.packs_group and self.pack_group
+
     def with_(self, **changes) -> "Mapping":
         """A copy with fields changed (validated); unknown fields are errors."""
         bad = [k for k in changes if k not in self.__dataclass_fields__]

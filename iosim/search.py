@@ -80,7 +80,7 @@ def _candidates(m: Mapping, n: int, kv: int, group: int = 1, kernel: bool = Fals
     FA2 packs the ``group`` query heads of a K/V head into its rows: its query tile runs
     over ``n * group`` rows. ``kernel``: only the tiles a Triton kernel takes."""
     pre = m.preset
-    rows = n * group if (pre.packs_group and m.pack_group) else n
+    rows = n * group if m.packs_rows else n
     if kernel:
         tq, tk = kernel_tiles(rows), kernel_tiles(kv)
         q, k = np.meshgrid(tq, tk, indexing="ij")

@@ -187,9 +187,10 @@ def _sizes(nest: LoopNest, shapes: Shapes) -> dict:
     Tc = -(-K // bk)
     tps = -(-Tc // m.split_kv)
     n_s = -(-Tc // tps)
-    if pre.head_tiles:   # the head dims tiled too (default: by the query tile)
-        be = bq if m.block_e is None else m.block_e
-        bf = bq if m.block_f is None else m.block_f
+    if pre.head_tiles:   # the head dims tiled too (default: the query tile, or whole)
+        dq = pre.head_tiles == "block_q"
+        be = (bq if dq else shapes.e) if m.block_e is None else m.block_e
+        bf = (bq if dq else shapes.f) if m.block_f is None else m.block_f
     else:
         be, bf = shapes.e, shapes.f
     default_off = K - N if nest.causal_offset_default == "end" else 0

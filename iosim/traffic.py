@@ -757,11 +757,14 @@ def evaluate_arrays(cascade, mapping, hardware, *, n, d=None, e=None, f=None, kv
             sz["block_kv"] = bk_r
         if derived["block_q"] or rule.both:
             sz["block_q"] = bq_r
-    if pre.head_tiles:   # the head dims tiled too (default: by the query tile)
+    if pre.head_tiles:   # the head dims tiled too (default: the query tile, or whole)
+        dq = pre.head_tiles == "block_q"
         be = _as_int_array(g["block_e"], "block_e") if "block_e" in g else (
-            sz["block_q"] if m.block_e is None else np.full_like(sz["block_q"], m.block_e))
+            (sz["block_q"] if dq else sz["e"]) if m.block_e is None
+            else np.full_like(sz["block_q"], m.block_e))
         bf = _as_int_array(g["block_f"], "block_f") if "block_f" in g else (
-            sz["block_q"] if m.block_f is None else np.full_like(sz["block_q"], m.block_f))
+            (sz["block_q"] if dq else sz["f"]) if m.block_f is None
+            else np.full_like(sz["block_q"], m.block_f))
     else:
         be, bf = sz["e"], sz["f"]
     if pre.tiles == "tied":
@@ -1221,8 +1224,9 @@ def symbolic_traffic(mapping, cascade=None, *, causal: bool = False, self_attent
     if pre.tile_rule is not None and paper_blocks:
         bq, bk = pre.tile_rule.symbolic(Msym, dsym)
     if pre.head_tiles:
-        be = bq if m.block_e is None else Be
-        bf = bq if m.block_f is None else Bf
+        dq = pre.head_tiles == "block_q"
+        be = (bq if dq else e_s) if m.block_e is None else Be
+        bf = (bq if dq else f_s) if m.block_f is None else Bf
     if pre.tiles == "tied":
         bk = bq
     Tc = sp.ceiling(K / bk)

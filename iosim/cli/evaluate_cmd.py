@@ -76,10 +76,13 @@ def load_problem(name, hw, dtype, sram):
 @click.command("evaluate", cls=OneLineErrors)
 @click.argument("name", required=False, default="attention-1pass")
 @shape_options
-@click.option("--mapping", "mapping_name", default=None, metavar="NAME",
+@click.option("--mapping", "mapping_name", default=None, metavar="NAME|FILE",
               help="fa2, fa1, unfused, fused-3pass, fused-2pass, decode-splitk, linear, "
                    "lightning2, saha-ye (default: the one the cascade's structure calls for; a "
-                   "mapping that does not fit the cascade is refused, saying why).")
+                   "mapping that does not fit the cascade is refused, saying why), or a loop "
+                   "tree of one's own in a .toml file (docs/mapping.md).")
+@click.option("--show-mapping", is_flag=True,
+              help="Print the mapping's loop tree and the loop nest it lowers to, then stop.")
 @click.option("--block-m", "--block-q", "block_q", type=SIZE, default=None,
               help="Query tile (FlashAttention's B_r, Triton's BLOCK_M; default: the "
                    "mapping's, or the cascade's own query block; fa1 and saha-ye derive it "
@@ -127,7 +130,8 @@ def load_problem(name, hw, dtype, sram):
 def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal, dtype,
             mapping_name, block_q, block_kv, split_kv, grid_order, num_warps, num_stages,
             row_policy, sram, l2_mode, kv_lens, block_density, schedule, programs, page_size,
-            system, parallel, devices, ulysses_degree, layers, params, as_json, symbolic):
+            system, parallel, devices, ulysses_degree, layers, params, as_json, symbolic,
+            show_mapping):
     """Evaluate cascade NAME (or a .casc file) with a mapping on a hardware model.
 
     Prints the bytes each memory level reads and writes (per tensor), the FLOPs, the predicted
@@ -147,7 +151,7 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
       iosim evaluate attention-window --seq-len 32K --causal      # a band of 256 keys
       iosim evaluate --system dgx-h100 --parallel striped --devices 8 --seq-len 256K --causal
     """
-    from iosim.mapping import Shapes, mapping_for, resolve_causal
+    from iosim.mapping import Shapes, resolve_causal
     from iosim.traffic import evaluate, symbolic_traffic
     c, h, sram_b = load_problem(name, hw, dtype, sram)
     causal = resolve_causal(c, causal)
@@ -169,8 +173,9 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
                                   row_policy=row_policy, grid_order=grid_order,
                                   num_warps=num_warps, num_stages=num_stages).items()
             if v is not None}
-    m = mapping_for(c, mapping_name, **over)
-    if m.kind == "saha-ye" and (block_q or block_kv):
+    from iosim.looptree.files import mapping_option
+    m = mapping_option(c, mapping_name, h, **over)
+    if m.preset.tiles == "square" and (block_q or block_kv):
         b = block_q or block_kv
         m = m.with_(block_q=b, block_kv=b)
     if system is not None or parallel is not None:
@@ -186,7 +191,13 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
     shapes = Shapes(n=seq_len, e=head_dim, kv_len=kv_len, batch=batch, heads=heads,
                     kv_heads=kv_heads, dtype=dtype, causal=causal,
                     block_density=1.0 if block_density is None else block_density)
-    rows = seq_len * (shapes.group if m.kind == "fa2" and m.pack_group else 1)
+    if show_mapping:
+        from iosim.looptree.files import show_mapping as show
+        return click.echo(show(m, c, shapes, h, sram_bytes=sram_b))
+    if m.tree is not None:
+        from iosim.looptree.files import check_tiles
+        check_tiles(m, shapes)
+    rows = seq_len * (shapes.group if m.packs_rows else 1)
     if block_q is not None and block_q > rows:
         what = (f"--seq-len {seq_len}" if rows == seq_len
                 else f"the {rows} rows of --seq-len x query heads per K/V head")

@@ -41,12 +41,9 @@ def _default_var(rank: str, taken: set) -> str:
     return v
 
 
-def lower(tree: LoopTree, mapping, facts, *, acc_levels=("acc",)):
+def lower(tree: LoopTree, mapping, facts):
     """The loop nest of ``tree`` for the cascade described by ``facts``
-    (:class:`~iosim.mapping.CascadeFacts`), recorded with ``mapping``.
-
-    ``acc_levels``: storage level names whose on-chip buffers sit at the accumulator level
-    (the rest sit in the on-chip buffer)."""
+    (:class:`~iosim.mapping.CascadeFacts`), recorded with ``mapping``."""
     from iosim.mapping import (Alloc, Load, LoopNest, PartialLoad, PartialStore, Phase,
                                SplitLoop, Store)
     from iosim.mapping import Loop as NLoop
@@ -113,7 +110,7 @@ def lower(tree: LoopTree, mapping, facts, *, acc_levels=("acc",)):
                                    else Store(u.tensor, dims))
                     else:
                         out.append(Alloc(u.name or u.tensor, dims,
-                                         role="acc" if nd.level in acc_levels else "tile"))
+                                         role="acc" if nd.level in tree.acc_levels else "tile"))
             elif isinstance(nd, Compute):
                 if nd.score is not None:
                     out.append(Alloc("S", tile_dims(nd.score, tiles)))

@@ -571,7 +571,8 @@ class Preset:
 
     ``tiles``: ``free`` (block_q and block_kv independent), ``tied`` (block_kv follows
     block_q: one loop over the diagonal blocks), ``square`` (they must be equal).
-    ``head_tiles``: the head dims are tiled too, by block_e/block_f (default: block_q).
+    ``head_tiles``: the head dims are tiled too, by block_e/block_f, which default to
+    ``"block_q"`` or to the whole head dim (``"whole"``); ``None``: never tiled.
     ``row_policies``: the row policies it takes besides ``auto`` (``auto`` tries them in
     order: the first whose tiles fit). ``self_only``: self-attention only (keys = queries).
     ``attention_bound``: the softmax-attention IO lower bound applies to it.
@@ -585,7 +586,7 @@ class Preset:
     summary: str
     tile_rule: TileRule | None = None
     tiles: str = "free"
-    head_tiles: bool = False
+    head_tiles: str | None = None
     row_policies: tuple = ()
     self_only: bool = False
     attention_bound: bool = True
@@ -654,7 +655,7 @@ PRESETS: dict = {p.name: p for p in (
            cascade_blocks=lambda f: ("block_q",) if f.family == "recurrent" else ()),
     Preset("saha-ye", saha_ye_tree, _fits_saha_ye,
            "Saha & Ye's square tiling: exp(QK^T) and row sums to HBM, then D^-1 A V",
-           tile_rule=SAHA_YE_RULE, tiles="square", head_tiles=True, search=_fixed(8, 8),
+           tile_rule=SAHA_YE_RULE, tiles="square", head_tiles="block_q", search=_fixed(8, 8),
            reduce_hint="reduce the square block (block_q = block_kv)"),
     Preset("chunked", _chunked_registry, _fits_fa2("chunked"),
            "a spatial accelerator's chunks of query rows, key tiles streamed per chunk",
@@ -663,12 +664,26 @@ PRESETS: dict = {p.name: p for p in (
 
 
 def _user_tree(m, f, grouped: bool = False) -> LoopTree:
-    return m.tree
+    """A user's tree; with grouped query heads and no loop over them (G, or packed rows R),
+    every kernel runs one program per query head of the group, as the presets do."""
+    from dataclasses import replace
+    tree = m.tree
+    if not grouped or any(isinstance(nd, Loop) and nd.rank in ("G", "R")
+                          for nd, _ in tree.walk()):
+        return tree
+    return replace(tree, kernels=tuple(_wrap_kernels(k) for k in tree.kernels))
+
+
+def _wrap_kernels(k):
+    if isinstance(k, Passes):
+        return Passes(tuple(_wrap_kernels(x) for x in k.body), crossing=k.crossing,
+                      policy=k.policy, label=k.label)
+    return Kernel(k.name, _group_wrap(k.body, True))
 
 
 #: the preset of a mapping given as a user's tree
 TREE = Preset("tree", _user_tree, _fits_tree, "a loop tree written by the user",
-              user_tree=True)
+              head_tiles="whole", user_tree=True)
 
 
 def preset_of(kind: str) -> Preset:

@@ -133,13 +133,16 @@ class LoopTree:
     partials. ``recompute``: cascade tensor -> how many times it is computed.
     ``skips_masked``: whether tiles outside the mask region are skipped (their FLOPs too).
     ``rows``: the rank of the query-tile loop (``R`` when a group's query heads are packed
-    into the rows of a program)."""
+    into the rows of a program). ``acc_levels``: the storage levels at the accumulator level
+    (``acc``, or a hardware's register level); the others are the on-chip buffer."""
     kernels: tuple
     tensors: tuple = ()
     recompute: tuple = ()
     skips_masked: bool = True
     rows: str = "P"
     name: str = ""
+    #: storage levels whose on-chip buffers sit at the accumulator level (registers)
+    acc_levels: tuple = ("acc",)
     notes: str = field(default="", compare=False)
 
     def kernel_list(self) -> tuple:

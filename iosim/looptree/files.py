@@ -1,0 +1,351 @@
+"""A user's loop tree, from a TOML file or a Python dict, as a :class:`~iosim.mapping.Mapping`.
+
+The file (see ``docs/mapping.md``)::
+
+    name = "my-fa2"
+    block_q = 128                 # tile values (and any other Mapping field: num_warps, ...)
+    block_kv = 64
+
+    [tensors]                     # tensors the mapping adds (not in the cascade)
+    LSE = { ranks = ["P"], dtype = "stat" }
+
+    [[kernel]]
+    name = "forward"
+
+    [[kernel.node]]               # a node of the kernel's body
+    loop = "P"                    # for each tile of the query rank ...
+    tile = "block_q"              # ... by block_q (a name, or a number that sets it)
+    parallel = true               # one program per tile
+
+    [[kernel.node.node]]          # a node inside that loop
+    level = "SMEM"
+    load = ["Q"]
+
+    [[kernel.node.node]]
+    loop = "M"
+    mask = true                   # only the key tiles the mask region meets
+
+    [[kernel.node.node.node]]
+    level = "SMEM"
+    load = ["K", "V"]
+    stream = true
+
+    [[kernel.node.node.node]]
+    compute = ["SQK"]             # a score tile (query x key) kept on chip
+
+    [[kernel.node.node]]          # back in the query loop, after the key loop
+    level = "SMEM"
+    store = ["O", "LSE"]
+
+Ranks are the cascade's own names (``T``, ``S`` work where the cascade says so) or the roles
+``P``, ``M``, ``E``, ``F``. A node is a loop (``loop``), a split of the key tiles (``split``),
+a storage node (``level`` with ``load`` / ``keep`` / ``store`` lists, ``stream``) or a compute
+node (``compute``). Bad trees are refused with one line naming what and where.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from iosim.errors import IosimError
+from iosim.looptree.lower import LOOP_RANKS
+from iosim.looptree.tree import TILE_NAMES, Compute, Kernel, Loop, LoopTree, Split, Storage, Use
+
+__all__ = ["load_mapping_file", "mapping_from_dict", "tree_from_dict", "check_tiles"]
+
+#: the tile name a loop over a rank takes by default (a number sets that Mapping field)
+DEFAULT_TILE = {"P": "block_q", "R": "block_q", "M": "block_kv", "E": "block_e",
+                "F": "block_f", "G": "one"}
+_NODE_KEYS = {"loop": {"loop", "tile", "parallel", "mask", "var", "label", "node", "within"},
+              "split": {"split", "parallel", "label", "node"},
+              "level": {"level", "load", "keep", "store", "stream"},
+              "compute": {"compute"}}
+_TOP_KEYS = {"name", "tensors", "kernel", "notes", "skips_masked"}
+_MAPPING_KEYS = {"block_q", "block_kv", "block_e", "block_f", "num_warps", "num_stages",
+                 "split_kv", "softmax_rows", "grid_order", "acc_dtype", "stat_dtype",
+                 "acc_level", "stages_in_footprint"}
+
+
+def _rank_map(cascade) -> dict:
+    """The cascade's own rank names -> the role names the models use (P, M, E, F, G, Mt)."""
+    from cascades.roles import CANONICAL, rank_roles
+    from iosim.mapping import _load_cascade, cascade_facts
+    out = {r: r for r in LOOP_RANKS}
+    for role, rank in rank_roles(cascade).items():
+        out[rank] = CANONICAL[role]
+    f = cascade_facts(_load_cascade(cascade))
+    out.update(f.rank_alias)
+    return out
+
+
+def _cascade_tensor_ranks(c, f) -> dict:
+    """Every tensor of the (canonical) cascade with its ranks in the models' names: inputs
+    and outputs as :class:`~iosim.mapping.CascadeFacts` has them, intermediates without their
+    iterative ranks (a running state is overwritten in place), a partition's inner rank as
+    its parent (a tile of it), the outer as a per-tile coordinate."""
+    info = c.info
+    out = dict(f.ranks)
+    for t, rk in info.tensor_ranks.items():
+        if t in out:
+            continue
+        new = []
+        for r in rk:
+            if r in info.iterative:
+                continue
+            part = info.part_parent.get(r)
+            if part is not None:
+                r = part.rank if r == part.inner else part.rank + "t"
+            r = f.rank_alias.get(r, r)
+            if r not in new:
+                new.append(r)
+        out[t] = tuple(new)
+    return out
+
+
+def _names(v, where: str) -> list:
+    if isinstance(v, str):
+        return [v]
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise IosimError(f"{where}: expected a tensor name or a list of them, got {v!r}")
+    return list(v)
+
+
+def tree_from_dict(d: dict, cascade, hardware=None, *, source: str = "mapping") -> tuple:
+    """``(LoopTree, tiles)`` from a parsed file: ``tiles`` are the Mapping fields the file
+    sets (numbers given as loop tiles included). ``cascade``: a name, a path or a Cascade
+    (its own rank names are accepted); ``hardware``: storage levels are checked against it."""
+    from cascades.library import load
+    from iosim.mapping import _load_cascade, cascade_facts
+    c0 = load(cascade) if isinstance(cascade, str) else cascade
+    c = _load_cascade(c0)
+    f = cascade_facts(c)
+    rmap = _rank_map(c0)
+    tranks = _cascade_tensor_ranks(c, f)
+    if not isinstance(d, dict):
+        raise IosimError(f"{source}: expected a table")
+    bad = set(d) - _TOP_KEYS - _MAPPING_KEYS
+    if bad:
+        raise IosimError(f"{source}: unknown key '{sorted(bad)[0]}' (keys: "
+                         f"{', '.join(sorted(_TOP_KEYS | _MAPPING_KEYS))})")
+    tiles = {k: d[k] for k in _MAPPING_KEYS if k in d}
+
+    def rank(r, where) -> str:
+        if not isinstance(r, str) or r not in rmap:
+            known = sorted({k for k in rmap if k in c0.info.ranks} | set(LOOP_RANKS))
+            raise IosimError(f"{where}: unknown rank {r!r} (cascade '{c0.name}' has ranks "
+                             f"{', '.join(known)})")
+        return rmap[r]
+
+    extra = []
+    for t, spec in (d.get("tensors") or {}).items():
+        where = f"{source}: tensors.{t}"
+        if not isinstance(spec, dict) or "ranks" not in spec:
+            raise IosimError(f"{where}: give {{ ranks = [...], dtype = \"data\" | \"stat\" }}")
+        role = spec.get("dtype", "data")
+        if role not in ("data", "stat", "mask"):
+            raise IosimError(f"{where}: dtype must be data, stat or mask, got {role!r}")
+        rk = tuple(rank(r, where) for r in _names(spec["ranks"], where))
+        extra.append((t, (rk, role)))
+        tranks[t] = rk
+    levels = None
+    acc_levels = ("acc",)
+    if hardware is not None:
+        from iosim.hardware import load_hardware
+        from iosim.mapping import Mapping
+        from iosim.traffic import _level_roles
+        hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
+        base, mid, sram, inner, acc = _level_roles(hw, Mapping(name="x", cascade=c.name))
+        levels = {sram.name: "sram", **{lv.name: "acc" if lv is acc else "sram" for lv in inner}}
+        off_chip = [base.name] + [lv.name for lv in mid]
+        acc_levels = ("acc", acc.name)
+
+    def tensor(t, where) -> str:
+        if t not in tranks:
+            raise IosimError(f"{where}: tensor '{t}' is not in cascade '{c0.name}' (tensors: "
+                             f"{', '.join(sorted(tranks))}); declare a tensor the mapping adds "
+                             f"under [tensors]")
+        return t
+
+    def node(nd, where, encl):
+        if not isinstance(nd, dict):
+            raise IosimError(f"{where}: expected a table")
+        kinds = [k for k in _NODE_KEYS if k in nd]
+        if len(kinds) != 1:
+            raise IosimError(f"{where}: a node has exactly one of loop, split, level, compute "
+                             f"(got {', '.join(kinds) or 'none'})")
+        kind = kinds[0]
+        bad = set(nd) - _NODE_KEYS[kind]
+        if bad:
+            raise IosimError(f"{where}: unknown key '{sorted(bad)[0]}' in a {kind} node (keys: "
+                             f"{', '.join(sorted(_NODE_KEYS[kind]))})")
+        if kind == "loop":
+            r = rank(nd["loop"], where)
+            where = f"{where} (loop over {nd['loop']})"
+            tile = nd.get("tile", DEFAULT_TILE.get(r))
+            if isinstance(tile, bool) or not isinstance(tile, (str, int)):
+                raise IosimError(f"{where}: tile must be a name ({', '.join(TILE_NAMES)}) or a "
+                                 f"positive whole number, got {tile!r}")
+            if isinstance(tile, int):
+                if tile < 1:
+                    raise IosimError(f"{where}: tile must be positive, got {tile}")
+                field = DEFAULT_TILE.get(r)
+                if field in (None, "one"):
+                    raise IosimError(f"{where}: a loop over {r} takes no numeric tile")
+                if tiles.get(field, tile) != tile:
+                    raise IosimError(f"{where}: tile {tile} disagrees with {field} = "
+                                     f"{tiles[field]} set elsewhere")
+                tiles[field] = tile
+                tile = field
+            if tile not in TILE_NAMES:
+                raise IosimError(f"{where}: tile '{tile}' is not one of {', '.join(TILE_NAMES)}")
+            var = nd.get("var") or _var(r, encl)
+            mask = None
+            if nd.get("mask"):
+                other = ("M",) if r in ("P", "R") else ("P", "R") if r == "M" else ()
+                mask = next((lp.var for lp in reversed(encl)
+                             if isinstance(lp, Loop) and lp.rank in other), None)
+                if mask is None:
+                    raise IosimError(f"{where}: mask = true needs an enclosing loop over "
+                                     f"{' or '.join(other) or 'the query or key rank'}")
+            within = None
+            if r == "M":
+                within = next((s.var for s in reversed(encl) if isinstance(s, Split)), None)
+            lp = Loop(r, tile, (), var=var, parallel=bool(nd.get("parallel", False)),
+                      mask=mask, within=nd.get("within", within), label=nd.get("label", ""))
+            body = tuple(node(x, f"{where} node {i + 1}", encl + (lp,))
+                         for i, x in enumerate(nd.get("node", [])))
+            return Loop(lp.rank, lp.tile, body, var=lp.var, parallel=lp.parallel,
+                        mask=lp.mask, within=lp.within, label=lp.label)
+        if kind == "split":
+            sp = Split(str(nd["split"]), (), parallel=bool(nd.get("parallel", True)),
+                       label=nd.get("label", ""))
+            body = tuple(node(x, f"{where} node {i + 1}", encl + (sp,))
+                         for i, x in enumerate(nd.get("node", [])))
+            return Split(sp.var, body, parallel=sp.parallel, label=sp.label)
+        if kind == "level":
+            lv = nd["level"]
+            if levels is not None:
+                if lv in off_chip:
+                    raise IosimError(f"{where}: storage level '{lv}' is off chip; a storage "
+                                     f"node keeps tensors on chip ({', '.join(levels)})")
+                if lv not in levels:
+                    raise IosimError(f"{where}: storage level '{lv}' is not in the hardware "
+                                     f"(levels on chip: {', '.join(levels)})")
+            elif lv not in ("sram", "acc"):
+                raise IosimError(f"{where}: storage level '{lv}' needs a hardware to check it "
+                                 f"against (or use 'sram' or 'acc')")
+            uses = []
+            stream = bool(nd.get("stream", False))
+            for move in ("load", "keep", "store"):
+                for t in _names(nd.get(move, []), f"{where} {move}"):
+                    t = tensor(t, where)
+                    name = f"{t}_acc" if (move == "keep" and t in f.outputs) else None
+                    ranks = None if t in f.ranks or t in dict(extra) else tranks[t]
+                    uses.append(Use(t, move, stream=stream and move == "load", name=name,
+                                    ranks=ranks))
+            return Storage(lv, tuple(uses))
+        ts = [tensor(t, where) for t in _names(nd["compute"], f"{where} compute")]
+        score = next((tranks[t] for t in ts if {"P", "M"} <= set(tranks[t])), None)
+        rows = "P"
+        return Compute(tuple(ts), score=(rows, "M") if score is not None else None)
+
+    kernels = d.get("kernel")
+    if not isinstance(kernels, list) or not kernels:
+        raise IosimError(f"{source}: no [[kernel]] tables")
+    out = []
+    for i, k in enumerate(kernels):
+        where = f"{source}: kernel {i + 1}"
+        if not isinstance(k, dict) or set(k) - {"name", "node"}:
+            raise IosimError(f"{where}: a kernel has a name and nodes ([[kernel.node]])")
+        body = tuple(node(x, f"{where} node {j + 1}", ()) for j, x in enumerate(k.get("node", [])))
+        out.append(Kernel(str(k.get("name", f"kernel {i + 1}")), body))
+    tree = LoopTree(tuple(out), tensors=tuple(extra), name=str(d.get("name", "")),
+                    skips_masked=bool(d.get("skips_masked", True)),
+                    notes=str(d.get("notes", "")), acc_levels=acc_levels)
+    # lower once here so a bad tree is refused when it is read
+    from iosim.looptree.lower import lower
+    from iosim.mapping import Mapping
+    lower(tree, Mapping(name="check", cascade=c.name), f)
+    return tree, tiles, acc_levels
+
+
+def _var(rank: str, encl: tuple) -> str:
+    taken = {getattr(x, "var", None) for x in encl}
+    v = rank.lower()
+    k = 2
+    while v in taken:
+        v, k = f"{rank.lower()}{k}", k + 1
+    return v
+
+
+def mapping_from_dict(d: dict, cascade, hardware=None, *, source: str = "mapping",
+                      **overrides):
+    """The :class:`~iosim.mapping.Mapping` of a user's tree (kind ``tree``): tiles and other
+    fields from the file, then ``overrides`` (``None`` values ignored)."""
+    from iosim.mapping import Mapping, _load_cascade
+    tree, fields, acc_levels = tree_from_dict(d, cascade, hardware, source=source)
+    if acc_levels[1:] and "acc_level" not in fields:
+        fields["acc_level"] = acc_levels[1]
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    c = _load_cascade(cascade)
+    name = tree.name or Path(source).stem
+    try:
+        return Mapping(name=name, cascade=c.name, kind="tree", tree=tree, **fields)
+    except TypeError as exc:  # pragma: no cover - keys are checked above
+        raise IosimError(f"{source}: {exc}") from None
+
+
+def load_mapping_file(path, cascade, hardware=None, **overrides):
+    """The Mapping of the loop tree in TOML file ``path`` for ``cascade``."""
+    p = Path(path)
+    if not p.is_file():
+        raise IosimError(f"mapping file '{path}' not found")
+    try:
+        d = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise IosimError(f"mapping file '{path}': {exc}") from None
+    return mapping_from_dict(d, cascade, hardware, source=str(path), **overrides)
+
+
+def check_tiles(mapping, shapes) -> None:
+    """Refuse a tile larger than its rank's extent (one line)."""
+    ext = {"block_q": shapes.n * (shapes.group if mapping.packs_rows else 1),
+           "block_kv": shapes.kv_len, "block_e": shapes.e, "block_f": shapes.f}
+    for k, n in ext.items():
+        v = getattr(mapping, k)
+        if v is not None and v > n:
+            raise IosimError(f"mapping '{mapping.name}': tile {k} = {v} exceeds the extent "
+                             f"{n} of its rank")
+
+
+def mapping_option(cascade, name, hardware=None, **overrides):
+    """The mapping a command's ``--mapping`` names: a preset (see
+    :func:`iosim.mapping.mapping_for`; ``None``: the cascade's default) or a loop tree file
+    (``.toml``)."""
+    from iosim.mapping import mapping_for
+    if name is not None and str(name).endswith(".toml"):
+        return load_mapping_file(name, cascade, hardware, **overrides)
+    return mapping_for(cascade, name, **overrides)
+
+
+def show_mapping(mapping, cascade, shapes, hardware, *, sram_bytes=None) -> str:
+    """The mapping's loop tree (tiles with their values) and the loop nest it lowers to, as
+    text (``iosim evaluate --show-mapping``)."""
+    from iosim.looptree.tree import format_tree
+    from iosim.mapping import format_loop_nest, mapping_tree
+    from iosim.traffic import evaluate_arrays, scalar_sizes
+    r = evaluate_arrays(cascade, mapping, hardware, n=shapes.n, e=shapes.e, f=shapes.f,
+                        kv_len=shapes.kv_len, batch=shapes.batch, heads=shapes.heads,
+                        kv_heads=shapes.kv_heads, dtype=shapes.dtype, causal=shapes.causal,
+                        causal_offset=shapes.causal_offset, block_density=shapes.block_density,
+                        sram_bytes=sram_bytes, l2="off")
+    sizes = scalar_sizes(r)
+    m = r["mapping"]
+    tree = mapping_tree(m, r["cascade"], grouped=shapes.group > 1)
+    head = (f"mapping {m.name} ({m.preset.summary}) on cascade {r['cascade'].name}"
+            if m.tree is None else f"mapping {m.name} (a user's loop tree) on cascade "
+                                   f"{r['cascade'].name}")
+    return "\n".join([head, "", "Loop tree", *("  " + ln for ln in
+                                                format_tree(tree, sizes).splitlines()),
+                      "", "Loop nest (lowered; trip counts at these sizes)",
+                      *("  " + ln for ln in format_loop_nest(r["nest"], sizes).splitlines())])
