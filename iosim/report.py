@@ -326,7 +326,7 @@ def report_from_arrays(r: dict, shapes: Shapes, row: int = 0) -> Report:
             resolved = m
     bnd = bound_arrays(r)
     b = {"model": "standard-matmul lower envelope" if bnd["bound_binding"][row] != "compulsory"
-         or r["nest"].mapping.kind not in ("linear", "lightning2", "decode-splitk")
+         or r["nest"].mapping.preset.attention_bound
          else "compulsory",
          "elements": pick(bnd["bound_elements"]),
          "bytes": pick(bnd["bound_elements"]) * bytes_of["data"] * heads,

@@ -216,3 +216,39 @@ def test_cli_bad_tree_file_is_one_line(tmp_path):
                  .replace("block_q = 128\n", ""))
     r = _cli("evaluate", "attention-1pass", "--mapping", str(q), "--seq-len", "1000")
     assert r.exit_code == 2 and "exceeds the extent 1000" in r.output
+
+
+# ------------------------------------------------------------ one Mapping: model and kernel
+def test_a_user_tree_drives_the_model_and_the_generated_kernel():
+    """A tree that lowers to the generator's nest is generated from the very Mapping the
+    models evaluate: a tile changed in the tree moves the kernel's constant and the counts."""
+    from iosim.gpu.kernels import kernel_for
+    from iosim.traffic import evaluate
+    for bq in (128, 64):
+        d = _fa2_dict()
+        del d["block_q"]
+        d["kernel"][0]["node"][0]["tile"] = bq
+        m = mapping_from_dict(d, "attention-1pass", "h100")
+        src = kernel_for("attention-1pass", m, head_dim=64, dtype="fp16").source
+        assert f"\nBLOCK_M = {bq}\n" in src and "\nBLOCK_N = 64\n" in src
+        rep = evaluate("attention-1pass", m, "h100", n=4096, d=64)
+        assert rep.time["kernels"][0]["programs"] == 4096 // bq
+        r = evaluate_arrays("attention-1pass", m, "h100", n=4096, d=64)
+        # K crosses into SMEM once per query tile (HBM sees fewer: the L2 keeps it)
+        assert float(r["model_reads"]["K"][0]) == (4096 // bq) * 4096 * 64
+
+
+def test_a_user_tree_the_generator_does_not_emit_is_refused():
+    from iosim.gpu.kernels import kernel_for
+    d = _fa2_dict()
+    d["kernel"][0]["node"][0]["node"][3]["store"] = ["O"]       # no log-sum-exp
+    del d["tensors"]
+    m = mapping_from_dict(d, "attention-1pass", "h100")
+    with pytest.raises(IosimError, match="runs the 'fa2' loop nest"):
+        kernel_for("attention-1pass", m, head_dim=64)
+
+
+def test_codegen_cli_takes_a_tree_file():
+    r = _cli("codegen", "attention-1pass", "--mapping", str(DATA / "fa2.toml"), "--block-m", "32")
+    assert r.exit_code == 0, r.output
+    assert "\nBLOCK_M = 32\n" in r.output

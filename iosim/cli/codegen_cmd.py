@@ -10,11 +10,12 @@ from iosim.cli.common import OneLineErrors, atomic_write, echo_json
 
 @click.command("codegen", cls=OneLineErrors)
 @click.argument("name")
-@click.option("--mapping", "mapping_name", default=None, metavar="NAME",
+@click.option("--mapping", "mapping_name", default=None, metavar="NAME|FILE",
               help="the Mapping the kernel is generated from (default: the one whose loop "
                    "nest the generator emits for the cascade: fa2 for single-pass cascades, "
-                   "fused-3pass for multi-pass, decode-splitk for partials); the options below "
-                   "change its fields, exactly as on 'iosim evaluate'")
+                   "fused-3pass for multi-pass, decode-splitk for partials), or a loop tree "
+                   "file (.toml) that lowers to that nest; the options below change its "
+                   "fields, exactly as on 'iosim evaluate'")
 @click.option("--block-m", "--block-q", "block_m", type=SIZE, default=None,
               help="query tile (Triton BLOCK_M, the Mapping's block_q; default: the mapping's)")
 @click.option("--block-n", "--block-kv", "block_n", type=SIZE, default=None,
@@ -64,16 +65,16 @@ def command(mapping_name, name, block_m, block_n, num_warps, num_stages, grid_or
     """
     import cascades
     from iosim.gpu.kernels import kernel_for, kernel_mapping
-    from iosim.mapping import mapping_for
 
     c = cascades.load(name)
     over = {k: v for k, v in dict(block_q=block_m, block_kv=block_n, num_warps=num_warps,
                                   num_stages=num_stages, grid_order=grid_order,
                                   split_kv=split_kv).items() if v is not None}
+    from iosim.looptree.files import mapping_option
     kind = kernel_mapping(c, kv_len=1 << 20).kind
-    m = mapping_for(c, mapping_name or kind, **over)
-    if m.kind == "fused-3pass" and mapping_name is None:
-        m = m.with_(row_policy="recompute")
+    m = mapping_option(c, mapping_name or kind, "h100", **over)   # a GPU's levels
+    if mapping_name is None and m.preset.kernel_policy:
+        m = m.with_(row_policy=m.preset.kernel_policy)
     knobs = dict(tma=tma, warp_specialize=warp_specialize, lazy_rescale=lazy_rescale,
                  fast_exp=fast_exp, pipeline=pipeline,
                  **{k: ("" if v == "none" else v) for k, v in

@@ -57,15 +57,18 @@ def kernel_for(cascade, mapping, *, head_dim: int, dtype: str = "bf16", **knobs)
     c, plan = _plan(cascade)
     want = kernel_mapping(c, block_m=mapping.block_q or 128, block_n=mapping.block_kv or 64,
                           kv_len=(mapping.block_kv or 64) * max(1, mapping.split_kv))
-    same = want.kind == mapping.kind and (
-        want.kind != "fused-3pass" or mapping.row_policy in ("recompute", "auto"))
+    pol = want.preset.kernel_policy     # the generated kernel's row policy, if it takes one
+    same = want.kind == mapping.kind and (pol is None or mapping.row_policy in (pol, "auto"))
+    if not same and mapping.tree is not None:   # a user's tree: the generator's nest?
+        from iosim.looptree.lower import nest_signature
+        from iosim.mapping import loop_nest
+        same = nest_signature(loop_nest(mapping, c)) == nest_signature(loop_nest(want, c))
     if not same:
         raise IosimError(f"the kernel generated for cascade '{c.name}' runs the "
                          f"'{want.kind}' loop nest"
-                         + (" (scores recomputed in every pass)" if want.kind == "fused-3pass"
-                            else "")
+                         + (f" (row policy {pol})" if pol else "")
                          + f"; mapping '{mapping.name}' ({mapping.kind}"
-                         + (f", {mapping.row_policy}" if mapping.kind == "fused-3pass" else "")
+                         + (f", {mapping.row_policy}" if mapping.preset.row_policies else "")
                          + ") is not one the code generator emits")
     t = Tiling.from_mapping(mapping, head_dim=head_dim, dtype=dtype)
     if knobs:

@@ -14,7 +14,7 @@ from iosim.errors import IosimError
 from iosim.looptree.tree import (MOVES, TILE_NAMES, Compute, Kernel, Loop, LoopTree, Passes,
                                  Split, Storage)
 
-__all__ = ["lower", "LOOP_RANKS", "tile_dims"]
+__all__ = ["lower", "LOOP_RANKS", "tile_dims", "nest_signature"]
 
 #: ranks a loop may tile: queries, keys, head dims, the query heads of a K/V head and the
 #: packed (query, query head) rows
@@ -138,3 +138,39 @@ def lower(tree: LoopTree, mapping, facts):
 def _named(loop: Loop, var: str) -> Loop:
     from dataclasses import replace
     return replace(loop, var=var)
+
+
+def nest_signature(nest) -> tuple:
+    """The structure of a loop nest without its names: loops (rank, tile, parallel, masked
+    with which enclosing loop, within which split, sparse), loads, stores and on-chip buffers
+    (tensor, dims by enclosing-loop position, streamed, level), in order; loop variables and
+    buffer names (but the score tile's) replaced by positions, labels dropped. Two mappings
+    with equal signatures count the same and describe the same kernel."""
+    from iosim.mapping import Alloc, Load, Loop as NLoop, SplitLoop, Store
+
+    def dims(ds, pos):
+        return tuple((d.rank, pos.get(d.var) if d.var is not None else None) for d in ds)
+
+    def rec(nodes, pos):
+        out = []
+        for nd in nodes:
+            if isinstance(nd, NLoop):
+                inner = {**pos, nd.var: len(pos)}
+                out.append(("loop", nd.rank, nd.block, nd.grid, pos.get(nd.causal_with),
+                            pos.get(nd.within), nd.sparse, rec(nd.body, inner)))
+            elif isinstance(nd, SplitLoop):
+                inner = {**pos, nd.var: len(pos)}
+                out.append(("split", nd.grid, rec(nd.body, inner)))
+            elif isinstance(nd, Load):
+                out.append(("load", type(nd).__name__, nd.tensor, dims(nd.dims, pos),
+                            nd.streamed, getattr(nd, "part", None)))
+            elif isinstance(nd, Store):
+                out.append(("store", type(nd).__name__, nd.tensor, dims(nd.dims, pos),
+                            getattr(nd, "part", None)))
+            elif isinstance(nd, Alloc):
+                out.append(("keep", nd.name if nd.name == "S" else "", dims(nd.dims, pos),
+                            nd.role))
+        return tuple(out)
+    return (tuple(rec(ph.body, {}) for ph in nest.phases), nest.skips_causal,
+            tuple(sorted(nest.recompute.items())), nest.causal_offset_default, nest.rows,
+            tuple(sorted((t, tuple(rk), role) for t, (rk, role) in nest.tensors.items())))

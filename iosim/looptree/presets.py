@@ -597,6 +597,8 @@ class Preset:
     search: Callable = field(default=_plain)
     reduce_hint: str = "reduce block_q or block_kv"
     user_tree: bool = False
+    #: the row policy of the generated kernel, where it takes one (scores recomputed)
+    kernel_policy: str | None = None
 
 
 def _policies(*pols):
@@ -634,6 +636,7 @@ PRESETS: dict = {p.name: p for p in (
     Preset("fused-3pass", fused3_tree, _fits_fused3,
            "the 3-pass cascade fused per query tile; the score row buffered, spilled or "
            "recomputed", row_policies=("buffer", "spill", "recompute"), kernel=True,
+           kernel_policy="recompute",
            search=_policies("buffer", "spill", "recompute"),
            reduce_hint="reduce block_q or block_kv, or use row_policy 'spill'"),
     Preset("fused-2pass", fused2_tree, _fits_fused2,
