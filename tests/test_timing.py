@@ -249,3 +249,24 @@ def test_a_tiny_multi_kernel_call_takes_its_host_time():
                    kv_len=4096, d=128, heads=4)
     assert rep.time_s == pytest.approx(RATES.host_seconds(2)) == pytest.approx(35.5e-6)
     assert sum(k["time_s"] for k in rep.time["kernels"]) < rep.time_s
+
+
+def test_a_sequence_block_against_itself_is_a_full_score_tile():
+    """Chunked linear attention (Lightning-2) builds a block x block tile of the sequence
+    against itself; each step's matmul work, by hand: Q.K^T and S.V (2 * 64 * 64 * 128 each),
+    Q.state and the state update (2 * 64 * 128 * 128 each) = 2 * 64 * 128 * 384 FLOPs, three
+    times an attention step's 4 * 64 * 64 * 128 with the same tile. The time of a step
+    follows the work, so one lightning2 step costs three attention steps (it cost ~200 when
+    the tile was counted as one row of 64)."""
+    import cascades
+    from iosim.gpu.kernels import kernel_mapping
+    per_step = {}
+    for name in ("lightning2", "attention-1pass"):
+        c = cascades.load(name)
+        m = kernel_mapping(c, block_m=64, block_n=64, num_warps=4, num_stages=2)
+        r = evaluate(c, m, "h100", n=4096, d=128, batch=1, heads=1)
+        ph = r.time["kernels"][0] if "kernels" in r.time else r.time["phases"][0]
+        per_step[name] = ph["compute_s"] / ph["steps_per_program"]
+        if name == "lightning2":
+            assert r.flops["matmul"] == 64 * (2 * 64 * 128 * 384)
+    assert per_step["lightning2"] / per_step["attention-1pass"] == pytest.approx(3.0, rel=1e-6)

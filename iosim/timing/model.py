@@ -61,6 +61,20 @@ class PhasePlan:
     causal: bool          # a step loop is coupled to a grid loop (programs of unequal length)
 
 
+def _score_factors(dims, encl) -> tuple:
+    """The factors of a step loop's score elements: its events over the score tile's dims,
+    and, where two dims of the tile are tiled by the same loop (a block of the sequence
+    against itself, as chunked linear attention builds it), the tile size of each repeat."""
+    from iosim.traffic import _event_factors
+    loops = {l.var: l for l in encl if isinstance(l, Loop)}
+    seen, extra = set(), []
+    for d in dims:
+        if d.var is not None and d.var in seen and d.var in loops:
+            extra.append(("tile", d.rank, loops[d.var].block))
+        seen.add(d.var)
+    return _event_factors(dims, encl, "S") + tuple(extra)
+
+
 def _is_grid(nd) -> bool:
     return isinstance(nd, (Loop, SplitLoop)) and nd.grid
 
@@ -193,7 +207,7 @@ def time_arrays(r: dict) -> dict | None:
     for p in plans:
         for s in p.steps:
             if s.score_dims is not None:
-                score_el = score_el + F.product(_event_factors(s.score_dims, s.encl, "S"))
+                score_el = score_el + F.product(_score_factors(s.score_dims, s.encl))
     score_el = score_el * heads
     per_pair = {c: np.where(score_el > 0, flops[c] / np.maximum(score_el, 1), 0.0)
                 for c in OP_CLASSES}
