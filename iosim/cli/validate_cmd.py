@@ -97,9 +97,13 @@ def _side_table(rows: list[dict]) -> str:
               help="compare predicted with measured kernel times instead of bytes: the "
                    "recorded calibration and validation launches (or --csv FILE); with --gpu "
                    "re-measure those launches on this machine")
+@click.option("--serving", is_flag=True,
+              help="predicted (the serving model) against measured times of the recorded "
+                   "serving decode launches (no split, split, stream-K; dense, ragged, paged), "
+                   "or --csv FILE in their format; no GPU")
 @click.option("--json", "as_json", is_flag=True, help="print rows and summary as JSON")
 def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, draws,
-            time_, as_json):
+            time_, serving, as_json):
     """Compare predicted L2 and DRAM bytes with Nsight Compute counters.
 
     Without --gpu: the recorded H100 measurements -- the validated launches, the launches
@@ -116,12 +120,19 @@ def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, 
     Examples:
       iosim validate                      # recorded launches, both L2 models side by side
       iosim validate --time               # recorded kernel times vs the time model
+      iosim validate --serving            # recorded serving decode launches vs the model
       iosim validate --time --gpu --out timings/   # re-measure them here
       iosim validate --l2 simulate        # re-run the dynamic simulation (minutes)
       iosim validate --l2 simulate --kv-cost readers
       iosim validate --gpu --shapes 4x16x4096x128,4x16x4096x128-causal
     """
     from iosim.gpu.validate import measure, require_gpu
+    if serving:
+        if gpu or time_ or shapes or out_dir or l2_mode != "auto":
+            raise IosimError("--serving compares the recorded serving launches (--csv FILE "
+                             "or the committed ones): re-measure them with python "
+                             "experiments/device/serving_decode.py")
+        return _serving(csv_path, as_json)
     if time_:
         if shapes or l2_mode != "auto" or model != "dynamic" or kv_cost != "partitions" \
                 or l2_policy is not None or draws is not None:
@@ -273,3 +284,33 @@ def _time(gpu: bool, csv_path, out_dir, as_json: bool):
                        f"{g['predicted_best']} (measured {g['best_gap']:+.1%} behind the "
                        f"measured best {g['measured_best']})")
         click.echo("")
+
+
+def _serving(csv_path, as_json: bool):
+    """``iosim validate --serving``: the serving model against recorded decode launches."""
+    from iosim.report import fmt_time
+    from iosim.serving_measured import (RECORDED, label, predict_launches, read_launches,
+                                        speedups, summary)
+    paths = [Path(csv_path)] if csv_path else [p for p in RECORDED if p.is_file()]
+    rows = [r for p in paths for r in predict_launches(read_launches(p))]
+    s, sp = summary(rows), speedups(rows)
+    if as_json:
+        echo_json({"summary": s, "speedups": sp,
+                   "rows": [dict(r, kv_lens=list(r["kv_lens"])) for r in rows]})
+        return
+    for p in paths:
+        sub = [r for r in rows if r["source"] == p.name]
+        click.echo(f"{p.name} ({len(sub)} launches, measured on {_device(sub)}):")
+        click.echo(f"  {'launch':44s} {'measured':>9} {'predicted':>9} {'error':>7}  limited by")
+        for r in sub:
+            mark = "  (superseded paged kernel)" if r["superseded"] else ""
+            click.echo(f"  {label(r)[:44]:44s} {fmt_time(r['ms'] * 1e-3):>9} "
+                       f"{fmt_time(r['pred_ms'] * 1e-3):>9} {r['err']:+7.1%}  "
+                       f"{r['limiter']}{mark}")
+    click.echo("speedups (measured / predicted):")
+    for x in sp:
+        if x["measured"] > 1.2 or x["faster"] == "streamk" and x["slower"] == "split":
+            click.echo(f"  {x['shape'][:40]:40s} {x['faster']:>7} over {x['slower']:7s} "
+                       f"{x['measured']:6.2f}x {x['predicted']:6.2f}x {x['err']:+7.1%}")
+    click.echo(f"|error| over {s['n']} current launches: median {s['median']:.1%}, "
+               f"90th percentile {s['p90']:.1%}, max {s['max']:.1%}")
