@@ -499,7 +499,7 @@ _MARKED_END = """\
 def _single_pass(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
                  pipeline: bool = False, lazy: bool = False, trace: bool = False,
                  tma: bool = False, ws: bool = False,
-                 marks: bool = False) -> tuple[str, list[str]]:
+                 marks: bool = False, lse: bool = False) -> tuple[str, list[str]]:
     loop = f"_{pre}_loop"
     full_loop = None
     xargs = xs.loop_args(plan)
@@ -510,6 +510,8 @@ def _single_pass(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
             full_loop = f"_{pre}_full_loop"
             src += _pipelined_loop_fn(full_loop, plan, prec, fast, lazy)
         final = "acc / l_i[:, None]" if plan.normalisation == "deferred" else "acc"
+        if lse and plan.normalisation == "deferred":   # a row that sees no key: O = 0
+            final = "acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]"
     elif plan.nonlinearity == "pointwise":
         src = make_loop(loop, xs.inner_pointwise(plan, prec, _SCORE.format(prec=prec),
                                                  _keep(plan), _LOADV) + _ADVANCE)
@@ -531,12 +533,23 @@ def _single_pass(plan: KernelPlan, pre: str, prec: str, fast: bool = False,
     else:
         sig, const = (" TR," if trace else ""), _CONST
         t0, t1 = (_TRACE_START, _TRACE_END) if trace else ("", "")
+    if lse:
+        sig, const, t1 = " LSE, stride_lb, stride_lh, stride_lm,", const + ", WRITE_LSE: tl.constexpr", _STORE_LSE
     src += f'''
 @triton.jit
 def {kname}({_SIG}{xs.kernel_args(plan)}{sig}
         {const}):
 {t0}{_prologue(plan)}{xs.prologue(plan)}{descs}{_bounds(plan)}{_init_state()}{calls}{_store_o(final)}{t1}'''
     return src, [kname]
+
+
+#: each row's log-sum-exp (natural log) from the running maximum and sum (log2 units)
+_STORE_LSE = """\
+    if WRITE_LSE:
+        lse_ptrs = LSE + off_b * stride_lb + (off_hk * GROUP + offs_g) * stride_lh + offs_p * stride_lm
+        lse = (m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i))) * 0.6931471805599453
+        tl.store(lse_ptrs, tl.where(l_i == 0.0, float("-inf"), lse), mask=row_ok)
+"""
 
 
 def _block_sparse(plan: KernelPlan, pre: str, prec: str,
@@ -790,6 +803,7 @@ def _launcher(plan: KernelPlan, t: Tiling, names: list[str]) -> str:
     if plan.family == "linear":
         causal = "False"
     scale_mul = f" * {LOG2E!r}" if exp else ""
+    xsig, xoff = (", lse=None, offset=None", " if offset is None else int(offset)") if t.lse else ("", "")
     lines = [f'''
 
 def _scratch(size, align, stream):
@@ -837,7 +851,7 @@ def _ranks(q, k, v):
     return B, HQ, HKV, P, M, E, F
 
 
-def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=None, trace=None):
+def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=None, trace=None{xsig}):
     """Run the generated kernel(s): q [B, Hq, P, E], k [B, Hkv, M, E], v [B, Hkv, M, F]."""
     B, HQ, HKV, P, M, E, F = _ranks(q, k, v)
     G = HQ // HKV''']
@@ -851,7 +865,7 @@ def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=Non
         raise ValueError("a causal mask needs at least as many keys as queries")
     qk_scale = float(({plan.scale})){scale_mul}
     qk_bias = float(({plan.bias})){scale_mul}
-    off = int({plan.causal_offset})
+    off = int({plan.causal_offset}){xoff}
     o = torch.empty((B, HQ, P, F), device=q.device, dtype=q.dtype) if out is None else out
     if TMA:
         # tensor descriptors read K and V as [batch x heads x keys, head dim] row blocks
@@ -915,6 +929,11 @@ def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=Non
             {names[0]}[grid](q, k, v, o, *common, trace, **const)
         return o
     {names[0]}[grid](q, k, v, o, *common, **const)
+    return o''' if not t.lse else f'''\
+    if lse is not None and (tuple(lse.shape) != (B, HQ, P) or lse.dtype != torch.float32):
+        raise ValueError(f"lse must be a float32 tensor [batch, heads, queries] = {{(B, HQ, P)}}")
+    lt = o if lse is None else lse     # not written without lse
+    {names[0]}[grid](q, k, v, o, *common, lt, *lt.stride()[:3], **const, WRITE_LSE=lse is not None)
     return o''')
     elif plan.family == "three-pass":
         lines.append(f'''\
@@ -1056,6 +1075,10 @@ def emit(plan: KernelPlan, tiling: Tiling) -> tuple[str, list[str]]:
         plan = _bake_score_fn(plan, tiling)
     if plan.window_lower:
         plan = _bake_window(plan, tiling)
+    if tiling.lse and (plan.family != "online" or plan.extras or plan.block_mask or tiling.trace):
+        raise CodegenError(f"cascade '{plan.cascade}': a log-sum-exp output (lse=True) is generated "
+                           f"for single-pass softmax kernels without extra inputs, a block mask "
+                           f"or trace")
     pre = kernel_prefix(plan.cascade)
     prec = ', input_precision="ieee"' if tiling.dtype == "fp32" else ""
     fast = tiling.fast_exp and tiling.dtype in _EX2_ASM
@@ -1068,7 +1091,7 @@ def emit(plan: KernelPlan, tiling: Tiling) -> tuple[str, list[str]]:
     elif plan.family in ("online", "none"):
         body, names = _single_pass(plan, pre, prec, fast, tiling.pipeline, tiling.lazy_rescale,
                                    tiling.trace, tiling.tma or tiling.warp_specialize,
-                                   tiling.warp_specialize, tiling.trace_every > 0)
+                                   tiling.warp_specialize, tiling.trace_every > 0, tiling.lse)
     elif plan.family == "three-pass":
         body, names = _three_pass(plan, pre, prec)
     else:

@@ -64,6 +64,11 @@ class Tiling:
     q_eviction: str = ""
     #: the same on the O store
     o_eviction: str = ""
+    #: single-pass softmax kernels: ``forward(..., lse=, offset=)`` also writes each row's
+    #: log-sum-exp (natural log, fp32 ``[B, Hq, P]``) where ``lse`` is given, and takes the
+    #: causal diagonal's ``offset`` (key b visible to query a where b <= a + offset; a row
+    #: that sees no key gets O = 0, LSE = -inf): the per-device kernel of a key split
+    lse: bool = False
 
     def __post_init__(self) -> None:
         dt = _DTYPE_ALIASES.get(self.dtype, self.dtype)
@@ -86,7 +91,8 @@ class Tiling:
         if self.grid_order not in GRID_ORDERS:
             raise CodegenError(f"grid order '{self.grid_order}' is not one of "
                                f"{', '.join(GRID_ORDERS)}")
-        for k in ("fast_exp", "pipeline", "lazy_rescale", "trace", "tma", "warp_specialize"):
+        for k in ("fast_exp", "pipeline", "lazy_rescale", "trace", "tma", "warp_specialize",
+                  "lse"):
             if not isinstance(getattr(self, k), bool):
                 raise CodegenError(f"{k} must be true or false, got {getattr(self, k)!r}")
         if (not isinstance(self.trace_every, int) or isinstance(self.trace_every, bool)
