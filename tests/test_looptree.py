@@ -71,6 +71,19 @@ def test_user_toml_tree_equal_to_the_fa2_preset_evaluates_identically(shape):
           evaluate_arrays("attention-1pass", ref, "h100", **shape))
 
 
+@pytest.mark.parametrize("shape", SHAPES[:2])
+def test_user_toml_tree_with_three_spilled_sweeps_equals_the_fused_3pass_preset(shape):
+    m = load_mapping_file(DATA / "fused3-spill.toml", "attention-3pass", "h100")
+    ref = mapping_for("attention-3pass", "fused-3pass", row_policy="spill")
+    a = evaluate_arrays("attention-3pass", m, "h100", **shape)
+    _same(a, evaluate_arrays("attention-3pass", ref, "h100", **shape))
+    # the spilled scores: written once and read twice, N x N elements without a mask
+    if not shape.get("causal"):
+        n = shape["n"]
+        assert float(a["model_writes"]["SQK"][0]) == n * n
+        assert float(a["model_reads"]["SQK"][0]) == 2 * n * n
+
+
 def test_user_tree_in_python_equals_the_preset():
     """The FlashAttention-2 tree written in Python with the cascade's own tensor names."""
     tree = LoopTree((Kernel("forward", (

@@ -241,6 +241,8 @@ def tree_from_dict(d: dict, cascade, hardware=None, *, source: str = "mapping") 
                     t = tensor(t, where)
                     name = f"{t}_acc" if (move == "keep" and t in f.outputs) else None
                     ranks = None if t in f.ranks or t in dict(extra) else tranks[t]
+                    if move != "keep" and ranks is not None:    # through the backing store
+                        moved.setdefault(t, (ranks, "data"))
                     uses.append(Use(t, move, stream=stream and move == "load", name=name,
                                     ranks=ranks))
             return Storage(lv, tuple(uses))
@@ -249,6 +251,7 @@ def tree_from_dict(d: dict, cascade, hardware=None, *, source: str = "mapping") 
         rows = "P"
         return Compute(tuple(ts), score=(rows, "M") if score is not None else None)
 
+    moved: dict = {}      # cascade intermediates the tree stores and loads (spills)
     kernels = d.get("kernel")
     if not isinstance(kernels, list) or not kernels:
         raise IosimError(f"{source}: no [[kernel]] tables")
@@ -259,7 +262,8 @@ def tree_from_dict(d: dict, cascade, hardware=None, *, source: str = "mapping") 
             raise IosimError(f"{where}: a kernel has a name and nodes ([[kernel.node]])")
         body = tuple(node(x, f"{where} node {j + 1}", ()) for j, x in enumerate(k.get("node", [])))
         out.append(Kernel(str(k.get("name", f"kernel {i + 1}")), body))
-    tree = LoopTree(tuple(out), tensors=tuple(extra), name=str(d.get("name", "")),
+    tree = LoopTree(tuple(out), tensors=tuple(extra) + tuple(moved.items()),
+                    name=str(d.get("name", "")),
                     skips_masked=bool(d.get("skips_masked", True)),
                     notes=str(d.get("notes", "")), acc_levels=acc_levels)
     # lower once here so a bad tree is refused when it is read
