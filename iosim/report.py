@@ -278,7 +278,7 @@ class Report:
 
 def report_from_arrays(r: dict, shapes: Shapes, row: int = 0) -> Report:
     """Build a :class:`Report` from one row of :func:`iosim.traffic.evaluate_arrays`."""
-    from iosim.traffic import bound_arrays, scalar_sizes
+    from iosim.traffic import attention_bound_applies, bound_arrays, scalar_sizes
     from dataclasses import replace
     pick = lambda a: float(np.asarray(a).reshape(-1)[row])  # noqa: E731
     roles = r["level_roles"]
@@ -326,7 +326,7 @@ def report_from_arrays(r: dict, shapes: Shapes, row: int = 0) -> Report:
             resolved = m
     bnd = bound_arrays(r)
     b = {"model": "standard-matmul lower envelope" if bnd["bound_binding"][row] != "compulsory"
-         or r["nest"].mapping.preset.attention_bound
+         or attention_bound_applies(r["nest"].mapping, r["cascade"])
          else "compulsory",
          "elements": pick(bnd["bound_elements"]),
          "bytes": pick(bnd["bound_elements"]) * bytes_of["data"] * heads,

@@ -1092,6 +1092,16 @@ def arrays_to_frame(r: dict, *, per_tensor: bool = True, pd=None):
     return pd.DataFrame(cols)
 
 
+def attention_bound_applies(mapping: Mapping, cascade) -> bool:
+    """Whether the softmax-attention IO lower bound applies to a mapping: its preset says so,
+    or, for a user's tree, the cascade is a softmax."""
+    flag = mapping.preset.attention_bound
+    if flag is None:
+        from iosim.mapping import cascade_facts
+        return bool(cascade_facts(cascade).softmax)
+    return bool(flag)
+
+
 def bound_arrays(r: dict) -> dict:
     """IO lower-bound columns (elements per head) and the ratio of the backing traffic."""
     from iosim.bounds import attention_lower_envelope
@@ -1102,7 +1112,7 @@ def bound_arrays(r: dict) -> dict:
     hb = sum(r["backing_reads"].values()) + sum(r["backing_writes"].values())
     out = {"bound_compulsory_elements": comp}
     c = r["cascade"]
-    softmax_self = (r["nest"].mapping.preset.attention_bound
+    softmax_self = (attention_bound_applies(r["nest"].mapping, c)
                     and np.all(N == K) and np.all(E == Fd))
     if softmax_self:
         fast = r.get("bound_fast_elements", r["sram_elements"])  # fast memory above HBM

@@ -265,3 +265,18 @@ def test_codegen_cli_takes_a_tree_file():
     r = _cli("codegen", "attention-1pass", "--mapping", str(DATA / "fa2.toml"), "--block-m", "32")
     assert r.exit_code == 0, r.output
     assert "\nBLOCK_M = 32\n" in r.output
+
+
+def test_user_linear_tree_equals_the_preset_and_gets_the_compulsory_bound():
+    """Two kernels through a state: the same counts as the linear preset, and (no softmax)
+    the compulsory traffic as its bound, not the softmax-attention envelope."""
+    m = load_mapping_file(DATA / "linear.toml", "linear", "h100")
+    ref = mapping_for("linear", "linear")
+    shape = dict(n=2048, d=64)
+    a = evaluate_arrays("linear", m, "h100", **shape)
+    _same(a, evaluate_arrays("linear", ref, "h100", **shape))
+    from iosim.traffic import bound_arrays
+    b = bound_arrays(a)
+    # Q, K, V read and O written once: 4 x N x d elements
+    assert float(b["bound_elements"][0]) == 4 * 2048 * 64
+    assert b["bound_binding"][0] == "compulsory"

@@ -71,8 +71,11 @@ def _rank_map(cascade) -> dict:
     from cascades.roles import CANONICAL, rank_roles
     from iosim.mapping import _load_cascade, cascade_facts
     out = {r: r for r in LOOP_RANKS}
-    for role, rank in rank_roles(cascade).items():
-        out[rank] = CANONICAL[role]
+    roles = rank_roles(cascade)
+    if (not {"P", "M", "E", "F"} <= set(cascade.info.ranks) and len(roles) == 4
+            and len(set(roles.values())) == 4):     # as cascades.roles.canonical renames
+        for role, rank in roles.items():
+            out[rank] = CANONICAL[role]
     f = cascade_facts(_load_cascade(cascade))
     out.update(f.rank_alias)
     return out

@@ -575,7 +575,8 @@ class Preset:
     ``"block_q"`` or to the whole head dim (``"whole"``); ``None``: never tiled.
     ``row_policies``: the row policies it takes besides ``auto`` (``auto`` tries them in
     order: the first whose tiles fit). ``self_only``: self-attention only (keys = queries).
-    ``attention_bound``: the softmax-attention IO lower bound applies to it.
+    ``attention_bound``: the softmax-attention IO lower bound applies to it (``None``: when
+    the cascade is a softmax).
     ``kernel``: the code generator emits its loop nest. ``few_rows``: searched with every
     small query tile (decode). ``packs_group``: the query heads of a group share a program's
     rows (``pack_group``). ``cascade_blocks``: facts -> the tiles the cascade's own block
@@ -589,7 +590,7 @@ class Preset:
     head_tiles: str | None = None
     row_policies: tuple = ()
     self_only: bool = False
-    attention_bound: bool = True
+    attention_bound: bool | None = True
     kernel: bool = False
     few_rows: bool = False
     packs_group: bool = False
@@ -686,7 +687,7 @@ def _wrap_kernels(k):
 
 #: the preset of a mapping given as a user's tree
 TREE = Preset("tree", _user_tree, _fits_tree, "a loop tree written by the user",
-              head_tiles="whole", user_tree=True)
+              head_tiles="whole", user_tree=True, attention_bound=None)
 
 
 def preset_of(kind: str) -> Preset:
