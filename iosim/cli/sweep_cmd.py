@@ -37,8 +37,16 @@ from iosim.cli.evaluate_cmd import (DEFAULT_DTYPE, DEFAULT_HEAD_DIM, DEFAULT_SEQ
 @click.option("--no-progress", "--quiet", "-q", "no_progress", is_flag=True,
               help="No progress bar (it shows on a terminal when the sweep takes over 2 s).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
+@click.option("--system", default=None, metavar="PRESET|FILE",
+              help="Sweep the multi-device model on a system (dgx-h100, ...; docs/multidevice.md) "
+                   "over --parallel schemes, --devices and --seq-len: parallel_sweep.csv and "
+                   "parallel_sweep.png (time and memory per device, the ring's crossover).")
+@click.option("--parallel", default=None, metavar="LIST",
+              help="With --system: ring,striped,ulysses,usp.")
+@click.option("--devices", default=None, metavar="LIST_OR_RANGE",
+              help="With --system: device counts, e.g. 2,4,8 or 2:16:x2 (default: all).")
 def command(names, hardware, sram, seq_len, head_dim, mapping, dtype, batch, heads, kv_heads,
-            causal, out_dir, no_plots, no_progress, as_json):
+            causal, out_dir, no_plots, no_progress, as_json, system, parallel, devices):
     """Traffic of algorithms over SRAM sizes and sequence lengths: CSV, figures.
 
     NAME is a mapping (fa1, fa2, saha-ye, unfused, fused-2pass, ...), a cascade
@@ -52,9 +60,24 @@ def command(names, hardware, sram, seq_len, head_dim, mapping, dtype, batch, hea
       iosim sweep fa1 fa2 saha-ye attention-1pass --hw two-level \\
           --sram 2KiB:1MiB:x2 --seq-len 1K:16K:x4 --out out/
     Writes out/sweep.csv (rerunning resumes: points already there are skipped) and
-    out/sweep_vs_sram.png, out/sweep_vs_seqlen.png.
+    out/sweep_vs_sram.png, out/sweep_vs_seqlen.png. Multi-device:
+
+    \b
+      iosim sweep attention-1pass --system dgx-h100 --parallel ring,striped \\
+          --devices 2,4,8 --seq-len 2K:1M:x2 --heads 32 --batch 4 --causal --out out/
     """
     from iosim.cli.common import echo_json
+    if system is not None or parallel is not None or devices is not None:
+        from iosim.parallel.sweep import sweep_command
+        src = click.get_current_context().get_parameter_source("hardware")
+        res = sweep_command(names, system=system, parallel=parallel, devices=devices,
+                            seq_len=seq_len, head_dim=head_dim, mapping=mapping, dtype=dtype,
+                            batch=batch, heads=heads, kv_heads=kv_heads, causal=causal,
+                            out_dir=out_dir, no_plots=no_plots, sram=sram,
+                            progress=not (no_progress or as_json),
+                            hw_given=src is not None and src.name != "DEFAULT")
+        lines = res.pop("lines")
+        return echo_json(res) if as_json else click.echo("\n".join(lines))
     from iosim.errors import IosimError
     from iosim.hardware import dtype_bytes, load_hardware
     from iosim.mapping import Shapes, resolve_causal
