@@ -169,7 +169,14 @@ def test_cli_json_parallel_object():
     r = CliRunner().invoke(main, ["evaluate", "--system", "dgx-h100", "--parallel", "ring",
                                   "--devices", "4", "--seq-len", "16K", "--heads", "8", "--json"])
     assert r.exit_code == 0, r.output
-    p = json.loads(r.output)["parallel"]
+    d = json.loads(r.output)
+    p = d["parallel"]
+    # the single-device report of the whole problem on the system's device comes with it
+    one = CliRunner().invoke(main, ["evaluate", "--hw", "h100", "--seq-len", "16K", "--heads",
+                                    "8", "--json"])
+    one = json.loads(one.output)
+    assert d["time_s"] == one["time_s"] and d["levels"] == one["levels"]
+    assert d["time_s"] > p["time_s"]              # four devices beat one
     for k in ("devices", "comm_bytes_per_device", "comm_time_s", "compute_time_s", "overlapped",
               "memory_bytes_per_device", "time_s"):
         assert k in p

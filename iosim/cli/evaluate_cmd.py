@@ -184,7 +184,7 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
                             ulysses_degree=ulysses_degree, layers=layers, params=params,
                             seq_len=seq_len, kv_len=kv_len, head_dim=head_dim, heads=heads,
                             kv_heads=kv_heads, batch=batch, dtype=dtype, causal=causal,
-                            as_json=as_json, single=None)
+                            as_json=as_json, l2_mode=l2_mode, sram_bytes=sram_b)
     if kv_lens is not None:
         return _ragged(c, m, h, kv_lens, seq_len, head_dim, kv_len, batch, heads, kv_heads,
                        dtype, causal, sram_b, l2_mode, block_density, as_json, symbolic)

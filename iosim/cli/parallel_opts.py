@@ -38,9 +38,10 @@ def parallel_options(f):
 
 
 def run_parallel(c, m, *, system, parallel, devices, ulysses_degree, layers, params, seq_len,
-                 kv_len, head_dim, heads, kv_heads, batch, dtype, causal, as_json, single):
-    """Evaluate and print the multi-device model; ``single`` is the one-device report (a
-    callable returning it) printed before it, or merged into the JSON."""
+                 kv_len, head_dim, heads, kv_heads, batch, dtype, causal, as_json,
+                 l2_mode="auto", sram_bytes=None):
+    """Evaluate and print the multi-device model; with ``as_json`` the single-device report of
+    the whole problem on one of the system's devices, with the ``parallel`` object added."""
     from iosim.cli.common import echo_json
     from iosim.parallel.model import Problem, evaluate_parallel
     from iosim.parallel.offload import parse_count
@@ -55,8 +56,19 @@ def run_parallel(c, m, *, system, parallel, devices, ulysses_degree, layers, par
                    params=parse_count(params) if params is not None else 0.0)
     res = evaluate_parallel(c, m, s, prob, parallel, p, ulysses=ulysses_degree)
     if as_json:
-        d = single().to_dict() if single is not None else {}
+        d = _single(c, m, s.device, prob, l2_mode, sram_bytes).to_dict()
         d["parallel"] = res.to_dict()
         echo_json(d)
         return
     click.echo(res.render())
+
+
+def _single(c, m, hw, prob, l2_mode, sram_bytes):
+    """The single-device report (``iosim evaluate`` without --parallel) on ``hw``."""
+    from iosim.l2.backing import backing_for
+    from iosim.mapping import Shapes
+    from iosim.traffic import evaluate
+    shapes = Shapes(n=prob.n, e=prob.d, kv_len=prob.kv_len, batch=prob.batch, heads=prob.heads,
+                    kv_heads=prob.kv_heads, dtype=prob.dtype, causal=prob.causal)
+    return evaluate(c, m, hw, shapes, sram_bytes=sram_bytes,
+                    backing_model=backing_for(c, m, hw, shapes, l2_mode), l2="off")
