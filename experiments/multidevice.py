@@ -7,8 +7,15 @@ panel of ``multidevice.png`` in ``--out`` (default ``./out``; committed copies i
   and over InfiniBand (dgx-h100-2node, 16 GPUs), the step time of a ring against the tokens per
   device ``c``, compute and transfer separately, with the crossover where communication stops
   hiding; the analytic threshold ``c = F / B`` (bf16, datasheet peak ``F``) and the model's
-  ``F_eff / B`` (the rate it sustains on a block); memory per device and the longest context
-  that fits 8 GPUs (the ring: linear in devices) -- ``multidevice_overlap.csv``.
+  ``F_eff / B`` (the rate it sustains on a block); memory per device -- ``multidevice_overlap.csv``.
+  The same as the sweep ``iosim sweep attention-1pass --system dgx-h100 --parallel
+  ring,ulysses --devices 2,4,8 --seq-len 2K:1M:x2 --heads 32 --batch 4`` writes:
+  ``multidevice_sweep.csv``, ``multidevice_sweep_crossover.csv``, ``multidevice_sweep.png``.
+* **Maximum context per device count** (Ring Attention: contexts up to device-count times
+  longer): the longest context whose ring buffers (Q, O, the K/V block and the one arriving,
+  the fp32 accumulator and log-sum-exp; 32 heads, d 128, bf16) fit each device's HBM, on 1-8
+  H100s and 16 over InfiniBand, with nothing else in memory and with 40 GB taken by weights
+  and other activations -- ``multidevice_maxcontext.csv``.
 * **Striped over Ring, causal** (Brandon et al. 2023: 1.45x on 8 A100s at 256K, 1.65x on 16
   TPUv4 at 786K, end-to-end training throughput): the model's ratio of the attention times
   against context on dgx-a100 (P = 2, 4, 8) and tpuv4-16 -- ``multidevice_striped.csv``.
@@ -55,6 +62,32 @@ def overlap(quick=False):
                              link_bandwidth=link.bandwidth))
     df = pd.DataFrame(rows)
     return df
+
+
+def sweep():
+    from iosim.parallel.sweep import ParallelSweepSpec, crossovers, run_parallel_sweep
+    spec = ParallelSweepSpec("attention-1pass", "dgx-h100", ("ring", "ulysses"), (2, 4, 8),
+                             tuple(2 ** k for k in range(11, 21)), heads=32, batch=4)
+    df = run_parallel_sweep(spec)
+    return df, crossovers(df)
+
+
+def maxcontext():
+    import pandas as pd
+    from iosim.parallel.model import Problem
+    from iosim.parallel.sweep import max_context, ring_bytes_per_token
+    prob = Problem(n=1, d=D, heads=32)
+    rows = []
+    for sysname, ps in (("dgx-h100", (1, 2, 4, 8)), ("dgx-h100-2node", (16,))):
+        for p in ps:
+            for reserved in (0.0, 40e9):
+                n = max_context(sysname, prob, p, reserved_bytes=reserved)
+                rows.append(dict(system=sysname, devices=p, reserved_bytes=reserved,
+                                 bytes_per_token=ring_bytes_per_token(prob, p),
+                                 max_context=n, tokens_per_device=n // p,
+                                 over_one_device=n / max_context(sysname, prob, 1,
+                                                                 reserved_bytes=reserved)))
+    return pd.DataFrame(rows)
 
 
 def crossover(df, system):
@@ -182,8 +215,15 @@ def plot(ov, st, ul, la, path):
 
 def main(out_dir: Path | None = None, quick: bool = False) -> dict:
     out = Path(out_dir) if out_dir is not None else Path("out")
+    from iosim.parallel.sweep import parallel_sweep_figures
     ov, st, ul, la = overlap(quick), striped(quick), ulysses(), lamina(quick)
-    written = [save_csv(ov, out / "multidevice_overlap.csv"),
+    sw, cx = sweep()
+    mc = maxcontext()
+    written = [save_csv(sw, out / "multidevice_sweep.csv"),
+               save_csv(cx, out / "multidevice_sweep_crossover.csv"),
+               *parallel_sweep_figures(sw, out, prefix="multidevice_sweep"),
+               save_csv(mc, out / "multidevice_maxcontext.csv"),
+               save_csv(ov, out / "multidevice_overlap.csv"),
                save_csv(st, out / "multidevice_striped.csv"),
                save_csv(ul, out / "multidevice_ulysses.csv"),
                save_csv(la, out / "multidevice_lamina.csv")]
@@ -196,6 +236,15 @@ def main(out_dir: Path | None = None, quick: bool = False) -> dict:
                      f"{ov[ov.system == sysname].critical_peak.iloc[0]:.0f})" if c else
                      f"ring overlap on {sysname}: never hides up to c = "
                      f"{ov.tokens_per_device.max()}")
+    r8 = cx[(cx.scheme == "ring") & (cx.devices == 8)].iloc[0]
+    lines.append(f"sweep on dgx-h100 (ring, 8 devices): crossover at c = "
+                 f"{r8.crossover_tokens:.0f} tokens per device (between {r8.below_tokens:.0f} and "
+                 f"{r8.above_tokens:.0f}); F/B = {r8.critical_tokens_peak:.0f} at peak, "
+                 f"{r8.critical_tokens_model:.0f} at the model's rate")
+    m0 = mc[mc.reserved_bytes == 0]
+    lines.append("ring maximum context (32 heads, d 128, bf16, one layer's buffers): "
+                 + ", ".join(f"P={int(r.devices)} {r.max_context / 2**20:.2f}M "
+                             f"({r.over_one_device:.2f}x one device)" for _, r in m0.iterrows()))
     for _, r in st[st.paper_speedup.notna()].iterrows():
         lines.append(f"striped/ring causal, {r.system} P={r.devices} N={r.n}: model "
                      f"{r.speedup:.2f}x, paper {r.paper_speedup:.2f}x (end-to-end)")
