@@ -138,7 +138,7 @@ def test_big_shapes_answer_without_memory():
 
 def test_recorded_accuracy_side_by_side():
     """Both L2 models on every recorded launch (docs/validation.md's table). The analytical
-    default: 28 of the 36 validated launches and 66 of the 128 registered ones within 15%;
+    default: 30 of the 38 validated launches and 66 of the 128 registered ones within 15%;
     the dynamic simulation's recorded predictions: 34/34 and 83/128. Fails if either count
     changes (a model change must update the docs' table)."""
     from iosim.gpu.compare import (_key, analytic_row, read_csv, recorded_simulation,
@@ -166,6 +166,8 @@ def test_recorded_accuracy_side_by_side():
     assert s["registered"]["l2_exact"] == 128
     assert s["registered"]["simulated_within_15pct"] == 83
     assert s["registered"]["analytical_within_15pct"] == 66
-    assert s["validated"]["l2_exact"] == s["validated"]["launches"] == 36
+    # 34 attention-1pass launches and 4 of sigmoid and flash1 (their generated kernels run the
+    # same single-sweep nest; the model evaluates each with the kernel's own Mapping)
+    assert s["validated"]["l2_exact"] == s["validated"]["launches"] == 38
     assert s["validated"]["simulated_within_15pct"] == 34
-    assert s["validated"]["analytical_within_15pct"] == 28
+    assert s["validated"]["analytical_within_15pct"] == 30

@@ -27,11 +27,13 @@ def _f(x):
 
 
 def mapping_for(row: dict):
-    """The Mapping a measured generated kernel was compiled with."""
-    from iosim.mapping import get_mapping
-    return get_mapping("fa2", block_q=int(row["block_m"]), block_kv=int(row["block_n"]),
-                       num_warps=int(row["num_warps"]), num_stages=int(row["num_stages"]),
-                       grid_order=row["grid_order"])
+    """The Mapping a measured generated kernel was compiled with: the code generator's own
+    Mapping of the row's cascade (:func:`iosim.gpu.kernels.kernel_mapping`) at the row's
+    tiles, warps, stages and grid order."""
+    from iosim.gpu.kernels import kernel_mapping
+    return kernel_mapping(row["cascade"], block_m=int(row["block_m"]),
+                          block_n=int(row["block_n"]), num_warps=int(row["num_warps"]),
+                          num_stages=int(row["num_stages"]), grid_order=row["grid_order"])
 
 
 def smem_model_bytes(row: dict, hardware: str = "h100") -> float | None:
@@ -215,16 +217,20 @@ def analytic_row(row: dict, hardware="h100") -> dict:
     from iosim import traffic
     from iosim.hardware import load_hardware
     from iosim.l2.backing import backing_for
-    from iosim.mapping import Shapes
-    from iosim.mapping import default_mapping
+    from iosim.mapping import Shapes, loop_nest
     out = dict(row)
-    if default_mapping(row["cascade"]).kind != "fa2":
-        return out          # a multi-kernel cascade: its own nests, not the recorded kernel's
+    try:
+        m = mapping_for(row)
+    except Exception:  # noqa: BLE001 - a cascade the code generator does not emit
+        return out
+    from iosim.timing.model import phase_plans
+    plans = phase_plans(loop_nest(m, row["cascade"]))
+    if len(plans) != 1 or len(plans[0].steps) != 1:
+        return out          # the L2 model covers one kernel whose programs sweep the keys once
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
     shapes = Shapes(n=int(row["seq"]), e=int(row["head_dim"]), batch=int(row["batch"]),
                     heads=int(row["heads"]), causal=_bool(row["causal"]),
                     dtype=row.get("dtype") or "bf16")
-    m = mapping_for(row)
     try:
         rep = traffic.evaluate(row["cascade"], m, hw, shapes, check=False,
                                backing_model=backing_for(row["cascade"], m, hw, shapes, "auto"))
