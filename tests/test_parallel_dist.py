@@ -144,6 +144,20 @@ def test_world_size_one_without_a_process_group():
     assert torch.isfinite(lse).all()
 
 
+def test_reference_kernel_in_groups_of_rows(monkeypatch):
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, 37, 8, generator=g) for _ in range(3))
+    ref = pd.select_kernel("torch")
+    whole = ref(q, k, v, 0.3, True, -2)
+    monkeypatch.setattr(pd, "_REF_ELEMS", 100)           # 1 row at a time
+    rows = ref(q, k, v, 0.3, True, -2)
+    assert torch.equal(torch.isinf(whole[1]), torch.isinf(rows[1]))
+    assert torch.isinf(rows[1][:, :2]).all() and (rows[0][:, :2] == 0).all()
+    assert (whole[0] - rows[0]).abs().max() < 1e-6
+    fin = torch.isfinite(whole[1])
+    assert (whole[1][fin] - rows[1][fin]).abs().max() < 1e-6
+
+
 def test_key_chunks_combine_to_the_same_partial():
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2, 50, 8, generator=g) for _ in range(3))

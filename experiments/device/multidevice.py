@@ -1,27 +1,42 @@
-"""Device: Ring and Striped attention and the KV-shard decode combine on NCCL, timed per step.
+"""Device: Ring and Striped attention on NCCL, timed per step and end to end, checked against one GPU.
 Run on the GPU machine from the repository root (one process per GPU)::
 
-    python experiments/device/multidevice.py --world 1            # one GPU: a smoke test
-    python experiments/device/multidevice.py --world 8            # all GPUs of a node
-    python experiments/device/multidevice.py --world 2 --seq-len 16384,65536 --heads 8
+    python experiments/device/multidevice.py --world 8          # all GPUs of a node
+    python experiments/device/multidevice.py --world 2 --per-device 4K,16K --heads 8
+    python experiments/device/multidevice.py --world 1          # one GPU: a smoke test
+    TRITON_INTERPRET=1 python experiments/device/multidevice.py --backend gloo --world 2 \\
+        --per-device 64,96 --heads 2 --head-dim 16 --dtype float32   # a CPU dry run
 
-Writes ``$OUT/multidevice_steps.csv`` (per rank and step: compute time, the wait for the
-block in flight, from CUDA events), ``$OUT/multidevice.csv`` (per configuration: end-to-end
-time, the slowest rank's compute and exposed wait, the error against single-GPU attention
-where it fits, the model's prediction for the same split) and ``$OUT/multidevice_link.csv``
-(a plain 256 MiB send/recv between ranks 0 and 1: the link's bandwidth), each row with the
-device name and the NCCL version. The per-rank kernel is the torch reference of
-iosim.parallel.dist (fp32 statistics, bf16 inputs); the gloo backend runs the same on CPU
-(``--backend gloo``, for a dry run without a GPU).
+For every context per device ``c`` (default 512 ... 64K), heads (8 and 32), causal and not,
+ring and striped (N = c x world, d = 128, bf16): the end-to-end time (median over repeats of the
+slowest rank), per rank and step the compute and the wait for the block in flight (CUDA
+events), per rank and step the transfer alone (the same exchange without compute), the
+ring's extra peak memory, and the largest |difference| against single-GPU attention (SDPA
+on the whole sequence, same inputs) -- bf16 must stay below 1e-2 (fp32 below 1e-5) on every
+run. Then a plain 256 MiB send/recv between ranks 0 and 1 (the link). NVLink multicast is off
+(``NCCL_NVLS_ENABLE=0``) unless ``--nvls``. The per-device kernel is the generated Triton
+kernel with its log-sum-exp (``--kernel auto``: the torch reference where it cannot run; the
+``kernel`` column says which ran). Configurations run from the smallest; ``--budget-s``
+stops starting new ones (the CSVs are rewritten after each).
+
+Writes ``$OUT/multidevice.csv`` (one row per configuration, the model's prediction beside:
+dgx-h100), ``$OUT/multidevice_steps.csv`` (rank, step, phase: compute | wait | transfer,
+median seconds) and ``$OUT/multidevice_link.csv``; every row carries the device, the NCCL
+version and the multicast setting. Compare with the model: ``python
+experiments/multidevice_measured.py --data $OUT/multidevice``.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
 sys.path.insert(0, os.getcwd())
+
+TOL = {"bfloat16": 1e-2, "float16": 1e-2, "float32": 1e-5}
+_DT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
 def _sync(dev):
@@ -52,74 +67,147 @@ class Timer:
 
     def resolve(self):
         _sync(self.dev)
-        out = []
-        for step, phase, t in self.rows:
-            s = t[0].elapsed_time(t[1]) / 1e3 if isinstance(t, tuple) else t
-            out.append((step, phase, s))
-        return out
+        return [(step, phase, t[0].elapsed_time(t[1]) / 1e3 if isinstance(t, tuple) else t)
+                for step, phase, t in self.rows]
+
+
+def _medians(timers) -> dict:
+    """{(step, phase): median seconds} over the repeats' timers."""
+    acc: dict = {}
+    for tm in timers:
+        for step, phase, s in tm.resolve():
+            acc.setdefault((step, phase), []).append(s)
+    return {k: statistics.median(v) for k, v in acc.items()}
+
+
+def _reference(q, k, v, causal):
+    """Single-device attention of the whole sequence (SDPA: flash on a GPU) and its time."""
+    import torch
+    import torch.nn.functional as F
+    dev = q.device
+    F.scaled_dot_product_attention(q[None, :, :256], k[None, :, :256], v[None, :, :256],
+                                   is_causal=causal)                # warm up
+    _sync(dev)
+    t0 = time.perf_counter()
+    ref = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=causal)[0]
+    _sync(dev)
+    return ref, time.perf_counter() - t0
+
+
+def _config(rank, world, dev, args, kern, q, k, v, ref, n, c, heads, causal, striped, base):
+    """Time one configuration on this rank; returns (row dict for rank 0, step rows)."""
+    import torch
+    import torch.distributed as dist
+    from iosim.parallel import dist as pd
+    idx = torch.as_tensor(pd.local_rows(n, world, rank, striped), device=dev)
+    ql, kl, vl = (t.index_select(1, idx).contiguous() for t in (q, k, v))
+
+    def run(timer=None):
+        return pd.ring_attention(ql, kl, vl, idx, idx, causal=causal, timer=timer, kernel=kern)
+
+    for _ in range(args.warmup):
+        run()
+    _sync(dev)
+    e2e, timers = [], []
+    for _ in range(args.repeats):
+        dist.barrier()
+        _sync(dev)
+        tm = Timer(dev)
+        t0 = time.perf_counter()
+        o, _ = run(tm)
+        _sync(dev)
+        e2e.append(time.perf_counter() - t0)
+        timers.append(tm)
+    steps = _medians(timers)
+    transfer = []
+    for _ in range(args.repeats if world > 1 else 0):
+        dist.barrier()
+        tt = Timer(dev)
+        pd.ring_transfer(kl, vl, timer=tt)
+        transfer.append(tt)
+    steps.update(_medians(transfer))
+    # the ring's own memory: peak over one run above what was allocated before it
+    extra = 0
+    if dev.type == "cuda":
+        before = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        run()
+        _sync(dev)
+        extra = torch.cuda.max_memory_allocated(dev) - before
+    err = (o - ref.index_select(1, idx).float()).abs().max().item() if idx.numel() else 0.0
+    # across ranks: each repeat's slowest rank, the worst error, the largest memory
+    t = torch.tensor(e2e + [err, float(extra)], device=dev, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    vals = t.tolist()
+    e2e_max, err, extra = vals[:-2], vals[-2], vals[-1]
+    comp = [steps.get((s, "compute"), 0.0) for s in range(world)]
+    row = dict(base, tokens_per_device=c, n=n, heads=heads, scheme="striped" if striped else "ring",
+               causal=causal, time_s=statistics.median(e2e_max), time_min_s=min(e2e_max),
+               rank0_compute_s=sum(comp),
+               rank0_wait_s=sum(steps.get((s, "wait"), 0.0) for s in range(world)),
+               rank0_transfer_s=sum(steps.get((s, "transfer"), 0.0) for s in range(world)),
+               ring_peak_extra_bytes=extra, max_abs_err=err, tolerance=TOL[args.dtype],
+               err_ok=err < TOL[args.dtype], repeats=args.repeats)
+    srows = [dict(base, rank=rank, tokens_per_device=c, n=n, heads=heads,
+                  scheme=row["scheme"], causal=causal, step=s, phase=ph, seconds=sec)
+             for (s, ph), sec in sorted(steps.items())]
+    return row, srows
 
 
 def _worker(rank, world, args):
     import torch
     import torch.distributed as dist
-    from iosim.parallel import dist as pd
     from iosim.gpu.validate import write_csv
+    from iosim.parallel import dist as pd
     dev = torch.device("cuda", rank) if args.backend == "nccl" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     dtype = getattr(torch, args.dtype)
+    d = args.head_dim
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     nccl = ".".join(map(str, torch.cuda.nccl.version())) if dev.type == "cuda" else "-"
-    steps_rows, rows, link_rows = [], [], []
-    for n in [int(x) for x in args.seq_len.split(",")]:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        for striped in (False, True):
+    kern = pd.select_kernel(args.kernel, dtype=dtype, head_dim=d, device=dev)
+    base = dict(device=name, nccl=nccl, nccl_nvls_enable=os.environ.get("NCCL_NVLS_ENABLE", ""),
+                backend=args.backend, world=world, d=d, dtype=args.dtype, kernel=kern.name)
+    out = os.environ.get("OUT", "out")
+    rows, step_rows, link_rows = [], [], []
+    t_start = time.perf_counter()
+    stopped = None
+    for c in args.per_device:
+        n = c * world
+        for heads in args.heads:
+            go = torch.tensor([float(time.perf_counter() - t_start > args.budget_s)], device=dev)
+            dist.all_reduce(go, op=dist.ReduceOp.MAX)         # rank 0's clock may differ
+            if go.item() > 0:
+                stopped = (c, heads)
+                break
+            g = torch.Generator(device=dev).manual_seed(1000 * c + heads)   # same on every rank
+            q, k, v = (torch.randn(heads, n, d, device=dev, generator=g).to(dtype)
+                       for _ in range(3))
             for causal in (False, True):
-                rowsi = torch.as_tensor(pd.local_rows(n, world, rank, striped))
-                q, k, v = (torch.randn(args.heads, rowsi.numel(), args.head_dim, generator=g)
-                           .to(dev, dtype) for _ in range(3))
-                pos = rowsi.to(dev)
-                for _ in range(args.warmup):
-                    pd.ring_attention(q, k, v, pos, pos, causal=causal)
-                _sync(dev)
-                dist.barrier()
-                times = []
-                for rep in range(args.repeats):
-                    tm = Timer(dev)
-                    _sync(dev)
-                    t0 = time.perf_counter()
-                    pd.ring_attention(q, k, v, pos, pos, causal=causal, timer=tm)
-                    _sync(dev)
-                    times.append(time.perf_counter() - t0)
-                    if rep == args.repeats - 1:
-                        for step, phase, s in tm.resolve():
-                            steps_rows.append(dict(device=name, nccl=nccl, world=world, rank=rank,
-                                                   n=n, heads=args.heads, d=args.head_dim,
-                                                   scheme="striped" if striped else "ring",
-                                                   causal=causal, step=step, phase=phase,
-                                                   seconds=s))
-                t = torch.tensor([sorted(times)[len(times) // 2]], device=dev)
-                dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                err = float("nan")
-                if n <= args.check_max:       # every rank checks its rows against one GPU
-                    qf, kf, vf = (torch.randn(args.heads, n, args.head_dim,
-                                              generator=torch.Generator().manual_seed(1))
-                                  .to(dev, torch.float32) for _ in range(3))
-                    o, _ = pd.ring_attention(qf[:, rowsi], kf[:, rowsi], vf[:, rowsi], pos, pos,
-                                             causal=causal)
-                    ref, _ = pd.partial_attention(
-                        qf, kf, vf, args.head_dim ** -0.5,
-                        (torch.arange(n, device=dev)[None, :] <= torch.arange(n, device=dev)[:, None])
-                        if causal else None)
-                    e = torch.tensor([(o - ref[:, rowsi]).abs().max().item()
-                                      if rowsi.numel() else 0.0], device=dev)
-                    dist.all_reduce(e, op=dist.ReduceOp.MAX)
-                    err = e.item()
-                rows.append(dict(device=name, nccl=nccl, world=world, n=n, heads=args.heads,
-                                 d=args.head_dim, dtype=args.dtype,
-                                 scheme="striped" if striped else "ring", causal=causal,
-                                 time_s=t.item(), max_abs_err_fp32=err))
-    # the link: a plain send/recv of 256 MiB from rank 0 to rank 1
+                ref, single_s = _reference(q, k, v, causal)
+                for striped in (False, True):
+                    row, srows = _config(rank, world, dev, args, kern, q, k, v, ref, n, c,
+                                         heads, causal, striped, base)
+                    row["single_gpu_sdpa_s"] = single_s
+                    rows.append(row)
+                    parts = [None] * world
+                    dist.all_gather_object(parts, srows)
+                    step_rows += [r for p in parts for r in p]
+                    if rank == 0:
+                        write_csv(_with_model(rows), os.path.join(out, "multidevice.csv"))
+                        write_csv(step_rows, os.path.join(out, "multidevice_steps.csv"))
+                        print(f"{row['scheme']:8s} causal={causal!s:5s} c={c:6d} H={heads:2d} "
+                              f"world={world} time {row['time_s'] * 1e3:9.3f} ms (one GPU "
+                              f"{single_s * 1e3:9.3f} ms) err {row['max_abs_err']:.2e}"
+                              f"{'' if row['err_ok'] else '  FAIL'}", flush=True)
+                del ref
+            del q, k, v
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        if stopped:
+            break
+    # the link: a plain send/recv of --link-mib MiB from rank 0 to rank 1
     if world > 1:
         buf = torch.empty(args.link_mib * 2 ** 20 // 2, dtype=torch.bfloat16, device=dev)
         for rep in range(args.repeats + 1):
@@ -133,30 +221,25 @@ def _worker(rank, world, args):
             _sync(dev)
             dt = time.perf_counter() - t0
             if rank == 1 and rep > 0:
-                link_rows.append(dict(device=name, nccl=nccl, world=world, bytes=buf.numel() * 2,
-                                      seconds=dt, gb_per_s=buf.numel() * 2 / dt / 1e9))
-    out = os.environ.get("OUT", "out")
-    # every rank's steps; rank 0 writes the summary
-    gathered = [None] * world
-    dist.all_gather_object(gathered, steps_rows)
+                link_rows.append(dict(base, bytes=buf.numel() * 2, seconds=dt,
+                                      gb_per_s=buf.numel() * 2 / dt / 1e9))
     links = [None] * world
     dist.all_gather_object(links, link_rows)
     if rank == 0:
-        write_csv([r for part in gathered for r in part], os.path.join(out, "multidevice_steps.csv"))
-        write_csv(_with_model(rows, world, args), os.path.join(out, "multidevice.csv"))
         lr = [r for part in links for r in part]
         if lr:
             write_csv(lr, os.path.join(out, "multidevice_link.csv"))
-        for r in rows:
-            print(f"{r['scheme']:8s} causal={r['causal']!s:5s} N={r['n']:7d} world={world} "
-                  f"time {r['time_s'] * 1e3:8.3f} ms  err {r['max_abs_err_fp32']:.2e}")
-        for r in lr:
-            print(f"link send/recv {r['bytes'] / 2 ** 20:.0f} MiB: {r['gb_per_s']:.1f} GB/s")
-        print(f"device {name}, NCCL {nccl}; wrote {out}/multidevice*.csv")
+            print(f"link send/recv {lr[0]['bytes'] / 2 ** 20:.0f} MiB: median "
+                  f"{statistics.median(r['gb_per_s'] for r in lr):.1f} GB/s")
+        bad = [r for r in rows if not r["err_ok"]]
+        print(f"device {name}, NCCL {nccl}, NCCL_NVLS_ENABLE={base['nccl_nvls_enable']}, "
+              f"kernel: {kern.name}; {len(rows)} configurations, {len(bad)} over the tolerance"
+              + (f"; budget reached before c={stopped[0]}, heads={stopped[1]}" if stopped else "")
+              + f"; wrote {out}/multidevice*.csv")
 
 
-def _with_model(rows, world, args):
-    """The model's time for each row's split (dgx-h100 links; the device preset h100)."""
+def _with_model(rows):
+    """The model's time for each row's split (dgx-h100: H100 devices on NVLink)."""
     try:
         from iosim.parallel.model import Problem, evaluate_parallel
     except Exception:       # noqa: BLE001 - the measurement stands without the model
@@ -166,8 +249,8 @@ def _with_model(rows, world, args):
         try:
             res = evaluate_parallel("attention-1pass", None, "dgx-h100",
                                     Problem(n=r["n"], d=r["d"], heads=r["heads"],
-                                            dtype="bf16", causal=r["causal"]),
-                                    r["scheme"], world)
+                                            dtype=_DT[r["dtype"]], causal=r["causal"]),
+                                    r["scheme"], r["world"])
             out.append(dict(r, model_time_s=res.time_s, model_overlapped=res.overlapped))
         except Exception as e:  # noqa: BLE001
             out.append(dict(r, model_time_s=float("nan"), model_note=str(e)[:80]))
@@ -175,19 +258,27 @@ def _with_model(rows, world, args):
 
 
 def main(argv=None):
+    from iosim.sweep import parse_counts
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=int, default=None, help="processes (default: GPUs visible)")
     ap.add_argument("--backend", default=None, choices=["nccl", "gloo"])
-    ap.add_argument("--seq-len", default="4096,16384,65536")
-    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--per-device", default="512:64K:x2",
+                    help="context per device c (N = c x world): a list or range")
+    ap.add_argument("--heads", default="8,32")
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--kernel", default="auto", choices=["auto", "triton", "torch"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--check-max", type=int, default=16384,
-                    help="check against one-GPU attention up to this N (fp32)")
     ap.add_argument("--link-mib", type=int, default=256)
+    ap.add_argument("--budget-s", type=float, default=420.0,
+                    help="start no configuration after this many seconds")
+    ap.add_argument("--nvls", action="store_true", help="leave NVLink multicast to NCCL")
     args = ap.parse_args(argv)
+    args.per_device = parse_counts(args.per_device, "--per-device")
+    args.heads = parse_counts(args.heads, "--heads")
+    if not args.nvls:
+        os.environ["NCCL_NVLS_ENABLE"] = "0"          # the spawned ranks inherit it
     import torch
     from iosim.parallel.dist import spawn
     if args.backend is None:

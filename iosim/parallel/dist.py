@@ -77,6 +77,8 @@ def local_rows(n: int, world: int, rank: int, striped: bool):
 
 # --------------------------------------------------------------------- the per-rank kernel
 _KERNELS: dict = {}
+#: the torch reference's largest score tile or mask (elements): rows go in groups below it
+_REF_ELEMS = 2 ** 27
 _TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
@@ -96,15 +98,24 @@ class BlockKernel:
     def __call__(self, q, k, v, scale, causal=False, offset=0):
         import torch
         if self._mod is None:
-            keep = None
-            if causal:
-                dev = q.device
-                keep = (torch.arange(k.shape[-2], device=dev)[None, :]
-                        <= torch.arange(q.shape[-2], device=dev)[:, None] + int(offset))
             g = q.shape[0] // k.shape[0]
             if g > 1:                        # grouped-query heads share a K/V head
                 k, v = k.repeat_interleave(g, 0), v.repeat_interleave(g, 0)
-            return partial_attention(q, k, v, scale, keep)
+            # rows at a time: scores (keys 4096 at a time) and mask of at most _REF_ELEMS
+            rows = max(1, min(_REF_ELEMS // (q.shape[0] * max(1, min(k.shape[-2], 4096))),
+                              _REF_ELEMS // max(1, k.shape[-2])))
+            parts = []
+            for a in range(0, q.shape[-2], rows):
+                b = min(a + rows, q.shape[-2])
+                keep = None
+                if causal:
+                    dev = q.device
+                    keep = (torch.arange(k.shape[-2], device=dev)[None, :]
+                            <= torch.arange(a, b, device=dev)[:, None] + int(offset))
+                parts.append(partial_attention(q[..., a:b, :], k, v, scale, keep))
+            if len(parts) == 1:
+                return parts[0]
+            return torch.cat([p[0] for p in parts], -2), torch.cat([p[1] for p in parts], -1)
         hq, p, f = q.shape[0], q.shape[1], v.shape[-1]
         o = torch.empty((1, hq, p, f), device=q.device, dtype=torch.float32)
         lse = torch.empty((1, hq, p), device=q.device, dtype=torch.float32)
