@@ -15,9 +15,11 @@ Traffic and FLOPs of every schedule are the loop nest's (:func:`iosim.ragged.eva
 sums the requests); stream-K adds the Q reloads and partials of its segments. A paged cache
 (``page_size``) reads the same K/V bytes (a partial last page's tail is never loaded; pages
 anywhere in the pool, each ``page_size`` rows of one K/V head contiguous) plus its block
-table: one int32 entry per key block and program when pages hold whole key blocks, one per
-key otherwise, from L2; each request's table once from HBM. The time model does not charge
-the table's loads beyond their bytes.
+table from L2: per key block one int32 entry where a page holds whole blocks, one per page
+where a block holds whole pages, one per key otherwise (and one more block's worth per
+segment, read ahead); each request's table once from HBM. The kernel reads a block's entries
+while the block before it computes, so a block's K/V loads never wait on the table: the time
+model charges the table its bytes and no latency.
 """
 from __future__ import annotations
 
@@ -215,7 +217,7 @@ def evaluate_serving(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_l
     el = dtype_bytes(dtype)
     kv_bytes = float(2 * hkv * sum(lens) * e * el)
     if page_size is not None:
-        rep, paged = _paged(rep, lens, hkv, blocks, int(page_size), e, el)
+        rep, paged = _paged(rep, lens, hkv, blocks, int(page_size), e, el, n_seg)
         info.update(paged)
     rep = replace(rep, mapping_resolved=rep.mapping_resolved.with_(name=f"serving-{schedule}"),
                   kv_lens=None if kv_lens is None else rep.kv_lens)
@@ -224,12 +226,20 @@ def evaluate_serving(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_l
     return ServingReport(rep, schedule, info)
 
 
-def _paged(rep, lens, hkv, blocks, page, e, el):
+def page_entries_per_block(page: int) -> int:
+    """Block-table entries the kernel reads per key block: one where a page holds whole key
+    blocks, one per page where a block holds whole pages, one per key otherwise."""
+    if page % BLOCK_N == 0:
+        return 1
+    return BLOCK_N // page if BLOCK_N % page == 0 else BLOCK_N
+
+
+def _paged(rep, lens, hkv, blocks, page, e, el, n_seg):
     """The block table's bytes added to the report (see the module text)."""
-    from iosim.report import LevelTraffic  # noqa: F401 - the type replaced below
     pages = sum(-(-x // page) for x in lens)
-    per_block = 1 if page % BLOCK_N == 0 else BLOCK_N
-    table_l2 = 4.0 * per_block * sum(blocks)
+    # a segment reads its first block's entries before its loop and every block's next
+    # ones inside it (the last block's re-read): blocks + 1 reads per segment
+    table_l2 = 4.0 * page_entries_per_block(page) * (sum(blocks) + n_seg)
     table_hbm = 4.0 * pages
     levels = []
     for lv in rep.levels:

@@ -4,11 +4,12 @@ per launch the predicted time beside the measured one, and per shape the speedup
 schedules (stream-K over the split, over no split; the split over no split), measured and
 predicted. No GPU: the recorded CSVs are read.
 
-A paged launch recorded without the ``paged_loads`` column ran the first paged kernel, which
-gathered every key's row through its own block-table entry; the kernel now loads one table
-entry per page and a page's rows as one tile (``paged_loads = "page-tiles"``). Such older rows
-are reported, marked ``superseded``, and left out of the checks: the model describes the
-current kernel.
+A paged launch whose ``paged_loads`` column is not the kernel's current
+:data:`~cascades.triton.emit_decode.PAGED_LOADS` ran an earlier paged kernel (the first one,
+recorded without the column, read its block-table entries inside the key loop, right before
+the K/V loads that needed them, an entry per key where pages are shorter than a key block).
+Such rows are reported, marked ``superseded``, and left out of the checks: the model
+describes the current kernel.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cascades.triton.emit_decode import PAGED_LOADS
 from iosim.errors import IosimError
 
 __all__ = ["RECORDED", "read_launches", "predict_launches", "speedups", "summary"]
@@ -56,7 +58,7 @@ def read_launches(path) -> list[dict]:
         d["causal"] = str(r.get("causal")).strip() == "True"
         d["kv_lens"] = tuple(int(x) for x in r["kv_lens"].split(";"))
         d["ms"] = float(r["ms"]) if r.get("ms") not in (None, "") else math.nan
-        d["superseded"] = d["layout"] == "paged" and not r.get("paged_loads")
+        d["superseded"] = d["layout"] == "paged" and r.get("paged_loads") != PAGED_LOADS
         out.append(d)
     return out
 

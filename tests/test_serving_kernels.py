@@ -80,7 +80,8 @@ def _check(got, ref, dtype):
 
 
 LAYOUTS = [  # (cascade, schedule, layout, causal, dtype, query heads, K/V heads, new tokens,
-    #          head dim); paged-8: pages smaller than a key block, paged-32: larger
+    #          head dim); key blocks of 16: paged-8: two pages a block (an entry per page),
+    #          paged-32: two blocks a page, paged-12 / paged-24: pages not aligned to blocks
     ("decode", "nosplit", "dense", True, "fp32", 4, 2, 2, 16),
     ("decode", "split", "ragged", True, "fp16", 8, 2, 1, 16),
     ("decode-splitk", "split", "paged-8", False, "fp32", 2, 2, 1, 16),
@@ -89,6 +90,8 @@ LAYOUTS = [  # (cascade, schedule, layout, causal, dtype, query heads, K/V heads
     ("decode-streamk", "streamk", "paged-8", True, "fp16", 4, 2, 2, 16),
     ("decode-streamk", "streamk", "paged-32", False, "fp32", 8, 2, 1, 16),
     ("decode-streamk", "streamk", "dense", False, "fp32", 2, 2, 1, 16),
+    ("decode", "split", "paged-12", True, "fp32", 4, 2, 2, 16),
+    ("decode-streamk", "streamk", "paged-24", False, "fp16", 2, 1, 1, 16),
 ]
 
 

@@ -45,8 +45,10 @@ def test_paged_cache_counts_its_table_and_partial_pages():
     s = small.serving
     assert s["pages"] == 63 + 3                       # ceil(1000/16) + ceil(33/16)
     assert s["table_hbm_bytes"] == 4 * 66             # int32 entries, each request's once
-    # pages smaller than a 64-key block: an entry per key of every block of every pair
-    assert s["table_l2_bytes"] == 4 * 64 * (16 + 1) * 8
+    # pages of 16 keys, four to a 64-key block: an entry per page of each of the 16 + 1
+    # blocks of the 8 pairs, plus the next block's entries read ahead once more per
+    # segment (4 split chunks of the 1000-key request, 1 of the 33-key one, per K/V head)
+    assert s["table_l2_bytes"] == 4 * 4 * ((16 + 1) * 8 + (4 + 1) * 8)
     # partial last pages hold cache but are not read: K/V bytes as without pages
     assert s["kv_bytes"] == plain.serving["kv_bytes"] == 2 * 8 * 1033 * 128 * 2
     assert s["cache_bytes"] == 2 * 8 * 66 * 16 * 128 * 2
@@ -54,7 +56,11 @@ def test_paged_cache_counts_its_table_and_partial_pages():
     assert hbm.read_bytes == pytest.approx(hbm0.read_bytes + 4 * 66)
     big = evaluate_serving("decode", n=1, kv_lens=lens, heads=32, kv_heads=8,
                            schedule="split", split_kv=4, page_size=128)
-    assert big.serving["table_l2_bytes"] == 4 * (16 + 1) * 8   # one entry per key block
+    # one entry per key block (and per segment's read-ahead)
+    assert big.serving["table_l2_bytes"] == 4 * ((16 + 1) * 8 + (4 + 1) * 8)
+    odd = evaluate_serving("decode", n=1, kv_lens=lens, heads=32, kv_heads=8,
+                           schedule="split", split_kv=4, page_size=48)
+    assert odd.serving["table_l2_bytes"] == 4 * 64 * ((16 + 1) * 8 + (4 + 1) * 8)  # per key
 
 
 def test_streamk_shares_and_partials():

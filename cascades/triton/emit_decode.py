@@ -38,10 +38,14 @@ from cascades.triton.analyze import CodegenError, analyze, py_expr
 from cascades.triton.emit import LOG2E, kernel_prefix
 from cascades.triton.tiling import DTYPES, Tiling
 
-__all__ = ["SCHEDULES", "ServingPlan", "serving_plan", "emit_serving", "decode_schedule",
+__all__ = ["SCHEDULES", "PAGED_LOADS", "ServingPlan", "serving_plan", "emit_serving", "decode_schedule",
            "SCHEDULE_SOURCE"]
 
 SCHEDULES = ("nosplit", "split", "streamk")
+#: how the paged path reads its block table, recorded with every GPU measurement of it: the
+#: entries of the next key block are read while the current block computes (one per block
+#: where a page holds whole blocks, one per page where a block holds whole pages)
+PAGED_LOADS = "table-ahead"
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,8 @@ def {pre}_serve_partial(Q, K, V, O, ML, PART, KBASE, VBASE, LENS, TABLE, PROG_SE
         stride_vh, stride_vn, stride_vd, stride_kpage, stride_vpage, stride_tb,
         stride_ob, stride_oh, stride_om, stride_od, H_KV, P_LEN,
         CAUSAL: tl.constexpr, GROUP: tl.constexpr, PAGED: tl.constexpr,
-        PAGE_SIZE: tl.constexpr, WHOLE_PAGES: tl.constexpr, DIRECT: tl.constexpr,
+        PAGE_SIZE: tl.constexpr, WHOLE_PAGES: tl.constexpr, PAGES_PER_BLOCK: tl.constexpr,
+        DIRECT: tl.constexpr,
         ALIGNED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
         HEAD_DIM_V: tl.constexpr):
@@ -231,21 +236,40 @@ def {pre}_serve_partial(Q, K, V, O, ML, PART, KBASE, VBASE, LENS, TABLE, PROG_SE
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM_V], dtype=tl.float32)
+        if PAGED:   # the block table read one key block ahead: no table load between a
+            # block's addresses and its K/V loads (which would serialise the key loop)
+            tb = TABLE + off_b.to(tl.int64) * stride_tb
+            if WHOLE_PAGES:     # a page holds whole key blocks: one entry per block
+                pg_nx = tl.load(tb + lo // PAGE_SIZE).to(tl.int64)
+            elif PAGES_PER_BLOCK > 0:   # a block is PAGES_PER_BLOCK whole pages: their
+                # entries (one each) loaded at the top of the previous block, spread over
+                # the rows at its bottom
+                offs_pg = tl.arange(0, PAGES_PER_BLOCK)
+                last_pg = (hi - 1) // PAGE_SIZE
+                e = tl.load(tb + tl.minimum(lo // PAGE_SIZE + offs_pg, last_pg)).to(tl.int64)
+                pg_nx = tl.sum(tl.where((offs_n // PAGE_SIZE)[:, None] == offs_pg[None, :],
+                                        e[None, :], 0), 1)
+            else:               # pages not aligned to blocks: each row's page
+                pg_nx = tl.load(tb + (lo + offs_n) // PAGE_SIZE, mask=lo + offs_n < hi,
+                                other=0).to(tl.int64)
         for start_n in range(lo, hi, BLOCK_N):
             n = start_n + offs_n
             kmask = n < hi
             if PAGED:
+                pg = pg_nx
+                nx = start_n + BLOCK_N
                 if WHOLE_PAGES:
-                    pg = tl.load(TABLE + off_b.to(tl.int64) * stride_tb + start_n // PAGE_SIZE).to(tl.int64)
+                    pg_nx = tl.load(tb + tl.minimum(nx, hi - 1) // PAGE_SIZE).to(tl.int64)
                     within = (start_n % PAGE_SIZE + offs_n).to(tl.int64)
-                    k_rows = kb + pg * stride_kpage + within * stride_kn
-                    v_rows = vb + pg * stride_vpage + within * stride_vn
+                elif PAGES_PER_BLOCK > 0:
+                    e = tl.load(tb + tl.minimum(nx // PAGE_SIZE + offs_pg, last_pg)).to(tl.int64)
+                    within = (offs_n % PAGE_SIZE).to(tl.int64)
                 else:
-                    pg = tl.load(TABLE + off_b.to(tl.int64) * stride_tb + n // PAGE_SIZE, mask=kmask,
-                                 other=0).to(tl.int64)
+                    pg_nx = tl.load(tb + (nx + offs_n) // PAGE_SIZE, mask=nx + offs_n < hi,
+                                    other=0).to(tl.int64)
                     within = (n % PAGE_SIZE).to(tl.int64)
-                    k_rows = kb + pg * stride_kpage + within * stride_kn
-                    v_rows = vb + pg * stride_vpage + within * stride_vn
+                k_rows = kb + pg * stride_kpage + within * stride_kn
+                v_rows = vb + pg * stride_vpage + within * stride_vn
             else:
                 k_rows = kb + n.to(tl.int64) * stride_kn
                 v_rows = vb + n.to(tl.int64) * stride_vn
@@ -268,6 +292,11 @@ def {pre}_serve_partial(Q, K, V, O, ML, PART, KBASE, VBASE, LENS, TABLE, PROG_SE
                         other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v{prec})
             m_i = m_new
+            if PAGED:
+                if not WHOLE_PAGES:
+                    if PAGES_PER_BLOCK > 0:   # the next block's pages, its rows' entries
+                        pg_nx = tl.sum(tl.where((offs_n // PAGE_SIZE)[:, None] == offs_pg[None, :],
+                                                e[None, :], 0), 1)
         l_div = tl.where(l_i == 0.0, 1.0, l_i)
         if DIRECT:
             o_ptrs = (O + off_b.to(tl.int64) * stride_ob + (off_hk * GROUP + offs_g)[:, None] * stride_oh
@@ -441,7 +470,9 @@ def forward(q, k, v, {args}kv_lens=None, cu_seqlens=None, block_table=None, sche
         pl["prog_seg"], pl["seg_pair"], pl["seg_lo"], pl["seg_hi"], qk_scale, *q.stride(),
         kh, kn, kd, vh, vn, vd, kp, vp, stb, *o.stride(), pl["HKV"], P,
         CAUSAL=bool({causal}), GROUP=G, PAGED=pl["paged"] is not None, PAGE_SIZE=page,
-        WHOLE_PAGES=page % BLOCK_N == 0, DIRECT=pl["direct"], ALIGNED=pl["aligned"],
+        WHOLE_PAGES=page % BLOCK_N == 0,
+        PAGES_PER_BLOCK=BLOCK_N // page if BLOCK_N % page == 0 and page < BLOCK_N else 0,
+        DIRECT=pl["direct"], ALIGNED=pl["aligned"],
         BLOCK_M=BM, BLOCK_N=BLOCK_N,
         HEAD_DIM=E, HEAD_DIM_V=v.shape[-1], num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if not pl["direct"]:

@@ -72,9 +72,9 @@ def launches() -> list[dict]:
     return out
 
 
-def write_plan(path: str) -> None:
-    """The plan: the launch list and the time model's prediction of each (registered before
-    the launches are measured)."""
+def write_plan(path: str, rows_in: list[dict] | None = None) -> None:
+    """The plan: the launch list (``rows_in``, default this script's) and the time model's
+    prediction of each (registered before the launches are measured)."""
     import subprocess
 
     from iosim.gpu.validate import write_csv
@@ -82,7 +82,7 @@ def write_plan(path: str) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     rows = []
-    for l in launches():
+    for l in (launches() if rows_in is None else rows_in):
         lens = tuple(int(x) for x in l["kv_lens"].split(";"))
         r = evaluate_serving("decode", "h100", n=l["q_len"], kv_lens=lens, e=l["head_dim"],
                              heads=l["heads"],
@@ -220,6 +220,7 @@ def run(rows: list[dict], dry: bool = False) -> list[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from cascades.triton import Tiling, generate_serving
+    from cascades.triton.emit_decode import PAGED_LOADS
     cuda = torch.cuda.is_available() and not dry
     dev = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if cuda else torch.float16
@@ -253,7 +254,8 @@ def run(rows: list[dict], dry: bool = False) -> list[dict]:
             ms = _time_ms(fn, cuda)
             kv = 2 * l["kv_heads"] * sum(l["kv_lens"]) * d * q.element_size()
             rec.update(ms=ms, kv_tb_s=kv / ms / 1e9, rel_err_vs_fp64=err,
-                       programs_run=pl["programs"], segments=pl["segments"], error="")
+                       programs_run=pl["programs"], segments=pl["segments"], error="",
+                       paged_loads=PAGED_LOADS if l["layout"] == "paged" else "")
             if l["references"] and cuda:
                 gqa = l["kv_heads"] != l["heads"]
                 for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
