@@ -199,3 +199,20 @@ def test_bad_launches_are_one_line_errors(interpret):
     with pytest.raises(CodegenError, match="block_table has 1 pages"):
         mod.forward(q, torch.randn(4, 8, 2, 16), torch.randn(4, 8, 2, 16),
                     block_table=torch.zeros(2, 1, dtype=torch.int32), kv_lens=[8, 9])
+
+
+def test_codegen_cli_generates_the_streamk_module(tmp_path):
+    """`iosim codegen decode-streamk` (a whole batch's cascade) writes the serving module;
+    options of the mapping-driven generator are refused in one line."""
+    from click.testing import CliRunner
+
+    from iosim.cli import main
+    out = tmp_path / "sk.py"
+    res = CliRunner().invoke(main, ["codegen", "decode-streamk", "--head-dim", "64",
+                                    "--block-n", "32", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    src = out.read_text()
+    assert "BLOCK_N = 32" in src and "HEAD_DIM = 64" in src and "_serve_combine" in src
+    res = CliRunner().invoke(main, ["codegen", "decode-streamk", "--tma"])
+    assert res.exit_code == 2 and "--tma does not apply" in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -38,7 +38,7 @@ from cascades.triton.analyze import CodegenError, analyze, py_expr
 from cascades.triton.emit import LOG2E, kernel_prefix
 from cascades.triton.tiling import DTYPES, Tiling
 
-__all__ = ["SCHEDULES", "PAGED_LOADS", "ServingPlan", "serving_plan", "emit_serving", "decode_schedule",
+__all__ = ["SCHEDULES", "PAGED_LOADS", "ServingPlan", "serving_plan", "streamk_plan", "emit_serving", "decode_schedule",
            "SCHEDULE_SOURCE"]
 
 SCHEDULES = ("nosplit", "split", "streamk")
@@ -115,7 +115,7 @@ decode_schedule = _ns["decode_schedule"]
 
 
 # ------------------------------------------------------------------- reading the cascade
-def _streamk_plan(c: Cascade) -> ServingPlan | None:
+def streamk_plan(c: Cascade) -> ServingPlan | None:
     """A stream-K cascade: Q over (pairs, [group,] queries, head dim), K and V over one key
     rank partitioned into shares, per-pair bounds compared with the key coordinate in the
     score's mask, log-sum-exp partials combined over the shares. ``None`` if not this shape."""
@@ -163,9 +163,12 @@ def _streamk_plan(c: Cascade) -> ServingPlan | None:
     return ServingPlan(c.name, "streamk", scale, causal, params)
 
 
+_streamk_plan = streamk_plan     # the name cascades.triton.generate imports
+
+
 def serving_plan(c: Cascade) -> ServingPlan:
     """The serving plan of a decode cascade, or a one-line :class:`CodegenError` why not."""
-    sk = _streamk_plan(c)
+    sk = streamk_plan(c)
     if sk is not None:
         return sk
     try:

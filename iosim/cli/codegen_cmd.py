@@ -60,6 +60,7 @@ def command(mapping_name, name, block_m, block_n, num_warps, num_stages, grid_or
     Examples:
       iosim codegen attention-1pass --head-dim 64 --dtype fp16
       iosim codegen decode-splitk --split-kv 8 --out decode.py
+      iosim codegen decode-streamk --out serving.py   # the serving decode module
       iosim codegen attention-1pass --mapping fa2 --block-m 64 --num-warps 4
       iosim codegen attention-1pass --q-eviction evict_first --o-eviction evict_first
     """
@@ -67,6 +68,9 @@ def command(mapping_name, name, block_m, block_n, num_warps, num_stages, grid_or
     from iosim.gpu.kernels import kernel_for, kernel_mapping
 
     c = cascades.load(name)
+    from cascades.triton.emit_decode import streamk_plan
+    if streamk_plan(c) is not None:     # a whole batch's stream-K cascade: the serving module
+        return _serving(c, locals())
     over = {k: v for k, v in dict(block_q=block_m, block_kv=block_n, num_warps=num_warps,
                                   num_stages=num_stages, grid_order=grid_order,
                                   split_kv=split_kv).items() if v is not None}
@@ -90,4 +94,39 @@ def command(mapping_name, name, block_m, block_n, num_warps, num_stages, grid_or
         click.echo(f"wrote {out} ({len(gen.source.splitlines())} lines; kernels: "
                    f"{', '.join(gen.kernels)})", err=True)
     elif not as_json:
+        click.echo(gen.source, nl=False)
+
+
+def _serving(c, opts):
+    """The serving decode module (no split, split, stream-K; dense, ragged, paged caches) of a
+    cascade that holds a whole batch of (request, K/V head) pairs: its tiling from the key
+    block, warps, stages, head dim and dtype; the mapping's options do not apply."""
+    from cascades.triton import Tiling
+    from cascades.triton.emit_decode import generate_serving
+    from iosim.errors import IosimError
+    from iosim.serving import BLOCK_N, NUM_STAGES, NUM_WARPS
+    fixed = [f"--{k.replace('_', '-')}" for k in ("mapping_name", "block_m", "grid_order", "tma",
+                                                   "warp_specialize", "lazy_rescale", "fast_exp",
+                                                   "pipeline")
+             if opts[k] not in (None, False)]
+    fixed += [f"--{k.replace('_', '-')}" for k in ("kv_eviction", "q_eviction", "o_eviction")
+              if opts[k] != "none"]
+    if fixed:
+        raise IosimError(f"cascade '{c.name}' generates the serving decode module (a program "
+                         f"per share of all pairs' key blocks): {fixed[0].replace('-name', '')} "
+                         f"does not apply; its options are --block-n, --num-warps, "
+                         f"--num-stages, --head-dim, --dtype, --split-kv")
+    t = Tiling(block_n=opts["block_n"] or BLOCK_N, num_warps=opts["num_warps"] or NUM_WARPS,
+               num_stages=opts["num_stages"] or NUM_STAGES, head_dim=opts["head_dim"],
+               dtype=opts["dtype"], split_kv=opts["split_kv"] or 4)
+    gen = generate_serving(c, t)
+    if opts["as_json"]:
+        echo_json(gen.to_dict())
+        if opts["out"] is None:
+            return
+    if opts["out"]:
+        atomic_write(opts["out"], gen.source)
+        click.echo(f"wrote {opts['out']} ({len(gen.source.splitlines())} lines; kernels: "
+                   f"{', '.join(gen.kernels)})", err=True)
+    elif not opts["as_json"]:
         click.echo(gen.source, nl=False)
