@@ -20,7 +20,9 @@ d = 128, bf16, contexts 8K to 512K:
   bytes over the sustained bandwidth bound it.
 
 The measured split-K times of the validation launches (8 heads x 128K, splits 1-32, H100) are
-drawn beside the model. Writes ``leanattention.csv`` and ``leanattention.png`` into ``--out``:
+drawn beside the model, and on the grouped-query panel the generated serving kernel's three
+schedules measured on the H100 at 8K-256K (experiments/data/gpu_serving_decode.csv; written
+with the serving model's prediction of each to ``leanattention_measured.csv``). Writes ``leanattention.csv`` and ``leanattention.png`` into ``--out``:
 
     python experiments/leanattention.py --out DIR      # or: iosim experiment leanattention
 """
@@ -112,7 +114,23 @@ def measured():
     return d[["split_kv", "ms", "device"]].sort_values("split_kv")
 
 
-def plot(df, meas, path):
+def measured_serving():
+    """The serving kernel's three schedules measured on the H100 (bf16, one request of 32 query
+    / 8 K/V heads, d = 128; experiments/data/gpu_serving_decode.csv) beside the serving model
+    (iosim.serving, the generated kernel's own model) of the same launches."""
+    import pandas as pd
+
+    from iosim.serving_measured import RECORDED, predict_launches, read_launches
+    rows = [r for r in predict_launches(read_launches(RECORDED[0]))
+            if r["batch"] == 1 and r["heads"] == 32 and r["kv_heads"] == 8
+            and r["head_dim"] == D and r["layout"] == "dense"]
+    return pd.DataFrame([dict(context=r["kv_lens"][0], schedule=r["schedule"],
+                              split_kv=r["split_kv"] or "", measured_ms=r["ms"],
+                              serving_model_ms=r["pred_ms"], device=r["device"])
+                         for r in rows]).sort_values(["schedule", "context"])
+
+
+def plot(df, meas, path, serv=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -128,14 +146,20 @@ def plot(df, meas, path):
             for _, r in meas.iterrows():
                 ax.plot(128, r.ms, "kx", ms=7)
             ax.plot([], [], "kx", label="measured split-K, splits 1-32 (H100)")
+        elif serv is not None:
+            for sched, mk, lab in (("nosplit", "o", "no split"), ("split", "s", "split"),
+                                   ("streamk", "d", "stream-K")):
+                m = serv[serv.schedule == sched]
+                ax.plot(m.context / 1024, m.measured_ms, mk, mfc="none", mec="k", ms=9,
+                        label=f"measured {lab} (H100, generated kernel)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context (K tokens)")
-        ax.set_ylabel("predicted time (ms)")
+        ax.set_ylabel("time (ms): model lines, H100 markers")
         ax.set_title(f"decode, 1 request, {hq} query / {hkv} K/V heads, d={D}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Decode schedules on the H100 model: stream-K vs fixed split vs no split")
+    fig.suptitle("Decode schedules, H100: stream-K vs fixed split vs no split (model and measured)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -149,7 +173,9 @@ def main(out_dir=None, quick: bool = False) -> dict:
         df = compute(contexts, bar)
     save_csv(df, out / "leanattention.csv")
     meas = measured()
-    plot(df, meas, out / "leanattention.png")
+    serv = measured_serving()
+    save_csv(serv, out / "leanattention_measured.csv")
+    plot(df, meas, out / "leanattention.png", serv)
     mha = df[df.query_heads == df.kv_heads]
     over_fd = float(df.stream_k_over_flashdecoding.max())
     over_fa2 = float(mha.stream_k_over_no_split.iloc[-1])
@@ -159,7 +185,13 @@ def main(out_dir=None, quick: bool = False) -> dict:
              f"stream-K over no split at {contexts[-1] // 1024}K (model): {over_fa2:.1f}x "
              f"(paper: 2.6x-8.33x over FlashAttention-2 at 512K)",
              f"measured on the H100 at 128K: no split / best split = {m1:.1f}x"]
-    return {"written": [str(out / "leanattention.csv"), str(out / "leanattention.png")],
+    for n in sorted(set(serv.context)):
+        t = {r.schedule: r.measured_ms for r in serv[serv.context == n].itertuples()}
+        lines.append(f"measured, 1 x 32/8 heads x {n // 1024}K (serving kernel): stream-K "
+                     f"over split {t['split'] / t['streamk']:.2f}x, over no split "
+                     f"{t['nosplit'] / t['streamk']:.1f}x")
+    return {"written": [str(out / "leanattention.csv"), str(out / "leanattention_measured.csv"),
+                        str(out / "leanattention.png")],
             "lines": lines, "summary": {"stream_k_over_flashdecoding_max": over_fd,
                                         "stream_k_over_no_split_at_max_context": over_fa2}}
 
