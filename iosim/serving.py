@@ -252,7 +252,10 @@ def _paged(rep, lens, hkv, blocks, page, e, el, n_seg):
                      table_l2_bytes=table_l2, table_hbm_bytes=table_hbm)
 
 
-def _kernel(name, programs, k, steps, program_s, start_s, makespan, hbm_b, rates, **extra):
+def _kernel(name, programs, k, steps, program_s, start_s, makespan, hbm_b, rates,
+            parts=(0.0, 0.0, 0.0), **extra):
+    """A kernel's time entry; ``parts``: one program's (tensor-core, exponential, load)
+    seconds."""
     hbm_t = hbm_b / rates.hbm_read_bps
     t = max(makespan, hbm_t)
     lim = ("HBM bandwidth" if hbm_t >= makespan else
@@ -262,7 +265,8 @@ def _kernel(name, programs, k, steps, program_s, start_s, makespan, hbm_b, rates
                  "registers": 0.0, "waves": programs / (rates.sms * k),
                  "steps_per_program": float(steps), "program_s": program_s,
                  "longest_program_s": makespan if programs <= rates.sms else program_s,
-                 "compute_s": 0.0, "exp_s": 0.0, "load_s": 0.0, "start_s": start_s,
+                 "compute_s": parts[0], "exp_s": parts[1], "load_s": parts[2],
+                 "start_s": start_s,
                  "makespan_s": makespan, "hbm_bound_s": hbm_t, "hbm_bytes": hbm_b,
                  "time_s": t, "stall_s": max(0.0, t - makespan), "limiter": lim}, **extra)
 
@@ -297,9 +301,12 @@ def _streamk(c, hw, rates, kw, shape, blocks, seg, rows, e, dtype):
     q_b = hbm_one.per_tensor.get("Q", {}).get("read_bytes", 0.0)
     extra_q = q_b * (n_seg / pairs - 1.0)
     part_hbm = hbm_one.read_bytes + extra_q + n_seg * per_seg
-    partial = _kernel("stream-K partials", n_prog, k_sm,
-                      sum(blocks) / n_prog, float(per_prog.mean()), start_s, makespan,
-                      part_hbm, rates)
+    steps_mean = sum(blocks) / n_prog
+    per_step = [k1[x] / max(k1["steps_per_program"], 1e-30) for x in ("compute_s", "exp_s",
+                                                                      "load_s")]
+    partial = _kernel("stream-K partials", n_prog, k_sm, steps_mean, float(per_prog.mean()),
+                      start_s, makespan, part_hbm, rates,
+                      parts=tuple(v * steps_mean for v in per_step))
     if n_seg > pairs:
         spp = max(pair_seg[i + 1] - pair_seg[i] for i in range(pairs))
         sk = evaluate_ragged(c, get_mapping("decode-splitk", split_kv=max(2, spp), **kw), hw,
@@ -307,7 +314,8 @@ def _streamk(c, hw, rates, kw, shape, blocks, seg, rows, e, dtype):
         comb = dict(sk.time["kernels"][1])
         comb_hbm = n_seg * per_seg + pairs * rows * f * el
         comb = _kernel("combine", pairs, comb["programs_per_sm"], spp, comb["program_s"],
-                       comb["start_s"], comb["makespan_s"], comb_hbm, rates)
+                       comb["start_s"], comb["makespan_s"], comb_hbm, rates,
+                       parts=(comb["compute_s"], comb["exp_s"], comb["load_s"]))
         kernels = [partial, comb]
     else:
         kernels = [partial]

@@ -142,3 +142,16 @@ def test_registered_plan_lists_the_scripts_launches():
         assert float(r["predicted_ms"]) > 0
     assert {r["schedule"] for r in rows} == {"nosplit", "split", "streamk"}
     assert {r["layout"] for r in rows} == {"dense", "ragged", "paged"}
+
+
+def test_streamk_breakdown_is_its_blocks_at_the_no_split_step():
+    """A stream-K program's tensor-core, exponential and load times are its key blocks at the
+    no-split program's per-step times (the same step, only the blocks per program differ)."""
+    kw = dict(n=1, kv_len=65536, batch=1, heads=32, kv_heads=8)
+    no = evaluate_serving("decode", schedule="nosplit", **kw).report.time["kernels"][0]
+    sk = evaluate_serving("decode", schedule="streamk", **kw).report.time["kernels"][0]
+    # 8 pairs x 1024 key blocks of 64 over 132 programs; the no-split program runs 1024
+    assert sk["steps_per_program"] == pytest.approx(8 * 1024 / 132)
+    for part in ("compute_s", "exp_s", "load_s"):
+        assert no[part] > 0
+        assert sk[part] == pytest.approx(no[part] * (8 * 1024 / 132) / 1024, rel=1e-9)
