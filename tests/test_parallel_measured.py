@@ -103,3 +103,18 @@ def test_device_script_dry_run_on_gloo_feeds_the_comparison(tmp_path):
                            str(tmp_path / "o")]) == 0
     out = pd.read_csv(tmp_path / "o" / "multidevice_measured.csv")
     assert out.model_time_s.notna().all() and not math.isnan(out.link_bandwidth.iloc[0])
+
+
+def test_the_committed_one_gpu_run_with_the_generated_kernel(tmp_path):
+    """One H100, world 1, the generated kernel: every output within the bf16 tolerance, and
+    where the device has work the measured time is within 15 % of the model's (the measured
+    file's times are the expectations)."""
+    m = _script()
+    data = ROOT / "experiments" / "data" / "gpu_multidevice_w1"
+    assert m.main(["--data", str(data), "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "multidevice_measured_w1.csv")
+    assert len(df) == 64 and (df.world == 1).all() and df.err_ok.all()
+    assert df.kernel.str.startswith("generated").all()
+    big = df[df.tokens_per_device * df.heads >= 16384 * 32]
+    assert len(big) >= 16
+    assert ((big.time_over_model > 0.85) & (big.time_over_model < 1.15)).all()
