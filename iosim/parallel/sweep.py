@@ -262,7 +262,7 @@ def parallel_sweep_figures(df, out_dir, *, prefix: str = "parallel_sweep") -> li
             fe = ring.critical_tokens_model.dropna()
             if len(fe):
                 a.axvline(float(fe.median()), color="C2", lw=1.2, ls="-.",
-                          label=f"F_eff/B (model's rate): {fe.median():.0f}")
+                          label=f"F_eff/B (model's rate, median over P): {fe.median():.0f}")
             c = cx[(cx.d == d)] if len(cx) else cx
             shown = False
             for _, x in c.iterrows():
@@ -272,7 +272,7 @@ def parallel_sweep_figures(df, out_dir, *, prefix: str = "parallel_sweep") -> li
                     shown = True
             a.set(yscale="log", xlabel="tokens per device c",
                   ylabel="step compute / step transfer (tightest step)",
-                  title=f"ring: communication hides above 1 ({ring.iloc[0]['link']}, "
+                  title=f"ring: transfers hide where the ratio is above 1 ({ring.iloc[0]['link']}, "
                         f"{ring.iloc[0]['link_bandwidth'] / 1e9:.0f} GB/s)")
             a.set_xscale("log", base=2)
             a.xaxis.set_major_formatter(tok)
