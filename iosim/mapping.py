@@ -376,10 +376,13 @@ class Load:
 
     The buffer lives until the end of the enclosing loop body. ``streamed``: the tile is
     reloaded at every step of the innermost loop (pipelined ``num_stages`` deep on a GPU).
+    ``stages``: a streamed tile's own pipeline depth (a loop tree's storage node), counted
+    that many times in the footprint; ``None``: the mapping's ``num_stages``.
     """
     tensor: str
     dims: tuple
     streamed: bool = False
+    stages: int | None = None
 
 
 @dataclass(frozen=True)

@@ -341,7 +341,7 @@ class _Sim:
                 cnt, padded, ranges = self.tile(nd.dims, env, loops)
                 self.reads[nd.tensor] = self.reads.get(nd.tensor, 0) + cnt
                 role = self.nest.dtype_role(nd.tensor)
-                mult = self.stage_mult if nd.streamed else 1
+                mult = (nd.stages or self.stage_mult) if nd.streamed else 1
                 pad.alloc(self.sram_level, padded * roles[role] * mult, nd.tensor)
                 self.events += 1
                 if self.l2 is not None:

@@ -152,7 +152,7 @@ def band_lower_sums(N, K, Br, Bc, lo):
 # ======================================================================================
 
 #: factor keys: ("ext", R) | ("trips", R, block) | ("tile", R, block) | ("causal", bP, bM, ui, uj)
-#:              | ("stages",)
+#:              | ("stages",) | ("stages", k)
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,9 @@ def _event_factors(dims, encl, what: str) -> tuple:
     return tuple(sorted(factors, key=repr))
 
 
-def _buf_factors(dims, encl, streamed_stages: bool) -> tuple:
+def _buf_factors(dims, encl, streamed_stages) -> tuple:
+    """A buffer's size factors; ``streamed_stages``: counted the mapping's ``num_stages``
+    times (``True``) or a streamed load's own stages (a number)."""
     loops = _loop_map(encl)
     out = []
     for d in dims:
@@ -230,9 +232,21 @@ def _buf_factors(dims, encl, streamed_stages: bool) -> tuple:
             continue
         else:
             out.append(("tile", d.rank, loops[d.var].block))
-    if streamed_stages:
+    if streamed_stages is True:
         out.append(("stages",))
+    elif streamed_stages:
+        out.append(("stages", int(streamed_stages)))
     return tuple(out)
+
+
+def _stage_count(load, m):
+    """How a streamed load counts in the footprint: its own stages (a loop tree's storage
+    node), else the mapping's ``num_stages`` when ``stages_in_footprint``, else once."""
+    if not load.streamed:
+        return False
+    if load.stages is not None:
+        return load.stages
+    return bool(m.stages_in_footprint)
 
 
 @lru_cache(maxsize=256)
@@ -257,8 +271,7 @@ def compile_nest(nest: LoopNest) -> CompiledNest:
                     terms.append(Term(nd.tensor, "read", ph.name,
                                       _event_factors(nd.dims, encl, f"load {nd.tensor}")))
                     live.append(Buf(nd.tensor, "sram", nest.dtype_role(nd.tensor),
-                                    _buf_factors(nd.dims, encl,
-                                                 nd.streamed and m.stages_in_footprint)))
+                                    _buf_factors(nd.dims, encl, _stage_count(nd, m))))
                     points.append((ph.name, tuple(live)))
                 elif isinstance(nd, Store):
                     terms.append(Term(nd.tensor, "write", ph.name,
@@ -544,7 +557,7 @@ class _Factors:
         elif kind == "tile":
             v = np.minimum(s[f[2]], s[f[1]])
         elif kind == "stages":
-            v = s["stages"]
+            v = f[1] if len(f) > 1 else s["stages"]
         elif kind == "density":
             v = s["density"]
             self.cache[f] = v
@@ -1320,7 +1333,7 @@ def _scalar_factor(f: tuple, sizes: dict) -> float:
     if kind == "part":
         return sizes[f[1]]
     if kind == "stages":
-        return sizes.get("stages", 1)
+        return f[1] if len(f) > 1 else sizes.get("stages", 1)
     if kind == "chunk":
         return math.ceil(sizes["M"] / sizes["S"])
     if kind == "causal":

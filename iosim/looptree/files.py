@@ -39,17 +39,24 @@ The file (see ``docs/mapping.md``)::
 
 Ranks are the cascade's own names (``T``, ``S`` work where the cascade says so) or the roles
 ``P``, ``M``, ``E``, ``F``. A node is a loop (``loop``), a split of the key tiles (``split``),
-a storage node (``level`` with ``load`` / ``keep`` / ``store`` lists, ``stream``) or a compute
-node (``compute``). Bad trees are refused with one line naming what and where.
+a storage node (``level`` with ``load`` / ``keep`` / ``store`` lists, ``stream``, ``stages``:
+the streamed tiles' own pipeline depth), a compute node (``compute``) or a pass branch
+(``passes = "keep" | "spill" | "recompute"``, optional ``crossing``: its child nodes are
+sweeps one after the other, the tensors crossing them kept on chip, spilled or recomputed;
+``crossing`` defaults to the cascade's pass analysis). Top-level ``passes`` (and
+``crossing``) make the kernels passes of one another. Bad trees are refused with one line
+naming what and where.
 """
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from iosim.errors import IosimError
 from iosim.looptree.lower import LOOP_RANKS
-from iosim.looptree.tree import TILE_NAMES, Compute, Kernel, Loop, LoopTree, Split, Storage, Use
+from iosim.looptree.tree import (TILE_NAMES, Compute, Kernel, Loop, LoopTree, Passes, Split,
+                                 Storage, Use)
 
 __all__ = ["load_mapping_file", "mapping_from_dict", "tree_from_dict", "check_tiles"]
 
@@ -58,9 +65,12 @@ DEFAULT_TILE = {"P": "block_q", "R": "block_q", "M": "block_kv", "E": "block_e",
                 "F": "block_f", "G": "one"}
 _NODE_KEYS = {"loop": {"loop", "tile", "parallel", "mask", "var", "label", "node", "within"},
               "split": {"split", "parallel", "label", "node"},
-              "level": {"level", "load", "keep", "store", "stream"},
-              "compute": {"compute"}}
-_TOP_KEYS = {"name", "tensors", "kernel", "notes", "skips_masked"}
+              "level": {"level", "load", "keep", "store", "stream", "stages"},
+              "compute": {"compute"},
+              "passes": {"passes", "crossing", "label", "node"}}
+_TOP_KEYS = {"name", "tensors", "kernel", "notes", "skips_masked", "passes", "crossing"}
+#: how the tensors crossing a pass branch's sweeps get from one to the next
+POLICIES = ("keep", "spill", "recompute")
 _MAPPING_KEYS = {"block_q", "block_kv", "block_e", "block_f", "num_warps", "num_stages",
                  "split_kv", "softmax_rows", "grid_order", "acc_dtype", "stat_dtype",
                  "acc_level", "stages_in_footprint"}
@@ -174,8 +184,8 @@ def tree_from_dict(d: dict, cascade, hardware=None, *, source: str = "mapping") 
             raise IosimError(f"{where}: expected a table")
         kinds = [k for k in _NODE_KEYS if k in nd]
         if len(kinds) != 1:
-            raise IosimError(f"{where}: a node has exactly one of loop, split, level, compute "
-                             f"(got {', '.join(kinds) or 'none'})")
+            raise IosimError(f"{where}: a node has exactly one of loop, split, level, "
+                             f"compute, passes (got {', '.join(kinds) or 'none'})")
         kind = kinds[0]
         bad = set(nd) - _NODE_KEYS[kind]
         if bad:
@@ -198,6 +208,7 @@ def tree_from_dict(d: dict, cascade, hardware=None, *, source: str = "mapping") 
                     raise IosimError(f"{where}: tile {tile} disagrees with {field} = "
                                      f"{tiles[field]} set elsewhere")
                 tiles[field] = tile
+                fixed.add(field)
                 tile = field
             if tile not in TILE_NAMES:
                 raise IosimError(f"{where}: tile '{tile}' is not one of {', '.join(TILE_NAMES)}")
@@ -239,6 +250,15 @@ def tree_from_dict(d: dict, cascade, hardware=None, *, source: str = "mapping") 
                                  f"against (or use 'sram' or 'acc')")
             uses = []
             stream = bool(nd.get("stream", False))
+            stages = nd.get("stages")
+            if stages is not None:
+                if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+                    raise IosimError(f"{where}: stages must be a positive whole number, got "
+                                     f"{stages!r}")
+                if not stream or not nd.get("load"):
+                    raise IosimError(f"{where}: stages = {stages} pipelines streamed loads; "
+                                     f"this node streams nothing (give load = [...] and "
+                                     f"stream = true)")
             for move in ("load", "keep", "store"):
                 for t in _names(nd.get(move, []), f"{where} {move}"):
                     t = tensor(t, where)
@@ -248,12 +268,78 @@ def tree_from_dict(d: dict, cascade, hardware=None, *, source: str = "mapping") 
                         moved.setdefault(t, (ranks, "data"))
                     uses.append(Use(t, move, stream=stream and move == "load", name=name,
                                     ranks=ranks))
-            return Storage(lv, tuple(uses))
+                    if move == "keep":
+                        kept_now.add(t)     # seen before the pass branches that follow
+            return Storage(lv, tuple(uses), stages=stages)
+        if kind == "passes":
+            where = f"{where} (passes)"
+            body = tuple(node(x, f"{where} node {i + 1}", encl)
+                         for i, x in enumerate(nd.get("node", [])))
+            sweeps = tuple(x for x in body if isinstance(x, (Loop, Split)))
+            pol, cross = _pass_branch(nd["passes"], nd.get("crossing"), sweeps, body, where)
+            return Passes(body, crossing=cross, policy=pol, label=str(nd.get("label", "")))
         ts = [tensor(t, where) for t in _names(nd["compute"], f"{where} compute")]
         score = next((tranks[t] for t in ts if {"P", "M"} <= set(tranks[t])), None)
         rows = "P"
         return Compute(tuple(ts), score=(rows, "M") if score is not None else None)
 
+    def _pass_branch(policy, crossing, sweeps, body, where) -> tuple:
+        """``(policy, crossing)`` of a pass branch, checked against its sweeps (the
+        children that loop) and the cascade's pass analysis; the recomputed tensors'
+        counts go to ``recompute``."""
+        if policy not in POLICIES:
+            raise IosimError(f"{where}: passes = {policy!r} is not one of "
+                             f"{', '.join(POLICIES)}")
+        if len(sweeps) < 2:
+            raise IosimError(f"{where}: a pass branch holds two or more sweeps (loops or "
+                             f"kernels); it has {len(sweeps)}")
+        given = None if crossing is None else [tensor(t, where)
+                                               for t in _names(crossing, f"{where} crossing")]
+        moves = [_moves((sw,)) for sw in sweeps]
+        if policy == "spill":
+            crossed = [t for i, (st, _, _) in enumerate(moves) for t in sorted(st)
+                       if any(t in ld for _, ld, _ in moves[i + 1:])]
+            for t in given or ():
+                if t not in crossed:
+                    raise IosimError(f"{where}: '{t}' crosses by spill, but no sweep stores "
+                                     f"it for a later sweep to load")
+            if not (given or crossed):
+                raise IosimError(f"{where}: passes = \"spill\" but no sweep stores a tensor "
+                                 f"that a later one loads")
+            return policy, tuple(given or dict.fromkeys(crossed))
+        if policy == "keep":
+            if all(isinstance(sw, Kernel) for sw in sweeps):
+                raise IosimError(f"{where}: kernels keep nothing on chip for one another: "
+                                 f"use passes = \"spill\" or \"recompute\"")
+            buffered = [t for t in pass_info.buffered if t in kept_now]
+            for t in given or ():
+                if t not in kept_now:
+                    raise IosimError(f"{where}: '{t}' crosses on chip (keep), but no storage "
+                                     f"node keeps it")
+            return policy, tuple(given or buffered)
+        # recompute: a tensor computed in sweep k of the cascade's passes is computed again
+        # in every later sweep
+        names = given if given is not None else [t for t, _ in f.recompute]
+        if not names:
+            raise IosimError(f"{where}: cascade '{c0.name}' recomputes nothing across passes "
+                             f"(no score computed before its last pass over the keys)")
+        if len(sweeps) != pass_info.passes:
+            raise IosimError(f"{where}: recomputing needs one sweep per pass of the cascade "
+                             f"over the keys ({pass_info.passes}); this branch has "
+                             f"{len(sweeps)}")
+        for t in names:
+            k = pass_info.einsum_pass.get(t)
+            if k is None:
+                raise IosimError(f"{where}: '{t}' is not computed in a pass over the keys of "
+                                 f"cascade '{c0.name}' (computed there: "
+                                 f"{', '.join(sorted(pass_info.einsum_pass))})")
+            recompute[t] = len(sweeps) - k + 1
+        return policy, tuple(names)
+
+    pass_info = _key_passes(c)
+    kept_now: set = set()
+    recompute: dict = {}
+    fixed: set = set()
     moved: dict = {}      # cascade intermediates the tree stores and loads (spills)
     kernels = d.get("kernel")
     if not isinstance(kernels, list) or not kernels:
@@ -265,15 +351,63 @@ def tree_from_dict(d: dict, cascade, hardware=None, *, source: str = "mapping") 
             raise IosimError(f"{where}: a kernel has a name and nodes ([[kernel.node]])")
         body = tuple(node(x, f"{where} node {j + 1}", ()) for j, x in enumerate(k.get("node", [])))
         out.append(Kernel(str(k.get("name", f"kernel {i + 1}")), body))
-    tree = LoopTree(tuple(out), tensors=tuple(extra) + tuple(moved.items()),
+    kernels = tuple(out)
+    if "passes" in d:
+        pol, cross = _pass_branch(d["passes"], d.get("crossing"), kernels, kernels,
+                                  f"{source}: passes")
+        kernels = (Passes(kernels, crossing=cross, policy=pol),)
+    elif "crossing" in d:
+        raise IosimError(f"{source}: crossing needs passes = \"spill\" or \"recompute\" "
+                         f"(the kernels as passes)")
+    tree = LoopTree(kernels, tensors=tuple(extra) + tuple(moved.items()),
                     name=str(d.get("name", "")),
                     skips_masked=bool(d.get("skips_masked", True)),
-                    notes=str(d.get("notes", "")), acc_levels=acc_levels)
+                    recompute=tuple(recompute.items()),
+                    notes=str(d.get("notes", "")), acc_levels=acc_levels,
+                    fixed_tiles=tuple(sorted(fixed)))
     # lower once here so a bad tree is refused when it is read
     from iosim.looptree.lower import lower
     from iosim.mapping import Mapping
     lower(tree, Mapping(name="check", cascade=c.name), f)
     return tree, tiles, acc_levels
+
+
+def _walk(nodes):
+    """Every node under ``nodes`` (tree nodes), depth first."""
+    for nd in nodes:
+        yield nd, ()
+        if isinstance(nd, (Loop, Split, Passes, Kernel)):
+            yield from _walk(nd.body)
+
+
+def _moves(nodes) -> tuple:
+    """``(stored, loaded, kept)``: the tensors the storage nodes under ``nodes`` move."""
+    out = (set(), set(), set())
+    for nd, _ in _walk(nodes):
+        if isinstance(nd, Storage):
+            for u in nd.uses:
+                out[("store", "load", "keep").index(u.move)].add(u.tensor)
+    return out
+
+
+@dataclass(frozen=True)
+class _KeyPasses:
+    passes: int
+    einsum_pass: dict
+    buffered: tuple
+
+
+def _key_passes(c) -> _KeyPasses:
+    """The cascade's passes over its key rank (:func:`cascades.passes.analyze_rank`)."""
+    if "M" not in c.info.ranks:
+        return _KeyPasses(1, {}, ())
+    from cascades.passes import analyze_rank
+    try:
+        rp = analyze_rank(c, "M")
+    except Exception:  # noqa: BLE001 - an unusual cascade: no pass structure known
+        return _KeyPasses(1, {}, ())
+    return _KeyPasses(rp.passes, dict(rp.einsum_pass),
+                      tuple(dict.fromkeys(b.tensor for b in rp.buffered)))
 
 
 def _var(rank: str, encl: tuple) -> str:

@@ -97,14 +97,26 @@ def lower(tree: LoopTree, mapping, facts):
                 sub = nodes(nd.body, inner, encl + (nd,))
                 out.append(SplitLoop(nd.var, sub, grid=nd.parallel, label=nd.label))
             elif isinstance(nd, Storage):
+                if nd.stages is not None and (
+                        isinstance(nd.stages, bool) or not isinstance(nd.stages, int)
+                        or nd.stages < 1):
+                    raise IosimError(f"{where}: stages must be a positive whole number, got "
+                                     f"{nd.stages!r}")
+                if nd.stages is not None and not any(u.stream for u in nd.uses):
+                    raise IosimError(f"{where}: a storage node with stages = {nd.stages} "
+                                     f"streams nothing (stages pipeline streamed loads: "
+                                     f"stream = true)")
                 for u in nd.uses:
                     if u.move not in MOVES:
                         raise IosimError(f"{where}: tensor '{u.tensor}' moves by '{u.move}', "
                                          f"not one of {', '.join(MOVES)}")
                     dims = tile_dims(ranks_of(u), tiles)
                     if u.move == "load":
-                        out.append(PartialLoad(u.tensor, dims, streamed=u.stream, part=u.part)
-                                   if u.part else Load(u.tensor, dims, streamed=u.stream))
+                        st = nd.stages if u.stream else None
+                        out.append(PartialLoad(u.tensor, dims, streamed=u.stream, stages=st,
+                                               part=u.part)
+                                   if u.part else Load(u.tensor, dims, streamed=u.stream,
+                                                       stages=st))
                     elif u.move == "store":
                         out.append(PartialStore(u.tensor, dims, part=u.part) if u.part
                                    else Store(u.tensor, dims))
@@ -163,7 +175,8 @@ def nest_signature(nest) -> tuple:
                 out.append(("split", nd.grid, rec(nd.body, inner)))
             elif isinstance(nd, Load):
                 out.append(("load", type(nd).__name__, nd.tensor, dims(nd.dims, pos),
-                            nd.streamed, getattr(nd, "part", None)))
+                            nd.streamed, getattr(nd, "part", None))
+                           + ((nd.stages,) if nd.stages is not None else ()))
             elif isinstance(nd, Store):
                 out.append(("store", type(nd).__name__, nd.tensor, dims(nd.dims, pos),
                             getattr(nd, "part", None)))

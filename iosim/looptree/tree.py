@@ -91,9 +91,12 @@ class Use:
 class Storage:
     """``level`` keeps ``uses`` for the rest of the enclosing body. ``level`` is ``"acc"``
     (the accumulator level: registers on a GPU) or ``"sram"`` (the on-chip buffer), or a level
-    name of the hardware that a user file gives (checked against the hardware)."""
+    name of the hardware that a user file gives (checked against the hardware).
+    ``stages``: the streamed uses are pipelined this many tiles deep (and counted that many
+    times against the level), instead of the mapping's ``num_stages``."""
     level: str
     uses: tuple
+    stages: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class LoopTree:
     name: str = ""
     #: storage levels whose on-chip buffers sit at the accumulator level (registers)
     acc_levels: tuple = ("acc",)
+    #: tile names a user's file sets by a number on a loop (fixed: a search leaves them)
+    fixed_tiles: tuple = ()
     notes: str = field(default="", compare=False)
 
     def kernel_list(self) -> tuple:
@@ -160,6 +165,13 @@ class LoopTree:
                 if isinstance(nd, (Loop, Split, Passes, Kernel)):
                     yield from rec(nd.body, encl + (nd,))
         yield from rec(self.kernels, ())
+
+    @property
+    def tile_names(self) -> tuple:
+        """The tile names of the tree's loops (``one`` left out), in :data:`TILE_NAMES`
+        order: the symbolic tiles a grid or a search sets."""
+        used = {nd.tile for nd, _ in self.walk() if isinstance(nd, Loop)}
+        return tuple(t for t in TILE_NAMES if t in used and t != "one")
 
     # -- properties the models read instead of a mapping's name ------------------------
     @property
@@ -251,7 +263,8 @@ def format_tree(tree: LoopTree, sizes: dict | None = None) -> str:
                 for u in nd.uses:
                     groups.setdefault(u.move, []).append(use_txt(u))
                 txt = "; ".join(f"{mv} {', '.join(ts)}" for mv, ts in groups.items())
-                lines.append(f"{pad}{nd.level}: {txt}")
+                deep = f"   # {nd.stages} stages" if nd.stages else ""
+                lines.append(f"{pad}{nd.level}: {txt}{deep}")
             elif isinstance(nd, Compute):
                 what = ", ".join(nd.einsums)
                 score = f"score[{', '.join(nd.score)}]" if nd.score else ""
