@@ -16,6 +16,11 @@ execution-time model of :mod:`iosim.timing`, else the roofline; ties broken by t
 objective searches what a kernel engineer would launch: power-of-two tiles from 16 to 256,
 4 or 8 warps, 2 to 4 pipeline stages, the streamed tiles counted ``num_stages`` deep against
 the shared memory; :attr:`SearchResult.runners_up` lists the next best tilings.
+
+A user's loop tree (a :class:`~iosim.mapping.Mapping` of kind ``tree``, e.g. read from a TOML
+file) is searched the same way over its symbolic tiles: every tile name its loops use
+(``block_q``, ``block_kv`` on the presets' grids; ``block_e``, ``block_f`` over the powers of
+two that fit; ``block_rows`` as variants), the tiles its file fixes by a number left alone.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from iosim.errors import IosimError
 from iosim.mapping import Mapping, fit_error, get_mapping, mappings_for
 
 __all__ = ["candidate_tiles", "variants_for", "search", "ski_slope", "search_frame",
-           "SearchResult", "OBJECTIVES"]
+           "SearchResult", "OBJECTIVES", "searched_tiles"]
 
 OBJECTIVES = ("time", "traffic", "hbm", "energy")
 #: warps and pipeline stages of the kernel tilings searched for the time objective on a GPU
@@ -53,13 +58,17 @@ def variants_for(cascade, mappings=None) -> list:
     """The mapping variants searched for a cascade (a name, a path or a Cascade):
     ``[(label, Mapping), ...]``. Without ``mappings``: every mapping that fits the cascade's
     structure (:func:`iosim.mapping.mappings_for`); a given mapping that does not fit is a
-    one-line error saying why."""
+    one-line error saying why. ``mappings`` holds names or Mappings (a user's loop tree: its
+    ``block_rows``, where its loops use it, tried as variants)."""
     from iosim.traffic import _load_cascade
     c = _load_cascade(cascade)
     names = list(mappings) if mappings else list(mappings_for(c))
     out = []
     for name in names:
-        base = get_mapping(name, cascade=c.name)
+        if isinstance(name, Mapping) and name.tree is not None:
+            out.extend(_row_variants(name))
+            continue
+        base = name if isinstance(name, Mapping) else get_mapping(name, cascade=c.name)
         why = fit_error(base.kind, c)
         if why is not None:
             raise IosimError(why)
@@ -75,26 +84,74 @@ def kernel_tiles(n: int) -> np.ndarray:
     return t[t <= cover].astype(np.int64)
 
 
-def _candidates(m: Mapping, n: int, kv: int, group: int = 1, kernel: bool = False):
-    """(block_q array, block_kv array) of the candidates of one variant (flattened pairs).
+#: the rows a softmax program of a user's tree takes (``block_rows``), tried as variants
+ROW_TILES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _row_variants(m: Mapping) -> list:
+    """A user's tree as variants: one per ``softmax_rows`` where its loops use
+    ``block_rows`` (a scalar of the grid), else the tree itself."""
+    if "block_rows" not in searched_tiles(m):
+        return [(m.name, m)]
+    return [(f"{m.name}/rows{r}", m.with_(softmax_rows=r)) for r in ROW_TILES]
+
+
+def searched_tiles(m: Mapping) -> tuple:
+    """The tile names a search varies for mapping ``m``: ``block_q`` and ``block_kv`` for a
+    preset; for a user's tree the tile names its loops use, less those its file fixes."""
+    if m.tree is None:
+        return ("block_q", "block_kv")
+    return tuple(t for t in m.tree.tile_names if t not in m.tree.fixed_tiles)
+
+
+def _candidates(m: Mapping, n: int, kv: int, group: int = 1, kernel: bool = False,
+                e: int | None = None, f: int | None = None) -> dict:
+    """Tile name -> array of the candidates of one variant (flattened, equal lengths).
     FA2 packs the ``group`` query heads of a K/V head into its rows: its query tile runs
-    over ``n * group`` rows. ``kernel``: only the tiles a Triton kernel takes."""
+    over ``n * group`` rows. ``kernel``: only the tiles a Triton kernel takes. A user's
+    tree: the grid over its searched tiles (:func:`searched_tiles`): ``block_q`` and
+    ``block_kv`` as a preset's, ``block_e``/``block_f`` over :func:`kernel_tiles` of the
+    head dims; without any, its own tiles."""
     pre = m.preset
     rows = n * group if m.packs_rows else n
+    if m.tree is not None:
+        names = [t for t in searched_tiles(m) if t != "block_rows"]
+        axes = {"block_q": kernel_tiles(rows) if kernel else candidate_tiles(rows),
+                "block_kv": kernel_tiles(kv) if kernel else candidate_tiles(kv),
+                "block_e": kernel_tiles(e or 1), "block_f": kernel_tiles(f or e or 1)}
+        if not names:
+            return {"block_q": np.array([m.block_q]), "block_kv": np.array([m.block_kv])}
+        grids = np.meshgrid(*(axes[t] for t in names), indexing="ij")
+        return {t: g.ravel() for t, g in zip(names, grids)}
     if kernel:
         tq, tk = kernel_tiles(rows), kernel_tiles(kv)
         q, k = np.meshgrid(tq, tk, indexing="ij")
-        return q.ravel(), k.ravel()
+        return {"block_q": q.ravel(), "block_kv": k.ravel()}
     tq, tk = candidate_tiles(rows), candidate_tiles(kv)
     if pre.tiles == "square":
         b = np.arange(1, max(1, min(max(n, kv), 4096)) + 1)
-        return b, b
+        return {"block_q": b, "block_kv": b}
     if pre.tiles == "tied":
-        return tq, tq
+        return {"block_q": tq, "block_kv": tq}
     if pre.few_rows:
         tq = candidate_tiles(n, dense_to=16)
     q, k = np.meshgrid(tq, tk, indexing="ij")
-    return q.ravel(), k.ravel()
+    return {"block_q": q.ravel(), "block_kv": k.ravel()}
+
+
+def _tile_value(r: dict, idx, m: Mapping, t: str) -> int:
+    """Tile ``t`` of candidate ``idx`` (``softmax_rows``: the mapping's)."""
+    return int(m.softmax_rows) if t == "softmax_rows" else int(r["sizes"][t][idx])
+
+
+def _tiles_at(r: dict, idx, m: Mapping) -> dict:
+    """The tiles of candidate ``idx`` (block_q, block_kv, and a tree's other searched
+    tiles; ``softmax_rows`` of a tree that uses ``block_rows``)."""
+    out = {t: _tile_value(r, idx, m, t) for t in ("block_q", "block_kv")}
+    for t in searched_tiles(m):
+        t = "softmax_rows" if t == "block_rows" else t
+        out.setdefault(t, _tile_value(r, idx, m, t))
+    return out
 
 
 @dataclass(frozen=True)
@@ -110,6 +167,19 @@ class SearchResult:
     #: the next best candidates of the first SRAM size (objective order), with how far
     #: behind the best each is (``behind``: objective / best objective - 1)
     runners_up: object = None        # pandas DataFrame or None
+    #: tiles searched besides block_q and block_kv (a user's tree: block_e, block_f,
+    #: softmax_rows), columns of ``frame`` and ``runners_up``
+    extra_tiles: tuple = ()
+
+    def best(self, row: int = 0) -> dict:
+        """The best tiling at SRAM size ``row``: the tiles (and, for the time objective on a
+        GPU, warps and stages), as Mapping fields; a one-line error where nothing fits."""
+        r = self.frame.iloc[row]
+        if not bool(r["fits"]):
+            raise IosimError(f"search: no tiling fits at SRAM size {r['sram_bytes']:.0f} B")
+        keys = ("block_q", "block_kv") + self.extra_tiles + (
+            ("num_warps", "num_stages") if "num_warps" in self.frame.columns else ())
+        return {k: int(r[k]) for k in keys}
 
     def to_dict(self) -> dict:
         rows = []
@@ -139,7 +209,8 @@ class SearchResult:
                  f"bound.",
                  ""]
         kern = "num_warps" in self.frame.columns
-        hdr = ("SRAM", "SRAM el.", "mapping", "block_q", "block_kv") + (
+        ext = self.extra_tiles
+        hdr = ("SRAM", "SRAM el.", "mapping", "block_q", "block_kv") + ext + (
             ("warps", "stages") if kern else ()) + ("traffic (el.)", "bytes", "time", "ratio")
         rows = [hdr]
         for _, r in self.frame.iterrows():
@@ -149,6 +220,7 @@ class SearchResult:
                 continue
             rows.append((fmt_bytes(r["sram_bytes"]), f"{r['sram_elements']:,.0f}",
                          str(r["variant"]), str(int(r["block_q"])), str(int(r["block_kv"])))
+                        + tuple(str(int(r[t])) for t in ext)
                         + ((str(int(r["num_warps"])), str(int(r["num_stages"]))) if kern
                            else ())
                         + (f"{r['traffic_elements']:,.0f}", fmt_bytes(r["backing_bytes"]),
@@ -167,8 +239,9 @@ class SearchResult:
             for _, r in ru.iterrows():
                 kn = (f", {int(r['num_warps'])} warps, {int(r['num_stages'])} stages"
                       if "num_warps" in ru.columns else "")
+                xt = "".join(f" {t}={int(r[t])}" for t in ext)
                 lines.append(f"  {r['variant']} block_q={int(r['block_q'])} "
-                             f"block_kv={int(r['block_kv'])}{kn}: {fmt_time(r['time_s'])}, "
+                             f"block_kv={int(r['block_kv'])}{xt}{kn}: {fmt_time(r['time_s'])}, "
                              f"{fmt_bytes(r['backing_bytes'])}; {r['behind']:+.1%}")
         return "\n".join(lines)
 
@@ -246,23 +319,29 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     if kernel:   # the tilings a kernel engineer would launch: warps x stages per variant
         variants = [(f"{lb} {w}w/{st}s", m.with_(num_warps=w, num_stages=st,
                                                   stages_in_footprint=True))
-                    for lb, m in variants if m.preset.kernel
+                    for lb, m in variants if m.preset.kernel or m.tree is not None
                     for w in KERNEL_WARPS for st in KERNEL_STAGES]
         bar = tqdm(variants, desc="search", unit="mapping", leave=False, delay=2.0,
                    disable=None if progress else True)
-    pool = []    # (objective, tie-break, label, mapping, block_q, block_kv, fits first SRAM)
+    pool = []    # (objective, tie-break, label, mapping, tiles, time, traffic)
+    extra = []   # tiles searched besides block_q and block_kv (a user's tree)
     for label, m in bar:
         bar.set_postfix_str(label, refresh=False)
-        bq, bk = _candidates(m, n, kv, group, kernel=kernel)
+        cand = _candidates(m, n, kv, group, kernel=kernel, e=e, f=f)
+        for t in searched_tiles(m):
+            t = "softmax_rows" if t == "block_rows" else t
+            if t not in ("block_q", "block_kv") and t not in extra:
+                extra.append(t)
         try:
             r = evaluate_arrays(c, m, hw, n=n, e=e, f=f, kv_len=kv, batch=batch, heads=heads,
-                                kv_heads=kv_heads, dtype=dtype, causal=causal, block_q=bq,
-                                block_kv=bk, product=False)
+                                kv_heads=kv_heads, dtype=dtype, causal=causal, product=False,
+                                **cand)
         except IosimError:
             if mappings:
                 raise
             continue
-        total += len(bq)
+        bq = r["sizes"]["block_q"]
+        total += len(next(iter(cand.values())))
         backing = r["level_roles"]["backing"]
         hb = r["levels"][backing][0] + r["levels"][backing][1]
         if objective in ("hbm", "traffic"):
@@ -294,14 +373,12 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
             idx = order[first[s]]
             if (obj[idx], tb[idx]) < (best_obj[s], best_tb[s]):
                 best_obj[s], best_tb[s] = obj[idx], tb[idx]
-                choice[s] = (label, m, int(r["sizes"]["block_q"][idx]),
-                             int(r["sizes"]["block_kv"][idx]))
+                choice[s] = (label, m, _tiles_at(r, idx, m))
         if runners_up:
             ok0 = feas[0]
             for j in np.nonzero(ok0)[0][: runners_up + 1]:
                 idx = order[j]
-                pool.append((float(obj[idx]), float(tb[idx]), label, m,
-                             int(r["sizes"]["block_q"][idx]), int(r["sizes"]["block_kv"][idx]),
+                pool.append((float(obj[idx]), float(tb[idx]), label, m, _tiles_at(r, idx, m),
                              float(r["time_s"][idx]), float(hb[idx])))
     # re-evaluate the winners (one call per variant) for full columns
     frames = []
@@ -311,13 +388,15 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
             by_variant.setdefault(ch[0], []).append(s)
     for label, idxs in by_variant.items():
         m = choice[idxs[0]][1]
-        bq = np.array([choice[s][2] for s in idxs])
-        bk = np.array([choice[s][3] for s in idxs])
+        tiles = {t: np.array([choice[s][2][t] for s in idxs])
+                 for t in choice[idxs[0]][2] if t != "softmax_rows"}
         r = evaluate_arrays(c, m, hw, n=n, e=e, f=f, kv_len=kv, batch=batch, heads=heads,
-                            kv_heads=kv_heads, dtype=dtype, causal=causal, block_q=bq,
-                            block_kv=bk, sram_bytes=srams[idxs], product=False)
+                            kv_heads=kv_heads, dtype=dtype, causal=causal,
+                            sram_bytes=srams[idxs], product=False, **tiles)
         df = arrays_to_frame(r, per_tensor=False, pd=pd)
         df["variant"] = label
+        for t in extra:
+            df[t] = [_tile_value(r, k, m, t) for k in range(len(idxs))]
         if kernel:
             df["num_warps"] = m.num_warps
             df["num_stages"] = m.num_stages
@@ -342,16 +421,18 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
         pool.sort(key=lambda x: (x[0], x[1]))
         best = pool[0][0]
         rows = []
-        for o, _tb, label, m, q, k, t, b in pool[1: runners_up + 1]:
-            row = {"variant": label, "block_q": q, "block_kv": k, "time_s": t,
-                   "backing_bytes": b, "objective": o,
+        for o, _tb, label, m, tl, t, b in pool[1: runners_up + 1]:
+            row = {"variant": label, **{k: tl.get(k, m.softmax_rows if k == "softmax_rows"
+                                               else getattr(m, k)) for k in
+                                        ("block_q", "block_kv", *extra)},
+                   "time_s": t, "backing_bytes": b, "objective": o,
                    "behind": o / best - 1 if best > 0 else 0.0}
             if kernel:
                 row.update(num_warps=m.num_warps, num_stages=m.num_stages)
             rows.append(row)
         ru = pd.DataFrame(rows)
     return SearchResult(cascade=c.name, hardware=hw.name, objective=objective, frame=out,
-                        runners_up=ru, candidates=total, seconds=_time.perf_counter() - t0,
+                        runners_up=ru, candidates=total, extra_tiles=tuple(extra), seconds=_time.perf_counter() - t0,
                         shapes={"n": n, "kv_len": kv, "e": e, "f": f or e, "dtype": dtype,
                                 "causal": causal, "batch": batch, "heads": heads,
                                 "kv_heads": heads // group, "group": group})

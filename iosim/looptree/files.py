@@ -58,7 +58,8 @@ from iosim.looptree.lower import LOOP_RANKS
 from iosim.looptree.tree import (TILE_NAMES, Compute, Kernel, Loop, LoopTree, Passes, Split,
                                  Storage, Use)
 
-__all__ = ["load_mapping_file", "mapping_from_dict", "tree_from_dict", "check_tiles"]
+__all__ = ["load_mapping_file", "mapping_from_dict", "tree_from_dict", "check_tiles",
+           "with_fields", "write_best"]
 
 #: the tile name a loop over a rank takes by default (a number sets that Mapping field)
 DEFAULT_TILE = {"P": "block_q", "R": "block_q", "M": "block_kv", "E": "block_e",
@@ -446,6 +447,41 @@ def load_mapping_file(path, cascade, hardware=None, **overrides):
     except tomllib.TOMLDecodeError as exc:
         raise IosimError(f"mapping file '{path}': {exc}") from None
     return mapping_from_dict(d, cascade, hardware, source=str(path), **overrides)
+
+
+def with_fields(text: str, fields: dict) -> str:
+    """The TOML ``text`` of a tree with its top-level ``fields`` (tiles, warps, stages) set:
+    an existing ``key = value`` line before the first table keeps its comment, a missing
+    key goes after the last top-level key. The rest of the file is left as written."""
+    import re
+    lines = text.splitlines()
+    first = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
+    last_key = -1
+    for k, v in fields.items():
+        pat = re.compile(rf"^\s*{re.escape(k)}\s*=\s*[^#]*?(\s*#.*)?$")
+        hit = next((i for i in range(first) if pat.match(lines[i])), None)
+        if hit is not None:
+            lines[hit] = f"{k} = {v}" + (pat.match(lines[hit]).group(1) or "")
+            continue
+        for i in range(first):
+            if re.match(r"^\s*[A-Za-z_][\w-]*\s*=", lines[i]):
+                last_key = i
+        at = last_key + 1 if last_key >= 0 else 0
+        lines.insert(at, f"{k} = {v}")
+        first += 1
+    return "\n".join(lines) + "\n"
+
+
+def write_best(source, out, fields: dict, cascade, hardware=None):
+    """Write the tree file ``source`` to ``out`` with the search's best ``fields`` set
+    (:func:`with_fields`), and read it back: the Mapping it gives carries those fields."""
+    text = with_fields(Path(source).read_text(), fields)
+    Path(out).write_text(text)
+    m = load_mapping_file(out, cascade, hardware)
+    wrong = {k: getattr(m, k) for k, v in fields.items() if getattr(m, k) != v}
+    if wrong:  # pragma: no cover - a file the editor could not place the fields in
+        raise IosimError(f"{out}: the written tree sets {wrong}, not {fields}")
+    return m
 
 
 def check_tiles(mapping, shapes) -> None:
