@@ -31,7 +31,7 @@ import numpy as np
 from iosim.errors import IosimError
 
 __all__ = ["SCHEDULES", "ServingReport", "evaluate_serving", "flashdecoding_splits",
-           "check_heads", "refuse_batched_cascade", "refuse_with_schedule"]
+           "check_heads", "refuse_batched_cascade", "refuse_with_schedule", "request_lengths"]
 
 SCHEDULES = ("nosplit", "split", "streamk")
 #: the generated serving kernel's tiling (the one measured on the GPU)
@@ -141,6 +141,20 @@ def _lens(kv_lens, kv_len, batch):
     return lens
 
 
+def request_lengths(kv_lens, kv_len, batch, n: int, causal: bool) -> tuple:
+    """The key length of each request (``kv_lens``, or ``batch`` times ``kv_len``), checked
+    against the batch and the causal mask's ``n`` new tokens: one-line errors."""
+    if kv_lens is None and kv_len is None:
+        raise IosimError("give the keys per request: --kv-len or --kv-lens")
+    lens = _lens(kv_lens, kv_len, batch)
+    if any(x < 1 for x in lens):
+        raise IosimError("--kv-lens: every key length must be positive")
+    if causal and min(lens) < n:
+        raise IosimError(f"a causal mask needs at least as many keys ({min(lens)}) as new "
+                         f"tokens ({n}) in every request")
+    return lens
+
+
 def evaluate_serving(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_len=None,
                      batch: int | None = None, e: int = 128, heads: int = 1, kv_heads=None,
                      dtype: str = "bf16", causal: bool = False, schedule: str = "split",
@@ -165,14 +179,7 @@ def evaluate_serving(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_l
     for what, v in (("--split-kv", split_kv), ("--programs", programs)):
         if v is not None and int(v) < 1:
             raise IosimError(f"{what} must be positive, got {v}")
-    if kv_lens is None and kv_len is None:
-        raise IosimError("give the keys per request: --kv-len or --kv-lens")
-    lens = _lens(kv_lens, kv_len, batch)
-    if any(x < 1 for x in lens):
-        raise IosimError("--kv-lens: every key length must be positive")
-    if causal and min(lens) < n:
-        raise IosimError(f"a causal mask needs at least as many keys ({min(lens)}) as new "
-                         f"tokens ({n}) in every request")
+    lens = request_lengths(kv_lens, kv_len, batch, n, causal)
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
     rates = timing_rates(hw)
     if rates is None:

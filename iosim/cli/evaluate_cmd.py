@@ -157,6 +157,18 @@ def command(name, hw, seq_len, head_dim, kv_len, batch, heads, kv_heads, causal,
     causal = resolve_causal(c, causal)
     from iosim.serving import evaluate_serving, refuse_batched_cascade, refuse_with_schedule
     refuse_batched_cascade(c)
+    from iosim.mla import latent_attention
+    if latent_attention(c) is not None:     # MLA: one latent cache for all heads
+        from iosim.cli.mla_opts import run_mla
+        return run_mla(c, h, seq_len=seq_len, head_dim=head_dim, kv_len=kv_len,
+                       kv_lens=kv_lens, batch=batch, heads=heads, kv_heads=kv_heads,
+                       dtype=dtype, causal=causal, schedule=schedule, split_kv=split_kv,
+                       programs=programs, page_size=page_size, as_json=as_json,
+                       mapping=mapping_name, block_m=block_q, block_n=block_kv, sram=sram,
+                       symbolic=symbolic, block_density=block_density, row_policy=row_policy,
+                       grid_order=grid_order, num_warps=num_warps, num_stages=num_stages,
+                       system=system, parallel=parallel, devices=devices,
+                       show_mapping=show_mapping, l2=l2_mode)
     if schedule is not None or page_size is not None or programs is not None:
         from iosim.ragged import parse_lengths
         refuse_with_schedule(mapping=mapping_name, block_m=block_q, block_n=block_kv, sram=sram,
