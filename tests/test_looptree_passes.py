@@ -150,3 +150,21 @@ def test_cli_bad_pass_tree_exits_2_with_one_line(tmp_path):
                                   "--seq-len", "1024"])
     assert r.exit_code == 2 and "passes = 'stash' is not one of" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_the_time_model_pipelines_a_node_by_its_own_stages():
+    """A storage node streaming K and V 2 deep, in a tree whose mapping says num_stages = 3,
+    times as the same nest with num_stages = 2 (the step's load pipelining, the matmul loop's
+    measured depth and the programs per SM all follow the node), and not as 3."""
+    from iosim.traffic import evaluate
+    d = tomllib.loads((DATA / "fa2.toml").read_text())
+    d["kernel"][0]["node"][0]["node"][2]["node"][0]["stages"] = 2
+    own = mapping_from_dict(d, "attention-1pass", "h100").with_(num_stages=3)
+    kw = dict(n=8192, d=128, batch=2, heads=16)
+    t_own = evaluate("attention-1pass", own, "h100", **kw).time_s
+    two = evaluate("attention-1pass", mapping_for("attention-1pass", "fa2", num_stages=2),
+                   "h100", **kw).time_s
+    three = evaluate("attention-1pass", mapping_for("attention-1pass", "fa2", num_stages=3),
+                     "h100", **kw).time_s
+    assert two != pytest.approx(three, rel=1e-3)
+    assert t_own == pytest.approx(two, rel=1e-9)

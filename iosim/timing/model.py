@@ -5,7 +5,7 @@ For each kernel (phase) of the mapping's loop nest, on arrays over a grid of con
 * **programs** -- the phase's grid loops (``parallel`` in the printed nest) times batch x K/V
   heads; a phase without a grid loop is one program per (batch, K/V head) instance;
 * **programs per SM** -- the tightest of shared memory (the program's on-chip tiles, the
-  streamed ones ``num_stages`` deep), registers (the fp32 accumulators and 16-bit operand tiles
+  streamed ones ``num_stages`` deep, or a storage node's own depth), registers (the fp32 accumulators and 16-bit operand tiles
   of the program, spread over its threads, with the measured allocation overhead), threads and
   the block limit. Reported, and the spread of a small grid: a launch of no more programs than
   SMs runs each program alone on its own SM;
@@ -224,6 +224,7 @@ def time_arrays(r: dict) -> dict | None:
         load_s = np.zeros(shape)
         longest = np.zeros(shape)       # steps of the longest program
         tiles = None
+        stage_of: list = []             # each step loop's pipeline depth
         hbm_b, tile_b = _phase_bytes(r, p.name, F, role_of)
         hbm_frac = np.where(tile_b > 0, hbm_b / np.maximum(tile_b, 1e-300), 0.0)
         for s in p.steps:
@@ -235,19 +236,24 @@ def time_arrays(r: dict) -> dict | None:
                     role_of(ld.tensor)
             # the step's loads that miss in L2 come from HBM at one program's streaming rate
             # (hits are part of the matmul loop's measured cycles)
-            t_load = rates.stream_seconds(step_bytes, m.num_stages) * hbm_frac \
+            # the step's pipeline depth: its streamed tiles' own stages (a loop tree's storage
+            # node), else the mapping's num_stages
+            st = max((ld.stages for ld in s.loads if ld.streamed and ld.stages), default=None) \
+                or m.num_stages
+            stage_of.append(st)
+            t_load = rates.stream_seconds(step_bytes, st) * hbm_frac \
                 / rates.load_efficiency
             if s.score_dims is not None:
                 rows_b = loops[s.score_dims[0].var].block
                 keys_b = loops[s.score_dims[1].var].block
                 bq, bk = S[rows_b], S[keys_b]
                 tiles = (bq, bk)
-                cyc = rates.mma_cycles(bq, bk, e, m.num_warps, m.num_stages)
+                cyc = rates.mma_cycles(bq, bk, e, m.num_warps, st)
                 t_mma = cyc * per_pair["matmul"] / (4.0 * e) / clock
                 t_exp = bq * bk * per_pair["exp"] / rates.exp_per_clock / clock
             else:
                 t_mma = t_exp = np.zeros(shape)
-            t_step = (np.maximum(t_mma + t_exp, t_load) if m.num_stages > 1
+            t_step = (np.maximum(t_mma + t_exp, t_load) if st > 1
                       else t_mma + t_exp + t_load)
             steps_total = steps_total + n_steps
             step_work = step_work + n_steps * t_step
@@ -287,7 +293,8 @@ def time_arrays(r: dict) -> dict | None:
                  / clock) + rates.program_start_s
         if tiles is not None:
             k = occupancy(block_m=tiles[0], block_n=tiles[1], head_dim=e,
-                          num_warps=m.num_warps, num_stages=m.num_stages, elem_bytes=el, gpu=gpu)
+                          num_warps=m.num_warps, num_stages=max(stage_of), elem_bytes=el,
+                          gpu=gpu)
         else:
             k = np.ones(shape)
         k = np.broadcast_to(k, shape)
