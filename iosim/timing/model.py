@@ -7,8 +7,8 @@ For each kernel (phase) of the mapping's loop nest, on arrays over a grid of con
 * **programs per SM** -- the tightest of shared memory (the program's on-chip tiles, the
   streamed ones ``num_stages`` deep, or a storage node's own depth), registers (the fp32
   accumulators and 16-bit operand tiles of the program, spread over its threads, with the
-  measured allocation overhead), threads and the block limit. Reported, and the spread of a small grid: a launch of no more programs than
-  SMs runs each program alone on its own SM;
+  measured allocation overhead), threads and the block limit. Reported, and the spread of a
+  small grid: a launch of no more programs than SMs runs each program alone on its own SM;
 * **one step** -- an iteration of an innermost loop of the program. A step that builds a score
   tile costs the matmul loop's measured cycles for that tile (scaled to the cascade's matmul
   work per (row, key) pair) plus the tile's exponentials at the measured exp rate: one
