@@ -108,7 +108,8 @@ class MLAReport:
         return {"cascade": self.cascade, "hardware": self.hardware,
                 "mapping": {"cascade": self.cascade, "name": f"mla-{self.schedule}",
                             "schedule": self.schedule, "row_tile": ROW_TILE,
-                            "block_kv": BLOCK_N},
+                            "block_kv": self.shape.get("block_kv", BLOCK_N),
+                            "value_split": self.shape.get("value_split", 1)},
                 "shape": dict(self.shape), "bytes": dict(self.bytes), "flops": dict(self.flops),
                 "roofline": dict(self.roofline), "kernels": [dict(k) for k in self.kernels],
                 "time_s": self.time_s}
@@ -178,10 +179,13 @@ def evaluate_mla(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_len=N
                  dtype: str = "bf16", causal: bool = False, schedule: str = "split",
                  split_kv: int | None = None, programs: int | None = None,
                  page_size: int | None = None, latent: int = LATENT,
-                 rope: int = ROPE) -> MLAReport:
+                 rope: int = ROPE, block_kv: int = BLOCK_N,
+                 value_split: int = 1) -> MLAReport:
     """The predicted MLA decode launch (see the module text). ``value_dim`` is the per-head
     value dim of the up-projection (DeepSeek's d_h = 128; also the head dim of the
-    multi-head attention the cache is compared with)."""
+    multi-head attention the cache is compared with). ``block_kv``: keys per block;
+    ``value_split``: programs that share a row tile's latent value columns, each computing
+    the whole score (the generated kernel's option, :mod:`cascades.triton.emit_mla`)."""
     from cascades.library import load
     from cascades.triton.emit_decode import decode_schedule
     from iosim.hardware import dtype_bytes, load_hardware
@@ -197,7 +201,8 @@ def evaluate_mla(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_len=N
         raise IosimError(f"--schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
     for what, v in (("--heads", heads), ("--seq-len", n), ("--head-dim", value_dim),
                     ("latent dims", latent), ("rope dims", rope), ("--split-kv", split_kv),
-                    ("--programs", programs), ("--page-size", page_size)):
+                    ("--programs", programs), ("--page-size", page_size),
+                    ("block_kv", block_kv), ("value_split", value_split)):
         if v is not None and (isinstance(v, bool) or int(v) < 1):
             raise IosimError(f"{what} must be a positive number, got {v}")
     lens = request_lengths(kv_lens, kv_len, batch, n, causal)
@@ -220,7 +225,8 @@ def evaluate_mla(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_len=N
     exps = float(heads * sum(seen))
     up_f = 2.0 * len(lens) * rows * latent * value_dim if up else 0.0
     # the schedule of (request, row tile) units over their key blocks
-    blocks = [-(-x // BLOCK_N) for x in lens for _ in range(tiles)]
+    bn, vs = int(block_kv), int(value_split)
+    blocks = [-(-x // bn) for x in lens for _ in range(tiles * vs)]
     units = len(blocks)
     if schedule == "split" and split_kv is None:
         split_kv = flashdecoding_splits(units, max(blocks), rates.sms)
@@ -233,9 +239,10 @@ def evaluate_mla(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_len=N
     split = n_seg > units
     # one key block of one row tile on one SM (all SMs busy): tensor cores, SFU, streaming
     r_tile = min(rows, ROW_TILE)
-    blk_t = 2.0 * r_tile * BLOCK_N * (d_qk + d_v) / (tensor / rates.sms)
-    blk_e = r_tile * BLOCK_N / (sfu / rates.sms) if sfu else 0.0
-    blk_b = BLOCK_N * d_qk * el / (rates.sm_bytes_per_clock * rates.clock_hz)
+    # (a value split's program computes the whole score and its share of the values)
+    blk_t = 2.0 * r_tile * bn * (d_qk + d_v / vs) / (tensor / rates.sms)
+    blk_e = r_tile * bn / (sfu / rates.sms) if sfu else 0.0
+    blk_b = bn * d_qk * el / (rates.sm_bytes_per_clock * rates.clock_hz)
     step = max(blk_t, blk_e, blk_b)
     start = rates.program_start_s
     costs = [sum(start + (seg_hi[s] - seg_lo[s]) * step for s in range(prog_seg[j], prog_seg[j + 1]))
@@ -245,8 +252,8 @@ def evaluate_mla(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_len=N
     cache_b = float(sum(lens) * d_qk * el)
     q_b = float(len(lens) * rows * d_qk * el)
     out_lat = float(len(lens) * rows * d_v * el)
-    part_b = float(n_seg * r_tile * (d_v + 1) * 4) if split else 0.0
-    hbm = {"cache": cache_b, "Q": q_b * (n_seg / units if split else 1.0)}
+    part_b = float(n_seg * r_tile * (d_v / vs + 1) * 4) if split else 0.0
+    hbm = {"cache": cache_b, "Q": q_b * vs * (n_seg / units if split else 1.0)}
     table_l2 = table_hbm = 0.0
     if page_size is not None:
         page = int(page_size)
@@ -282,12 +289,13 @@ def evaluate_mla(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_len=N
                  rope=rope, value_dim=value_dim if up else None, mha_head_dim=value_dim,
                  dtype=dtype, causal=causal, row_tiles=tiles, units=units,
                  split_kv=split_kv if schedule == "split" else None, programs=len(costs),
-                 segments=n_seg, page_size=page_size)
+                 segments=n_seg, page_size=page_size, block_kv=bn, value_split=vs)
     byts = dict(cache=cache_b, cache_per_token=float(d_qk * el),
                 mha_per_token=float(2 * heads * value_dim * el),
-                l2_cache_reads=cache_b * tiles, table_l2=table_l2, hbm=hbm,
+                l2_cache_reads=cache_b * tiles * vs, table_l2=table_l2, hbm=hbm,
                 hbm_total=float(sum(hbm.values())))
-    flops = dict(scores=qk, values=pv, attention=attn_f, up_proj=up_f, exp=exps)
+    flops = dict(scores=qk, values=pv, attention=attn_f, up_proj=up_f, exp=exps,
+                 scores_executed=qk * vs)
     return MLAReport(cascade=c.name, hardware=hw.name, schedule=schedule, shape=shape,
                      bytes=byts, flops=flops, kernels=tuple(kernels), time_s=time_s,
                      roofline=roof)

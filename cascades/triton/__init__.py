@@ -132,6 +132,9 @@ def generate(cascade: Cascade | str, tiling: Tiling | None = None, **tiling_kw) 
     if isinstance(cascade, str):
         from cascades.library import load
         cascade = load(cascade)
+    from cascades.triton.emit_mla import generate_mla, mla_plan
+    if mla_plan(cascade) is not None:        # latent attention: the MLA decode module
+        return generate_mla(cascade, tiling, **tiling_kw)
     if tiling is None:
         tiling = Tiling(**tiling_kw)
     elif tiling_kw:

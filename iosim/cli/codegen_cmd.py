@@ -71,6 +71,9 @@ def command(mapping_name, name, block_m, block_n, num_warps, num_stages, grid_or
     from cascades.triton.emit_decode import streamk_plan
     if streamk_plan(c) is not None:     # a whole batch's stream-K cascade: the serving module
         return _serving(c, locals())
+    from cascades.triton.emit_mla import mla_plan
+    if mla_plan(c) is not None:         # latent attention (MLA): the MLA decode module
+        return _serving(c, locals(), mla=True)
     over = {k: v for k, v in dict(block_q=block_m, block_kv=block_n, num_warps=num_warps,
                                   num_stages=num_stages, grid_order=grid_order,
                                   split_kv=split_kv).items() if v is not None}
@@ -97,10 +100,11 @@ def command(mapping_name, name, block_m, block_n, num_warps, num_stages, grid_or
         click.echo(gen.source, nl=False)
 
 
-def _serving(c, opts):
+def _serving(c, opts, mla=False):
     """The serving decode module (no split, split, stream-K; dense, ragged, paged caches) of a
-    cascade that holds a whole batch of (request, K/V head) pairs: its tiling from the key
-    block, warps, stages, head dim and dtype; the mapping's options do not apply."""
+    cascade that holds a whole batch of (request, K/V head) pairs, or with ``mla`` the MLA
+    decode module of a latent-attention cascade: its tiling from the key block, warps, stages,
+    head dim and dtype; the mapping's options do not apply."""
     from cascades.triton import Tiling
     from cascades.triton.emit_decode import generate_serving
     from iosim.errors import IosimError
@@ -111,15 +115,25 @@ def _serving(c, opts):
              if opts[k] not in (None, False)]
     fixed += [f"--{k.replace('_', '-')}" for k in ("kv_eviction", "q_eviction", "o_eviction")
               if opts[k] != "none"]
+    what = "MLA" if mla else "serving"
+    if mla and click.get_current_context().get_parameter_source("head_dim").name != "DEFAULT":
+        fixed.insert(0, "--head-dim")
     if fixed:
-        raise IosimError(f"cascade '{c.name}' generates the serving decode module (a program "
+        raise IosimError(f"cascade '{c.name}' generates the {what} decode module (a program "
                          f"per share of all pairs' key blocks): {fixed[0].replace('-name', '')} "
                          f"does not apply; its options are --block-n, --num-warps, "
-                         f"--num-stages, --head-dim, --dtype, --split-kv")
+                         f"--num-stages, {'' if mla else '--head-dim, '}--dtype, --split-kv")
+    if mla:     # the latent and rope dims are the kernel's (512 + 64), its tiling MLA_TILING
+        from cascades.triton.emit_mla import MLA_TILING, generate_mla
+        kw = {k: opts[k] for k in ("block_n", "num_warps", "num_stages", "split_kv")
+              if opts[k] is not None}
+        gen = generate_mla(c, Tiling(**{**MLA_TILING, **kw, "dtype": opts["dtype"]}))
+    else:
+        gen = None
     t = Tiling(block_n=opts["block_n"] or BLOCK_N, num_warps=opts["num_warps"] or NUM_WARPS,
                num_stages=opts["num_stages"] or NUM_STAGES, head_dim=opts["head_dim"],
                dtype=opts["dtype"], split_kv=opts["split_kv"] or 4)
-    gen = generate_serving(c, t)
+    gen = gen or generate_serving(c, t)
     if opts["as_json"]:
         echo_json(gen.to_dict())
         if opts["out"] is None:
