@@ -35,9 +35,11 @@ blocks and 3 stages, 24 with 16-key blocks. Two programs per row tile, each owni
 columns (``value_split=2``), use 250 registers with 32-key blocks and 2 stages (176 KiB of
 shared memory) and 228 with 16-key blocks and 3 stages, without a spill -- at the price of
 computing every 576-dim score twice (tensor work x 1.53 at 1088 FLOPs a key and row, and
-the cache tile read from L2 by both). The default is that spill-free tiling
-(:data:`MLA_TILING`, ``value_split=2``); ``value_split=1`` is the one-program form (FlashMLA's
-structure) for comparison -- the GPU script measures both. Within a program the latent dim
+the cache tile read from L2 by both). Measured on the H100 (bf16, 128 heads, 32-key blocks,
+2 stages; experiments/data/gpu_serving_mla.csv) the one-program form (``value_split=1``)
+compiled to 248-250 registers without a spill and ran 1.14-1.86x faster than two programs
+per row tile (1.7-1.9x on the batched shapes), so it is the default (:data:`MLA_VALUE_SPLIT`);
+``value_split=2`` stays available. Within a program the latent dim
 goes in chunks of 128 columns (one ``tl.dot`` per chunk; without a value split each cache
 chunk serves both products); the chunks do not shrink the accumulator.
 """
@@ -57,10 +59,10 @@ __all__ = ["MLAPlan", "mla_plan", "emit_mla", "generate_mla", "MLA_TILING", "MLA
 
 #: DeepSeek-V2/V3's latent and rotary dims; the value columns a program handles per dot
 LATENT, ROPE, CHUNK = 512, 64, 128
-#: 64 (token, head) rows per program as FlashMLA; 32-key blocks, 2 stages, 8 warps and two
-#: programs per row tile's value columns: no register spill on sm_90a (see the module text)
+#: 64 (token, head) rows per program as FlashMLA; 32-key blocks, 2 stages, 8 warps, all 512
+#: value columns in one program: no register spill on sm_90a (see the module text)
 MLA_TILING = dict(block_m=64, block_n=32, num_warps=8, num_stages=2, split_kv=4)
-MLA_VALUE_SPLIT = 2
+MLA_VALUE_SPLIT = 1
 
 
 @dataclass(frozen=True)

@@ -41,15 +41,20 @@ FIELDS = ("launch", "layout", "schedule", "split_kv", "programs", "page_size", "
           "q_len", "causal", "value_split", "block_kv", "kv_lens")
 
 
+#: the value split of the registered plan's launches (the kernel's default when the plan was
+#: written; the one-program form, value_split 1, is measured on a few shapes beside it)
+PLAN_VALUE_SPLIT = 2
+
+
 def launches() -> list[dict]:
     """The launch list (deterministic; the plan CSV is this list plus the predictions)."""
-    from cascades.triton.emit_mla import MLA_TILING, MLA_VALUE_SPLIT
+    from cascades.triton.emit_mla import MLA_TILING
     from iosim.mla import ROW_TILE
     from iosim.serving import flashdecoding_splits
     bn = MLA_TILING["block_n"]
     out = []
 
-    def add(layout, sched, lens, q_len=1, page=None, vs=MLA_VALUE_SPLIT):
+    def add(layout, sched, lens, q_len=1, page=None, vs=PLAN_VALUE_SPLIT):
         units = len(lens) * -(-(q_len * HEADS) // ROW_TILE) * vs
         blocks = max(-(-n // bn) for n in lens)
         split = flashdecoding_splits(units, blocks, SMS) if sched == "split" else ""
