@@ -78,8 +78,9 @@ def _parse_bind(values) -> dict:
               type=click.Choice(["pipelined", "sequential", "tile-sequential", "unfused"]),
               help="Schedule [default: the configuration's].")
 @click.option("--issue", "issues", multiple=True, metavar="ARRAY=serial|pipelined",
-              help="How an array issues an element's operations (repeatable), e.g. "
-                   "--issue 1d=pipelined [default: the hardware's, or the configuration's].")
+              help="How an array issues an element's operations (repeatable): the array's "
+                   "name, '=', and serial or pipelined (the 1D array pipelined: "
+                   "'1d=pipelined') [default: the hardware's, or the configuration's].")
 @click.option("--depth", type=int, default=None,
               help="Tiles an array holds in flight when pipelined.")
 @click.option("--pe-dim", "pe_dim", type=int, default=None,
