@@ -151,20 +151,22 @@ def _closed_form(casc, m) -> dict:
         return {"error": True}
 
 
+def _record(casc, kind, var) -> dict:
+    """One configuration's numbers: every hardware x shape, the traces, the closed form."""
+    m = _mapping(casc, kind, var)
+    rec = {"variant": var}
+    for hw in HARDWARE:
+        for sname, shape in SHAPES.items():
+            rec[f"{hw}/{sname}"] = _evaluate(casc, m, hw, shape)
+    for sname, shape in TRACE_SHAPES.items():
+        rec[f"trace/{sname}"] = _trace(casc, m, shape)
+    rec["closed_form"] = _closed_form(casc, m)
+    return rec
+
+
 def compute(cascades=None) -> dict:
-    out = {}
-    for casc, kind, k, var in _cases(cascades):
-        m = _mapping(casc, kind, var)
-        key = f"{casc}|{kind}|{k}"
-        rec = {"variant": var}
-        for hw in HARDWARE:
-            for sname, shape in SHAPES.items():
-                rec[f"{hw}/{sname}"] = _evaluate(casc, m, hw, shape)
-        for sname, shape in TRACE_SHAPES.items():
-            rec[f"trace/{sname}"] = _trace(casc, m, shape)
-        rec["closed_form"] = _closed_form(casc, m)
-        out[key] = rec
-    return out
+    return {f"{casc}|{kind}|{k}": _record(casc, kind, var)
+            for casc, kind, k, var in _cases(cascades)}
 
 
 def _close(a, b, path=""):
@@ -207,15 +209,7 @@ def _golden_keys():
 @pytest.mark.parametrize("key", _golden_keys())
 def test_mapping_counts_unchanged(golden, key):
     casc, kind, k = key.split("|")
-    var = golden[key]["variant"]
-    m = _mapping(casc, kind, var)
-    now = {"variant": var}
-    for hw in HARDWARE:
-        for sname, shape in SHAPES.items():
-            now[f"{hw}/{sname}"] = _evaluate(casc, m, hw, shape)
-    for sname, shape in TRACE_SHAPES.items():
-        now[f"trace/{sname}"] = _trace(casc, m, shape)
-    now["closed_form"] = _closed_form(casc, m)
+    now = _record(casc, kind, golden[key]["variant"])
     diffs = _close(golden[key], now, key)
     assert not diffs, "\n".join(diffs[:20])
 
