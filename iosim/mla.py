@@ -188,10 +188,9 @@ def evaluate_mla(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_len=N
     the whole score (the generated kernel's option, :mod:`cascades.triton.emit_mla`)."""
     from cascades.library import load
     from cascades.triton.emit_decode import decode_schedule
-    from iosim.hardware import dtype_bytes, load_hardware
-    from iosim.serving import (SCHEDULES, flashdecoding_splits, page_entries_per_block,
-                                request_lengths)
-    from iosim.timing import timing_rates
+    from iosim.hardware import dtype_bytes
+    from iosim.serving import (SCHEDULES, flashdecoding_splits, gpu_timing,
+                                page_entries_per_block, request_lengths)
     c = load(cascade) if isinstance(cascade, str) else cascade
     facts = latent_attention(c)
     if facts is None:
@@ -206,11 +205,7 @@ def evaluate_mla(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_len=N
         if v is not None and (isinstance(v, bool) or int(v) < 1):
             raise IosimError(f"{what} must be a positive number, got {v}")
     lens = request_lengths(kv_lens, kv_len, batch, n, causal)
-    hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
-    rates = timing_rates(hw)
-    if rates is None:
-        raise IosimError(f"hardware '{hw.name}' has no timing rates: MLA decode needs a GPU "
-                         f"preset")
+    hw, rates = gpu_timing(hardware, "MLA decode needs")
     el = dtype_bytes(dtype)
     tensor = _tensor_rate(hw, dtype)
     sfu = _sfu_rate(hw)

@@ -31,7 +31,8 @@ import numpy as np
 from iosim.errors import IosimError
 
 __all__ = ["SCHEDULES", "ServingReport", "evaluate_serving", "flashdecoding_splits",
-           "check_heads", "refuse_batched_cascade", "refuse_with_schedule", "request_lengths"]
+           "check_heads", "gpu_timing", "refuse_batched_cascade", "refuse_with_schedule",
+           "request_lengths"]
 
 SCHEDULES = ("nosplit", "split", "streamk")
 #: the generated serving kernel's tiling (the one measured on the GPU)
@@ -155,6 +156,18 @@ def request_lengths(kv_lens, kv_len, batch, n: int, causal: bool) -> tuple:
     return lens
 
 
+def gpu_timing(hardware, needs: str) -> tuple:
+    """The hardware (a preset name or a loaded one) and its timing rates; a preset without
+    them: one line, ``needs`` saying what wanted them."""
+    from iosim.hardware import load_hardware
+    from iosim.timing import timing_rates
+    hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
+    rates = timing_rates(hw)
+    if rates is None:
+        raise IosimError(f"hardware '{hw.name}' has no timing rates: {needs} a GPU preset")
+    return hw, rates
+
+
 def evaluate_serving(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_len=None,
                      batch: int | None = None, e: int = 128, heads: int = 1, kv_heads=None,
                      dtype: str = "bf16", causal: bool = False, schedule: str = "split",
@@ -163,10 +176,8 @@ def evaluate_serving(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_l
     """The predicted launch of the generated serving decode kernel (see the module text)."""
     from cascades.library import load
     from cascades.triton.emit_decode import decode_schedule
-    from iosim.hardware import load_hardware
     from iosim.mapping import get_mapping
     from iosim.ragged import evaluate_ragged
-    from iosim.timing import timing_rates
     c = load(cascade) if isinstance(cascade, str) else cascade
     refuse_batched_cascade(c)
     if schedule not in SCHEDULES:
@@ -180,11 +191,7 @@ def evaluate_serving(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_l
         if v is not None and int(v) < 1:
             raise IosimError(f"{what} must be positive, got {v}")
     lens = request_lengths(kv_lens, kv_len, batch, n, causal)
-    hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
-    rates = timing_rates(hw)
-    if rates is None:
-        raise IosimError(f"hardware '{hw.name}' has no timing rates: serving schedules need a "
-                         f"GPU preset")
+    hw, rates = gpu_timing(hardware, "serving schedules need")
     group = heads // hkv
     rows = n * group
     if rows > 256:
