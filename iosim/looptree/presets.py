@@ -12,7 +12,6 @@ This module is the only place that knows an algorithm by name.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -421,20 +420,28 @@ def _fits_unfused(f, name, text):
     return _needs_score("unfused", f, name, text)
 
 
-def _fits_fused3(f, name, text):
-    why = _needs_softmax("fused-3pass", f, name) or _needs_score("fused-3pass", f, name, text)
-    if why is None and f.family != "multi-pass":
-        why = (f"mapping fused-3pass needs a multi-pass softmax cascade (a global maximum "
-               f"over the whole key row, read again in later passes); {name} makes {text}")
-    return why
+def _softmax_of(kind, ok, need):
+    """The check of a mapping for a softmax cascade with a score whose facts pass ``ok``
+    (``need`` says what that asks for)."""
+    def fits(f, name, text):
+        why = _needs_softmax(kind, f, name) or _needs_score(kind, f, name, text)
+        if why is None and not ok(f):
+            why = f"mapping {kind} needs {need}; {name} makes {text}"
+        return why
+    return fits
 
 
-def _fits_fused2(f, name, text):
-    why = _needs_softmax("fused-2pass", f, name) or _needs_score("fused-2pass", f, name, text)
-    if why is None and (f.family != "partials" or not f.partials):
-        why = (f"mapping fused-2pass needs a 2-pass cascade with per-key-block partials "
-               f"(a partitioned key rank combined over its blocks); {name} makes {text}")
-    return why
+_fits_fused3 = _softmax_of(
+    "fused-3pass", lambda f: f.family == "multi-pass",
+    "a multi-pass softmax cascade (a global maximum over the whole key row, read again in "
+    "later passes)")
+_fits_fused2 = _softmax_of(
+    "fused-2pass", lambda f: f.family == "partials" and bool(f.partials),
+    "a 2-pass cascade with per-key-block partials (a partitioned key rank combined over its "
+    "blocks)")
+_softmax_rows = _softmax_of(
+    "saha-ye", lambda f: f.family in ("online", "multi-pass"),
+    "a softmax over whole key rows (a running or global maximum)")
 
 
 def _fits_splitk(f, name, text):
@@ -468,12 +475,9 @@ def _fits_lightning(f, name, text):
 
 
 def _fits_saha_ye(f, name, text):
-    why = _needs_softmax("saha-ye", f, name) or _needs_score("saha-ye", f, name, text)
+    why = _softmax_rows(f, name, text)
     if why is not None:
         return why
-    if f.family not in ("online", "multi-pass"):
-        return (f"mapping saha-ye needs a softmax over whole key rows (a running or global "
-                f"maximum); {name} makes {text}")
     extra = [t for t in f.ranks if t not in f.q_inputs + f.kv_inputs + f.outputs]
     extra += list(f.pm_inputs)
     if (len(f.q_inputs) != 1 or len(f.key_inputs) != 1 or len(f.value_inputs) != 1
@@ -693,5 +697,3 @@ TREE = Preset("tree", _user_tree, _fits_tree, "a loop tree written by the user",
 def preset_of(kind: str) -> Preset:
     return TREE if kind == TREE.name else PRESETS[kind]
 
-
-_ = math
