@@ -234,13 +234,13 @@ def time_arrays(r: dict) -> dict | None:
             for ld in s.loads:
                 step_bytes = step_bytes + F.product(_buf_factors(ld.dims, s.encl, False)) * \
                     role_of(ld.tensor)
-            # the step's loads that miss in L2 come from HBM at one program's streaming rate
-            # (hits are part of the matmul loop's measured cycles)
             # the step's pipeline depth: its streamed tiles' own stages (a loop tree's storage
             # node), else the mapping's num_stages
             st = max((ld.stages for ld in s.loads if ld.streamed and ld.stages), default=None) \
                 or m.num_stages
             stage_of.append(st)
+            # the step's loads that miss in L2 come from HBM at one program's streaming rate
+            # (hits are part of the matmul loop's measured cycles)
             t_load = rates.stream_seconds(step_bytes, st) * hbm_frac \
                 / rates.load_efficiency
             if s.score_dims is not None:
