@@ -149,13 +149,6 @@ class MLAReport:
         return "\n".join(out)
 
 
-def _tensor_rate(hw, dtype) -> float:
-    for u in hw.compute:
-        if u.kind == "matrix" and dtype in u.rates:
-            return float(u.rates[dtype])
-    raise IosimError(f"hardware '{hw.name}' has no matrix unit rate for {dtype}")
-
-
 def _sfu_rate(hw) -> float | None:
     for u in hw.compute:
         if u.kind == "sfu" and u.rates:
@@ -207,7 +200,7 @@ def evaluate_mla(cascade, hardware="h100", *, n: int = 1, kv_lens=None, kv_len=N
     lens = request_lengths(kv_lens, kv_len, batch, n, causal)
     hw, rates = gpu_timing(hardware, "MLA decode needs")
     el = dtype_bytes(dtype)
-    tensor = _tensor_rate(hw, dtype)
+    tensor = hw.matrix_rate(dtype)
     sfu = _sfu_rate(hw)
     up = facts.up_proj is not None
     d_qk, d_v = latent + rope, latent
