@@ -134,7 +134,7 @@ class ServingReport:
 
 def _lens(kv_lens, kv_len, batch):
     if kv_lens is None:
-        return (int(kv_len),) * int(batch)
+        return (int(kv_len),) * int(batch or 1)
     lens = tuple(int(x) for x in kv_lens)
     if batch not in (None, 1, len(lens)):
         raise IosimError(f"--batch {batch} does not match the {len(lens)} key lengths of "

@@ -124,6 +124,9 @@ def test_python_api_matches_the_cli():
     rep = evaluate_mla("decode-mla", "h100", n=1, kv_len=8192, batch=8, heads=128)
     d = ok("--heads", 128, "--seq-len", 1, "--kv-len", "8K", "--batch", 8)
     assert rep.to_dict() == d
+    # no batch given: one request (the cache of 8K tokens of 576 bf16 values)
+    one = evaluate_mla("decode-mla", "h100", kv_len=8192)
+    assert one.shape["requests"] == 1 and one.bytes["cache"] == 8192 * 576 * 2
 
 
 @pytest.mark.parametrize("args, what", [

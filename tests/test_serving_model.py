@@ -91,6 +91,13 @@ def test_schedules_fill_the_machine_at_long_context():
         assert r.serving["achieved_bytes_per_s"] > 0.85 * r.serving["sustained_bytes_per_s"]
 
 
+def test_kv_len_without_batch_is_one_request():
+    # the Python API's default batch (None): one request of kv_len keys, as --batch 1
+    one = evaluate_serving("decode", n=1, kv_len=4096, heads=32, kv_heads=8)
+    assert one.serving["requests"] == 1
+    assert one.serving["kv_bytes"] == 2 * 8 * 4096 * 128 * 2
+
+
 def test_flashdecoding_heuristic():
     # FlashAttention's num_splits_heuristic by hand: 8 pairs on 132 SMs -> efficiency
     # 8s/132/ceil(8s/132) is best (1.0) at s = 33 (264 programs, two full waves); the fewest
