@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from iosim.errors import IosimError
-from iosim.hardware import (Hardware, _Ctx, _check_keys, _read_toml, _require, _suggest, _typed,
-                            load_hardware, parse_bandwidth)
+from iosim.hardware import (Hardware, _Ctx, _check_keys, _looks_like_path, _read_toml, _require,
+                            _suggest, _typed, load_hardware, parse_bandwidth)
 
 __all__ = ["Link", "OffloadTier", "System", "TOPOLOGIES", "list_systems", "load_system",
            "parse_latency", "parse_price"]
@@ -232,10 +232,6 @@ def _build(data: Mapping, ctx: _Ctx, source: str, base: Path | None) -> System:
     _typed(ctx, notes, str, "notes", "a string or a list of strings")
     return System(name=name, device=device, devices=n, topology=topo, links=links,
                   price_per_hour=price, offload=off, description=desc, notes=notes, source=source)
-
-
-def _looks_like_path(s: str) -> bool:
-    return s.endswith(".toml") or "/" in s or "\\" in s or s.startswith(".")
 
 
 def load_system(name_or_path) -> System:
