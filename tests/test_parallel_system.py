@@ -18,6 +18,9 @@ def test_presets_load_with_their_datasheet_links():
     assert [lk.bandwidth for lk in two.links] == [450e9, 50e9]   # 400 Gb/s = 50 GB/s
     assert two.link_between(0, 7).name == "NVLink4" and two.link_between(7, 8).name == "IB-NDR"
     assert two.ring_link(16).name == "IB-NDR" and two.ring_link(8).name == "NVLink4"
+    # usp's rings join every u-th device: devices 0, 4 share a node, devices 0, 8 do not
+    assert two.ring_link(2, stride=4).name == "NVLink4"
+    assert two.ring_link(2, stride=8).name == "IB-NDR"
     assert load_system("pcie5-host").links[0].bandwidth == pytest.approx(32e9 * 16 / 8 * 128 / 130,
                                                                          rel=1e-3)
     lam = load_system("lamina")

@@ -230,9 +230,7 @@ def _ring(cascade, mapping, system: System, prob: Problem, devices: int, layout:
     qparts = partition(n_q, devices, layout)
     kparts = partition(n_k, devices, layout)
     stride = devices if layout == "striped" else 1
-    hops = [system.link_between(i * stride_devices, ((i + 1) % devices) * stride_devices)
-            for i in range(devices)]
-    link = min(hops, key=lambda lk: (lk.bandwidth, -lk.latency_s))
+    link = system.ring_link(devices, stride_devices)
     sched = ring_steps(n_q, n_k, devices, layout, prob.causal, upper)
     steps, comp_total, comm_total, sent = [], 0.0, 0.0, 0.0
     for s, row in enumerate(sched):

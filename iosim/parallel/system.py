@@ -116,10 +116,10 @@ class System:
                 return lk
         return self.links[-1]
 
-    def ring_link(self, devices: int) -> Link:
-        """The slowest link a ring over the first ``devices`` devices crosses (a ring step
-        ends when its slowest hop has delivered)."""
-        hops = [self.link_between(i, (i + 1) % devices) for i in range(devices)]
+    def ring_link(self, devices: int, stride: int = 1) -> Link:
+        """The slowest link a ring over ``devices`` devices (every ``stride``-th device from
+        the first) crosses (a ring step ends when its slowest hop has delivered)."""
+        hops = [self.link_between(i * stride, (i + 1) % devices * stride) for i in range(devices)]
         return min(hops, key=lambda lk: (lk.bandwidth, -lk.latency_s))
 
     def check_devices(self, devices: int, what: str = "--devices") -> None:
