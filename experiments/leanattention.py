@@ -40,12 +40,6 @@ HEADS = ((8, 8), (32, 8))                               # (query heads, K/V head
 D = 128
 
 
-def fd_splits(pairs: int, n_blocks: int, sms: int, max_splits: int = 128) -> int:
-    """FlashAttention's ``num_splits_heuristic`` (:func:`iosim.serving.flashdecoding_splits`)."""
-    from iosim.serving import flashdecoding_splits
-    return flashdecoding_splits(pairs, n_blocks, sms, max_splits)
-
-
 def _evaluate(n_ctx, hq, hkv, split):
     from iosim.mapping import get_mapping
     from iosim.traffic import evaluate
@@ -80,6 +74,7 @@ def stream_k(n_ctx, hq, hkv) -> float:
 def compute(contexts=CONTEXTS, bar=None):
     import pandas as pd
     from iosim.hardware import load_hardware
+    from iosim.serving import flashdecoding_splits
     from iosim.timing import timing_rates
     sms = timing_rates(load_hardware("h100")).sms
     rows = []
@@ -87,7 +82,7 @@ def compute(contexts=CONTEXTS, bar=None):
         for n in contexts:
             n_blocks = -(-n // 64)
             t1 = _evaluate(n, hq, hkv, 1).time_s
-            s_fd = fd_splits(hkv, n_blocks, sms)
+            s_fd = flashdecoding_splits(hkv, n_blocks, sms)
             t_fd = _evaluate(n, hq, hkv, s_fd).time_s
             best_s, best_t = 1, t1
             for s in (2, 4, 8, 16, 32, 64, 128):
