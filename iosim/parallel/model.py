@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cascades.devices import DeviceError, partition, ring_steps, scheme as make_scheme
+from cascades.devices import (DeviceError, block_kind, partition, ring_steps,
+                              scheme as make_scheme)
 from iosim.errors import IosimError
 from iosim.hardware import dtype_bytes
 from iosim.parallel.system import Link, System, load_system
@@ -232,6 +233,7 @@ def _ring(cascade, mapping, system: System, prob: Problem, devices: int, layout:
     stride = devices if layout == "striped" else 1
     link = system.ring_link(devices, stride_devices)
     sched = ring_steps(n_q, n_k, devices, layout, prob.causal, upper)
+    block_bytes = max(2 * len(kj) * prob.d * kv_heads * prob.bytes * prob.batch for kj in kparts)
     steps, comp_total, comm_total, sent = [], 0.0, 0.0, 0.0
     for s, row in enumerate(sched):
         times = []
@@ -245,12 +247,8 @@ def _ring(cascade, mapping, system: System, prob: Problem, devices: int, layout:
             times.append(_block_time(cascade, mapping, hw, len(qi), len(kj), prob.d, heads,
                                      kv_heads, prob.batch, prob.dtype, causal, off))
         comp = max(times)
-        if s < devices - 1:
-            nbytes = max(2 * len(kj) * prob.d * kv_heads * prob.bytes * prob.batch
-                         for kj in kparts)
-            tcomm = link.transfer_s(nbytes)
-        else:
-            nbytes, tcomm = 0.0, 0.0
+        nbytes = block_bytes if s < devices - 1 else 0.0
+        tcomm = link.transfer_s(nbytes)
         steps.append(StepRecord(s, "ring", comp, nbytes, tcomm, link.name if nbytes else "-",
                                 max(comp, tcomm), sum(t > 0 for t in times)))
         comp_total += comp
@@ -279,7 +277,7 @@ def ulysses_bytes(prob: Problem, devices: int) -> dict:
     devices are replicated). Multi-head, in all: ``4 N d H bytes (P-1) / P^2``."""
     n_local = prob.n / devices
     f = (devices - 1) / devices
-    hkv = max(prob.hkv, devices) if prob.hkv < devices else prob.hkv
+    hkv = max(prob.hkv, devices)
     base = n_local * prob.d * prob.bytes * prob.batch
     return {"qkv": base * (prob.heads + 2 * hkv) * f, "o": base * prob.heads * f}
 
@@ -298,9 +296,7 @@ def _all_to_all_s(system: System, nbytes: float, group: int, first: int = 0) -> 
         return lk.latency_s + per_dest * hops / (2 * lk.bandwidth), lk.name
     worst, name = 0.0, "-"
     counts: dict = {}
-    for j in range(group):
-        if j == 0:
-            continue
+    for j in range(1, group):
         lk = system.link_between(first, first + j)
         counts[lk] = counts.get(lk, 0) + 1
     for lk, cnt in counts.items():
@@ -413,7 +409,6 @@ def _kv_shard(c, m, system: System, prob: Problem, devices: int) -> tuple:
     qpos = np.arange(prob.n)
     times = []
     for kp in partition(prob.keys, devices):
-        from cascades.devices import block_kind
         kind = block_kind(qpos, kp, prob.causal, upper)
         if kind == "skip":
             times.append(0.0)
