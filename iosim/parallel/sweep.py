@@ -34,9 +34,10 @@ RING_SCHEMES = ("ring", "striped")
 @dataclass(frozen=True)
 class ParallelSweepSpec:
     """The grid: ``schemes`` x ``devices`` x ``seq_lens`` (N, the whole context) x
-    ``head_dims`` of ``cascade`` on ``system``; the other sizes fixed."""
+    ``head_dims`` of ``cascade`` on ``system`` (a preset name, a path or a loaded
+    :class:`~iosim.parallel.system.System`); the other sizes fixed."""
     cascade: object
-    system: str
+    system: object
     schemes: tuple
     devices: tuple
     seq_lens: tuple
@@ -315,7 +316,7 @@ def sweep_command(names, *, system, parallel, devices, seq_len, head_dim, mappin
         raise IosimError("--parallel: give one or more of " + ", ".join(SWEEP_SCHEMES))
     sys_ = load_system(system)
     devs = tuple(parse_counts(devices, "--devices")) if devices is not None else (sys_.devices,)
-    spec = ParallelSweepSpec(casc, system, schemes, devs, tuple(parse_counts(seq_len)),
+    spec = ParallelSweepSpec(casc, sys_, schemes, devs, tuple(parse_counts(seq_len)),
                              tuple(parse_counts(head_dim, "--head-dim")), heads=heads,
                              kv_heads=kv_heads, batch=batch, dtype=dtype,
                              causal=resolve_causal(casc, causal), mapping=mapping)
