@@ -716,6 +716,14 @@ def _window(c: Cascade):
     return r.switch, src(r.upper), src(r.lower)
 
 
+def bool_flag(c: Cascade, e: Expr) -> str | None:
+    """The boolean parameter named in ``e`` (the last one read), or None: the flag that
+    switches a mask on."""
+    flags = {p.name for p in c.params if isinstance(p.default, Bool)}
+    named = [n.name for n in walk(e) if isinstance(n, Name) and n.name in flags]
+    return named[-1] if named else None
+
+
 def _causal(cond: Expr, c: Cascade, p_var: str, m_rank: str) -> tuple[str, str]:
     """Read ``causal and key > p + offset``; return (parameter name, offset as Python)."""
     if not (isinstance(cond, Binary) and cond.op == "and" and isinstance(cond.left, Name)):

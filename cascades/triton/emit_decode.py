@@ -33,8 +33,8 @@ import math
 from dataclasses import dataclass
 
 from cascades.errors import CascadeError
-from cascades.ir import Access, Binary, Bool, Call, Cascade, Name, walk
-from cascades.triton.analyze import CodegenError, analyze, py_expr
+from cascades.ir import Access, Binary, Call, Cascade, walk
+from cascades.triton.analyze import CodegenError, analyze, bool_flag, py_expr
 from cascades.triton.emit import LOG2E, kernel_prefix
 from cascades.triton.tiling import DTYPES, Tiling
 
@@ -149,14 +149,7 @@ def streamk_plan(c: Cascade) -> ServingPlan | None:
                 names = [f for f in facs if not isinstance(f, Access)]
                 if len(names) == 1 and len(facs) - len(names) == 1:
                     scale = py_expr(names[0])
-            for m in walk(n.args[0]):
-                if isinstance(m, Name):
-                    try:
-                        d = c.param(m.name).default
-                    except KeyError:
-                        continue
-                    if isinstance(d, Bool):
-                        causal = m.name
+            causal = bool_flag(c, n.args[0]) or causal
     if scale is None:
         return None
     params = {p.name: py_expr(p.default) for p in c.params}

@@ -48,8 +48,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cascades.ir import Access, Binary, Bool, Call, Cascade, Name, walk
-from cascades.triton.analyze import CodegenError, py_expr
+from cascades.ir import Access, Binary, Call, Cascade, Name, walk
+from cascades.triton.analyze import CodegenError, bool_flag, py_expr
 from cascades.triton.emit import LOG2E, kernel_prefix
 from cascades.triton.emit_decode import SCHEDULE_SOURCE
 from cascades.triton.tiling import DTYPES, Tiling
@@ -192,15 +192,7 @@ def _score_map(c: Cascade, dims: dict, ranks: dict) -> tuple:
                     if not any(isinstance(a, Access) for a in walk(f))]
             if len(facs) != 1:
                 continue
-            flag = None
-            for m in walk(n.args[0]):
-                if isinstance(m, Name):
-                    try:
-                        d = c.param(m.name).default
-                    except KeyError:
-                        continue
-                    if isinstance(d, Bool):
-                        flag = m.name
+            flag = bool_flag(c, n.args[0])
             if flag is not None and not _end_aligned(c, n.args[0], flag, ranks):
                 raise CodegenError(f"cannot generate an MLA decode kernel for cascade "
                                    f"'{c.name}': its causal mask is not aligned to the end of "
