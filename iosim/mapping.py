@@ -1092,14 +1092,10 @@ def check_fits(mapping: Mapping, hardware, shapes: Shapes, dtype: str | None = N
     fp = footprint(mapping, hardware, shapes, cascade=cascade, sram_bytes=sram_bytes)
     for lvl, info in fp.items():
         if info["need"] > info["capacity"]:
-            hint = _reduce_hint(mapping)
             raise IosimError(f"tiles need {_fmt_bytes(info['need'])} of {lvl} but "
-                             f"{_fmt_bytes(info['capacity'])} fit: {hint}")
+                             f"{_fmt_bytes(info['capacity'])} fit: "
+                             f"{mapping.preset.reduce_hint}")
     return {lvl: info["need"] for lvl, info in fp.items()}
-
-
-def _reduce_hint(m: Mapping) -> str:
-    return m.preset.reduce_hint
 
 
 def format_tree_text(tree) -> str:
