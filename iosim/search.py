@@ -298,7 +298,7 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise IosimError(f"{label} must be a positive integer, got {v!r}")
     group = Shapes(n=n, e=e, heads=heads, kv_heads=kv_heads).group
-    _, _, sram_lv, _, acc_lv = _level_roles(hw, get_mapping("fa2"))
+    _, _, sram_lv, _, _ = _level_roles(hw, get_mapping("fa2"))
     srams = np.atleast_1d(np.asarray(sram_lv.usable_bytes if sram_bytes is None else sram_bytes,
                                      dtype=float))
     if np.any(~(srams > 0)):
@@ -313,16 +313,14 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     # itself is a split-K decode (or it is asked for)
     if not preset_of(default_kind(c)).few_rows and n > 256 and not mappings:
         variants = [(lb, m) for lb, m in variants if not m.preset.few_rows]
-    from tqdm import tqdm
-    bar = tqdm(variants, desc="search", unit="mapping", leave=False, delay=2.0,
-               disable=None if progress else True)
     if kernel:   # the tilings a kernel engineer would launch: warps x stages per variant
         variants = [(f"{lb} {w}w/{st}s", m.with_(num_warps=w, num_stages=st,
                                                   stages_in_footprint=True))
                     for lb, m in variants if m.preset.kernel or m.tree is not None
                     for w in KERNEL_WARPS for st in KERNEL_STAGES]
-        bar = tqdm(variants, desc="search", unit="mapping", leave=False, delay=2.0,
-                   disable=None if progress else True)
+    from tqdm import tqdm
+    bar = tqdm(variants, desc="search", unit="mapping", leave=False, delay=2.0,
+               disable=None if progress else True)
     pool = []    # (objective, tie-break, label, mapping, tiles, time, traffic)
     extra = []   # tiles searched besides block_q and block_kv (a user's tree)
     for label, m in bar:
@@ -415,7 +413,6 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
     out["backing_bytes"] = out.get(f"{bname}_bytes", np.nan)
     out["traffic_elements"] = out.get(f"{bname}_elements_per_head", np.nan)
     out["fits"] = out["fits"].fillna(False).astype(bool)
-    _ = acc_lv
     ru = None
     if runners_up and pool:
         pool.sort(key=lambda x: (x[0], x[1]))
@@ -432,7 +429,8 @@ def search(cascade, hardware="two-level", *, n: int, d: int | None = None, e: in
             rows.append(row)
         ru = pd.DataFrame(rows)
     return SearchResult(cascade=c.name, hardware=hw.name, objective=objective, frame=out,
-                        runners_up=ru, candidates=total, extra_tiles=tuple(extra), seconds=_time.perf_counter() - t0,
+                        runners_up=ru, candidates=total, extra_tiles=tuple(extra),
+                        seconds=_time.perf_counter() - t0,
                         shapes={"n": n, "kv_len": kv, "e": e, "f": f or e, "dtype": dtype,
                                 "causal": causal, "batch": batch, "heads": heads,
                                 "kv_heads": heads // group, "group": group})
