@@ -291,7 +291,7 @@ def _bake(src: str, env: dict, cascade: str) -> str:
 def emit_chunked(plan, tiling) -> tuple[str, list[str]]:
     """The module of a chunked linear-attention plan: one kernel and ``forward``."""
     from cascades.triton.analyze import CodegenError
-    from cascades.triton.emit import _plain_loop_params, kernel_prefix, module_head
+    from cascades.triton.emit import CHECK_DIMS, _plain_loop_params, kernel_prefix, module_head
     intra, kw, a, w_intra, w_inter, block_params, inner, _ = plan.chunked
     if tiling.block_n != tiling.block_m:
         raise CodegenError(f"cascade '{plan.cascade}': the queries and keys are tiled with one "
@@ -373,14 +373,7 @@ def forward(q, k, v, out=None, f_blocks=1):
         raise ValueError(f"shapes do not fit: q {{tuple(q.shape)}}, k {{tuple(k.shape)}}, v {{tuple(v.shape)}}")
     if k.shape[2] != N:
         raise ValueError(f"this kernel runs self-attention over one sequence: {{N}} queries, {{k.shape[2]}} keys")
-    if E != HEAD_DIM or F != HEAD_DIM_V:
-        raise ValueError(f"this kernel was generated for head dim {{HEAD_DIM}}, got {{E}}/{{F}}")
-    for t in (q, k, v):
-        if t.dtype != DTYPE:
-            raise ValueError(f"this kernel was generated for {{DTYPE}}, got {{t.dtype}}")
-    if HQ % HKV:
-        raise ValueError(f"{{HQ}} query heads are not a multiple of {{HKV}} key/value heads")
-    if f_blocks < 1 or F % f_blocks or (F // f_blocks) < 16 or (F // f_blocks) & (F // f_blocks - 1):
+{CHECK_DIMS}    if f_blocks < 1 or F % f_blocks or (F // f_blocks) < 16 or (F // f_blocks) & (F // f_blocks - 1):
         raise ValueError(f"f_blocks must split the {{F}} value columns into powers of two of at least 16, got {{f_blocks}}")
     o = torch.empty((B, HQ, N, F), device=q.device, dtype=q.dtype) if out is None else out
     {name}[(B * HQ, f_blocks)](q, k, v, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),

@@ -796,6 +796,18 @@ def {cname}(O, ML, LD, PART, stride_ob, stride_oh, stride_om, stride_od, H_KV, P
 
 
 # -------------------------------------------------------------------------- the launcher
+#: the generated launchers' checks of q, k, v's head dims (E, F), dtype and head counts (HQ, HKV)
+CHECK_DIMS = """\
+    if E != HEAD_DIM or F != HEAD_DIM_V:
+        raise ValueError(f"this kernel was generated for head dim {HEAD_DIM}, got {E}/{F}")
+    for t in (q, k, v):
+        if t.dtype != DTYPE:
+            raise ValueError(f"this kernel was generated for {DTYPE}, got {t.dtype}")
+    if HQ % HKV:
+        raise ValueError(f"{HQ} query heads are not a multiple of {HKV} key/value heads")
+"""
+
+
 def _launcher(plan: KernelPlan, t: Tiling, names: list[str]) -> str:
     exp = plan.nonlinearity == "exp"
     args = ", ".join(f"{k}=None" for k in plan.params
@@ -852,14 +864,7 @@ def _ranks(q, k, v):
     F = v.shape[-1]
     if k.shape[0] != B or v.shape[:3] != k.shape[:3] or k.shape[-1] != E:
         raise ValueError(f"shapes do not fit: q {{tuple(q.shape)}}, k {{tuple(k.shape)}}, v {{tuple(v.shape)}}")
-    if E != HEAD_DIM or F != HEAD_DIM_V:
-        raise ValueError(f"this kernel was generated for head dim {{HEAD_DIM}}, got {{E}}/{{F}}")
-    for t in (q, k, v):
-        if t.dtype != DTYPE:
-            raise ValueError(f"this kernel was generated for {{DTYPE}}, got {{t.dtype}}")
-    if HQ % HKV:
-        raise ValueError(f"{{HQ}} query heads are not a multiple of {{HKV}} key/value heads")
-    return B, HQ, HKV, P, M, E, F
+{CHECK_DIMS}    return B, HQ, HKV, P, M, E, F
 
 
 def forward(q, k, v, {args + ", " if args else ""}grid_order=GRID_ORDER, out=None, trace=None{xsig}):
