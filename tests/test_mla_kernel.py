@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from cascades.triton.emit_mla import generate_mla, mla_plan
 HAVE_TRITON = (importlib.util.find_spec("torch") is not None
                and importlib.util.find_spec("triton") is not None)
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="torch and triton are not installed")
-ROOT = Path(__file__).resolve().parents[1]
 E, R, F, CH = 32, 16, 8, 16          # latent, rope, up-projected value dims; latent chunk
 
 _LATENT_ONLY = """
@@ -228,24 +226,14 @@ def test_codegen_cli_generates_the_mla_module(tmp_path):
 
 
 # ------------------------------------------------------------------ the registered GPU plan
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "serving_mla", ROOT / "experiments" / "device" / "serving_mla.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_plan_is_the_scripts_launches_with_the_models_predictions():
     """experiments/data/serving_mla_plan.csv: the device script's launch list, each with the
     prediction of the current MLA model (registered before the GPU ran them)."""
-    mod = _script()
-    with open(ROOT / mod.PLAN) as f:
-        rows = list(csv.DictReader(f))
-    want = mod.launches()
-    assert len(rows) == len(want) >= 40
+    from device_plans import device_script, registered_plan
+    mod = device_script("serving_mla")
+    rows, want = registered_plan(mod, mod.FIELDS)
+    assert len(rows) >= 40
     for r, w in zip(rows, want):
-        assert {k: r[k] for k in mod.FIELDS} == {k: str(w[k]) for k in mod.FIELDS}
         pred = mod.predict(w)
         assert float(r["predicted_ms"]) == pytest.approx(pred["predicted_ms"], rel=1e-3)
         assert r["model_commit"]
