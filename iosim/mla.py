@@ -144,7 +144,7 @@ class MLAReport:
              f"{f['attention'] / self.time_s / 1e12:.0f} TFLOP/s"]
         import textwrap
         out = []
-        for i, ln in enumerate(L):
+        for ln in L:
             out += textwrap.wrap(ln, 96, subsequent_indent="    ")
         return "\n".join(out)
 
