@@ -15,13 +15,14 @@ The launches are the rows of the committed plan, experiments/data/serving_decode
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import sys
-import time
 
 sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import serving_common as sc  # noqa: E402 - plan, pages, timer, measuring loop, command line
 
 PLAN = os.path.join("experiments", "data", "serving_decode_plan.csv")
 SMS = 132                    # H100 SXM: stream-K's programs (one per SM) in the plan
@@ -72,42 +73,22 @@ def launches() -> list[dict]:
     return out
 
 
-def write_plan(path: str, rows_in: list[dict] | None = None) -> None:
-    """The plan: the launch list (``rows_in``, default this script's) and the time model's
-    prediction of each (registered before the launches are measured)."""
-    import subprocess
-
-    from iosim.gpu.validate import write_csv
+def predict(l: dict) -> dict:
+    """The serving model's prediction of launch ``l`` (H100 preset)."""
     from iosim.serving import evaluate_serving
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    rows = []
-    for l in (launches() if rows_in is None else rows_in):
-        lens = tuple(int(x) for x in l["kv_lens"].split(";"))
-        r = evaluate_serving("decode", "h100", n=l["q_len"], kv_lens=lens, e=l["head_dim"],
-                             heads=l["heads"],
-                             kv_heads=l["kv_heads"] if l["kv_heads"] != l["heads"] else None,
-                             causal=l["causal"], schedule=l["schedule"],
-                             split_kv=l["split_kv"] or None, programs=l["programs"] or None,
-                             page_size=l["page_size"] or None)
-        rows.append(dict(l, predicted_ms=round(r.time_s * 1e3, 5),
-                         predicted_tb_s=round(r.serving["achieved_bytes_per_s"] / 1e12, 4),
-                         model_commit=commit))
-    write_csv(rows, path)
+    lens = tuple(int(x) for x in l["kv_lens"].split(";"))
+    r = evaluate_serving("decode", "h100", n=l["q_len"], kv_lens=lens, e=l["head_dim"],
+                         heads=l["heads"],
+                         kv_heads=l["kv_heads"] if l["kv_heads"] != l["heads"] else None,
+                         causal=l["causal"], schedule=l["schedule"],
+                         split_kv=l["split_kv"] or None, programs=l["programs"] or None,
+                         page_size=l["page_size"] or None)
+    return dict(predicted_ms=round(r.time_s * 1e3, 5),
+                predicted_tb_s=round(r.serving["achieved_bytes_per_s"] / 1e12, 4))
 
 
 def read_plan(path: str = PLAN) -> list[dict]:
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("launch", "batch", "heads", "kv_heads", "q_len", "head_dim"):
-            r[k] = int(r[k])
-        for k in ("split_kv", "programs", "page_size"):
-            r[k] = int(r[k]) if r[k] else None
-        r["causal"] = r["causal"] == "True"
-        r["references"] = r["references"] == "True"
-        r["kv_lens"] = [int(x) for x in r["kv_lens"].split(";")]
-    return rows
+    return sc.read_plan(path, ("launch", "batch", "heads", "kv_heads", "q_len", "head_dim"))
 
 
 def _shrink(l: dict) -> dict:
@@ -146,23 +127,12 @@ def _inputs(l, dtype, dev, gen):
         per = [(k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)) for a, b in zip(cu, cu[1:])]
     else:       # pages of the pool in a random order: no request's pages are contiguous
         page = l["page_size"]
-        need = [-(-n // page) for n in lens]
-        pool = sum(need)
-        k = torch.randn(pool, page, hkv, d, device=dev, dtype=dtype, generator=gen)
-        v = torch.randn(pool, page, hkv, d, device=dev, dtype=dtype, generator=gen)
-        perm = torch.randperm(pool, device="cpu", generator=torch.Generator().manual_seed(1))
-        table = torch.zeros(B, max(need), dtype=torch.int32)
-        at = 0
-        for b, c in enumerate(need):
-            table[b, :c] = perm[at:at + c].to(torch.int32)
-            at += c
-        table = table.to(dev)
+        table, need = sc.scattered_pages(lens, page, dev)
+        k = torch.randn(sum(need), page, hkv, d, device=dev, dtype=dtype, generator=gen)
+        v = torch.randn(sum(need), page, hkv, d, device=dev, dtype=dtype, generator=gen)
         kw.update(block_table=table, kv_lens=lens)
-        per = []
-        for b, n in enumerate(lens):
-            idx = table[b, :need[b]].long()
-            per.append((k[idx].reshape(-1, hkv, d)[:n].transpose(0, 1),
-                        v[idx].reshape(-1, hkv, d)[:n].transpose(0, 1)))
+        per = [(kb.transpose(0, 1), vb.transpose(0, 1)) for kb, vb in
+               zip(sc.request_rows(k, table, need, lens), sc.request_rows(v, table, need, lens))]
     return q, k, v, kw, per
 
 
@@ -187,116 +157,65 @@ def _rel_err(o, q, per, causal):
     return math.sqrt(num / den)
 
 
-def _time_ms(fn, cuda: bool, reps: int = 20, warmup: int = 5) -> float:
-    import statistics
-
-    import torch
-    for _ in range(warmup):
-        fn()
-    if not cuda:
-        ts = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(ts)
-    torch.cuda.synchronize()
-    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
-    ts = []
-    for _ in range(reps):
-        flush.zero_()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
-
-
 def run(rows: list[dict], dry: bool = False) -> list[dict]:
+    """The launches measured (see the module text); ``dry``: tiny ones in the interpreter."""
+    from cascades.triton import Tiling, generate_serving
+    mods = {}
+
+    def kernel(l, env):
+        d = l["head_dim"]
+        if d not in mods:
+            mods[d] = generate_serving("decode", Tiling(
+                block_n=64 if env.cuda else 16, num_warps=4, num_stages=3 if env.cuda else 1,
+                head_dim=d, dtype="bf16" if env.cuda else "fp16")).load()
+        return mods[d]
+
+    return sc.measure_rows(rows, dry, FIELDS, _shrink, kernel, _measure)
+
+
+def _measure(l, mod, env) -> dict:
+    """One launch: its time, bandwidth and error, SDPA flash and cuDNN beside it where the
+    plan asks for references."""
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from cascades.triton import Tiling, generate_serving
     from cascades.triton.emit_decode import PAGED_LOADS
-    cuda = torch.cuda.is_available() and not dry
-    dev = "cuda" if cuda else "cpu"
-    dtype = torch.bfloat16 if cuda else torch.float16
-    device = torch.cuda.get_device_name(0) if cuda else "cpu (interpreter)"
-    mods = {}
-    out = []
-    for l in rows:
-        if dry:
-            l = _shrink(l)
-        t0 = time.time()
-        d = l["head_dim"]
-        if d not in mods:
-            mods[d] = generate_serving("decode", Tiling(
-                block_n=64 if cuda else 16, num_warps=4, num_stages=3 if cuda else 1,
-                head_dim=d, dtype="bf16" if cuda else "fp16")).load()
-        mod = mods[d]
-        gen = torch.Generator(device=dev).manual_seed(l["launch"])
-        rec = {k: l[k] for k in FIELDS if k in l}
-        rec["kv_lens"] = ";".join(str(n) for n in l["kv_lens"])
-        for k in ("predicted_ms", "predicted_tb_s", "model_commit"):
-            if k in l:
-                rec[k] = l[k]
-        try:
-            q, k, v, kw, per = _inputs(l, dtype, dev, gen)
-            pl = mod.plan(q, k, v, schedule=l["schedule"], split_kv=l["split_kv"],
-                          programs=l["programs"], **kw)
-            o = torch.empty_like(q)
-            fn = lambda: mod.forward(q, k, v, causal=l["causal"], plan=pl, out=o)  # noqa: E731
-            fn()
-            err = _rel_err(o, q, per, l["causal"])
-            ms = _time_ms(fn, cuda)
-            kv = 2 * l["kv_heads"] * sum(l["kv_lens"]) * d * q.element_size()
-            rec.update(ms=ms, kv_tb_s=kv / ms / 1e9, rel_err_vs_fp64=err,
-                       programs_run=pl["programs"], segments=pl["segments"], error="",
-                       paged_loads=PAGED_LOADS if l["layout"] == "paged" else "")
-            if l["references"] and cuda:
-                gqa = l["kv_heads"] != l["heads"]
-                for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
-                                 ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
-                    def ref(be=be):
-                        with sdpa_kernel([be]):
-                            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-                    try:
-                        ref()
-                        rms = _time_ms(ref, cuda)
-                        rec[f"{name}_ms"] = rms
-                        rec[f"{name}_tb_s"] = kv / rms / 1e9
-                    except Exception as exc:  # noqa: BLE001 - a backend that refuses the shape
-                        rec[f"{name}_ms"] = math.nan
-                        rec[f"{name}_error"] = str(exc).splitlines()[0][:120]
-            del q, k, v, o, per, pl
-        except Exception as exc:  # noqa: BLE001 - recorded; the next launch goes on
-            rec.update(ms=math.nan, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-        if cuda:
-            torch.cuda.empty_cache()
-        rec.update(device=device, seconds=round(time.time() - t0, 2))
-        out.append(rec)
-        print(rec, flush=True)
-    return out
+    gen = torch.Generator(device=env.dev).manual_seed(l["launch"])
+    q, k, v, kw, per = _inputs(l, env.dtype, env.dev, gen)
+    pl = mod.plan(q, k, v, schedule=l["schedule"], split_kv=l["split_kv"],
+                  programs=l["programs"], **kw)
+    o = torch.empty_like(q)
+    fn = lambda: mod.forward(q, k, v, causal=l["causal"], plan=pl, out=o)  # noqa: E731
+    fn()
+    err = _rel_err(o, q, per, l["causal"])
+    ms = sc.time_ms(fn, env.cuda)
+    kv = 2 * l["kv_heads"] * sum(l["kv_lens"]) * l["head_dim"] * q.element_size()
+    rec = dict(ms=ms, kv_tb_s=kv / ms / 1e9, rel_err_vs_fp64=err, programs_run=pl["programs"],
+               segments=pl["segments"], error="",
+               paged_loads=PAGED_LOADS if l["layout"] == "paged" else "")
+    if l["references"] and env.cuda:
+        gqa = l["kv_heads"] != l["heads"]
+        for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
+                         ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+            def ref(be=be):
+                with sdpa_kernel([be]):
+                    return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+            try:
+                ref()
+                rms = sc.time_ms(ref, env.cuda)
+                rec[f"{name}_ms"] = rms
+                rec[f"{name}_tb_s"] = kv / rms / 1e9
+            except Exception as exc:  # noqa: BLE001 - a backend that refuses the shape
+                rec[f"{name}_ms"] = math.nan
+                rec[f"{name}_error"] = str(exc).splitlines()[0][:120]
+    return rec
 
 
 def main(argv=None):
-    import argparse
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--plan", metavar="CSV", help="write the launch plan with the model's "
-                                                  "predictions to CSV and stop")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="tiny versions of every launch on the CPU (TRITON_INTERPRET=1)")
-    a = ap.parse_args(argv)
-    if a.plan:
-        write_plan(a.plan)
-        return
-    rows = run(read_plan(), dry=a.dry_run)
-    from iosim.gpu.validate import write_csv
-    name = "serving_decode_dry_run.csv" if a.dry_run else "gpu_serving_decode.csv"
-    write_csv(rows, os.path.join(os.environ.get("OUT", "."), name))
+    sc.main(argv, doc=__doc__, stem="serving_decode",
+            write_plan=lambda path: sc.write_plan(path, launches(), predict),
+            read_plan=read_plan, run=run)
 
 
 if __name__ == "__main__":

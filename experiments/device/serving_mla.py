@@ -22,16 +22,14 @@ The launches are the rows of the committed plan, experiments/data/serving_mla_pl
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import sys
-import time
 
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import serving_decode as sd  # noqa: E402 - the timer (L2 flushed, CUDA events) shared
+import serving_common as sc  # noqa: E402 - plan, pages, timer, measuring loop, command line
 
 PLAN = os.path.join("experiments", "data", "serving_mla_plan.csv")
 SMS = 132                    # H100 SXM: stream-K's programs (one per SM) in the plan
@@ -96,28 +94,8 @@ def predict(l: dict) -> dict:
                 predicted_limiter=r.kernels[0]["limiter"])
 
 
-def write_plan(path: str) -> None:
-    """The plan: the launch list and the time model's prediction of each (registered before
-    the launches are measured)."""
-    import subprocess
-
-    from iosim.gpu.validate import write_csv
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    write_csv([dict(l, **predict(l), model_commit=commit) for l in launches()], path)
-
-
 def read_plan(path: str = PLAN) -> list[dict]:
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("launch", "batch", "heads", "q_len", "value_split", "block_kv"):
-            r[k] = int(r[k])
-        for k in ("split_kv", "programs", "page_size"):
-            r[k] = int(r[k]) if r[k] else None
-        r["causal"] = r["causal"] == "True"
-        r["kv_lens"] = [int(x) for x in r["kv_lens"].split(";")]
-    return rows
+    return sc.read_plan(path, ("launch", "batch", "heads", "q_len", "value_split", "block_kv"))
 
 
 # dims of a launch: DeepSeek's on the GPU, tiny ones in the interpreter (--dry-run)
@@ -154,21 +132,11 @@ def _inputs(l, dims, dtype, dev, gen):
         rows = [(ckv[b, :n], kr[b, :n]) for b, n in enumerate(lens)]
     else:       # pages of the pool in a random order: no request's pages are contiguous
         page = l["page_size"]
-        need = [-(-n // page) for n in lens]
-        pool = sum(need)
-        ckv, kr = rnd(pool, page, E), rnd(pool, page, R)
-        perm = torch.randperm(pool, generator=torch.Generator().manual_seed(1))
-        table = torch.zeros(B, max(need), dtype=torch.int32)
-        at = 0
-        for b, c in enumerate(need):
-            table[b, :c] = perm[at:at + c].to(torch.int32)
-            at += c
-        table = table.to(dev)
+        table, need = sc.scattered_pages(lens, page, dev)
+        ckv, kr = rnd(sum(need), page, E), rnd(sum(need), page, R)
         kw.update(block_table=table, kv_lens=lens)
-        rows = []
-        for b, n in enumerate(lens):
-            idx = table[b, :need[b]].long()
-            rows.append((ckv[idx].reshape(-1, E)[:n], kr[idx].reshape(-1, R)[:n]))
+        rows = list(zip(sc.request_rows(ckv, table, need, lens),
+                        sc.request_rows(kr, table, need, lens)))
     return dict(ql=ql, qr=q_rope, ckv=ckv, kr=kr, wuv=w_uv, kw=kw, q_nope=q_nope, w_uk=w_uk,
                 rows=rows)
 
@@ -214,94 +182,61 @@ def _resources(mod) -> tuple:
 
 
 def run(rows: list[dict], dry: bool = False) -> list[dict]:
-    import torch
-
+    """The launches measured (see the module text); ``dry``: tiny ones in the interpreter."""
     from cascades.triton.emit_mla import generate_mla
-    cuda = torch.cuda.is_available() and not dry
-    dev = "cuda" if cuda else "cpu"
-    dtype = torch.bfloat16 if cuda else torch.float16
-    device = torch.cuda.get_device_name(0) if cuda else "cpu (interpreter)"
-    dims = FULL if cuda else TINY
     mods = {}
-    out = []
-    for l in rows:
-        if not cuda:
-            l = _shrink(l)
-        t0 = time.time()
+
+    def kernel(l, env):
         vs = l["value_split"]
         if vs not in mods:
-            tile = (dict(block_n=l["block_kv"]) if cuda
+            dims = FULL if env.cuda else TINY
+            tile = (dict(block_n=l["block_kv"]) if env.cuda
                     else dict(block_m=16, block_n=16, num_warps=4, num_stages=1))
             mods[vs] = generate_mla("decode-mla", latent=dims["latent"], rope=dims["rope"],
                                     chunk=dims["chunk"], value_split=vs,
-                                    dtype="bf16" if cuda else "fp16", **tile).load()
-        mod = mods[vs]
-        gen = torch.Generator(device=dev).manual_seed(l["launch"])
-        rec = {k: l[k] for k in FIELDS if k in l}
-        rec["kv_lens"] = ";".join(str(n) for n in l["kv_lens"])
-        for k in ("predicted_ms", "predicted_attention_ms", "predicted_cache_tb_s",
-                  "predicted_limiter", "model_commit"):
-            if k in l:
-                rec[k] = l[k]
-        try:
-            x = _inputs(l, dims, dtype, dev, gen)
-            scale = 1 / math.sqrt(dims["dh"] + dims["rope"])
-            args = (x["ql"], x["qr"], x["ckv"], x["kr"])
-            pl = mod.plan(*args, schedule=l["schedule"], split_kv=l["split_kv"],
-                          programs=l["programs"], **x["kw"])
-            ol = mod.attention(*args, scale=scale, causal=l["causal"], plan=pl)
-            o = mod.forward(*args, x["wuv"], scale=scale, causal=l["causal"], plan=pl,
-                            latent_out=ol)
-            full = lambda: mod.forward(*args, x["wuv"], scale=scale, causal=l["causal"],  # noqa: E731
-                                       plan=pl, latent_out=ol, out=o)
-            attn = lambda: mod.attention(*args, scale=scale, causal=l["causal"], plan=pl,  # noqa: E731
-                                         out=ol)
-            full()
-            b_n = len(l["kv_lens"])
-            err = _rel_err(o, x, l["causal"], scale, sorted({0, b_n - 1}))
-            ms = sd._time_ms(full, cuda)
-            ms_attn = sd._time_ms(attn, cuda)
-            lens = l["kv_lens"]
-            p = l["q_len"]
-            seen = sum(n * p - (p * (p - 1) // 2 if l["causal"] else 0) for n in lens)
-            flops = 2.0 * l["heads"] * (dims["latent"] + dims["rope"] + dims["latent"]) * seen
-            cache = sum(lens) * (dims["latent"] + dims["rope"]) * 2
-            regs, spills = _resources(mod) if cuda else (None, None)
-            rec.update(ms=ms, attention_ms=ms_attn, cache_tb_s=cache / ms / 1e9,
-                       attention_cache_tb_s=cache / ms_attn / 1e9,
-                       attention_tflop_s=flops / ms_attn / 1e9, rel_err_vs_fp64=err,
-                       programs_run=pl["programs"], segments=pl["segments"], n_regs=regs,
-                       n_spills=spills, error="")
-            del x, o, ol, pl, args
-        except Exception as exc:  # noqa: BLE001 - recorded; the next launch goes on
-            rec.update(ms=math.nan, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-        if cuda:
-            torch.cuda.empty_cache()
-        rec.update(device=device, seconds=round(time.time() - t0, 2))
-        out.append(rec)
-        print(rec, flush=True)
-    return out
+                                    dtype="bf16" if env.cuda else "fp16", **tile).load()
+        return mods[vs]
+
+    return sc.measure_rows(rows, dry, FIELDS, _shrink, kernel, _measure)
+
+
+def _measure(l, mod, env) -> dict:
+    """One launch: the whole decode's and the attention's times, bandwidth, TFLOP/s, error,
+    registers and spills."""
+    import torch
+    dims = FULL if env.cuda else TINY
+    gen = torch.Generator(device=env.dev).manual_seed(l["launch"])
+    x = _inputs(l, dims, env.dtype, env.dev, gen)
+    scale = 1 / math.sqrt(dims["dh"] + dims["rope"])
+    args = (x["ql"], x["qr"], x["ckv"], x["kr"])
+    pl = mod.plan(*args, schedule=l["schedule"], split_kv=l["split_kv"],
+                  programs=l["programs"], **x["kw"])
+    ol = mod.attention(*args, scale=scale, causal=l["causal"], plan=pl)
+    o = mod.forward(*args, x["wuv"], scale=scale, causal=l["causal"], plan=pl, latent_out=ol)
+    full = lambda: mod.forward(*args, x["wuv"], scale=scale, causal=l["causal"],  # noqa: E731
+                               plan=pl, latent_out=ol, out=o)
+    attn = lambda: mod.attention(*args, scale=scale, causal=l["causal"], plan=pl,  # noqa: E731
+                                 out=ol)
+    full()
+    lens, p = l["kv_lens"], l["q_len"]
+    err = _rel_err(o, x, l["causal"], scale, sorted({0, len(lens) - 1}))
+    ms = sc.time_ms(full, env.cuda)
+    ms_attn = sc.time_ms(attn, env.cuda)
+    seen = sum(n * p - (p * (p - 1) // 2 if l["causal"] else 0) for n in lens)
+    flops = 2.0 * l["heads"] * (dims["latent"] + dims["rope"] + dims["latent"]) * seen
+    cache = sum(lens) * (dims["latent"] + dims["rope"]) * 2
+    regs, spills = _resources(mod) if env.cuda else (None, None)
+    return dict(ms=ms, attention_ms=ms_attn, cache_tb_s=cache / ms / 1e9,
+                attention_cache_tb_s=cache / ms_attn / 1e9,
+                attention_tflop_s=flops / ms_attn / 1e9, rel_err_vs_fp64=err,
+                programs_run=pl["programs"], segments=pl["segments"], n_regs=regs,
+                n_spills=spills, error="")
 
 
 def main(argv=None):
-    import argparse
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--plan", metavar="CSV", help="write the launch plan with the model's "
-                                                  "predictions to CSV and stop")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="tiny versions of every launch on the CPU (TRITON_INTERPRET=1)")
-    ap.add_argument("--only", type=int, nargs="*", help="run only these launch numbers")
-    a = ap.parse_args(argv)
-    if a.plan:
-        write_plan(a.plan)
-        return
-    rows = read_plan()
-    if a.only:
-        rows = [r for r in rows if r["launch"] in set(a.only)]
-    rows = run(rows, dry=a.dry_run)
-    from iosim.gpu.validate import write_csv
-    name = "serving_mla_dry_run.csv" if a.dry_run else "gpu_serving_mla.csv"
-    write_csv(rows, os.path.join(os.environ.get("OUT", "."), name))
+    sc.main(argv, doc=__doc__, stem="serving_mla",
+            write_plan=lambda path: sc.write_plan(path, launches(), predict),
+            read_plan=read_plan, run=run)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import sys
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import serving_common as sc  # noqa: E402 - plan and command line of the serving scripts
 import serving_decode as sd  # noqa: E402 - the launch runner shared with the dense plan
 
 PLAN = os.path.join("experiments", "data", "serving_paged_plan.csv")
@@ -57,22 +58,9 @@ def launches() -> list[dict]:
 
 
 def main(argv=None):
-    import argparse
-
-    from iosim.gpu.validate import write_csv
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--plan", metavar="CSV", help="write the launch plan with the model's "
-                                                  "predictions to CSV and stop")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="tiny versions on the CPU (TRITON_INTERPRET=1)")
-    a = ap.parse_args(argv)
-    out = os.environ.get("OUT", ".")
-    if a.plan:
-        sd.write_plan(a.plan, launches())
-        return
-    rows = sd.run(sd.read_plan(PLAN), dry=a.dry_run)
-    write_csv(rows, os.path.join(out, "serving_paged_dry_run.csv" if a.dry_run
-                                 else "gpu_serving_paged.csv"))
+    sc.main(argv, doc=__doc__, stem="serving_paged",
+               write_plan=lambda path: sc.write_plan(path, launches(), sd.predict),
+               read_plan=lambda: sd.read_plan(PLAN), run=sd.run)
 
 
 if __name__ == "__main__":
