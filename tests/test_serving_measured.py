@@ -113,3 +113,12 @@ def test_validate_serving_bad_file_is_one_line(tmp_path):
     res = CliRunner().invoke(main, ["validate", "--serving", "--csv", str(p)])
     assert res.exit_code == 2 and "not a serving decode measurement" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra", [["--gpu"], ["--time"], ["--model", "lru"],
+                                   ["--kv-cost", "readers"], ["--draws", "1"]])
+def test_validate_serving_refuses_options_it_does_not_use(extra):
+    from iosim.cli import main
+    res = CliRunner().invoke(main, ["validate", "--serving", *extra])
+    assert res.exit_code == 2 and "--serving compares the recorded" in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -128,9 +128,11 @@ def command(gpu, shapes, csv_path, out_dir, l2_mode, model, kv_cost, l2_policy, 
     """
     from iosim.gpu.validate import measure, require_gpu
     if serving:
-        if gpu or time_ or shapes or out_dir or l2_mode != "auto":
+        if gpu or time_ or shapes or out_dir or l2_mode != "auto" or model != "dynamic" \
+                or kv_cost != "partitions" or l2_policy is not None or draws is not None:
             raise IosimError("--serving compares the recorded serving launches (--csv FILE "
-                             "or the committed ones): re-measure them with python "
+                             "or the committed ones; --gpu, --time, --shapes, --out and the L2 "
+                             "options do not apply): re-measure them with python "
                              "experiments/device/serving_decode.py")
         return _serving(csv_path, as_json)
     if time_:
